@@ -1,0 +1,184 @@
+"""Frozen configuration types, one per concern (model, loss, optimiser).
+
+Each config is a frozen dataclass so that it can be hashed, passed as a static argument to
+compiled functions and saved beside a run's outputs (``dataclasses.asdict``). Presets per data
+set live beside the type they configure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+    """A facial region as fractions of the (aligned) face box, for the FA stem (METHOD 2.1).
+
+    ``top``/``left`` are the region's upper-left corner and ``height``/``width`` its size, all
+    in [0, 1] relative to the input image. The pixel rectangle is rounded to even coordinates so
+    that it maps exactly onto the stride-2 feature map of the first convolution.
+    """
+
+    name: str
+    top: float
+    left: float
+    height: float
+    width: float
+
+    def __post_init__(self):
+        for field in ("top", "left", "height", "width"):
+            value = getattr(self, field)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"Region {self.name!r}: {field}={value} is not in [0, 1]")
+        if self.height <= 0 or self.width <= 0:
+            raise ValueError(f"Region {self.name!r} is empty (height={self.height}, width={self.width})")
+        if self.top + self.height > 1.0 + 1e-9 or self.left + self.width > 1.0 + 1e-9:
+            raise ValueError(f"Region {self.name!r} extends past the face box")
+
+    def pixels(self, size: int) -> tuple[int, int, int, int]:
+        """(top, left, bottom, right) in pixels of a ``size`` x ``size`` image, all even."""
+
+        def even(fraction: float) -> int:
+            return min(size, 2 * round(fraction * size / 2))
+
+        top, left = even(self.top), even(self.left)
+        bottom, right = even(self.top + self.height), even(self.left + self.width)
+        if bottom <= top or right <= left:
+            raise ValueError(f"Region {self.name!r} is empty at input size {size}")
+        return top, left, bottom, right
+
+
+# [choice] METHOD 2.1: default regions from the proportions of an aligned face (RAF-DB's aligned
+# crops: brows at about 30% of the height, eyes at about 40%, nose tip at 60%, mouth at 75-80%).
+UPPER_FACE = Region("upper_face", top=0.15, left=0.05, height=0.40, width=0.90)
+LOWER_FACE = Region("lower_face", top=0.50, left=0.20, height=0.45, width=0.60)
+DEFAULT_REGIONS = (UPPER_FACE, LOWER_FACE)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """ResNet18 with the optional FA stem and attention blocks (METHOD 2.1-2.2).
+
+    Attributes:
+      num_classes: number of expression classes C (logits per image).
+      widths: channels of the four residual stages (ResNet18: 64, 128, 256, 512); the stem has
+        ``widths[0]`` channels.
+      stage_depths: BasicBlocks per stage (ResNet18: 2, 2, 2, 2).
+      input_size: side of the square input image in pixels (even); used to initialise.
+      fa_regions: facial regions of the auxiliary stem convolutions; empty = plain ResNet stem.
+      fa_init: initial value of the learnable fusion weights w1, w2 ([choice], METHOD 2.1).
+      attention: insert an attention block after each of stages 1-3 (METHOD 2.2).
+      attn_patch_sizes: patch side per attention block ([choice]: about 14x14 tokens at 224 px).
+      attn_dim, attn_depth, attn_heads, attn_mlp_ratio: width, number of pre-norm encoder layers,
+        heads and MLP expansion of each attention block's small ViT.
+      dtype: compute dtype ("float32" or "bfloat16"); parameters and BatchNorm statistics stay
+        float32.
+    """
+
+    num_classes: int = 7
+    widths: tuple[int, ...] = (64, 128, 256, 512)
+    stage_depths: tuple[int, ...] = (2, 2, 2, 2)
+    input_size: int = 224
+    fa_regions: tuple[Region, ...] = ()
+    fa_init: float = 0.5
+    attention: bool = False
+    attn_patch_sizes: tuple[int, ...] = (4, 2, 1)
+    attn_dim: int = 128
+    attn_depth: int = 2
+    attn_heads: int = 4
+    attn_mlp_ratio: float = 2.0
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def __post_init__(self):
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+        if len(self.widths) != len(self.stage_depths):
+            raise ValueError(f"widths {self.widths} and stage_depths {self.stage_depths} differ in length")
+        if self.input_size <= 0 or self.input_size % 2:
+            raise ValueError(f"input_size must be a positive even number, got {self.input_size}")
+        if self.attention:
+            n_blocks = len(self.widths) - 1
+            if len(self.attn_patch_sizes) != n_blocks:
+                raise ValueError(
+                    f"attn_patch_sizes needs one patch size per attention block ({n_blocks}), "
+                    f"got {self.attn_patch_sizes}"
+                )
+            if self.attn_dim % self.attn_heads:
+                raise ValueError(f"attn_dim {self.attn_dim} is not divisible by attn_heads {self.attn_heads}")
+        for region in self.fa_regions:
+            region.pixels(self.input_size)  # raises for a region that is empty at this size
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+
+
+LossKind = Literal["ml", "ce", "lsr", "wce", "mix"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Training loss (METHOD 2.3).
+
+    Attributes:
+      kind: "ml" draws LSR with probability ``p_lsr`` else CE/WCE, once per batch; "mix" is the
+        ablation ``p_lsr * LSR + (1 - p_lsr) * CE/WCE`` (one search path); "ce", "lsr", "wce"
+        use that loss for every batch.
+      p_lsr: probability of LSR in "ml", weight of LSR in "mix" (RAF-DB 0.8, AffectNet 0.2).
+      eps: label-smoothing epsilon of LSR (Eq. 4-5).
+      weighted: in "ml" and "mix", the non-LSR path is WCE (class weights) instead of CE.
+    """
+
+    kind: LossKind = "ml"
+    p_lsr: float = 0.8
+    eps: float = 0.1
+    weighted: bool = False
+
+    def __post_init__(self):
+        if self.kind not in ("ml", "ce", "lsr", "wce", "mix"):
+            raise ValueError(f"unknown loss kind {self.kind!r}; expected ml, ce, lsr, wce or mix")
+        if not 0.0 <= self.p_lsr <= 1.0:
+            raise ValueError(f"p_lsr must be in [0, 1], got {self.p_lsr}")
+        if not 0.0 <= self.eps < 1.0:
+            raise ValueError(f"eps must be in [0, 1), got {self.eps}")
+
+    @property
+    def needs_class_weights(self) -> bool:
+        return self.kind == "wce" or (self.kind in ("ml", "mix") and self.weighted)
+
+
+# METHOD 2.3 presets: RAF-DB p = 0.8 with CE; AffectNet p = 0.2 with WCE.
+LOSS_PRESETS = {
+    "rafdb": LossConfig(kind="ml", p_lsr=0.8, weighted=False),
+    "affectnet7": LossConfig(kind="ml", p_lsr=0.2, weighted=True),
+    "affectnet8": LossConfig(kind="ml", p_lsr=0.2, weighted=True),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser (METHOD 2.4). The learning rate is only the initial value: the train step takes
+    the current learning rate as an argument, so schedules and the Lr1 -> Lr2 switch need no
+    recompilation.
+
+    Attributes:
+      name: "adam" (the paper's choice) or "sgd" (momentum; the paper's alternative, lr 0.005).
+      learning_rate: initial learning rate (Lr1 = 3e-4).
+      b1, b2, eps: Adam moments and epsilon (optax/PyTorch defaults).
+      momentum, nesterov: SGD only.
+      weight_decay: decoupled weight decay (0 = none, as in the paper).
+    """
+
+    name: Literal["adam", "sgd"] = "adam"
+    learning_rate: float = 3e-4
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        if self.name not in ("adam", "sgd"):
+            raise ValueError(f"unknown optimiser {self.name!r}; expected 'adam' or 'sgd'")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")

@@ -1,0 +1,80 @@
+"""Models: ResNet18 and R18+FAML (METHOD 2), built by name.
+
+    >>> model = build("r18_faml", num_classes=7)
+    >>> variables = init(model, jax.random.key(0))
+    >>> logits = model.apply(variables, images)          # (batch, 7)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from faml_jax.config import DEFAULT_REGIONS, ModelConfig
+from faml_jax.models.attention import AttentionBlock, EncoderLayer
+from faml_jax.models.fa_stem import FAStem
+from faml_jax.models.resnet import BasicBlock, ResNet
+
+# Named architectures: each is a set of ModelConfig fields; `build` applies user overrides on top.
+PRESETS: dict[str, dict] = {
+    # Plain ResNet18 (the paper's R18 / RI18 baselines).
+    "r18": dict(fa_regions=(), attention=False),
+    # R18+FA: feature-fusion stem only (the paper's ablation row).
+    "r18_fa": dict(fa_regions=DEFAULT_REGIONS, attention=False),
+    # R18+FAML's network: FA stem and attention blocks (ML is the training loss, not the network).
+    "r18_faml": dict(fa_regions=DEFAULT_REGIONS, attention=True),
+}
+
+
+def build(name: str, num_classes: int, *, axis_name: str | None = None, **overrides) -> ResNet:
+    """Build a named model.
+
+    Args:
+      name: one of ``PRESETS`` ("r18", "r18_fa", "r18_faml").
+      num_classes: number of classes C.
+      axis_name: pmap axis over which BatchNorm statistics are synchronised in training.
+      **overrides: any ``ModelConfig`` field (``widths``, ``input_size``, ``attention``,
+        ``fa_regions``, ``fa_init``, ``dtype``, ...), e.g. a small CPU preset with
+        ``widths=(16, 32, 64, 128), input_size=64``.
+
+    Returns:
+      A Flax ``ResNet`` module; its ``config`` holds the resolved ``ModelConfig``.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(PRESETS))}")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise TypeError(f"unknown model option(s) {unknown}; ModelConfig has {sorted(fields)}")
+    config = ModelConfig(num_classes=num_classes, **{**PRESETS[name], **overrides})
+    return ResNet(config, axis_name=axis_name)
+
+
+def init(model: ResNet, key: jax.Array, batch_size: int = 1) -> dict:
+    """Initialise ``{"params", "batch_stats"}`` for ``model`` at its configured input size."""
+    size = model.config.input_size
+    variables = jax.jit(model.init, static_argnames="train")(
+        key, jnp.zeros((batch_size, size, size, 3), jnp.float32), train=False
+    )
+    return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+
+
+def count_params(params) -> int:
+    """Number of scalars in a parameter pytree."""
+    return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
+
+
+__all__ = [
+    "AttentionBlock",
+    "BasicBlock",
+    "EncoderLayer",
+    "FAStem",
+    "ModelConfig",
+    "PRESETS",
+    "ResNet",
+    "build",
+    "count_params",
+    "init",
+]

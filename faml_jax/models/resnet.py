@@ -1,0 +1,104 @@
+"""ResNet18 with the FA stem and attention blocks: R18, R18+FA and R18+FAML (METHOD 2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from faml_jax.config import ModelConfig
+from faml_jax.models.attention import AttentionBlock
+from faml_jax.models.fa_stem import FAStem
+
+# PyTorch BatchNorm2d defaults (momentum 0.1 = flax 0.9, eps 1e-5), so converted weights match.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def conv_init():
+    """torchvision's ResNet initialisation: kaiming normal, fan_out, ReLU gain."""
+    return nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+class BasicBlock(nn.Module):
+    """ResNet BasicBlock: two 3x3 convolutions with BatchNorm, and a 1x1 projection shortcut when
+    the stride or the width changes."""
+
+    features: int
+    strides: int = 1
+    dtype: Any = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        norm = lambda name: nn.BatchNorm(  # noqa: E731
+            use_running_average=not train,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            dtype=self.dtype,
+            axis_name=self.axis_name if train else None,
+            name=name,
+        )
+        conv = lambda kernel, strides, padding, name: nn.Conv(  # noqa: E731
+            self.features, kernel, strides, padding=padding, use_bias=False,
+            dtype=self.dtype, kernel_init=conv_init(), name=name,
+        )
+        s = (self.strides, self.strides)
+        y = conv((3, 3), s, ((1, 1), (1, 1)), "conv1")(x)
+        y = nn.relu(norm("bn1")(y))
+        y = conv((3, 3), (1, 1), ((1, 1), (1, 1)), "conv2")(y)
+        y = norm("bn2")(y)
+        if self.strides != 1 or x.shape[-1] != self.features:
+            x = conv((1, 1), s, "VALID", "downsample_conv")(x)
+            x = norm("downsample_bn")(x)
+        return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+    """ResNet18 (widths and depths from ``config``) with the optional FA stem (METHOD 2.1) and
+    attention blocks after stages 1-3 (METHOD 2.2); global average pooling and a dense head.
+
+    ``axis_name`` names the pmap axis over which BatchNorm statistics are synchronised in
+    training (None: no synchronisation). The penultimate features are sown into the
+    ``intermediates`` collection as ``features``.
+    """
+
+    config: ModelConfig
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        """x: (batch, H, W, 3) normalised float image -> logits (batch, num_classes) float32."""
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        x = x.astype(dtype)
+        x = FAStem(cfg.widths[0], cfg.fa_regions, cfg.fa_init, dtype, name="stem")(x)
+        x = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            dtype=dtype,
+            axis_name=self.axis_name if train else None,
+            name="bn1",
+        )(x)
+        x = nn.relu(x)
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        for stage, (width, depth) in enumerate(zip(cfg.widths, cfg.stage_depths)):
+            for block in range(depth):
+                strides = 2 if stage > 0 and block == 0 else 1
+                x = BasicBlock(width, strides, dtype, self.axis_name, name=f"layer{stage + 1}_{block}")(x, train)
+            if cfg.attention and stage < len(cfg.widths) - 1:
+                x = AttentionBlock(
+                    patch=cfg.attn_patch_sizes[stage],
+                    dim=cfg.attn_dim,
+                    depth=cfg.attn_depth,
+                    heads=cfg.attn_heads,
+                    mlp_ratio=cfg.attn_mlp_ratio,
+                    dtype=dtype,
+                    name=f"attn{stage + 1}",
+                )(x)
+        features = jnp.mean(x, axis=(1, 2))
+        self.sow("intermediates", "features", features)
+        logits = nn.Dense(cfg.num_classes, dtype=dtype, name="fc")(features)
+        return logits.astype(jnp.float32)

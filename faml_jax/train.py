@@ -1,0 +1,221 @@
+"""Train state, optimiser, and the data-parallel train step of R18+FAML (METHOD 2.3-2.4).
+
+The step is a pure function ``(state, batch, learning_rate) -> (state, metrics)``:
+
+* inputs arrive as uint8 NHWC; the random horizontal flip and the normalisation run inside the
+  compiled step;
+* the ML loss is drawn from a key derived from ``(state.rng, state.step)``, identical on every
+  device, so all devices take the same loss branch;
+* under ``pmap`` gradients and metrics are averaged over devices and BatchNorm statistics are
+  synchronised, so N devices compute the same step as one device on the same global batch;
+* the learning rate is an argument, written into the optimiser state (``optax.inject_hyperparams``),
+  so schedules and the Lr1 -> Lr2 switch need no recompilation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from faml_jax import models
+from faml_jax.config import LossConfig, OptimConfig
+from faml_jax.losses import make_loss_fn
+from faml_jax.preprocess import normalize, random_flip
+
+AXIS = "batch"  # the pmap axis name of the data-parallel step
+
+Batch = dict[str, jax.Array]  # {"image": uint8 (batch, H, W, 3), "label": int32 (batch,)}
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a train step reads and writes: a pure pytree (checkpointable as is).
+
+    Attributes:
+      step: int32 scalar, number of steps taken.
+      params: model parameters.
+      batch_stats: BatchNorm running statistics.
+      opt_state: optimiser state (holds the current learning rate).
+      rng: typed PRNG key of the run; the step's key is ``fold_in(rng, step)``.
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def make_optimizer(config: OptimConfig) -> optax.GradientTransformation:
+    """Adam (or SGD with momentum) whose learning rate lives in the state, settable per step."""
+    if config.name == "adam":
+        if config.weight_decay:
+            return optax.inject_hyperparams(optax.adamw)(
+                learning_rate=config.learning_rate, b1=config.b1, b2=config.b2, eps=config.eps,
+                weight_decay=config.weight_decay,
+            )
+        return optax.inject_hyperparams(optax.adam)(
+            learning_rate=config.learning_rate, b1=config.b1, b2=config.b2, eps=config.eps
+        )
+    sgd = optax.inject_hyperparams(optax.sgd)(
+        learning_rate=config.learning_rate, momentum=config.momentum, nesterov=config.nesterov
+    )
+    if config.weight_decay:
+        return optax.chain(optax.add_decayed_weights(config.weight_decay), sgd)
+    return sgd
+
+
+def set_learning_rate(opt_state, learning_rate):
+    """Return ``opt_state`` with every injected ``learning_rate`` hyperparameter replaced."""
+
+    def is_injected(node):
+        return isinstance(node, optax.InjectStatefulHyperparamsState)
+
+    def replace(node):
+        if is_injected(node):
+            lr = jnp.asarray(learning_rate, node.hyperparams["learning_rate"].dtype)
+            return node._replace(hyperparams={**node.hyperparams, "learning_rate": lr})
+        return node
+
+    return jax.tree_util.tree_map(replace, opt_state, is_leaf=is_injected)
+
+
+def create_train_state(model: models.ResNet, tx: optax.GradientTransformation, key: jax.Array) -> TrainState:
+    """Initialise a model and its optimiser state. ``key`` (a typed key) seeds both the
+    initialisation and the run's step keys."""
+    init_key, rng = jax.random.split(key)
+    variables = models.init(model, init_key)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=tx.init(variables["params"]),
+        rng=rng,
+    )
+
+
+def make_train_step(
+    model: models.ResNet,
+    tx: optax.GradientTransformation,
+    loss_config: LossConfig,
+    class_weights=None,
+    *,
+    axis_name: str | None = AXIS,
+    flip: bool = True,
+) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
+    """The pure train step. With ``axis_name`` it must run under ``pmap``/``shard_map`` with that
+    axis (see ``parallel_train_step``); with None it is a single-device step for ``jax.jit``.
+
+    Metrics (averaged over devices): ``loss``, ``accuracy`` (of the training forward pass),
+    ``lsr`` (weight of LSR in this step's loss) and ``learning_rate``.
+    """
+    model = model.clone(axis_name=axis_name)
+    loss_fn = make_loss_fn(loss_config, class_weights, axis_name)
+
+    def train_step(state: TrainState, batch: Batch, learning_rate) -> tuple[TrainState, Metrics]:
+        step_key = jax.random.fold_in(state.rng, state.step)
+        loss_key, flip_key = jax.random.split(step_key)
+        images, labels = batch["image"], batch["label"]
+        if flip:
+            first = 0 if axis_name is None else jax.lax.axis_index(axis_name) * images.shape[0]
+            images = random_flip(flip_key, images, first)
+        x = normalize(images)
+
+        def objective(params):
+            logits, mutated = model.apply(
+                {"params": params, "batch_stats": state.batch_stats}, x, train=True, mutable=["batch_stats"]
+            )
+            loss, lsr = loss_fn(loss_key, logits, labels)
+            return loss, (logits, mutated["batch_stats"], lsr)
+
+        (loss, (logits, batch_stats, lsr)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        if axis_name is not None:
+            grads = jax.lax.pmean(grads, axis_name)
+        opt_state = set_learning_rate(state.opt_state, learning_rate)
+        updates, opt_state = tx.update(grads, opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels).astype(jnp.float32),
+            "lsr": lsr,
+            "learning_rate": jnp.asarray(learning_rate, jnp.float32),
+        }
+        if axis_name is not None:
+            metrics = jax.lax.pmean(metrics, axis_name)
+        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+        return new_state, metrics
+
+    return train_step
+
+
+def parallel_train_step(
+    model: models.ResNet,
+    tx: optax.GradientTransformation,
+    loss_config: LossConfig,
+    class_weights=None,
+    *,
+    devices=None,
+    flip: bool = True,
+):
+    """The train step ``pmap``-ed over ``devices`` (default: all local devices), state buffers
+    donated. Call it with a replicated state (``replicate``), a batch sharded over devices
+    (``shard``) and a scalar learning rate; metrics come back replicated."""
+    step = make_train_step(model, tx, loss_config, class_weights, axis_name=AXIS, flip=flip)
+    return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), devices=devices, donate_argnums=(0,))
+
+
+def make_eval_step(model: models.ResNet) -> Callable[[Any, Any, jax.Array], jax.Array]:
+    """Jitted ``eval_step(params, batch_stats, images_uint8) -> logits (batch, C)`` (BatchNorm in
+    inference mode, no flip)."""
+    model = model.clone(axis_name=None)
+
+    @jax.jit
+    def eval_step(params, batch_stats, images):
+        return model.apply({"params": params, "batch_stats": batch_stats}, normalize(images), train=False)
+
+    return eval_step
+
+
+def device_sharding(devices=None) -> jax.sharding.NamedSharding:
+    """The sharding of ``pmap``'s inputs and outputs over ``devices``: the leading axis split
+    over a one-axis mesh named ``AXIS``. Placing arrays with exactly this sharding lets every
+    call of the pmapped step hit the compilation cache (a differently named mesh, as
+    ``flax.jax_utils.replicate`` makes, retraces and recompiles the step on its second call)."""
+    devices = list(jax.local_devices() if devices is None else devices)
+    mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS,))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+
+
+def replicate(tree, devices=None):
+    """Copy a pytree onto each device (leading device axis), sharded as ``pmap`` outputs are."""
+    sharding = device_sharding(devices)
+    n = sharding.mesh.size
+    return jax.tree_util.tree_map(
+        lambda x: jax.device_put(jnp.broadcast_to(x, (n, *jnp.shape(x))), sharding), tree
+    )
+
+
+def unreplicate(tree):
+    """The first device's copy of a replicated pytree."""
+    return jax.tree_util.tree_map(lambda x: x[0], tree)
+
+
+def shard(batch, devices=None):
+    """Split the leading (global batch) axis of every array over ``devices`` (default: all local
+    devices): (batch, ...) -> (num_devices, batch / num_devices, ...), placed on the devices."""
+    sharding = device_sharding(devices)
+    n = sharding.mesh.size
+
+    def split(x):
+        x = np.asarray(x)
+        if x.shape[0] % n:
+            raise ValueError(f"global batch {x.shape[0]} is not divisible by {n} devices")
+        return jax.device_put(x.reshape(n, x.shape[0] // n, *x.shape[1:]), sharding)
+
+    return jax.tree_util.tree_map(split, batch)

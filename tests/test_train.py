@@ -1,0 +1,153 @@
+"""Tests of faml_jax.train: the data-parallel step, the injectable learning rate, eval."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from faml_jax import models, train
+from faml_jax.config import LossConfig, OptimConfig
+from faml_jax.losses import class_weights
+from faml_jax.preprocess import normalize
+
+SMALL = dict(widths=(8, 16, 16, 32), input_size=32, attn_dim=16, attn_heads=2, attn_depth=1)
+
+
+def small_model(num_classes=7, **kw):
+    return models.build("r18_faml", num_classes, **{**SMALL, **kw})
+
+
+def random_batch(seed, batch, size=32, classes=7):
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
+        "label": rng.integers(0, classes, batch).astype(np.int32),
+    }
+
+
+def max_abs_diff(a, b):
+    a, b = jax.device_get((a, b))
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["ml-ce", "ml-wce"])
+def test_four_devices_equal_one_device_on_the_same_global_batch(devices, weighted):
+    """Five steps on 4 devices (4 images each) == five steps on 1 device (16 images): gradients
+    averaged, BatchNorm synchronised, the same loss draws and the same flips."""
+    model = small_model()
+    tx = train.make_optimizer(OptimConfig(learning_rate=1e-3))
+    loss_config = LossConfig(kind="ml", p_lsr=0.5, weighted=weighted)
+    weights = class_weights([10, 3, 5, 20, 8, 4, 9])
+    state = train.create_train_state(model, tx, jax.random.key(0))
+    batches = [random_batch(i, 16) for i in range(5)]
+
+    def run(devs):
+        step = train.parallel_train_step(model, tx, loss_config, weights, devices=devs)
+        s = train.replicate(state, devs)
+        history = []
+        for b in batches:
+            s, metrics = step(s, train.shard(b, devs), 1e-3)
+            history.append(jax.device_get(train.unreplicate(metrics)))
+        return train.unreplicate(s), history
+
+    one, hist_one = run(devices[:1])
+    four, hist_four = run(devices)
+    assert int(four.step) == 5
+    assert max_abs_diff(four.params, one.params) <= 1e-5
+    assert max_abs_diff(four.batch_stats, one.batch_stats) <= 1e-5
+    for m1, m4 in zip(hist_one, hist_four):
+        assert m1["lsr"] == m4["lsr"] and m4["lsr"] in (0.0, 1.0)
+        np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-5)
+    # Training moved the parameters (the comparison is not between two unchanged states).
+    assert max_abs_diff(one.params, state.params) > 1e-3
+    assert max_abs_diff(one.batch_stats, state.batch_stats) > 1e-3
+
+
+def test_pmap_step_matches_plain_jitted_step():
+    """The single-device jitted step (no axis) is the same computation as the pmap step."""
+    model = small_model()
+    tx = train.make_optimizer(OptimConfig(learning_rate=1e-3))
+    state = train.create_train_state(model, tx, jax.random.key(1))
+    batch = random_batch(0, 8)
+    jit_step = jax.jit(train.make_train_step(model, tx, LossConfig(), axis_name=None))
+    s_jit, m_jit = jit_step(state, batch, 1e-3)
+    pmap_step = train.parallel_train_step(model, tx, LossConfig(), devices=jax.local_devices()[:1])
+    s_pmap, m_pmap = pmap_step(train.replicate(state, jax.local_devices()[:1]), train.shard(batch, jax.local_devices()[:1]), 1e-3)
+    assert max_abs_diff(s_jit.params, train.unreplicate(s_pmap).params) <= 1e-6
+    np.testing.assert_allclose(m_jit["loss"], m_pmap["loss"][0], rtol=1e-6)
+
+
+def test_learning_rate_is_injected_without_recompiling():
+    model = small_model()
+    tx = train.make_optimizer(OptimConfig(learning_rate=3e-4))
+    state = train.create_train_state(model, tx, jax.random.key(2))
+    step = jax.jit(train.make_train_step(model, tx, LossConfig(kind="ce"), axis_name=None, flip=False))
+    batch = random_batch(1, 8)
+
+    frozen, metrics = step(state, batch, 0.0)
+    # Adam with learning rate 0 changes no parameter, but BatchNorm statistics and the step move.
+    assert max_abs_diff(frozen.params, state.params) == 0.0
+    assert int(frozen.step) == 1 and float(metrics["learning_rate"]) == 0.0
+    moved, metrics = step(state, batch, 1e-2)
+    assert float(metrics["learning_rate"]) == pytest.approx(1e-2)
+    assert float(moved.opt_state.hyperparams["learning_rate"]) == pytest.approx(1e-2)
+    # First Adam step: every parameter with a non-zero gradient moves by lr (|m_hat / sqrt(v_hat)| = 1).
+    delta = jnp.abs(moved.params["fc"]["bias"] - state.params["fc"]["bias"])
+    np.testing.assert_allclose(delta, 1e-2, rtol=1e-3)
+    assert step._cache_size() == 1
+
+
+def test_sgd_optimizer_takes_the_injected_rate():
+    model = small_model()
+    tx = train.make_optimizer(OptimConfig(name="sgd", learning_rate=5e-3, momentum=0.0))
+    state = train.create_train_state(model, tx, jax.random.key(3))
+    step = jax.jit(train.make_train_step(model, tx, LossConfig(kind="ce"), axis_name=None, flip=False))
+    batch = random_batch(2, 8)
+    new, _ = step(state, batch, 0.1)
+
+    def loss(params):
+        logits, _ = model.apply({"params": params, "batch_stats": state.batch_stats}, normalize(batch["image"]),
+                                train=True, mutable=["batch_stats"])
+        logq = jax.nn.log_softmax(logits)
+        return -jnp.mean(logq[jnp.arange(8), batch["label"]])
+
+    grads = jax.jit(jax.grad(loss))(state.params)
+    expected = jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, state.params, grads)
+    assert max_abs_diff(new.params, expected) <= 1e-6
+
+
+def test_eval_step_returns_logits_of_normalised_images():
+    model = small_model()
+    variables = models.init(model, jax.random.key(4))
+    images = random_batch(3, 5)["image"]
+    eval_step = train.make_eval_step(model)
+    logits = eval_step(variables["params"], variables["batch_stats"], images)
+    assert logits.shape == (5, 7)
+    expected = jax.jit(model.apply)(variables, normalize(images))
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_shard_rejects_indivisible_batches():
+    with pytest.raises(ValueError, match="not divisible by 4 devices"):
+        train.shard(random_batch(0, 6), jax.local_devices()[:4])
+
+
+def test_overfits_a_fixed_batch_of_random_labels():
+    """Capacity and plumbing: 32 random images with random labels are memorised (100% accuracy
+    in inference mode, with the running BatchNorm statistics) within a few hundred steps."""
+    model = models.build("r18_faml", 7, widths=(16, 32, 32, 64), input_size=32, attn_dim=32, attn_heads=2)
+    tx = train.make_optimizer(OptimConfig(learning_rate=1e-3))
+    state = train.create_train_state(model, tx, jax.random.key(5))
+    step = jax.jit(train.make_train_step(model, tx, LossConfig(kind="ml", p_lsr=0.8), axis_name=None, flip=False),
+                   donate_argnums=0)
+    eval_step = train.make_eval_step(model)
+    batch = random_batch(4, 32)
+    accuracy = 0.0
+    for i in range(1, 401):
+        state, _ = step(state, batch, 1e-3)
+        if i % 50 == 0:
+            logits = eval_step(state.params, state.batch_stats, batch["image"])
+            accuracy = float(jnp.mean(jnp.argmax(logits, -1) == batch["label"]))
+            if accuracy == 1.0:
+                break
+    assert accuracy == 1.0, f"accuracy {accuracy} after {i} steps"
