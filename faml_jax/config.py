@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from faml_jax.data.synthetic import SyntheticConfig
+
 
 @dataclasses.dataclass(frozen=True)
 class Region:
@@ -182,3 +184,106 @@ class OptimConfig:
             raise ValueError(f"unknown optimiser {self.name!r}; expected 'adam' or 'sgd'")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """Attributes:
+      lr1: initial learning rate of the first regime (Lr1).
+      lr1_min: floor of its cosine annealing.
+      lr1_epochs: length of the cosine period in epochs (None: the run's epochs).
+      lr2: learning rate after the switch (Lr2).
+      lr2_step_epochs, lr2_gamma: [choice] step decay of Lr2: times gamma every step_epochs epochs.
+      window: K, the number of most recent epochs the detector looks at.
+      loss_range, acc_range: the detector fires when max - min of the training loss (accuracy,
+        as a fraction) over the window is below these.
+      switch: allow the Lr1 -> Lr2 switch (False: Lr1 for the whole run).
+    """
+
+    lr1: float = 3e-4
+    lr1_min: float = 0.0
+    lr1_epochs: int | None = None
+    lr2: float = 1e-5
+    lr2_step_epochs: int = 10
+    lr2_gamma: float = 0.5
+    window: int = 5
+    loss_range: float = 0.02
+    acc_range: float = 0.01
+    switch: bool = True
+
+    def __post_init__(self):
+        if self.window < 2:
+            raise ValueError(f"window must be >= 2 epochs, got {self.window}")
+        if self.lr1 <= 0 or self.lr2 <= 0:
+            raise ValueError("learning rates must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which data set, where, and how it is read.
+
+    Attributes:
+      dataset: data set name (``faml_jax.data.DATASETS``).
+      data_dir: its folder (for ``synthetic``: the cache folder; default ``~/.cache/faml_jax``).
+      synthetic: size and difficulty of the synthetic set.
+      num_threads: grain host threads that read and resize images.
+    """
+
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    synthetic: SyntheticConfig = SyntheticConfig()
+    num_threads: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A training run: everything that determines its result. Saved as ``config.json`` in the
+    workdir; a resumed run must have the same configuration (``epochs`` may grow).
+
+    Attributes:
+      model_name: the ``faml_jax.models.PRESETS`` name the model was built from.
+      model, loss, optim, schedule, data: the resolved configurations.
+      epochs: epochs to train.
+      batch_size: global batch (over all devices and processes).
+      seed: seeds initialisation, data order, loss draws and flips.
+      eval_batch_size: batch of the test-split evaluation after each epoch.
+      keep_checkpoints: the last N checkpoints are kept (plus the best by test accuracy).
+    """
+
+    model_name: str
+    model: ModelConfig
+    loss: LossConfig
+    optim: OptimConfig
+    schedule: ScheduleConfig
+    data: DataConfig
+    epochs: int
+    batch_size: int
+    seed: int = 0
+    eval_batch_size: int = 256
+    keep_checkpoints: int = 3
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+
+
+# Per data set: the paper's settings (METHOD 2.3-2.4) for the real data sets, and a CPU-sized
+# demo for the synthetic one. Values are RunConfig fields; "model" and "schedule" hold overrides
+# of ModelConfig and ScheduleConfig fields.
+RUN_PRESETS: dict[str, dict] = {
+    "synthetic": dict(
+        model_name="r18_faml",
+        model=dict(widths=(16, 32, 64, 128), input_size=64, attn_dim=32, attn_heads=2, attn_depth=1),
+        loss=LossConfig(kind="ml", p_lsr=0.8, weighted=False),
+        schedule=dict(lr1=1e-3),
+        batch_size=64,
+        epochs=20,
+    ),
+    "rafdb": dict(model_name="r18_faml", model={}, loss=LOSS_PRESETS["rafdb"], schedule={}, batch_size=128, epochs=40),
+    "affectnet7": dict(model_name="r18_faml", model={}, loss=LOSS_PRESETS["affectnet7"], schedule={}, batch_size=256, epochs=20),
+    "affectnet8": dict(model_name="r18_faml", model={}, loss=LOSS_PRESETS["affectnet8"], schedule={}, batch_size=256, epochs=20),
+}

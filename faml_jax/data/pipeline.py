@@ -1,0 +1,132 @@
+"""Input pipeline with grain's ``MapDataset`` API: shuffled, resumable training batches and
+ordered evaluation batches, all uint8 (normalisation and flips happen on the device).
+
+Per epoch the training order is a permutation drawn from ``(seed, epoch)``, so any epoch can be
+rebuilt exactly; within an epoch, the grain iterator's state (saved with each checkpoint) says
+which batch comes next. In a multi-process run every process reads its own equal-sized shard and
+produces ``global_batch / process_count`` examples per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator, Protocol
+
+import grain
+import numpy as np
+from PIL import Image
+
+
+class Source(Protocol):
+    """A random-access data source: ``source[i] -> {"image": uint8 (H, W, 3), "label": int}``."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySource:
+    """A source over in-memory (or memory-mapped) arrays: images (n, H, W, 3) uint8, labels (n,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self):
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"image": np.asarray(self.images[index]), "label": np.int32(self.labels[index])}
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize an (H, W, 3) uint8 image to (size, size, 3) with antialiased bilinear filtering."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+class _Prepare(grain.transforms.Map):
+    """Resize every image to the model's input size (on grain's host threads)."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def map(self, element):
+        return {"image": resize(element["image"], self.size), "label": np.int32(element["label"])}
+
+
+def shuffle_seed(seed: int, epoch: int) -> int:
+    """The shuffle seed of one epoch: distinct per epoch, reproducible from the run's seed."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainLoader:
+    """Training batches, one epoch at a time.
+
+    Attributes:
+      source: the training split.
+      global_batch: examples per step over all processes (drop_remainder: every step is full).
+      image_size: model input side; images are resized on the host threads when they differ.
+      seed: run seed; epoch e is shuffled by ``shuffle_seed(seed, e)``.
+      num_threads: grain host threads reading and resizing.
+      prefetch: batches prepared ahead.
+      process_index, process_count: this process's shard (``jax.process_index/count()``).
+    """
+
+    source: Source
+    global_batch: int
+    image_size: int
+    seed: int = 0
+    num_threads: int = 4
+    prefetch: int = 4
+    process_index: int = 0
+    process_count: int = 1
+
+    def __post_init__(self):
+        if self.global_batch % self.process_count:
+            raise ValueError(f"batch {self.global_batch} is not divisible by {self.process_count} processes")
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"the training split has {len(self.source)} examples, fewer than one batch of {self.global_batch}"
+            )
+
+    @property
+    def local_batch(self) -> int:
+        return self.global_batch // self.process_count
+
+    @property
+    def shard_size(self) -> int:
+        return len(self.source) // self.process_count
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.shard_size // self.local_batch
+
+    def epoch_dataset(self, epoch: int) -> grain.IterDataset:
+        """The batches of one epoch, as a grain ``IterDataset``."""
+        ds = grain.MapDataset.source(self.source)
+        ds = ds[: self.shard_size * self.process_count][self.process_index :: self.process_count]
+        ds = ds.shuffle(seed=shuffle_seed(self.seed, epoch))
+        ds = ds.map(_Prepare(self.image_size)).batch(self.local_batch, drop_remainder=True)
+        options = grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=self.prefetch)
+        return ds.to_iter_dataset(options)
+
+    def iterate(self, epoch: int, iterator_state: dict | None = None) -> grain.DatasetIterator:
+        """An iterator over epoch ``epoch``'s batches, resumed from ``iterator_state`` (as returned
+        by its ``get_state()``) when given."""
+        iterator = iter(self.epoch_dataset(epoch))
+        if iterator_state is not None:
+            iterator.set_state(iterator_state)
+        return iterator
+
+
+def eval_batches(source: Source, batch_size: int, image_size: int, num_threads: int = 4) -> Iterator[dict]:
+    """All examples of ``source`` in order, in batches of ``batch_size`` (the last may be short)."""
+    ds = grain.MapDataset.source(source).map(_Prepare(image_size)).batch(batch_size, drop_remainder=False)
+    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4)))

@@ -1,0 +1,65 @@
+"""Learning-rate regimes and the stability detector (METHOD 2.4).
+
+Training starts with Lr1 (3e-4, cosine annealing) and switches to Lr2 (1e-5, step decay) once the
+training loss is stable: over the last K epochs the range (max - min) of the training loss and of
+the training accuracy are both under thresholds. The same detector decides when a network is
+"well trained" for FGA. Everything here is plain host-side Python on per-epoch numbers; the
+learning rate reaches the compiled step as an argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+from faml_jax.config import ScheduleConfig
+
+
+def is_stable(losses: Sequence[float], accuracies: Sequence[float], window: int, loss_range: float,
+              acc_range: float) -> bool:
+    """The stability detector: True when the last ``window`` epochs' training losses and
+    accuracies each vary (max - min) by less than ``loss_range`` and ``acc_range``."""
+    if len(losses) < window or len(accuracies) < window:
+        return False
+    recent_loss, recent_acc = losses[-window:], accuracies[-window:]
+    return (max(recent_loss) - min(recent_loss) < loss_range) and (max(recent_acc) - min(recent_acc) < acc_range)
+
+
+def cosine_lr(progress: float, lr: float, lr_min: float) -> float:
+    """Cosine annealing from ``lr`` (progress 0) to ``lr_min`` (progress 1), clamped after 1."""
+    progress = min(max(progress, 0.0), 1.0)
+    return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclasses.dataclass(frozen=True)
+class LrState:
+    """Where the run is in the two regimes: ``switch_epoch`` is the first epoch trained with Lr2
+    (None while in Lr1). Saved with each checkpoint."""
+
+    switch_epoch: int | None = None
+
+    @property
+    def phase(self) -> int:
+        return 1 if self.switch_epoch is None else 2
+
+
+def learning_rate(config: ScheduleConfig, state: LrState, epoch: int, step_in_epoch: int,
+                  steps_per_epoch: int, total_epochs: int) -> float:
+    """The learning rate of one step (``epoch`` counted from 0)."""
+    if state.switch_epoch is None:
+        period = (config.lr1_epochs or total_epochs) * steps_per_epoch
+        return cosine_lr((epoch * steps_per_epoch + step_in_epoch) / max(period, 1), config.lr1, config.lr1_min)
+    decays = (epoch - state.switch_epoch) // config.lr2_step_epochs
+    return config.lr2 * config.lr2_gamma ** max(decays, 0)
+
+
+def after_epoch(config: ScheduleConfig, state: LrState, epoch: int, losses: Sequence[float],
+                accuracies: Sequence[float]) -> LrState:
+    """Update the regime at the end of ``epoch`` given the training loss and accuracy history
+    (one value per epoch so far): switch to Lr2 from the next epoch when the detector fires."""
+    if state.switch_epoch is None and config.switch and is_stable(
+        losses, accuracies, config.window, config.loss_range, config.acc_range
+    ):
+        return LrState(switch_epoch=epoch + 1)
+    return state

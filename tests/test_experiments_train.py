@@ -1,0 +1,188 @@
+"""Tests of the training program: exact resume, crash during a checkpoint save, CLI errors."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import train as train_program
+from faml_jax.config import DataConfig, LossConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig
+from faml_jax.data.synthetic import SyntheticConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A run small enough for the CPU: 96 training images of 32 px, batch 16 over the 4 test devices.
+TINY = """
+RunConfig(
+    model_name="r18_faml",
+    model=ModelConfig(num_classes=7, widths=(8, 16, 16, 32), input_size=32, fa_regions=DEFAULT_REGIONS,
+                      attention=True, attn_dim=16, attn_heads=2, attn_depth=1),
+    loss=LossConfig(kind="ml", p_lsr=0.5, weighted=True),
+    optim=OptimConfig(learning_rate=1e-3),
+    schedule=ScheduleConfig(lr1=1e-3, window=2, loss_range=10.0, acc_range=10.0),  # switches after epoch 2
+    data=DataConfig(dataset="synthetic", data_dir=DATA_DIR,
+                    synthetic=SyntheticConfig(train_size=96, test_size=40, image_size=32), num_threads=2),
+    epochs=EPOCHS, batch_size=16, seed=7, eval_batch_size=32, keep_checkpoints=2,
+)
+"""
+IMPORTS = "from faml_jax.config import *\nfrom faml_jax.data.synthetic import SyntheticConfig\n"
+
+
+def tiny_config(data_dir, epochs):
+    return eval(TINY, {**globals(), **_config_names(), "DATA_DIR": str(data_dir), "EPOCHS": epochs})
+
+
+def _config_names():
+    from faml_jax import config
+    return vars(config)
+
+
+def without_timings(lines):
+    return [{k: v for k, v in json.loads(line).items() if k not in train_program.TIMING_FIELDS} for line in lines]
+
+
+def final_params(workdir, config):
+    from faml_jax import models, train
+    from faml_jax.checkpoint import Checkpoints
+    model = models.ResNet(config.model)
+    tx = train.make_optimizer(config.optim)
+    like = train.create_train_state(model, tx, jax.random.key(0))
+    ckpt = Checkpoints(workdir, keep=config.keep_checkpoints)
+    state, record = ckpt.restore(ckpt.latest_epoch(), like)
+    ckpt.close()
+    return jax.device_get(state), record
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference: three epochs without interruption."""
+    root = tmp_path_factory.mktemp("runs")
+    data_dir = root / "data"
+    config = tiny_config(data_dir, 3)
+    summary = train_program.run(config, root / "full", progress=False, log=lambda *_: None)
+    return root, data_dir, config, summary
+
+
+def assert_same_run(workdir, reference_dir, config):
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    ref_lines = (reference_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len(ref_lines) == 3
+    assert without_timings(lines) == without_timings(ref_lines)
+    state, record = final_params(workdir, config)
+    ref_state, ref_record = final_params(reference_dir, config)
+    for a, b in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(ref_state.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree_util.tree_leaves(state.batch_stats), jax.tree_util.tree_leaves(ref_state.batch_stats)):
+        np.testing.assert_array_equal(a, b)
+    assert record["switch_epoch"] == ref_record["switch_epoch"] == 2  # 0-based: the third epoch
+    np.testing.assert_array_equal(
+        np.load(workdir / "test_logits" / "epoch_0003.npz")["logits"],
+        np.load(reference_dir / "test_logits" / "epoch_0003.npz")["logits"],
+    )
+
+
+def test_run_writes_its_outputs(uninterrupted):
+    root, _, config, summary = uninterrupted
+    full = root / "full"
+    assert sorted(p.name for p in full.iterdir()) == sorted(train_program.OUTPUTS)
+    assert json.loads((full / "config.json").read_text()) == train_program.config_to_json(config)
+    history = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert [h["phase"] for h in history] == [1, 1, 2]  # the detector (window 2) fired after epoch 2
+    assert history[2]["learning_rate"] == pytest.approx(1e-5)
+    assert summary["final_test_accuracy"] == history[-1]["test_accuracy"]
+    assert summary["best_epoch_test_accuracy"] == max(h["test_accuracy"] for h in history)
+    saved = np.load(full / "test_logits" / "epoch_0003.npz")
+    assert saved["logits"].shape == (40, 7) and saved["labels"].shape == (40,)
+    assert np.isclose(np.mean(saved["logits"].argmax(-1) == saved["labels"]), history[-1]["test_accuracy"])
+    epochs = sorted(int(p.name) for p in (full / "checkpoints").iterdir() if p.name.isdigit())
+    assert epochs[-2:] == [2, 3] and len(epochs) <= 3  # last 2 plus the best
+    assert any((full / "tensorboard").iterdir())
+
+
+def test_resume_reproduces_the_uninterrupted_run(uninterrupted):
+    root, data_dir, config, _ = uninterrupted
+    workdir = root / "resumed"
+    train_program.run(config, workdir, progress=False, log=lambda *_: None, stop_after=2)
+    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 2
+    train_program.run(config, workdir, resume=True, progress=False, log=lambda *_: None)
+    assert_same_run(workdir, root / "full", config)
+
+
+CRASHING_RUN = IMPORTS + textwrap.dedent("""
+    import os, sys
+    from orbax.checkpoint._src.path import atomicity
+    from experiments import train as train_program
+
+    # Die (no clean-up, like a kill) while the checkpoint of epoch CRASH_AT is being written.
+    crash_at = int(os.environ["CRASH_AT"])
+    for cls in (atomicity.AtomicRenameTemporaryPath, atomicity.CommitFileTemporaryPath):
+        original = cls.finalize
+        async def finalize(self, *args, _original=original, **kwargs):
+            if str(self.get_final()).rstrip("/").endswith(f"checkpoints/{crash_at}"):
+                os._exit(17)
+            return await _original(self, *args, **kwargs)
+        cls.finalize = finalize
+    config = {config}
+    train_program.run(config, sys.argv[1], progress=False)
+""")
+
+
+def test_a_run_killed_during_a_save_resumes_from_the_last_complete_checkpoint(uninterrupted):
+    root, data_dir, config, _ = uninterrupted
+    workdir = root / "crashed"
+    script = CRASHING_RUN.format(config=TINY.replace("DATA_DIR", repr(str(data_dir))).replace("EPOCHS", "3"))
+    env = {**os.environ, "CRASH_AT": "2", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", script, str(workdir)], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 17, result.stderr[-2000:]
+    leftovers = [p.name for p in (workdir / "checkpoints").iterdir()]
+    assert "1" in leftovers and "2" not in leftovers
+    assert any(name.startswith("2.orbax-checkpoint-tmp") for name in leftovers), leftovers
+
+    train_program.run(config, workdir, resume=True, progress=False, log=lambda *_: None)
+    assert_same_run(workdir, root / "full", config)
+
+
+def run_cli(args, capsys):
+    code = train_program.main(args)
+    return code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+    (["--epochs", "x"], "invalid int value: 'x'"),
+    (["--epochs", "0"], "epochs must be >= 1"),
+    (["--widths", "a,b"], "--widths must be comma-separated integers"),
+    (["--p-lsr", "1.5"], "p_lsr must be in [0, 1]"),
+    (["--input-size", "63"], "input_size must be a positive even number"),
+])
+def test_bad_flags_exit_non_zero_with_one_line(args, message, capsys, tmp_path):
+    try:
+        code, err = run_cli(args + ["--workdir", str(tmp_path / "w")], capsys)
+    except SystemExit as exit_:  # argparse's own errors
+        code, err = exit_.code, capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_unwritable_workdir_is_an_error(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, err = run_cli(["--workdir", str(blocker / "run")], capsys)
+    assert code == 2 and "cannot write to workdir" in err and len(err.splitlines()) == 1
+
+
+def test_existing_run_needs_resume_and_a_matching_configuration(uninterrupted, capsys):
+    root, data_dir, _, _ = uninterrupted
+    full = root / "full"
+    common = ["--workdir", str(full), "--data-dir", str(data_dir)]
+    code, err = run_cli(common, capsys)
+    assert code == 2 and "pass --resume" in err
+    code, err = run_cli(common + ["--resume", "--loss", "ce"], capsys)
+    assert code == 2 and "another configuration" in err and "loss.kind ('ml' in the checkpoint, 'ce' now)" in err

@@ -1,0 +1,62 @@
+"""Tests of faml_jax.schedules: Lr1 cosine, Lr2 step decay, the stability detector and the switch."""
+
+import math
+
+import pytest
+
+from faml_jax import schedules
+from faml_jax.config import ScheduleConfig
+
+
+def test_is_stable_needs_both_ranges_over_the_window():
+    loss = [2.0, 1.0, 0.50, 0.505, 0.51]
+    acc = [0.3, 0.6, 0.80, 0.801, 0.802]
+    assert schedules.is_stable(loss, acc, window=3, loss_range=0.02, acc_range=0.01)
+    assert not schedules.is_stable(loss, acc, window=4, loss_range=0.02, acc_range=0.01)  # 1.0 in window
+    assert not schedules.is_stable(loss, [0.3, 0.6, 0.80, 0.9, 0.802], 3, 0.02, 0.01)  # accuracy moves
+    assert not schedules.is_stable(loss[:2], acc[:2], 3, 10.0, 10.0)  # too few epochs
+    # The range is max - min, strictly below the threshold.
+    assert not schedules.is_stable([1.0, 1.02, 1.01], [0.5] * 3, 3, 0.02, 0.01)
+
+
+def test_cosine_by_hand():
+    assert schedules.cosine_lr(0.0, 3e-4, 0.0) == pytest.approx(3e-4)
+    assert schedules.cosine_lr(0.5, 3e-4, 0.0) == pytest.approx(1.5e-4)
+    assert schedules.cosine_lr(0.25, 1.0, 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert schedules.cosine_lr(1.0, 3e-4, 1e-6) == pytest.approx(1e-6)
+    assert schedules.cosine_lr(2.0, 3e-4, 1e-6) == pytest.approx(1e-6)
+
+
+def test_switch_happens_exactly_when_the_detector_fires():
+    """A scripted run: the loss falls, then flattens. The detector first fires at the end of
+    epoch index 6 (window 3: epochs 4, 5, 6 within 0.02), so epoch 7 is the first with Lr2."""
+    config = ScheduleConfig(lr1=3e-4, lr2=1e-5, lr2_step_epochs=2, lr2_gamma=0.1, window=3,
+                            loss_range=0.02, acc_range=0.01)
+    losses = [2.0, 1.5, 1.1, 0.9, 0.800, 0.795, 0.790, 0.789, 0.788, 0.787, 0.786]
+    accs = [0.2, 0.4, 0.6, 0.7, 0.750, 0.752, 0.754, 0.755, 0.755, 0.756, 0.756]
+    state = schedules.LrState()
+    switch_epochs, lrs = [], []
+    for epoch in range(len(losses)):
+        lrs.append(schedules.learning_rate(config, state, epoch, 0, steps_per_epoch=10, total_epochs=20))
+        state = schedules.after_epoch(config, state, epoch, losses[: epoch + 1], accs[: epoch + 1])
+        switch_epochs.append(state.switch_epoch)
+        fired = schedules.is_stable(losses[: epoch + 1], accs[: epoch + 1], 3, 0.02, 0.01)
+        assert (state.switch_epoch is not None) == (fired or any(s is not None for s in switch_epochs[:-1]))
+    assert switch_epochs.index(7) == 6 and state.switch_epoch == 7  # fired once, never moved
+    # Epochs 0-6 follow the cosine over 20 epochs; then 1e-5 for 2 epochs, 1e-6 for 2, 1e-7.
+    for epoch in range(7):
+        assert lrs[epoch] == pytest.approx(schedules.cosine_lr(epoch / 20, 3e-4, 0.0))
+    assert lrs[7:] == pytest.approx([1e-5, 1e-5, 1e-6, 1e-6])
+
+
+def test_within_epoch_cosine_and_no_switch_option():
+    config = ScheduleConfig(lr1=1.0, lr1_min=0.0, window=2, loss_range=1.0, acc_range=1.0, switch=False)
+    state = schedules.after_epoch(config, schedules.LrState(), 1, [1.0, 1.0], [0.5, 0.5])
+    assert state.switch_epoch is None and state.phase == 1
+    # Step 5 of 10 in epoch 1 of 4: progress 15/40.
+    assert schedules.learning_rate(config, state, 1, 5, 10, 4) == pytest.approx(schedules.cosine_lr(15 / 40, 1.0, 0.0))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="window"):
+        ScheduleConfig(window=1)
