@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test bench-step clean
+.PHONY: install test demo bench-step clean
 
 install: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Train R18+FAML on the embedded synthetic set (CPU-sized preset) and print its test accuracy.
+demo: $(STAMP)
+	$(PY) -m experiments.train --workdir runs/demo --overwrite
 
 # Compile time and median train-step time of r18 and r18_faml (see tools/bench_train_step.py).
 bench-step: $(STAMP)

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-switch", action="store_true", help="stay with Lr1 (cosine) for the whole run")
     parser.add_argument("--widths", help="stage widths, e.g. 16,32,64,128 (preset)")
     parser.add_argument("--input-size", type=int, help="input side in pixels (preset)")
-    parser.add_argument("--train-size", type=int, help="synthetic: training images (default 4000)")
+    parser.add_argument("--train-size", type=int, help="synthetic: training images (default 10000)")
     parser.add_argument("--test-size", type=int, help="synthetic: test images (default 1000)")
     parser.add_argument("--workdir", help="output folder (default runs/<dataset>-<model>-seed<seed>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --workdir")
@@ -106,8 +106,10 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     )
     if args.loss == "wce" and args.weighted is None:
         loss = dataclasses.replace(loss, weighted=True)
+    sgd_lr = {"lr1": 0.005} if args.optimizer == "sgd" else {}  # the paper's SGD learning rate
     schedule = ScheduleConfig(**{
         **preset["schedule"],
+        **sgd_lr,
         **{k: v for k, v in dict(lr1=args.lr, lr2=args.lr2).items() if v is not None},
         **({"switch": False} if args.no_switch else {}),
     })

@@ -281,7 +281,7 @@ RUN_PRESETS: dict[str, dict] = {
         loss=LossConfig(kind="ml", p_lsr=0.8, weighted=False),
         schedule=dict(lr1=1e-3),
         batch_size=64,
-        epochs=20,
+        epochs=8,
     ),
     "rafdb": dict(model_name="r18_faml", model={}, loss=LOSS_PRESETS["rafdb"], schedule={}, batch_size=128, epochs=40),
     "affectnet7": dict(model_name="r18_faml", model={}, loss=LOSS_PRESETS["affectnet7"], schedule={}, batch_size=256, epochs=20),

@@ -62,7 +62,7 @@ class SyntheticConfig:
       occlusion: probability of an occluding patch or bar.
     """
 
-    train_size: int = 4000
+    train_size: int = 10000
     test_size: int = 1000
     image_size: int = 64
     seed: int = 0
