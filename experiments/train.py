@@ -88,14 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_config(args: argparse.Namespace) -> RunConfig:
     """The run's configuration: the data set's preset, overridden by the flags given."""
     preset = RUN_PRESETS[args.dataset]
-    model_name = args.model or preset["model_name"]
+    model_name = preset["model_name"] if args.model is None else args.model
     model_fields = {**models.PRESETS[model_name], **preset["model"]}
     if args.widths:
         try:
             model_fields["widths"] = tuple(int(w) for w in args.widths.split(","))
         except ValueError:
             raise UsageError(f"--widths must be comma-separated integers, got {args.widths!r}") from None
-    if args.input_size:
+    if args.input_size is not None:
         model_fields["input_size"] = args.input_size
     if not (model_name == "r18_faml" or model_fields.get("attention")):
         model_fields = {k: v for k, v in model_fields.items() if not k.startswith("attn_")}
@@ -124,8 +124,8 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         optim=OptimConfig(name=args.optimizer, learning_rate=schedule.lr1),
         schedule=schedule,
         data=DataConfig(dataset=args.dataset, data_dir=args.data_dir, synthetic=synthetic, num_threads=args.threads),
-        epochs=args.epochs or preset["epochs"],
-        batch_size=args.batch_size or preset["batch_size"],
+        epochs=preset["epochs"] if args.epochs is None else args.epochs,
+        batch_size=preset["batch_size"] if args.batch_size is None else args.batch_size,
         seed=args.seed,
         keep_checkpoints=args.keep,
     )

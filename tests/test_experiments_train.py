@@ -129,7 +129,7 @@ CRASHING_RUN = IMPORTS + textwrap.dedent("""
                 os._exit(17)
             return await _original(self, *args, **kwargs)
         cls.finalize = finalize
-    config = {config}
+    config = ({config})
     train_program.run(config, sys.argv[1], progress=False)
 """)
 
@@ -137,7 +137,7 @@ CRASHING_RUN = IMPORTS + textwrap.dedent("""
 def test_a_run_killed_during_a_save_resumes_from_the_last_complete_checkpoint(uninterrupted):
     root, data_dir, config, _ = uninterrupted
     workdir = root / "crashed"
-    script = CRASHING_RUN.format(config=TINY.replace("DATA_DIR", repr(str(data_dir))).replace("EPOCHS", "3"))
+    script = CRASHING_RUN.replace("{config}", TINY.replace("DATA_DIR", repr(str(data_dir))).replace("EPOCHS", "3"))
     env = {**os.environ, "CRASH_AT": "2", "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-c", script, str(workdir)], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 17, result.stderr[-2000:]
@@ -158,6 +158,7 @@ def run_cli(args, capsys):
     (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
     (["--epochs", "x"], "invalid int value: 'x'"),
     (["--epochs", "0"], "epochs must be >= 1"),
+    (["--batch-size", "0"], "batch size must be >= 1"),
     (["--widths", "a,b"], "--widths must be comma-separated integers"),
     (["--p-lsr", "1.5"], "p_lsr must be in [0, 1]"),
     (["--input-size", "63"], "input_size must be a positive even number"),
