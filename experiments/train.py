@@ -50,8 +50,13 @@ class UsageError(Exception):
 # Configuration
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not the whole usage
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="python -m experiments.train",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -336,14 +341,8 @@ def run(config: RunConfig, workdir: str | os.PathLike, *, resume: bool = False, 
     return summary
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not the whole usage
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def main(argv=None) -> int:
     parser = build_parser()
-    parser.__class__ = _Parser
     args = parser.parse_args(argv)
     try:
         config = resolve_config(args)
