@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import shutil
 import sys
@@ -32,7 +31,7 @@ import numpy as np
 from faml_jax import data, models, schedules, train
 from faml_jax.checkpoint import Checkpoints
 from faml_jax.config import (
-    DataConfig, LossConfig, ModelConfig, OptimConfig, RUN_PRESETS, RunConfig, ScheduleConfig,
+    DataConfig, ModelConfig, OptimConfig, RUN_PRESETS, RunConfig, ScheduleConfig,
 )
 from faml_jax.data.synthetic import SyntheticConfig
 from faml_jax.evaluate import Evaluator, classification_metrics

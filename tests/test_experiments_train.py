@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from experiments import train as train_program
-from faml_jax.config import DataConfig, LossConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig
-from faml_jax.data.synthetic import SyntheticConfig
+from faml_jax import config as config_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,12 +34,7 @@ IMPORTS = "from faml_jax.config import *\nfrom faml_jax.data.synthetic import Sy
 
 
 def tiny_config(data_dir, epochs):
-    return eval(TINY, {**globals(), **_config_names(), "DATA_DIR": str(data_dir), "EPOCHS": epochs})
-
-
-def _config_names():
-    from faml_jax import config
-    return vars(config)
+    return eval(TINY, {**vars(config_module), "DATA_DIR": str(data_dir), "EPOCHS": epochs})
 
 
 def without_timings(lines):
@@ -119,6 +113,7 @@ CRASHING_RUN = IMPORTS + textwrap.dedent("""
     import os, sys
     from orbax.checkpoint._src.path import atomicity
     from experiments import train as train_program
+from faml_jax import config as config_module
 
     # Die (no clean-up, like a kill) while the checkpoint of epoch CRASH_AT is being written.
     crash_at = int(os.environ["CRASH_AT"])
