@@ -101,15 +101,13 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
             raise UsageError(f"--widths must be comma-separated integers, got {args.widths!r}") from None
     if args.input_size is not None:
         model_fields["input_size"] = args.input_size
-    if not (model_name == "r18_faml" or model_fields.get("attention")):
+    if not model_fields.get("attention"):  # the preset's attention sizes only apply with attention
         model_fields = {k: v for k, v in model_fields.items() if not k.startswith("attn_")}
     loss = preset["loss"]
     loss = dataclasses.replace(
         loss,
         **{k: v for k, v in dict(kind=args.loss, p_lsr=args.p_lsr, weighted=args.weighted).items() if v is not None},
     )
-    if args.loss == "wce" and args.weighted is None:
-        loss = dataclasses.replace(loss, weighted=True)
     sgd_lr = {"lr1": 0.005} if args.optimizer == "sgd" else {}  # the paper's SGD learning rate
     schedule = ScheduleConfig(**{
         **preset["schedule"],

@@ -65,6 +65,14 @@ def class_weights(counts) -> np.ndarray:
     return (counts.sum() / (counts.size * counts)).astype(np.float32)
 
 
+def ce_or_wce(class_weights=None, axis_name: str | None = None):
+    """The non-LSR loss of ML and mix: CE, or WCE when ``class_weights`` is given."""
+    if class_weights is None:
+        return ce_loss
+    weights = jnp.asarray(class_weights, jnp.float32)
+    return lambda logits, labels: wce_loss(logits, labels, weights, axis_name)
+
+
 def draw_lsr(key: jax.Array, p_lsr: float) -> jax.Array:
     """The ML draw: True (use LSR) with probability ``p_lsr``. Same key, same draw: pass every
     device the same key and all take the same branch."""
@@ -86,10 +94,7 @@ def ml_loss(
     Returns ``(loss, used_lsr)``, ``used_lsr`` a bool scalar.
     """
     use_lsr = draw_lsr(key, p_lsr)
-    if class_weights is None:
-        other = ce_loss
-    else:
-        other = lambda lg, lb: wce_loss(lg, lb, class_weights, axis_name)  # noqa: E731
+    other = ce_or_wce(class_weights, axis_name)
     loss = jax.lax.cond(use_lsr, lambda lg, lb: lsr_loss(lg, lb, eps), other, logits, labels)
     return loss, use_lsr
 
@@ -101,14 +106,10 @@ def make_loss_fn(config: LossConfig, class_weights=None, axis_name: str | None =
     "mix"), a float32 scalar for the step's metrics. ``class_weights`` (from ``class_weights``)
     is required when the config uses WCE.
     """
-    if config.needs_class_weights:
-        if class_weights is None:
-            raise ValueError(f"loss {config.kind!r} (weighted={config.weighted}) needs class_weights")
-        weights = jnp.asarray(class_weights, jnp.float32)
-        other = lambda lg, lb: wce_loss(lg, lb, weights, axis_name)  # noqa: E731
-    else:
-        weights = None
-        other = ce_loss
+    if config.needs_class_weights and class_weights is None:
+        raise ValueError(f"loss {config.kind!r} (weighted={config.weighted}) needs class_weights")
+    weights = class_weights if config.needs_class_weights else None
+    other = ce_or_wce(weights, axis_name)
 
     def loss_fn(key, logits, labels):
         if config.kind == "ml":

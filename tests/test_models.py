@@ -33,13 +33,10 @@ def test_r18_faml_adds_stem_and_attention_parameters_only():
     flat_faml = dict(jax.tree_util.tree_leaves_with_path(faml))
     assert all(path in flat_faml and flat_faml[path].shape == leaf.shape for path, leaf in flat_r18.items())
     extra = {jax.tree_util.keystr(p[:2]) for p in set(flat_faml) - set(flat_r18)}
-    assert extra == {
-        "['stem']['conv_region0']", "['stem']['conv_region1']", "['stem']['fusion_weights']",
-        "['attn1']['embed']", "['attn1']['pos_embed']", "['attn1']['layer0']", "['attn1']['layer1']",
-        "['attn1']['norm']", "['attn1']['project']",
-    } | {s.replace("attn1", f"attn{i}") for i in (2, 3) for s in (
-        "['attn1']['embed']", "['attn1']['pos_embed']", "['attn1']['layer0']", "['attn1']['layer1']",
-        "['attn1']['norm']", "['attn1']['project']")}
+    stem_names = {"['stem']['conv_region0']", "['stem']['conv_region1']", "['stem']['fusion_weights']"}
+    blocks = {f"['attn{i}']['{part}']" for i in (1, 2, 3)
+              for part in ("embed", "pos_embed", "layer0", "layer1", "norm", "project")}
+    assert extra == stem_names | blocks
     # Two extra 7x7x3x64 convolutions and two fusion weights in the stem.
     stem = faml["stem"]
     assert stem["conv_region0"]["kernel"].shape == (7, 7, 3, 64)
