@@ -113,7 +113,6 @@ CRASHING_RUN = IMPORTS + textwrap.dedent("""
     import os, sys
     from orbax.checkpoint._src.path import atomicity
     from experiments import train as train_program
-from faml_jax import config as config_module
 
     # Die (no clean-up, like a kill) while the checkpoint of epoch CRASH_AT is being written.
     crash_at = int(os.environ["CRASH_AT"])
