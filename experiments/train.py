@@ -17,32 +17,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import shutil
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import jax
-import numpy as np
-
-from faml_jax import data, models, schedules, train
-from faml_jax.checkpoint import Checkpoints
+from experiments.runner import (  # noqa: F401  (re-exported: the program's outputs and helpers)
+    OUTPUTS, TIMING_FIELDS, Member, Setup, UsageError, config_differences, config_to_json, prepare_workdir,
+    train_members, write_atomic,
+)
+from faml_jax import data, models
 from faml_jax.config import (
     DataConfig, ModelConfig, OptimConfig, RUN_PRESETS, RunConfig, ScheduleConfig,
 )
 from faml_jax.data.synthetic import SyntheticConfig
-from faml_jax.evaluate import Evaluator, classification_metrics
-from faml_jax.losses import class_weights
-
-# Per-epoch fields of metrics.jsonl that are timings (they differ between identical runs).
-TIMING_FIELDS = ("images_per_s", "epoch_s")
-
-
-class UsageError(Exception):
-    """A problem with the user's request: printed as one line, exit status 2."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,70 +120,6 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     )
 
 
-def config_to_json(config: RunConfig) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(config)))
-
-
-def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """Dotted names of the fields that differ between two configuration dicts (``epochs`` may)."""
-    diffs = []
-    for key in sorted(set(saved) | set(current)):
-        name = f"{prefix}{key}"
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += config_differences(a, b, name + ".")
-        elif a != b and name != "epochs":
-            diffs.append(f"{name} ({a!r} in the checkpoint, {b!r} now)")
-    return diffs
-
-
-# ---------------------------------------------------------------------------------------------
-# Workdir
-
-
-def write_atomic(path: Path, text: str | None = None, arrays: dict | None = None) -> None:
-    """Write a text or .npz file under a temporary name, then rename: never half-written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if arrays is not None:
-                np.savez(f, **arrays)
-            else:
-                f.write(text.encode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-OUTPUTS = ("checkpoints", "test_logits", "tensorboard", "metrics.jsonl", "config.json", "summary.json")
-
-
-def prepare_workdir(workdir: Path, config: RunConfig, resume: bool, overwrite: bool) -> None:
-    """Create the workdir, check it is writable, and check it against ``--resume``/``--overwrite``."""
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise UsageError(f"cannot write to workdir {workdir}: {error.strerror or error}") from None
-    has_run = (workdir / "config.json").exists() or (workdir / "checkpoints").exists()
-    if has_run and overwrite:
-        for name in OUTPUTS:
-            path = workdir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-        has_run = False
-    if has_run and not resume:
-        raise UsageError(f"workdir {workdir} holds an earlier run: pass --resume to continue it or --overwrite to replace it")
-    if resume and (workdir / "config.json").exists():
-        saved = json.loads((workdir / "config.json").read_text())
-        diffs = config_differences(saved, config_to_json(config))
-        if diffs:
-            raise UsageError(f"the checkpoint in {workdir} was made with another configuration: {'; '.join(diffs)}")
-    write_atomic(workdir / "config.json", json.dumps(config_to_json(config), indent=2) + "\n")
-
-
 # ---------------------------------------------------------------------------------------------
 # Training
 
@@ -207,134 +130,22 @@ def run(config: RunConfig, workdir: str | os.PathLike, *, resume: bool = False, 
 
     ``stop_after`` ends this call after that many epochs (as if interrupted there; the run is
     continued with ``resume=True``)."""
-    from tensorboardX import SummaryWriter
-    from tqdm import tqdm
-
     workdir = Path(workdir)
-    devices = jax.local_devices()
-    if config.batch_size % (len(devices) * jax.process_count()):
-        raise UsageError(f"batch size {config.batch_size} is not divisible by {len(devices) * jax.process_count()} devices")
+    Setup.check_batch(config)
     prepare_workdir(workdir, config, resume, overwrite)
-
-    dataset = data.open_dataset(config.data.dataset, config.data.data_dir, config.data.synthetic, progress=log)
-    log(dataset.describe())
-    if dataset.num_classes != config.model.num_classes:
-        raise UsageError(f"{dataset.name} has {dataset.num_classes} classes, the model {config.model.num_classes}")
-    model = models.ResNet(config.model)
-    tx = train.make_optimizer(config.optim)
-    weights = class_weights(dataset.train_counts) if config.loss.needs_class_weights else None
-    state = train.create_train_state(model, tx, jax.random.key(config.seed))
-    loader = data.TrainLoader(
-        dataset.train, config.batch_size, config.model.input_size, seed=config.seed,
-        num_threads=config.data.num_threads, process_index=jax.process_index(), process_count=jax.process_count(),
-    )
-    steps = loader.steps_per_epoch
-
-    checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
-    history, lr_state, start_epoch, iterator_state = [], schedules.LrState(), 0, None
-    latest = checkpoints.latest_epoch()
-    if latest is not None:
-        try:
-            state, record = checkpoints.restore(latest, state)
-        except ValueError as error:
-            raise UsageError(str(error)) from None
-        history, start_epoch = record["history"], record["epoch"]
-        lr_state = schedules.LrState(record["switch_epoch"])
-        iterator_state = record["iterator"]
-        log(f"resuming from checkpoint {latest} (epoch {start_epoch} of {config.epochs})")
-    # metrics.jsonl mirrors the history of the checkpoint we continue from.
-    write_atomic(workdir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    (workdir / "test_logits").mkdir(exist_ok=True)
-
-    step_fn = train.parallel_train_step(model, tx, config.loss, weights, devices=devices)
-    evaluator = Evaluator(model, config.eval_batch_size, devices)
-    rstate = train.replicate(state, devices)
-    writer = SummaryWriter(str(workdir / "tensorboard"))
+    setup = Setup(config, log)
+    member = Member(setup, config, workdir, log=log)
     try:
-        end_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
-        for epoch in range(start_epoch, end_epoch):
-            iterator = loader.iterate(epoch, iterator_state)
-            first_step = int(jax.device_get(rstate.step[0])) - epoch * steps
-            iterator_state = None
-            sums = {"loss": 0.0, "accuracy": 0.0, "lsr": 0.0}
-            pending = []
-            bar = tqdm(total=steps, initial=first_step, desc=f"epoch {epoch + 1}/{config.epochs}",
-                       disable=not progress, leave=False, unit="step", dynamic_ncols=True)
-            start = time.perf_counter()
-            for i, batch in enumerate(iterator, start=first_step):
-                lr = schedules.learning_rate(config.schedule, lr_state, epoch, i, steps, config.epochs)
-                rstate, metrics = step_fn(rstate, train.shard(batch, devices), lr)
-                pending.append(metrics)
-                if len(pending) == 10 or i == steps - 1:  # fetch in groups: fewer host syncs
-                    for m in jax.device_get(pending):
-                        for k in sums:
-                            sums[k] += float(m[k][0])
-                    done = i + 1 - first_step
-                    bar.set_postfix(loss=f"{sums['loss'] / done:.3f}", acc=f"{sums['accuracy'] / done:.3f}",
-                                    img_s=f"{done * config.batch_size / (time.perf_counter() - start):.0f}", lr=f"{lr:.2e}")
-                    bar.update(len(pending))
-                    pending = []
-            bar.close()
-            elapsed = time.perf_counter() - start
-            trained = steps - first_step
-
-            variables = {"params": rstate.params, "batch_stats": rstate.batch_stats}
-            logits, labels = evaluator(variables, data.eval_batches(dataset.test, config.eval_batch_size,
-                                                                    config.model.input_size, config.data.num_threads))
-            test = classification_metrics(logits, labels)
-            entry = {
-                "epoch": epoch + 1,
-                "train_loss": sums["loss"] / trained,
-                "train_accuracy": sums["accuracy"] / trained,
-                "lsr_share": sums["lsr"] / trained,
-                "learning_rate": lr,
-                "phase": lr_state.phase,
-                "test_accuracy": test["accuracy"],
-                "test_mean_class_accuracy": test["mean_class_accuracy"],
-                "images_per_s": trained * config.batch_size / elapsed,
-                "epoch_s": elapsed,
-            }
-            history.append(entry)
-            lr_state = schedules.after_epoch(
-                config.schedule, lr_state, epoch,
-                [h["train_loss"] for h in history], [h["train_accuracy"] for h in history],
-            )
-            write_atomic(workdir / "test_logits" / f"epoch_{epoch + 1:04d}.npz", arrays={"logits": logits, "labels": labels})
-            record = {"epoch": epoch + 1, "history": history, "switch_epoch": lr_state.switch_epoch,
-                      "iterator": None, "test": test}
-            checkpoints.save(epoch + 1, jax.device_get(train.unreplicate(rstate)), record, test["accuracy"])
-            with open(workdir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(entry) + "\n")
-            for k, v in entry.items():
-                if k != "epoch":
-                    writer.add_scalar(k, v, epoch + 1)
-            writer.flush()
-            switched = " | stable: switching to Lr2" if lr_state.switch_epoch == epoch + 1 else ""
-            log(f"epoch {epoch + 1}/{config.epochs}: train loss {entry['train_loss']:.4f} acc "
-                f"{entry['train_accuracy']:.4f} | test acc {test['accuracy']:.4f} mean-class "
-                f"{test['mean_class_accuracy']:.4f} | {entry['images_per_s']:.0f} img/s{switched}")
+        if member.done:
+            raise UsageError(f"nothing to do: the run in {workdir} already has {member.epoch} epochs; raise --epochs")
+        train_members(setup, [member], progress=progress, log=log, stop_after=stop_after)
+        summary = member.summary()
     finally:
-        writer.close()
-        checkpoints.close()
-
-    if not history:
-        raise UsageError(f"nothing to do: the run in {workdir} already has {start_epoch} epochs; raise --epochs")
-    best = max(history, key=lambda h: (h["test_accuracy"], -h["epoch"]))
-    final = history[-1]
-    summary = {
-        "dataset": config.data.dataset,
-        "model": config.model_name,
-        "epochs": final["epoch"],
-        "final_test_accuracy": final["test_accuracy"],
-        "final_test_mean_class_accuracy": final["test_mean_class_accuracy"],
-        "best_epoch": best["epoch"],
-        "best_epoch_test_accuracy": best["test_accuracy"],
-        "majority_class_rate": float(np.bincount(labels).max() / len(labels)),
-    }
-    write_atomic(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    log(f"final (epoch {final['epoch']}): test accuracy {final['test_accuracy']:.4f}, mean class accuracy "
-        f"{final['test_mean_class_accuracy']:.4f} (majority-class rate {summary['majority_class_rate']:.4f})")
-    log(f"best epoch {best['epoch']} (selected on the test split, optimistic): test accuracy {best['test_accuracy']:.4f}")
+        member.close()
+    log(f"final (epoch {summary['epochs']}): test accuracy {summary['final_test_accuracy']:.4f}, mean class accuracy "
+        f"{summary['final_test_mean_class_accuracy']:.4f} (majority-class rate {summary['majority_class_rate']:.4f})")
+    log(f"best epoch {summary['best_epoch']} (selected on the test split, optimistic): test accuracy "
+        f"{summary['best_epoch_test_accuracy']:.4f}")
     return summary
 
 

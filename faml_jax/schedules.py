@@ -63,3 +63,13 @@ def after_epoch(config: ScheduleConfig, state: LrState, epoch: int, losses: Sequ
     ):
         return LrState(switch_epoch=epoch + 1)
     return state
+
+
+def is_well_trained(config: ScheduleConfig, state: LrState, losses: Sequence[float], accuracies: Sequence[float]) -> bool:
+    """Whether a network is "well trained" (METHOD 2.4, ready for FGA): the detector fires in the
+    final regime. With the Lr1 -> Lr2 switch, that means ``window`` epochs trained with Lr2 that
+    are stable (the firing in Lr1 only triggers the switch); without it, a stable Lr1 window."""
+    if config.switch:
+        if state.switch_epoch is None or len(losses) - state.switch_epoch < config.window:
+            return False
+    return is_stable(losses, accuracies, config.window, config.loss_range, config.acc_range)

@@ -28,6 +28,7 @@ from faml_jax.losses import make_loss_fn
 from faml_jax.preprocess import normalize, random_flip
 
 AXIS = "batch"  # the pmap axis name of the data-parallel step
+MEMBER_AXIS = "member"  # the pmap axis name of the member-parallel step (one network per device)
 
 Batch = dict[str, jax.Array]  # {"image": uint8 (batch, H, W, 3), "label": int32 (batch,)}
 Metrics = dict[str, jax.Array]
@@ -170,6 +171,39 @@ def parallel_train_step(
     return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), devices=devices, donate_argnums=(0,))
 
 
+def member_parallel_train_step(
+    model: models.ResNet,
+    tx: optax.GradientTransformation,
+    loss_config: LossConfig,
+    class_weights=None,
+    *,
+    devices=None,
+    flip: bool = True,
+):
+    """Train several networks side by side, one per device (as the paper trained its population
+    on several GPUs): the single-network step ``pmap``-ed over a *member* axis.
+
+    Call it with ``(states, batches, learning_rates, active)``: states stacked over members
+    (``fga.stack`` of ``TrainState``s, placed with ``device_sharding``), batches (members, batch,
+    ...) with each member's own examples, learning rates (members,) and a bool mask (members,).
+    Each member keeps its own loss draws and flips (from its own ``rng``); a member with
+    ``active=False`` comes back unchanged (used to pad a group to the device count, or to hold a
+    member that is already trained). Metrics are per member.
+    """
+    step = make_train_step(model, tx, loss_config, class_weights, axis_name=None, flip=flip)
+
+    def masked_step(state: TrainState, batch: Batch, learning_rate, active):
+        new, metrics = step(state, batch, learning_rate)
+        keep = lambda a, b: jnp.where(active, a, b)  # noqa: E731
+        new = new.replace(**{
+            name: jax.tree_util.tree_map(keep, getattr(new, name), getattr(state, name))
+            for name in ("step", "params", "batch_stats", "opt_state")
+        })
+        return new, metrics
+
+    return jax.pmap(masked_step, axis_name=MEMBER_AXIS, devices=devices, donate_argnums=(0,))
+
+
 def make_eval_step(model: models.ResNet) -> Callable[[Any, Any, jax.Array], jax.Array]:
     """Jitted ``eval_step(params, batch_stats, images_uint8) -> logits (batch, C)`` (BatchNorm in
     inference mode, no flip)."""
@@ -182,14 +216,16 @@ def make_eval_step(model: models.ResNet) -> Callable[[Any, Any, jax.Array], jax.
     return eval_step
 
 
-def device_sharding(devices=None) -> jax.sharding.NamedSharding:
+def device_sharding(devices=None, axis: str = AXIS) -> jax.sharding.NamedSharding:
     """The sharding of ``pmap``'s inputs and outputs over ``devices``: the leading axis split
     over a one-axis mesh named ``AXIS``. Placing arrays with exactly this sharding lets every
     call of the pmapped step hit the compilation cache (a differently named mesh, as
-    ``flax.jax_utils.replicate`` makes, retraces and recompiles the step on its second call)."""
+    ``flax.jax_utils.replicate`` makes, retraces and recompiles the step on its second call).
+    The mesh axis is pmap's axis name: ``AXIS`` for data-parallel, ``MEMBER_AXIS`` for
+    member-parallel steps."""
     devices = list(jax.local_devices() if devices is None else devices)
-    mesh = jax.sharding.Mesh(np.asarray(devices), (AXIS,))
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+    mesh = jax.sharding.Mesh(np.asarray(devices), (axis,))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
 
 
 def replicate(tree, devices=None):
@@ -199,6 +235,13 @@ def replicate(tree, devices=None):
     return jax.tree_util.tree_map(
         lambda x: jax.device_put(jnp.broadcast_to(x, (n, *jnp.shape(x))), sharding), tree
     )
+
+
+def to_devices(tree, devices=None, axis: str = MEMBER_AXIS):
+    """Place a pytree whose leaves have a leading axis of the device count (e.g. a stacked
+    population of ``member_parallel_train_step``) one slice per device, as ``pmap`` outputs are."""
+    sharding = device_sharding(devices, axis)
+    return jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), tree)
 
 
 def unreplicate(tree):

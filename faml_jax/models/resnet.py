@@ -29,12 +29,13 @@ class BasicBlock(nn.Module):
     strides: int = 1
     dtype: Any = jnp.float32
     axis_name: str | None = None
+    bn_momentum: float = BN_MOMENTUM
 
     @nn.compact
     def __call__(self, x, train: bool):
         norm = lambda name: nn.BatchNorm(  # noqa: E731
             use_running_average=not train,
-            momentum=BN_MOMENTUM,
+            momentum=self.bn_momentum,
             epsilon=BN_EPSILON,
             dtype=self.dtype,
             axis_name=self.axis_name if train else None,
@@ -60,12 +61,15 @@ class ResNet(nn.Module):
     attention blocks after stages 1-3 (METHOD 2.2); global average pooling and a dense head.
 
     ``axis_name`` names the pmap axis over which BatchNorm statistics are synchronised in
-    training (None: no synchronisation). The penultimate features are sown into the
+    training (None: no synchronisation). ``bn_momentum`` is the running statistics' decay
+    (PyTorch's default; 0 makes them the last batch's statistics, used by
+    ``fga.recompute_batch_stats``). The penultimate features are sown into the
     ``intermediates`` collection as ``features``.
     """
 
     config: ModelConfig
     axis_name: str | None = None
+    bn_momentum: float = BN_MOMENTUM
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -76,7 +80,7 @@ class ResNet(nn.Module):
         x = FAStem(cfg.widths[0], cfg.fa_regions, cfg.fa_init, dtype, name="stem")(x)
         x = nn.BatchNorm(
             use_running_average=not train,
-            momentum=BN_MOMENTUM,
+            momentum=self.bn_momentum,
             epsilon=BN_EPSILON,
             dtype=dtype,
             axis_name=self.axis_name if train else None,
@@ -87,7 +91,7 @@ class ResNet(nn.Module):
         for stage, (width, depth) in enumerate(zip(cfg.widths, cfg.stage_depths)):
             for block in range(depth):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(width, strides, dtype, self.axis_name, name=f"layer{stage + 1}_{block}")(x, train)
+                x = BasicBlock(width, strides, dtype, self.axis_name, self.bn_momentum, name=f"layer{stage + 1}_{block}")(x, train)
             if cfg.attention and stage < len(cfg.widths) - 1:
                 x = AttentionBlock(
                     patch=cfg.attn_patch_sizes[stage],

@@ -1,0 +1,449 @@
+"""The training loop shared by ``experiments.train`` (one network) and ``experiments.evolve``
+(a population): each network is a ``Member`` with its own workdir, and ``train_members``
+trains members one after another (data-parallel over all devices) or side by side (one member
+per device, ``--member-parallel``).
+
+A member's workdir holds:
+
+  config.json              the resolved configuration
+  checkpoints/<epoch>/     orbax checkpoints (last N plus the best by test accuracy); a member
+                           started from given weights (an FGA child) also has checkpoint 0
+  test_logits/epoch_<e>.npz  test-split logits and labels after each epoch (for ensembles)
+  metrics.jsonl            one line per epoch: training loss/accuracy, learning rate, test metrics
+  tensorboard/             the same as TensorBoard event files
+  summary.json             final-epoch test accuracy and, separately, the best epoch
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import numpy as np
+
+from faml_jax import data, fga, models, schedules, train
+from faml_jax.checkpoint import Checkpoints
+from faml_jax.config import RunConfig
+from faml_jax.evaluate import Evaluator, classification_metrics
+from faml_jax.losses import class_weights
+
+# Per-epoch fields of metrics.jsonl that are timings (they differ between identical runs).
+TIMING_FIELDS = ("images_per_s", "epoch_s")
+OUTPUTS = ("checkpoints", "test_logits", "tensorboard", "metrics.jsonl", "config.json", "summary.json")
+
+Log = Callable[[str], None]
+
+
+class UsageError(Exception):
+    """A problem with the user's request: printed as one line, exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def config_to_json(config) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def config_differences(saved: dict, current: dict, prefix: str = "", may_differ=("epochs",)) -> list[str]:
+    """Dotted names of the fields that differ between two configuration dicts (``may_differ``
+    excepted)."""
+    diffs = []
+    for key in sorted(set(saved) | set(current)):
+        name = f"{prefix}{key}"
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += config_differences(a, b, name + ".", may_differ)
+        elif a != b and name not in may_differ:
+            diffs.append(f"{name} ({a!r} in the checkpoint, {b!r} now)")
+    return diffs
+
+
+def write_atomic(path: Path, text: str | None = None, arrays: dict | None = None) -> None:
+    """Write a text or .npz file under a temporary name, then rename: never half-written."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if arrays is not None:
+                np.savez(f, **arrays)
+            else:
+                f.write(text.encode())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def ensure_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(f"cannot write to workdir {directory}: {error.strerror or error}") from None
+
+
+def prepare_workdir(workdir: Path, config: RunConfig, resume: bool, overwrite: bool) -> None:
+    """Create the workdir, check it is writable, and check it against ``resume``/``overwrite``."""
+    ensure_writable(workdir)
+    has_run = (workdir / "config.json").exists() or (workdir / "checkpoints").exists()
+    if has_run and overwrite:
+        for name in OUTPUTS:
+            path = workdir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        has_run = False
+    if has_run and not resume:
+        raise UsageError(f"workdir {workdir} holds an earlier run: pass --resume to continue it or --overwrite to replace it")
+    if resume and (workdir / "config.json").exists():
+        saved = json.loads((workdir / "config.json").read_text())
+        diffs = config_differences(saved, config_to_json(config))
+        if diffs:
+            raise UsageError(f"the checkpoint in {workdir} was made with another configuration: {'; '.join(diffs)}")
+    write_atomic(workdir / "config.json", json.dumps(config_to_json(config), indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# What the members of one configuration share
+
+
+class Setup:
+    """The data set, model, optimiser and evaluator shared by every member of one configuration
+    (members differ only in seed and starting weights)."""
+
+    def __init__(self, config: RunConfig, log: Log = print):
+        self.config = config
+        self.devices = jax.local_devices()
+        self.check_batch(config)
+        self.dataset = data.open_dataset(config.data.dataset, config.data.data_dir, config.data.synthetic, progress=log)
+        log(self.dataset.describe())
+        if self.dataset.num_classes != config.model.num_classes:
+            raise UsageError(f"{self.dataset.name} has {self.dataset.num_classes} classes, the model {config.model.num_classes}")
+        self.model = models.ResNet(config.model)
+        self.tx = train.make_optimizer(config.optim)
+        self.class_weights = class_weights(self.dataset.train_counts) if config.loss.needs_class_weights else None
+        self.evaluator = Evaluator(self.model, config.eval_batch_size, self.devices)
+
+    @staticmethod
+    def check_batch(config: RunConfig) -> None:
+        n = jax.local_device_count() * jax.process_count()
+        if config.batch_size % n:
+            raise UsageError(f"batch size {config.batch_size} is not divisible by {n} devices")
+
+    def loader(self, seed: int) -> data.TrainLoader:
+        c = self.config
+        return data.TrainLoader(
+            self.dataset.train, c.batch_size, c.model.input_size, seed=seed, num_threads=c.data.num_threads,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+        )
+
+    def steps_per_epoch(self) -> int:
+        return self.loader(0).steps_per_epoch
+
+    def initial_state(self, seed: int, variables: dict | None = None) -> train.TrainState:
+        """A fresh train state from ``seed``; with ``variables``, those weights and statistics
+        instead of the random initialisation (fresh optimiser state, step 0, the seed's rng)."""
+        state = train.create_train_state(self.model, self.tx, jax.random.key(seed))
+        if variables is None:
+            return state
+        return state.replace(params=variables["params"], batch_stats=variables["batch_stats"],
+                             opt_state=self.tx.init(variables["params"]))
+
+    def test_logits(self, variables) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and labels of the test split; ``variables`` replicated (``train.replicate``)."""
+        c = self.config
+        return self.evaluator(variables, data.eval_batches(self.dataset.test, c.eval_batch_size,
+                                                           c.model.input_size, c.data.num_threads))
+
+
+# ---------------------------------------------------------------------------------------------
+# One network
+
+
+class Member:
+    """One network in its workdir (made ready by ``prepare_workdir``): configuration, checkpoints,
+    history and learning-rate regime.
+
+    A new member starts from the seed's random initialisation, or from ``init_variables`` (an
+    FGA child), in which case those weights are evaluated and saved as checkpoint 0 first. An
+    existing one continues from its latest complete checkpoint.
+
+    ``until_trained``: stop as soon as the stability detector says the network is well trained
+    (``schedules.is_well_trained``), at the latest after ``config.epochs`` epochs.
+    ``start_lr``: "lr1" starts with the cosine regime, "lr2" directly with Lr2.
+    """
+
+    def __init__(self, setup: Setup, config: RunConfig, workdir: str | os.PathLike, *,
+                 init_variables: dict | None = None, until_trained: bool = False,
+                 start_lr: str = "lr1", name: str = "", log: Log = print):
+        from tensorboardX import SummaryWriter
+
+        self.setup, self.config, self.workdir = setup, config, Path(workdir)
+        self.until_trained, self.name, self.log = until_trained, name, log
+        self.checkpoints = Checkpoints(self.workdir, keep=config.keep_checkpoints)
+        self.loader = setup.loader(config.seed)
+        self.state = setup.initial_state(config.seed)
+        self.history: list[dict] = []
+        self.initial_test: dict | None = None
+        self.lr_state = schedules.LrState(0 if start_lr == "lr2" else None)
+        latest = self.checkpoints.latest_epoch()
+        if latest is not None:
+            try:
+                self.state, record = self.checkpoints.restore(latest, self.state)
+            except ValueError as error:
+                raise UsageError(str(error)) from None
+            self.history = record["history"]
+            self.lr_state = schedules.LrState(record["switch_epoch"])
+            self.initial_test = record.get("initial_test")
+            log(f"{self.prefix}resuming from checkpoint {latest} (epoch {latest} of at most {config.epochs})")
+        elif init_variables is not None:
+            self.state = setup.initial_state(config.seed, init_variables)
+            logits, labels = setup.test_logits(train.replicate({"params": self.state.params,
+                                                                "batch_stats": self.state.batch_stats}))
+            test = classification_metrics(logits, labels)
+            self.initial_test = {k: test[k] for k in ("accuracy", "mean_class_accuracy")}
+            (self.workdir / "test_logits").mkdir(exist_ok=True)
+            write_atomic(self.workdir / "test_logits" / "epoch_0000.npz", arrays={"logits": logits, "labels": labels})
+            self.checkpoints.save(0, jax.device_get(self.state), self.record(test), test["accuracy"])
+            log(f"{self.prefix}starting weights: test acc {test['accuracy']:.4f}")
+        # metrics.jsonl mirrors the history of the checkpoint we continue from.
+        write_atomic(self.workdir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
+        (self.workdir / "test_logits").mkdir(exist_ok=True)
+        self.writer = SummaryWriter(str(self.workdir / "tensorboard"))
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.name}: " if self.name else ""
+
+    @property
+    def epoch(self) -> int:
+        """Epochs trained so far."""
+        return len(self.history)
+
+    @property
+    def well_trained(self) -> bool:
+        return schedules.is_well_trained(self.config.schedule, self.lr_state, self.losses, self.accuracies)
+
+    @property
+    def losses(self) -> list[float]:
+        return [h["train_loss"] for h in self.history]
+
+    @property
+    def accuracies(self) -> list[float]:
+        return [h["train_accuracy"] for h in self.history]
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.config.epochs or (self.until_trained and self.well_trained)
+
+    def learning_rate(self, step_in_epoch: int, steps_per_epoch: int) -> float:
+        return schedules.learning_rate(self.config.schedule, self.lr_state, self.epoch, step_in_epoch,
+                                       steps_per_epoch, self.config.epochs)
+
+    def record(self, test: dict) -> dict:
+        return {"epoch": self.epoch, "history": self.history, "switch_epoch": self.lr_state.switch_epoch,
+                "iterator": None, "test": test, "initial_test": self.initial_test}
+
+    def end_epoch(self, state: train.TrainState, variables, sums: dict, steps: int, lr: float, elapsed: float) -> dict:
+        """Book one trained epoch: evaluate ``variables`` (replicated) on the test split, save the
+        (host) ``state``, metrics, logits and TensorBoard scalars; returns the epoch's entry."""
+        self.state = state
+        logits, labels = self.setup.test_logits(variables)
+        test = classification_metrics(logits, labels)
+        epoch = self.epoch
+        entry = {
+            "epoch": epoch + 1,
+            "train_loss": sums["loss"] / steps,
+            "train_accuracy": sums["accuracy"] / steps,
+            "lsr_share": sums["lsr"] / steps,
+            "learning_rate": lr,
+            "phase": self.lr_state.phase,
+            "test_accuracy": test["accuracy"],
+            "test_mean_class_accuracy": test["mean_class_accuracy"],
+            "images_per_s": steps * self.config.batch_size / elapsed,
+            "epoch_s": elapsed,
+        }
+        self.history.append(entry)
+        self.lr_state = schedules.after_epoch(self.config.schedule, self.lr_state, epoch, self.losses, self.accuracies)
+        write_atomic(self.workdir / "test_logits" / f"epoch_{epoch + 1:04d}.npz", arrays={"logits": logits, "labels": labels})
+        self.checkpoints.save(epoch + 1, state, self.record(test), test["accuracy"])
+        with open(self.workdir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        for k, v in entry.items():
+            if k != "epoch":
+                self.writer.add_scalar(k, v, epoch + 1)
+        self.writer.flush()
+        switched = " | stable: switching to Lr2" if self.lr_state.switch_epoch == epoch + 1 else ""
+        trained = " | well trained" if self.until_trained and self.well_trained else ""
+        self.log(f"{self.prefix}epoch {epoch + 1}/{self.config.epochs}: train loss {entry['train_loss']:.4f} acc "
+                 f"{entry['train_accuracy']:.4f} | test acc {test['accuracy']:.4f} mean-class "
+                 f"{test['mean_class_accuracy']:.4f} | {entry['images_per_s']:.0f} img/s{switched}{trained}")
+        return entry
+
+    def variables(self) -> dict:
+        """The current (host) ``{"params", "batch_stats"}``."""
+        return {"params": self.state.params, "batch_stats": self.state.batch_stats}
+
+    def summary(self) -> dict:
+        """Write and return summary.json (final and best epoch)."""
+        if not self.history:
+            raise UsageError(f"{self.prefix}no epoch trained in {self.workdir}")
+        best = max(self.history, key=lambda h: (h["test_accuracy"], -h["epoch"]))
+        final = self.history[-1]
+        labels = np.load(self.workdir / "test_logits" / f"epoch_{final['epoch']:04d}.npz")["labels"]
+        summary = {
+            "dataset": self.config.data.dataset,
+            "model": self.config.model_name,
+            "epochs": final["epoch"],
+            "final_train_loss": final["train_loss"],
+            "final_train_accuracy": final["train_accuracy"],
+            "final_test_accuracy": final["test_accuracy"],
+            "final_test_mean_class_accuracy": final["test_mean_class_accuracy"],
+            "best_epoch": best["epoch"],
+            "best_epoch_test_accuracy": best["test_accuracy"],
+            "majority_class_rate": float(np.bincount(labels).max() / len(labels)),
+            "well_trained": self.well_trained,
+            "switch_epoch": self.lr_state.switch_epoch,
+        }
+        if self.initial_test is not None:
+            summary["initial_test_accuracy"] = self.initial_test["accuracy"]
+        write_atomic(self.workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def close(self) -> None:
+        self.writer.close()
+        self.checkpoints.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Placing members on the devices
+
+
+class DataParallel:
+    """One member at a time, its batch split over all devices (``train.parallel_train_step``)."""
+
+    width = 1
+
+    def __init__(self, setup: Setup):
+        self.devices = setup.devices
+        self.step = train.parallel_train_step(setup.model, setup.tx, setup.config.loss, setup.class_weights,
+                                              devices=self.devices)
+
+    def load(self, states):
+        (state,) = states
+        self.state = train.replicate(state, self.devices)
+
+    def __call__(self, batches, learning_rates, active):
+        self.state, metrics = self.step(self.state, train.shard(batches[0], self.devices), learning_rates[0])
+        return metrics
+
+    def member_metrics(self, metrics, i: int) -> dict:
+        return {k: float(v[0]) for k, v in metrics.items()}
+
+    def member_state(self, i: int):
+        return jax.device_get(train.unreplicate(self.state))
+
+    def member_variables(self, i: int):
+        """Replicated variables for the evaluator (already on the devices)."""
+        return {"params": self.state.params, "batch_stats": self.state.batch_stats}
+
+
+class MemberParallel:
+    """One member per device (``train.member_parallel_train_step``); a group smaller than the
+    device count is padded with inactive copies."""
+
+    def __init__(self, setup: Setup):
+        self.devices = setup.devices
+        self.width = len(self.devices)
+        self.step = train.member_parallel_train_step(setup.model, setup.tx, setup.config.loss, setup.class_weights,
+                                                     devices=self.devices)
+
+    def load(self, states):
+        padded = list(states) + [states[0]] * (self.width - len(states))
+        self.state = train.to_devices(jax.device_get(fga.stack(padded)), self.devices)
+
+    def __call__(self, batches, learning_rates, active):
+        n = self.width
+        template = next(b for b in batches if b is not None)
+        full = [b if b is not None else jax.tree_util.tree_map(np.zeros_like, template) for b in batches]
+        full += [jax.tree_util.tree_map(np.zeros_like, template)] * (n - len(full))
+        stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *full)
+        lrs = np.asarray(list(learning_rates) + [0.0] * (n - len(learning_rates)), np.float32)
+        mask = np.asarray(list(active) + [False] * (n - len(active)))
+        self.state, metrics = self.step(self.state, stacked, lrs, mask)
+        return metrics
+
+    def member_metrics(self, metrics, i: int) -> dict:
+        return {k: float(v[i]) for k, v in metrics.items()}
+
+    def member_state(self, i: int):
+        return jax.device_get(jax.tree_util.tree_map(lambda x: x[i], self.state))
+
+    def member_variables(self, i: int):
+        state = self.member_state(i)
+        return train.replicate({"params": state.params, "batch_stats": state.batch_stats}, self.devices)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def train_members(setup: Setup, members: list[Member], *, member_parallel: bool = False, progress: bool = True,
+                  log: Log = print, stop_after: int | None = None) -> None:
+    """Train ``members`` until each is ``done``: one after another, each data-parallel over all
+    devices, or with ``member_parallel`` in groups of one member per device.
+
+    ``stop_after`` ends each group after that many epochs (as if interrupted; continued with
+    ``resume``)."""
+    from tqdm import tqdm
+
+    placement = MemberParallel(setup) if member_parallel else DataParallel(setup)
+    steps = setup.steps_per_epoch()
+    batch_size = setup.config.batch_size
+    pending_members = [m for m in members if not m.done]
+    for start in range(0, len(pending_members), placement.width):
+        group = pending_members[start : start + placement.width]
+        placement.load([m.state for m in group])
+        rounds = 0
+        while any(not m.done for m in group) and (stop_after is None or rounds < stop_after):
+            rounds += 1
+            active = [not m.done for m in group]
+            iterators = [iter(m.loader.iterate(m.epoch)) if a else None for m, a in zip(group, active)]
+            sums = [{"loss": 0.0, "accuracy": 0.0, "lsr": 0.0} for _ in group]
+            names = ", ".join(f"{m.name or 'epoch'} {m.epoch + 1}/{m.config.epochs}" for m, a in zip(group, active) if a)
+            bar = tqdm(total=steps, desc=names if len(group) > 1 or group[0].name else f"epoch {group[0].epoch + 1}/{group[0].config.epochs}",
+                       disable=not progress, leave=False, unit="step", dynamic_ncols=True)
+            pending, lrs = [], [0.0] * len(group)
+            begin = time.perf_counter()
+            for i in range(steps):
+                batches = [next(it) if it is not None else None for it in iterators]
+                lrs = [m.learning_rate(i, steps) if a else 0.0 for m, a in zip(group, active)]
+                pending.append(placement(batches, lrs, active))
+                if len(pending) == 10 or i == steps - 1:  # fetch in groups: fewer host syncs
+                    for metrics in jax.device_get(pending):
+                        for j, a in enumerate(active):
+                            if a:
+                                values = placement.member_metrics(metrics, j)
+                                for k in sums[j]:
+                                    sums[j][k] += values[k]
+                    done = i + 1
+                    first = active.index(True)
+                    bar.set_postfix(loss=f"{sums[first]['loss'] / done:.3f}", acc=f"{sums[first]['accuracy'] / done:.3f}",
+                                    img_s=f"{done * batch_size * sum(active) / (time.perf_counter() - begin):.0f}",
+                                    lr=f"{lrs[first]:.2e}")
+                    bar.update(len(pending))
+                    pending = []
+            bar.close()
+            elapsed = time.perf_counter() - begin
+            for j, (member, a) in enumerate(zip(group, active)):
+                if a:
+                    member.end_epoch(placement.member_state(j), placement.member_variables(j), sums[j], steps,
+                                     lrs[j], elapsed)
