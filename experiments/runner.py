@@ -131,6 +131,13 @@ class Setup:
         self.tx = train.make_optimizer(config.optim)
         self.class_weights = class_weights(self.dataset.train_counts) if config.loss.needs_class_weights else None
         self.evaluator = Evaluator(self.model, config.eval_batch_size, self.devices)
+        self._placements: dict[bool, DataParallel | MemberParallel] = {}
+
+    def placement(self, member_parallel: bool) -> "DataParallel | MemberParallel":
+        """The (compiled once, reused) way members are put on the devices."""
+        if member_parallel not in self._placements:
+            self._placements[member_parallel] = MemberParallel(self) if member_parallel else DataParallel(self)
+        return self._placements[member_parallel]
 
     @staticmethod
     def check_batch(config: RunConfig) -> None:
@@ -405,7 +412,7 @@ def train_members(setup: Setup, members: list[Member], *, member_parallel: bool 
     ``resume``)."""
     from tqdm import tqdm
 
-    placement = MemberParallel(setup) if member_parallel else DataParallel(setup)
+    placement = setup.placement(member_parallel)
     steps = setup.steps_per_epoch()
     batch_size = setup.config.batch_size
     pending_members = [m for m in members if not m.done]

@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_run_arguments(parser, epochs_help="epochs to train (preset)",
+                      workdir_help="output folder (default runs/<dataset>-<model>-seed<seed>)")
+    return parser
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, epochs_help: str, workdir_help: str) -> None:
+    """The flags that define a training run (shared by ``experiments.train`` and ``.evolve``)."""
     parser.add_argument("--dataset", default="synthetic", choices=data.DATASETS,
                         help="data set (default: synthetic, embedded, no download)")
     parser.add_argument("--data-dir", help="data set folder (synthetic: its cache, default ~/.cache/faml_jax)")
@@ -56,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--p-lsr", type=float, help="LSR probability of ml / weight of mix (preset)")
     parser.add_argument("--weighted", action=argparse.BooleanOptionalAction, default=None,
                         help="use WCE instead of CE in ml/mix (preset: AffectNet yes, RAF-DB no)")
-    parser.add_argument("--epochs", type=int, help="epochs to train (preset)")
+    parser.add_argument("--epochs", type=int, help=epochs_help)
     parser.add_argument("--batch-size", type=int, help="global batch size (preset)")
     parser.add_argument("--seed", type=int, default=0, help="seed of init, data order, loss draws, flips")
     parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
@@ -67,13 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-size", type=int, help="input side in pixels (preset)")
     parser.add_argument("--train-size", type=int, help="synthetic: training images (default 10000)")
     parser.add_argument("--test-size", type=int, help="synthetic: test images (default 1000)")
-    parser.add_argument("--workdir", help="output folder (default runs/<dataset>-<model>-seed<seed>)")
+    parser.add_argument("--workdir", help=workdir_help)
     parser.add_argument("--resume", action="store_true", help="continue the run in --workdir")
     parser.add_argument("--overwrite", action="store_true", help="delete the outputs of an earlier run in --workdir")
     parser.add_argument("--keep", type=int, default=3, help="checkpoints to keep besides the best (default 3)")
     parser.add_argument("--threads", type=int, default=4, help="host threads reading images (default 4)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
-    return parser
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:

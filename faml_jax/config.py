@@ -271,6 +271,52 @@ class RunConfig:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
 
 
+@dataclasses.dataclass(frozen=True)
+class FGAConfig:
+    """FGA's genetic algorithm (METHOD 3, Algorithm 1).
+
+    Attributes:
+      population: networks kept from generation to generation ([choice]: the size is constant).
+      generations: generations to run after the initial population.
+      children: children fused per generation.
+      new_members: fresh networks added per generation (Algorithm 1, step 3).
+      parents: k, parents drawn (without replacement) for each child.
+      until_trained: train each network until the stability detector says "well trained"
+        (METHOD 2.4), at the latest for the run's ``epochs``; False: always the run's ``epochs``.
+      child_lr: [our choice, METHOD is silent] "lr2" (default): a child is retrained directly
+        with Lr2, fine-tuning the fused kernels (a restart at Lr1 tends to wash the fusion out);
+        "lr1": from the start of the Lr1 cosine regime, like a new network.
+      shared_start: every initial and new network starts from one shared initialisation (the
+        stand-in for METHOD's common pre-trained start; members then differ in their heads,
+        data order, loss draws and flips, as in METHOD 3). Averaging kernels presumes networks
+        from one start; False gives each network its own random initialisation.
+      recompute_bn: 0 (default): a child keeps its fittest parent's BatchNorm statistics; N > 0:
+        they are recomputed on N training batches before the child is retrained.
+    """
+
+    population: int = 4
+    generations: int = 1
+    children: int = 2
+    new_members: int = 1
+    parents: int = 2
+    until_trained: bool = True
+    child_lr: Literal["lr1", "lr2"] = "lr2"
+    shared_start: bool = True
+    recompute_bn: int = 0
+
+    def __post_init__(self):
+        if self.population < 2:
+            raise ValueError(f"population must be >= 2 networks, got {self.population}")
+        if self.generations < 0 or self.children < 0 or self.new_members < 0 or self.recompute_bn < 0:
+            raise ValueError("generations, children, new_members and recompute_bn must be >= 0")
+        if self.generations and self.children + self.new_members == 0:
+            raise ValueError("a generation needs at least one child or new member")
+        if not 2 <= self.parents <= self.population:
+            raise ValueError(f"parents must be in [2, population={self.population}], got {self.parents}")
+        if self.child_lr not in ("lr1", "lr2"):
+            raise ValueError(f"child_lr must be 'lr1' or 'lr2', got {self.child_lr!r}")
+
+
 # Per data set: the paper's settings (METHOD 2.3-2.4) for the real data sets, and a CPU-sized
 # demo for the synthetic one. Values are RunConfig fields; "model" and "schedule" hold overrides
 # of ModelConfig and ScheduleConfig fields.

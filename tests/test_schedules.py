@@ -60,3 +60,20 @@ def test_within_epoch_cosine_and_no_switch_option():
 def test_config_validation():
     with pytest.raises(ValueError, match="window"):
         ScheduleConfig(window=1)
+
+
+def test_well_trained_means_stable_in_the_final_regime():
+    config = ScheduleConfig(window=3, loss_range=0.02, acc_range=0.01)
+    flat_loss, flat_acc = [0.5] * 6, [0.8] * 6
+    # Stable, but still in Lr1: the detector only triggers the switch.
+    assert not schedules.is_well_trained(config, schedules.LrState(None), flat_loss, flat_acc)
+    # Switched at epoch 4 (0-based): only 2 epochs with Lr2 so far, fewer than the window.
+    assert not schedules.is_well_trained(config, schedules.LrState(4), flat_loss, flat_acc)
+    # Three stable epochs with Lr2.
+    assert schedules.is_well_trained(config, schedules.LrState(3), flat_loss, flat_acc)
+    # Three epochs with Lr2 that are not stable.
+    assert not schedules.is_well_trained(config, schedules.LrState(3), [0.5, 0.5, 0.5, 0.6, 0.5, 0.5], flat_acc)
+    # Without the switch, a stable Lr1 window is enough.
+    no_switch = ScheduleConfig(window=3, loss_range=0.02, acc_range=0.01, switch=False)
+    assert schedules.is_well_trained(no_switch, schedules.LrState(None), flat_loss[:3], flat_acc[:3])
+    assert not schedules.is_well_trained(no_switch, schedules.LrState(None), flat_loss[:2], flat_acc[:2])

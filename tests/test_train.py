@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from faml_jax import models, train
+from faml_jax import fga, models, train
 from faml_jax.config import LossConfig, OptimConfig
 from faml_jax.losses import class_weights
 from faml_jax.preprocess import normalize
@@ -151,3 +151,42 @@ def test_overfits_a_fixed_batch_of_random_labels():
             if accuracy == 1.0:
                 break
     assert accuracy == 1.0, f"accuracy {accuracy} after {i} steps"
+
+
+def test_member_parallel_step_equals_each_members_own_step(devices):
+    """Four networks trained side by side (one per device) each take exactly the step they take
+    alone: their own batch, learning rate, loss draw and flips; an inactive member is unchanged."""
+    model = small_model()
+    tx = train.make_optimizer(OptimConfig(learning_rate=1e-3))
+    loss_config = LossConfig(kind="ml", p_lsr=0.5)
+    states = [train.create_train_state(model, tx, jax.random.key(10 + i)) for i in range(4)]
+    batches = [random_batch(20 + i, 8) for i in range(4)]
+    lrs = np.array([1e-3, 5e-4, 2e-3, 1e-3], np.float32)
+
+    single = jax.jit(train.make_train_step(model, tx, loss_config, axis_name=None))
+    expected = [single(s, b, lr) for s, b, lr in zip(states, batches, lrs)]
+    expected2 = [single(s, b, lr) for (s, _), b, lr in zip(expected, batches, lrs)]
+
+    step = train.member_parallel_train_step(model, tx, loss_config, devices=devices)
+    stacked = train.to_devices(fga.stack(states), devices)
+    stacked_batch = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *batches)
+    active = np.array([True, True, False, True])
+    out, metrics = step(stacked, stacked_batch, lrs, active)
+    out2, metrics2 = step(out, stacked_batch, lrs, active)
+    for i, member in enumerate(fga.unstack(jax.device_get(out2))):
+        if not active[i]:
+            original = jax.device_get(states[i])
+            for name in ("step", "params", "batch_stats", "opt_state"):
+                for a, b in zip(jax.tree_util.tree_leaves(getattr(member, name)),
+                                jax.tree_util.tree_leaves(getattr(original, name)), strict=True):
+                    np.testing.assert_array_equal(a, b)
+            continue
+        (s2, m2) = expected2[i]
+        assert int(member.step) == 2
+        assert max_abs_diff(member.params, s2.params) <= 1e-6
+        assert max_abs_diff(member.batch_stats, s2.batch_stats) <= 1e-6
+        np.testing.assert_allclose(metrics["loss"][i], expected[i][1]["loss"], rtol=1e-6)
+        np.testing.assert_allclose(metrics2["loss"][i], m2["loss"], rtol=1e-6)
+        assert float(metrics2["lsr"][i]) == float(m2["lsr"])
+    # The members really differ (distinct seeds and batches), so the comparison is not trivial.
+    assert max_abs_diff(expected2[0][0].params, expected2[1][0].params) > 1e-2

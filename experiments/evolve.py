@@ -1,0 +1,421 @@
+"""Evolve a population with FGA: ``python -m experiments.evolve [--dataset synthetic] ...``.
+
+Runs Algorithm 1 (METHOD 3) for ``--generations`` generations. The initial population is either
+trained here (``--population`` networks with their own seeds) or read from the workdirs of
+networks trained by ``experiments.train`` (``--members DIR ...``). In each generation:
+
+  1. each network's selection probability is its inverse training loss over the sum (roulette);
+  2. each child draws ``--parents`` distinct parents by those probabilities; its convolution
+     kernels are the parents' mean (Eq. 9), everything else is its fittest parent's;
+  3. ``--new-members`` fresh networks join;
+  4. children and new networks are trained until the stability detector says "well trained"
+     (at most ``--epochs`` epochs);
+  5. the ``--population`` networks with the lowest training loss survive.
+
+Networks are trained one after another, each data-parallel over all devices, or with
+``--member-parallel`` one per device side by side. Writes to the workdir:
+
+  evolve.json          the resolved configuration (the training run and FGA)
+  population.json      the lineage: every network's origin, seed, parents, training loss and
+                       test accuracy (and, for a child, its accuracy right after fusion), and per
+                       generation the population, selection probabilities and survivors
+  members/<name>/      each network's training outputs, as ``experiments.train`` writes them
+
+Names: ``g0-m<i>`` initial networks (``given<i>`` when read with ``--members``), ``g<g>-c<i>``
+children and ``g<g>-n<i>`` new networks of generation g. ``--resume`` continues an interrupted
+evolution: finished networks are kept, an interrupted one continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.runner import (
+    Member, Setup, UsageError, config_differences, config_to_json, ensure_writable, prepare_workdir,
+    train_members, write_atomic,
+)
+from experiments.train import OneLineErrorParser, add_run_arguments, resolve_config
+from faml_jax import fga, models, train
+from faml_jax.checkpoint import Checkpoints
+from faml_jax.config import FGAConfig, RunConfig
+from faml_jax.evaluate import classification_metrics
+
+# Batches used to report a child's accuracy with recomputed BatchNorm statistics when
+# ``recompute_bn`` is off (the report is a diagnostic; the child keeps its parent's statistics).
+DIAGNOSTIC_BN_BATCHES = 10
+# Folded into the run's seed for the shared start of all networks (not a member seed).
+START_TAG = 999_999
+# Configuration fields that may change when an evolution is resumed.
+MAY_DIFFER = ("fga.generations", "run.data.num_threads")
+# What a network read with --members must share with this run.
+MUST_MATCH = ("model_name", "model", "optim", "data.dataset", "data.synthetic")
+
+
+def member_seed(seed: int, serial: int) -> int:
+    """The seed of the ``serial``-th network this evolution creates (initial ones first)."""
+    return seed * 1000 + serial
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading networks
+
+
+def final_variables(setup: Setup, workdir: Path) -> dict:
+    """``{"params", "batch_stats"}`` of the latest checkpoint in a network's workdir."""
+    checkpoints = Checkpoints(workdir)
+    try:
+        epoch = checkpoints.latest_epoch()
+        if epoch is None:
+            raise UsageError(f"no checkpoint in {workdir / 'checkpoints'}")
+        try:
+            state, _ = checkpoints.restore(epoch, setup.initial_state(0))
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    finally:
+        checkpoints.close()
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def last_epoch(workdir: Path) -> dict:
+    """The last line of a network's metrics.jsonl (its final training loss and test accuracy)."""
+    path = workdir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    if not lines:
+        raise UsageError(f"{path} has no trained epoch")
+    return json.loads(lines[-1])
+
+
+def has_checkpoint(workdir: Path) -> bool:
+    """Whether a network's workdir holds a complete checkpoint (orbax names them by number)."""
+    directory = workdir / "checkpoints"
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+def check_given_member(workdir: Path, config: RunConfig) -> None:
+    """A network passed with --members must be a finished run of the same model and data."""
+    for name in ("config.json", "summary.json", "metrics.jsonl"):
+        if not (workdir / name).exists():
+            raise UsageError(f"--members {workdir}: no {name} (expected a finished experiments.train workdir)")
+    saved = json.loads((workdir / "config.json").read_text())
+    current = config_to_json(config)
+    diffs = [d for d in config_differences(saved, current, may_differ=())
+             if any(d == f or d.startswith(f + ".") or d.startswith(f + " ") for f in MUST_MATCH)]
+    if diffs:
+        raise UsageError(f"--members {workdir} was trained with another configuration: {'; '.join(diffs)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The evolution
+
+
+class Evolution:
+    """One evolution's workdir: its configuration, lineage (population.json) and networks."""
+
+    def __init__(self, config: RunConfig, fga_config: FGAConfig, workdir: Path, *, given: list[Path],
+                 member_parallel: bool, progress: bool, log):
+        self.config, self.fga, self.workdir = config, fga_config, workdir
+        self.given, self.member_parallel, self.progress, self.log = given, member_parallel, progress, log
+        self.setup = Setup(config, log)
+        path = workdir / "population.json"
+        self.lineage = json.loads(path.read_text()) if path.exists() else {
+            "dataset": config.data.dataset, "model": config.model_name, "members": {}, "generations": [],
+        }
+        self.start = models.init(self.setup.model, jax.random.fold_in(jax.random.key(config.seed), START_TAG))
+        self._fuse = jax.jit(fga.fuse)
+        self._recompute = jax.jit(lambda v, x: fga.recompute_batch_stats(self.setup.model, v, x))
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def save(self) -> None:
+        write_atomic(self.workdir / "population.json", json.dumps(self.lineage, indent=2) + "\n")
+
+    def record(self, name: str) -> dict:
+        return self.lineage["members"][name]
+
+    def member_dir(self, name: str) -> Path:
+        path = Path(self.record(name)["workdir"])
+        return path if path.is_absolute() else self.workdir / path
+
+    def loss(self, name: str) -> float:
+        return self.record(name)["train_loss"]
+
+    def test_accuracy(self, variables: dict) -> float:
+        logits, labels = self.setup.test_logits(train.replicate(variables, self.setup.devices))
+        return classification_metrics(logits, labels)["accuracy"]
+
+    # -- steps of Algorithm 1 -----------------------------------------------------------------
+
+    def initial_population(self) -> list[str]:
+        if self.given:
+            names = []
+            for i, path in enumerate(self.given):
+                name = f"given{i}"
+                last = last_epoch(path)
+                summary = json.loads((path / "summary.json").read_text())
+                self.lineage["members"][name] = {
+                    "generation": 0, "origin": "given", "workdir": str(path.resolve()), "seed": None,
+                    "status": "trained", "epochs": last["epoch"], "train_loss": last["train_loss"],
+                    "train_accuracy": last["train_accuracy"], "test_accuracy": last["test_accuracy"],
+                    "well_trained": summary.get("well_trained"),
+                }
+                names.append(name)
+            return names
+        names = [f"g0-m{i}" for i in range(self.fga.population)]
+        for i, name in enumerate(names):
+            self.lineage["members"].setdefault(name, {
+                "generation": 0, "origin": "initial", "workdir": f"members/{name}",
+                "seed": member_seed(self.config.seed, i), "status": "planned",
+            })
+        self.save()
+        self.train(names)
+        return names
+
+    def plan(self, generation: int, population: list[str]) -> dict:
+        """Choose every child's parents (deterministic in seed and generation) and name the new
+        networks; recorded before anything is trained."""
+        losses = [self.loss(n) for n in population]
+        probs = np.asarray(fga.selection_probs(losses))
+        key = jax.random.fold_in(jax.random.key(self.config.seed), generation)
+        first_serial = self.fga.population + (generation - 1) * (self.fga.children + self.fga.new_members)
+        children, new = [], []
+        for c in range(self.fga.children):
+            parents = np.asarray(fga.select_parents(jax.random.fold_in(key, c), losses, self.fga.parents))
+            name = f"g{generation}-c{c}"
+            self.lineage["members"][name] = {
+                "generation": generation, "origin": "child", "workdir": f"members/{name}",
+                "seed": member_seed(self.config.seed, first_serial + c), "status": "planned",
+                "parents": [population[p] for p in parents],
+                "parent_probs": [float(probs[p]) for p in parents],
+            }
+            children.append(name)
+        for i in range(self.fga.new_members):
+            name = f"g{generation}-n{i}"
+            self.lineage["members"][name] = {
+                "generation": generation, "origin": "new", "workdir": f"members/{name}",
+                "seed": member_seed(self.config.seed, first_serial + self.fga.children + i), "status": "planned",
+            }
+            new.append(name)
+        entry = {"generation": generation, "population": population, "losses": losses,
+                 "selection_probs": probs.tolist(), "children": children, "new": new}
+        self.lineage.setdefault("plans", {})[str(generation)] = entry
+        self.save()
+        return entry
+
+    def child_variables(self, name: str) -> dict:
+        """Fuse a child from its parents' final weights (Eq. 9); report its test accuracy as fused
+        and with recomputed BatchNorm statistics; return the variables it starts from."""
+        record = self.record(name)
+        parents = [final_variables(self.setup, self.member_dir(p)) for p in record["parents"]]
+        child = self._fuse(fga.stack(parents), jnp.arange(len(parents)))
+        batches = self.fga.recompute_bn or DIAGNOSTIC_BN_BATCHES
+        iterator = iter(self.setup.loader(record["seed"]).iterate(0))
+        images = np.stack([next(iterator)["image"] for _ in range(min(batches, self.setup.steps_per_epoch()))])
+        recomputed = self._recompute(child, images)
+        record["fused_test_accuracy"] = self.test_accuracy(child)
+        record["fused_recomputed_bn_test_accuracy"] = self.test_accuracy(recomputed)
+        record["recompute_bn_batches"] = len(images)
+        record["parent_test_accuracies"] = [self.record(p)["test_accuracy"] for p in record["parents"]]
+        self.log(f"{name}: fused from {', '.join(record['parents'])}: test acc {record['fused_test_accuracy']:.4f} "
+                 f"(BatchNorm recomputed on {len(images)} batches: {record['fused_recomputed_bn_test_accuracy']:.4f})")
+        self.save()
+        return jax.device_get(recomputed if self.fga.recompute_bn else child)
+
+    def start_variables(self, seed: int) -> dict | None:
+        """Where a fresh network starts: the shared start with its own head (``fc``) drawn from
+        its seed, or (``shared_start=False``) None, its seed's own random initialisation."""
+        if not self.fga.shared_start:
+            return None
+        own = self.setup.initial_state(seed).params
+        return jax.device_get({**self.start, "params": {**self.start["params"], "fc": own["fc"]}})
+
+    def train(self, names: list[str]) -> None:
+        """Train the networks ``names`` (children are fused first) until each is done."""
+        members = []
+        try:
+            for name in names:
+                record = self.record(name)
+                if record["status"] == "trained":
+                    continue
+                workdir = self.member_dir(name)
+                config = dataclasses.replace(self.config, seed=record["seed"])
+                fresh = not has_checkpoint(workdir)
+                prepare_workdir(workdir, config, resume=True, overwrite=False)
+                init = None
+                if fresh:
+                    init = self.child_variables(name) if record["origin"] == "child" else self.start_variables(record["seed"])
+                members.append(Member(
+                    self.setup, config, workdir, init_variables=init, until_trained=self.fga.until_trained,
+                    start_lr=self.fga.child_lr if record["origin"] == "child" else "lr1", name=name, log=self.log,
+                ))
+            train_members(self.setup, members, member_parallel=self.member_parallel, progress=self.progress, log=self.log)
+            for member in members:
+                summary = member.summary()
+                self.record(member.name).update({
+                    "status": "trained", "epochs": summary["epochs"], "train_loss": summary["final_train_loss"],
+                    "train_accuracy": summary["final_train_accuracy"], "test_accuracy": summary["final_test_accuracy"],
+                    "well_trained": summary["well_trained"], "switch_epoch": summary["switch_epoch"],
+                    **({"initial_test_accuracy": summary["initial_test_accuracy"]} if "initial_test_accuracy" in summary else {}),
+                })
+                self.save()
+        finally:
+            for member in members:
+                member.close()
+
+    def generation(self, generation: int, population: list[str]) -> list[str]:
+        plan = self.lineage.get("plans", {}).get(str(generation)) or self.plan(generation, population)
+        candidates = plan["population"] + plan["children"] + plan["new"]
+        self.train(plan["children"] + plan["new"])
+        losses = [self.loss(n) for n in candidates]
+        kept = [candidates[i] for i in np.asarray(fga.survivors(losses, self.fga.population))]
+        return self.close_generation({**plan, "candidates": candidates, "candidate_losses": losses}, kept)
+
+    def close_generation(self, entry: dict, survivors: list[str]) -> list[str]:
+        best = max(survivors, key=lambda n: self.record(n)["test_accuracy"])
+        self.lineage["generations"].append({
+            **entry, "survivors": survivors,
+            "best": {"name": best, "test_accuracy": self.record(best)["test_accuracy"]},
+            "mean_test_accuracy": float(np.mean([self.record(n)["test_accuracy"] for n in survivors])),
+        })
+        self.save()
+        g = entry["generation"]
+        self.log(f"generation {g}: survivors {', '.join(survivors)}; best {best} "
+                 f"(test acc {self.record(best)['test_accuracy']:.4f})")
+        return survivors
+
+    def run(self) -> dict:
+        generations = self.lineage["generations"]
+        if not generations:
+            population = self.initial_population()
+            self.close_generation({"generation": 0, "population": population}, population)
+        population = generations[-1]["survivors"]
+        for g in range(len(generations), self.fga.generations + 1):
+            population = self.generation(g, population)
+        return self.report()
+
+    def report(self) -> dict:
+        """Log a table of every network, and the best network before and after evolution."""
+        rows = [("name", "origin", "parents", "epochs", "well trained", "train loss", "fused acc", "test acc")]
+        for name, r in self.lineage["members"].items():
+            if r.get("status") != "trained":
+                continue
+            rows.append((name, r["origin"], "+".join(r.get("parents", [])) or "-", str(r["epochs"]),
+                         {True: "yes", False: "no", None: "?"}[r.get("well_trained")], f"{r['train_loss']:.4f}",
+                         f"{r['fused_test_accuracy']:.4f}" if "fused_test_accuracy" in r else "-", f"{r['test_accuracy']:.4f}"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            self.log("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+        first, last = self.lineage["generations"][0], self.lineage["generations"][-1]
+        result = {
+            "best_before": first["best"], "best_after": last["best"],
+            "mean_before": first["mean_test_accuracy"], "mean_after": last["mean_test_accuracy"],
+            "survivors": last["survivors"],
+        }
+        self.lineage["result"] = result
+        self.save()
+        self.log(f"best network before: {first['best']['name']} {first['best']['test_accuracy']:.4f}; after "
+                 f"{last['generation']} generation(s): {last['best']['name']} {last['best']['test_accuracy']:.4f} "
+                 f"(population mean {first['mean_test_accuracy']:.4f} -> {last['mean_test_accuracy']:.4f})")
+        return result
+
+
+EVOLVE_OUTPUTS = ("members", "evolve.json", "population.json")
+
+
+def prepare_evolve_workdir(workdir: Path, config: RunConfig, fga_config: FGAConfig, given: list[Path],
+                           resume: bool, overwrite: bool) -> None:
+    ensure_writable(workdir)
+    current = {"run": config_to_json(config), "fga": config_to_json(fga_config), "members": [str(p.resolve()) for p in given]}
+    exists = (workdir / "evolve.json").exists()
+    if exists and overwrite:
+        for name in EVOLVE_OUTPUTS:
+            path = workdir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        exists = False
+    if exists and not resume:
+        raise UsageError(f"workdir {workdir} holds an earlier evolution: pass --resume to continue it or --overwrite to replace it")
+    if exists:
+        saved = json.loads((workdir / "evolve.json").read_text())
+        diffs = config_differences(saved, current, may_differ=MAY_DIFFER)
+        if diffs:
+            raise UsageError(f"the evolution in {workdir} was made with another configuration: {'; '.join(diffs)}")
+    write_atomic(workdir / "evolve.json", json.dumps(current, indent=2) + "\n")
+
+
+def run(config: RunConfig, fga_config: FGAConfig, workdir: str | os.PathLike, *, given=(), resume: bool = False,
+        overwrite: bool = False, member_parallel: bool = False, progress: bool = True, log=print) -> dict:
+    """Run (or continue) an evolution; returns the best network before and after (also in
+    population.json under ``result``)."""
+    workdir = Path(workdir)
+    given = [Path(p) for p in given]
+    if given and len(given) != fga_config.population:
+        raise UsageError(f"--members names {len(given)} networks but the population is {fga_config.population}")
+    for path in given:
+        check_given_member(path, config)
+    Setup.check_batch(config)
+    prepare_evolve_workdir(workdir, config, fga_config, given, resume, overwrite)
+    evolution = Evolution(config, fga_config, workdir, given=given, member_parallel=member_parallel,
+                          progress=progress, log=log)
+    return evolution.run()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(
+        prog="python -m experiments.evolve",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_run_arguments(parser, epochs_help="most epochs to train each network (preset)",
+                      workdir_help="output folder (default runs/evolve-<dataset>-<model>-seed<seed>)")
+    group = parser.add_argument_group("FGA (METHOD 3)")
+    group.add_argument("--population", type=int, default=FGAConfig.population, help="networks per generation (default 4)")
+    group.add_argument("--generations", type=int, default=FGAConfig.generations, help="generations (default 1)")
+    group.add_argument("--children", type=int, default=FGAConfig.children, help="children per generation (default 2)")
+    group.add_argument("--new-members", type=int, default=FGAConfig.new_members,
+                       help="fresh networks per generation (default 1)")
+    group.add_argument("--parents", type=int, default=FGAConfig.parents, help="parents per child, k (default 2)")
+    group.add_argument("--fixed-epochs", action="store_true",
+                       help="train every network for --epochs, not until the detector says well trained")
+    group.add_argument("--child-lr", choices=["lr1", "lr2"], default=FGAConfig.child_lr,
+                       help="retrain children directly with Lr2 (default) or from Lr1's cosine start")
+    group.add_argument("--independent-init", action="store_true",
+                       help="each network its own random initialisation (default: one shared start, own heads)")
+    group.add_argument("--recompute-bn", type=int, default=0, metavar="N",
+                       help="recompute a child's BatchNorm statistics on N training batches (default 0: off)")
+    group.add_argument("--members", nargs="+", metavar="DIR",
+                       help="initial population: workdirs of networks trained by experiments.train")
+    group.add_argument("--member-parallel", action="store_true",
+                       help="train one network per device side by side (default: one after another, data-parallel)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = resolve_config(args)
+        fga_config = FGAConfig(
+            population=args.population, generations=args.generations, children=args.children,
+            new_members=args.new_members, parents=args.parents, until_trained=not args.fixed_epochs,
+            child_lr=args.child_lr, recompute_bn=args.recompute_bn, shared_start=not args.independent_init,
+        )
+        workdir = Path(args.workdir or f"runs/evolve-{args.dataset}-{config.model_name}-seed{args.seed}")
+        run(config, fga_config, workdir, given=args.members or (), resume=args.resume, overwrite=args.overwrite,
+            member_parallel=args.member_parallel, progress=not args.no_progress)
+    except (UsageError, ValueError) as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
