@@ -257,19 +257,25 @@ class Evolution:
                     self.setup, config, workdir, init_variables=init, until_trained=self.fga.until_trained,
                     start_lr=self.fga.child_lr if record["origin"] == "child" else "lr1", name=name, log=self.log,
                 ))
-            train_members(self.setup, members, member_parallel=self.member_parallel, progress=self.progress, log=self.log)
-            for member in members:
-                summary = member.summary()
-                self.record(member.name).update({
-                    "status": "trained", "epochs": summary["epochs"], "train_loss": summary["final_train_loss"],
-                    "train_accuracy": summary["final_train_accuracy"], "test_accuracy": summary["final_test_accuracy"],
-                    "well_trained": summary["well_trained"], "switch_epoch": summary["switch_epoch"],
-                    **({"initial_test_accuracy": summary["initial_test_accuracy"]} if "initial_test_accuracy" in summary else {}),
-                })
-                self.save()
+            train_members(self.setup, members, member_parallel=self.member_parallel, progress=self.progress,
+                          log=self.log, on_done=self.finish)
+            for member in members:  # those already done when this call began
+                if self.record(member.name)["status"] != "trained":
+                    self.finish(member)
         finally:
             for member in members:
                 member.close()
+
+    def finish(self, member: Member) -> None:
+        """Record a trained network in the lineage (saved at once: resumable per network)."""
+        summary = member.summary()
+        self.record(member.name).update({
+            "status": "trained", "epochs": summary["epochs"], "train_loss": summary["final_train_loss"],
+            "train_accuracy": summary["final_train_accuracy"], "test_accuracy": summary["final_test_accuracy"],
+            "well_trained": summary["well_trained"], "switch_epoch": summary["switch_epoch"],
+            **({"initial_test_accuracy": summary["initial_test_accuracy"]} if "initial_test_accuracy" in summary else {}),
+        })
+        self.save()
 
     def generation(self, generation: int, population: list[str]) -> list[str]:
         plan = self.lineage.get("plans", {}).get(str(generation)) or self.plan(generation, population)

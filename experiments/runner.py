@@ -392,7 +392,7 @@ class MemberParallel:
         return {k: float(v[i]) for k, v in metrics.items()}
 
     def member_state(self, i: int):
-        return jax.device_get(jax.tree_util.tree_map(lambda x: x[i], self.state))
+        return jax.tree_util.tree_map(lambda x: x[i], jax.device_get(self.state))
 
     def member_variables(self, i: int):
         state = self.member_state(i)
@@ -404,10 +404,12 @@ class MemberParallel:
 
 
 def train_members(setup: Setup, members: list[Member], *, member_parallel: bool = False, progress: bool = True,
-                  log: Log = print, stop_after: int | None = None) -> None:
+                  log: Log = print, stop_after: int | None = None,
+                  on_done: Callable[[Member], None] | None = None) -> None:
     """Train ``members`` until each is ``done``: one after another, each data-parallel over all
     devices, or with ``member_parallel`` in groups of one member per device.
 
+    ``on_done(member)`` is called as soon as a member finishes (e.g. to record it);
     ``stop_after`` ends each group after that many epochs (as if interrupted; continued with
     ``resume``)."""
     from tqdm import tqdm
@@ -454,3 +456,5 @@ def train_members(setup: Setup, members: list[Member], *, member_parallel: bool 
                 if a:
                     member.end_epoch(placement.member_state(j), placement.member_variables(j), sums[j], steps,
                                      lrs[j], elapsed)
+                    if member.done and on_done is not None:
+                        on_done(member)

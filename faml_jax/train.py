@@ -232,9 +232,15 @@ def replicate(tree, devices=None):
     """Copy a pytree onto each device (leading device axis), sharded as ``pmap`` outputs are."""
     sharding = device_sharding(devices)
     n = sharding.mesh.size
-    return jax.tree_util.tree_map(
-        lambda x: jax.device_put(jnp.broadcast_to(x, (n, *jnp.shape(x))), sharding), tree
-    )
+
+    def copies(x):
+        if jax.dtypes.issubdtype(jnp.result_type(x), jax.dtypes.prng_key):
+            x = jnp.broadcast_to(x, (n, *jnp.shape(x)))  # typed keys have no numpy form
+        else:  # on the host: a device broadcast would compile once per leaf shape
+            x = np.broadcast_to(np.asarray(x), (n, *np.shape(x)))
+        return jax.device_put(x, sharding)
+
+    return jax.tree_util.tree_map(copies, tree)
 
 
 def to_devices(tree, devices=None, axis: str = MEMBER_AXIS):
@@ -245,8 +251,15 @@ def to_devices(tree, devices=None, axis: str = MEMBER_AXIS):
 
 
 def unreplicate(tree):
-    """The first device's copy of a replicated pytree."""
-    return jax.tree_util.tree_map(lambda x: x[0], tree)
+    """The first device's copy of a replicated pytree, on the host (numpy; typed PRNG keys stay
+    jax arrays). Reads each leaf's first shard: no per-leaf device computation."""
+
+    def first(x):
+        if isinstance(x, jax.Array) and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return np.asarray(x.addressable_shards[0].data)[0]
+        return x[0]
+
+    return jax.tree_util.tree_map(first, tree)
 
 
 def shard(batch, devices=None):

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -52,13 +53,25 @@ def build(name: str, num_classes: int, *, axis_name: str | None = None, **overri
     return ResNet(config, axis_name=axis_name)
 
 
+@functools.lru_cache(maxsize=32)
+def _jitted_init(config: ModelConfig, batch_size: int):
+    """One compiled initialiser per configuration (compiling it takes seconds; a population
+    initialises many networks of one configuration)."""
+    model = ResNet(config)
+    size = config.input_size
+
+    @jax.jit
+    def init_fn(key):
+        variables = model.init(key, jnp.zeros((batch_size, size, size, 3), jnp.float32), train=False)
+        return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+
+    return init_fn
+
+
 def init(model: ResNet, key: jax.Array, batch_size: int = 1) -> dict:
-    """Initialise ``{"params", "batch_stats"}`` for ``model`` at its configured input size."""
-    size = model.config.input_size
-    variables = jax.jit(model.init, static_argnames="train")(
-        key, jnp.zeros((batch_size, size, size, 3), jnp.float32), train=False
-    )
-    return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    """Initialise ``{"params", "batch_stats"}`` for ``model`` at its configured input size
+    (the variables depend only on ``model.config`` and ``key``)."""
+    return _jitted_init(model.config, batch_size)(key)
 
 
 def count_params(params) -> int:
