@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench-step clean
+.PHONY: install test demo evolve-demo bench-step clean
 
 install: $(STAMP)
 
@@ -21,6 +21,10 @@ test: $(STAMP)
 # Train R18+FAML on the embedded synthetic set (CPU-sized preset) and print its test accuracy.
 demo: $(STAMP)
 	$(PY) -m experiments.train --workdir runs/demo --overwrite
+
+# One FGA generation with a population of 4 on the synthetic set (7 networks; about 45 min on 2 CPU cores).
+evolve-demo: $(STAMP)
+	$(PY) -m experiments.evolve --workdir runs/evolve-demo --overwrite
 
 # Compile time and median train-step time of r18 and r18_faml (see tools/bench_train_step.py).
 bench-step: $(STAMP)

@@ -9,8 +9,11 @@ networks trained by ``experiments.train`` (``--members DIR ...``). In each gener
      kernels are the parents' mean (Eq. 9), everything else is its fittest parent's;
   3. ``--new-members`` fresh networks join;
   4. children and new networks are trained until the stability detector says "well trained"
-     (at most ``--epochs`` epochs);
+     (at most ``--epochs`` epochs); children are retrained with Lr2 (``--child-lr``);
   5. the ``--population`` networks with the lowest training loss survive.
+
+Fresh networks start from one shared initialisation with their own heads (the stand-in for the
+common pre-trained start; ``--independent-init`` gives each its own).
 
 Networks are trained one after another, each data-parallel over all devices, or with
 ``--member-parallel`` one per device side by side. Writes to the workdir:
@@ -32,7 +35,6 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -41,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.runner import (
-    Member, Setup, UsageError, config_differences, config_to_json, ensure_writable, prepare_workdir,
+    Member, Setup, UsageError, config_differences, config_to_json, prepare_directory, prepare_workdir,
     train_members, write_atomic,
 )
 from experiments.train import OneLineErrorParser, add_run_arguments, resolve_config
@@ -339,22 +341,10 @@ EVOLVE_OUTPUTS = ("members", "evolve.json", "population.json")
 
 def prepare_evolve_workdir(workdir: Path, config: RunConfig, fga_config: FGAConfig, given: list[Path],
                            resume: bool, overwrite: bool) -> None:
-    ensure_writable(workdir)
     current = {"run": config_to_json(config), "fga": config_to_json(fga_config), "members": [str(p.resolve()) for p in given]}
-    exists = (workdir / "evolve.json").exists()
-    if exists and overwrite:
-        for name in EVOLVE_OUTPUTS:
-            path = workdir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-        exists = False
-    if exists and not resume:
-        raise UsageError(f"workdir {workdir} holds an earlier evolution: pass --resume to continue it or --overwrite to replace it")
-    if exists:
-        saved = json.loads((workdir / "evolve.json").read_text())
-        diffs = config_differences(saved, current, may_differ=MAY_DIFFER)
-        if diffs:
-            raise UsageError(f"the evolution in {workdir} was made with another configuration: {'; '.join(diffs)}")
-    write_atomic(workdir / "evolve.json", json.dumps(current, indent=2) + "\n")
+    prepare_directory(workdir, config_file="evolve.json", current=current, outputs=EVOLVE_OUTPUTS,
+                      markers=("evolve.json",), resume=resume, overwrite=overwrite, may_differ=MAY_DIFFER,
+                      what="evolution")
 
 
 def run(config: RunConfig, fga_config: FGAConfig, workdir: str | os.PathLike, *, given=(), resume: bool = False,

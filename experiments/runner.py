@@ -92,23 +92,36 @@ def ensure_writable(directory: Path) -> None:
         raise UsageError(f"cannot write to workdir {directory}: {error.strerror or error}") from None
 
 
-def prepare_workdir(workdir: Path, config: RunConfig, resume: bool, overwrite: bool) -> None:
-    """Create the workdir, check it is writable, and check it against ``resume``/``overwrite``."""
+def prepare_directory(workdir: Path, *, config_file: str, current: dict, outputs: tuple[str, ...],
+                      markers: tuple[str, ...], resume: bool, overwrite: bool, may_differ: tuple[str, ...],
+                      what: str) -> None:
+    """Create an output folder, check it is writable and check it against ``resume``/``overwrite``:
+    an earlier ``what`` (any of ``markers`` exists) needs ``resume`` with the same configuration
+    (``may_differ`` excepted) or ``overwrite`` (which deletes ``outputs``). Then writes
+    ``config_file`` with ``current``."""
     ensure_writable(workdir)
-    has_run = (workdir / "config.json").exists() or (workdir / "checkpoints").exists()
+    has_run = any((workdir / name).exists() for name in markers)
     if has_run and overwrite:
-        for name in OUTPUTS:
+        for name in outputs:
             path = workdir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         has_run = False
     if has_run and not resume:
-        raise UsageError(f"workdir {workdir} holds an earlier run: pass --resume to continue it or --overwrite to replace it")
-    if resume and (workdir / "config.json").exists():
-        saved = json.loads((workdir / "config.json").read_text())
-        diffs = config_differences(saved, config_to_json(config))
+        raise UsageError(f"workdir {workdir} holds an earlier {what}: pass --resume to continue it or --overwrite to replace it")
+    if resume and (workdir / config_file).exists():
+        saved = json.loads((workdir / config_file).read_text())
+        diffs = config_differences(saved, current, may_differ=may_differ)
         if diffs:
-            raise UsageError(f"the checkpoint in {workdir} was made with another configuration: {'; '.join(diffs)}")
-    write_atomic(workdir / "config.json", json.dumps(config_to_json(config), indent=2) + "\n")
+            raise UsageError(f"the {what} in {workdir} was made with another configuration: {'; '.join(diffs)}")
+    write_atomic(workdir / config_file, json.dumps(current, indent=2) + "\n")
+
+
+def prepare_workdir(workdir: Path, config: RunConfig, resume: bool, overwrite: bool) -> None:
+    """Make a network's workdir ready (``prepare_directory`` with its ``config.json``; ``epochs``
+    may grow on resume)."""
+    prepare_directory(workdir, config_file="config.json", current=config_to_json(config), outputs=OUTPUTS,
+                      markers=("config.json", "checkpoints"), resume=resume, overwrite=overwrite,
+                      may_differ=("epochs",), what="run")
 
 
 # ---------------------------------------------------------------------------------------------

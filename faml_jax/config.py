@@ -291,7 +291,10 @@ class FGAConfig:
         data order, loss draws and flips, as in METHOD 3). Averaging kernels presumes networks
         from one start; False gives each network its own random initialisation.
       recompute_bn: 0 (default): a child keeps its fittest parent's BatchNorm statistics; N > 0:
-        they are recomputed on N training batches before the child is retrained.
+        they are recomputed on N training batches before the child is retrained. This changes
+        the child's accuracy *before* retraining only: training-mode passes normalise with batch
+        statistics, so the parameters follow the same path either way, and the running
+        statistics forget their start within an epoch (momentum 0.9).
     """
 
     population: int = 4
