@@ -9,7 +9,7 @@ networks trained by ``experiments.train`` (``--members DIR ...``). In each gener
      kernels are the parents' mean (Eq. 9), everything else is its fittest parent's;
   3. ``--new-members`` fresh networks join;
   4. children and new networks are trained until the stability detector says "well trained"
-     (at most ``--epochs`` epochs); children are retrained with Lr2 (``--child-lr``);
+     (at most ``--epochs`` epochs); children restart the Lr1 regime (``--child-lr``);
   5. the ``--population`` networks with the lowest training loss survive.
 
 Fresh networks start from one shared initialisation with their own heads (the stand-in for the
@@ -382,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--fixed-epochs", action="store_true",
                        help="train every network for --epochs, not until the detector says well trained")
     group.add_argument("--child-lr", choices=["lr1", "lr2"], default=FGAConfig.child_lr,
-                       help="retrain children directly with Lr2 (default) or from Lr1's cosine start")
+                       help="retrain children from Lr1's cosine start (default) or directly with Lr2")
     group.add_argument("--independent-init", action="store_true",
                        help="each network its own random initialisation (default: one shared start, own heads)")
     group.add_argument("--recompute-bn", type=int, default=0, metavar="N",

@@ -18,8 +18,8 @@ from test_experiments_train import tiny_config
 
 # Two networks, one child (both as parents) and one new network per generation. With the tiny
 # run's detector (window 2, huge ranges) a fresh network switches to Lr2 after 2 epochs and is
-# well trained after 4; a child starts with Lr2 and is well trained after 2; the cap is 6.
-FGA = FGAConfig(population=2, generations=1, children=1, new_members=1, parents=2)
+# well trained after 4; a child started with Lr2 is well trained after 2; the cap is 6.
+FGA = FGAConfig(population=2, generations=1, children=1, new_members=1, parents=2, child_lr="lr2")
 CAP = 6
 NAMES = ["g0-m0", "g0-m1", "g1-c0", "g1-n0"]
 quiet = dict(progress=False, log=lambda *_: None)
