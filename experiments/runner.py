@@ -193,7 +193,8 @@ class Member:
     history and learning-rate regime.
 
     A new member starts from the seed's random initialisation, or from ``init_variables`` (an
-    FGA child), in which case those weights are evaluated and saved as checkpoint 0 first. An
+    FGA child, or FGA's shared start), in which case those weights are evaluated and saved as
+    checkpoint 0 first (``test_logits/epoch_0000.npz``, ``initial_test`` in summary.json). An
     existing one continues from its latest complete checkpoint.
 
     ``until_trained``: stop as soon as the stability detector says the network is well trained
@@ -206,6 +207,8 @@ class Member:
                  start_lr: str = "lr1", name: str = "", log: Log = print):
         from tensorboardX import SummaryWriter
 
+        if start_lr not in ("lr1", "lr2"):
+            raise ValueError(f"start_lr must be 'lr1' or 'lr2', got {start_lr!r}")
         self.setup, self.config, self.workdir = setup, config, Path(workdir)
         self.until_trained, self.name, self.log = until_trained, name, log
         self.checkpoints = Checkpoints(self.workdir, keep=config.keep_checkpoints)
