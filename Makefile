@@ -22,7 +22,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m experiments.train --workdir runs/demo --overwrite
 
-# One FGA generation with a population of 4 on the synthetic set (7 networks; about 45 min on 2 CPU cores).
+# One FGA generation with a population of 4 on the synthetic set (7 networks; 23 min on our 2-core CPU).
 evolve-demo: $(STAMP)
 	$(PY) -m experiments.evolve --workdir runs/evolve-demo --overwrite
 
