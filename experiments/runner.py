@@ -273,7 +273,7 @@ class Member:
 
     def record(self, test: dict) -> dict:
         return {"epoch": self.epoch, "history": self.history, "switch_epoch": self.lr_state.switch_epoch,
-                "iterator": None, "test": test, "initial_test": self.initial_test}
+                "test": test, "initial_test": self.initial_test}
 
     def end_epoch(self, state: train.TrainState, variables, sums: dict, steps: int, lr: float, elapsed: float) -> dict:
         """Book one trained epoch: evaluate ``variables`` (replicated) on the test split, save the
@@ -443,8 +443,8 @@ def train_members(setup: Setup, members: list[Member], *, member_parallel: bool 
             active = [not m.done for m in group]
             iterators = [iter(m.loader.iterate(m.epoch)) if a else None for m, a in zip(group, active)]
             sums = [{"loss": 0.0, "accuracy": 0.0, "lsr": 0.0} for _ in group]
-            names = ", ".join(f"{m.name or 'epoch'} {m.epoch + 1}/{m.config.epochs}" for m, a in zip(group, active) if a)
-            bar = tqdm(total=steps, desc=names if len(group) > 1 or group[0].name else f"epoch {group[0].epoch + 1}/{group[0].config.epochs}",
+            desc = ", ".join(f"{m.prefix}epoch {m.epoch + 1}/{m.config.epochs}" for m, a in zip(group, active) if a)
+            bar = tqdm(total=steps, desc=desc,
                        disable=not progress, leave=False, unit="step", dynamic_ncols=True)
             pending, lrs = [], [0.0] * len(group)
             begin = time.perf_counter()
