@@ -46,7 +46,7 @@ from experiments.runner import (
     Member, Setup, UsageError, config_differences, config_to_json, prepare_directory, prepare_workdir,
     train_members, write_atomic,
 )
-from experiments.train import OneLineErrorParser, add_run_arguments, resolve_config
+from experiments.train import OneLineErrorParser, add_run_arguments, resolve_config, run_cli
 from faml_jax import fga, models, train
 from faml_jax.checkpoint import Checkpoints
 from faml_jax.config import FGAConfig, RunConfig
@@ -395,9 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
+    def body(args):
         config = resolve_config(args)
         fga_config = FGAConfig(
             population=args.population, generations=args.generations, children=args.children,
@@ -407,10 +405,8 @@ def main(argv=None) -> int:
         workdir = Path(args.workdir or f"runs/evolve-{args.dataset}-{config.model_name}-seed{args.seed}")
         run(config, fga_config, workdir, given=args.members or (), resume=args.resume, overwrite=args.overwrite,
             member_parallel=args.member_parallel, progress=not args.no_progress)
-    except (UsageError, ValueError) as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_cli(build_parser(), argv, body)
 
 
 if __name__ == "__main__":

@@ -371,10 +371,11 @@ class DataParallel:
     def member_metrics(self, metrics, i: int) -> dict:
         return {k: float(v[0]) for k, v in metrics.items()}
 
-    def member_state(self, i: int):
-        return jax.device_get(train.unreplicate(self.state))
+    def host_states(self, count: int) -> list:
+        """The members' states on the host (one transfer)."""
+        return [jax.device_get(train.unreplicate(self.state))]
 
-    def member_variables(self, i: int):
+    def eval_variables(self, i: int, host_state):
         """Replicated variables for the evaluator (already on the devices)."""
         return {"params": self.state.params, "batch_stats": self.state.batch_stats}
 
@@ -407,12 +408,13 @@ class MemberParallel:
     def member_metrics(self, metrics, i: int) -> dict:
         return {k: float(v[i]) for k, v in metrics.items()}
 
-    def member_state(self, i: int):
-        return jax.tree_util.tree_map(lambda x: x[i], jax.device_get(self.state))
+    def host_states(self, count: int) -> list:
+        """The first ``count`` members' states on the host (one transfer for all)."""
+        stacked = jax.device_get(self.state)
+        return [jax.tree_util.tree_map(lambda x: x[i], stacked) for i in range(count)]
 
-    def member_variables(self, i: int):
-        state = self.member_state(i)
-        return train.replicate({"params": state.params, "batch_stats": state.batch_stats}, self.devices)
+    def eval_variables(self, i: int, host_state):
+        return train.replicate({"params": host_state.params, "batch_stats": host_state.batch_stats}, self.devices)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,9 +470,10 @@ def train_members(setup: Setup, members: list[Member], *, member_parallel: bool 
                     pending = []
             bar.close()
             elapsed = time.perf_counter() - begin
+            states = placement.host_states(len(group))
             for j, (member, a) in enumerate(zip(group, active)):
                 if a:
-                    member.end_epoch(placement.member_state(j), placement.member_variables(j), sums[j], steps,
+                    member.end_epoch(states[j], placement.eval_variables(j, states[j]), sums[j], steps,
                                      lrs[j], elapsed)
                     if member.done and on_done is not None:
                         on_done(member)

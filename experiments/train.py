@@ -155,20 +155,25 @@ def run(config: RunConfig, workdir: str | os.PathLike, *, resume: bool = False, 
     return summary
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
+def run_cli(parser: argparse.ArgumentParser, argv, body) -> int:
+    """Parse ``argv`` and call ``body(args)``; a usage problem or an invalid configuration value
+    is printed as one line and gives exit status 2."""
     args = parser.parse_args(argv)
     try:
-        config = resolve_config(args)
-        workdir = Path(args.workdir or f"runs/{args.dataset}-{config.model_name}-seed{args.seed}")
-        run(config, workdir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    except UsageError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
-    except ValueError as error:  # invalid configuration values
+        body(args)
+    except (UsageError, ValueError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv=None) -> int:
+    def body(args):
+        config = resolve_config(args)
+        workdir = Path(args.workdir or f"runs/{args.dataset}-{config.model_name}-seed{args.seed}")
+        run(config, workdir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+
+    return run_cli(build_parser(), argv, body)
 
 
 if __name__ == "__main__":
