@@ -1,0 +1,172 @@
+"""Ensemble decisions (METHOD 4): T2V, top-two voting (Eq. 10-12), and its baselines T1V (majority
+vote) and NOI (summed softmax, Eq. 13); the rank statistics of paper Table 1; and the logits of all
+members in one compiled call over their stacked variables.
+
+Every decision function is pure and jit-able over a logits array of shape (members, batch,
+classes), written ``(M, B, C)`` below:
+
+    >>> logits = ensemble_logits(model, fga.stack(members), images)      # (M, B, C)
+    >>> predictions = t2v_predict(logits)                                   # (B,)
+
+Ties. A member's top-1 and top-2 classes are its largest and second-largest logits, equal logits
+going to the lower class index (as ``argmax`` does). Votes are counted as integers before they
+are weighted, so members voting alike give bit-equal scores; a tie in the ensemble score is broken
+by NOI, then by the lowest class index (METHOD 4 [choice]).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from faml_jax.preprocess import normalize
+
+ALPHA = 1.9  # weight of a member's top-1 vote (paper)
+BETA = 1.0  # weight of its top-2 vote: two second places outweigh one first place
+STRATEGIES = ("t1v", "noi", "t2v")
+
+Mapping = Literal["map", "vmap"]
+# How members are mapped in ``ensemble_logits``, per backend, by measurement: on the CPU, ``vmap``
+# turns the convolutions into grouped convolutions and ran 5.5x slower than a Python loop over
+# members, while ``lax.map`` matched the loop (``tools/bench_ensemble.py``). Backends not measured
+# yet get ``lax.map`` (it never does worse than the loop).
+MAPPING_BY_BACKEND: dict[str, Mapping] = {"cpu": "map"}
+
+
+def _check_logits(logits: jax.Array) -> None:
+    chex.assert_rank(logits, 3)
+    if logits.shape[-1] < 2:
+        raise ValueError(f"voting needs at least 2 classes, got logits of shape {logits.shape}")
+
+
+def top_two(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Each member's top-1 and top-2 class: ``(M, B)`` int32 each (ties to the lower index)."""
+    _check_logits(logits)
+    first = jnp.argmax(logits, axis=-1)
+    rest = jnp.where(jax.nn.one_hot(first, logits.shape[-1], dtype=bool), -jnp.inf, logits)
+    return first.astype(jnp.int32), jnp.argmax(rest, axis=-1).astype(jnp.int32)
+
+
+def vote_vectors(logits: jax.Array, alpha: float = ALPHA, beta: float = BETA) -> jax.Array:
+    """``V^l`` (Eq. 10-11): alpha at each member's top-1 class, beta at its top-2, 0 elsewhere:
+    (M, B, C) float32."""
+    first, second = top_two(logits)
+    c = logits.shape[-1]
+    return alpha * jax.nn.one_hot(first, c) + beta * jax.nn.one_hot(second, c)
+
+
+def vote_counts(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """How many members rank each class first, and second: ``(B, C)`` int32 each."""
+    first, second = top_two(logits)
+    c = logits.shape[-1]
+    count = lambda classes: jnp.sum(jax.nn.one_hot(classes, c, dtype=jnp.int32), axis=0)
+    return count(first), count(second)
+
+
+def t2v_scores(logits: jax.Array, alpha: float = ALPHA, beta: float = BETA) -> jax.Array:
+    """``Out_T2V = sum_l V^l`` (Eq. 12): (B, C) float32, computed as ``alpha * n1 + beta * n2``
+    from the integer vote counts (equal counts give bit-equal scores). Invariant to any positive
+    rescaling or shift of a member's logits."""
+    n1, n2 = vote_counts(logits)
+    return alpha * n1.astype(jnp.float32) + beta * n2.astype(jnp.float32)
+
+
+def noi_scores(logits: jax.Array) -> jax.Array:
+    """NOI (Eq. 13): the members' softmax probabilities summed, (B, C) float32."""
+    _check_logits(logits)
+    return jnp.sum(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=0)
+
+
+def t1v_scores(logits: jax.Array) -> jax.Array:
+    """T1V (bagging): the number of members whose top-1 class each class is, (B, C) float32."""
+    return vote_counts(logits)[0].astype(jnp.float32)
+
+
+def argmax_with_tiebreak(scores: jax.Array, tiebreak: jax.Array) -> jax.Array:
+    """``argmax`` of ``scores`` (..., C); among equal maxima the largest ``tiebreak`` wins, then
+    the lowest index."""
+    best = scores == jnp.max(scores, axis=-1, keepdims=True)
+    return jnp.argmax(jnp.where(best, tiebreak, -jnp.inf), axis=-1).astype(jnp.int32)
+
+
+def t2v_predict(logits: jax.Array, alpha: float = ALPHA, beta: float = BETA) -> jax.Array:
+    """T2V's decision: argmax of Eq. 12, ties broken by NOI then the lowest class: (B,) int32."""
+    return argmax_with_tiebreak(t2v_scores(logits, alpha, beta), noi_scores(logits))
+
+
+def t1v_predict(logits: jax.Array) -> jax.Array:
+    """Majority vote of the members' top-1 classes, ties broken by NOI then the lowest class."""
+    return argmax_with_tiebreak(t1v_scores(logits), noi_scores(logits))
+
+
+def noi_predict(logits: jax.Array) -> jax.Array:
+    """argmax of the summed softmax (Eq. 13): (B,) int32."""
+    return jnp.argmax(noi_scores(logits), axis=-1).astype(jnp.int32)
+
+
+def predict(logits: jax.Array, strategy: str = "t2v", alpha: float = ALPHA, beta: float = BETA) -> jax.Array:
+    """The ensemble's decision by ``strategy`` ("t1v", "noi" or "t2v"): (B,) int32."""
+    if strategy == "t2v":
+        return t2v_predict(logits, alpha, beta)
+    if strategy == "t1v":
+        return t1v_predict(logits)
+    if strategy == "noi":
+        return noi_predict(logits)
+    raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+
+
+def label_ranks(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """The 0-based rank of the true label in each member's ordering of the classes (0 = its
+    top-1; equal logits rank the lower class first, as ``argmax``): (M, B) int32."""
+    _check_logits(logits)
+    chex.assert_shape(labels, (logits.shape[1],))
+    c = logits.shape[-1]
+    label_logit = jnp.take_along_axis(logits, labels[None, :, None], axis=-1)
+    ahead = (logits > label_logit) | ((logits == label_logit) & (jnp.arange(c) < labels[None, :, None]))
+    return jnp.sum(ahead, axis=-1).astype(jnp.int32)
+
+
+def rank_distribution(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Paper Table 1: per member, the share of samples whose true label it ranks 1st, 2nd, ...,
+    Cth: (M, C) float32, each row summing to 1."""
+    ranks = label_ranks(logits, labels)
+    return jnp.mean(jax.nn.one_hot(ranks, logits.shape[-1]), axis=1)
+
+
+def ensemble_logits(model, stacked_variables: dict, images: jax.Array, mapping: Mapping = "map") -> jax.Array:
+    """All members' logits for one batch in one call: (M, B, C) float32.
+
+    Args:
+      model: the members' ``ResNet`` (they share its configuration).
+      stacked_variables: ``{"params", "batch_stats"}`` with a leading member axis on every leaf
+        (``fga.stack``).
+      images: (B, H, W, 3) uint8 (normalised here, as in the eval step).
+      mapping: "map" runs the members one after another inside the compiled call
+        (``jax.lax.map``); "vmap" batches them (``jax.vmap``: grouped convolutions). See
+        ``MAPPING_BY_BACKEND``.
+    """
+    model = model.clone(axis_name=None)
+    x = normalize(images)
+
+    def one(variables):
+        return model.apply({"params": variables["params"], "batch_stats": variables["batch_stats"]}, x, train=False)
+
+    if mapping == "map":
+        return jax.lax.map(one, stacked_variables)
+    if mapping == "vmap":
+        return jax.vmap(one)(stacked_variables)
+    raise ValueError(f"unknown mapping {mapping!r}; expected 'map' or 'vmap'")
+
+
+def default_mapping(backend: str | None = None) -> Mapping:
+    """The member mapping for ``backend`` (default: jax's default backend)."""
+    return MAPPING_BY_BACKEND.get(backend or jax.default_backend(), "map")
+
+
+def make_ensemble_step(model, mapping: Mapping | None = None) -> Callable[[dict, jax.Array], jax.Array]:
+    """Jitted ``step(stacked_variables, images_uint8) -> logits (M, B, C)``."""
+    mapping = mapping or default_mapping()
+    return jax.jit(lambda variables, images: ensemble_logits(model, variables, images, mapping))
