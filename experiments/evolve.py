@@ -43,12 +43,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.runner import (
-    Member, Setup, UsageError, config_differences, config_to_json, prepare_directory, prepare_workdir,
-    train_members, write_atomic,
+    Member, Setup, UsageError, config_differences, config_to_json, final_variables, has_checkpoint, last_epoch,
+    prepare_directory, prepare_workdir, train_members, write_atomic,
 )
 from experiments.train import OneLineErrorParser, add_run_arguments, resolve_config, run_cli
 from faml_jax import fga, models, train
-from faml_jax.checkpoint import Checkpoints
 from faml_jax.config import FGAConfig, RunConfig
 from faml_jax.evaluate import classification_metrics
 
@@ -70,37 +69,6 @@ def member_seed(seed: int, serial: int) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # Reading networks
-
-
-def final_variables(setup: Setup, workdir: Path) -> dict:
-    """``{"params", "batch_stats"}`` of the latest checkpoint in a network's workdir."""
-    checkpoints = Checkpoints(workdir)
-    try:
-        epoch = checkpoints.latest_epoch()
-        if epoch is None:
-            raise UsageError(f"no checkpoint in {workdir / 'checkpoints'}")
-        try:
-            state, _ = checkpoints.restore(epoch, setup.initial_state(0))
-        except ValueError as error:
-            raise UsageError(str(error)) from None
-    finally:
-        checkpoints.close()
-    return {"params": state.params, "batch_stats": state.batch_stats}
-
-
-def last_epoch(workdir: Path) -> dict:
-    """The last line of a network's metrics.jsonl (its final training loss and test accuracy)."""
-    path = workdir / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    if not lines:
-        raise UsageError(f"{path} has no trained epoch")
-    return json.loads(lines[-1])
-
-
-def has_checkpoint(workdir: Path) -> bool:
-    """Whether a network's workdir holds a complete checkpoint (orbax names them by number)."""
-    directory = workdir / "checkpoints"
-    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
 def check_given_member(workdir: Path, config: RunConfig) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 
 from faml_jax import data, fga, models, schedules, train
 from faml_jax.checkpoint import Checkpoints
-from faml_jax.config import RunConfig
+from faml_jax.config import RunConfig, from_dict
 from faml_jax.evaluate import Evaluator, classification_metrics
 from faml_jax.losses import class_weights
 
@@ -182,6 +182,53 @@ class Setup:
         c = self.config
         return self.evaluator(variables, data.eval_batches(self.dataset.test, c.eval_batch_size,
                                                            c.model.input_size, c.data.num_threads))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading finished networks
+
+
+def read_run_config(workdir: Path) -> RunConfig:
+    """The configuration a network in ``workdir`` was trained with (its config.json)."""
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        raise UsageError(f"{path} not found (expected the workdir of a network trained by experiments.train)")
+    try:
+        return from_dict(RunConfig, json.loads(path.read_text()))
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"{path} is not a valid run configuration: {error}") from None
+
+
+def final_variables(setup: Setup, workdir: Path, epoch: int | None = None) -> dict:
+    """``{"params", "batch_stats"}`` of checkpoint ``epoch`` (default: the latest) in a network's
+    workdir."""
+    checkpoints = Checkpoints(workdir)
+    try:
+        epoch = checkpoints.latest_epoch() if epoch is None else epoch
+        if epoch is None:
+            raise UsageError(f"no checkpoint in {Path(workdir) / 'checkpoints'}")
+        try:
+            state, _ = checkpoints.restore(epoch, setup.initial_state(0))
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    finally:
+        checkpoints.close()
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def last_epoch(workdir: Path) -> dict:
+    """The last line of a network's metrics.jsonl (its final training loss and test accuracy)."""
+    path = workdir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    if not lines:
+        raise UsageError(f"{path} has no trained epoch")
+    return json.loads(lines[-1])
+
+
+def has_checkpoint(workdir: Path) -> bool:
+    """Whether a network's workdir holds a complete checkpoint (orbax names them by number)."""
+    directory = workdir / "checkpoints"
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
 # ---------------------------------------------------------------------------------------------

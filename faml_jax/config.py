@@ -8,6 +8,8 @@ set live beside the type they configure.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from typing import Literal
 
 from faml_jax.data.synthetic import SyntheticConfig
@@ -339,3 +341,29 @@ RUN_PRESETS: dict[str, dict] = {
     "affectnet7": dict(model_name="r18_faml", model={}, loss=LOSS_PRESETS["affectnet7"], schedule={}, batch_size=256, epochs=20),
     "affectnet8": dict(model_name="r18_faml", model={}, loss=LOSS_PRESETS["affectnet8"], schedule={}, batch_size=256, epochs=20),
 }
+
+
+def from_dict(cls, values: dict):
+    """Rebuild a (nested) config dataclass from its ``dataclasses.asdict`` / JSON form, e.g. a
+    run's saved ``config.json``: ``from_dict(RunConfig, json.load(f))``. Lists become tuples;
+    missing fields take their defaults; an unknown field is a ValueError naming it."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}")
+    return cls(**{name: _from_json(hints[name], value) for name, value in values.items()})
+
+
+def _from_json(tp, value):
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        return _from_json(next(a for a in args if a is not type(None)), value)
+    if origin is tuple:
+        element = args[0]  # tuple[X, ...]
+        return tuple(_from_json(element, v) for v in value)
+    return value

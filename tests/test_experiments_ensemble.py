@@ -1,0 +1,166 @@
+"""Tests of the ensemble report program: numbers checked against the members' own training-time
+evaluations and a numpy vote, the report files, population input, errors and atomic writes."""
+
+import csv
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from experiments import ensemble as ensemble_program
+from experiments import train as train_program
+from test_ensemble import reference_predict
+from test_experiments_train import tiny_config
+
+SEEDS = (1, 2, 3)
+quiet = dict(progress=False, log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Three tiny networks of 3 epochs each (different seeds)."""
+    root = tmp_path_factory.mktemp("ensemble")
+    members = []
+    for seed in SEEDS:
+        config = dataclasses.replace(tiny_config(root / "data", 3), seed=seed)
+        workdir = root / f"net{seed}"
+        train_program.run(config, workdir, **quiet)
+        members.append((f"net{seed}", workdir))
+    report = ensemble_program.run(members, root / "report", **quiet)
+    return root, members, report
+
+
+def stored_logits(workdir, epoch):
+    with np.load(workdir / "test_logits" / f"epoch_{epoch:04d}.npz") as f:
+        return f["logits"], f["labels"]
+
+
+def test_report_numbers_match_the_members_own_evaluations(trained):
+    root, members, report = trained
+    logits, labels = zip(*(stored_logits(w, 3) for _, w in members))
+    logits, labels = np.stack(logits), labels[0]
+    for (name, workdir), row, evaluated in zip(members, report["members"], report["members_evaluated"]):
+        summary = json.loads((workdir / "summary.json").read_text())
+        assert row["name"] == name and evaluated["epoch"] == 3
+        assert row["accuracy"] == round(100 * summary["final_test_accuracy"], 2)
+        assert evaluated["stored_logits_max_abs_diff"] < 1e-4
+    for strategy in ("t1v", "noi", "t2v"):
+        predictions, ambiguous = reference_predict(logits, strategy)
+        assert not ambiguous.any()
+        assert report["ensemble"][strategy]["accuracy"] == round(100 * float(np.mean(predictions == labels)), 2)
+    # Ensemble sizes 2..3 in the given order; the full size equals the whole ensemble.
+    assert [s["size"] for s in report["sizes"]] == [2, 3]
+    assert [s["added"] for s in report["sizes"]] == ["net2", "net3"]
+    assert report["sizes"][-1]["t2v"] == report["ensemble"]["t2v"]["accuracy"]
+    pair, _ = reference_predict(logits[:2], "t2v")
+    assert report["sizes"][0]["t2v"] == round(100 * float(np.mean(pair == labels)), 2)
+    # Table 1: the first rank is each member's accuracy, every row sums to 1.
+    for row, ranks in zip(report["members"], report["ranks"]["members"].values()):
+        assert ranks[0] * 100 == pytest.approx(row["accuracy"], abs=0.01)
+        assert sum(ranks) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_report_files(trained):
+    root, members, report = trained
+    out = root / "report"
+    expected = {"report.md", "report.json", "members.csv", "sizes.csv", "ranks.csv", "logits.npz",
+                "confusion_best_member.csv", "confusion_best_member.png", "confusion_t2v.csv", "confusion_t2v.png"}
+    assert {p.name for p in out.iterdir()} == expected
+    assert not [p for p in root.iterdir() if p.name.startswith(".report")]  # no temporary folder left
+    assert json.loads((out / "report.json").read_text())["ensemble"] == report["ensemble"]
+    with np.load(out / "logits.npz") as f:
+        assert f["logits"].shape == (3, 40, 7)
+        np.testing.assert_allclose(f["logits"][0], stored_logits(members[0][1], 3)[0], atol=1e-4)
+    md = (out / "report.md").read_text()
+    for heading in ("paper Table 6", "paper Table 4", "paper Table 1", "row-normalised"):
+        assert heading in md
+    rows = list(csv.reader((out / "confusion_t2v.csv").open()))
+    assert rows[0][1:] == report["classes"]
+    counts = np.asarray(report["confusion_counts"]["t2v"])
+    for row, count in zip(rows[1:], counts):
+        values = np.asarray(row[1:], float)
+        if count.sum():
+            assert values.sum() == pytest.approx(100, abs=0.05)
+            np.testing.assert_allclose(values, 100 * count / count.sum(), atol=0.006)
+    import matplotlib.image
+
+    image = matplotlib.image.imread(out / "confusion_t2v.png")
+    assert image.ndim == 3 and min(image.shape[:2]) > 200
+
+
+def test_best_checkpoint_and_accuracy_order(trained, tmp_path):
+    root, members, _ = trained
+    report = ensemble_program.run(members, tmp_path / "best", checkpoint="best", order="accuracy", **quiet)
+    for (name, workdir), evaluated, row in zip(members, report["members_evaluated"], report["members"]):
+        summary = json.loads((workdir / "summary.json").read_text())
+        history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+        # The best epoch's checkpoint is kept (or one of equal accuracy, when epochs tie).
+        assert history[evaluated["epoch"] - 1]["test_accuracy"] == summary["best_epoch_test_accuracy"]
+        assert row["accuracy"] == round(100 * summary["best_epoch_test_accuracy"], 2)
+    accuracies = {m["name"]: m["accuracy"] for m in report["members"]}
+    order = sorted(accuracies, key=lambda n: (-accuracies[n], [m[0] for m in members].index(n)))
+    assert [s["added"] for s in report["sizes"]] == order[1:]
+    assert "checkpoint (selected on the test split: optimistic)" in (tmp_path / "best" / "report.md").read_text()
+
+
+def test_population_members(trained, tmp_path):
+    root, members, _ = trained
+    lineage = {"members": {name: {"workdir": str(w), "status": "trained"} for name, w in members},
+               "generations": [{"generation": 0, "survivors": ["net1", "net2", "net3"]},
+                               {"generation": 1, "survivors": ["net3", "net1"]}],
+               "plans": {"1": {}}}
+    (tmp_path / "population.json").write_text(json.dumps(lineage))
+    found = ensemble_program.population_members(tmp_path)
+    assert found == [("net3", members[2][1]), ("net1", members[0][1])]
+    assert [n for n, _ in ensemble_program.population_members(tmp_path, all_networks=True)] == ["net1", "net2", "net3"]
+    lineage["plans"]["2"] = {}  # generation 2 planned but not finished
+    (tmp_path / "population.json").write_text(json.dumps(lineage))
+    with pytest.raises(ensemble_program.UsageError, match="not finished"):
+        ensemble_program.population_members(tmp_path)
+
+
+def cli(argv, capsys):
+    status = ensemble_program.main([*argv, "--no-progress"])
+    return status, capsys.readouterr().err
+
+
+def test_cli_errors(trained, tmp_path, capsys):
+    root, members, _ = trained
+    dirs = [str(w) for _, w in members]
+    status, err = cli(["--members", dirs[0], "--out", str(tmp_path / "a")], capsys)
+    assert status == 2 and "at least 2 members" in err
+    status, err = cli(["--members", dirs[0], dirs[0], "--out", str(tmp_path / "a")], capsys)
+    assert status == 2 and "given twice" in err
+    status, err = cli(["--members", *dirs, "--out", str(root / "report")], capsys)
+    assert status == 2 and "--overwrite" in err
+    status, err = cli(["--population", str(tmp_path), "--out", str(tmp_path / "a")], capsys)
+    assert status == 2 and str(tmp_path / "population.json") in err
+    status, err = cli(["--members", dirs[0], str(tmp_path), "--out", str(tmp_path / "a")], capsys)
+    assert status == 2 and str(tmp_path / "config.json") in err
+    # A member of another architecture: named with the differing field.
+    other = tmp_path / "other"
+    shutil.copytree(members[1][1], other)
+    config = json.loads((other / "config.json").read_text())
+    config["model"]["attention"] = False
+    (other / "config.json").write_text(json.dumps(config))
+    status, err = cli(["--members", dirs[0], str(other), "--out", str(tmp_path / "a")], capsys)
+    assert status == 2 and "member other differs from net1 in: model.attention (True in net1, False in other)" in err
+    assert not (tmp_path / "a").exists()
+
+
+def test_failed_write_keeps_the_earlier_report(trained, tmp_path, monkeypatch):
+    root, members, report = trained
+    out = tmp_path / "kept"
+    shutil.copytree(root / "report", out)
+    before = (out / "report.json").read_text()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ensemble_program, "confusion_png", broken)
+    with pytest.raises(OSError, match="disk full"):
+        ensemble_program.run(members, out, overwrite=True, **quiet)
+    assert (out / "report.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]  # no temporary folder left
