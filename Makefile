@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo evolve-demo bench-step clean
+.PHONY: install test demo evolve-demo ensemble-demo bench-step bench-ensemble clean
 
 install: $(STAMP)
 
@@ -26,9 +26,17 @@ demo: $(STAMP)
 evolve-demo: $(STAMP)
 	$(PY) -m experiments.evolve --workdir runs/evolve-demo --overwrite
 
+# T1V / NOI / T2V report of evolve-demo's final population (runs/evolve-demo/ensemble; under a minute).
+ensemble-demo: $(STAMP)
+	$(PY) -m experiments.ensemble --population runs/evolve-demo --overwrite
+
 # Compile time and median train-step time of r18 and r18_faml (see tools/bench_train_step.py).
 bench-step: $(STAMP)
 	$(PY) -m tools.bench_train_step
+
+# A 6-member ensemble evaluated by a loop of jitted calls, lax.map and vmap (tools/bench_ensemble.py).
+bench-ensemble: $(STAMP)
+	$(PY) -m tools.bench_ensemble
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -332,16 +332,12 @@ def run(config: RunConfig, fga_config: FGAConfig, workdir: str | os.PathLike, *,
     return evolution.run()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(
-        prog="python -m experiments.evolve",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_run_arguments(parser, epochs_help="most epochs to train each network (preset)",
-                      workdir_help="output folder (default runs/evolve-<dataset>-<model>-seed<seed>)")
+def add_fga_arguments(parser: argparse.ArgumentParser, population: bool) -> argparse._ArgumentGroup:
+    """The flags of ``FGAConfig`` (``--population`` only where ``population``); returns their group."""
     group = parser.add_argument_group("FGA (METHOD 3)")
-    group.add_argument("--population", type=int, default=FGAConfig.population, help="networks per generation (default 4)")
+    if population:
+        group.add_argument("--population", type=int, default=FGAConfig.population,
+                           help="networks per generation (default 4)")
     group.add_argument("--generations", type=int, default=FGAConfig.generations, help="generations (default 1)")
     group.add_argument("--children", type=int, default=FGAConfig.children, help="children per generation (default 2)")
     group.add_argument("--new-members", type=int, default=FGAConfig.new_members,
@@ -355,6 +351,28 @@ def build_parser() -> argparse.ArgumentParser:
                        help="each network its own random initialisation (default: one shared start, own heads)")
     group.add_argument("--recompute-bn", type=int, default=0, metavar="N",
                        help="recompute a child's BatchNorm statistics on N training batches (default 0: off)")
+    return group
+
+
+def fga_config(args: argparse.Namespace, population: int | None = None) -> FGAConfig:
+    """The ``FGAConfig`` of parsed FGA flags (``population``: instead of ``--population``)."""
+    return FGAConfig(
+        population=args.population if population is None else population, generations=args.generations,
+        children=args.children, new_members=args.new_members, parents=args.parents,
+        until_trained=not args.fixed_epochs, child_lr=args.child_lr, recompute_bn=args.recompute_bn,
+        shared_start=not args.independent_init,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(
+        prog="python -m experiments.evolve",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_run_arguments(parser, epochs_help="most epochs to train each network (preset)",
+                      workdir_help="output folder (default runs/evolve-<dataset>-<model>-seed<seed>)")
+    group = add_fga_arguments(parser, population=True)
     group.add_argument("--members", nargs="+", metavar="DIR",
                        help="initial population: workdirs of networks trained by experiments.train")
     group.add_argument("--member-parallel", action="store_true",
@@ -365,13 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     def body(args):
         config = resolve_config(args)
-        fga_config = FGAConfig(
-            population=args.population, generations=args.generations, children=args.children,
-            new_members=args.new_members, parents=args.parents, until_trained=not args.fixed_epochs,
-            child_lr=args.child_lr, recompute_bn=args.recompute_bn, shared_start=not args.independent_init,
-        )
+        fga = fga_config(args)
         workdir = Path(args.workdir or f"runs/evolve-{args.dataset}-{config.model_name}-seed{args.seed}")
-        run(config, fga_config, workdir, given=args.members or (), resume=args.resume, overwrite=args.overwrite,
+        run(config, fga, workdir, given=args.members or (), resume=args.resume, overwrite=args.overwrite,
             member_parallel=args.member_parallel, progress=not args.no_progress)
 
     return run_cli(build_parser(), argv, body)

@@ -1,0 +1,210 @@
+"""Paper Table 2 for one data set: ``python -m experiments.ablation [--dataset synthetic] [--networks 4]``.
+
+Trains three single-network variants with the same budget (the preset's epochs, schedule and
+batch) and the same seeds (``--seed`` .. ``--seed + networks - 1``):
+
+  R18        plain ResNet18 (``--model r18``), trained with CE (WCE where the preset weights
+             classes: AffectNet)
+  R18+FA     the FA stem only (``r18_fa``), the same loss
+  R18+FAML   FA stem and attention blocks (``r18_faml``), the preset's ML loss
+
+then combines the R18+FAML networks:
+
+  R18+FAML-FGA      FGA (``experiments.evolve``) with the R18+FAML networks as the initial
+                    population; the row reports the final population
+  R18+FAML-T2V      T2V over the R18+FAML networks (``experiments.ensemble``)
+  R18+FAML-FGA-T2V  T2V over the evolved population
+
+and writes ``table2.md`` and ``table2.json`` to the workdir (single-network rows: mean and
+standard deviation over the networks, and the best one; ensemble rows: the T2V accuracy; the
+paper's number beside each). Every run has its own folder, so an interrupted ablation continues
+with ``--resume`` (finished runs are kept):
+
+  r18/seed<s>/, r18_fa/seed<s>/, r18_faml/seed<s>/   experiments.train workdirs
+  fga/                                               the experiments.evolve workdir
+  reports/faml-t2v/, reports/faml-fga-t2v/           experiments.ensemble report folders
+
+Budget note: FGA trains its children and new networks on top of the initial population, so the
+FGA rows use more training than the single-network rows (the evolution's lineage says how much).
+The networks start from their own random initialisations (no pre-trained backbone yet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from experiments import ensemble as ensemble_program
+from experiments import evolve as evolve_program
+from experiments import train as train_program
+from experiments.runner import UsageError, write_atomic
+from experiments.train import OneLineErrorParser, add_run_arguments, resolve_config, run_cli
+from faml_jax import models
+from faml_jax.config import FGAConfig, LossConfig, ModelConfig, RunConfig
+
+VARIANTS = {  # row name: model preset
+    "R18": "r18",
+    "R18+FA": "r18_fa",
+    "R18+FAML": "r18_faml",
+}
+ROWS = ("R18", "R18+FA", "R18+FAML", "R18+FAML-FGA", "R18+FAML-T2V", "R18+FAML-FGA-T2V")
+# METHOD 5 / paper Table 2 (accuracy %); the FGA-T2V row is the paper's 6-network ensemble.
+PAPER = {
+    "rafdb": {"R18": 88.62, "R18+FA": 88.72, "R18+FAML": 90.32, "R18+FAML-FGA": 90.51, "R18+FAML-T2V": 91.46,
+              "R18+FAML-FGA-T2V": 91.59},
+    "affectnet8": {"R18": 52.16, "R18+FA": 52.54, "R18+FAML": 62.17, "R18+FAML-FGA": 62.29, "R18+FAML-T2V": 63.04,
+                   "R18+FAML-FGA-T2V": 63.27},
+    "affectnet7": {"R18": 58.17, "R18+FA": 59.77, "R18+FAML": 65.83, "R18+FAML-FGA": 65.89, "R18+FAML-T2V": 66.51,
+                   "R18+FAML-FGA-T2V": 66.63},
+}
+
+
+def variant_config(base: RunConfig, row: str) -> RunConfig:
+    """The configuration of one single-network row: ``base`` (an R18+FAML run with the preset's
+    ML loss) with the row's network and loss; R18 and R18+FA use the loss's non-LSR path (CE, or
+    WCE where ``base`` weights classes)."""
+    name = VARIANTS[row]
+    fields = {**models.PRESETS[name]}
+    if not fields["attention"]:  # attention sizes back to their (unused) defaults, as `--model` does
+        defaults = ModelConfig()
+        fields.update({f.name: getattr(defaults, f.name) for f in dataclasses.fields(ModelConfig)
+                       if f.name.startswith("attn_")})
+    loss = base.loss if name == "r18_faml" else LossConfig(kind="wce" if base.loss.weighted else "ce")
+    return dataclasses.replace(base, model_name=name, model=dataclasses.replace(base.model, **fields), loss=loss)
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    values = np.asarray(values, np.float64)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def single_row(names: list[str], accuracies: list[float], what: str) -> dict:
+    mean, sd = mean_sd([100 * a for a in accuracies])
+    best = int(np.argmax(accuracies))
+    return {"accuracy": round(mean, 2), "sd": round(sd, 2), "best": round(100 * accuracies[best], 2),
+            "best_network": names[best], "networks": dict(zip(names, [round(100 * a, 2) for a in accuracies])),
+            "what": what}
+
+
+def run(base: RunConfig, fga: FGAConfig, networks: int, workdir: str | os.PathLike, *, resume: bool = False,
+        member_parallel: bool = False, progress: bool = True, log=print) -> dict:
+    """Train and combine everything Table 2 needs in ``workdir``; returns the table (also in
+    table2.json)."""
+    workdir = Path(workdir)
+    if networks < 2:
+        raise UsageError(f"the ensembles need at least 2 networks, got --networks {networks}")
+    if fga.population != networks:
+        raise UsageError(f"FGA's population ({fga.population}) must be the number of networks ({networks})")
+    if workdir.exists() and any(workdir.iterdir()) and not resume:
+        raise UsageError(f"workdir {workdir} holds an earlier ablation: pass --resume to continue it")
+    seeds = [base.seed + i for i in range(networks)]
+    table: dict[str, dict] = {}
+    faml_dirs = []
+    for row in VARIANTS:
+        config = variant_config(base, row)
+        names, accuracies = [], []
+        for seed in seeds:
+            run_dir = workdir / config.model_name / f"seed{seed}"
+            summary_path = run_dir / "summary.json"
+            summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+            if summary is None or summary["epochs"] < config.epochs:
+                log(f"== {row}, seed {seed} ({run_dir})")
+                summary = train_program.run(dataclasses.replace(config, seed=seed), run_dir, resume=True,
+                                            progress=progress, log=log)
+            names.append(f"seed{seed}")
+            accuracies.append(summary["final_test_accuracy"])
+            if row == "R18+FAML":
+                faml_dirs.append(run_dir)
+        table[row] = single_row(names, accuracies, f"mean ± sd of {networks} networks (seeds {seeds[0]}..{seeds[-1]})")
+    log("== R18+FAML-FGA")
+    fga_dir = workdir / "fga"
+    result = evolve_program.run(base, fga, fga_dir, given=faml_dirs, resume=True, member_parallel=member_parallel,
+                                progress=progress, log=log)
+    lineage = json.loads((fga_dir / "population.json").read_text())
+    survivors = result["survivors"]
+    table["R18+FAML-FGA"] = single_row(
+        survivors, [lineage["members"][n]["test_accuracy"] for n in survivors],
+        f"mean ± sd of the final population ({fga.generations} generation(s))")
+    reports = {}
+    for row, members, folder in [
+        ("R18+FAML-T2V", [(f"seed{s}", d) for s, d in zip(seeds, faml_dirs)], "faml-t2v"),
+        ("R18+FAML-FGA-T2V", ensemble_program.population_members(fga_dir), "faml-fga-t2v"),
+    ]:
+        log(f"== {row}")
+        out = workdir / "reports" / folder
+        report = ensemble_program.run(members, out, overwrite=True, progress=progress, log=log,
+                                      command=f"experiments.ablation ({row})")
+        reports[row] = report
+        table[row] = {"accuracy": report["ensemble"]["t2v"]["accuracy"],
+                      "t1v": report["ensemble"]["t1v"]["accuracy"], "noi": report["ensemble"]["noi"]["accuracy"],
+                      "best_member": max(m["accuracy"] for m in report["members"]),
+                      "what": f"T2V of {len(members)} networks ({', '.join(n for n, _ in members)})",
+                      "report": str(out)}
+    paper = PAPER.get(base.data.dataset, {})
+    for row in ROWS:
+        table[row]["paper"] = paper.get(row)
+    result = {"dataset": base.data.dataset, "networks": networks, "seeds": seeds, "epochs": base.epochs,
+              "fga": dataclasses.asdict(fga), "rows": table}
+    write_atomic(workdir / "table2.json", json.dumps(result, indent=2) + "\n")
+    write_atomic(workdir / "table2.md", markdown(result))
+    log(markdown(result))
+    return result
+
+
+def markdown(result: dict) -> str:
+    dataset = result["dataset"]
+    lines = [f"# Table 2 on `{dataset}`\n",
+             f"{result['networks']} networks per single-network row (seeds {result['seeds'][0]}.."
+             f"{result['seeds'][-1]}), at most {result['epochs']} epochs each; test accuracy %.\n",
+             f"| model | accuracy | best network | T1V / NOI | paper ({dataset}) | what |",
+             "|---|---|---|---|---|---|"]
+    for row in ROWS:
+        r = result["rows"][row]
+        paper = "-" if r["paper"] is None else f"{r['paper']:.2f}"
+        if "sd" in r:
+            lines.append(f"| {row} | {r['accuracy']:.2f} ± {r['sd']:.2f} | {r['best']:.2f} ({r['best_network']}) | "
+                         f"| {paper} | {r['what']} |")
+        else:
+            lines.append(f"| {row} | {r['accuracy']:.2f} | {r['best_member']:.2f} (best member) | "
+                         f"{r['t1v']:.2f} / {r['noi']:.2f} | {paper} | {r['what']} |")
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(prog="python -m experiments.ablation", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(parser, epochs_help="epochs of every network (preset; FGA: at most)",
+                      workdir_help="output folder (default runs/ablation-<dataset>-seed<seed>)")
+    parser.add_argument("--networks", type=int, default=4,
+                        help="networks per single-network row = ensemble size = FGA population (default 4)")
+    evolve_program.add_fga_arguments(parser, population=False)
+    parser.add_argument("--member-parallel", action="store_true", help="FGA: one network per device side by side")
+    return parser
+
+
+def main(argv=None) -> int:
+    def body(args):
+        if args.model is not None or args.loss is not None:
+            raise UsageError("the ablation chooses each row's --model and --loss itself")
+        if args.overwrite:
+            raise UsageError("--overwrite is not supported here: delete the workdir to start again")
+        if args.networks < 2:
+            raise UsageError(f"the ensembles need at least 2 networks, got --networks {args.networks}")
+        base = resolve_config(args)
+        if base.model_name != "r18_faml":
+            raise UsageError(f"the {args.dataset} preset's model is {base.model_name}, expected r18_faml")
+        workdir = Path(args.workdir or f"runs/ablation-{args.dataset}-seed{args.seed}")
+        run(base, evolve_program.fga_config(args, population=args.networks), args.networks, workdir,
+            resume=args.resume, member_parallel=args.member_parallel, progress=not args.no_progress)
+
+    return run_cli(build_parser(), argv, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

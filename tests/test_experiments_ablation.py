@@ -1,0 +1,88 @@
+"""Test of the Table 2 ablation runner on tiny networks: same seeds and budget for every row,
+each row's number recomputed from the runs it names, resume without retraining."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import ablation
+from faml_jax.config import FGAConfig
+from test_ensemble import reference_predict
+from test_experiments_train import tiny_config
+
+pytestmark = pytest.mark.slow
+
+FGA = FGAConfig(population=2, generations=1, children=1, new_members=0, parents=2, until_trained=False)
+
+
+@pytest.fixture(scope="module")
+def ablated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ablation")
+    base = tiny_config(root / "data", 2)  # seed 7, ML loss with WCE
+    lines = []
+    result = ablation.run(base, FGA, 2, root / "ab", progress=False, log=lines.append)
+    return root / "ab", base, result, lines
+
+
+def test_single_network_rows_share_seeds_and_budget(ablated):
+    workdir, base, result, _ = ablated
+    assert result["seeds"] == [7, 8]
+    for row, model, loss in [("R18", "r18", "wce"), ("R18+FA", "r18_fa", "wce"), ("R18+FAML", "r18_faml", "ml")]:
+        accuracies = []
+        for seed in (7, 8):
+            run_dir = workdir / model / f"seed{seed}"
+            config = json.loads((run_dir / "config.json").read_text())
+            assert (config["model_name"], config["loss"]["kind"], config["seed"]) == (model, loss, seed)
+            assert config["epochs"] == 2 and config["batch_size"] == base.batch_size
+            assert config["schedule"] == json.loads((workdir / "r18" / "seed7" / "config.json").read_text())["schedule"]
+            assert config["model"]["attention"] == (model == "r18_faml")
+            assert bool(config["model"]["fa_regions"]) == (model != "r18")
+            accuracies.append(100 * json.loads((run_dir / "summary.json").read_text())["final_test_accuracy"])
+        r = result["rows"][row]
+        assert r["accuracy"] == pytest.approx(np.mean(accuracies), abs=0.006)
+        assert r["sd"] == pytest.approx(np.std(accuracies, ddof=1), abs=0.006)
+        assert r["best"] == pytest.approx(max(accuracies), abs=0.006)
+        assert r["paper"] is None  # no paper number for the synthetic set
+
+
+def test_fga_and_t2v_rows(ablated):
+    workdir, _, result, _ = ablated
+    lineage = json.loads((workdir / "fga" / "population.json").read_text())
+    given = [m["workdir"] for n, m in lineage["members"].items() if m["origin"] == "given"]
+    assert given == [str((workdir / "r18_faml" / f"seed{s}").resolve()) for s in (7, 8)]
+    survivors = lineage["generations"][-1]["survivors"]
+    mean = np.mean([100 * lineage["members"][n]["test_accuracy"] for n in survivors])
+    assert result["rows"]["R18+FAML-FGA"]["accuracy"] == pytest.approx(mean, abs=0.006)
+    # T2V of the R18+FAML networks, recomputed from their own final test logits.
+    logits, labels = [], None
+    for s in (7, 8):
+        with np.load(workdir / "r18_faml" / f"seed{s}" / "test_logits" / "epoch_0002.npz") as f:
+            logits.append(f["logits"])
+            labels = f["labels"]
+    predictions, ambiguous = reference_predict(np.stack(logits), "t2v")
+    assert not ambiguous.any()
+    assert result["rows"]["R18+FAML-T2V"]["accuracy"] == round(100 * float(np.mean(predictions == labels)), 2)
+    report = json.loads((workdir / "reports" / "faml-fga-t2v" / "report.json").read_text())
+    assert [m["name"] for m in report["members"]] == survivors
+    assert result["rows"]["R18+FAML-FGA-T2V"]["accuracy"] == report["ensemble"]["t2v"]["accuracy"]
+    table = (workdir / "table2.md").read_text()
+    assert all(f"| {row} |" in table for row in ablation.ROWS)
+    assert json.loads((workdir / "table2.json").read_text())["rows"] == result["rows"]
+
+
+def test_resume_trains_nothing_again(ablated):
+    workdir, base, result, _ = ablated
+    lines = []
+    again = ablation.run(base, FGA, 2, workdir, resume=True, progress=False, log=lines.append)
+    assert again["rows"] == result["rows"]
+    assert not [line for line in lines if "epoch 1/" in line or line.startswith("== R18,")]
+    with pytest.raises(ablation.UsageError, match="--resume"):
+        ablation.run(base, FGA, 2, workdir, progress=False, log=lines.append)
+
+
+def test_cli_rejects_model_and_loss(capsys):
+    assert ablation.main(["--model", "r18"]) == 2
+    assert "chooses each row's --model and --loss" in capsys.readouterr().err
+    assert ablation.main(["--networks", "1", "--workdir", "/nonexistent/x"]) == 2
+    assert "at least 2 networks" in capsys.readouterr().err
