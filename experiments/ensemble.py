@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -333,8 +334,6 @@ def evaluate(members: list[tuple[str, Path]], *, checkpoint: str = "final", data
     Returns ``(logits (M, N, C), labels (N,), setup, info)``: the first member's ``Setup`` and
     what was evaluated (data set, model, checkpoint per member, and how far each member's logits
     are from those its training run stored for the same checkpoint)."""
-    import dataclasses
-
     from tqdm import tqdm
 
     if len(members) < 2:
