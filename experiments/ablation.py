@@ -177,8 +177,7 @@ def markdown(result: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(prog="python -m experiments.ablation", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser.for_program("experiments.ablation", __doc__)
     add_run_arguments(parser, epochs_help="epochs of every network (preset; FGA: at most)",
                       workdir_help="output folder (default runs/ablation-<dataset>-seed<seed>)")
     parser.add_argument("--networks", type=int, default=4,

@@ -396,8 +396,7 @@ def run(members: list[tuple[str, Path]], out: str | os.PathLike, *, checkpoint: 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(prog="python -m experiments.ensemble", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser.for_program("experiments.ensemble", __doc__)
     source = parser.add_argument_group("members (at least 2 in all)")
     source.add_argument("--members", nargs="+", metavar="DIR", default=[], help="workdirs of experiments.train runs")
     source.add_argument("--population", metavar="DIR",

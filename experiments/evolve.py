@@ -365,11 +365,7 @@ def fga_config(args: argparse.Namespace, population: int | None = None) -> FGACo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(
-        prog="python -m experiments.evolve",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = OneLineErrorParser.for_program("experiments.evolve", __doc__)
     add_run_arguments(parser, epochs_help="most epochs to train each network (preset)",
                       workdir_help="output folder (default runs/evolve-<dataset>-<model>-seed<seed>)")
     group = add_fga_arguments(parser, population=True)

@@ -40,13 +40,14 @@ class OneLineErrorParser(argparse.ArgumentParser):
     def error(self, message):  # one line, not the whole usage
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
+    @classmethod
+    def for_program(cls, module: str, doc: str) -> "OneLineErrorParser":
+        """The parser of ``python -m <module>``, its module docstring as the description."""
+        return cls(prog=f"python -m {module}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(
-        prog="python -m experiments.train",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = OneLineErrorParser.for_program("experiments.train", __doc__)
     add_run_arguments(parser, epochs_help="epochs to train (preset)",
                       workdir_help="output folder (default runs/<dataset>-<model>-seed<seed>)")
     return parser
