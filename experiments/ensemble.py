@@ -40,15 +40,13 @@ import jax
 import numpy as np
 
 from experiments.runner import (
-    Setup, UsageError, config_differences, config_to_json, final_variables, read_run_config,
+    Setup, UsageError, config_to_json, final_variables, read_run_config, structural_differences,
 )
 from experiments.train import OneLineErrorParser, run_cli
 from faml_jax import data, ensemble, fga, train
 from faml_jax.checkpoint import Checkpoints
 from faml_jax.evaluate import EnsembleEvaluator, classification_metrics
 
-# What every member must share with the first (their variables are stacked and restored alike).
-MUST_MATCH = ("model_name", "model", "optim", "data.dataset", "data.synthetic")
 STRATEGY_NAMES = {"t1v": "T1V (majority vote)", "noi": "NOI (summed softmax, Eq. 13)", "t2v": "T2V (top-two voting, Eq. 12)"}
 
 
@@ -112,8 +110,7 @@ def member_epoch(workdir: Path, which: str) -> int:
 def check_compatible(members: list[tuple[str, Path]], configs: list) -> None:
     first = config_to_json(configs[0])
     for (name, _), config in zip(members[1:], configs[1:]):
-        diffs = [d for d in config_differences(first, config_to_json(config), may_differ=())
-                 if any(d == f or d.startswith(f + ".") or d.startswith(f + " ") for f in MUST_MATCH)]
+        diffs = structural_differences(first, config_to_json(config))
         if diffs:
             diffs = [d.replace("in the checkpoint", f"in {members[0][0]}").replace(" now)", f" in {name})") for d in diffs]
             raise UsageError(f"member {name} differs from {members[0][0]} in: {'; '.join(diffs)}")

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.runner import (
-    Member, Setup, UsageError, config_differences, config_to_json, final_variables, has_checkpoint, last_epoch,
+    Member, Setup, UsageError, config_to_json, final_variables, has_checkpoint, last_epoch, structural_differences,
     prepare_directory, prepare_workdir, train_members, write_atomic,
 )
 from experiments.train import OneLineErrorParser, add_run_arguments, resolve_config, run_cli
@@ -58,8 +58,6 @@ DIAGNOSTIC_BN_BATCHES = 10
 START_TAG = 999_999
 # Configuration fields that may change when an evolution is resumed.
 MAY_DIFFER = ("fga.generations", "run.data.num_threads")
-# What a network read with --members must share with this run.
-MUST_MATCH = ("model_name", "model", "optim", "data.dataset", "data.synthetic")
 
 
 def member_seed(seed: int, serial: int) -> int:
@@ -78,8 +76,7 @@ def check_given_member(workdir: Path, config: RunConfig) -> None:
             raise UsageError(f"--members {workdir}: no {name} (expected a finished experiments.train workdir)")
     saved = json.loads((workdir / "config.json").read_text())
     current = config_to_json(config)
-    diffs = [d for d in config_differences(saved, current, may_differ=())
-             if any(d == f or d.startswith(f + ".") or d.startswith(f + " ") for f in MUST_MATCH)]
+    diffs = structural_differences(saved, current)
     if diffs:
         raise UsageError(f"--members {workdir} was trained with another configuration: {'; '.join(diffs)}")
 

@@ -67,6 +67,17 @@ def config_differences(saved: dict, current: dict, prefix: str = "", may_differ=
     return diffs
 
 
+# What networks must share to be fused or stacked together: their variables are restored into one
+# structure (model and optimiser) and evaluated on one data set.
+SAME_NETWORK = ("model_name", "model", "optim", "data.dataset", "data.synthetic")
+
+
+def structural_differences(saved: dict, current: dict, fields: tuple[str, ...] = SAME_NETWORK) -> list[str]:
+    """``config_differences`` restricted to ``fields`` and the fields nested under them."""
+    return [d for d in config_differences(saved, current, may_differ=())
+            if any(d.startswith(f + ".") or d.startswith(f + " ") for f in fields)]
+
+
 def write_atomic(path: Path, text: str | None = None, arrays: dict | None = None) -> None:
     """Write a text or .npz file under a temporary name, then rename: never half-written."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
