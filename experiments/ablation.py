@@ -46,7 +46,7 @@ from experiments import train as train_program
 from experiments.runner import UsageError, write_atomic
 from experiments.train import OneLineErrorParser, add_run_arguments, resolve_config, run_cli
 from faml_jax import models
-from faml_jax.config import FGAConfig, LossConfig, ModelConfig, RunConfig
+from faml_jax.config import FGAConfig, LossConfig, RunConfig
 
 VARIANTS = {  # row name: model preset
     "R18": "r18",
@@ -70,13 +70,8 @@ def variant_config(base: RunConfig, row: str) -> RunConfig:
     ML loss) with the row's network and loss; R18 and R18+FA use the loss's non-LSR path (CE, or
     WCE where ``base`` weights classes)."""
     name = VARIANTS[row]
-    fields = {**models.PRESETS[name]}
-    if not fields["attention"]:  # attention sizes back to their (unused) defaults, as `--model` does
-        defaults = ModelConfig()
-        fields.update({f.name: getattr(defaults, f.name) for f in dataclasses.fields(ModelConfig)
-                       if f.name.startswith("attn_")})
     loss = base.loss if name == "r18_faml" else LossConfig(kind="wce" if base.loss.weighted else "ce")
-    return dataclasses.replace(base, model_name=name, model=dataclasses.replace(base.model, **fields), loss=loss)
+    return dataclasses.replace(base, model_name=name, model=models.with_preset(base.model, name), loss=loss)
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -134,7 +129,7 @@ def run(base: RunConfig, fga: FGAConfig, networks: int, workdir: str | os.PathLi
     reports = {}
     for row, members, folder in [
         ("R18+FAML-T2V", [(f"seed{s}", d) for s, d in zip(seeds, faml_dirs)], "faml-t2v"),
-        ("R18+FAML-FGA-T2V", ensemble_program.population_members(fga_dir), "faml-fga-t2v"),
+        ("R18+FAML-FGA-T2V", evolve_program.population_members(fga_dir), "faml-fga-t2v"),
     ]:
         log(f"== {row}")
         out = workdir / "reports" / folder

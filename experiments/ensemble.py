@@ -42,6 +42,7 @@ import numpy as np
 from experiments.runner import (
     Setup, UsageError, config_to_json, final_variables, read_run_config, structural_differences,
 )
+from experiments.evolve import population_members
 from experiments.train import OneLineErrorParser, run_cli
 from faml_jax import data, ensemble, fga, train
 from faml_jax.checkpoint import Checkpoints
@@ -52,28 +53,6 @@ STRATEGY_NAMES = {"t1v": "T1V (majority vote)", "noi": "NOI (summed softmax, Eq.
 
 # ---------------------------------------------------------------------------------------------
 # Which networks
-
-
-def population_members(evolve_dir: Path, all_networks: bool = False) -> list[tuple[str, Path]]:
-    """(name, workdir) of an evolution's final population (its last generation's survivors), or
-    with ``all_networks`` of every network it trained."""
-    path = evolve_dir / "population.json"
-    if not path.exists():
-        raise UsageError(f"{path} not found (expected the workdir of experiments.evolve)")
-    lineage = json.loads(path.read_text())
-    generations = lineage.get("generations", [])
-    if all_networks:
-        names = [n for n, r in lineage["members"].items() if r.get("status") == "trained"]
-    elif generations and str(len(generations)) not in lineage.get("plans", {}):
-        names = generations[-1]["survivors"]
-    else:
-        raise UsageError(f"the evolution in {evolve_dir} is not finished (continue it with experiments.evolve "
-                         "--resume, or pass --all-networks)")
-    members = []
-    for name in names:
-        workdir = Path(lineage["members"][name]["workdir"])
-        members.append((name, workdir if workdir.is_absolute() else evolve_dir / workdir))
-    return members
 
 
 def named_members(paths: list[Path]) -> list[tuple[str, Path]]:
@@ -110,9 +89,8 @@ def member_epoch(workdir: Path, which: str) -> int:
 def check_compatible(members: list[tuple[str, Path]], configs: list) -> None:
     first = config_to_json(configs[0])
     for (name, _), config in zip(members[1:], configs[1:]):
-        diffs = structural_differences(first, config_to_json(config))
+        diffs = structural_differences(first, config_to_json(config), labels=(f"in {members[0][0]}", f"in {name}"))
         if diffs:
-            diffs = [d.replace("in the checkpoint", f"in {members[0][0]}").replace(" now)", f" in {name})") for d in diffs]
             raise UsageError(f"member {name} differs from {members[0][0]} in: {'; '.join(diffs)}")
 
 

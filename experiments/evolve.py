@@ -69,6 +69,30 @@ def member_seed(seed: int, serial: int) -> int:
 # Reading networks
 
 
+def member_workdir(evolve_dir: Path, record: dict) -> Path:
+    """A network's workdir from its lineage record (relative paths are inside the evolution's)."""
+    path = Path(record["workdir"])
+    return path if path.is_absolute() else evolve_dir / path
+
+
+def population_members(evolve_dir: Path, all_networks: bool = False) -> list[tuple[str, Path]]:
+    """(name, workdir) of a finished evolution's final population (its last generation's
+    survivors), or with ``all_networks`` of every network it trained."""
+    path = evolve_dir / "population.json"
+    if not path.exists():
+        raise UsageError(f"{path} not found (expected the workdir of experiments.evolve)")
+    lineage = json.loads(path.read_text())
+    generations = lineage.get("generations", [])
+    if all_networks:
+        names = [n for n, r in lineage["members"].items() if r.get("status") == "trained"]
+    elif generations and str(len(generations)) not in lineage.get("plans", {}):
+        names = generations[-1]["survivors"]
+    else:
+        raise UsageError(f"the evolution in {evolve_dir} is not finished (continue it with experiments.evolve "
+                         "--resume, or pass --all-networks)")
+    return [(name, member_workdir(evolve_dir, lineage["members"][name])) for name in names]
+
+
 def check_given_member(workdir: Path, config: RunConfig) -> None:
     """A network passed with --members must be a finished run of the same model and data."""
     for name in ("config.json", "summary.json", "metrics.jsonl"):
@@ -110,8 +134,7 @@ class Evolution:
         return self.lineage["members"][name]
 
     def member_dir(self, name: str) -> Path:
-        path = Path(self.record(name)["workdir"])
-        return path if path.is_absolute() else self.workdir / path
+        return member_workdir(self.workdir, self.record(name))
 
     def loss(self, name: str) -> float:
         return self.record(name)["train_loss"]

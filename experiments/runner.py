@@ -53,17 +53,18 @@ def config_to_json(config) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-def config_differences(saved: dict, current: dict, prefix: str = "", may_differ=("epochs",)) -> list[str]:
+def config_differences(saved: dict, current: dict, prefix: str = "", may_differ=("epochs",),
+                       labels: tuple[str, str] = ("in the checkpoint", "now")) -> list[str]:
     """Dotted names of the fields that differ between two configuration dicts (``may_differ``
-    excepted)."""
+    excepted), each with both values: ``name (saved labels[0], current labels[1])``."""
     diffs = []
     for key in sorted(set(saved) | set(current)):
         name = f"{prefix}{key}"
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            diffs += config_differences(a, b, name + ".", may_differ)
+            diffs += config_differences(a, b, name + ".", may_differ, labels)
         elif a != b and name not in may_differ:
-            diffs.append(f"{name} ({a!r} in the checkpoint, {b!r} now)")
+            diffs.append(f"{name} ({a!r} {labels[0]}, {b!r} {labels[1]})")
     return diffs
 
 
@@ -72,9 +73,10 @@ def config_differences(saved: dict, current: dict, prefix: str = "", may_differ=
 SAME_NETWORK = ("model_name", "model", "optim", "data.dataset", "data.synthetic")
 
 
-def structural_differences(saved: dict, current: dict, fields: tuple[str, ...] = SAME_NETWORK) -> list[str]:
+def structural_differences(saved: dict, current: dict, labels: tuple[str, str] = ("in the checkpoint", "now"),
+                           fields: tuple[str, ...] = SAME_NETWORK) -> list[str]:
     """``config_differences`` restricted to ``fields`` and the fields nested under them."""
-    return [d for d in config_differences(saved, current, may_differ=())
+    return [d for d in config_differences(saved, current, may_differ=(), labels=labels)
             if any(d.startswith(f + ".") or d.startswith(f + " ") for f in fields)]
 
 

@@ -87,7 +87,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     """The run's configuration: the data set's preset, overridden by the flags given."""
     preset = RUN_PRESETS[args.dataset]
     model_name = preset["model_name"] if args.model is None else args.model
-    model_fields = {**models.PRESETS[model_name], **preset["model"]}
+    model_fields = dict(preset["model"])
     if args.widths:
         try:
             model_fields["widths"] = tuple(int(w) for w in args.widths.split(","))
@@ -95,8 +95,6 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
             raise UsageError(f"--widths must be comma-separated integers, got {args.widths!r}") from None
     if args.input_size is not None:
         model_fields["input_size"] = args.input_size
-    if not model_fields.get("attention"):  # the preset's attention sizes only apply with attention
-        model_fields = {k: v for k, v in model_fields.items() if not k.startswith("attn_")}
     loss = preset["loss"]
     loss = dataclasses.replace(
         loss,
@@ -115,7 +113,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     num_classes = 8 if args.dataset == "affectnet8" else 7
     return RunConfig(
         model_name=model_name,
-        model=ModelConfig(num_classes=num_classes, **model_fields),
+        model=models.with_preset(ModelConfig(num_classes=num_classes, **model_fields), model_name),
         loss=loss,
         optim=OptimConfig(name=args.optimizer, learning_rate=schedule.lr1),
         schedule=schedule,

@@ -53,6 +53,20 @@ def build(name: str, num_classes: int, *, axis_name: str | None = None, **overri
     return ResNet(config, axis_name=axis_name)
 
 
+def with_preset(config: ModelConfig, name: str) -> ModelConfig:
+    """``config`` made into the named architecture: the preset's fields set, every other field
+    kept; without attention, the attention sizes go back to their defaults (they would be unused,
+    and a saved configuration should not show them)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(PRESETS))}")
+    config = dataclasses.replace(config, **PRESETS[name])
+    if config.attention:
+        return config
+    defaults = ModelConfig()
+    return dataclasses.replace(config, **{f.name: getattr(defaults, f.name) for f in dataclasses.fields(ModelConfig)
+                                          if f.name.startswith("attn_")})
+
+
 @functools.lru_cache(maxsize=32)
 def _jitted_init(config: ModelConfig, batch_size: int):
     """One compiled initialiser per configuration (compiling it takes seconds; a population
@@ -90,4 +104,5 @@ __all__ = [
     "build",
     "count_params",
     "init",
+    "with_preset",
 ]
