@@ -40,12 +40,11 @@ import jax
 import numpy as np
 
 from experiments.runner import (
-    Setup, UsageError, config_to_json, final_variables, read_run_config, structural_differences,
+    Setup, UsageError, checkpoint_epochs, config_to_json, final_variables, read_run_config, structural_differences,
 )
 from experiments.evolve import population_members
 from experiments.train import OneLineErrorParser, run_cli
 from faml_jax import data, ensemble, fga, train
-from faml_jax.checkpoint import Checkpoints
 from faml_jax.evaluate import EnsembleEvaluator, classification_metrics
 
 STRATEGY_NAMES = {"t1v": "T1V (majority vote)", "noi": "NOI (summed softmax, Eq. 13)", "t2v": "T2V (top-two voting, Eq. 12)"}
@@ -69,11 +68,7 @@ def named_members(paths: list[Path]) -> list[tuple[str, Path]]:
 def member_epoch(workdir: Path, which: str) -> int:
     """The checkpoint to evaluate: the latest ("final"), or ("best") the kept checkpoint with the
     highest test accuracy in the member's metrics.jsonl (the earliest of equals)."""
-    checkpoints = Checkpoints(workdir)
-    try:
-        epochs = checkpoints.all_epochs()
-    finally:
-        checkpoints.close()
+    epochs = checkpoint_epochs(workdir)
     if not epochs:
         raise UsageError(f"no checkpoint in {workdir / 'checkpoints'}")
     if which == "final":
@@ -130,7 +125,6 @@ def analyse(logits: np.ndarray, labels: np.ndarray, names: list[str], classes: t
         return {s: decision_metrics(np.asarray(ensemble.predict(subset, s, alpha, beta)), labels, c)
                 for s in ensemble.STRATEGIES}
 
-    decisions = decide(logits)
     if order == "given":
         sequence = list(range(m))
     elif order == "accuracy":
@@ -139,9 +133,9 @@ def analyse(logits: np.ndarray, labels: np.ndarray, names: list[str], classes: t
         raise ValueError(f"unknown order {order!r}; expected 'given' or 'accuracy'")
     sizes = []
     for k in range(2, m + 1):
-        subset = decide(logits[sequence[:k]])
+        decisions = decide(logits if k == m else logits[sequence[:k]])  # at k = m: the whole ensemble
         sizes.append({"size": k, "added": names[sequence[k - 1]],
-                      **{s: percent(subset[s]["accuracy"]) for s in ensemble.STRATEGIES}})
+                      **{s: percent(decisions[s]["accuracy"]) for s in ensemble.STRATEGIES}})
     ranks = np.asarray(ensemble.rank_distribution(logits, labels), np.float64)
     wrong = 1.0 - ranks[:, 0]
     second_of_wrong = np.divide(ranks[:, 1], wrong, out=np.zeros(m), where=wrong > 0)
@@ -331,7 +325,7 @@ def evaluate(members: list[tuple[str, Path]], *, checkpoint: str = "final", data
     batches = data.eval_batches(test, evaluator.batch_size, config.model.input_size, config.data.num_threads)
     bar = tqdm(batches, total=-(-len(test) // evaluator.batch_size), desc=f"evaluating {len(members)} members",
                unit="batch", disable=not progress, leave=False, dynamic_ncols=True)
-    logits, labels = evaluator(train.replicate(jax.device_get(fga.stack(variables)), setup.devices), bar)
+    logits, labels = evaluator(train.replicate(fga.stack(jax.device_get(variables)), setup.devices), bar)
     # The members' own evaluation of the same checkpoint, from training: same test split?
     for i, (record, (name, path)) in enumerate(zip(records, members)):
         stored = path / "test_logits" / f"epoch_{record['epoch']:04d}.npz"

@@ -17,6 +17,7 @@ A member's workdir holds:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -190,6 +191,11 @@ class Setup:
         return state.replace(params=variables["params"], batch_stats=variables["batch_stats"],
                              opt_state=self.tx.init(variables["params"]))
 
+    @functools.cached_property
+    def restore_template(self) -> train.TrainState:
+        """A train state whose structure and dtypes checkpoints of this configuration restore into."""
+        return self.initial_state(0)
+
     def test_logits(self, variables) -> tuple[np.ndarray, np.ndarray]:
         """Logits and labels of the test split; ``variables`` replicated (``train.replicate``)."""
         c = self.config
@@ -221,7 +227,7 @@ def final_variables(setup: Setup, workdir: Path, epoch: int | None = None) -> di
         if epoch is None:
             raise UsageError(f"no checkpoint in {Path(workdir) / 'checkpoints'}")
         try:
-            state, _ = checkpoints.restore(epoch, setup.initial_state(0))
+            state, _ = checkpoints.restore(epoch, setup.restore_template)
         except ValueError as error:
             raise UsageError(str(error)) from None
     finally:
@@ -238,10 +244,16 @@ def last_epoch(workdir: Path) -> dict:
     return json.loads(lines[-1])
 
 
-def has_checkpoint(workdir: Path) -> bool:
-    """Whether a network's workdir holds a complete checkpoint (orbax names them by number)."""
+def checkpoint_epochs(workdir: Path) -> list[int]:
+    """The epochs of the complete checkpoints in a network's workdir, sorted (orbax names a
+    complete checkpoint by its number, an unfinished one ``<n>.orbax-checkpoint-tmp*``)."""
     directory = workdir / "checkpoints"
-    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
+
+
+def has_checkpoint(workdir: Path) -> bool:
+    """Whether a network's workdir holds a complete checkpoint."""
+    return bool(checkpoint_epochs(workdir))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,7 +464,7 @@ class MemberParallel:
 
     def load(self, states):
         padded = list(states) + [states[0]] * (self.width - len(states))
-        self.state = train.to_devices(jax.device_get(fga.stack(padded)), self.devices)
+        self.state = train.to_devices(fga.stack(jax.device_get(padded)), self.devices)
 
     def __call__(self, batches, learning_rates, active):
         n = self.width

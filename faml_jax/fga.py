@@ -54,10 +54,15 @@ def conv_kernels(path: tuple, leaf) -> bool:
 
 def stack(members: Sequence[PyTree]) -> PyTree:
     """Stack member pytrees of one structure into a population: every leaf gets a leading
-    member axis of size ``len(members)``."""
+    member axis of size ``len(members)``. Leaves that are numpy arrays on the host are stacked
+    with numpy (no device round trip, no compilation per leaf shape); others with ``jnp``."""
     if not members:
         raise ValueError("cannot stack an empty population")
-    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *members)
+
+    def stack_leaf(*xs):
+        return np.stack(xs) if all(isinstance(x, np.ndarray) for x in xs) else jnp.stack(xs)
+
+    return jax.tree_util.tree_map(stack_leaf, *members)
 
 
 def unstack(population: PyTree) -> list[PyTree]:
