@@ -33,7 +33,6 @@ from faml_jax import data, fga, models, schedules, train
 from faml_jax.checkpoint import Checkpoints
 from faml_jax.config import RunConfig, from_dict
 from faml_jax.evaluate import Evaluator, classification_metrics
-from faml_jax.losses import class_weights
 
 # Per-epoch fields of metrics.jsonl that are timings (they differ between identical runs).
 TIMING_FIELDS = ("images_per_s", "epoch_s")
@@ -71,7 +70,7 @@ def config_differences(saved: dict, current: dict, prefix: str = "", may_differ=
 
 # What networks must share to be fused or stacked together: their variables are restored into one
 # structure (model and optimiser) and evaluated on one data set.
-SAME_NETWORK = ("model_name", "model", "optim", "data.dataset", "data.synthetic")
+SAME_NETWORK = ("model_name", "model", "optim", "data.dataset", "data.synthetic", "data.crop_faces")
 
 
 def structural_differences(saved: dict, current: dict, labels: tuple[str, str] = ("in the checkpoint", "now"),
@@ -150,13 +149,15 @@ class Setup:
         self.config = config
         self.devices = jax.local_devices()
         self.check_batch(config)
-        self.dataset = data.open_dataset(config.data.dataset, config.data.data_dir, config.data.synthetic, progress=log)
+        d = config.data
+        self.dataset = data.open_dataset(d.dataset, d.data_dir, d.synthetic, progress=log, crop_faces=d.crop_faces,
+                                         skip_bad_images=d.skip_bad_images, num_threads=d.num_threads)
         log(self.dataset.describe())
         if self.dataset.num_classes != config.model.num_classes:
             raise UsageError(f"{self.dataset.name} has {self.dataset.num_classes} classes, the model {config.model.num_classes}")
         self.model = models.ResNet(config.model)
         self.tx = train.make_optimizer(config.optim)
-        self.class_weights = class_weights(self.dataset.train_counts) if config.loss.needs_class_weights else None
+        self.class_weights = self.dataset.class_weights if config.loss.needs_class_weights else None
         self.evaluator = Evaluator(self.model, config.eval_batch_size, self.devices)
         self._placements: dict[bool, DataParallel | MemberParallel] = {}
 

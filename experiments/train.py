@@ -57,7 +57,13 @@ def add_run_arguments(parser: argparse.ArgumentParser, epochs_help: str, workdir
     """The flags that define a training run (shared by ``experiments.train`` and ``.evolve``)."""
     parser.add_argument("--dataset", default="synthetic", choices=data.DATASETS,
                         help="data set (default: synthetic, embedded, no download)")
-    parser.add_argument("--data-dir", help="data set folder (synthetic: its cache, default ~/.cache/faml_jax)")
+    parser.add_argument("--data-dir", help="data set folder: for rafdb/affectnet7/affectnet8 the folder as "
+                        "distributed (see README) or the output of experiments.prepare; for synthetic its cache "
+                        "(default ~/.cache/faml_jax)")
+    parser.add_argument("--crop-faces", action="store_true",
+                        help="AffectNet original release: cut out each image's face box from the CSV")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="reading a folder: check every image first and leave out (and report) unreadable ones")
     parser.add_argument("--model", choices=sorted(models.PRESETS), help="network (preset: r18_faml)")
     parser.add_argument("--loss", choices=["ml", "ce", "lsr", "wce", "mix"],
                         help="ml: LSR or CE/WCE drawn per batch; mix: weighted sum (ablation)")
@@ -117,7 +123,8 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         loss=loss,
         optim=OptimConfig(name=args.optimizer, learning_rate=schedule.lr1),
         schedule=schedule,
-        data=DataConfig(dataset=args.dataset, data_dir=args.data_dir, synthetic=synthetic, num_threads=args.threads),
+        data=DataConfig(dataset=args.dataset, data_dir=args.data_dir, synthetic=synthetic, num_threads=args.threads,
+                        crop_faces=args.crop_faces, skip_bad_images=args.skip_bad_images),
         epochs=preset["epochs"] if args.epochs is None else args.epochs,
         batch_size=preset["batch_size"] if args.batch_size is None else args.batch_size,
         seed=args.seed,

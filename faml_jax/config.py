@@ -226,15 +226,21 @@ class DataConfig:
 
     Attributes:
       dataset: data set name (``faml_jax.data.DATASETS``).
-      data_dir: its folder (for ``synthetic``: the cache folder; default ``~/.cache/faml_jax``).
+      data_dir: its folder (for ``synthetic``: the cache folder; default ``~/.cache/faml_jax``;
+        for the real data sets: the folder as distributed, or the output of experiments.prepare).
       synthetic: size and difficulty of the synthetic set.
       num_threads: grain host threads that read and resize images.
+      crop_faces: AffectNet's original release: train and test on the CSV's face box.
+      skip_bad_images: reading a folder directly: check every image when opening and leave out
+        the unreadable ones (reported) instead of failing when one is read.
     """
 
     dataset: str = "synthetic"
     data_dir: str | None = None
     synthetic: SyntheticConfig = SyntheticConfig()
     num_threads: int = 4
+    crop_faces: bool = False
+    skip_bad_images: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

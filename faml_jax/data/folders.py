@@ -1,0 +1,280 @@
+"""Image lists read from a data set's own folders, what was wrong with them, and decoding.
+
+The readers of the distributed layouts (``rafdb``, ``affectnet``) turn label files into a
+``SplitIndex`` per split (file, label, optional face box) and a ``Problems`` record of what they
+left out and why: labels out of range, duplicate entries, images listed but absent, images without
+a label, and (after ``check_images``) images that cannot be decoded. Nothing is dropped silently:
+``Problems.lines`` is printed when a data set is opened and stored with prepared data.
+
+``decode_image`` is the one way an image becomes pixels, whether it is read from its file
+(``FolderSource``) or from prepared records (``faml_jax.data.prepared``), so both give identical
+examples.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+SPLITS = ("train", "test")
+EXAMPLES_SHOWN = 5  # entries named per kind of problem in messages
+
+
+class DataError(ValueError):
+    """A data set folder is missing, incomplete or not in the expected layout."""
+
+
+class CorruptImageError(DataError):
+    """An image file that cannot be read or decoded (its path is in the message)."""
+
+
+def missing(what: str, expected: Sequence[Path], hint: str = "") -> DataError:
+    """The error for a missing file or folder: what it is and every place it was looked for."""
+    places = " or ".join(str(p) for p in expected)
+    return DataError(f"{what} not found: expected {places}" + (f"; {hint}" if hint else ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def decode_image(data: bytes, where: str, box: Sequence[int] | None = None) -> np.ndarray:
+    """Decode image file bytes to (H, W, 3) uint8 RGB (grey and RGBA images are converted).
+
+    ``box`` = (x, y, width, height) in pixels crops the face (clamped to the image; AffectNet's
+    face boxes may reach past the border). ``where`` names the image in errors: a file that is
+    not a decodable image, or truncated, is a ``CorruptImageError``, never a silent black image.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image = image.convert("RGB")  # decodes the whole file: truncation fails here
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise CorruptImageError(f"cannot decode image {where}: {error}") from None
+    pixels = np.asarray(image)
+    if box is None:
+        return pixels
+    x, y, w, h = (int(v) for v in box)
+    height, width = pixels.shape[:2]
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        raise CorruptImageError(f"face box (x={x}, y={y}, w={w}, h={h}) of image {where} lies outside "
+                                f"its {width}x{height} pixels")
+    return pixels[y0:y1, x0:x1]
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """A file's bytes; an unreadable file is a ``CorruptImageError`` naming it."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as error:
+        raise CorruptImageError(f"cannot read image {path}: {error.strerror or error}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# What a reader found
+
+
+@dataclasses.dataclass(eq=False)
+class SplitIndex:
+    """The images of one split, in the label file's order.
+
+    Attributes:
+      names: each image's name relative to the data set folder (unique; the key of prepared data).
+      files: each image's path.
+      labels: int32 class indices in the project's class order.
+      boxes: (n, 4) int32 face boxes (x, y, width, height), or None when the layout has none.
+    """
+
+    names: list[str]
+    files: list[str]
+    labels: np.ndarray
+    boxes: np.ndarray | None = None
+
+    def __post_init__(self):
+        self.labels = np.asarray(self.labels, np.int32).reshape(-1)
+        if not len(self.names) == len(self.files) == len(self.labels):
+            raise ValueError("names, files and labels differ in length")
+        if self.boxes is not None:
+            self.boxes = np.asarray(self.boxes, np.int32).reshape(len(self.labels), 4)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def without(self, indices: Iterable[int]) -> "SplitIndex":
+        """This index without the given positions (order kept)."""
+        drop = set(int(i) for i in indices)
+        keep = [i for i in range(len(self)) if i not in drop]
+        return SplitIndex([self.names[i] for i in keep], [self.files[i] for i in keep], self.labels[keep],
+                          None if self.boxes is None else self.boxes[keep])
+
+    def counts(self, num_classes: int) -> np.ndarray:
+        return np.bincount(self.labels, minlength=num_classes).astype(np.int64)
+
+
+@dataclasses.dataclass
+class Problems:
+    """What a reader left out of one split, by kind; each list holds one entry per case (a line
+    reference or a path, with the reason), so messages can name them.
+
+    Attributes:
+      listed: entries in the label file (or label files found).
+      excluded: entries left out by the data set's definition, by class code name (AffectNet's
+        none/uncertain/no-face, and contempt for AffectNet-7): expected, not errors.
+      out_of_range: labels that are no class code of the data set.
+      duplicates: entries naming an image already listed (the first entry is kept).
+      absent: images listed but not on disk.
+      unlabelled: images on disk without a label (layouts with one label file per image).
+      bad_images: images that could not be read or decoded (skipped under ``skip_bad_images``).
+    """
+
+    listed: int = 0
+    excluded: dict[str, int] = dataclasses.field(default_factory=dict)
+    out_of_range: list[str] = dataclasses.field(default_factory=list)
+    duplicates: list[str] = dataclasses.field(default_factory=list)
+    absent: list[str] = dataclasses.field(default_factory=list)
+    unlabelled: list[str] = dataclasses.field(default_factory=list)
+    bad_images: list[str] = dataclasses.field(default_factory=list)
+
+    KINDS = {
+        "out_of_range": "labels out of range",
+        "duplicates": "duplicate entries",
+        "absent": "images listed but absent",
+        "unlabelled": "images without a label",
+        "bad_images": "unreadable or corrupt images skipped",
+    }
+
+    def lines(self, split: str) -> list[str]:
+        """One line per kind of problem found (none when the split is clean)."""
+        out = []
+        if self.excluded:
+            parts = ", ".join(f"{n} {name}" for name, n in self.excluded.items())
+            out.append(f"{split}: left out by the data set's definition: {parts}")
+        for field, title in self.KINDS.items():
+            entries = getattr(self, field)
+            if entries:
+                shown = "; ".join(entries[:EXAMPLES_SHOWN]) + ("; ..." if len(entries) > EXAMPLES_SHOWN else "")
+                out.append(f"{split}: {len(entries)} {title} ({shown})")
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> "Problems":
+        return cls(**values)
+
+
+@dataclasses.dataclass
+class FolderIndex:
+    """A data set found in a folder: its class names, the index and problems of each split."""
+
+    root: Path
+    layout: str
+    classes: tuple[str, ...]
+    splits: dict[str, SplitIndex]
+    problems: dict[str, Problems]
+
+    @property
+    def has_boxes(self) -> bool:
+        return all(s.boxes is not None for s in self.splits.values())
+
+
+def training_class_weights(classes: Sequence[str], counts, where: str) -> np.ndarray:
+    """The class weights of METHOD 1 from the training split's class counts; a class without a
+    training image is an error naming it (it could neither be learnt nor weighted)."""
+    from faml_jax.losses import class_weights
+
+    absent = [c for c, n in zip(classes, counts) if n == 0]
+    if absent:
+        raise DataError(f"{where} has no training image of class(es) {', '.join(absent)}")
+    return class_weights(counts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking every image
+
+
+def progress_bar(iterable, total: int, description: str):
+    """A tqdm bar over per-image work (shown on terminals only)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=description, unit="img", disable=None, leave=False)
+
+
+def check_images(index: SplitIndex, crop: bool, num_threads: int = 4,
+                 progress: Callable[[Iterable, int, str], Iterable] | None = None,
+                 description: str = "checking images") -> list[tuple[int, str]]:
+    """Read and decode every image of ``index`` (cropped when ``crop``), on ``num_threads``
+    threads (PIL releases the GIL while decoding). Returns ``(position, message)`` for each image
+    that fails, in order. ``progress(iterable, total, description)`` wraps the work (a tqdm)."""
+
+    def check(i: int) -> str | None:
+        try:
+            decode_image(read_bytes(index.files[i]), index.files[i],
+                         index.boxes[i] if crop and index.boxes is not None else None)
+        except CorruptImageError as error:
+            return str(error)
+        return None
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
+        results = pool.map(check, range(len(index)), chunksize=64)
+        if progress is not None:
+            results = progress(results, len(index), description)
+        return [(i, message) for i, message in enumerate(results) if message is not None]
+
+
+def drop_bad_images(index: SplitIndex, problems: Problems, crop: bool, skip: bool, split: str,
+                    num_threads: int = 4, progress=None) -> SplitIndex:
+    """Check every image of a split; with ``skip``, leave the bad ones out (recorded in
+    ``problems``), otherwise fail naming them."""
+    bad = check_images(index, crop, num_threads, progress, f"checking {split} images")
+    if bad and not skip:
+        shown = "; ".join(message for _, message in bad[:EXAMPLES_SHOWN])
+        raise CorruptImageError(f"{len(bad)} unreadable or corrupt {split} image(s): {shown}"
+                                + (" ..." if len(bad) > EXAMPLES_SHOWN else "")
+                                + "; remove or replace them, or pass --skip-bad-images to leave them out")
+    problems.bad_images.extend(message for _, message in bad)
+    return index.without(i for i, _ in bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FolderSource:
+    """Random access to one split's images, read from their files: ``source[i] ->
+    {"image": uint8 (H, W, 3), "label": int32}``, face-cropped when ``crop``."""
+
+    index: SplitIndex
+    crop: bool = False
+
+    def __post_init__(self):
+        if self.crop and self.index.boxes is None:
+            raise DataError("this data set's layout has no face boxes to crop by (its images are already cropped)")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        i = int(i)
+        path = self.index.files[i]
+        box = self.index.boxes[i] if self.crop else None
+        try:
+            image = decode_image(read_bytes(path), path, box)
+        except CorruptImageError as error:
+            raise CorruptImageError(f"{error} (--skip-bad-images checks every image first and leaves out "
+                                    "unreadable ones)") from None
+        return {"image": image, "label": np.int32(self.index.labels[i])}
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.index.labels

@@ -1,0 +1,243 @@
+"""RAF-DB and AffectNet prepared once into ``array_record`` files with TensorFlow Datasets, and
+read back as random-access TFDS data sources (no TensorFlow at any point).
+
+``prepare`` runs a ``tfds.core.GeneratorBasedBuilder`` whose ``manual_dir`` is the user's folder:
+it reads the label files (``rafdb`` / ``affectnet``), decodes every image once (a corrupt one fails
+the preparation naming it, or is left out under ``skip_bad_images``), then stores each image's
+original file bytes with its label, name and face box, in the label file's order. The training
+class counts, the class weights (METHOD 1) and what was left out go into the data set's metadata.
+TFDS writes into an ``incomplete.*`` folder renamed when complete, so an interrupted preparation
+never looks finished.
+
+Layout under ``out_dir``: ``raf_db/1.0.0/`` and ``affectnet/{7,8}/1.0.0/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from faml_jax.data import affectnet, rafdb
+from faml_jax.data.folders import (
+    SPLITS, DataError, FolderIndex, Problems, SplitIndex, decode_image, drop_bad_images, progress_bar, read_bytes,
+    training_class_weights,
+)
+
+NO_BOX = (-1, -1, -1, -1)
+
+
+class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A data set prepared from the user's folder (``download_config.manual_dir``)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Original image bytes, label, name and face box, in label-file order."}
+
+    def __init__(self, *, skip_bad_images: bool = False, num_threads: int = 4, bars: bool = True, **kwargs):
+        self.skip_bad_images = skip_bad_images
+        self.num_threads = num_threads
+        self.bars = bars
+        super().__init__(**kwargs)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def read_index(self, folder: Path) -> FolderIndex:
+        raise NotImplementedError
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=self.__doc__,
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Tensor(shape=(), dtype=np.object_),  # the file's bytes
+                "label": tfds.features.ClassLabel(names=list(self.classes)),
+                "name": tfds.features.Text(),
+                "box": tfds.features.Tensor(shape=(4,), dtype=np.int32),  # x, y, w, h; -1: none
+            }),
+            metadata=tfds.core.MetadataDict(),
+            disable_shuffling=True,  # the label file's order: prepared and folder examples match by index
+        )
+
+    def _split_generators(self, dl_manager):
+        index = self.read_index(Path(dl_manager.manual_dir))
+        progress = progress_bar if self.bars else None
+        splits = {}
+        for split in SPLITS:
+            # Decoded uncropped: the face crop is a read-time option (the boxes are stored).
+            splits[split] = drop_bad_images(index.splits[split], index.problems[split], crop=False,
+                                            skip=self.skip_bad_images, split=split, num_threads=self.num_threads,
+                                            progress=progress)
+        self.info.metadata.update(metadata(index.root, index.layout, self.classes, splits, index.problems,
+                                           index.has_boxes, where=f"{self.name} in {index.root}"))
+        return {split: self._generate_examples(splits[split]) for split in SPLITS}
+
+    def _generate_examples(self, index: SplitIndex):
+        for i, name in enumerate(index.names):
+            box = NO_BOX if index.boxes is None else index.boxes[i]
+            yield name, {"image": read_bytes(index.files[i]), "label": int(index.labels[i]), "name": name,
+                         "box": np.asarray(box, np.int32)}
+
+
+class RafDb(_FolderBuilder):
+    """RAF-DB basic (7 classes), from the folder holding EmoLabel/ and Image/aligned/."""
+
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "Request RAF-DB from its authors; pass the `basic` folder (or its parent)."
+
+    @property
+    def classes(self):
+        return rafdb.CLASSES
+
+    def read_index(self, folder):
+        return rafdb.read_index(folder)
+
+
+class Affectnet(_FolderBuilder):
+    """AffectNet (configs 7 and 8 classes); the validation set is the test split."""
+
+    MANUAL_DOWNLOAD_INSTRUCTIONS = ("Request AffectNet from its authors; pass the folder holding "
+                                    "Manually_Annotated_file_lists/ and Manually_Annotated_Images/, "
+                                    "or train_set/ and val_set/.")
+    BUILDER_CONFIGS = [
+        tfds.core.BuilderConfig(name="7", description="7 classes: codes 0-6 (contempt left out)"),
+        tfds.core.BuilderConfig(name="8", description="8 classes: codes 0-7"),
+    ]
+
+    @property
+    def classes(self):
+        return affectnet.classes(int(self.builder_config.name))
+
+    def read_index(self, folder):
+        return affectnet.read_index(folder, int(self.builder_config.name), progress_bar if self.bars else None)
+
+
+# How each data set name is prepared: (builder, config).
+BUILDERS = {"rafdb": (RafDb, None), "affectnet7": (Affectnet, "7"), "affectnet8": (Affectnet, "8")}
+
+
+def metadata(root: Path, layout: str, classes, splits: dict[str, SplitIndex], problems: dict[str, Problems],
+             has_boxes: bool, where: str) -> dict[str, Any]:
+    """What is stored beside the records: class counts and weights (from the training split,
+    METHOD 1), what the reader left out, and where the data came from."""
+    counts = {split: splits[split].counts(len(classes)).tolist() for split in SPLITS}
+    return {
+        "classes": list(classes),
+        "class_counts": counts,
+        "class_weights": training_class_weights(classes, counts["train"], where).tolist(),
+        "problems": {split: problems[split].to_json() for split in SPLITS},
+        "source": str(root),
+        "layout": layout,
+        "has_boxes": has_boxes,
+    }
+
+
+def _builder(dataset: str, out_dir, **kwargs) -> _FolderBuilder:
+    if dataset not in BUILDERS:
+        raise ValueError(f"no prepared form of data set {dataset!r}; available: {', '.join(BUILDERS)}")
+    cls, config = BUILDERS[dataset]
+    return cls(data_dir=str(out_dir), config=config, **kwargs)
+
+
+def dataset_dir(dataset: str, out_dir) -> Path:
+    """Where ``prepare`` puts ``dataset`` under ``out_dir`` (``<name>[/<config>]/<version>``)."""
+    cls, config = BUILDERS[dataset]
+    parts = [cls.name] + ([config] if config else []) + [str(cls.VERSION)]
+    return Path(out_dir).expanduser().joinpath(*parts)
+
+
+def is_prepared(dataset: str, out_dir) -> bool:
+    """Whether ``out_dir`` holds a complete preparation of ``dataset``."""
+    return dataset in BUILDERS and (dataset_dir(dataset, out_dir) / "dataset_info.json").is_file()
+
+
+def unfinished(dataset: str, out_dir) -> list[Path]:
+    """Folders of interrupted preparations of ``dataset`` under ``out_dir`` (TFDS's temporaries)."""
+    if dataset not in BUILDERS:
+        return []
+    parent = dataset_dir(dataset, out_dir).parent
+    return sorted(parent.glob(f"incomplete.*_{BUILDERS[dataset][0].VERSION}")) if parent.is_dir() else []
+
+
+def prepare(dataset: str, data_dir, out_dir, *, skip_bad_images: bool = False, num_threads: int = 4,
+            overwrite: bool = False, bars: bool = True) -> Path:
+    """Prepare ``dataset`` from the user's folder ``data_dir`` into ``out_dir``; returns its folder.
+
+    A complete earlier preparation is an error unless ``overwrite`` (it is then replaced only once
+    the new one is complete). Every image is decoded once first: corrupt ones fail the
+    preparation (naming them) or, with ``skip_bad_images``, are left out and recorded.
+    """
+    if not Path(data_dir).expanduser().is_dir():
+        raise DataError(f"{dataset} folder not found: {data_dir}")
+    if is_prepared(dataset, out_dir) and not overwrite:
+        raise DataError(f"{dataset} is already prepared in {dataset_dir(dataset, out_dir)}; "
+                        "pass --overwrite to prepare it again")
+    builder = _builder(dataset, out_dir, skip_bad_images=skip_bad_images, num_threads=num_threads, bars=bars)
+    downloads = Path(tempfile.mkdtemp(prefix="faml_jax-prepare-"))
+    mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+    try:
+        builder.download_and_prepare(
+            download_dir=str(downloads), file_format="array_record",
+            download_config=tfds.download.DownloadConfig(manual_dir=str(Path(data_dir).expanduser()),
+                                                         download_mode=mode),
+        )
+    finally:
+        shutil.rmtree(downloads, ignore_errors=True)
+    return dataset_dir(dataset, out_dir)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PreparedSource:
+    """Random access to one prepared split: ``source[i] -> {"image": uint8 (H, W, 3), "label":
+    int32}``, decoded exactly as ``folders.FolderSource`` decodes the same file."""
+
+    records: Any  # a TFDS ArrayRecordDataSource
+    where: str
+    crop: bool = False
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        record = self.records[int(i)]
+        name = record["name"].decode() if isinstance(record["name"], bytes) else record["name"]
+        box = record["box"] if self.crop else None
+        return {"image": decode_image(record["image"], f"{name} (prepared in {self.where})", box),
+                "label": np.int32(record["label"])}
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """An opened preparation: its sources and stored metadata."""
+
+    folder: Path
+    classes: tuple[str, ...]
+    sources: dict[str, PreparedSource]
+    class_counts: dict[str, np.ndarray]
+    class_weights: np.ndarray
+    problems: dict[str, Problems]
+    source: str
+
+
+def open_prepared(dataset: str, out_dir, crop: bool = False) -> Prepared:
+    """Open a complete preparation of ``dataset`` under ``out_dir`` (see ``is_prepared``)."""
+    builder = _builder(dataset, out_dir)
+    meta = builder.info.metadata
+    folder = dataset_dir(dataset, out_dir)
+    if crop and not meta.get("has_boxes"):
+        raise DataError(f"{folder} was prepared from a layout without face boxes (its images are already cropped)")
+    sources = {split: PreparedSource(builder.as_data_source(split=split), str(folder), crop) for split in SPLITS}
+    return Prepared(
+        folder=folder,
+        classes=tuple(meta["classes"]),
+        sources=sources,
+        class_counts={split: np.asarray(meta["class_counts"][split], np.int64) for split in SPLITS},
+        class_weights=np.asarray(meta["class_weights"], np.float32),
+        problems={split: Problems.from_json(meta["problems"][split]) for split in SPLITS},
+        source=meta["source"],
+    )

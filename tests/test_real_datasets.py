@@ -1,0 +1,319 @@
+"""RAF-DB and AffectNet from folders in the layouts of the real releases (built here with generated
+JPEGs): split sizes, class mapping, filtering, face crops, prepared TFDS data identical to the
+folder, and every kind of bad input producing its message."""
+
+import csv
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import prepare as prepare_program
+from experiments import train as train_program
+from faml_jax import data
+from faml_jax.data import CorruptImageError, DataError, fixtures, prepared
+
+# The releases' label codes, written out from their documentation (METHOD 1), not imported.
+RAFDB_CODES = {1: "surprise", 2: "fear", 3: "disgust", 4: "happiness", 5: "sadness", 6: "anger", 7: "neutral"}
+AFFECTNET_CODES = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt",
+                   "none", "uncertain", "no-face"]
+
+RAF_TRAIN = [1, 2, 3, 4, 5, 6, 7, 4, 4, 7, 5, 1]  # 12 images: every code, imbalanced
+RAF_TEST = [7, 6, 5, 4, 3, 2, 1, 4]
+AN_TRAIN = list(range(11)) * 2 + [1, 1, 0]  # every code 0..10 twice, then more happy/neutral
+AN_TEST = list(range(8)) + [8]  # the validation set has no codes 9-10; one 8 to filter
+
+
+def names(dataset, split):
+    source = getattr(dataset, split)
+    return [dataset.classes[int(source[i]["label"])] for i in range(len(source))]
+
+
+def quiet_prepare(dataset, folder, out, **kwargs):
+    return prepared.prepare(dataset, folder, out, bars=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("releases")
+    return {
+        "rafdb": fixtures.write_rafdb(root / "RAF-DB", RAF_TRAIN, RAF_TEST, size=40).parent,
+        "original": fixtures.write_affectnet_original(root / "AffectNet", AN_TRAIN, AN_TEST, size=64),
+        "npy": fixtures.write_affectnet_npy(root / "AffectNet-npy", AN_TRAIN[:22:2] + [1], AN_TEST, size=40),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Split sizes, class mapping, filtering
+
+
+@pytest.mark.parametrize("level", ["basic", "parent"])
+def test_rafdb_split_sizes_and_class_of_every_code(folders, level):
+    folder = folders["rafdb"] / "basic" if level == "basic" else folders["rafdb"]
+    dataset = data.open_dataset("rafdb", folder)
+    assert (len(dataset.train), len(dataset.test)) == (len(RAF_TRAIN), len(RAF_TEST))
+    assert names(dataset, "train") == [RAFDB_CODES[c] for c in RAF_TRAIN]
+    assert names(dataset, "test") == [RAFDB_CODES[c] for c in RAF_TEST]
+    assert dataset.classes == ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
+    assert dataset.train[0]["image"].shape == (40, 40, 3) and dataset.train[0]["image"].dtype == np.uint8
+    # Split sizes and class counts are in the description printed when a data set is opened.
+    text = dataset.describe()
+    assert f"train {len(RAF_TRAIN)} / test {len(RAF_TEST)} images" in text
+    assert "happiness 3" in text and "12,271 / 3,068" in text
+
+
+@pytest.mark.parametrize("classes", [7, 8])
+@pytest.mark.parametrize("header,extra_level", [(True, False), (False, True)])
+def test_affectnet_original_keeps_the_data_sets_codes(tmp_path, classes, header, extra_level):
+    folder = fixtures.write_affectnet_original(tmp_path / "an", AN_TRAIN, AN_TEST, size=48, header=header,
+                                               extra_level=extra_level)
+    dataset = data.open_dataset(f"affectnet{classes}", folder)
+    for split, codes in (("train", AN_TRAIN), ("test", AN_TEST)):
+        kept = [AFFECTNET_CODES[c] for c in codes if c < classes]
+        assert names(dataset, split) == kept
+    assert dataset.classes == tuple(AFFECTNET_CODES[:classes])
+    excluded = ["none", "uncertain", "no-face"] + (["contempt"] if classes == 7 else [])
+    train_note = next(n for n in dataset.notes if n.startswith("train: left out"))
+    for name in excluded:
+        assert f"2 {name}" in train_note  # each code appears twice in AN_TRAIN
+    assert ("contempt" in train_note) == (classes == 7)
+
+
+def test_affectnet_npy_layout(folders):
+    codes = AN_TRAIN[:22:2] + [1]  # 0,2,4,6,8,10,1,3,5,7,9 and 1
+    dataset = data.open_dataset("affectnet8", folders["npy"])
+    assert names(dataset, "train") == [AFFECTNET_CODES[c] for c in codes if c < 8]
+    assert names(dataset, "test") == [AFFECTNET_CODES[c] for c in AN_TEST if c < 8]
+    dataset7 = data.open_dataset("affectnet7", folders["npy"])
+    assert names(dataset7, "train") == [AFFECTNET_CODES[c] for c in codes if c < 7]
+
+
+def test_crop_faces_cuts_out_the_csv_box(folders):
+    folder = folders["original"]
+    with open(folder / "Manually_Annotated_file_lists" / "training.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["expression"]) < 8]
+    whole = data.open_dataset("affectnet8", folder)
+    cropped = data.open_dataset("affectnet8", folder, crop_faces=True)
+    for i in (0, 5, len(rows) - 1):
+        x, y, w, h = (int(rows[i][k]) for k in ("face_x", "face_y", "face_width", "face_height"))
+        np.testing.assert_array_equal(cropped.train[i]["image"], whole.train[i]["image"][y:y + h, x:x + w])
+    with pytest.raises(DataError, match="no face boxes"):
+        data.open_dataset("rafdb", folders["rafdb"], crop_faces=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prepared TFDS data
+
+
+@pytest.mark.parametrize("dataset,folder", [("rafdb", "rafdb"), ("affectnet7", "original"), ("affectnet8", "npy")])
+def test_prepared_data_is_identical_to_the_folder(folders, tmp_path, dataset, folder):
+    quiet_prepare(dataset, folders[folder], tmp_path)
+    from_folder = data.open_dataset(dataset, folders[folder])
+    from_prepared = data.open_dataset(dataset, tmp_path)
+    assert from_prepared.origin.startswith("prepared")
+    for split in ("train", "test"):
+        a, b = getattr(from_folder, split), getattr(from_prepared, split)
+        assert len(a) == len(b)
+        for i in range(len(a)):
+            np.testing.assert_array_equal(a[i]["image"], b[i]["image"])
+            assert a[i]["label"] == b[i]["label"]
+    # Class counts and weights are stored: weight of c = N / (C n_c) over the training split.
+    meta = json.loads((prepared.dataset_dir(dataset, tmp_path) / "metadata.json").read_text())
+    counts = np.bincount([int(from_folder.train[i]["label"]) for i in range(len(from_folder.train))],
+                         minlength=from_folder.num_classes)
+    assert meta["class_counts"]["train"] == counts.tolist()
+    np.testing.assert_allclose(meta["class_weights"], counts.sum() / (len(counts) * counts), rtol=1e-6)
+    np.testing.assert_allclose(from_prepared.class_weights, from_folder.class_weights, rtol=1e-6)
+    assert from_prepared.notes == from_folder.notes
+
+
+def test_crop_faces_from_prepared_data(folders, tmp_path):
+    quiet_prepare("affectnet8", folders["original"], tmp_path)
+    a = data.open_dataset("affectnet8", folders["original"], crop_faces=True)
+    b = data.open_dataset("affectnet8", tmp_path, crop_faces=True)
+    for i in range(len(a.train)):
+        np.testing.assert_array_equal(a.train[i]["image"], b.train[i]["image"])
+    quiet_prepare("affectnet8", folders["npy"], tmp_path / "npy")
+    with pytest.raises(DataError, match="without face boxes"):
+        data.open_dataset("affectnet8", tmp_path / "npy", crop_faces=True)
+
+
+def test_training_from_the_folder_and_from_prepared_data_is_identical(folders, tmp_path):
+    """One epoch (two steps) of the training program on each: the same losses and accuracies."""
+    quiet_prepare("rafdb", folders["rafdb"], tmp_path / "prepared")
+    common = ["--dataset", "rafdb", "--epochs", "1", "--batch-size", "4", "--widths", "4,4,8,8", "--input-size", "32",
+              "--threads", "2", "--no-progress"]
+    runs = {}
+    for kind, folder in (("folder", folders["rafdb"]), ("prepared", tmp_path / "prepared")):
+        workdir = tmp_path / kind
+        assert train_program.main(common + ["--data-dir", str(folder), "--workdir", str(workdir)]) == 0
+        line = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])
+        runs[kind] = {k: v for k, v in line.items() if k not in train_program.TIMING_FIELDS}
+    assert runs["folder"] == runs["prepared"]
+    assert np.isfinite(runs["folder"]["train_loss"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_missing_folders_and_files_are_named(folders, tmp_path):
+    with pytest.raises(DataError, match=f"{tmp_path / 'nowhere'}"):
+        data.open_dataset("rafdb", tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"basic/EmoLabel/list_patition_label\.txt"):
+        data.open_dataset("rafdb", tmp_path / "empty")
+    with pytest.raises(DataError, match="Manually_Annotated_file_lists.*train_set/annotations"):
+        data.open_dataset("affectnet8", tmp_path / "empty")
+    with pytest.raises(DataError, match="not embedded: give --data-dir"):
+        data.open_dataset("affectnet7", None)
+    # A label file without its images folder; a CSV list without the other.
+    (tmp_path / "raf" / "EmoLabel").mkdir(parents=True)
+    (tmp_path / "raf" / "EmoLabel" / "list_patition_label.txt").write_text("train_00001.jpg 1\n")
+    with pytest.raises(DataError, match=r"Image/aligned"):
+        data.open_dataset("rafdb", tmp_path / "raf")
+    lists = tmp_path / "an" / "Manually_Annotated_file_lists"
+    lists.mkdir(parents=True)
+    with pytest.raises(DataError, match="Manually_Annotated_Images"):
+        data.open_dataset("affectnet8", tmp_path / "an")
+    (tmp_path / "an" / "Manually_Annotated_Images").mkdir()
+    (lists / "training.csv").write_text("")
+    with pytest.raises(DataError, match=r"test list not found: expected .*validation\.csv"):
+        data.open_dataset("affectnet8", tmp_path / "an")
+
+
+def test_label_problems_are_counted_and_reported(tmp_path):
+    basic = fixtures.write_rafdb(tmp_path, [1, 2, 3, 4, 5, 6, 7, 1], [1, 2, 3, 4, 5, 6, 7], size=24)
+    label_file = basic / "EmoLabel" / "list_patition_label.txt"
+    with open(label_file, "a") as f:  # after lines 1-15 (8 train, 7 test)
+        f.write("train_00001.jpg 3\n")  # a duplicate entry
+        f.write("train_00008.jpg 0\n")  # duplicate name too, but first: its label is out of range
+        f.write("train_00099.jpg 9\n")  # out of range (no image either: the label is checked first)
+        f.write("train_00100.jpg 4\n")  # listed, absent
+        f.write("test_0099.jpg 2\n")  # listed, absent
+    dataset = data.open_dataset("rafdb", tmp_path)
+    assert (len(dataset.train), len(dataset.test)) == (8, 7)
+    notes = "\n".join(dataset.notes)
+    assert "train: 2 labels out of range (line 17: train_00008.jpg label '0'; line 18: train_00099.jpg label '9')" in notes
+    assert "train: 1 duplicate entries (line 16: train_00001.jpg)" in notes
+    assert f"train: 1 images listed but absent ({basic / 'Image' / 'aligned' / 'train_00100_aligned.jpg'})" in notes
+    assert "test: 1 images listed but absent" in notes
+    assert all(line in dataset.describe() for line in dataset.notes)
+    # A line that is not "<name> <code>" is not RAF-DB's format: an error naming the line.
+    with open(label_file, "a") as f:
+        f.write("train_00001.jpg\n")
+    with pytest.raises(DataError, match=r"list_patition_label\.txt:21: expected '<image name> <label 1-7>'"):
+        data.open_dataset("rafdb", tmp_path)
+
+
+def test_affectnet_label_problems(tmp_path):
+    folder = fixtures.write_affectnet_original(tmp_path, [0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3, 4, 5, 6, 7], size=32)
+    train_csv = folder / "Manually_Annotated_file_lists" / "training.csv"
+    rows = list(csv.reader(open(train_csv, newline="")))
+    rows.append(rows[1][:6] + ["12"] + rows[1][7:])  # out of range code (and a duplicate path)
+    rows.append(rows[2])  # duplicate
+    rows.append(["9/absent.jpg"] + rows[3][1:])  # absent
+    with open(train_csv, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    npy = fixtures.write_affectnet_npy(tmp_path / "npy", [0, 1, 2, 3, 4, 5, 6, 7], list(range(8)), size=24)
+    fixtures.save_jpeg(np.zeros((24, 24, 3), np.uint8), npy / "train_set" / "images" / "100.jpg")  # no label
+    os.remove(npy / "val_set" / "images" / "3.jpg")  # a label without its image
+    notes = "\n".join(data.open_dataset("affectnet8", folder).notes)
+    assert "train: 1 labels out of range (training.csv line 10: expression '12')" in notes
+    assert "train: 1 duplicate entries (training.csv line 11:" in notes
+    assert "train: 1 images listed but absent (" in notes and "9/absent.jpg" in notes
+    npy_notes = "\n".join(data.open_dataset("affectnet8", npy).notes)
+    assert "train: 1 images without a label (" in npy_notes and "100.jpg" in npy_notes
+    assert "test: 1 images listed but absent (" in npy_notes
+
+
+RAF_WITH_BAD = [1, 2, 3, 4, 5, 6, 7, 3]  # the 3rd (corrupted below) is not the only disgust image
+
+
+def corrupt(folder):
+    """Truncate one RAF-DB training image (written with RAF_WITH_BAD); returns its path."""
+    path = folder / "basic" / "Image" / "aligned" / "train_00003_aligned.jpg"
+    path.write_bytes(path.read_bytes()[:200])
+    return path
+
+
+def test_corrupt_image_fails_or_is_skipped_and_reported(tmp_path):
+    fixtures.write_rafdb(tmp_path / "raf", RAF_WITH_BAD, [1, 2, 3, 4, 5, 6, 7], size=24)
+    bad = corrupt(tmp_path / "raf")
+    dataset = data.open_dataset("rafdb", tmp_path / "raf")
+    with pytest.raises(CorruptImageError, match=f"cannot decode image {bad}.*--skip-bad-images"):
+        dataset.train[2]
+    skipped = data.open_dataset("rafdb", tmp_path / "raf", skip_bad_images=True)
+    assert len(skipped.train) == len(dataset.train) - 1
+    assert any(n.startswith("train: 1 unreadable or corrupt images skipped") and str(bad) in n for n in skipped.notes)
+    # An image that is not an image at all, and a file that cannot be read.
+    with pytest.raises(CorruptImageError, match="cannot decode image x.jpg"):
+        data.folders.decode_image(b"not a jpeg", "x.jpg")
+    with pytest.raises(CorruptImageError, match="cannot read image"):
+        data.folders.read_bytes(tmp_path / "absent.jpg")
+
+
+def test_prepare_fails_on_a_corrupt_image_leaving_nothing_complete(tmp_path, capsys):
+    folder = tmp_path / "raf"
+    fixtures.write_rafdb(folder, RAF_WITH_BAD, [1, 2, 3, 4, 5, 6, 7], size=24)
+    bad = corrupt(folder)
+    out = tmp_path / "prepared"
+    args = ["--dataset", "rafdb", "--data-dir", str(folder), "--out", str(out), "--no-progress"]
+    assert prepare_program.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"1 unreadable or corrupt train image(s): cannot decode image {bad}" in err and "--skip-bad-images" in err
+    assert not prepared.is_prepared("rafdb", out) and not prepared.unfinished("rafdb", out)
+    with pytest.raises(DataError):
+        data.open_dataset("rafdb", out)
+    # With the flag: prepared without it, and the skipped image recorded with the data.
+    assert prepare_program.main(args + ["--skip-bad-images"]) == 0
+    dataset = data.open_dataset("rafdb", out)
+    assert len(dataset.train) == len(RAF_WITH_BAD) - 1
+    assert any(str(bad) in n for n in dataset.notes)
+    # Prepared already: an error unless --overwrite.
+    assert prepare_program.main(args) == 2
+    assert "already prepared" in capsys.readouterr().err
+
+
+def test_interrupted_prepare_leaves_nothing_taken_for_complete(folders, tmp_path, monkeypatch):
+    out = tmp_path / "prepared"
+
+    def interrupted(self, index):
+        yield index.names[0], {"image": b"", "label": 0, "name": index.names[0], "box": np.full(4, -1, np.int32)}
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepared._FolderBuilder, "_generate_examples", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        quiet_prepare("rafdb", folders["rafdb"], out)
+    assert not prepared.is_prepared("rafdb", out)
+    # A process killed outright leaves TFDS's temporary folder: named, never read.
+    (out / "raf_db" / "incomplete.ABC123_1.0.0").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"unfinished preparation of rafdb .*incomplete\.ABC123_1\.0\.0.*prepare again"):
+        data.open_dataset("rafdb", out)
+
+
+def test_a_class_without_training_images_is_named(tmp_path):
+    fixtures.write_rafdb(tmp_path, [1, 2, 3, 4, 5, 6, 6], [1, 2], size=24)  # no neutral (code 7)
+    with pytest.raises(DataError, match=r"has no training image of class\(es\) neutral"):
+        data.open_dataset("rafdb", tmp_path)
+    with pytest.raises(DataError, match=r"has no training image of class\(es\) neutral"):
+        quiet_prepare("rafdb", tmp_path, tmp_path / "out")
+    assert not prepared.is_prepared("rafdb", tmp_path / "out")
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert prepare_program.main(["--dataset", "affectnet8", "--data-dir", str(tmp_path / "none")]) == 2
+    assert f"affectnet8 folder not found: {tmp_path / 'none'}" in capsys.readouterr().err
+    args = ["--dataset", "rafdb", "--epochs", "1", "--workdir", str(tmp_path / "run")]
+    assert train_program.main(args) == 2
+    assert "rafdb is not embedded: give --data-dir" in capsys.readouterr().err
+
+
+def test_decode_converts_grey_and_rgba_to_rgb():
+    for mode in ("L", "RGBA", "P"):
+        buffer = io.BytesIO()
+        Image.new(mode, (5, 4)).save(buffer, format="PNG")
+        assert data.folders.decode_image(buffer.getvalue(), "x.png").shape == (4, 5, 3)
