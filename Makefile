@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo evolve-demo ensemble-demo bench-step bench-ensemble clean
+.PHONY: install test demo evolve-demo ensemble-demo bench-step bench-ensemble bench-data clean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ bench-step: $(STAMP)
 # A 6-member ensemble evaluated by a loop of jitted calls, lax.map and vmap (tools/bench_ensemble.py).
 bench-ensemble: $(STAMP)
 	$(PY) -m tools.bench_ensemble
+
+# Data loading into the train step: 100 px and 400 px JPEG folders, direct and prepared (tools/bench_data.py).
+bench-data: $(STAMP)
+	$(PY) -m tools.bench_data
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

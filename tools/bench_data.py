@@ -1,0 +1,88 @@
+"""Data-loading throughput into the train step: images per second from JPEG files to uint8
+batches on the device, for RAF-style 100x100 and AffectNet-style 400x400 JPEGs, read from the
+folder directly and from the prepared TFDS array_record data.
+
+    python -m tools.bench_data                               # 224 px, batch 128, 4 threads
+    python -m tools.bench_data --size 112 --threads 2 --images 1536
+
+Writes the fixture folders (``faml_jax.data.fixtures``: the real releases' layouts, generated
+faces) and their preparations into --workdir once (reused later), then runs one epoch of the
+training loader (``faml_jax.data.TrainLoader``: shuffled reads, decode, resize on grain's host
+threads) and ``jax.device_put`` of every batch. The first batch (thread start-up) is not timed;
+each case runs --rounds times and the median is printed. The train step itself is not run: this
+is the rate the input pipeline can feed it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+
+from faml_jax import data
+from faml_jax.data import fixtures, prepared
+
+CASES = (  # (label, data set, writer, image side)
+    ("RAF-DB style, 100x100 JPEG", "rafdb", fixtures.write_rafdb, 100),
+    ("AffectNet style, 400x400 JPEG", "affectnet8", fixtures.write_affectnet_original, 400),
+)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="/tmp/faml_jax-bench-data", help="fixture folders (kept for reuse)")
+    parser.add_argument("--images", type=int, default=2048, help="training images per fixture (default 2048)")
+    parser.add_argument("--size", type=int, default=224, help="model input side (default 224, the paper's)")
+    parser.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
+    parser.add_argument("--threads", type=int, default=4, help="grain host threads (default 4)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed epochs per case (default 3)")
+    return parser.parse_args(argv)
+
+
+def fixture(workdir: Path, dataset: str, writer, side: int, images: int) -> Path:
+    folder = workdir / f"{dataset}-{side}px-{images}"
+    if not (folder / "complete").exists():
+        print(f"writing {images} {side}x{side} JPEGs into {folder} (once)", flush=True)
+        codes = {"rafdb": range(1, 8), "affectnet8": range(8)}[dataset]
+        train = [list(codes)[i % len(codes)] for i in range(images)]
+        writer(folder, train, list(codes), size=side)
+        (folder / "complete").touch()
+    if not prepared.is_prepared(dataset, folder / "prepared"):
+        prepared.prepare(dataset, folder, folder / "prepared", bars=False)
+    return folder
+
+
+def epoch_rate(source, args, epoch: int) -> float:
+    """Images per second over one epoch after its first batch."""
+    loader = data.TrainLoader(source, args.batch, args.size, seed=0, num_threads=args.threads)
+    iterator = loader.iterate(epoch)
+    jax.block_until_ready(jax.device_put(next(iterator)))
+    start, n = time.perf_counter(), 0
+    for batch in iterator:
+        jax.block_until_ready(jax.device_put(batch))
+        n += len(batch["label"])
+    return n / (time.perf_counter() - start)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    workdir = Path(args.workdir)
+    print(f"{platform.processor() or platform.machine()}, {jax.devices()[0].platform}, jax {jax.__version__}; "
+          f"input {args.size} px, batch {args.batch}, {args.threads} threads, {args.images} images")
+    print(f"| images | read from | images/s (median of {args.rounds}) | min | max |")
+    print("|---|---|---|---|---|")
+    for label, dataset, writer, side in CASES:
+        folder = fixture(workdir, dataset, writer, side, args.images)
+        for origin, path in (("folder", folder), ("prepared", folder / "prepared")):
+            source = data.open_dataset(dataset, path).train
+            rates = [epoch_rate(source, args, epoch) for epoch in range(args.rounds)]
+            print(f"| {label} | {origin} | {statistics.median(rates):,.0f} | {min(rates):,.0f} | {max(rates):,.0f} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
