@@ -43,8 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.runner import (
-    Member, Setup, UsageError, config_to_json, final_variables, has_checkpoint, last_epoch, structural_differences,
-    prepare_directory, prepare_workdir, train_members, write_atomic,
+    Member, Setup, UsageError, complete_run_config, config_to_json, final_variables, has_checkpoint, last_epoch,
+    prepare_directory, prepare_workdir, read_run_config, structural_differences, train_members, write_atomic,
 )
 from experiments.train import OneLineErrorParser, add_run_arguments, resolve_config, run_cli
 from faml_jax import fga, models, train
@@ -93,12 +93,20 @@ def population_members(evolve_dir: Path, all_networks: bool = False) -> list[tup
     return [(name, member_workdir(evolve_dir, lineage["members"][name])) for name in names]
 
 
+def complete_evolve_config(saved: dict) -> dict:
+    """A saved ``evolve.json`` with the fields added since it was written at their defaults."""
+    completed = dict(saved)
+    if isinstance(saved.get("run"), dict):
+        completed["run"] = complete_run_config(saved["run"])
+    return completed
+
+
 def check_given_member(workdir: Path, config: RunConfig) -> None:
     """A network passed with --members must be a finished run of the same model and data."""
     for name in ("config.json", "summary.json", "metrics.jsonl"):
         if not (workdir / name).exists():
             raise UsageError(f"--members {workdir}: no {name} (expected a finished experiments.train workdir)")
-    saved = json.loads((workdir / "config.json").read_text())
+    saved = config_to_json(read_run_config(workdir))
     current = config_to_json(config)
     diffs = structural_differences(saved, current)
     if diffs:
@@ -332,7 +340,7 @@ def prepare_evolve_workdir(workdir: Path, config: RunConfig, fga_config: FGAConf
     current = {"run": config_to_json(config), "fga": config_to_json(fga_config), "members": [str(p.resolve()) for p in given]}
     prepare_directory(workdir, config_file="evolve.json", current=current, outputs=EVOLVE_OUTPUTS,
                       markers=("evolve.json",), resume=resume, overwrite=overwrite, may_differ=MAY_DIFFER,
-                      what="evolution")
+                      what="evolution", complete=complete_evolve_config)
 
 
 def run(config: RunConfig, fga_config: FGAConfig, workdir: str | os.PathLike, *, given=(), resume: bool = False,

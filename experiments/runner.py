@@ -107,11 +107,12 @@ def ensure_writable(directory: Path) -> None:
 
 def prepare_directory(workdir: Path, *, config_file: str, current: dict, outputs: tuple[str, ...],
                       markers: tuple[str, ...], resume: bool, overwrite: bool, may_differ: tuple[str, ...],
-                      what: str) -> None:
+                      what: str, complete: Callable[[dict], dict] = lambda saved: saved) -> None:
     """Create an output folder, check it is writable and check it against ``resume``/``overwrite``:
     an earlier ``what`` (any of ``markers`` exists) needs ``resume`` with the same configuration
     (``may_differ`` excepted) or ``overwrite`` (which deletes ``outputs``). Then writes
-    ``config_file`` with ``current``."""
+    ``config_file`` with ``current``. ``complete`` fills a saved configuration's fields that a
+    later version added with their defaults, before comparing."""
     ensure_writable(workdir)
     has_run = any((workdir / name).exists() for name in markers)
     if has_run and overwrite:
@@ -122,7 +123,7 @@ def prepare_directory(workdir: Path, *, config_file: str, current: dict, outputs
     if has_run and not resume:
         raise UsageError(f"workdir {workdir} holds an earlier {what}: pass --resume to continue it or --overwrite to replace it")
     if resume and (workdir / config_file).exists():
-        saved = json.loads((workdir / config_file).read_text())
+        saved = complete(json.loads((workdir / config_file).read_text()))
         diffs = config_differences(saved, current, may_differ=may_differ)
         if diffs:
             raise UsageError(f"the {what} in {workdir} was made with another configuration: {'; '.join(diffs)}")
@@ -134,7 +135,15 @@ def prepare_workdir(workdir: Path, config: RunConfig, resume: bool, overwrite: b
     may grow on resume)."""
     prepare_directory(workdir, config_file="config.json", current=config_to_json(config), outputs=OUTPUTS,
                       markers=("config.json", "checkpoints"), resume=resume, overwrite=overwrite,
-                      may_differ=("epochs",), what="run")
+                      may_differ=("epochs",), what="run", complete=complete_run_config)
+
+
+def complete_run_config(saved: dict) -> dict:
+    """A saved ``config.json`` with the fields added since it was written at their defaults."""
+    try:
+        return config_to_json(from_dict(RunConfig, saved))
+    except (ValueError, TypeError):
+        return saved  # not a configuration of this version: compared as it is
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Tests of the training program: exact resume, crash during a checkpoint save, CLI errors."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -181,3 +182,20 @@ def test_existing_run_needs_resume_and_a_matching_configuration(uninterrupted, c
     assert code == 2 and "pass --resume" in err
     code, err = run_cli(common + ["--resume", "--loss", "ce"], capsys)
     assert code == 2 and "another configuration" in err and "loss.kind ('ml' in the checkpoint, 'ce' now)" in err
+
+
+def test_a_configuration_saved_before_a_field_was_added_still_resumes(tmp_path):
+    """config.json written by an earlier version (without the data fields added since) compares
+    equal to the same configuration now: missing fields take their defaults."""
+    from experiments.runner import prepare_workdir
+
+    config = tiny_config(tmp_path / "data", epochs=2)
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    saved = train_program.config_to_json(config)
+    del saved["data"]["crop_faces"], saved["data"]["skip_bad_images"]
+    (workdir / "config.json").write_text(json.dumps(saved))
+    prepare_workdir(workdir, config, resume=True, overwrite=False)  # no "another configuration" error
+    with pytest.raises(train_program.UsageError, match=r"data.crop_faces \(False in the checkpoint, True now\)"):
+        prepare_workdir(workdir, dataclasses.replace(config, data=dataclasses.replace(config.data, crop_faces=True)),
+                        resume=True, overwrite=False)

@@ -141,19 +141,25 @@ def test_crop_faces_from_prepared_data(folders, tmp_path):
         data.open_dataset("affectnet8", tmp_path / "npy", crop_faces=True)
 
 
-def test_training_from_the_folder_and_from_prepared_data_is_identical(folders, tmp_path):
-    """One epoch (two steps) of the training program on each: the same losses and accuracies."""
-    quiet_prepare("rafdb", folders["rafdb"], tmp_path / "prepared")
-    common = ["--dataset", "rafdb", "--epochs", "1", "--batch-size", "4", "--widths", "4,4,8,8", "--input-size", "32",
-              "--threads", "2", "--no-progress"]
+@pytest.mark.parametrize("dataset,folder,flags", [
+    ("rafdb", "rafdb", []),  # the RAF-DB preset: ML with CE
+    ("affectnet8", "original", ["--crop-faces"]),  # the AffectNet preset: ML with WCE (stored class weights)
+])
+def test_training_from_the_folder_and_from_prepared_data_is_identical(folders, tmp_path, dataset, folder, flags):
+    """One epoch of the training program on each: the same losses and accuracies."""
+    quiet_prepare(dataset, folders[folder], tmp_path / "prepared")
+    common = ["--dataset", dataset, "--epochs", "1", "--batch-size", "4", "--widths", "4,4,8,8", "--input-size", "32",
+              "--threads", "2", "--no-progress"] + flags
     runs = {}
-    for kind, folder in (("folder", folders["rafdb"]), ("prepared", tmp_path / "prepared")):
+    for kind, path in (("folder", folders[folder]), ("prepared", tmp_path / "prepared")):
         workdir = tmp_path / kind
-        assert train_program.main(common + ["--data-dir", str(folder), "--workdir", str(workdir)]) == 0
+        assert train_program.main(common + ["--data-dir", str(path), "--workdir", str(workdir)]) == 0
         line = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])
         runs[kind] = {k: v for k, v in line.items() if k not in train_program.TIMING_FIELDS}
     assert runs["folder"] == runs["prepared"]
     assert np.isfinite(runs["folder"]["train_loss"])
+    loss = json.loads((tmp_path / "folder" / "config.json").read_text())["loss"]
+    assert loss["weighted"] == (dataset != "rafdb")
 
 
 # ---------------------------------------------------------------------------------------------
