@@ -266,19 +266,22 @@ def test_prepare_fails_on_a_corrupt_image_leaving_nothing_complete(tmp_path, cap
     folder = tmp_path / "raf"
     fixtures.write_rafdb(folder, RAF_WITH_BAD, [1, 2, 3, 4, 5, 6, 7], size=24)
     bad = corrupt(folder)
+    bad_test = folder / "basic" / "Image" / "aligned" / "test_0001_aligned.jpg"
+    bad_test.write_bytes(b"not an image")
     out = tmp_path / "prepared"
     args = ["--dataset", "rafdb", "--data-dir", str(folder), "--out", str(out), "--no-progress"]
     assert prepare_program.main(args) == 2
     err = capsys.readouterr().err
-    assert f"1 unreadable or corrupt train image(s): cannot decode image {bad}" in err and "--skip-bad-images" in err
+    assert f"unreadable or corrupt images (1 train, 1 test): cannot decode image {bad}" in err
+    assert f"cannot decode image {bad_test}" in err and "--skip-bad-images" in err
     assert not prepared.is_prepared("rafdb", out) and not prepared.unfinished("rafdb", out)
     with pytest.raises(DataError):
         data.open_dataset("rafdb", out)
     # With the flag: prepared without it, and the skipped image recorded with the data.
     assert prepare_program.main(args + ["--skip-bad-images"]) == 0
     dataset = data.open_dataset("rafdb", out)
-    assert len(dataset.train) == len(RAF_WITH_BAD) - 1
-    assert any(str(bad) in n for n in dataset.notes)
+    assert (len(dataset.train), len(dataset.test)) == (len(RAF_WITH_BAD) - 1, 6)
+    assert any(str(bad) in n for n in dataset.notes) and any(str(bad_test) in n for n in dataset.notes)
     # Prepared already: an error unless --overwrite.
     assert prepare_program.main(args) == 2
     assert "already prepared" in capsys.readouterr().err

@@ -111,9 +111,7 @@ def open_dataset(name: str, data_dir: str | os.PathLike | None = None,
                             "run experiments.prepare again") from None
         raise error
     if skip_bad_images:
-        for split in index.splits:
-            index.splits[split] = drop_bad_images(index.splits[split], index.problems[split], crop_faces, True, split,
-                                                  num_threads, progress_bar)
+        drop_bad_images(index, crop_faces, skip=True, num_threads=num_threads, progress=progress_bar)
     sources = {split: FolderSource(index.splits[split], crop_faces) for split in index.splits}
     counts = {split: index.splits[split].counts(len(index.classes)) for split in index.splits}
     return _dataset(name, index.classes, sources, counts, None, f"folder {index.root}", index.problems)

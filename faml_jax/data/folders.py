@@ -231,18 +231,20 @@ def check_images(index: SplitIndex, crop: bool, num_threads: int = 4,
         return [(i, message) for i, message in enumerate(results) if message is not None]
 
 
-def drop_bad_images(index: SplitIndex, problems: Problems, crop: bool, skip: bool, split: str,
-                    num_threads: int = 4, progress=None) -> SplitIndex:
-    """Check every image of a split; with ``skip``, leave the bad ones out (recorded in
-    ``problems``), otherwise fail naming them."""
-    bad = check_images(index, crop, num_threads, progress, f"checking {split} images")
-    if bad and not skip:
-        shown = "; ".join(message for _, message in bad[:EXAMPLES_SHOWN])
-        raise CorruptImageError(f"{len(bad)} unreadable or corrupt {split} image(s): {shown}"
-                                + (" ..." if len(bad) > EXAMPLES_SHOWN else "")
+def drop_bad_images(index: FolderIndex, crop: bool, skip: bool, num_threads: int = 4, progress=None) -> None:
+    """Check every image of every split of ``index``; with ``skip``, leave the bad ones out of
+    ``index.splits`` (recorded in ``index.problems``), otherwise fail naming them all."""
+    bad = {split: check_images(index.splits[split], crop, num_threads, progress, f"checking {split} images")
+           for split in index.splits}
+    if any(bad.values()) and not skip:
+        messages = [message for split in bad for _, message in bad[split]]
+        counts = ", ".join(f"{len(b)} {split}" for split, b in bad.items() if b)
+        raise CorruptImageError(f"unreadable or corrupt images ({counts}): " + "; ".join(messages[:EXAMPLES_SHOWN])
+                                + (" ..." if len(messages) > EXAMPLES_SHOWN else "")
                                 + "; remove or replace them, or pass --skip-bad-images to leave them out")
-    problems.bad_images.extend(message for _, message in bad)
-    return index.without(i for i, _ in bad)
+    for split, found in bad.items():
+        index.problems[split].bad_images.extend(message for _, message in found)
+        index.splits[split] = index.splits[split].without(i for i, _ in found)
 
 
 # ---------------------------------------------------------------------------------------------

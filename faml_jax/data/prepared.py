@@ -67,16 +67,12 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         index = self.read_index(Path(dl_manager.manual_dir))
-        progress = progress_bar if self.bars else None
-        splits = {}
-        for split in SPLITS:
-            # Decoded uncropped: the face crop is a read-time option (the boxes are stored).
-            splits[split] = drop_bad_images(index.splits[split], index.problems[split], crop=False,
-                                            skip=self.skip_bad_images, split=split, num_threads=self.num_threads,
-                                            progress=progress)
-        self.info.metadata.update(metadata(index.root, index.layout, self.classes, splits, index.problems,
+        # Decoded uncropped: the face crop is a read-time option (the boxes are stored).
+        drop_bad_images(index, crop=False, skip=self.skip_bad_images, num_threads=self.num_threads,
+                        progress=progress_bar if self.bars else None)
+        self.info.metadata.update(metadata(index.root, index.layout, self.classes, index.splits, index.problems,
                                            index.has_boxes, where=f"{self.name} in {index.root}"))
-        return {split: self._generate_examples(splits[split]) for split in SPLITS}
+        return {split: self._generate_examples(index.splits[split]) for split in SPLITS}
 
     def _generate_examples(self, index: SplitIndex):
         for i, name in enumerate(index.names):
