@@ -33,10 +33,10 @@ def default_out() -> Path:
 
 def build_parser() -> OneLineErrorParser:
     parser = OneLineErrorParser.for_program("experiments.prepare", __doc__)
-    parser.add_argument("--dataset", required=True, choices=REAL_DATASETS)
+    parser.add_argument("--dataset", required=True, choices=REAL_DATASETS, help="the data set to prepare")
     parser.add_argument("--data-dir", required=True,
-                        help="the data set's folder as distributed: " + "; ".join(
-                            f"{name}: {data.DATA_DIR_HELP[name]}" for name in ("rafdb", "affectnet8")))
+                        help=f"the data set's folder as distributed: rafdb: {data.DATA_DIR_HELP['rafdb']}; "
+                             f"affectnet7/8: {data.DATA_DIR_HELP['affectnet8']}")
     parser.add_argument("--out", help="where to write (default ~/.cache/faml_jax/prepared)")
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="leave out (and report) unreadable or corrupt images instead of stopping")

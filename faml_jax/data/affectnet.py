@@ -87,6 +87,10 @@ def _keep(code: int | None, num_classes: int, problems: Problems, where: str) ->
     return True
 
 
+def _in_code_order(excluded: dict[str, int]) -> dict[str, int]:
+    return {name: excluded[name] for name in CODE_NAMES if name in excluded}
+
+
 def _read_original(data_dir: Path, lists: Path, names: tuple[str, ...]) -> FolderIndex:
     image_dirs = [data_dir / IMAGES, data_dir / EXTRA_LEVEL / IMAGES, lists.parent / IMAGES]
     images = next((d for d in image_dirs if d.is_dir()), None)
@@ -105,7 +109,7 @@ def _read_csv(path: Path, images: Path, num_classes: int, seen: set[str]) -> tup
     problems = Problems()
     rel, files, labels, boxes = [], [], [], []
     column = {name: i for i, name in enumerate(COLUMNS)}
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # a BOM is not part of the header
         for number, row in enumerate(csv.reader(f), 1):
             if not row:
                 continue
@@ -141,6 +145,7 @@ def _read_csv(path: Path, images: Path, num_classes: int, seen: set[str]) -> tup
             files.append(str(file))
             labels.append(_code(code_text))
             boxes.append(box)
+    problems.excluded = _in_code_order(problems.excluded)
     return SplitIndex(rel, files, labels, np.asarray(boxes, np.int32).reshape(-1, 4)), problems
 
 
@@ -180,5 +185,6 @@ def _read_npy_layout(data_dir: Path, names: tuple[str, ...], progress) -> Folder
             files.append(str(images / image))
             labels.append(code)
         p.unlabelled.extend(str(images / n) for n in sorted(on_disk))
+        p.excluded = _in_code_order(p.excluded)
         splits[split] = SplitIndex(rel, files, labels)
     return FolderIndex(data_dir, "affectnet-npy", names, splits, problems)

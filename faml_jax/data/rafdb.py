@@ -59,7 +59,7 @@ def read_index(data_dir: str | Path) -> FolderIndex:
     entries = {split: ([], [], []) for split in PREFIXES.values()}
     problems = {split: Problems() for split in PREFIXES.values()}
     seen: set[str] = set()
-    with open(label_file, encoding="utf-8") as f:
+    with open(label_file, encoding="utf-8-sig") as f:
         for number, line in enumerate(f, 1):
             fields = line.split()
             if not fields:
