@@ -139,6 +139,8 @@ def test_crop_faces_from_prepared_data(folders, tmp_path):
     quiet_prepare("affectnet8", folders["npy"], tmp_path / "npy")
     with pytest.raises(DataError, match="without face boxes"):
         data.open_dataset("affectnet8", tmp_path / "npy", crop_faces=True)
+    with pytest.raises(DataError, match="holds prepared affectnet8 but not affectnet7: run experiments.prepare"):
+        data.open_dataset("affectnet7", tmp_path / "npy")
 
 
 @pytest.mark.parametrize("dataset,folder,flags", [

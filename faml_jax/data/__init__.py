@@ -104,12 +104,16 @@ def open_dataset(name: str, data_dir: str | os.PathLike | None = None,
         return _open_prepared(name, data_dir, crop_faces)
     try:
         index = read_folder(name, data_dir)
-    except DataError as error:
+    except DataError:
         unfinished = prepared.unfinished(name, data_dir)
         if unfinished:
             raise DataError(f"{data_dir} holds only an unfinished preparation of {name} ({unfinished[0]}): "
                             "run experiments.prepare again") from None
-        raise error
+        others = [d for d in prepared.BUILDERS if prepared.is_prepared(d, data_dir)]
+        if others:
+            raise DataError(f"{data_dir} holds prepared {', '.join(others)} but not {name}: run experiments.prepare "
+                            f"--dataset {name}") from None
+        raise
     if skip_bad_images:
         drop_bad_images(index, crop_faces, skip=True, num_threads=num_threads, progress=progress_bar)
     sources = {split: FolderSource(index.splits[split], crop_faces) for split in index.splits}
