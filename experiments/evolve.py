@@ -47,7 +47,7 @@ from experiments.runner import (
     prepare_directory, prepare_workdir, read_run_config, structural_differences, train_members, write_atomic,
 )
 from experiments.train import OneLineErrorParser, add_run_arguments, resolve_config, run_cli
-from faml_jax import fga, models, train
+from faml_jax import fga, models, pretrained, train
 from faml_jax.config import FGAConfig, RunConfig
 from faml_jax.evaluate import classification_metrics
 
@@ -130,6 +130,8 @@ class Evolution:
             "dataset": config.data.dataset, "model": config.model_name, "members": {}, "generations": [],
         }
         self.start = models.init(self.setup.model, jax.random.fold_in(jax.random.key(config.seed), START_TAG))
+        if self.setup.backbone is not None:  # the paper's common pre-trained start
+            self.start = pretrained.init_from_backbone(jax.device_get(self.start), self.setup.backbone)
         self._fuse = jax.jit(fga.fuse)
         self._recompute = jax.jit(lambda v, x: fga.recompute_batch_stats(self.setup.model, v, x))
 
@@ -230,9 +232,9 @@ class Evolution:
 
     def start_variables(self, seed: int) -> dict | None:
         """Where a fresh network starts: the shared start with its own head (``fc``) drawn from
-        its seed, or (``shared_start=False``) None, its seed's own random initialisation."""
+        its seed, or (``shared_start=False``) its seed's own start (``Setup.start_variables``)."""
         if not self.fga.shared_start:
-            return None
+            return self.setup.start_variables(seed)
         own = self.setup.initial_state(seed).params
         return jax.device_get({**self.start, "params": {**self.start["params"], "fc": own["fc"]}})
 

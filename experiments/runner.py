@@ -29,7 +29,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from faml_jax import data, fga, models, schedules, train
+from faml_jax import data, fga, models, pretrained, schedules, train
 from faml_jax.checkpoint import Checkpoints
 from faml_jax.config import RunConfig, from_dict
 from faml_jax.evaluate import Evaluator, classification_metrics
@@ -200,6 +200,23 @@ class Setup:
             return state
         return state.replace(params=variables["params"], batch_stats=variables["batch_stats"],
                              opt_state=self.tx.init(variables["params"]))
+
+    @functools.cached_property
+    def backbone(self) -> dict | None:
+        """The pre-trained backbone of ``config.init`` (read once), or None."""
+        if self.config.init is None:
+            return None
+        backbone, _, _ = pretrained.load_backbone(self.config.init)
+        return backbone
+
+    def start_variables(self, seed: int) -> dict | None:
+        """Where a new network of this configuration starts: None (its seed's random
+        initialisation) or, with ``config.init``, that initialisation with the backbone copied in
+        (``pretrained.init_from_backbone``)."""
+        if self.backbone is None:
+            return None
+        fresh = jax.device_get(self.initial_state(seed))
+        return pretrained.init_from_backbone({"params": fresh.params, "batch_stats": fresh.batch_stats}, self.backbone)
 
     @functools.cached_property
     def restore_template(self) -> train.TrainState:

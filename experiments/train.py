@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 
 from experiments.runner import (  # noqa: F401  (re-exported: the program's outputs and helpers)
-    OUTPUTS, TIMING_FIELDS, Member, Setup, UsageError, config_differences, config_to_json, prepare_workdir,
-    train_members, write_atomic,
+    OUTPUTS, TIMING_FIELDS, Member, Setup, UsageError, config_differences, config_to_json, has_checkpoint,
+    prepare_workdir, train_members, write_atomic,
 )
 from faml_jax import data, models
 from faml_jax.config import (
@@ -73,6 +73,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, epochs_help: str, workdir
     parser.add_argument("--epochs", type=int, help=epochs_help)
     parser.add_argument("--batch-size", type=int, help="global batch size (preset)")
     parser.add_argument("--seed", type=int, default=0, help="seed of init, data order, loss draws, flips")
+    parser.add_argument("--init", help="start from a pre-trained backbone converted by tools.convert_torch_resnet18 "
+                        "(attention blocks and head fresh; default: random initialisation)")
     parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     parser.add_argument("--lr", type=float, help="Lr1, the first learning rate (preset; paper 3e-4, SGD 0.005)")
     parser.add_argument("--lr2", type=float, help="Lr2, the rate after the stability switch (default 1e-5)")
@@ -129,6 +131,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         batch_size=preset["batch_size"] if args.batch_size is None else args.batch_size,
         seed=args.seed,
         keep_checkpoints=args.keep,
+        init=str(Path(args.init).expanduser().absolute()) if args.init else None,
     )
 
 
@@ -146,7 +149,8 @@ def run(config: RunConfig, workdir: str | os.PathLike, *, resume: bool = False, 
     Setup.check_batch(config)
     prepare_workdir(workdir, config, resume, overwrite)
     setup = Setup(config, log)
-    member = Member(setup, config, workdir, log=log)
+    init = setup.start_variables(config.seed) if config.init and not has_checkpoint(workdir) else None
+    member = Member(setup, config, workdir, init_variables=init, log=log)
     try:
         if member.done:
             raise UsageError(f"nothing to do: the run in {workdir} already has {member.epoch} epochs; raise --epochs")

@@ -256,6 +256,10 @@ class RunConfig:
       seed: seeds initialisation, data order, loss draws and flips.
       eval_batch_size: batch of the test-split evaluation after each epoch.
       keep_checkpoints: the last N checkpoints are kept (plus the best by test accuracy).
+      init: a converted pre-trained backbone (``tools.convert_torch_resnet18``) the network starts
+        from: its ResNet weights and BatchNorm statistics, the FA auxiliary convolutions as copies
+        of conv1 (METHOD 2.1); attention blocks, fusion weights and the head fresh. None: random
+        initialisation from ``seed``.
     """
 
     model_name: str
@@ -269,6 +273,7 @@ class RunConfig:
     seed: int = 0
     eval_batch_size: int = 256
     keep_checkpoints: int = 3
+    init: str | None = None
 
     def __post_init__(self):
         if self.epochs < 1:

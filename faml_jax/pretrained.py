@@ -1,0 +1,252 @@
+"""Pre-trained ResNet18 backbones (MS-Celeb-1M, ImageNet) from PyTorch checkpoints (METHOD 2).
+
+The paper starts R18+FAML from a ResNet18 pre-trained on MS-Celeb-1M, distributed as PyTorch files
+whose state dict loads into torchvision's ``resnet18``. This module:
+
+* ``torch_to_flax``: a torchvision-layout ResNet18 state dict (numpy arrays) to this project's
+  Flax variables of ``"r18"``: conv kernels (O, I, kH, kW) -> (kH, kW, I, O), the dense layer
+  (out, in) -> (in, out), BatchNorm weight/bias/running_mean/running_var -> scale/bias/mean/var
+  (both use eps 1e-5; ``models.resnet.BN_EPSILON``). Pure numpy: no torch needed.
+* ``read_torch_state_dict``: loads a ``.pth`` without executing pickled code
+  (``torch.load(weights_only=True)``), accepting the common wrappings: a plain state dict, one
+  nested under ``state_dict``, ``module.``-prefixed keys (DataParallel), with or without ``fc``.
+* ``save_backbone`` / ``load_backbone``: the converted variables as an orbax checkpoint.
+* ``init_from_backbone``: a freshly initialised model's variables with the backbone copied in;
+  the FA stem's auxiliary convolutions start as copies of conv1 (METHOD 2.1); attention blocks,
+  fusion weights and the head keep their fresh initialisation (the head has the data set's
+  classes).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+RESNET18_WIDTHS = (64, 128, 256, 512)
+RESNET18_DEPTHS = (2, 2, 2, 2)
+
+
+class ConversionError(ValueError):
+    """A state dict that is not a torchvision ResNet18, or a backbone that does not fit a model."""
+
+
+def _list(keys, limit: int = 20, sort: bool = True) -> str:
+    keys = sorted(keys) if sort else list(keys)
+    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision names -> Flax paths
+
+
+def _bn(torch_prefix: str, flax_path: tuple[str, ...], width: int) -> dict[str, tuple]:
+    return {
+        f"{torch_prefix}.weight": ("params", flax_path + ("scale",), (width,), None),
+        f"{torch_prefix}.bias": ("params", flax_path + ("bias",), (width,), None),
+        f"{torch_prefix}.running_mean": ("batch_stats", flax_path + ("mean",), (width,), None),
+        f"{torch_prefix}.running_var": ("batch_stats", flax_path + ("var",), (width,), None),
+    }
+
+
+def _conv(torch_key: str, flax_path: tuple[str, ...], out: int, inp: int, k: int) -> dict[str, tuple]:
+    return {torch_key: ("params", flax_path + ("kernel",), (out, inp, k, k), (2, 3, 1, 0))}
+
+
+def resnet18_layout(widths=RESNET18_WIDTHS, depths=RESNET18_DEPTHS) -> dict[str, tuple]:
+    """torch key -> (collection, Flax path, torch shape, transpose) for every backbone tensor of
+    torchvision's ResNet18 (``fc`` excluded; ``num_batches_tracked`` carries nothing)."""
+    layout = {**_conv("conv1.weight", ("stem", "conv_main"), widths[0], 3, 7), **_bn("bn1", ("bn1",), widths[0])}
+    inp = widths[0]
+    for s, (width, depth) in enumerate(zip(widths, depths)):
+        for b in range(depth):
+            t, f = f"layer{s + 1}.{b}", (f"layer{s + 1}_{b}",)
+            block_in = inp if b == 0 else width
+            layout.update(_conv(f"{t}.conv1.weight", f + ("conv1",), width, block_in, 3))
+            layout.update(_bn(f"{t}.bn1", f + ("bn1",), width))
+            layout.update(_conv(f"{t}.conv2.weight", f + ("conv2",), width, width, 3))
+            layout.update(_bn(f"{t}.bn2", f + ("bn2",), width))
+            if b == 0 and (s > 0 or block_in != width):
+                layout.update(_conv(f"{t}.downsample.0.weight", f + ("downsample_conv",), width, block_in, 1))
+                layout.update(_bn(f"{t}.downsample.1", f + ("downsample_bn",), width))
+        inp = width
+    return layout
+
+
+def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The state dict inside a loaded checkpoint: itself, or its ``state_dict`` (or ``model``)
+    entry; a ``module.`` prefix on every key (DataParallel) is removed."""
+    state = checkpoint
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+            break
+    if not isinstance(state, Mapping) or not state:
+        raise ConversionError("the checkpoint holds no state dict (expected a dict of tensors, or one under 'state_dict')")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _nested_set(tree: dict, path: tuple[str, ...], value) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def torch_to_flax(state: Mapping[str, np.ndarray]) -> tuple[dict, dict | None]:
+    """Convert a torchvision ResNet18 state dict (values: numpy arrays) to Flax.
+
+    Returns ``(backbone, head)``: backbone = ``{"params", "batch_stats"}`` of ``"r18"`` without
+    ``fc``; head = ``{"kernel", "bias"}`` of ``fc`` (None when the state dict has no ``fc``).
+    Missing keys, keys that are not ResNet18's and wrong shapes are a ``ConversionError`` that
+    names them.
+    """
+    layout = resnet18_layout()
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    head_keys = {"fc.weight", "fc.bias"}
+    missing = set(layout) - set(state)
+    unexpected = set(state) - set(layout) - head_keys
+    if missing or unexpected:
+        parts = ([f"missing keys: {_list(missing)}"] if missing else []) + (
+            [f"unexpected keys: {_list(unexpected)}"] if unexpected else [])
+        raise ConversionError("not a torchvision ResNet18 state dict: " + "; ".join(parts))
+    present_head = head_keys & set(state)
+    if present_head and present_head != head_keys:
+        raise ConversionError(f"missing keys: {_list(head_keys - present_head)} (fc needs weight and bias)")
+    wrong = []
+    backbone: dict = {"params": {}, "batch_stats": {}}
+    for key, (collection, path, shape, transpose) in layout.items():
+        value = np.asarray(state[key], np.float32)
+        if value.shape != shape:
+            wrong.append(f"{key} {tuple(value.shape)} (ResNet18: {shape})")
+            continue
+        _nested_set(backbone[collection], path, value.transpose(transpose) if transpose else value)
+    head = None
+    if present_head:
+        weight, bias = np.asarray(state["fc.weight"], np.float32), np.asarray(state["fc.bias"], np.float32)
+        if weight.ndim != 2 or weight.shape[1] != RESNET18_WIDTHS[-1] or bias.shape != (weight.shape[0],):
+            wrong.append(f"fc.weight {tuple(weight.shape)} / fc.bias {tuple(bias.shape)} (ResNet18: (C, 512) / (C,))")
+        else:
+            head = {"kernel": weight.T.copy(), "bias": bias}
+    if wrong:
+        raise ConversionError(f"shapes that are not ResNet18's: {_list(wrong)}")
+    return backbone, head
+
+
+def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Load a PyTorch checkpoint without executing pickled code and return its (unwrapped) state
+    dict as numpy arrays. Needs torch (``pip install -e '.[torch]'``)."""
+    try:
+        import torch
+    except ImportError:
+        raise ConversionError("reading a PyTorch checkpoint needs torch: pip install -e '.[torch]'") from None
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"PyTorch checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, ... for bad files
+        raise ConversionError(f"cannot load {path} as weights only (no pickled code is run): "
+                              f"{str(error).splitlines()[0]}") from None
+    state = unwrap_state_dict(checkpoint)
+    return {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in state.items()
+            if isinstance(v, torch.Tensor)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Converted backbones on disk
+
+
+def save_backbone(backbone: dict, head: dict | None, out: str | os.PathLike, info: dict | None = None) -> Path:
+    """Write ``{"params", "batch_stats"}`` (and the head, when given) as an orbax checkpoint in
+    the new folder ``out`` (written under a temporary name and renamed when complete)."""
+    import orbax.checkpoint as ocp
+
+    out = Path(out).absolute()
+    if out.exists():
+        raise ConversionError(f"{out} exists; choose a new folder")
+    tree = {"backbone": backbone, **({"head": head} if head is not None else {})}
+    info = {**(info or {}), "has_head": head is not None, "format": "faml_jax resnet18 backbone 1"}
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        checkpointer.save(out, args=ocp.args.Composite(variables=ocp.args.StandardSave(tree),
+                                                       info=ocp.args.JsonSave(info)))
+    return out
+
+
+def load_backbone(path: str | os.PathLike) -> tuple[dict, dict | None, dict]:
+    """Read a folder written by ``save_backbone``: ``(backbone, head or None, info)``."""
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    if not (path / "info").is_dir() or not (path / "variables").is_dir():
+        raise ConversionError(f"{path} is not a converted backbone (expected the folder written by "
+                              "python -m tools.convert_torch_resnet18)")
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        restored = checkpointer.restore(path, args=ocp.args.Composite(variables=ocp.args.StandardRestore(),
+                                                                      info=ocp.args.JsonRestore()))
+    tree = _to_numpy(restored["variables"])
+    return tree["backbone"], tree.get("head"), dict(restored["info"])
+
+
+def _to_numpy(tree):
+    if isinstance(tree, Mapping):
+        return {k: _to_numpy(v) for k, v in tree.items()}
+    return np.asarray(tree)
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting a model from a backbone
+
+
+def _flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, prefix + (key,)))
+        else:
+            out[prefix + (key,)] = value
+    return out
+
+
+def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
+    tree: dict = {}
+    for path, value in flat.items():
+        _nested_set(tree, path, value)
+    return tree
+
+
+def init_from_backbone(variables: Mapping, backbone: Mapping) -> dict:
+    """``variables`` (a fresh ``{"params", "batch_stats"}`` of any preset) with every backbone
+    tensor copied in; each FA auxiliary convolution ``stem/conv_region<i>`` starts as a copy of
+    conv1 (METHOD 2.1). Everything else (attention blocks, fusion weights, the head) stays as
+    initialised. A backbone tensor the model lacks, a backbone tensor of another shape, or a
+    ResNet tensor of the model the backbone lacks is a ``ConversionError`` naming the keys."""
+    result = {}
+    problems = []
+    for collection in ("params", "batch_stats"):
+        target = _flatten(variables[collection])
+        source = _flatten(backbone[collection])
+        for path in [p for p in target if p[0] == "stem" and p[1].startswith("conv_region")]:
+            source[path] = source.get(("stem", "conv_main") + path[2:])
+        for path, value in source.items():
+            name = f"{collection}/{'/'.join(path)}"
+            if path not in target:
+                problems.append(f"{name} (not in the model)")
+            elif value is None:
+                continue
+            elif tuple(np.shape(value)) != tuple(np.shape(target[path])):
+                problems.append(f"{name} {tuple(np.shape(value))} (model: {tuple(np.shape(target[path]))})")
+            else:
+                target[path] = np.asarray(value, np.asarray(target[path]).dtype)
+        fresh_only = ("attn", "fc")
+        lacking = [f"{collection}/{'/'.join(p)}" for p in target
+                   if p not in source and not p[0].startswith(fresh_only) and p[-1] != "fusion_weights"]
+        problems += [f"{name} (not in the backbone)" for name in lacking]
+        result[collection] = _unflatten(target)
+    if problems:
+        raise ConversionError(f"the backbone does not fit the model: {_list(problems, sort=False)}")
+    return result
+

@@ -1,0 +1,193 @@
+"""Pre-trained ResNet18 weights from PyTorch: the converted Flax networks compute what
+torchvision's resnet18 computes (logits and penultimate features), every common wrapping of the
+state dict converts, and a wrong one fails naming its keys. Needs the ``torch`` extra
+(``make test`` installs it and sets FAML_JAX_REQUIRE_TORCH=1, so these never skip in CI)."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+if os.environ.get("FAML_JAX_REQUIRE_TORCH") == "1":
+    import torch
+    import torchvision
+else:
+    torch = pytest.importorskip("torch", reason="the torch extra is not installed (pip install -e '.[torch]')")
+    torchvision = pytest.importorskip("torchvision")
+
+from experiments import train as train_program  # noqa: E402
+from faml_jax import models, pretrained  # noqa: E402
+from tools import convert_torch_resnet18  # noqa: E402
+
+CLASSES = 7
+TOLERANCE = 1e-4  # max abs difference of logits and features (float32, 224 px)
+
+
+@pytest.fixture(scope="module")
+def torch_net():
+    """torchvision's resnet18 with random weights and randomised BatchNorm statistics, eval mode."""
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=CLASSES)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                n = module.num_features
+                module.weight.copy_(1 + 0.2 * torch.randn(n, generator=generator))
+                module.bias.copy_(0.2 * torch.randn(n, generator=generator))
+                module.running_mean.copy_(0.2 * torch.randn(n, generator=generator))
+                module.running_var.copy_(0.5 + torch.rand(n, generator=generator))
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).normal(size=(2, 224, 224, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def torch_outputs(torch_net, images):
+    """Logits and penultimate features (the input of fc) of the torch network."""
+    captured = {}
+    hook = torch_net.fc.register_forward_hook(lambda module, inputs, output: captured.update(features=inputs[0]))
+    with torch.no_grad():
+        logits = torch_net(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
+    hook.remove()
+    return logits.numpy(), captured["features"].numpy()
+
+
+def state_dict(net) -> dict:
+    return {k: v.numpy() for k, v in net.state_dict().items()}
+
+
+def flax_outputs(model, variables, images):
+    logits, state = model.apply(variables, images, train=False, mutable=["intermediates"])
+    return np.asarray(logits), np.asarray(state["intermediates"]["features"][0])
+
+
+def test_converted_r18_gives_torchvisions_logits_and_features(torch_net, torch_outputs, images):
+    backbone, head = pretrained.torch_to_flax(state_dict(torch_net))
+    model = models.build("r18", CLASSES)
+    variables = {"params": {**backbone["params"], "fc": head}, "batch_stats": backbone["batch_stats"]}
+    fresh = models.init(model, jax.random.key(0))
+    assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(jax.device_get(fresh))
+    logits, features = flax_outputs(model, variables, images)
+    assert np.max(np.abs(features - torch_outputs[1])) <= TOLERANCE
+    assert np.max(np.abs(logits - torch_outputs[0])) <= TOLERANCE
+
+
+def test_r18_faml_from_the_backbone_with_zero_fusion_weights_matches_too(torch_net, torch_outputs, images):
+    """FA auxiliary convolutions start as copies of conv1; with the fusion weights at zero and the
+    attention blocks at their identity initialisation, R18+FAML computes torchvision's ResNet18."""
+    backbone, head = pretrained.torch_to_flax(state_dict(torch_net))
+    model = models.build("r18_faml", CLASSES)
+    fresh = jax.device_get(models.init(model, jax.random.key(3)))
+    variables = pretrained.init_from_backbone(fresh, backbone)
+    stem = variables["params"]["stem"]
+    for name in ("conv_region0", "conv_region1"):
+        np.testing.assert_array_equal(stem[name]["kernel"], backbone["params"]["stem"]["conv_main"]["kernel"])
+    # Attention blocks, fusion weights and the head keep their fresh initialisation.
+    np.testing.assert_array_equal(stem["fusion_weights"], fresh["params"]["stem"]["fusion_weights"])
+    for a, b in zip(jax.tree_util.tree_leaves(variables["params"]["attn1"]),
+                    jax.tree_util.tree_leaves(fresh["params"]["attn1"])):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(variables["params"]["fc"]["kernel"], fresh["params"]["fc"]["kernel"])
+    # With the fusion weights zero and torch's head: the same logits and features.
+    variables["params"]["stem"]["fusion_weights"] = np.zeros_like(stem["fusion_weights"])
+    variables["params"]["fc"] = head
+    logits, features = flax_outputs(model, variables, images)
+    assert np.max(np.abs(features - torch_outputs[1])) <= TOLERANCE
+    assert np.max(np.abs(logits - torch_outputs[0])) <= TOLERANCE
+
+
+class NotWeights:
+    """An object whose unpickling would run code: weights-only loading must refuse it."""
+
+
+@pytest.mark.parametrize("wrapping", ["plain", "state_dict", "module_prefix", "no_fc", "tar_with_extras"])
+def test_each_state_dict_variant_converts(torch_net, tmp_path, wrapping):
+    state = torch_net.state_dict()
+    if wrapping == "state_dict":
+        saved = {"state_dict": state}
+    elif wrapping == "module_prefix":
+        saved = {"state_dict": {f"module.{k}": v for k, v in state.items()}}
+    elif wrapping == "no_fc":
+        saved = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    elif wrapping == "tar_with_extras":
+        saved = {"epoch": 30, "arch": "resnet18", "best_prec1": 0.9, "state_dict": state}
+    else:
+        saved = state
+    path = tmp_path / "weights.pth.tar"
+    torch.save(saved, path)
+    backbone, head = pretrained.torch_to_flax(pretrained.read_torch_state_dict(path))
+    reference, reference_head = pretrained.torch_to_flax(state_dict(torch_net))
+    for a, b in zip(jax.tree_util.tree_leaves(backbone), jax.tree_util.tree_leaves(reference)):
+        np.testing.assert_array_equal(a, b)
+    assert (head is None) == (wrapping == "no_fc")
+    if head is not None:
+        np.testing.assert_array_equal(head["kernel"], reference_head["kernel"])
+
+
+def test_a_wrong_state_dict_fails_naming_the_keys(torch_net, tmp_path):
+    state = state_dict(torch_net)
+    missing = {k: v for k, v in state.items() if k != "layer3.1.bn2.running_var"}
+    with pytest.raises(pretrained.ConversionError, match=r"missing keys: layer3\.1\.bn2\.running_var"):
+        pretrained.torch_to_flax(missing)
+    resnet34 = state_dict(torchvision.models.resnet34())
+    with pytest.raises(pretrained.ConversionError, match=r"unexpected keys: .*layer1\.2\.bn1\.bias"):
+        pretrained.torch_to_flax(resnet34)
+    narrow = dict(state, **{"layer2.0.conv1.weight": np.zeros((128, 32, 3, 3), np.float32)})
+    with pytest.raises(pretrained.ConversionError, match=r"layer2\.0\.conv1\.weight \(128, 32, 3, 3\) \(ResNet18: \(128, 64, 3, 3\)\)"):
+        pretrained.torch_to_flax(narrow)
+    half_fc = {k: v for k, v in state.items() if k != "fc.bias"}
+    with pytest.raises(pretrained.ConversionError, match=r"missing keys: fc\.bias"):
+        pretrained.torch_to_flax(half_fc)
+    # Loading never runs pickled code: a file holding an arbitrary object is refused.
+    torch.save({"state_dict": torch_net.state_dict(), "extra": NotWeights()}, tmp_path / "code.pth")
+    with pytest.raises(pretrained.ConversionError, match="cannot load .*code.pth as weights only"):
+        pretrained.read_torch_state_dict(tmp_path / "code.pth")
+    with pytest.raises(pretrained.ConversionError, match="PyTorch checkpoint not found"):
+        pretrained.read_torch_state_dict(tmp_path / "absent.pth")
+
+
+def test_a_backbone_that_does_not_fit_the_model_names_the_keys(torch_net):
+    backbone, _ = pretrained.torch_to_flax(state_dict(torch_net))
+    narrow = jax.device_get(models.init(models.build("r18", CLASSES, widths=(16, 32, 64, 128)), jax.random.key(0)))
+    with pytest.raises(pretrained.ConversionError, match=r"params/stem/conv_main/kernel \(7, 7, 3, 64\) \(model: \(7, 7, 3, 16\)\)"):
+        pretrained.init_from_backbone(narrow, backbone)
+
+
+def test_convert_then_train_from_the_backbone(torch_net, tmp_path, capsys):
+    torch.save({"state_dict": {f"module.{k}": v for k, v in torch_net.state_dict().items()}}, tmp_path / "r18.pth")
+    out = tmp_path / "backbone"
+    assert convert_torch_resnet18.main([str(tmp_path / "r18.pth"), str(out)]) == 0
+    assert "fc with 7 classes kept" in capsys.readouterr().out
+    backbone, head, info = pretrained.load_backbone(out)
+    reference, _ = pretrained.torch_to_flax(state_dict(torch_net))
+    for a, b in zip(jax.tree_util.tree_leaves(backbone), jax.tree_util.tree_leaves(reference)):
+        np.testing.assert_array_equal(a, b)
+    assert head["kernel"].shape == (512, CLASSES) and info["source"].endswith("r18.pth")
+    assert convert_torch_resnet18.main([str(tmp_path / "r18.pth"), str(out)]) == 2  # never overwrites
+    assert "exists" in capsys.readouterr().err
+
+    common = ["--train-size", "16", "--test-size", "8", "--input-size", "32", "--batch-size", "8", "--epochs", "1",
+              "--data-dir", str(tmp_path / "data"), "--threads", "2", "--no-progress", "--init", str(out)]
+    # The synthetic preset's narrow widths do not fit a ResNet18 backbone: one line naming the keys.
+    assert train_program.main(common + ["--workdir", str(tmp_path / "narrow")]) == 2
+    err = capsys.readouterr().err
+    assert "the backbone does not fit the model: params/bn1/bias (64,) (model: (16,))" in err and "(102 in all)" in err
+    assert len(err.strip().splitlines()) == 1
+    # ResNet18's widths: it trains from the backbone; checkpoint 0 holds the starting weights.
+    workdir = tmp_path / "run"
+    assert train_program.main(common + ["--widths", "64,128,256,512", "--workdir", str(workdir)]) == 0
+    assert "starting weights: test acc" in capsys.readouterr().out
+    from experiments.runner import Setup, final_variables, read_run_config
+
+    config = read_run_config(workdir)
+    assert config.init == str(out)
+    start = final_variables(Setup(config, log=lambda _: None), workdir, epoch=0)
+    np.testing.assert_array_equal(start["params"]["stem"]["conv_region1"]["kernel"],
+                                  reference["params"]["stem"]["conv_main"]["kernel"])
+    np.testing.assert_array_equal(start["batch_stats"]["layer4_1"]["bn2"]["var"],
+                                  reference["batch_stats"]["layer4_1"]["bn2"]["var"])
