@@ -14,6 +14,7 @@ Layout under ``out_dir``: ``raf_db/1.0.0/`` and ``affectnet/{7,8}/1.0.0/``.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import shutil
 import tempfile
@@ -45,11 +46,13 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         super().__init__(**kwargs)
 
     @property
+    @abc.abstractmethod
     def classes(self) -> tuple[str, ...]:
-        raise NotImplementedError
+        """The class names in label order."""
 
+    @abc.abstractmethod
     def read_index(self, folder: Path) -> FolderIndex:
-        raise NotImplementedError
+        """The data set's ``FolderIndex`` read from the user's folder."""
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
