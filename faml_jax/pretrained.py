@@ -23,7 +23,9 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+import jax
 import numpy as np
+from flax import traverse_util
 
 RESNET18_WIDTHS = (64, 128, 256, 512)
 RESNET18_DEPTHS = (2, 2, 2, 2)
@@ -90,12 +92,6 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     return dict(state)
 
 
-def _nested_set(tree: dict, path: tuple[str, ...], value) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
-
-
 def torch_to_flax(state: Mapping[str, np.ndarray]) -> tuple[dict, dict | None]:
     """Convert a torchvision ResNet18 state dict (values: numpy arrays) to Flax.
 
@@ -117,13 +113,14 @@ def torch_to_flax(state: Mapping[str, np.ndarray]) -> tuple[dict, dict | None]:
     if present_head and present_head != head_keys:
         raise ConversionError(f"missing keys: {_list(head_keys - present_head)} (fc needs weight and bias)")
     wrong = []
-    backbone: dict = {"params": {}, "batch_stats": {}}
+    flat: dict[tuple[str, ...], np.ndarray] = {}
     for key, (collection, path, shape, transpose) in layout.items():
         value = np.asarray(state[key], np.float32)
         if value.shape != shape:
             wrong.append(f"{key} {tuple(value.shape)} (ResNet18: {shape})")
             continue
-        _nested_set(backbone[collection], path, value.transpose(transpose) if transpose else value)
+        flat[(collection,) + path] = value.transpose(transpose) if transpose else value
+    backbone = traverse_util.unflatten_dict(flat)
     head = None
     if present_head:
         weight, bias = np.asarray(state["fc.weight"], np.float32), np.asarray(state["fc.bias"], np.float32)
@@ -152,8 +149,7 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise ConversionError(f"cannot load {path} as weights only (no pickled code is run): "
                               f"{str(error).splitlines()[0]}") from None
     state = unwrap_state_dict(checkpoint)
-    return {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in state.items()
-            if isinstance(v, torch.Tensor)}
+    return {k: v.detach().cpu().numpy() for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,35 +183,12 @@ def load_backbone(path: str | os.PathLike) -> tuple[dict, dict | None, dict]:
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         restored = checkpointer.restore(path, args=ocp.args.Composite(variables=ocp.args.StandardRestore(),
                                                                       info=ocp.args.JsonRestore()))
-    tree = _to_numpy(restored["variables"])
+    tree = jax.tree_util.tree_map(np.asarray, restored["variables"])
     return tree["backbone"], tree.get("head"), dict(restored["info"])
-
-
-def _to_numpy(tree):
-    if isinstance(tree, Mapping):
-        return {k: _to_numpy(v) for k, v in tree.items()}
-    return np.asarray(tree)
 
 
 # ---------------------------------------------------------------------------------------------
 # Starting a model from a backbone
-
-
-def _flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, prefix + (key,)))
-        else:
-            out[prefix + (key,)] = value
-    return out
-
-
-def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        _nested_set(tree, path, value)
-    return tree
 
 
 def init_from_backbone(variables: Mapping, backbone: Mapping) -> dict:
@@ -227,8 +200,8 @@ def init_from_backbone(variables: Mapping, backbone: Mapping) -> dict:
     result = {}
     problems = []
     for collection in ("params", "batch_stats"):
-        target = _flatten(variables[collection])
-        source = _flatten(backbone[collection])
+        target = traverse_util.flatten_dict(variables[collection])
+        source = traverse_util.flatten_dict(backbone[collection])
         for path in [p for p in target if p[0] == "stem" and p[1].startswith("conv_region")]:
             source[path] = source.get(("stem", "conv_main") + path[2:])
         for path, value in source.items():
@@ -245,7 +218,7 @@ def init_from_backbone(variables: Mapping, backbone: Mapping) -> dict:
         lacking = [f"{collection}/{'/'.join(p)}" for p in target
                    if p not in source and not p[0].startswith(fresh_only) and p[-1] != "fusion_weights"]
         problems += [f"{name} (not in the backbone)" for name in lacking]
-        result[collection] = _unflatten(target)
+        result[collection] = traverse_util.unflatten_dict(target)
     if problems:
         raise ConversionError(f"the backbone does not fit the model: {_list(problems, sort=False)}")
     return result

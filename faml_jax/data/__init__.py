@@ -121,11 +121,12 @@ def open_dataset(name: str, data_dir: str | os.PathLike | None = None,
     return _dataset(name, index.classes, sources, counts, None, f"folder {index.root}", index.problems)
 
 
-def read_folder(name: str, data_dir):
-    """The ``folders.FolderIndex`` of a real data set's folder as distributed."""
+def read_folder(name: str, data_dir, progress: Callable | None = progress_bar):
+    """The ``folders.FolderIndex`` of a real data set's folder as distributed (``progress``
+    wraps per-file label reading)."""
     if name == "rafdb":
         return rafdb.read_index(data_dir)
-    return affectnet.read_index(data_dir, 8 if name == "affectnet8" else 7, progress_bar)
+    return affectnet.read_index(data_dir, 8 if name == "affectnet8" else 7, progress)
 
 
 def _open_prepared(name, data_dir, crop_faces) -> Dataset:

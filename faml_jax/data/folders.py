@@ -118,6 +118,12 @@ class SplitIndex:
     def counts(self, num_classes: int) -> np.ndarray:
         return np.bincount(self.labels, minlength=num_classes).astype(np.int64)
 
+    def image(self, i: int, crop: bool = False) -> np.ndarray:
+        """Image ``i`` read from its file and decoded (``decode_image``), face-cropped when
+        ``crop`` and the layout has boxes."""
+        box = self.boxes[i] if crop and self.boxes is not None else None
+        return decode_image(read_bytes(self.files[i]), self.files[i], box)
+
 
 @dataclasses.dataclass
 class Problems:
@@ -218,8 +224,7 @@ def check_images(index: SplitIndex, crop: bool, num_threads: int = 4,
 
     def check(i: int) -> str | None:
         try:
-            decode_image(read_bytes(index.files[i]), index.files[i],
-                         index.boxes[i] if crop and index.boxes is not None else None)
+            index.image(i, crop)
         except CorruptImageError as error:
             return str(error)
         return None
@@ -268,15 +273,9 @@ class FolderSource:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = int(i)
-        path = self.index.files[i]
-        box = self.index.boxes[i] if self.crop else None
         try:
-            image = decode_image(read_bytes(path), path, box)
+            image = self.index.image(i, self.crop)
         except CorruptImageError as error:
             raise CorruptImageError(f"{error} (--skip-bad-images checks every image first and leaves out "
                                     "unreadable ones)") from None
         return {"image": image, "label": np.int32(self.index.labels[i])}
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.index.labels

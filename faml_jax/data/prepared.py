@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from faml_jax.data import affectnet, rafdb
+from faml_jax.data import affectnet, rafdb, read_folder
 from faml_jax.data.folders import (
     SPLITS, DataError, FolderIndex, Problems, SplitIndex, decode_image, drop_bad_images, progress_bar, read_bytes,
     training_class_weights,
@@ -47,12 +47,13 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     @property
     @abc.abstractmethod
+    def dataset(self) -> str:
+        """The data set's name in ``faml_jax.data.DATASETS``."""
+
+    @property
+    @abc.abstractmethod
     def classes(self) -> tuple[str, ...]:
         """The class names in label order."""
-
-    @abc.abstractmethod
-    def read_index(self, folder: Path) -> FolderIndex:
-        """The data set's ``FolderIndex`` read from the user's folder."""
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
@@ -69,12 +70,11 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         )
 
     def _split_generators(self, dl_manager):
-        index = self.read_index(Path(dl_manager.manual_dir))
+        progress = progress_bar if self.bars else None
+        index = read_folder(self.dataset, Path(dl_manager.manual_dir), progress)
         # Decoded uncropped: the face crop is a read-time option (the boxes are stored).
-        drop_bad_images(index, crop=False, skip=self.skip_bad_images, num_threads=self.num_threads,
-                        progress=progress_bar if self.bars else None)
-        self.info.metadata.update(metadata(index.root, index.layout, self.classes, index.splits, index.problems,
-                                           index.has_boxes, where=f"{self.name} in {index.root}"))
+        drop_bad_images(index, crop=False, skip=self.skip_bad_images, num_threads=self.num_threads, progress=progress)
+        self.info.metadata.update(metadata(index, where=f"{self.name} in {index.root}"))
         return {split: self._generate_examples(index.splits[split]) for split in SPLITS}
 
     def _generate_examples(self, index: SplitIndex):
@@ -89,12 +89,8 @@ class RafDb(_FolderBuilder):
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Request RAF-DB from its authors; pass the `basic` folder (or its parent)."
 
-    @property
-    def classes(self):
-        return rafdb.CLASSES
-
-    def read_index(self, folder):
-        return rafdb.read_index(folder)
+    dataset = "rafdb"
+    classes = rafdb.CLASSES
 
 
 class Affectnet(_FolderBuilder):
@@ -109,30 +105,30 @@ class Affectnet(_FolderBuilder):
     ]
 
     @property
+    def dataset(self):
+        return f"affectnet{self.builder_config.name}"
+
+    @property
     def classes(self):
         return affectnet.classes(int(self.builder_config.name))
-
-    def read_index(self, folder):
-        return affectnet.read_index(folder, int(self.builder_config.name), progress_bar if self.bars else None)
 
 
 # How each data set name is prepared: (builder, config).
 BUILDERS = {"rafdb": (RafDb, None), "affectnet7": (Affectnet, "7"), "affectnet8": (Affectnet, "8")}
 
 
-def metadata(root: Path, layout: str, classes, splits: dict[str, SplitIndex], problems: dict[str, Problems],
-             has_boxes: bool, where: str) -> dict[str, Any]:
+def metadata(index: FolderIndex, where: str) -> dict[str, Any]:
     """What is stored beside the records: class counts and weights (from the training split,
     METHOD 1), what the reader left out, and where the data came from."""
-    counts = {split: splits[split].counts(len(classes)).tolist() for split in SPLITS}
+    counts = {split: index.splits[split].counts(len(index.classes)).tolist() for split in SPLITS}
     return {
-        "classes": list(classes),
+        "classes": list(index.classes),
         "class_counts": counts,
-        "class_weights": training_class_weights(classes, counts["train"], where).tolist(),
-        "problems": {split: problems[split].to_json() for split in SPLITS},
-        "source": str(root),
-        "layout": layout,
-        "has_boxes": has_boxes,
+        "class_weights": training_class_weights(index.classes, counts["train"], where).tolist(),
+        "problems": {split: index.problems[split].to_json() for split in SPLITS},
+        "source": str(index.root),
+        "layout": index.layout,
+        "has_boxes": index.has_boxes,
     }
 
 
