@@ -43,7 +43,7 @@ import numpy as np
 from experiments import ensemble as ensemble_program
 from experiments import evolve as evolve_program
 from experiments import train as train_program
-from experiments.runner import UsageError, write_atomic
+from experiments.runner import UsageError, process_workdir, write_atomic
 from experiments.train import OneLineErrorParser, add_run_arguments, resolve_config, run_cli
 from faml_jax import models
 from faml_jax.config import FGAConfig, LossConfig, RunConfig
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
         base = resolve_config(args)
         if base.model_name != "r18_faml":
             raise UsageError(f"the {args.dataset} preset's model is {base.model_name}, expected r18_faml")
-        workdir = Path(args.workdir or f"runs/ablation-{args.dataset}-seed{args.seed}")
+        workdir = process_workdir(Path(args.workdir or f"runs/ablation-{args.dataset}-seed{args.seed}"))
         run(base, evolve_program.fga_config(args, population=args.networks), args.networks, workdir,
             resume=args.resume, member_parallel=args.member_parallel, progress=not args.no_progress)
 

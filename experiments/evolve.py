@@ -44,7 +44,7 @@ import numpy as np
 
 from experiments.runner import (
     Member, Setup, UsageError, complete_run_config, config_to_json, final_variables, has_checkpoint, last_epoch,
-    prepare_directory, prepare_workdir, read_run_config, structural_differences, train_members, write_atomic,
+    prepare_directory, prepare_workdir, process_workdir, read_run_config, structural_differences, train_members, write_atomic,
 )
 from experiments.train import OneLineErrorParser, add_run_arguments, resolve_config, run_cli
 from faml_jax import fga, models, pretrained, train
@@ -410,7 +410,7 @@ def main(argv=None) -> int:
     def body(args):
         config = resolve_config(args)
         fga = fga_config(args)
-        workdir = Path(args.workdir or f"runs/evolve-{args.dataset}-{config.model_name}-seed{args.seed}")
+        workdir = process_workdir(Path(args.workdir or f"runs/evolve-{args.dataset}-{config.model_name}-seed{args.seed}"))
         run(config, fga, workdir, given=args.members or (), resume=args.resume, overwrite=args.overwrite,
             member_parallel=args.member_parallel, progress=not args.no_progress)
 

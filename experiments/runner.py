@@ -128,6 +128,7 @@ def prepare_directory(workdir: Path, *, config_file: str, current: dict, outputs
         if diffs:
             raise UsageError(f"the {what} in {workdir} was made with another configuration: {'; '.join(diffs)}")
     write_atomic(workdir / config_file, json.dumps(current, indent=2) + "\n")
+    sync_processes(f"prepared {primary_workdir(workdir)}")  # process 0 may have deleted checkpoints
 
 
 def prepare_workdir(workdir: Path, config: RunConfig, resume: bool, overwrite: bool) -> None:
@@ -144,6 +145,65 @@ def complete_run_config(saved: dict) -> dict:
         return config_to_json(from_dict(RunConfig, saved))
     except (ValueError, TypeError):
         return saved  # not a configuration of this version: compared as it is
+
+
+# ---------------------------------------------------------------------------------------------
+# Several processes (jax.distributed)
+
+
+def start_processes(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
+    """Join a multi-process run: every process runs the same command with its own ``process_id``
+    and the same ``coordinator`` (``host:port`` of process 0); ``jax.distributed`` connects them
+    (collectives between CPU processes over gloo). Must run before jax creates a backend. Nothing
+    given: a one-process run."""
+    given = (coordinator, num_processes, process_id)
+    if all(v is None for v in given):
+        return
+    if any(v is None for v in given):
+        raise UsageError("--coordinator, --num-processes and --process-id are given together (or none of them)")
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+        raise UsageError(f"--process-id must be in [0, {num_processes}), got {process_id}")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+
+
+def process_workdir(workdir: Path) -> Path:
+    """Where this process writes its outputs: process 0 into ``workdir``, process i > 0 into its
+    own copy ``<workdir>.process<i>``. All processes compute the same run (the same replicated
+    state, the same evaluation), so the copies are identical, except for checkpoints: process 0
+    alone writes them and every process reads them from process 0's workdir (``checkpoints_of``),
+    so the workdir must be on a file system all processes share (as orbax's own multi-host
+    checkpoints need)."""
+    index = jax.process_index()
+    return workdir if index == 0 else workdir.with_name(f"{workdir.name}.process{index}")
+
+
+def primary_workdir(workdir: Path) -> Path:
+    """Process 0's counterpart of a path in this process's copy (``process_workdir``): the folder
+    named ``<name>.process<i>`` is replaced by ``<name>``. Process 0, and paths outside the copy
+    (e.g. networks given with ``--members``), map to themselves."""
+    index = jax.process_index()
+    suffix = f".process{index}"
+    parts = list(Path(workdir).parts)
+    for k in range(len(parts) - 1, -1, -1):
+        if index and parts[k].endswith(suffix):
+            parts[k] = parts[k][: -len(suffix)]
+            return Path(*parts)
+    return Path(workdir)
+
+
+def checkpoints_of(workdir: Path, keep: int = 3) -> Checkpoints:
+    """The checkpoints of the network in ``workdir`` (in process 0's workdir, see
+    ``process_workdir``)."""
+    return Checkpoints(primary_workdir(workdir), keep=keep)
+
+
+def sync_processes(name: str) -> None:
+    """Wait until every process reaches the point called ``name`` (nothing in a one-process run)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,7 +308,7 @@ def read_run_config(workdir: Path) -> RunConfig:
 def final_variables(setup: Setup, workdir: Path, epoch: int | None = None) -> dict:
     """``{"params", "batch_stats"}`` of checkpoint ``epoch`` (default: the latest) in a network's
     workdir."""
-    checkpoints = Checkpoints(workdir)
+    checkpoints = checkpoints_of(workdir)
     try:
         epoch = checkpoints.latest_epoch() if epoch is None else epoch
         if epoch is None:
@@ -274,7 +334,7 @@ def last_epoch(workdir: Path) -> dict:
 def checkpoint_epochs(workdir: Path) -> list[int]:
     """The epochs of the complete checkpoints in a network's workdir, sorted (orbax names a
     complete checkpoint by its number, an unfinished one ``<n>.orbax-checkpoint-tmp*``)."""
-    directory = workdir / "checkpoints"
+    directory = primary_workdir(workdir) / "checkpoints"
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
 
 
@@ -310,7 +370,7 @@ class Member:
             raise ValueError(f"start_lr must be 'lr1' or 'lr2', got {start_lr!r}")
         self.setup, self.config, self.workdir = setup, config, Path(workdir)
         self.until_trained, self.name, self.log = until_trained, name, log
-        self.checkpoints = Checkpoints(self.workdir, keep=config.keep_checkpoints)
+        self.checkpoints = checkpoints_of(self.workdir, keep=config.keep_checkpoints)
         self.loader = setup.loader(config.seed)
         self.state = setup.initial_state(config.seed)
         self.history: list[dict] = []
@@ -455,9 +515,11 @@ class DataParallel:
     width = 1
 
     def __init__(self, setup: Setup):
-        self.devices = setup.devices
+        self.devices = setup.devices  # this process's devices: it places its share of each batch
+        self.multi_process = jax.process_count() > 1
+        # All devices of all processes (one process: its own devices).
         self.step = train.parallel_train_step(setup.model, setup.tx, setup.config.loss, setup.class_weights,
-                                              devices=self.devices)
+                                              devices=None if self.multi_process else self.devices)
 
     def load(self, states):
         (state,) = states
@@ -475,7 +537,10 @@ class DataParallel:
         return [jax.device_get(train.unreplicate(self.state))]
 
     def eval_variables(self, i: int, host_state):
-        """Replicated variables for the evaluator (already on the devices)."""
+        """Variables replicated over this process's devices, for the evaluator (one process:
+        already there; several: the train state spans every process's devices)."""
+        if self.multi_process:
+            return train.replicate({"params": host_state.params, "batch_stats": host_state.batch_stats}, self.devices)
         return {"params": self.state.params, "batch_stats": self.state.batch_stats}
 
 
@@ -484,6 +549,8 @@ class MemberParallel:
     device count is padded with inactive copies."""
 
     def __init__(self, setup: Setup):
+        if jax.process_count() > 1:
+            raise UsageError("--member-parallel trains in one process; several processes train data-parallel")
         self.devices = setup.devices
         self.width = len(self.devices)
         self.step = train.member_parallel_train_step(setup.model, setup.tx, setup.config.loss, setup.class_weights,

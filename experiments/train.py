@@ -21,9 +21,11 @@ import os
 import sys
 from pathlib import Path
 
+import jax
+
 from experiments.runner import (  # noqa: F401  (re-exported: the program's outputs and helpers)
     OUTPUTS, TIMING_FIELDS, Member, Setup, UsageError, config_differences, config_to_json, has_checkpoint,
-    prepare_workdir, train_members, write_atomic,
+    prepare_workdir, process_workdir, start_processes, train_members, write_atomic,
 )
 from faml_jax import data, models
 from faml_jax.config import (
@@ -89,6 +91,14 @@ def add_run_arguments(parser: argparse.ArgumentParser, epochs_help: str, workdir
     parser.add_argument("--keep", type=int, default=3, help="checkpoints to keep besides the best (default 3)")
     parser.add_argument("--threads", type=int, default=4, help="host threads reading images (default 4)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
+    hosts = parser.add_argument_group(
+        "several processes (jax.distributed; see README)",
+        "Run the same command once per process (e.g. one per machine), each with its --process-id; together "
+        "they take the steps of one process with all their devices. Process 0 writes to --workdir and prints, "
+        "process i > 0 keeps an identical copy of the outputs in <workdir>.process<i>.")
+    hosts.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0 (any free port)")
+    hosts.add_argument("--num-processes", type=int, help="number of processes")
+    hosts.add_argument("--process-id", type=int, help="this process's index, 0 .. num-processes - 1")
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
@@ -170,6 +180,10 @@ def run_cli(parser: argparse.ArgumentParser, argv, body) -> int:
     is printed as one line and gives exit status 2."""
     args = parser.parse_args(argv)
     try:
+        start_processes(getattr(args, "coordinator", None), getattr(args, "num_processes", None),
+                        getattr(args, "process_id", None))
+        if jax.process_index() > 0:  # process 0 prints for all; errors still reach stderr
+            sys.stdout = open(os.devnull, "w")
         body(args)
     except (UsageError, ValueError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
@@ -180,7 +194,7 @@ def run_cli(parser: argparse.ArgumentParser, argv, body) -> int:
 def main(argv=None) -> int:
     def body(args):
         config = resolve_config(args)
-        workdir = Path(args.workdir or f"runs/{args.dataset}-{config.model_name}-seed{args.seed}")
+        workdir = process_workdir(Path(args.workdir or f"runs/{args.dataset}-{config.model_name}-seed{args.seed}"))
         run(config, workdir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
 
     return run_cli(build_parser(), argv, body)

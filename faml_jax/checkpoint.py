@@ -13,24 +13,45 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
 class Checkpoints:
     """Checkpoints of one run in ``<workdir>/checkpoints/<epoch>``; the step is the epoch number
-    (1-based: checkpoint ``e`` holds the state after ``e`` epochs)."""
+    (1-based: checkpoint ``e`` holds the state after ``e`` epochs).
+
+    In a multi-process run (``jax.distributed``) every process holds the same state; process 0
+    alone writes, every process calls ``save`` (it returns when the checkpoint is complete) and
+    any process reads."""
 
     def __init__(self, workdir: str | os.PathLike, keep: int = 3):
         self.directory = Path(workdir).absolute() / "checkpoints"
+        self.directory.mkdir(parents=True, exist_ok=True)  # orbax's create=True refuses active_processes
         policy = ocp.checkpoint_managers.AnyPreservationPolicy([
             ocp.checkpoint_managers.LatestN(n=keep),
             ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m["test_accuracy"], n=1),
         ])
+        # orbax's own multi-host protocol is not used: each process works alone (its barriers
+        # would wait for processes that never call it), ``save`` synchronises the processes.
+        alone = ocp.options.MultiprocessingOptions(
+            primary_host=jax.process_index(), active_processes={jax.process_index()})
+        registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+        for item, handler, arg_types in (
+            ("state", ocp.handlers.StandardCheckpointHandler(multiprocessing_options=alone),
+             (ocp.args.StandardSave, ocp.args.StandardRestore)),
+            ("record", ocp.handlers.JsonCheckpointHandler(multiprocessing_options=alone),
+             (ocp.args.JsonSave, ocp.args.JsonRestore)),
+        ):
+            for arg_type in arg_types:
+                registry.add(item, arg_type, handler)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                preservation_policy=policy, enable_async_checkpointing=False, create=True
+                preservation_policy=policy, enable_async_checkpointing=False, create=False,
+                multiprocessing_options=alone,
             ),
+            handler_registry=registry,
         )
 
     def latest_epoch(self) -> int | None:
@@ -45,28 +66,64 @@ class Checkpoints:
 
     def save(self, epoch: int, state: Any, record: dict, test_accuracy: float) -> None:
         """Save the (unreplicated) train state and a JSON-serialisable ``record`` as checkpoint
-        ``epoch``; ``test_accuracy`` ranks it for the best-checkpoint policy."""
-        self.manager.save(
-            epoch,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)),
-            metrics={"test_accuracy": float(test_accuracy)},
-        )
-        self.manager.wait_until_finished()
+        ``epoch``; ``test_accuracy`` ranks it for the best-checkpoint policy. Typed PRNG keys are
+        stored as their key data (uint32): orbax refuses to write a process's own jax.Arrays when
+        several processes run, and every process keeps its own checkpoints."""
+        if jax.process_index() == 0:
+            self.manager.save(
+                epoch,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(_keys_to_data(state)), record=ocp.args.JsonSave(record)),
+                metrics={"test_accuracy": float(test_accuracy)},
+            )
+            self.manager.wait_until_finished()
+        if jax.process_count() > 1:  # no process reads the checkpoint before it is complete
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"checkpoint {self.directory} {epoch}")
+            self._refresh()
+
+    def _refresh(self) -> None:
+        """Other processes than 0 re-read the list of checkpoints that process 0 writes."""
+        if jax.process_index() > 0:
+            self.manager.reload()
 
     def restore(self, epoch: int, like: Any) -> tuple[Any, dict]:
         """Restore checkpoint ``epoch`` into the structure (and dtypes) of ``like``, an
         unreplicated train state. Raises ValueError when the shapes do not match ``like``."""
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
-        try:
-            restored = self.manager.restore(
+        def restore(template):
+            abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+            return self.manager.restore(
                 epoch,
                 args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()),
             )
+
+        try:
+            restored = restore(_keys_to_data(like))
+            state = _data_to_keys(restored["state"], like)
         except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(
-                f"checkpoint {self.directory / str(epoch)} does not match this run's model or optimiser: {error}"
-            ) from error
-        return restored["state"], restored["record"]
+            try:  # a checkpoint written before keys were stored as key data
+                restored = restore(like)
+                state = restored["state"]
+            except (ValueError, KeyError, TypeError):
+                raise ValueError(
+                    f"checkpoint {self.directory / str(epoch)} does not match this run's model or optimiser: {error}"
+                ) from error
+        return state, restored["record"]
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _is_key(x) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _keys_to_data(tree):
+    """``tree`` with every typed PRNG key replaced by its key data, on the host (numpy uint32)."""
+    return jax.tree_util.tree_map(lambda x: np.asarray(jax.random.key_data(x)) if _is_key(x) else x, tree)
+
+
+def _data_to_keys(tree, like):
+    """Undo ``_keys_to_data``: where ``like`` holds a typed key, wrap the key data of ``tree``."""
+    return jax.tree_util.tree_map(
+        lambda x, ref: jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref)) if _is_key(ref) else x, tree, like)

@@ -116,10 +116,12 @@ def make_train_step(
     Metrics (averaged over devices): ``loss``, ``accuracy`` (of the training forward pass),
     ``lsr`` (weight of LSR in this step's loss) and ``learning_rate``.
     """
-    model = model.clone(axis_name=axis_name)
-    loss_fn = make_loss_fn(loss_config, class_weights, axis_name)
-
     def train_step(state: TrainState, batch: Batch, learning_rate) -> tuple[TrainState, Metrics]:
+        # One device on the axis: nothing to average (an all-reduce over one device still copies
+        # every gradient; about 5% of the ResNet18 step on our CPU).
+        sync = axis_name if axis_name is not None and jax.lax.axis_size(axis_name) > 1 else None
+        net = model.clone(axis_name=sync)
+        loss_fn = make_loss_fn(loss_config, class_weights, sync)
         step_key = jax.random.fold_in(state.rng, state.step)
         loss_key, flip_key = jax.random.split(step_key)
         images, labels = batch["image"], batch["label"]
@@ -129,15 +131,15 @@ def make_train_step(
         x = normalize(images)
 
         def objective(params):
-            logits, mutated = model.apply(
+            logits, mutated = net.apply(
                 {"params": params, "batch_stats": state.batch_stats}, x, train=True, mutable=["batch_stats"]
             )
             loss, lsr = loss_fn(loss_key, logits, labels)
             return loss, (logits, mutated["batch_stats"], lsr)
 
         (loss, (logits, batch_stats, lsr)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        if axis_name is not None:
-            grads = jax.lax.pmean(grads, axis_name)
+        if sync is not None:
+            grads = jax.lax.pmean(grads, sync)
         opt_state = set_learning_rate(state.opt_state, learning_rate)
         updates, opt_state = tx.update(grads, opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -147,8 +149,8 @@ def make_train_step(
             "lsr": lsr,
             "learning_rate": jnp.asarray(learning_rate, jnp.float32),
         }
-        if axis_name is not None:
-            metrics = jax.lax.pmean(metrics, axis_name)
+        if sync is not None:
+            metrics = jax.lax.pmean(metrics, sync)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
         return new_state, metrics
 

@@ -47,6 +47,17 @@ def test_processes_read_disjoint_equal_shards():
     assert loaders[0].local_batch == 4 and loaders[0].steps_per_epoch == loaders[1].steps_per_epoch == 6
     ids = [set(epoch_ids(loader, 0).tolist()) for loader in loaders]
     assert not ids[0] & ids[1]
+
+
+def test_processes_together_read_the_global_batches_of_one_process():
+    """Process i's step-j batch is slice i of the one-process step-j batch: P processes with D
+    devices each put every example on the same device position as one process with P*D devices."""
+    single = [b["image"][:, 0, 0, 0] for b in TrainLoader(source(51), 12, 8, seed=3).iterate(2)]
+    shards = [[b["image"][:, 0, 0, 0] for b in TrainLoader(source(51), 12, 8, seed=3, process_index=i,
+                                                              process_count=3).iterate(2)] for i in range(3)]
+    assert len(single) == 4 and all(len(s) == 4 for s in shards)
+    for step, batch in enumerate(single):
+        np.testing.assert_array_equal(np.concatenate([s[step] for s in shards]), batch)
     with pytest.raises(ValueError, match="not divisible by 3 processes"):
         TrainLoader(source(), 8, 8, process_count=3)
     with pytest.raises(ValueError, match="fewer than one batch"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -43,10 +44,10 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def fixture(workdir: Path, dataset: str, writer, side: int, images: int) -> Path:
+def fixture(workdir: Path, dataset: str, writer, side: int, images: int, log=print) -> Path:
     folder = workdir / f"{dataset}-{side}px-{images}"
     if not (folder / "complete").exists():
-        print(f"writing {images} {side}x{side} JPEGs into {folder} (once)", flush=True)
+        log(f"writing {images} {side}x{side} JPEGs into {folder} (once)")
         codes = {"rafdb": range(1, 8), "affectnet8": range(8)}[dataset]
         train = [list(codes)[i % len(codes)] for i in range(images)]
         writer(folder, train, list(codes), size=side)
@@ -68,20 +69,31 @@ def epoch_rate(source, args, epoch: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def measure(args, log=print) -> list[str]:
+    """Run every case; return the title and Markdown table as lines (``log`` gets progress)."""
     workdir = Path(args.workdir)
-    print(f"{platform.processor() or platform.machine()}, {jax.devices()[0].platform}, jax {jax.__version__}; "
-          f"input {args.size} px, batch {args.batch}, {args.threads} threads, {args.images} images")
-    print(f"| images | read from | images/s (median of {args.rounds}) | min | max |")
-    print("|---|---|---|---|---|")
+    lines = [
+        f"Input pipeline (decode + resize to {args.size} px on {args.threads} grain threads, uint8 batches of "
+        f"{args.batch} put on the device; flip and normalisation run in the train step): "
+        f"{platform.processor() or platform.machine()}, {jax.devices()[0].platform}, jax {jax.__version__}, "
+        f"{args.images} images, median of {args.rounds} epochs",
+        "",
+        "| images | read from | images/s | min | max |",
+        "|---|---|---|---|---|",
+    ]
     for label, dataset, writer, side in CASES:
-        folder = fixture(workdir, dataset, writer, side, args.images)
+        folder = fixture(workdir, dataset, writer, side, args.images, log)
         for origin, path in (("folder", folder), ("prepared", folder / "prepared")):
             source = data.open_dataset(dataset, path).train
             rates = [epoch_rate(source, args, epoch) for epoch in range(args.rounds)]
-            print(f"| {label} | {origin} | {statistics.median(rates):,.0f} | {min(rates):,.0f} | {max(rates):,.0f} |",
-                  flush=True)
+            lines.append(f"| {label} | {origin} | {statistics.median(rates):,.0f} | {min(rates):,.0f} | {max(rates):,.0f} |")
+            log(lines[-1])
+    return lines
+
+
+def main(argv=None):
+    lines = measure(parse_args(argv), log=lambda line: print(line, file=sys.stderr, flush=True))
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

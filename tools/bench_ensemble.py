@@ -34,8 +34,8 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def measure(args) -> list[str]:
+    """Run the comparison; return its title and Markdown table as lines."""
     overrides = {} if args.full else dict(widths=(16, 32, 64, 128), attn_dim=32, attn_heads=2, attn_depth=1)
     model = models.build(args.model, 7, input_size=args.size, **overrides)
     members = [models.init(model, jax.random.key(i)) for i in range(args.members)]
@@ -65,19 +65,26 @@ def main(argv=None):
             times[name].append(time.perf_counter() - start)
 
     device = jax.devices()[0]
-    print(f"Ensemble evaluation: {args.members} x {args.model} ({'full widths' if args.full else 'widths 16-32-64-128'}), "
-          f"batch {args.batch}, {args.size}x{args.size}, {device.device_kind} ({platform.processor() or platform.machine()}), "
-          f"jax {jax.__version__}, median of {args.rounds} rounds after one warm-up")
-    print()
-    print("| contender | compile (s) | batch median (s) | min / max (s) | images/s (all members) | vs loop |")
-    print("|---|---|---|---|---|---|")
+    lines = [
+        f"Ensemble evaluation: {args.members} x {args.model} ({'full widths' if args.full else 'widths 16-32-64-128'}), "
+        f"batch {args.batch}, {args.size}x{args.size}, {device.device_kind} ({platform.processor() or platform.machine()}), "
+        f"jax {jax.__version__}, median of {args.rounds} rounds after one warm-up",
+        "",
+        "| contender | compile (s) | batch median (s) | min / max (s) | images/s (all members) | vs loop |",
+        "|---|---|---|---|---|---|",
+    ]
     loop = statistics.median(times["loop"])
     for name, (_, compile_s) in contenders.items():
         t = times[name]
         median = statistics.median(t)
         label = {"loop": "Python loop of jitted calls", "map": "one call, lax.map", "vmap": "one call, vmap"}[name]
-        print(f"| {label} | {compile_s:.1f} | {median:.3f} | {min(t):.3f} / {max(t):.3f} | "
-              f"{args.batch / median:.0f} | {loop / median:.2f}x |")
+        lines.append(f"| {label} | {compile_s:.1f} | {median:.3f} | {min(t):.3f} / {max(t):.3f} | "
+                     f"{args.batch / median:.0f} | {loop / median:.2f}x |")
+    return lines
+
+
+def main(argv=None):
+    print("\n".join(measure(parse_args(argv))))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@ ordered evaluation batches, all uint8 (normalisation and flips happen on the dev
 
 Per epoch the training order is a permutation drawn from ``(seed, epoch)``, so any epoch can be
 rebuilt exactly; within an epoch, the grain iterator's state (saved with each checkpoint) says
-which batch comes next. In a multi-process run every process reads its own equal-sized shard and
-produces ``global_batch / process_count`` examples per step.
+which batch comes next. In a multi-process run process i reads the i-th slice of every global
+batch (``global_batch / process_count`` examples per step), so the processes together take the
+steps of one process with all the devices.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class TrainLoader:
       seed: run seed; epoch e is shuffled by ``shuffle_seed(seed, e)``.
       num_threads: grain host threads reading and resizing.
       prefetch: batches prepared ahead.
-      process_index, process_count: this process's shard (``jax.process_index/count()``).
+      process_index, process_count: this process's share of each global batch
+        (``jax.process_index/count()``).
     """
 
     source: Source
@@ -101,19 +103,17 @@ class TrainLoader:
         return self.global_batch // self.process_count
 
     @property
-    def shard_size(self) -> int:
-        return len(self.source) // self.process_count
-
-    @property
     def steps_per_epoch(self) -> int:
-        return self.shard_size // self.local_batch
+        return len(self.source) // self.global_batch
 
     def epoch_dataset(self, epoch: int) -> grain.IterDataset:
         """The batches of one epoch, as a grain ``IterDataset``."""
-        ds = grain.MapDataset.source(self.source)
-        ds = ds[: self.shard_size * self.process_count][self.process_index :: self.process_count]
-        ds = ds.shuffle(seed=shuffle_seed(self.seed, epoch))
+        # Every process shuffles the whole split alike and reads its slice of each global batch:
+        # global batch j is local batches j*P .. j*P + P-1, process i reads local batch j*P + i.
+        # So P processes take exactly the steps of one process with all the devices.
+        ds = grain.MapDataset.source(self.source).shuffle(seed=shuffle_seed(self.seed, epoch))
         ds = ds.map(_Prepare(self.image_size)).batch(self.local_batch, drop_remainder=True)
+        ds = ds[self.process_index : self.steps_per_epoch * self.process_count : self.process_count]
         options = grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=self.prefetch)
         return ds.to_iter_dataset(options)
 

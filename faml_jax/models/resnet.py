@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from faml_jax.config import ModelConfig
 from faml_jax.models.attention import AttentionBlock
 from faml_jax.models.fa_stem import FAStem
+from faml_jax.models.pooling import max_pool
 
 # PyTorch BatchNorm2d defaults (momentum 0.1 = flax 0.9, eps 1e-5), so converted weights match.
 BN_MOMENTUM = 0.9
@@ -87,7 +88,7 @@ class ResNet(nn.Module):
             name="bn1",
         )(x)
         x = nn.relu(x)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = max_pool(x, window=3, stride=2, padding=1)
         for stage, (width, depth) in enumerate(zip(cfg.widths, cfg.stage_depths)):
             for block in range(depth):
                 strides = 2 if stage > 0 and block == 0 else 1

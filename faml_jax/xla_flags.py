@@ -1,0 +1,38 @@
+"""XLA flags that make the CPU train step fast; set by the programs before jax starts a backend.
+
+Measured on our 2-core CPU (issue 8, ``make bench``): jaxlib 0.10.2 hands convolutions,
+reductions and dots to YNNPACK by default. YNNPACK's convolutions were slower than XLA's own
+(Eigen) convolutions here, while its reductions (BatchNorm statistics) were up to 10x faster
+than XLA's. ``CPU_FLAGS`` keeps YNNPACK for reductions and dots only: the ResNet18 train step
+at 112 px, batch 16 took 0.36 s instead of 0.43 s (0.39 s with YNNPACK off altogether).
+
+The flags only concern XLA's CPU backend; GPU compilation ignores them. XLA reads ``XLA_FLAGS``
+once, when jax creates its first backend, so :func:`set_default_flags` must run before any jax
+computation (the programs call it on import). A flag the user already set in ``XLA_FLAGS`` is
+left as the user set it.
+"""
+
+from __future__ import annotations
+
+import os
+
+CPU_FLAGS: dict[str, str] = {
+    "xla_cpu_experimental_ynn_fusion_type": (
+        "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+    ),
+}
+
+
+def with_defaults(flags: str, defaults: dict[str, str] = CPU_FLAGS) -> str:
+    """``flags`` (an ``XLA_FLAGS`` string) with each default flag appended unless already there."""
+    present = {part.lstrip("-").split("=", 1)[0] for part in flags.split()}
+    added = [f"--{name}={value}" for name, value in defaults.items() if name not in present]
+    return " ".join([flags.strip(), *added]).strip()
+
+
+def set_default_flags(environ=os.environ) -> None:
+    """Add ``CPU_FLAGS`` to ``environ["XLA_FLAGS"]`` (user-set flags win). Call before jax
+    creates a backend; ``FAML_JAX_XLA_DEFAULTS=0`` leaves ``XLA_FLAGS`` untouched."""
+    if environ.get("FAML_JAX_XLA_DEFAULTS", "1") == "0":
+        return
+    environ["XLA_FLAGS"] = with_defaults(environ.get("XLA_FLAGS", ""))

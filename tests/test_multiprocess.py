@@ -1,0 +1,93 @@
+"""Several processes (jax.distributed) take the same train steps as one process with all devices.
+
+Two ``experiments.train`` processes on localhost, each with 2 forced CPU devices, against one
+process with 4: after every step of one epoch the parameters must agree (checked on the final
+checkpoint after 6 steps, within float reordering: gloo sums in another order; and on every
+logged metric). Process 0 writes the checkpoints; process 1 keeps its own copy of the other
+outputs in ``<workdir>.process1``, from its own evaluation.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from faml_jax import models, train
+from faml_jax.checkpoint import Checkpoints
+from faml_jax.config import RunConfig, from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["--widths", "8,16,16,32", "--input-size", "32", "--train-size", "96", "--test-size", "40", "--epochs", "1",
+        "--batch-size", "16", "--threads", "2", "--no-progress", "--seed", "3"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def launch(workdir: Path, data_dir: Path, devices: int, extra=()):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "experiments.train", *ARGS, "--data-dir", str(data_dir), "--workdir", str(workdir),
+               *extra]
+    return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process) -> str:
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def final_state(workdir: Path):
+    config = from_dict(RunConfig, json.loads((workdir / "config.json").read_text()))
+    template = jax.device_get(train.create_train_state(
+        models.ResNet(config.model), train.make_optimizer(config.optim), jax.random.key(0)))
+    checkpoints = Checkpoints(workdir)
+    try:
+        state, _ = checkpoints.restore(checkpoints.latest_epoch(), template)
+    finally:
+        checkpoints.close()
+    return state
+
+
+def metrics(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_processes_take_the_steps_of_one_process_with_all_devices(tmp_path):
+    data_dir = tmp_path / "data"
+    finish(launch(tmp_path / "one", data_dir, devices=4))  # also writes the synthetic data once
+
+    port = free_port()
+    processes = [launch(tmp_path / "two", data_dir, devices=2,
+                        extra=["--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)])
+                 for i in range(2)]
+    outputs = [finish(p) for p in processes]
+    assert "final (epoch 1)" in outputs[0] and "final (epoch 1)" not in outputs[1]  # process 0 prints
+
+    one, two = final_state(tmp_path / "one"), final_state(tmp_path / "two")
+    assert int(one.step) == int(two.step) == 6  # 96 images, batch 16
+    for a, b in zip(jax.tree_util.tree_leaves((one.params, one.batch_stats)),
+                    jax.tree_util.tree_leaves((two.params, two.batch_stats)), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
+    assert not (tmp_path / "two.process1" / "checkpoints").exists()  # process 0 alone writes them
+    for workdir in (tmp_path / "two", tmp_path / "two.process1"):  # process 1 evaluated on its own
+        for m1, m2 in zip(metrics(tmp_path / "one"), metrics(workdir), strict=True):
+            for key in ("train_loss", "train_accuracy", "test_accuracy", "learning_rate"):
+                assert m2[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-6), key
+
+
+def test_process_flags_go_together(tmp_path):
+    from experiments import train as train_program
+
+    code = train_program.main([*ARGS, "--workdir", str(tmp_path / "w"), "--coordinator", "localhost:1"])
+    assert code == 2
