@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_STAMP := $(VENV)/.installed-torch
 
-.PHONY: install test test-torch demo evolve-demo ensemble-demo bench-step bench-ensemble bench-data clean
+.PHONY: install test test-torch demo evolve-demo ensemble-demo bench bench-ensemble bench-data clean
 
 install: $(STAMP)
 
@@ -41,9 +41,10 @@ evolve-demo: $(STAMP)
 ensemble-demo: $(STAMP)
 	$(PY) -m experiments.ensemble --population runs/evolve-demo --overwrite
 
-# Compile time and median train-step time of r18 and r18_faml (see tools/bench_train_step.py).
-bench-step: $(STAMP)
-	$(PY) -m tools.bench_train_step
+# Train step vs PyTorch (eager, torch.compile), ensemble evaluation, input pipeline; appends the
+# tables to BENCHMARKS.md (tools/bench.py; about 15 min on our 2-core CPU).
+bench: $(TORCH_STAMP)
+	$(PY) -m tools.bench
 
 # A 6-member ensemble evaluated by a loop of jitted calls, lax.map and vmap (tools/bench_ensemble.py).
 bench-ensemble: $(STAMP)

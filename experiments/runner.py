@@ -525,8 +525,12 @@ class DataParallel:
         (state,) = states
         self.state = train.replicate(state, self.devices)
 
-    def __call__(self, batches, learning_rates, active):
-        self.state, metrics = self.step(self.state, train.shard(batches[0], self.devices), learning_rates[0])
+    def place(self, batches):
+        """The step's input on the devices: the batch split over this process's devices."""
+        return train.shard(batches[0], self.devices)
+
+    def __call__(self, placed, learning_rates, active):
+        self.state, metrics = self.step(self.state, placed, learning_rates[0])
         return metrics
 
     def member_metrics(self, metrics, i: int) -> dict:
@@ -560,12 +564,16 @@ class MemberParallel:
         padded = list(states) + [states[0]] * (self.width - len(states))
         self.state = train.to_devices(fga.stack(jax.device_get(padded)), self.devices)
 
-    def __call__(self, batches, learning_rates, active):
+    def place(self, batches):
+        """The step's input on the devices: one member's batch per device (zeros for a pad)."""
         n = self.width
         template = next(b for b in batches if b is not None)
         full = [b if b is not None else jax.tree_util.tree_map(np.zeros_like, template) for b in batches]
         full += [jax.tree_util.tree_map(np.zeros_like, template)] * (n - len(full))
-        stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *full)
+        return train.to_devices(jax.tree_util.tree_map(lambda *xs: np.stack(xs), *full), self.devices)
+
+    def __call__(self, stacked, learning_rates, active):
+        n = self.width
         lrs = np.asarray(list(learning_rates) + [0.0] * (n - len(learning_rates)), np.float32)
         mask = np.asarray(list(active) + [False] * (n - len(active)))
         self.state, metrics = self.step(self.state, stacked, lrs, mask)
@@ -616,10 +624,11 @@ def train_members(setup: Setup, members: list[Member], *, member_parallel: bool 
                        disable=not progress, leave=False, unit="step", dynamic_ncols=True)
             pending, lrs = [], [0.0] * len(group)
             begin = time.perf_counter()
-            for i in range(steps):
-                batches = [next(it) if it is not None else None for it in iterators]
+            host_batches = ([next(it) if it is not None else None for it in iterators] for _ in range(steps))
+            # Batches go to the devices ahead of their step (transfers overlap the running step).
+            for i, placed in enumerate(train.prefetch_to_device(host_batches, placement.place)):
                 lrs = [m.learning_rate(i, steps) if a else 0.0 for m, a in zip(group, active)]
-                pending.append(placement(batches, lrs, active))
+                pending.append(placement(placed, lrs, active))
                 if len(pending) == 10 or i == steps - 1:  # fetch in groups: fewer host syncs
                     for metrics in jax.device_get(pending):
                         for j, a in enumerate(active):

@@ -29,7 +29,7 @@ from experiments.runner import (  # noqa: F401  (re-exported: the program's outp
 )
 from faml_jax import data, models
 from faml_jax.config import (
-    DataConfig, ModelConfig, OptimConfig, RUN_PRESETS, RunConfig, ScheduleConfig,
+    DataConfig, ModelConfig, OptimConfig, RUN_PRESETS, RunConfig, ScheduleConfig, default_compute_dtype,
 )
 from faml_jax.data.synthetic import SyntheticConfig
 
@@ -83,6 +83,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, epochs_help: str, workdir
     parser.add_argument("--no-switch", action="store_true", help="stay with Lr1 (cosine) for the whole run")
     parser.add_argument("--widths", help="stage widths, e.g. 16,32,64,128 (preset)")
     parser.add_argument("--input-size", type=int, help="input side in pixels (preset)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"],
+                        help="compute dtype; parameters and BatchNorm statistics stay float32 (default: bfloat16 "
+                             "on a GPU, float32 on the CPU)")
     parser.add_argument("--train-size", type=int, help="synthetic: training images (default 10000)")
     parser.add_argument("--test-size", type=int, help="synthetic: test images (default 1000)")
     parser.add_argument("--workdir", help=workdir_help)
@@ -113,6 +116,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
             raise UsageError(f"--widths must be comma-separated integers, got {args.widths!r}") from None
     if args.input_size is not None:
         model_fields["input_size"] = args.input_size
+    model_fields["dtype"] = args.dtype or default_compute_dtype(jax.default_backend())
     loss = preset["loss"]
     loss = dataclasses.replace(
         loss,

@@ -354,6 +354,13 @@ RUN_PRESETS: dict[str, dict] = {
 }
 
 
+def default_compute_dtype(backend: str) -> str:
+    """The runs' compute dtype on ``backend`` (``jax.default_backend()``): mixed precision on
+    accelerators (bfloat16 compute, float32 parameters and BatchNorm statistics; tensor cores run
+    bfloat16), float32 on the CPU."""
+    return "float32" if backend == "cpu" else "bfloat16"
+
+
 def from_dict(cls, values: dict):
     """Rebuild a (nested) config dataclass from its ``dataclasses.asdict`` / JSON form, e.g. a
     run's saved ``config.json``: ``from_dict(RunConfig, json.load(f))``. Lists become tuples;

@@ -190,3 +190,26 @@ def test_member_parallel_step_equals_each_members_own_step(devices):
         assert float(metrics2["lsr"][i]) == float(m2["lsr"])
     # The members really differ (distinct seeds and batches), so the comparison is not trivial.
     assert max_abs_diff(expected2[0][0].params, expected2[1][0].params) > 1e-2
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_statistics_and_tracks_float32():
+    """Mixed precision (ModelConfig.dtype="bfloat16"): the step computes in bfloat16, while the
+    parameters, optimiser moments and BatchNorm statistics stay float32; its loss and updated
+    parameters stay close to the float32 step's from the same start."""
+    tx = train.make_optimizer(OptimConfig(learning_rate=1e-3))
+    batch = random_batch(4, 16)
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        model = small_model(dtype=dtype)
+        state = train.create_train_state(model, tx, jax.random.key(2))
+        step = jax.jit(train.make_train_step(model, tx, LossConfig(kind="ce"), axis_name=None))
+        results[dtype] = step(state, batch, 1e-3)
+    (s32, m32), (s16, m16) = results["float32"], results["bfloat16"]
+    leaves = jax.tree_util.tree_leaves((s16.params, s16.batch_stats, s16.opt_state))
+    assert all(x.dtype in (jnp.float32, jnp.int32) for x in leaves)
+    assert abs(float(m16["loss"]) - float(m32["loss"])) < 0.05 * float(m32["loss"])
+    # One Adam step moves each parameter by about the learning rate; bfloat16 rounding of the
+    # gradients may flip small ones, so compare the update sizes, not each sign.
+    delta = jax.tree_util.tree_map(lambda a, b: a - b, s16.params, s32.params)
+    assert max_abs_diff(s16.params, s32.params) <= 2.5e-3
+    assert float(np.mean([np.mean(np.abs(x)) for x in jax.tree_util.tree_leaves(delta)])) < 5e-4
