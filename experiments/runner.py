@@ -116,6 +116,7 @@ def prepare_directory(workdir: Path, *, config_file: str, current: dict, outputs
     ensure_writable(workdir)
     has_run = any((workdir / name).exists() for name in markers)
     if has_run and overwrite:
+        sync_processes(f"delete {primary_workdir(workdir)}")  # no process still reads the old run
         for name in outputs:
             path = workdir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)

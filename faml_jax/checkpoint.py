@@ -22,8 +22,8 @@ class Checkpoints:
     (1-based: checkpoint ``e`` holds the state after ``e`` epochs).
 
     In a multi-process run (``jax.distributed``) every process holds the same state; process 0
-    alone writes, every process calls ``save`` (it returns when the checkpoint is complete) and
-    any process reads."""
+    alone writes, every process calls ``save``, which waits for all of them before writing (so no
+    process is still reading what it changes) and returns when the checkpoint is complete."""
 
     def __init__(self, workdir: str | os.PathLike, keep: int = 3):
         self.directory = Path(workdir).absolute() / "checkpoints"
@@ -69,6 +69,9 @@ class Checkpoints:
         ``epoch``; ``test_accuracy`` ranks it for the best-checkpoint policy. Typed PRNG keys are
         stored as their key data (uint32): orbax refuses to write a process's own jax.Arrays when
         several processes run, and every process keeps its own checkpoints."""
+        several = jax.process_count() > 1
+        if several:  # every process has read what it reads before this save (e.g. latest_epoch)
+            _sync(f"before checkpoint {self.directory} {epoch}")
         if jax.process_index() == 0:
             self.manager.save(
                 epoch,
@@ -76,10 +79,8 @@ class Checkpoints:
                 metrics={"test_accuracy": float(test_accuracy)},
             )
             self.manager.wait_until_finished()
-        if jax.process_count() > 1:  # no process reads the checkpoint before it is complete
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices(f"checkpoint {self.directory} {epoch}")
+        if several:  # no process reads the checkpoint before it is complete
+            _sync(f"after checkpoint {self.directory} {epoch}")
             self._refresh()
 
     def _refresh(self) -> None:
@@ -112,6 +113,13 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _sync(name: str) -> None:
+    """Wait until every process of a multi-process run reaches the point ``name``."""
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
 
 
 def _is_key(x) -> bool:
