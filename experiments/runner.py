@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from faml_jax import data, fga, models, pretrained, schedules, train
-from faml_jax.checkpoint import Checkpoints
+from faml_jax.checkpoint import Checkpoints, sync_processes
 from faml_jax.config import RunConfig, from_dict
 from faml_jax.evaluate import Evaluator, classification_metrics
 
@@ -184,10 +184,10 @@ def primary_workdir(workdir: Path) -> Path:
     named ``<name>.process<i>`` is replaced by ``<name>``. Process 0, and paths outside the copy
     (e.g. networks given with ``--members``), map to themselves."""
     index = jax.process_index()
-    suffix = f".process{index}"
     parts = list(Path(workdir).parts)
-    for k in range(len(parts) - 1, -1, -1):
-        if index and parts[k].endswith(suffix):
+    suffix = f".process{index}"
+    for k in range(len(parts) - 1, -1, -1) if index else ():
+        if parts[k].endswith(suffix):
             parts[k] = parts[k][: -len(suffix)]
             return Path(*parts)
     return Path(workdir)
@@ -197,14 +197,6 @@ def checkpoints_of(workdir: Path, keep: int = 3) -> Checkpoints:
     """The checkpoints of the network in ``workdir`` (in process 0's workdir, see
     ``process_workdir``)."""
     return Checkpoints(primary_workdir(workdir), keep=keep)
-
-
-def sync_processes(name: str) -> None:
-    """Wait until every process reaches the point called ``name`` (nothing in a one-process run)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 # ---------------------------------------------------------------------------------------------

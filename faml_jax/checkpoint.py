@@ -71,7 +71,7 @@ class Checkpoints:
         several processes run, and every process keeps its own checkpoints."""
         several = jax.process_count() > 1
         if several:  # every process has read what it reads before this save (e.g. latest_epoch)
-            _sync(f"before checkpoint {self.directory} {epoch}")
+            sync_processes(f"before checkpoint {self.directory} {epoch}")
         if jax.process_index() == 0:
             self.manager.save(
                 epoch,
@@ -80,7 +80,7 @@ class Checkpoints:
             )
             self.manager.wait_until_finished()
         if several:  # no process reads the checkpoint before it is complete
-            _sync(f"after checkpoint {self.directory} {epoch}")
+            sync_processes(f"after checkpoint {self.directory} {epoch}")
             self._refresh()
 
     def _refresh(self) -> None:
@@ -115,11 +115,13 @@ class Checkpoints:
         self.manager.close()
 
 
-def _sync(name: str) -> None:
-    """Wait until every process of a multi-process run reaches the point ``name``."""
-    from jax.experimental import multihost_utils
+def sync_processes(name: str) -> None:
+    """Wait until every process of a multi-process run reaches the point called ``name``
+    (nothing in a one-process run)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
 
-    multihost_utils.sync_global_devices(name)
+        multihost_utils.sync_global_devices(name)
 
 
 def _is_key(x) -> bool:

@@ -91,3 +91,25 @@ def test_process_flags_go_together(tmp_path):
 
     code = train_program.main([*ARGS, "--workdir", str(tmp_path / "w"), "--coordinator", "localhost:1"])
     assert code == 2
+
+
+@pytest.mark.slow
+def test_evolution_across_two_processes_keeps_them_in_step(tmp_path):
+    """FGA across two processes: every decision (fitness, parents, fused child, BatchNorm
+    recomputed on training batches) is the same in both, so process 1's copy of the population
+    record equals process 0's (a process reading only its slice of a batch for the BatchNorm
+    recomputation made them differ)."""
+    port = free_port()
+    extra = ["--population", "2", "--generations", "1", "--children", "1", "--new-members", "0", "--fixed-epochs",
+             "--recompute-bn", "2", "--coordinator", f"localhost:{port}", "--num-processes", "2"]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PYTHONPATH": str(ROOT)}
+    processes = [subprocess.Popen(
+        [sys.executable, "-m", "experiments.evolve", *ARGS, "--data-dir", str(tmp_path / "data"),
+         "--workdir", str(tmp_path / "evo"), *extra, "--process-id", str(i)],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    for p in processes:
+        finish(p)
+    ours, theirs = (json.loads((tmp_path / d / "population.json").read_text()) for d in ("evo", "evo.process1"))
+    child = ours["members"]["g1-c0"]
+    assert child["origin"] == "child" and child["recompute_bn_batches"] == 2 and child["status"] == "trained"
+    assert ours == theirs
