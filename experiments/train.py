@@ -188,6 +188,8 @@ def run_cli(parser: argparse.ArgumentParser, argv, body) -> int:
                         getattr(args, "process_id", None))
         if jax.process_index() > 0:  # process 0 prints for all; errors still reach stderr
             sys.stdout = open(os.devnull, "w")
+            if hasattr(args, "no_progress"):
+                args.no_progress = True
         body(args)
     except (UsageError, ValueError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
