@@ -42,7 +42,7 @@ ensemble-demo: $(STAMP)
 	$(PY) -m experiments.ensemble --population runs/evolve-demo --overwrite
 
 # Train step vs PyTorch (eager, torch.compile), ensemble evaluation, input pipeline; appends the
-# tables to BENCHMARKS.md (tools/bench.py; about 15 min on our 2-core CPU).
+# tables to BENCHMARKS.md (tools/bench.py; about 13 min on our 2-core CPU).
 bench: $(TORCH_STAMP)
 	$(PY) -m tools.bench
 

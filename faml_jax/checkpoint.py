@@ -67,8 +67,8 @@ class Checkpoints:
     def save(self, epoch: int, state: Any, record: dict, test_accuracy: float) -> None:
         """Save the (unreplicated) train state and a JSON-serialisable ``record`` as checkpoint
         ``epoch``; ``test_accuracy`` ranks it for the best-checkpoint policy. Typed PRNG keys are
-        stored as their key data (uint32): orbax refuses to write a process's own jax.Arrays when
-        several processes run, and every process keeps its own checkpoints."""
+        stored as their key data (uint32): when several processes run, orbax refuses to write
+        jax.Arrays that live on one process's devices."""
         several = jax.process_count() > 1
         if several:  # every process has read what it reads before this save (e.g. latest_epoch)
             sync_processes(f"before checkpoint {self.directory} {epoch}")
