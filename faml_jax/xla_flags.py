@@ -9,12 +9,17 @@ at 112 px, batch 16 took 0.36 s instead of 0.43 s (0.39 s with YNNPACK off altog
 The flags only concern XLA's CPU backend; GPU compilation ignores them. XLA reads ``XLA_FLAGS``
 once, when jax creates its first backend, so :func:`set_default_flags` must run before any jax
 computation (the programs call it on import). A flag the user already set in ``XLA_FLAGS`` is
-left as the user set it.
+left as the user set it; with another jaxlib release than the measured one nothing is set.
 """
 
 from __future__ import annotations
 
 import os
+from importlib import metadata
+
+# The jaxlib release the flags were measured with: XLA stops at start-up on a flag it does not
+# know, and "experimental" flags come and go, so other releases get none.
+MEASURED_JAXLIB = "0.10."
 
 CPU_FLAGS: dict[str, str] = {
     "xla_cpu_experimental_ynn_fusion_type": (
@@ -30,9 +35,16 @@ def with_defaults(flags: str, defaults: dict[str, str] = CPU_FLAGS) -> str:
     return " ".join([flags.strip(), *added]).strip()
 
 
-def set_default_flags(environ=os.environ) -> None:
-    """Add ``CPU_FLAGS`` to ``environ["XLA_FLAGS"]`` (user-set flags win). Call before jax
-    creates a backend; ``FAML_JAX_XLA_DEFAULTS=0`` leaves ``XLA_FLAGS`` untouched."""
+def set_default_flags(environ=os.environ, jaxlib_version: str | None = None) -> None:
+    """Add ``CPU_FLAGS`` to ``environ["XLA_FLAGS"]`` (user-set flags win) when the installed
+    jaxlib is the measured release (``MEASURED_JAXLIB``). Call before jax creates a backend;
+    ``FAML_JAX_XLA_DEFAULTS=0`` leaves ``XLA_FLAGS`` untouched."""
     if environ.get("FAML_JAX_XLA_DEFAULTS", "1") == "0":
         return
-    environ["XLA_FLAGS"] = with_defaults(environ.get("XLA_FLAGS", ""))
+    if jaxlib_version is None:
+        try:
+            jaxlib_version = metadata.version("jaxlib")
+        except metadata.PackageNotFoundError:
+            return
+    if jaxlib_version.startswith(MEASURED_JAXLIB):
+        environ["XLA_FLAGS"] = with_defaults(environ.get("XLA_FLAGS", ""))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from faml_jax.models.pooling import max_pool
-from faml_jax.xla_flags import CPU_FLAGS, with_defaults
+from faml_jax.xla_flags import CPU_FLAGS, set_default_flags, with_defaults
 
 
 def reference_grad(x, dy, window=3, stride=2, padding=1):
@@ -44,3 +44,14 @@ def test_xla_defaults_are_added_unless_the_user_set_them():
     assert with_defaults("") == f"--{name}={value}"
     assert with_defaults("--xla_force_host_platform_device_count=4") == f"--xla_force_host_platform_device_count=4 --{name}={value}"
     assert with_defaults(f"--{name}=") == f"--{name}="  # the user's choice wins
+
+
+def test_xla_defaults_only_for_the_measured_jaxlib():
+    environ = {"XLA_FLAGS": "--a=1"}
+    set_default_flags(environ, jaxlib_version="0.11.0")  # unknown flags stop XLA: none set
+    assert environ["XLA_FLAGS"] == "--a=1"
+    set_default_flags(environ, jaxlib_version="0.10.2")
+    assert environ["XLA_FLAGS"] == with_defaults("--a=1") != "--a=1"
+    environ = {"FAML_JAX_XLA_DEFAULTS": "0"}
+    set_default_flags(environ, jaxlib_version="0.10.2")
+    assert "XLA_FLAGS" not in environ
