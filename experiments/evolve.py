@@ -218,9 +218,8 @@ class Evolution:
         parents = [final_variables(self.setup, self.member_dir(p)) for p in record["parents"]]
         child = self._fuse(fga.stack(parents), jnp.arange(len(parents)))
         batches = self.fga.recompute_bn or DIAGNOSTIC_BN_BATCHES
-        # Whole global batches, the same in every process (a process's own loader reads its slice).
-        loader = dataclasses.replace(self.setup.loader(record["seed"]), process_index=0, process_count=1)
-        iterator = iter(loader.iterate(0))
+        # The same batches in every process, so that all processes start the child alike.
+        iterator = iter(self.setup.loader(record["seed"], whole_batches=True).iterate(0))
         images = np.stack([next(iterator)["image"] for _ in range(min(batches, self.setup.steps_per_epoch()))])
         recomputed = self._recompute(child, images)
         record["fused_test_accuracy"] = self.test_accuracy(child)

@@ -235,11 +235,14 @@ class Setup:
         if config.batch_size % n:
             raise UsageError(f"batch size {config.batch_size} is not divisible by {n} devices")
 
-    def loader(self, seed: int) -> data.TrainLoader:
+    def loader(self, seed: int, *, whole_batches: bool = False) -> data.TrainLoader:
+        """The training batches of ``seed``: this process's slice of each global batch, or with
+        ``whole_batches`` the global batches themselves (the same in every process)."""
         c = self.config
+        shard = dict(process_index=0, process_count=1) if whole_batches else dict(
+            process_index=jax.process_index(), process_count=jax.process_count())
         return data.TrainLoader(
-            self.dataset.train, c.batch_size, c.model.input_size, seed=seed, num_threads=c.data.num_threads,
-            process_index=jax.process_index(), process_count=jax.process_count(),
+            self.dataset.train, c.batch_size, c.model.input_size, seed=seed, num_threads=c.data.num_threads, **shard,
         )
 
     def steps_per_epoch(self) -> int:

@@ -87,6 +87,7 @@ class JaxStep:
     def __init__(self, name: str, size: int, batch: int, dtype: str):
         devices = jax.local_devices()
         self.label = f"faml_jax {name}" + (" bf16" if dtype == "bfloat16" else "")
+        self.times: list[float] = []
         model = models.build(name, NUM_CLASSES, input_size=size, dtype=dtype)
         tx = train.make_optimizer(OptimConfig(learning_rate=LEARNING_RATE))
         self.state = train.replicate(train.create_train_state(model, tx, jax.random.key(0)), devices)
@@ -122,7 +123,7 @@ class TorchStep:
 
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.amp = amp
+        self.amp, self.compiled, self.times = amp, compiled, []
         self.label = "PyTorch resnet18 " + ("torch.compile" if compiled else "eager") + (" AMP channels_last" if amp else "")
         torch.manual_seed(0)
         model = torchvision.models.resnet18(num_classes=NUM_CLASSES).to(self.device)
@@ -178,14 +179,13 @@ def train_section(args) -> list[str]:
                     log(f"  left out: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
         for contender in contenders:
             contender.run(args.warmup)
-        times = {id(c): [] for c in contenders}
         for window in range(args.windows):
             for contender in contenders:
-                times[id(contender)].append(contender.run(args.steps))
+                contender.times.append(contender.run(args.steps))
             log(f"  window {window + 1}/{args.windows}: " + ", ".join(
-                f"{c.label} {times[id(c)][-1]:.3f} s" for c in contenders))
-        torch_eager = next((c for c in contenders if isinstance(c, TorchStep) and "eager" in c.label), None)
-        reference = statistics.median(times[id(torch_eager)]) if torch_eager else None
+                f"{c.label} {c.times[-1]:.3f} s" for c in contenders))
+        torch_eager = next((c for c in contenders if isinstance(c, TorchStep) and not c.compiled), None)
+        reference = statistics.median(torch_eager.times) if torch_eager else None
         threads = ""
         if torch_eager and not gpu:
             threads = f"; PyTorch {torch_eager.torch.get_num_threads()} threads, XLA all {os.cpu_count()} cores"
@@ -199,7 +199,7 @@ def train_section(args) -> list[str]:
             "|---|---|---|---|---|---|" + ("---|---|" if gpu else ""),
         ]
         for contender in contenders:
-            t = times[id(contender)]
+            t = contender.times
             median = statistics.median(t)
             ratio = f"{median / reference:.2f}" if reference else "n/a"
             row = (f"| {contender.label} | {contender.compile_s:.1f} | {median:.4f} | {min(t):.4f} / {max(t):.4f} | "
