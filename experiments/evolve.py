@@ -4,13 +4,14 @@ Runs Algorithm 1 (METHOD 3) for ``--generations`` generations. The initial popul
 trained here (``--population`` networks with their own seeds) or read from the workdirs of
 networks trained by ``experiments.train`` (``--members DIR ...``). In each generation:
 
-  1. each network's selection probability is its inverse training loss over the sum (roulette);
+  1. each network's selection probability is its inverse training loss over the sum (roulette;
+     the reference loss, plain CE of the training batches, not the sampled ML loss);
   2. each child draws ``--parents`` distinct parents by those probabilities; its convolution
      kernels are the parents' mean (Eq. 9), everything else is its fittest parent's;
   3. ``--new-members`` fresh networks join;
   4. children and new networks are trained until the stability detector says "well trained"
      (at most ``--epochs`` epochs); children restart the Lr1 regime (``--child-lr``);
-  5. the ``--population`` networks with the lowest training loss survive.
+  5. the ``--population`` networks with the lowest training loss (reference CE) survive.
 
 Fresh networks start from one shared initialisation with their own heads (the stand-in for the
 common pre-trained start; ``--independent-init`` gives each its own).
@@ -43,10 +44,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.runner import (
-    Member, Setup, UsageError, complete_run_config, config_to_json, final_variables, has_checkpoint, last_epoch,
-    prepare_directory, prepare_workdir, process_workdir, read_run_config, structural_differences, train_members, write_atomic,
+    Member, Setup, UsageError, adopt_recorded, complete_run_config, config_to_json, final_variables, has_checkpoint,
+    last_epoch, prepare_directory, prepare_workdir, process_workdir, read_run_config, recorded_config, reference_loss,
+    structural_differences, train_members, write_atomic,
 )
-from experiments.train import OneLineErrorParser, add_run_arguments, resolve_config, run_cli
+from experiments.train import OneLineErrorParser, add_run_arguments, kept_on_resume, resolve_config, run_cli
 from faml_jax import fga, models, pretrained, train
 from faml_jax.config import FGAConfig, RunConfig
 from faml_jax.evaluate import classification_metrics
@@ -147,7 +149,11 @@ class Evolution:
         return member_workdir(self.workdir, self.record(name))
 
     def loss(self, name: str) -> float:
-        return self.record(name)["train_loss"]
+        """A network's fitness: its final reference loss (plain CE of the training batches,
+        METHOD 2.4 [choice]), not the sampled ML loss; records made before it was logged give
+        their sampled loss."""
+        record = self.record(name)
+        return record.get("train_ce", record["train_loss"])
 
     def test_accuracy(self, variables: dict) -> float:
         logits, labels = self.setup.test_logits(train.replicate(variables, self.setup.devices))
@@ -165,6 +171,7 @@ class Evolution:
                 self.lineage["members"][name] = {
                     "generation": 0, "origin": "given", "workdir": str(path.resolve()), "seed": None,
                     "status": "trained", "epochs": last["epoch"], "train_loss": last["train_loss"],
+                    "train_ce": reference_loss(last),
                     "train_accuracy": last["train_accuracy"], "test_accuracy": last["test_accuracy"],
                     "well_trained": summary.get("well_trained"),
                 }
@@ -272,6 +279,7 @@ class Evolution:
         summary = member.summary()
         self.record(member.name).update({
             "status": "trained", "epochs": summary["epochs"], "train_loss": summary["final_train_loss"],
+            "train_ce": summary["final_train_ce"],
             "train_accuracy": summary["final_train_accuracy"], "test_accuracy": summary["final_test_accuracy"],
             "well_trained": summary["well_trained"], "switch_epoch": summary["switch_epoch"],
             **({"initial_test_accuracy": summary["initial_test_accuracy"]} if "initial_test_accuracy" in summary else {}),
@@ -311,12 +319,12 @@ class Evolution:
 
     def report(self) -> dict:
         """Log a table of every network, and the best network before and after evolution."""
-        rows = [("name", "origin", "parents", "epochs", "well trained", "train loss", "fused acc", "test acc")]
+        rows = [("name", "origin", "parents", "epochs", "well trained", "train CE", "fused acc", "test acc")]
         for name, r in self.lineage["members"].items():
             if r.get("status") != "trained":
                 continue
             rows.append((name, r["origin"], "+".join(r.get("parents", [])) or "-", str(r["epochs"]),
-                         {True: "yes", False: "no", None: "?"}[r.get("well_trained")], f"{r['train_loss']:.4f}",
+                         {True: "yes", False: "no", None: "?"}[r.get("well_trained")], f"{self.loss(name):.4f}",
                          f"{r['fused_test_accuracy']:.4f}" if "fused_test_accuracy" in r else "-", f"{r['test_accuracy']:.4f}"))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
@@ -347,10 +355,14 @@ def prepare_evolve_workdir(workdir: Path, config: RunConfig, fga_config: FGAConf
 
 
 def run(config: RunConfig, fga_config: FGAConfig, workdir: str | os.PathLike, *, given=(), resume: bool = False,
-        overwrite: bool = False, member_parallel: bool = False, progress: bool = True, log=print) -> dict:
+        overwrite: bool = False, member_parallel: bool = False, progress: bool = True, log=print,
+        keep_recorded: tuple[str, ...] = ()) -> dict:
     """Run (or continue) an evolution; returns the best network before and after (also in
-    population.json under ``result``)."""
+    population.json under ``result``). ``keep_recorded``: dotted run-configuration fields a resumed
+    evolution takes from its evolve.json (``runner.adopt_recorded``)."""
     workdir = Path(workdir)
+    if resume and keep_recorded:
+        config = adopt_recorded(config, (recorded_config(workdir, "evolve.json") or {}).get("run"), keep_recorded)
     given = [Path(p) for p in given]
     if given and len(given) != fga_config.population:
         raise UsageError(f"--members names {len(given)} networks but the population is {fga_config.population}")
@@ -413,7 +425,7 @@ def main(argv=None) -> int:
         fga = fga_config(args)
         workdir = process_workdir(Path(args.workdir or f"runs/evolve-{args.dataset}-{config.model_name}-seed{args.seed}"))
         run(config, fga, workdir, given=args.members or (), resume=args.resume, overwrite=args.overwrite,
-            member_parallel=args.member_parallel, progress=not args.no_progress)
+            member_parallel=args.member_parallel, progress=not args.no_progress, keep_recorded=kept_on_resume(args))
 
     return run_cli(build_parser(), argv, body)
 

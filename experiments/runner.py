@@ -140,12 +140,62 @@ def prepare_workdir(workdir: Path, config: RunConfig, resume: bool, overwrite: b
                       may_differ=("epochs",), what="run", complete=complete_run_config)
 
 
+# Fields whose default changed after runs were saved without them: a config.json that lacks one
+# was made with the value here (AffectNet's whole photographs before face boxes became the default).
+LEGACY_DEFAULTS = {"data.crop_faces": False}
+
+
+def _get(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return KeyError
+        tree = tree[part]
+    return tree
+
+
+def _set(tree: dict, dotted: str, value) -> None:
+    *path, leaf = dotted.split(".")
+    for part in path:
+        tree = tree.setdefault(part, {})
+    tree[leaf] = value
+
+
 def complete_run_config(saved: dict) -> dict:
-    """A saved ``config.json`` with the fields added since it was written at their defaults."""
+    """A saved ``config.json`` with the fields added since it was written at their defaults (at
+    ``LEGACY_DEFAULTS`` for the fields whose default changed since)."""
+    saved = json.loads(json.dumps(saved))
+    for name, value in LEGACY_DEFAULTS.items():
+        if isinstance(saved.get(name.split(".")[0]), dict) and _get(saved, name) is KeyError:
+            _set(saved, name, value)
     try:
         return config_to_json(from_dict(RunConfig, saved))
     except (ValueError, TypeError):
         return saved  # not a configuration of this version: compared as it is
+
+
+def adopt_recorded(config: RunConfig, saved: dict | None, fields: tuple[str, ...]) -> RunConfig:
+    """``config`` with the dotted ``fields`` set to their values in ``saved`` (a run's saved
+    configuration, completed by ``complete_run_config``), so that resuming a run made before a
+    default changed keeps its recorded setting (e.g. ``data.crop_faces``, ``schedule.lr1_min``).
+    Nothing saved: ``config`` as it is."""
+    if not saved:
+        return config
+    saved = complete_run_config(saved)
+    current = config_to_json(config)
+    for name in fields:
+        value = _get(saved, name)
+        if value is not KeyError:
+            _set(current, name, value)
+    return from_dict(RunConfig, current)
+
+
+def recorded_config(workdir: Path, config_file: str = "config.json") -> dict | None:
+    """The configuration saved in ``workdir`` (None when there is none or it is not JSON)."""
+    path = Path(workdir) / config_file
+    try:
+        return json.loads(path.read_text()) if path.exists() else None
+    except json.JSONDecodeError:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +292,8 @@ class Setup:
         shard = dict(process_index=0, process_count=1) if whole_batches else dict(
             process_index=jax.process_index(), process_count=jax.process_count())
         return data.TrainLoader(
-            self.dataset.train, c.batch_size, c.model.input_size, seed=seed, num_threads=c.data.num_threads, **shard,
+            self.dataset.train, c.batch_size, c.model.input_size, seed=seed, num_threads=c.data.num_threads,
+            balanced=c.data.balanced, **shard,
         )
 
     def steps_per_epoch(self) -> int:
@@ -316,6 +367,12 @@ def final_variables(setup: Setup, workdir: Path, epoch: int | None = None) -> di
     finally:
         checkpoints.close()
     return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def reference_loss(entry: dict) -> float:
+    """An epoch's reference loss (``train_ce``, METHOD 2.4 [choice]) from its metrics.jsonl entry;
+    entries written before it was logged give their sampled ``train_loss``."""
+    return entry.get("train_ce", entry["train_loss"])
 
 
 def last_epoch(workdir: Path) -> dict:
@@ -412,7 +469,10 @@ class Member:
 
     @property
     def losses(self) -> list[float]:
-        return [h["train_loss"] for h in self.history]
+        """The reference loss of every epoch (``train_ce``: plain CE of the training batches,
+        METHOD 2.4 [choice]), what the stability detector reads; epochs logged before it existed
+        give their sampled loss."""
+        return [reference_loss(h) for h in self.history]
 
     @property
     def accuracies(self) -> list[float]:
@@ -440,6 +500,7 @@ class Member:
         entry = {
             "epoch": epoch + 1,
             "train_loss": sums["loss"] / steps,
+            "train_ce": sums["train_ce"] / steps,
             "train_accuracy": sums["accuracy"] / steps,
             "lsr_share": sums["lsr"] / steps,
             "learning_rate": lr,
@@ -461,7 +522,8 @@ class Member:
         self.writer.flush()
         switched = " | stable: switching to Lr2" if self.lr_state.switch_epoch == epoch + 1 else ""
         trained = " | well trained" if self.until_trained and self.well_trained else ""
-        self.log(f"{self.prefix}epoch {epoch + 1}/{self.config.epochs}: train loss {entry['train_loss']:.4f} acc "
+        self.log(f"{self.prefix}epoch {epoch + 1}/{self.config.epochs}: train loss {entry['train_loss']:.4f} "
+                 f"(CE {entry['train_ce']:.4f}) acc "
                  f"{entry['train_accuracy']:.4f} | test acc {test['accuracy']:.4f} mean-class "
                  f"{test['mean_class_accuracy']:.4f} | {entry['images_per_s']:.0f} img/s{switched}{trained}")
         return entry
@@ -482,6 +544,7 @@ class Member:
             "model": self.config.model_name,
             "epochs": final["epoch"],
             "final_train_loss": final["train_loss"],
+            "final_train_ce": reference_loss(final),
             "final_train_accuracy": final["train_accuracy"],
             "final_test_accuracy": final["test_accuracy"],
             "final_test_mean_class_accuracy": final["test_mean_class_accuracy"],
@@ -515,7 +578,8 @@ class DataParallel:
         self.multi_process = jax.process_count() > 1
         # All devices of all processes (one process: its own devices).
         self.step = train.parallel_train_step(setup.model, setup.tx, setup.config.loss, setup.class_weights,
-                                              devices=None if self.multi_process else self.devices)
+                                              devices=None if self.multi_process else self.devices,
+                                              augment=setup.config.augment)
 
     def load(self, states):
         (state,) = states
@@ -554,7 +618,7 @@ class MemberParallel:
         self.devices = setup.devices
         self.width = len(self.devices)
         self.step = train.member_parallel_train_step(setup.model, setup.tx, setup.config.loss, setup.class_weights,
-                                                     devices=self.devices)
+                                                     devices=self.devices, augment=setup.config.augment)
 
     def load(self, states):
         padded = list(states) + [states[0]] * (self.width - len(states))
@@ -614,7 +678,7 @@ def train_members(setup: Setup, members: list[Member], *, member_parallel: bool 
             rounds += 1
             active = [not m.done for m in group]
             iterators = [iter(m.loader.iterate(m.epoch)) if a else None for m, a in zip(group, active)]
-            sums = [{"loss": 0.0, "accuracy": 0.0, "lsr": 0.0} for _ in group]
+            sums = [{"loss": 0.0, "train_ce": 0.0, "accuracy": 0.0, "lsr": 0.0} for _ in group]
             desc = ", ".join(f"{m.prefix}epoch {m.epoch + 1}/{m.config.epochs}" for m, a in zip(group, active) if a)
             bar = tqdm(total=steps, desc=desc,
                        disable=not progress, leave=False, unit="step", dynamic_ncols=True)

@@ -24,12 +24,13 @@ from pathlib import Path
 import jax
 
 from experiments.runner import (  # noqa: F401  (re-exported: the program's outputs and helpers)
-    OUTPUTS, TIMING_FIELDS, Member, Setup, UsageError, config_differences, config_to_json, has_checkpoint,
-    prepare_workdir, process_workdir, start_processes, train_members, write_atomic,
+    OUTPUTS, TIMING_FIELDS, Member, Setup, UsageError, adopt_recorded, config_differences, config_to_json,
+    has_checkpoint, prepare_workdir, process_workdir, recorded_config, start_processes, train_members, write_atomic,
 )
 from faml_jax import data, models
 from faml_jax.config import (
-    DataConfig, ModelConfig, OptimConfig, RUN_PRESETS, RunConfig, ScheduleConfig, default_compute_dtype,
+    AUGMENT_PRESETS, AugmentConfig, DataConfig, ModelConfig, OptimConfig, RUN_PRESETS, RunConfig, ScheduleConfig,
+    check_pretrained_start, default_compute_dtype, model_loss,
 )
 from faml_jax.data.synthetic import SyntheticConfig
 
@@ -62,11 +63,19 @@ def add_run_arguments(parser: argparse.ArgumentParser, epochs_help: str, workdir
     parser.add_argument("--data-dir", help="data set folder: for rafdb/affectnet7/affectnet8 the folder as "
                         "distributed (see README) or the output of experiments.prepare; for synthetic its cache "
                         "(default ~/.cache/faml_jax)")
-    parser.add_argument("--crop-faces", action="store_true",
-                        help="AffectNet original release: cut out each image's face box from the CSV")
+    parser.add_argument("--crop-faces", action=argparse.BooleanOptionalAction, default=None,
+                        help="AffectNet original release: train and test on each image's face box from the CSV "
+                             "(default; --no-crop-faces: whole photographs; a resumed run keeps its recorded setting)")
     parser.add_argument("--skip-bad-images", action="store_true",
                         help="reading a folder: check every image first and leave out (and report) unreadable ones")
-    parser.add_argument("--model", choices=sorted(models.PRESETS), help="network (preset: r18_faml)")
+    parser.add_argument("--model", choices=sorted(models.PRESETS),
+                        help="network (preset: r18_faml); r18 = R18, r18_fa = R18+FA (FA stem and attention blocks), "
+                             "both trained with plain CE unless --loss is given; r18_faml = R18+FA with the ML loss")
+    parser.add_argument("--no-attention", action="store_true",
+                        help="FA without its attention blocks (the paper reports the same accuracy without them)")
+    parser.add_argument("--head-init", choices=["flax", "torch"], default="flax",
+                        help="initialisation of the dense head: flax (LeCun normal, zero bias; default) or torch "
+                             "(nn.Linear's uniform +-1/sqrt(fan_in))")
     parser.add_argument("--loss", choices=["ml", "ce", "lsr", "wce", "mix"],
                         help="ml: LSR or CE/WCE drawn per batch; mix: weighted sum (ablation)")
     parser.add_argument("--p-lsr", type=float, help="LSR probability of ml / weight of mix (preset)")
@@ -75,17 +84,40 @@ def add_run_arguments(parser: argparse.ArgumentParser, epochs_help: str, workdir
     parser.add_argument("--epochs", type=int, help=epochs_help)
     parser.add_argument("--batch-size", type=int, help="global batch size (preset)")
     parser.add_argument("--seed", type=int, default=0, help="seed of init, data order, loss draws, flips")
-    parser.add_argument("--init", help="start from a pre-trained backbone converted by tools.convert_torch_resnet18 "
-                        "(attention blocks and head fresh; default: random initialisation)")
+    parser.add_argument("--init", metavar="BACKBONE",
+                        help="start from a pre-trained backbone converted by tools.convert_torch_resnet18 (attention "
+                             "blocks and head fresh); required on rafdb/affectnet7/affectnet8 unless --from-scratch")
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="real data sets: train from random weights on purpose (not the paper's setting)")
     parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     parser.add_argument("--lr", type=float, help="Lr1, the first learning rate (preset; paper 3e-4, SGD 0.005)")
     parser.add_argument("--lr2", type=float, help="Lr2, the rate after the stability switch (default 1e-5)")
     parser.add_argument("--no-switch", action="store_true", help="stay with Lr1 (cosine) for the whole run")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0, as in the paper)")
+    parser.add_argument("--weight-decay-mode", choices=["decoupled", "coupled"], default="decoupled",
+                        help="decoupled: AdamW (torch.optim.AdamW; default); coupled: L2 added to the gradient "
+                             "(torch.optim.Adam(weight_decay=...), torch.optim.SGD)")
     parser.add_argument("--widths", help="stage widths, e.g. 16,32,64,128 (preset)")
     parser.add_argument("--input-size", type=int, help="input side in pixels (preset)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"],
                         help="compute dtype; parameters and BatchNorm statistics stay float32 (default: bfloat16 "
                              "on a GPU, float32 on the CPU)")
+    aug = parser.add_argument_group(
+        "augmentation and sampling (METHOD 1; on the device, in the train step)",
+        "The paper flips only. --augment dan|posterpp takes the settings of those PyTorch code bases; the "
+        "flags below override single values.")
+    aug.add_argument("--augment", choices=sorted(AUGMENT_PRESETS), default="paper",
+                     help="paper: flip p 0.5 (default); dan: + rotation 20 deg with padded crop (p 0.2) and random "
+                          "erasing 0.02-0.25; posterpp: + random erasing 0.02-0.1")
+    aug.add_argument("--flip", type=float, metavar="P", help="horizontal flip probability (0.5)")
+    aug.add_argument("--rotate", type=float, metavar="P", help="probability of rotation + padded random crop")
+    aug.add_argument("--rotate-degrees", type=float, metavar="DEG", help="rotation range +-DEG (20)")
+    aug.add_argument("--crop-padding", type=int, metavar="PX", help="padding of the random crop in pixels (32)")
+    aug.add_argument("--color-jitter", metavar="B,C,S", help="brightness, contrast, saturation strengths (0,0,0)")
+    aug.add_argument("--erasing", type=float, metavar="P", help="random erasing probability")
+    aug.add_argument("--erasing-scale", metavar="LO,HI", help="erased area range, fraction of the image (0.02,0.33)")
+    aug.add_argument("--balanced", action="store_true",
+                     help="class-balanced sampler: draw training examples with replacement by inverse class frequency")
     parser.add_argument("--train-size", type=int, help="synthetic: training images (default 10000)")
     parser.add_argument("--test-size", type=int, help="synthetic: test images (default 1000)")
     parser.add_argument("--workdir", help=workdir_help)
@@ -104,8 +136,32 @@ def add_run_arguments(parser: argparse.ArgumentParser, epochs_help: str, workdir
     hosts.add_argument("--process-id", type=int, help="this process's index, 0 .. num-processes - 1")
 
 
+def floats(text: str, count: int, flag: str) -> tuple[float, ...]:
+    """``count`` comma-separated numbers of a flag's value."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise UsageError(f"{flag} takes {count} comma-separated numbers, got {text!r}")
+    return values
+
+
+def resolve_augment(args: argparse.Namespace) -> AugmentConfig:
+    """The ``--augment`` preset with the single-value flags given on top."""
+    fields = {
+        "flip": args.flip, "rotate_p": args.rotate, "rotate_degrees": args.rotate_degrees,
+        "crop_padding": args.crop_padding, "erasing_p": args.erasing,
+        "erasing_scale": floats(args.erasing_scale, 2, "--erasing-scale") if args.erasing_scale else None,
+    }
+    if args.color_jitter:
+        fields.update(zip(("brightness", "contrast", "saturation"), floats(args.color_jitter, 3, "--color-jitter")))
+    return dataclasses.replace(AUGMENT_PRESETS[args.augment], **{k: v for k, v in fields.items() if v is not None})
+
+
 def resolve_config(args: argparse.Namespace) -> RunConfig:
-    """The run's configuration: the data set's preset, overridden by the flags given."""
+    """The run's configuration: the data set's preset, overridden by the flags given. R18 and
+    R18+FA train with plain CE unless ``--loss`` is given (METHOD 2)."""
     preset = RUN_PRESETS[args.dataset]
     model_name = preset["model_name"] if args.model is None else args.model
     model_fields = dict(preset["model"])
@@ -117,7 +173,8 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     if args.input_size is not None:
         model_fields["input_size"] = args.input_size
     model_fields["dtype"] = args.dtype or default_compute_dtype(jax.default_backend())
-    loss = preset["loss"]
+    model_fields["head_init"] = args.head_init
+    loss = preset["loss"] if args.loss is not None else model_loss(args.dataset, model_name)
     loss = dataclasses.replace(
         loss,
         **{k: v for k, v in dict(kind=args.loss, p_lsr=args.p_lsr, weighted=args.weighted).items() if v is not None},
@@ -133,20 +190,32 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         k: v for k, v in dict(train_size=args.train_size, test_size=args.test_size).items() if v is not None
     })
     num_classes = 8 if args.dataset == "affectnet8" else 7
-    return RunConfig(
+    config = RunConfig(
         model_name=model_name,
-        model=models.with_preset(ModelConfig(num_classes=num_classes, **model_fields), model_name),
+        model=models.with_preset(ModelConfig(num_classes=num_classes, **model_fields), model_name,
+                                 attention=False if args.no_attention else None),
         loss=loss,
-        optim=OptimConfig(name=args.optimizer, learning_rate=schedule.lr1),
+        optim=OptimConfig(name=args.optimizer, learning_rate=schedule.lr1, weight_decay=args.weight_decay,
+                          weight_decay_mode=args.weight_decay_mode),
         schedule=schedule,
         data=DataConfig(dataset=args.dataset, data_dir=args.data_dir, synthetic=synthetic, num_threads=args.threads,
-                        crop_faces=args.crop_faces, skip_bad_images=args.skip_bad_images),
+                        crop_faces=True if args.crop_faces is None else args.crop_faces,
+                        skip_bad_images=args.skip_bad_images, balanced=args.balanced),
         epochs=preset["epochs"] if args.epochs is None else args.epochs,
         batch_size=preset["batch_size"] if args.batch_size is None else args.batch_size,
         seed=args.seed,
         keep_checkpoints=args.keep,
         init=str(Path(args.init).expanduser().absolute()) if args.init else None,
+        augment=resolve_augment(args),
     )
+    check_pretrained_start(config, from_scratch=args.from_scratch)
+    return config
+
+
+def kept_on_resume(args: argparse.Namespace) -> tuple[str, ...]:
+    """Fields whose recorded value a resumed run keeps (``adopt_recorded``): settings whose
+    default changed since earlier runs were made, unless the flag is given now."""
+    return ("schedule.lr1_min",) + (("data.crop_faces",) if args.crop_faces is None else ())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,12 +223,16 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
 
 
 def run(config: RunConfig, workdir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
-        progress: bool = True, log=print, stop_after: int | None = None) -> dict:
+        progress: bool = True, log=print, stop_after: int | None = None,
+        keep_recorded: tuple[str, ...] = ()) -> dict:
     """Train, evaluate and checkpoint one network; returns the summary (also in summary.json).
 
     ``stop_after`` ends this call after that many epochs (as if interrupted there; the run is
-    continued with ``resume=True``)."""
+    continued with ``resume=True``). ``keep_recorded``: dotted fields a resumed run takes from its
+    saved config.json (``runner.adopt_recorded``)."""
     workdir = Path(workdir)
+    if resume and keep_recorded:
+        config = adopt_recorded(config, recorded_config(workdir), keep_recorded)
     Setup.check_batch(config)
     prepare_workdir(workdir, config, resume, overwrite)
     setup = Setup(config, log)
@@ -201,7 +274,8 @@ def main(argv=None) -> int:
     def body(args):
         config = resolve_config(args)
         workdir = process_workdir(Path(args.workdir or f"runs/{args.dataset}-{config.model_name}-seed{args.seed}"))
-        run(config, workdir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+        run(config, workdir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+            keep_recorded=kept_on_resume(args))
 
     return run_cli(build_parser(), argv, body)
 

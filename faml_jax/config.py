@@ -13,6 +13,7 @@ import typing
 from typing import Literal
 
 from faml_jax.data.synthetic import SyntheticConfig
+from faml_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +79,9 @@ class ModelConfig:
         heads and MLP expansion of each attention block's small ViT.
       dtype: compute dtype ("float32" or "bfloat16"); parameters and BatchNorm statistics stay
         float32.
+      head_init: initialisation of the dense head: "flax" (LeCun normal weights, zero bias: Flax's
+        ``nn.Dense`` default) or "torch" (PyTorch's ``nn.Linear`` default: weights and bias uniform
+        in +-1/sqrt(fan_in)), to match a PyTorch baseline's fresh head.
     """
 
     num_classes: int = 7
@@ -93,6 +97,7 @@ class ModelConfig:
     attn_heads: int = 4
     attn_mlp_ratio: float = 2.0
     dtype: Literal["float32", "bfloat16"] = "float32"
+    head_init: Literal["flax", "torch"] = "flax"
 
     def __post_init__(self):
         if self.num_classes < 2:
@@ -114,6 +119,8 @@ class ModelConfig:
             region.pixels(self.input_size)  # raises for a region that is empty at this size
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.head_init not in ("flax", "torch"):
+            raise ValueError(f"head_init must be 'flax' or 'torch', got {self.head_init!r}")
 
 
 LossKind = Literal["ml", "ce", "lsr", "wce", "mix"]
@@ -169,7 +176,11 @@ class OptimConfig:
       learning_rate: initial learning rate (Lr1 = 3e-4).
       b1, b2, eps: Adam moments and epsilon (optax/PyTorch defaults).
       momentum, nesterov: SGD only.
-      weight_decay: decoupled weight decay (0 = none, as in the paper).
+      weight_decay: weight decay (0 = none, as in the paper).
+      weight_decay_mode: "decoupled" (AdamW: ``param -= lr * wd * param`` beside Adam's update;
+        ``torch.optim.AdamW``) or "coupled" (an L2 term ``wd * param`` added to the gradient before
+        the optimiser: what ``torch.optim.Adam(weight_decay=...)`` and ``torch.optim.SGD`` do).
+        SGD always takes it coupled, as PyTorch's SGD does.
     """
 
     name: Literal["adam", "sgd"] = "adam"
@@ -180,10 +191,15 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
+    weight_decay_mode: Literal["decoupled", "coupled"] = "decoupled"
 
     def __post_init__(self):
         if self.name not in ("adam", "sgd"):
             raise ValueError(f"unknown optimiser {self.name!r}; expected 'adam' or 'sgd'")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.weight_decay_mode not in ("decoupled", "coupled"):
+            raise ValueError(f"weight_decay_mode must be 'decoupled' or 'coupled', got {self.weight_decay_mode!r}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
 
@@ -192,7 +208,8 @@ class OptimConfig:
 class ScheduleConfig:
     """Attributes:
       lr1: initial learning rate of the first regime (Lr1).
-      lr1_min: floor of its cosine annealing.
+      lr1_min: floor of its cosine annealing; None (default, [choice] METHOD 2.4): Lr2, so the
+        cosine ends where Lr2 starts and the switch never raises the learning rate.
       lr1_epochs: length of the cosine period in epochs (None: the run's epochs).
       lr2: learning rate after the switch (Lr2).
       lr2_step_epochs, lr2_gamma: [choice] step decay of Lr2: times gamma every step_epochs epochs.
@@ -203,7 +220,7 @@ class ScheduleConfig:
     """
 
     lr1: float = 3e-4
-    lr1_min: float = 0.0
+    lr1_min: float | None = None
     lr1_epochs: int | None = None
     lr2: float = 1e-5
     lr2_step_epochs: int = 10
@@ -218,6 +235,13 @@ class ScheduleConfig:
             raise ValueError(f"window must be >= 2 epochs, got {self.window}")
         if self.lr1 <= 0 or self.lr2 <= 0:
             raise ValueError("learning rates must be positive")
+        if self.lr1_min is not None and not 0 <= self.lr1_min <= self.lr1:
+            raise ValueError(f"lr1_min must be in [0, lr1={self.lr1}], got {self.lr1_min}")
+
+    @property
+    def lr1_floor(self) -> float:
+        """Where Lr1's cosine ends: ``lr1_min``, or Lr2 when it is None (capped at Lr1)."""
+        return min(self.lr2, self.lr1) if self.lr1_min is None else self.lr1_min
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,17 +254,94 @@ class DataConfig:
         for the real data sets: the folder as distributed, or the output of experiments.prepare).
       synthetic: size and difficulty of the synthetic set.
       num_threads: grain host threads that read and resize images.
-      crop_faces: AffectNet's original release: train and test on the CSV's face box.
+      crop_faces: AffectNet's original release (whole photographs with a face box per CSV row):
+        train and test on the face boxes ([choice] METHOD 1: the paper's "aligned" faces are those
+        boxes; default on). Layouts whose images are already faces (RAF-DB's aligned crops,
+        AffectNet's re-distributed crops) are read as they are either way.
       skip_bad_images: reading a folder directly: check every image when opening and leave out
         the unreadable ones (reported) instead of failing when one is read.
+      balanced: draw each epoch's training examples with replacement, with probability inversely
+        proportional to their class's size (every class equally likely per draw; DAN's
+        imbalanced-data sampler on AffectNet; METHOD 1 [choice]: off in the paper presets).
+        Deterministic per seed and epoch; an epoch has as many draws as the split has examples.
     """
 
     dataset: str = "synthetic"
     data_dir: str | None = None
     synthetic: SyntheticConfig = SyntheticConfig()
     num_threads: int = 4
-    crop_faces: bool = False
+    crop_faces: bool = True
     skip_bad_images: bool = False
+    balanced: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentations, run on the device inside the compiled train step from the uint8
+    batch (``faml_jax.preprocess.augment``); the host only decodes and resizes. Every draw comes
+    from the step's key and the image's index in the global batch, so N devices equal 1 device.
+
+    The paper's only augmentation is the horizontal flip (METHOD 1); the others are what the
+    PyTorch code bases people compare with add ([choice] METHOD 1: options, off in the paper
+    presets; ``AUGMENT_PRESETS`` has DAN's and POSTER++'s settings).
+
+    Attributes:
+      flip: probability of the random horizontal flip (paper: 0.5).
+      rotate_p: probability of DAN's rotation + padded random crop (applied together, as
+        ``RandomApply([RandomRotation(degrees), RandomCrop(size, padding)], p)``); 0 = off.
+      rotate_degrees: the rotation angle is uniform in +-degrees (nearest-neighbour, zero fill,
+        as torchvision's ``RandomRotation``).
+      crop_padding: the random crop pads the image by this many pixels on every side (zeros) and
+        cuts out an input-sized window at a uniform offset (DAN: 32 at 224 px).
+      brightness, contrast, saturation: colour jitter strengths as torchvision's ``ColorJitter``:
+        each factor uniform in [max(0, 1 - s), 1 + s], the three applied in a random order; 0 = off.
+      erasing_p: probability of random erasing (torchvision's ``RandomErasing``, value 0 after
+        normalisation, i.e. the mean colour); 0 = off.
+      erasing_scale: range of the erased area as a fraction of the image.
+      erasing_ratio: range of the erased rectangle's aspect ratio (drawn log-uniformly).
+    """
+
+    flip: float = 0.5
+    rotate_p: float = 0.0
+    rotate_degrees: float = 20.0
+    crop_padding: int = 32
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    erasing_p: float = 0.0
+    erasing_scale: tuple[float, float] = (0.02, 0.33)
+    erasing_ratio: tuple[float, float] = (0.3, 3.3)
+
+    def __post_init__(self):
+        for name in ("flip", "rotate_p", "erasing_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
+        for name in ("rotate_degrees", "brightness", "contrast", "saturation"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.crop_padding < 0:
+            raise ValueError(f"crop_padding must be >= 0 pixels, got {self.crop_padding}")
+        lo, hi = self.erasing_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"erasing_scale must satisfy 0 < low <= high <= 1, got {self.erasing_scale}")
+        lo, hi = self.erasing_ratio
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"erasing_ratio must satisfy 0 < low <= high, got {self.erasing_ratio}")
+
+    @property
+    def color(self) -> bool:
+        return bool(self.brightness or self.contrast or self.saturation)
+
+
+# The augmentations of the code bases people compare with (METHOD 1), for ``--augment``:
+# DAN (RAF-DB): RandomApply([RandomRotation(20), RandomCrop(224, padding=32)], p=0.2), then
+# RandomErasing(scale=(0.02, 0.25)); POSTER++: RandomErasing(scale=(0.02, 0.1)). Both keep the flip.
+# RandomErasing's other arguments are torchvision's defaults (p 0.5, ratio 0.3-3.3).
+AUGMENT_PRESETS: dict[str, AugmentConfig] = {
+    "paper": AugmentConfig(),
+    "dan": AugmentConfig(rotate_p=0.2, rotate_degrees=20.0, crop_padding=32, erasing_p=0.5, erasing_scale=(0.02, 0.25)),
+    "posterpp": AugmentConfig(erasing_p=0.5, erasing_scale=(0.02, 0.1)),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,7 +360,9 @@ class RunConfig:
       init: a converted pre-trained backbone (``tools.convert_torch_resnet18``) the network starts
         from: its ResNet weights and BatchNorm statistics, the FA auxiliary convolutions as copies
         of conv1 (METHOD 2.1); attention blocks, fusion weights and the head fresh. None: random
-        initialisation from ``seed``.
+        initialisation from ``seed`` (for the real data sets only when asked for: see
+        ``check_pretrained_start``).
+      augment: training augmentations (flip only in the paper presets).
     """
 
     model_name: str
@@ -274,6 +377,7 @@ class RunConfig:
     eval_batch_size: int = 256
     keep_checkpoints: int = 3
     init: str | None = None
+    augment: AugmentConfig = AugmentConfig()
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -352,6 +456,36 @@ RUN_PRESETS: dict[str, dict] = {
     "affectnet7": dict(model_name="r18_faml", model={}, loss=LOSS_PRESETS["affectnet7"], schedule={}, batch_size=256, epochs=20),
     "affectnet8": dict(model_name="r18_faml", model={}, loss=LOSS_PRESETS["affectnet8"], schedule={}, batch_size=256, epochs=20),
 }
+
+
+# The paper's setting on the real data sets starts every network from a pre-trained ResNet18
+# (METHOD 2); the synthetic demo trains from scratch.
+PRETRAINED_DATASETS = ("rafdb", "affectnet7", "affectnet8")
+# Models of the paper's ablation rows trained with plain CE (METHOD 2 [choice], every data set).
+CE_MODELS = ("r18", "r18_fa")
+
+
+def model_loss(dataset: str, model_name: str) -> LossConfig:
+    """The training loss of ``model_name`` on ``dataset`` (METHOD 2): R18 and R18+FA plain CE on
+    every data set; R18+FAML the data set's ML loss (``LOSS_PRESETS``)."""
+    if model_name in CE_MODELS:
+        return LossConfig(kind="ce")
+    return RUN_PRESETS[dataset]["loss"]
+
+
+def check_pretrained_start(config: "RunConfig", from_scratch: bool = False) -> None:
+    """Refuse a run on a real data set that would start from random weights unless
+    ``from_scratch`` says that is meant (METHOD 2: every model of the paper starts from a
+    pre-trained ResNet18; from scratch a RAF-DB run lands tens of points below the paper).
+    Raises ``ConfigError`` with a one-line message naming the way to a backbone."""
+    dataset = config.data.dataset
+    if dataset in PRETRAINED_DATASETS and config.init is None and not from_scratch:
+        raise ConfigError(
+            f"{dataset} runs start from a pre-trained ResNet18 (the paper's setting; from random weights they land "
+            "far below it): give --init BACKBONE, converted by `python -m tools.convert_torch_resnet18` from the "
+            "MS-Celeb-1M ResNet18 distributed with the DAN code base (resnet18_msceleb.pth) or from torchvision's "
+            "ImageNet resnet18 weights (the paper's RI18 baseline), or pass --from-scratch to train from random "
+            "weights knowingly")
 
 
 def default_compute_dtype(backend: str) -> str:

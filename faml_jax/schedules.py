@@ -2,7 +2,9 @@
 
 Training starts with Lr1 (3e-4, cosine annealing) and switches to Lr2 (1e-5, step decay) once the
 training loss is stable: over the last K epochs the range (max - min) of the training loss and of
-the training accuracy are both under thresholds. The same detector decides when a network is
+the training accuracy are both under thresholds. The loss the detector reads is the *reference*
+loss, plain CE of every training batch (METHOD 2.4 [choice]; ``train_ce`` in the train step's
+metrics), not the sampled ML loss, whose LSR/CE draws alone move an epoch's mean by about 0.01. The same detector decides when a network is
 "well trained" for FGA. Everything here is plain host-side Python on per-epoch numbers; the
 learning rate reaches the compiled step as an argument.
 """
@@ -46,10 +48,14 @@ class LrState:
 
 def learning_rate(config: ScheduleConfig, state: LrState, epoch: int, step_in_epoch: int,
                   steps_per_epoch: int, total_epochs: int) -> float:
-    """The learning rate of one step (``epoch`` counted from 0)."""
+    """The learning rate of one step (``epoch`` counted from 0).
+
+    Lr1: cosine from ``lr1`` at the first step to ``lr1_floor`` (Lr2 by default, METHOD 2.4
+    [choice]) at the end of the planned epochs, so switching to Lr2 never raises the rate; Lr2:
+    ``lr2 * lr2_gamma ** (epochs since the switch // lr2_step_epochs)``."""
     if state.switch_epoch is None:
         period = (config.lr1_epochs or total_epochs) * steps_per_epoch
-        return cosine_lr((epoch * steps_per_epoch + step_in_epoch) / max(period, 1), config.lr1, config.lr1_min)
+        return cosine_lr((epoch * steps_per_epoch + step_in_epoch) / max(period, 1), config.lr1, config.lr1_floor)
     decays = (epoch - state.switch_epoch) // config.lr2_step_epochs
     return config.lr2 * config.lr2_gamma ** max(decays, 0)
 

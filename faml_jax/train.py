@@ -2,8 +2,11 @@
 
 The step is a pure function ``(state, batch, learning_rate) -> (state, metrics)``:
 
-* inputs arrive as uint8 NHWC; the random horizontal flip and the normalisation run inside the
-  compiled step;
+* inputs arrive as uint8 NHWC; the random horizontal flip, the optional augmentations
+  (``AugmentConfig``) and the normalisation run inside the compiled step;
+* beside the sampled training loss (ML draws LSR or CE per batch) the step computes the reference
+  loss ``train_ce``, plain CE of the same logits (METHOD 2.4 [choice]: what the stability detector
+  and FGA read);
 * the ML loss is drawn from a key derived from ``(state.rng, state.step)``, identical on every
   device, so all devices take the same loss branch;
 * under ``pmap`` gradients and metrics are averaged over devices and BatchNorm statistics are
@@ -24,9 +27,14 @@ import numpy as np
 import optax
 
 from faml_jax import models
-from faml_jax.config import LossConfig, OptimConfig
-from faml_jax.losses import make_loss_fn
-from faml_jax.preprocess import normalize, random_flip
+from faml_jax.config import AugmentConfig, LossConfig, OptimConfig
+from faml_jax.losses import ce_loss, make_loss_fn
+from faml_jax.preprocess import augment as augment_batch
+from faml_jax.preprocess import normalize
+
+# Folded into the step's key for the augmentations other than the flip (a run without them draws
+# its loss and flips exactly as before they existed).
+AUGMENT_TAG = 0xA06
 
 AXIS = "batch"  # the pmap axis name of the data-parallel step
 MEMBER_AXIS = "member"  # the pmap axis name of the member-parallel step (one network per device)
@@ -55,22 +63,27 @@ class TrainState:
 
 
 def make_optimizer(config: OptimConfig) -> optax.GradientTransformation:
-    """Adam (or SGD with momentum) whose learning rate lives in the state, settable per step."""
+    """Adam (or SGD with momentum) whose learning rate lives in the state, settable per step.
+
+    Weight decay (``config.weight_decay``): "decoupled" is AdamW (``torch.optim.AdamW``);
+    "coupled" adds ``wd * param`` to the gradient first (``torch.optim.Adam(weight_decay=...)``,
+    and what SGD always does, as ``torch.optim.SGD``)."""
     if config.name == "adam":
-        if config.weight_decay:
+        if config.weight_decay and config.weight_decay_mode == "decoupled":
             return optax.inject_hyperparams(optax.adamw)(
                 learning_rate=config.learning_rate, b1=config.b1, b2=config.b2, eps=config.eps,
                 weight_decay=config.weight_decay,
             )
-        return optax.inject_hyperparams(optax.adam)(
+        core = optax.inject_hyperparams(optax.adam)(
             learning_rate=config.learning_rate, b1=config.b1, b2=config.b2, eps=config.eps
         )
-    sgd = optax.inject_hyperparams(optax.sgd)(
-        learning_rate=config.learning_rate, momentum=config.momentum, nesterov=config.nesterov
-    )
+    else:
+        core = optax.inject_hyperparams(optax.sgd)(
+            learning_rate=config.learning_rate, momentum=config.momentum, nesterov=config.nesterov
+        )
     if config.weight_decay:
-        return optax.chain(optax.add_decayed_weights(config.weight_decay), sgd)
-    return sgd
+        return optax.chain(optax.add_decayed_weights(config.weight_decay), core)
+    return core
 
 
 def set_learning_rate(opt_state, learning_rate):
@@ -110,13 +123,21 @@ def make_train_step(
     *,
     axis_name: str | None = AXIS,
     flip: bool = True,
+    augment: AugmentConfig | None = None,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
     """The pure train step. With ``axis_name`` it must run under ``pmap``/``shard_map`` with that
     axis (see ``parallel_train_step``); with None it is a single-device step for ``jax.jit``.
 
-    Metrics (averaged over devices): ``loss``, ``accuracy`` (of the training forward pass),
-    ``lsr`` (weight of LSR in this step's loss) and ``learning_rate``.
+    ``augment``: the training augmentations (default: the paper's flip with p = 0.5, or none when
+    ``flip`` is False).
+
+    Metrics (averaged over devices): ``loss`` (the sampled training loss), ``train_ce`` (the
+    reference loss: plain CE of the same logits, no second forward pass), ``accuracy`` (of the
+    training forward pass), ``lsr`` (weight of LSR in this step's loss) and ``learning_rate``.
     """
+    if augment is None:
+        augment = AugmentConfig(flip=0.5 if flip else 0.0)
+
     def train_step(state: TrainState, batch: Batch, learning_rate) -> tuple[TrainState, Metrics]:
         # One device on the axis: nothing to average (an all-reduce over one device still copies
         # every gradient; 0.371 s against 0.353 s for the ResNet18 step on our CPU).
@@ -126,10 +147,8 @@ def make_train_step(
         step_key = jax.random.fold_in(state.rng, state.step)
         loss_key, flip_key = jax.random.split(step_key)
         images, labels = batch["image"], batch["label"]
-        if flip:
-            first = 0 if axis_name is None else jax.lax.axis_index(axis_name) * images.shape[0]
-            images = random_flip(flip_key, images, first)
-        x = normalize(images)
+        first = 0 if axis_name is None else jax.lax.axis_index(axis_name) * images.shape[0]
+        x = augment_batch(flip_key, jax.random.fold_in(step_key, AUGMENT_TAG), images, augment, first)
 
         def objective(params):
             logits, mutated = net.apply(
@@ -146,6 +165,7 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         metrics = {
             "loss": loss,
+            "train_ce": ce_loss(logits, labels),
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels).astype(jnp.float32),
             "lsr": lsr,
             "learning_rate": jnp.asarray(learning_rate, jnp.float32),
@@ -166,11 +186,12 @@ def parallel_train_step(
     *,
     devices=None,
     flip: bool = True,
+    augment: AugmentConfig | None = None,
 ):
     """The train step ``pmap``-ed over ``devices`` (default: all local devices), state buffers
     donated. Call it with a replicated state (``replicate``), a batch sharded over devices
     (``shard``) and a scalar learning rate; metrics come back replicated."""
-    step = make_train_step(model, tx, loss_config, class_weights, axis_name=AXIS, flip=flip)
+    step = make_train_step(model, tx, loss_config, class_weights, axis_name=AXIS, flip=flip, augment=augment)
     return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), devices=devices, donate_argnums=(0,))
 
 
@@ -182,6 +203,7 @@ def member_parallel_train_step(
     *,
     devices=None,
     flip: bool = True,
+    augment: AugmentConfig | None = None,
 ):
     """Train several networks side by side, one per device (as the paper trained its population
     on several GPUs): the single-network step ``pmap``-ed over a *member* axis.
@@ -193,7 +215,7 @@ def member_parallel_train_step(
     ``active=False`` comes back unchanged (used to pad a group to the device count, or to hold a
     member that is already trained). Metrics are per member.
     """
-    step = make_train_step(model, tx, loss_config, class_weights, axis_name=None, flip=flip)
+    step = make_train_step(model, tx, loss_config, class_weights, axis_name=None, flip=flip, augment=augment)
 
     def masked_step(state: TrainState, batch: Batch, learning_rate, active):
         new, metrics = step(state, batch, learning_rate)

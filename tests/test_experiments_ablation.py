@@ -28,7 +28,8 @@ def ablated(tmp_path_factory):
 def test_single_network_rows_share_seeds_and_budget(ablated):
     workdir, base, result, _ = ablated
     assert result["seeds"] == [7, 8]
-    for row, model, loss in [("R18", "r18", "wce"), ("R18+FA", "r18_fa", "wce"), ("R18+FAML", "r18_faml", "ml")]:
+    # METHOD 2: R18 and R18+FA plain CE on every data set (base weights classes: not these rows).
+    for row, model, loss in [("R18", "r18", "ce"), ("R18+FA", "r18_fa", "ce"), ("R18+FAML", "r18_faml", "ml")]:
         accuracies = []
         for seed in (7, 8):
             run_dir = workdir / model / f"seed{seed}"
@@ -36,7 +37,7 @@ def test_single_network_rows_share_seeds_and_budget(ablated):
             assert (config["model_name"], config["loss"]["kind"], config["seed"]) == (model, loss, seed)
             assert config["epochs"] == 2 and config["batch_size"] == base.batch_size
             assert config["schedule"] == json.loads((workdir / "r18" / "seed7" / "config.json").read_text())["schedule"]
-            assert config["model"]["attention"] == (model == "r18_faml")
+            assert config["model"]["attention"] == (model != "r18")  # FA = fusion stem + attention blocks
             assert bool(config["model"]["fa_regions"]) == (model != "r18")
             accuracies.append(100 * json.loads((run_dir / "summary.json").read_text())["final_test_accuracy"])
         r = result["rows"][row]
@@ -67,7 +68,7 @@ def test_fga_and_t2v_rows(ablated):
     assert [m["name"] for m in report["members"]] == survivors
     assert result["rows"]["R18+FAML-FGA-T2V"]["accuracy"] == report["ensemble"]["t2v"]["accuracy"]
     table = (workdir / "table2.md").read_text()
-    assert all(f"| {row} |" in table for row in ablation.ROWS)
+    assert all(f"| {row} |" in table or f"| {row} (2 nets) |" in table for row in ablation.ROWS)
     assert json.loads((workdir / "table2.json").read_text())["rows"] == result["rows"]
 
 
@@ -86,3 +87,24 @@ def test_cli_rejects_model_and_loss(capsys):
     assert "chooses each row's --model and --loss" in capsys.readouterr().err
     assert ablation.main(["--networks", "1", "--workdir", "/nonexistent/x"]) == 2
     assert "at least 2 networks" in capsys.readouterr().err
+
+
+def test_paper_column_takes_the_ensemble_size_that_was_run():
+    """METHOD 5: the FGA-T2V row by ensemble size; the paper's T2V rows use 6 networks."""
+    assert ablation.build_parser().parse_args([]).networks == 6
+    assert ablation.paper_accuracy("rafdb", "R18+FAML-FGA-T2V", 6) == 91.59
+    assert ablation.paper_accuracy("rafdb", "R18+FAML-FGA-T2V", 4) == 91.30
+    assert ablation.paper_accuracy("affectnet8", "R18+FAML-FGA-T2V", 5) == 62.99
+    assert ablation.paper_accuracy("affectnet7", "R18+FAML-FGA-T2V", 4) is None  # not reported
+    assert ablation.paper_accuracy("rafdb", "R18+FA", 4) == 88.72
+
+
+def test_variant_rows_keep_attention_off_when_asked():
+    base = tiny_config("/tmp/unused", 1)
+    no_attention = base.__class__(**{**base.__dict__, "model": base.model.__class__(
+        **{**base.model.__dict__, "attention": False})})
+    for row, model in ablation.VARIANTS.items():
+        config = ablation.variant_config(no_attention, row)
+        assert not config.model.attention
+        assert bool(config.model.fa_regions) == (model != "r18")
+        assert config.loss.kind == ("ml" if model == "r18_faml" else "ce")

@@ -185,17 +185,65 @@ def test_existing_run_needs_resume_and_a_matching_configuration(uninterrupted, c
 
 
 def test_a_configuration_saved_before_a_field_was_added_still_resumes(tmp_path):
-    """config.json written by an earlier version (without the data fields added since) compares
-    equal to the same configuration now: missing fields take their defaults."""
+    """config.json written by an earlier version (without the fields added since) compares equal
+    to the same configuration now: missing fields take their defaults, except those whose
+    default changed since (``LEGACY_DEFAULTS``: AffectNet's face boxes were off)."""
     from experiments.runner import prepare_workdir
 
     config = tiny_config(tmp_path / "data", epochs=2)
     workdir = tmp_path / "run"
     workdir.mkdir()
     saved = train_program.config_to_json(config)
-    del saved["data"]["crop_faces"], saved["data"]["skip_bad_images"]
+    del saved["data"]["skip_bad_images"], saved["data"]["balanced"], saved["augment"], saved["model"]["head_init"]
     (workdir / "config.json").write_text(json.dumps(saved))
     prepare_workdir(workdir, config, resume=True, overwrite=False)  # no "another configuration" error
+    del saved["data"]["crop_faces"]
+    (workdir / "config.json").write_text(json.dumps(saved))
     with pytest.raises(train_program.UsageError, match=r"data.crop_faces \(False in the checkpoint, True now\)"):
-        prepare_workdir(workdir, dataclasses.replace(config, data=dataclasses.replace(config.data, crop_faces=True)),
-                        resume=True, overwrite=False)
+        prepare_workdir(workdir, config, resume=True, overwrite=False)
+    # The programs keep a resumed run's recorded setting (unless the flag is given again).
+    kept = train_program.adopt_recorded(config, saved, ("data.crop_faces", "schedule.lr1_min"))
+    assert kept.data.crop_faces is False and kept.schedule.lr1_min is None
+    saved["schedule"]["lr1_min"] = 0.0  # a run made when Lr1's cosine ended at 0
+    assert train_program.adopt_recorded(config, saved, ("schedule.lr1_min",)).schedule.lr1_min == 0.0
+    prepare_workdir(workdir, kept, resume=True, overwrite=False)
+
+
+@pytest.mark.parametrize("program", ["train", "evolve", "ablation"])
+@pytest.mark.parametrize("dataset", ["rafdb", "affectnet7", "affectnet8"])
+def test_real_data_sets_refuse_to_start_from_random_weights(program, dataset, capsys, tmp_path):
+    """METHOD 2: every model of the paper starts pre-trained; without --init a real data set run
+    is refused in one line that names the converter and the usual sources, before any data is
+    read (the data folder does not even exist here)."""
+    import importlib
+
+    main = importlib.import_module(f"experiments.{program}").main
+    common = ["--dataset", dataset, "--data-dir", str(tmp_path / "absent"), "--workdir", str(tmp_path / "w")]
+    assert main(common) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    for needle in ("pre-trained ResNet18", "--init", "python -m tools.convert_torch_resnet18", "resnet18_msceleb.pth",
+                   "ImageNet", "--from-scratch"):
+        assert needle in err, (needle, err)
+    assert not (tmp_path / "w").exists()
+    # With --from-scratch it starts (and fails later, on the missing folder, naming it).
+    assert main(common + ["--from-scratch"]) == 2
+    assert "absent" in capsys.readouterr().err
+
+
+def test_model_presets_follow_the_papers_rows():
+    """METHOD 2: R18 and R18+FA train with plain CE (every data set), R18+FAML with ML; FA is
+    the fusion stem and the attention blocks; --no-attention keeps the stem only."""
+    parse = lambda *a: train_program.resolve_config(train_program.build_parser().parse_args(list(a)))  # noqa: E731
+    for dataset in ("synthetic", "affectnet8"):
+        scratch = ("--from-scratch",) if dataset != "synthetic" else ()
+        r18 = parse("--dataset", dataset, "--model", "r18", *scratch)
+        fa = parse("--dataset", dataset, "--model", "r18_fa", *scratch)
+        faml = parse("--dataset", dataset, *scratch)
+        assert r18.loss.kind == fa.loss.kind == "ce" and not r18.loss.needs_class_weights
+        assert faml.loss.kind == "ml" and faml.loss.weighted == (dataset == "affectnet8")
+        assert fa.model == faml.model and fa.model.attention and fa.model.fa_regions
+        assert not r18.model.attention and not r18.model.fa_regions
+    stem_only = parse("--model", "r18_fa", "--no-attention")
+    assert stem_only.model.fa_regions and not stem_only.model.attention
+    assert parse("--model", "r18", "--loss", "ml").loss.kind == "ml"  # an explicit --loss wins

@@ -95,13 +95,19 @@ def test_crop_faces_cuts_out_the_csv_box(folders):
     folder = folders["original"]
     with open(folder / "Manually_Annotated_file_lists" / "training.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if int(r["expression"]) < 8]
-    whole = data.open_dataset("affectnet8", folder)
-    cropped = data.open_dataset("affectnet8", folder, crop_faces=True)
+    whole = data.open_dataset("affectnet8", folder, crop_faces=False)
+    cropped = data.open_dataset("affectnet8", folder)  # METHOD 1 [choice]: the face boxes by default
     for i in (0, 5, len(rows) - 1):
         x, y, w, h = (int(rows[i][k]) for k in ("face_x", "face_y", "face_width", "face_height"))
         np.testing.assert_array_equal(cropped.train[i]["image"], whole.train[i]["image"][y:y + h, x:x + w])
-    with pytest.raises(DataError, match="no face boxes"):
-        data.open_dataset("rafdb", folders["rafdb"], crop_faces=True)
+    assert any("face boxes" in note for note in cropped.notes)
+    assert any("whole photographs" in note for note in whole.notes)
+    # Layouts of faces (no boxes) are read as they are either way.
+    for name, layout in (("rafdb", "rafdb"), ("affectnet8", "npy")):
+        a = data.open_dataset(name, folders[layout], crop_faces=True)
+        b = data.open_dataset(name, folders[layout], crop_faces=False)
+        np.testing.assert_array_equal(a.train[0]["image"], b.train[0]["image"])
+        assert a.notes == b.notes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,26 +138,29 @@ def test_prepared_data_is_identical_to_the_folder(folders, tmp_path, dataset, fo
 
 def test_crop_faces_from_prepared_data(folders, tmp_path):
     quiet_prepare("affectnet8", folders["original"], tmp_path)
-    a = data.open_dataset("affectnet8", folders["original"], crop_faces=True)
-    b = data.open_dataset("affectnet8", tmp_path, crop_faces=True)
+    a = data.open_dataset("affectnet8", folders["original"])
+    b = data.open_dataset("affectnet8", tmp_path)
     for i in range(len(a.train)):
         np.testing.assert_array_equal(a.train[i]["image"], b.train[i]["image"])
+    assert a.notes == b.notes
+    whole = data.open_dataset("affectnet8", tmp_path, crop_faces=False)
+    assert whole.train[0]["image"].shape != b.train[0]["image"].shape
     quiet_prepare("affectnet8", folders["npy"], tmp_path / "npy")
-    with pytest.raises(DataError, match="without face boxes"):
-        data.open_dataset("affectnet8", tmp_path / "npy", crop_faces=True)
+    npy = data.open_dataset("affectnet8", tmp_path / "npy")  # already faces: read as they are
+    np.testing.assert_array_equal(npy.train[0]["image"], data.open_dataset("affectnet8", folders["npy"]).train[0]["image"])
     with pytest.raises(DataError, match="holds prepared affectnet8 but not affectnet7: run experiments.prepare"):
         data.open_dataset("affectnet7", tmp_path / "npy")
 
 
 @pytest.mark.parametrize("dataset,folder,flags", [
     ("rafdb", "rafdb", []),  # the RAF-DB preset: ML with CE
-    ("affectnet8", "original", ["--crop-faces"]),  # the AffectNet preset: ML with WCE (stored class weights)
+    ("affectnet8", "original", []),  # the AffectNet preset: ML with WCE (stored class weights), face boxes
 ])
 def test_training_from_the_folder_and_from_prepared_data_is_identical(folders, tmp_path, dataset, folder, flags):
     """One epoch of the training program on each: the same losses and accuracies."""
     quiet_prepare(dataset, folders[folder], tmp_path / "prepared")
     common = ["--dataset", dataset, "--epochs", "1", "--batch-size", "4", "--widths", "4,4,8,8", "--input-size", "32",
-              "--threads", "2", "--no-progress"] + flags
+              "--threads", "2", "--no-progress", "--from-scratch"] + flags
     runs = {}
     for kind, path in (("folder", folders[folder]), ("prepared", tmp_path / "prepared")):
         workdir = tmp_path / kind
@@ -318,7 +327,7 @@ def test_a_class_without_training_images_is_named(tmp_path):
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert prepare_program.main(["--dataset", "affectnet8", "--data-dir", str(tmp_path / "none")]) == 2
     assert f"affectnet8 folder not found: {tmp_path / 'none'}" in capsys.readouterr().err
-    args = ["--dataset", "rafdb", "--epochs", "1", "--workdir", str(tmp_path / "run")]
+    args = ["--dataset", "rafdb", "--epochs", "1", "--workdir", str(tmp_path / "run"), "--from-scratch"]
     assert train_program.main(args) == 2
     assert "rafdb is not embedded: give --data-dir" in capsys.readouterr().err
 

@@ -45,7 +45,7 @@ def test_switch_happens_exactly_when_the_detector_fires():
     assert switch_epochs.index(7) == 6 and state.switch_epoch == 7  # fired once, never moved
     # Epochs 0-6 follow the cosine over 20 epochs; then 1e-5 for 2 epochs, 1e-6 for 2, 1e-7.
     for epoch in range(7):
-        assert lrs[epoch] == pytest.approx(schedules.cosine_lr(epoch / 20, 3e-4, 0.0))
+        assert lrs[epoch] == pytest.approx(schedules.cosine_lr(epoch / 20, 3e-4, 1e-5))  # ends at Lr2
     assert lrs[7:] == pytest.approx([1e-5, 1e-5, 1e-6, 1e-6])
 
 
@@ -77,3 +77,24 @@ def test_well_trained_means_stable_in_the_final_regime():
     no_switch = ScheduleConfig(window=3, loss_range=0.02, acc_range=0.01, switch=False)
     assert schedules.is_well_trained(no_switch, schedules.LrState(None), flat_loss[:3], flat_acc[:3])
     assert not schedules.is_well_trained(no_switch, schedules.LrState(None), flat_loss[:2], flat_acc[:2])
+
+
+def test_lr1_cosine_ends_at_lr2_so_the_switch_never_raises_the_rate():
+    """METHOD 2.4 [choice]: the cosine over the planned epochs ends at Lr2. By hand, 10 epochs of
+    5 steps (50 steps): step 0 is Lr1; step t is lr2 + (lr1 - lr2) (1 + cos(pi t / 50)) / 2."""
+    config = ScheduleConfig(lr1=3e-4, lr2=1e-5)
+    state = schedules.LrState()
+    lr = lambda s, e, i: schedules.learning_rate(config, s, e, i, steps_per_epoch=5, total_epochs=10)  # noqa: E731
+    assert lr(state, 0, 0) == pytest.approx(3e-4, rel=1e-12)
+    last = lr(state, 9, 4)  # the last Lr1 step of the plan, t = 49
+    assert last == pytest.approx(1e-5 + (3e-4 - 1e-5) * (1 + math.cos(math.pi * 49 / 50)) / 2, rel=1e-12)
+    assert 1e-5 < last < 1.03e-5
+    # The switch can come at any epoch: the first Lr2 step is never above the last Lr1 step.
+    for switch in range(1, 11):
+        before = lr(state, switch - 1, 4)
+        first_lr2 = lr(schedules.LrState(switch_epoch=switch), switch, 0)
+        assert first_lr2 == 1e-5 <= before
+    # An explicit floor is kept, and a floor above Lr1 is refused.
+    assert schedules.learning_rate(ScheduleConfig(lr1=3e-4, lr1_min=0.0), state, 9, 4, 5, 10) < 1e-5
+    with pytest.raises(ValueError, match="lr1_min"):
+        ScheduleConfig(lr1=1e-4, lr1_min=2e-4)

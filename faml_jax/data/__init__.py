@@ -75,7 +75,7 @@ class Dataset:
 
 def open_dataset(name: str, data_dir: str | os.PathLike | None = None,
                  synthetic_config: synthetic.SyntheticConfig | None = None, progress: Callable | None = None, *,
-                 crop_faces: bool = False, skip_bad_images: bool = False, num_threads: int = 4) -> Dataset:
+                 crop_faces: bool = True, skip_bad_images: bool = False, num_threads: int = 4) -> Dataset:
     """Open a data set by name.
 
     Args:
@@ -85,7 +85,9 @@ def open_dataset(name: str, data_dir: str | os.PathLike | None = None,
         or the output folder of ``experiments.prepare``.
       synthetic_config: size and difficulty of the synthetic set.
       progress: optional callable receiving one-line status messages.
-      crop_faces: AffectNet's original release: cut out the CSV's face box from each image.
+      crop_faces: AffectNet's original release: cut out the CSV's face box from each image
+        (default, METHOD 1 [choice]); layouts without boxes (RAF-DB, AffectNet's cropped
+        re-distribution) are read as they are either way.
       skip_bad_images: reading a folder directly: decode every image once now and leave out the
         unreadable ones (reported); without it, a corrupt image fails training when it is read.
         (Prepared data was checked when prepared.)
@@ -118,7 +120,18 @@ def open_dataset(name: str, data_dir: str | os.PathLike | None = None,
         drop_bad_images(index, crop_faces, skip=True, num_threads=num_threads, progress=progress_bar)
     sources = {split: FolderSource(index.splits[split], crop_faces) for split in index.splits}
     counts = {split: index.splits[split].counts(len(index.classes)) for split in index.splits}
-    return _dataset(name, index.classes, sources, counts, None, f"folder {index.root}", index.problems)
+    has_boxes = index.splits["train"].boxes is not None
+    return _dataset(name, index.classes, sources, counts, None, f"folder {index.root}", index.problems,
+                    _crop_note(has_boxes, crop_faces))
+
+
+def _crop_note(has_boxes: bool, crop_faces: bool) -> tuple[str, ...]:
+    """What ``crop_faces`` did, for layouts where it matters (whole photographs with face boxes)."""
+    if not has_boxes:
+        return ()
+    if crop_faces:
+        return ("training and testing on the CSV's face boxes (--no-crop-faces: whole photographs)",)
+    return ("training and testing on whole photographs, not their face boxes (--no-crop-faces)",)
 
 
 def read_folder(name: str, data_dir, progress: Callable | None = progress_bar):
@@ -134,16 +147,17 @@ def _open_prepared(name, data_dir, crop_faces) -> Dataset:
 
     p = prepared.open_prepared(name, data_dir, crop_faces)
     return _dataset(name, p.classes, p.sources, p.class_counts, p.class_weights,
-                    f"prepared {p.folder}, from {p.source}", p.problems)
+                    f"prepared {p.folder}, from {p.source}", p.problems, _crop_note(p.has_boxes, crop_faces))
 
 
-def _dataset(name, classes, sources, counts, weights, origin, problems: dict[str, Problems]) -> Dataset:
+def _dataset(name, classes, sources, counts, weights, origin, problems: dict[str, Problems],
+             extra_notes: tuple[str, ...] = ()) -> Dataset:
     for split, source in sources.items():
         if len(source) == 0:
             raise DataError(f"{name} ({origin}) has no usable {split} image")
     if weights is None:
         weights = training_class_weights(classes, counts["train"], f"{name} ({origin})")
-    notes = [line for split in sources for line in problems[split].lines(split)]
+    notes = [line for split in sources for line in problems[split].lines(split)] + list(extra_notes)
     paper = PAPER_SIZES[name]
     if any(len(sources[s]) != paper[s] for s in paper):
         notes.append(f"the paper's {TITLES[name]} has {paper['train']:,} / {paper['test']:,} images")

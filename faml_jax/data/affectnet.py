@@ -9,7 +9,8 @@ Two layouts are recognised:
 
   CSV columns ``subDirectory_filePath, face_x, face_y, face_width, face_height, facial_landmarks,
   expression, valence, arousal``, with or without that header line. The images are the full
-  photographs; ``crop=True`` (``--crop-faces``) cuts out the face box given in the CSV.
+  photographs; ``crop=True`` (the default; ``--no-crop-faces`` turns it off) cuts out the face box
+  given in the CSV.
 
 * the re-distributed, cropped one::
 

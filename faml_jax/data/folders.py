@@ -259,17 +259,19 @@ def drop_bad_images(index: FolderIndex, crop: bool, skip: bool, num_threads: int
 @dataclasses.dataclass(frozen=True, eq=False)
 class FolderSource:
     """Random access to one split's images, read from their files: ``source[i] ->
-    {"image": uint8 (H, W, 3), "label": int32}``, face-cropped when ``crop``."""
+    {"image": uint8 (H, W, 3), "label": int32}``, cut to its face box when ``crop`` and the layout
+    has boxes (a layout without boxes holds faces already and is read as it is)."""
 
     index: SplitIndex
     crop: bool = False
 
-    def __post_init__(self):
-        if self.crop and self.index.boxes is None:
-            raise DataError("this data set's layout has no face boxes to crop by (its images are already cropped)")
-
     def __len__(self) -> int:
         return len(self.index)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Every example's label (int32), without reading an image."""
+        return self.index.labels
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = int(i)

@@ -1,7 +1,8 @@
 """Input pipeline with grain's ``MapDataset`` API: shuffled, resumable training batches and
 ordered evaluation batches, all uint8 (normalisation and flips happen on the device).
 
-Per epoch the training order is a permutation drawn from ``(seed, epoch)``, so any epoch can be
+Per epoch the training order is a permutation drawn from ``(seed, epoch)`` (or, with the
+class-balanced sampler, draws with replacement from ``(seed, epoch)``), so any epoch can be
 rebuilt exactly; within an epoch, the grain iterator's state (saved with each checkpoint) says
 which batch comes next. In a multi-process run process i reads the i-th slice of every global
 batch (``global_batch / process_count`` examples per step), so the processes together take the
@@ -19,7 +20,10 @@ from PIL import Image
 
 
 class Source(Protocol):
-    """A random-access data source: ``source[i] -> {"image": uint8 (H, W, 3), "label": int}``."""
+    """A random-access data source: ``source[i] -> {"image": uint8 (H, W, 3), "label": int}``;
+    ``source.labels`` holds every example's label (read without decoding an image)."""
+
+    labels: np.ndarray
 
     def __len__(self) -> int: ...
 
@@ -61,6 +65,32 @@ class _Prepare(grain.transforms.Map):
         return {"image": resize(element["image"], self.size), "label": np.int32(element["label"])}
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Indexed:
+    """``source`` read at ``indices`` (the class-balanced sampler's draws)."""
+
+    source: Source
+    indices: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.source[int(self.indices[i])]
+
+
+def balanced_indices(labels: np.ndarray, seed: int, epoch: int, size: int | None = None) -> np.ndarray:
+    """One epoch of the class-balanced sampler (METHOD 1 [choice], DAN's imbalanced-data sampler):
+    ``size`` (default: all) example indices drawn with replacement, example i with probability
+    ``(1 / n_{y_i}) / sum_j (1 / n_{y_j})``, so each draw's class is uniform over the classes
+    present. Deterministic in ``(seed, epoch)``."""
+    labels = np.asarray(labels).reshape(-1)
+    counts = np.bincount(labels)
+    weights = 1.0 / counts[labels]
+    rng = np.random.default_rng(shuffle_seed(seed, epoch))
+    return rng.choice(len(labels), size=len(labels) if size is None else size, replace=True, p=weights / weights.sum())
+
+
 def shuffle_seed(seed: int, epoch: int) -> int:
     """The shuffle seed of one epoch: distinct per epoch, reproducible from the run's seed."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
@@ -79,6 +109,8 @@ class TrainLoader:
       prefetch: batches prepared ahead.
       process_index, process_count: this process's share of each global batch
         (``jax.process_index/count()``).
+      balanced: draw each epoch with the class-balanced sampler (``balanced_indices``) instead of
+        a permutation.
     """
 
     source: Source
@@ -89,6 +121,7 @@ class TrainLoader:
     prefetch: int = 4
     process_index: int = 0
     process_count: int = 1
+    balanced: bool = False
 
     def __post_init__(self):
         if self.global_batch % self.process_count:
@@ -111,7 +144,11 @@ class TrainLoader:
         # Every process shuffles the whole split alike and reads its slice of each global batch:
         # global batch j is local batches j*P .. j*P + P-1, process i reads local batch j*P + i.
         # So P processes take exactly the steps of one process with all the devices.
-        ds = grain.MapDataset.source(self.source).shuffle(seed=shuffle_seed(self.seed, epoch))
+        if self.balanced:
+            indices = balanced_indices(self.source.labels, self.seed, epoch)
+            ds = grain.MapDataset.source(_Indexed(self.source, indices))
+        else:
+            ds = grain.MapDataset.source(self.source).shuffle(seed=shuffle_seed(self.seed, epoch))
         ds = ds.map(_Prepare(self.image_size)).batch(self.local_batch, drop_remainder=True)
         ds = ds[self.process_index : self.steps_per_epoch * self.process_count : self.process_count]
         options = grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=self.prefetch)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import shutil
 import tempfile
 from pathlib import Path
@@ -198,6 +199,11 @@ class PreparedSource:
     def __len__(self) -> int:
         return len(self.records)
 
+    @functools.cached_property
+    def labels(self) -> np.ndarray:
+        """Every example's label (int32); reads every record once (for the balanced sampler)."""
+        return np.asarray([int(self.records[i]["label"]) for i in range(len(self.records))], np.int32)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         record = self.records[int(i)]
         name = record["name"].decode() if isinstance(record["name"], bytes) else record["name"]
@@ -217,6 +223,7 @@ class Prepared:
     class_weights: np.ndarray
     problems: dict[str, Problems]
     source: str
+    has_boxes: bool = False
 
 
 def open_prepared(dataset: str, out_dir, crop: bool = False) -> Prepared:
@@ -224,9 +231,9 @@ def open_prepared(dataset: str, out_dir, crop: bool = False) -> Prepared:
     builder = _builder(dataset, out_dir)
     meta = builder.info.metadata
     folder = dataset_dir(dataset, out_dir)
-    if crop and not meta.get("has_boxes"):
-        raise DataError(f"{folder} was prepared from a layout without face boxes (its images are already cropped)")
-    sources = {split: PreparedSource(builder.as_data_source(split=split), str(folder), crop) for split in SPLITS}
+    has_boxes = bool(meta.get("has_boxes"))
+    sources = {split: PreparedSource(builder.as_data_source(split=split), str(folder), crop and has_boxes)
+               for split in SPLITS}
     return Prepared(
         folder=folder,
         classes=tuple(meta["classes"]),
@@ -235,4 +242,5 @@ def open_prepared(dataset: str, out_dir, crop: bool = False) -> Prepared:
         class_weights=np.asarray(meta["class_weights"], np.float32),
         problems={split: Problems.from_json(meta["problems"][split]) for split in SPLITS},
         source=meta["source"],
+        has_boxes=has_boxes,
     )

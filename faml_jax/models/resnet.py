@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from faml_jax.config import ModelConfig
@@ -20,6 +21,20 @@ BN_EPSILON = 1e-5
 def conv_init():
     """torchvision's ResNet initialisation: kaiming normal, fan_out, ReLU gain."""
     return nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def head_inits(kind: str, fan_in: int) -> dict:
+    """Initialisers of the dense head: "flax" (``nn.Dense``'s defaults: LeCun normal weights,
+    zero bias) or "torch" (``torch.nn.Linear``'s: weights and bias uniform in +-1/sqrt(fan_in))."""
+    if kind == "flax":
+        return {}
+    bound = 1.0 / fan_in ** 0.5
+
+    def bias_init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    # kaiming_uniform(a=sqrt(5)): gain^2 = 2 / (1 + 5) = 1/3, limit sqrt(3 * (1/3) / fan_in).
+    return {"kernel_init": nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"), "bias_init": bias_init}
 
 
 class BasicBlock(nn.Module):
@@ -105,5 +120,5 @@ class ResNet(nn.Module):
                 )(x)
         features = jnp.mean(x, axis=(1, 2))
         self.sow("intermediates", "features", features)
-        logits = nn.Dense(cfg.num_classes, dtype=dtype, name="fc")(features)
+        logits = nn.Dense(cfg.num_classes, dtype=dtype, name="fc", **head_inits(cfg.head_init, features.shape[-1]))(features)
         return logits.astype(jnp.float32)
