@@ -151,7 +151,7 @@ def erasing_params(key: jax.Array, height: int, width: int, scale: tuple[float, 
     w = jnp.where(any_fits, ws[first], 0)
     top = jnp.floor(jax.random.uniform(k_top, ()) * (height - h + 1)).astype(jnp.int32)
     left = jnp.floor(jax.random.uniform(k_left, ()) * (width - w + 1)).astype(jnp.int32)
-    return top, left, h, w
+    return jnp.where(any_fits, top, 0), jnp.where(any_fits, left, 0), h, w
 
 
 def erase(image: jax.Array, top, left, h, w, value: float = 0.0) -> jax.Array:

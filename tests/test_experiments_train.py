@@ -247,3 +247,46 @@ def test_model_presets_follow_the_papers_rows():
     stem_only = parse("--model", "r18_fa", "--no-attention")
     assert stem_only.model.fa_regions and not stem_only.model.attention
     assert parse("--model", "r18", "--loss", "ml").loss.kind == "ml"  # an explicit --loss wins
+
+
+def test_the_detector_reads_the_reference_loss_through_the_loop(tmp_path, monkeypatch):
+    """METHOD 2.4 [choice]: a scripted run through the real training loop (the step replaced by
+    one that reports scripted per-batch metrics). The sampled ML loss jumps by 0.05 between
+    epochs (LSR/CE draws) and never looks stable; the reference loss train_ce settles from epoch
+    index 4 on. With K = 3 the detector fires at the end of epoch index 6 (epochs 4-6), so Lr2
+    starts at epoch 7: exactly when the reference settles, never on the sampled loss."""
+    import experiments.runner as runner
+    from faml_jax import schedules
+
+    steps = 6  # 96 training images, batch 16
+    ce_by_epoch = [2.0, 1.5, 1.0, 0.8, 0.700, 0.705, 0.698, 0.702, 0.701, 0.699]
+    calls = []
+
+    def scripted_step(*args, **kwargs):
+        def step(state, batch, learning_rate):
+            epoch, i = divmod(len(calls), steps)
+            calls.append(float(learning_rate))
+            lsr = float((epoch + i) % 2 == 0)  # alternating draws, shifted per epoch
+            # Three LSR batches per epoch: means 0.75 and 0.80 by turns (range 0.05 > 0.02).
+            metrics = {"loss": 0.6 + 0.3 * lsr + 0.05 * (epoch % 2),
+                       "train_ce": ce_by_epoch[epoch], "accuracy": 0.5, "lsr": lsr, "learning_rate": learning_rate}
+            return state, {k: np.full((1,), v, np.float32) for k, v in metrics.items()}
+        return step
+
+    monkeypatch.setattr(runner.train, "parallel_train_step", scripted_step)
+    config = dataclasses.replace(tiny_config(tmp_path / "data", epochs=len(ce_by_epoch)),
+                                 schedule=config_module.ScheduleConfig(lr1=1e-3, lr2=1e-5, window=3))
+    summary = train_program.run(config, tmp_path / "run", progress=False, log=lambda *_: None)
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    sampled = [h["train_loss"] for h in history]
+    reference = [h["train_ce"] for h in history]
+    np.testing.assert_allclose(reference, ce_by_epoch, rtol=1e-6)
+    accuracy = [h["train_accuracy"] for h in history]
+    # The sampled loss never looks stable over any 3 epochs; the reference does from epochs 4-6 on.
+    assert not any(schedules.is_stable(sampled[:e + 1], accuracy[:e + 1], 3, 0.02, 0.01) for e in range(len(history)))
+    first = next(e for e in range(len(history)) if schedules.is_stable(reference[:e + 1], accuracy[:e + 1], 3, 0.02, 0.01))
+    assert first == 6
+    assert summary["switch_epoch"] == 7
+    assert [h["phase"] for h in history] == [1] * 7 + [2] * 3
+    assert calls[7 * steps] == pytest.approx(1e-5) and calls[7 * steps - 1] > 1e-5  # Lr2 from epoch 7, never up
+    assert summary["final_train_ce"] == pytest.approx(0.699)

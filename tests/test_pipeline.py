@@ -77,3 +77,45 @@ def test_resize_keeps_constant_images_constant():
     out = resize(image, 6)
     assert out.shape == (6, 6, 3) and np.all(out == 77)
     assert resize(image, 10) is image
+
+
+def imbalanced_source():
+    """200 examples: class 0 has 150, class 1 has 40, class 2 has 10; image value = index."""
+    labels = np.repeat([0, 1, 2], [150, 40, 10])
+    images = np.broadcast_to(np.arange(200, dtype=np.uint8)[:, None, None, None], (200, 4, 4, 3))
+    return ArraySource(np.ascontiguousarray(images), labels)
+
+
+def test_balanced_sampler_draws_classes_equally_with_replacement():
+    """Each draw's class is uniform: over 20 epochs of 200 draws the class shares are 1/3 within
+    a binomial 4-sigma band, although the split is 75/20/5 %; examples repeat within an epoch;
+    each epoch is reproducible from (seed, epoch) and differs between epochs."""
+    src = imbalanced_source()
+    loader = TrainLoader(src, global_batch=20, image_size=4, seed=3, num_threads=2, balanced=True)
+    epochs = [epoch_ids(loader, e) for e in range(20)]
+    labels = src.labels[np.concatenate(epochs)]
+    shares = np.bincount(labels, minlength=3) / len(labels)
+    sigma = np.sqrt((1 / 3) * (2 / 3) / len(labels))
+    np.testing.assert_allclose(shares, 1 / 3, atol=4 * sigma)
+    assert len(set(epochs[0].tolist())) < len(epochs[0])  # with replacement
+    np.testing.assert_array_equal(epochs[0], epoch_ids(TrainLoader(src, 20, 4, seed=3, balanced=True), 0))
+    assert not np.array_equal(epochs[0], epochs[1])
+    # The probabilities themselves: example i drawn with (1/n_{y_i}) / sum_j (1/n_{y_j}) = 1/(3 n_{y_i}).
+    from faml_jax.data.pipeline import balanced_indices
+    draws = balanced_indices(src.labels, seed=0, epoch=0, size=300_000)
+    freq = np.bincount(draws, minlength=200) / len(draws)
+    expected = 1 / (3 * np.bincount(src.labels)[src.labels])
+    np.testing.assert_allclose(freq, expected, rtol=0.15)
+
+
+def test_balanced_sampler_resumes_mid_epoch():
+    loader = TrainLoader(imbalanced_source(), global_batch=20, image_size=4, seed=4, num_threads=2, balanced=True)
+    iterator = loader.iterate(2)
+    for _ in range(3):
+        next(iterator)
+    state = iterator.get_state()
+    rest = [b["image"][:, 0, 0, 0] for b in iterator]
+    resumed = [b["image"][:, 0, 0, 0] for b in loader.iterate(2, state)]
+    assert len(rest) == 7
+    for a, b in zip(rest, resumed, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -126,6 +126,9 @@ def test_prepared_data_is_identical_to_the_folder(folders, tmp_path, dataset, fo
         for i in range(len(a)):
             np.testing.assert_array_equal(a[i]["image"], b[i]["image"])
             assert a[i]["label"] == b[i]["label"]
+        # Labels without reading images (the balanced sampler's input), alike from both.
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(a.labels, [a[i]["label"] for i in range(len(a))])
     # Class counts and weights are stored: weight of c = N / (C n_c) over the training split.
     meta = json.loads((prepared.dataset_dir(dataset, tmp_path) / "metadata.json").read_text())
     counts = np.bincount([int(from_folder.train[i]["label"]) for i in range(len(from_folder.train))],

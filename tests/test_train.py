@@ -1,12 +1,15 @@
 """Tests of faml_jax.train: the data-parallel step, the injectable learning rate, eval."""
 
+import dataclasses
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from faml_jax import fga, models, train
-from faml_jax.config import LossConfig, OptimConfig
+from faml_jax.config import AUGMENT_PRESETS, LossConfig, OptimConfig
 from faml_jax.losses import class_weights
 from faml_jax.preprocess import normalize
 
@@ -30,10 +33,14 @@ def max_abs_diff(a, b):
     return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
-@pytest.mark.parametrize("weighted", [False, True], ids=["ml-ce", "ml-wce"])
-def test_four_devices_equal_one_device_on_the_same_global_batch(devices, weighted):
+@pytest.mark.parametrize("weighted,augment", [
+    (False, None), (True, None), (False, dataclasses.replace(AUGMENT_PRESETS["dan"], rotate_p=0.5, crop_padding=4,
+                                                             brightness=0.3, contrast=0.3, saturation=0.3)),
+], ids=["ml-ce", "ml-wce", "ml-ce-augmented"])
+def test_four_devices_equal_one_device_on_the_same_global_batch(devices, weighted, augment):
     """Five steps on 4 devices (4 images each) == five steps on 1 device (16 images): gradients
-    averaged, BatchNorm synchronised, the same loss draws and the same flips."""
+    averaged, BatchNorm synchronised, the same loss draws, the same flips and augmentations, and
+    the same reference loss (train_ce)."""
     model = small_model()
     tx = train.make_optimizer(OptimConfig(learning_rate=1e-3))
     loss_config = LossConfig(kind="ml", p_lsr=0.5, weighted=weighted)
@@ -42,7 +49,7 @@ def test_four_devices_equal_one_device_on_the_same_global_batch(devices, weighte
     batches = [random_batch(i, 16) for i in range(5)]
 
     def run(devs):
-        step = train.parallel_train_step(model, tx, loss_config, weights, devices=devs)
+        step = train.parallel_train_step(model, tx, loss_config, weights, devices=devs, augment=augment)
         s = train.replicate(state, devs)
         history = []
         for b in batches:
@@ -58,6 +65,9 @@ def test_four_devices_equal_one_device_on_the_same_global_batch(devices, weighte
     for m1, m4 in zip(hist_one, hist_four):
         assert m1["lsr"] == m4["lsr"] and m4["lsr"] in (0.0, 1.0)
         np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-5)
+        np.testing.assert_allclose(m4["train_ce"], m1["train_ce"], rtol=1e-5)
+        if m1["lsr"] == 0.0 and not weighted:  # a CE batch: the sampled loss is the reference loss
+            np.testing.assert_allclose(m1["train_ce"], m1["loss"], rtol=1e-6)
     # Training moved the parameters (the comparison is not between two unchanged states).
     assert max_abs_diff(one.params, state.params) > 1e-3
     assert max_abs_diff(one.batch_stats, state.batch_stats) > 1e-3
@@ -213,3 +223,72 @@ def test_bfloat16_compute_keeps_float32_parameters_and_statistics_and_tracks_flo
     delta = jax.tree_util.tree_map(lambda a, b: a - b, s16.params, s32.params)
     assert max_abs_diff(s16.params, s32.params) <= 2.5e-3
     assert float(np.mean([np.mean(np.abs(x)) for x in jax.tree_util.tree_leaves(delta)])) < 5e-4
+
+
+def test_reference_loss_is_plain_ce_of_the_steps_own_logits():
+    """train_ce is CE (NumPy) of the logits the step computed, whatever loss was drawn: with LSR
+    every batch (p = 1) the sampled loss differs from it, the reference does not."""
+    model = small_model()
+    tx = train.make_optimizer(OptimConfig(learning_rate=1e-3))
+    state = train.create_train_state(model, tx, jax.random.key(2))
+    batch = random_batch(3, 8)
+    step = jax.jit(train.make_train_step(model, tx, LossConfig(kind="lsr", eps=0.3), axis_name=None, flip=False))
+    _, metrics = step(state, batch, 1e-3)
+    logits, _ = model.apply({"params": state.params, "batch_stats": state.batch_stats}, normalize(batch["image"]),
+                            train=True, mutable=["batch_stats"])
+    logits = np.asarray(logits, np.float64)
+    logq = logits - logits.max(-1, keepdims=True)
+    logq -= np.log(np.exp(logq).sum(-1, keepdims=True))
+    ce = -np.mean(logq[np.arange(8), batch["label"]])
+    np.testing.assert_allclose(metrics["train_ce"], ce, rtol=1e-5)
+    assert metrics["lsr"] == 1.0 and abs(float(metrics["loss"]) - ce) > 0.05
+
+
+def torch_or_skip():
+    if os.environ.get("FAML_JAX_REQUIRE_TORCH") == "1":
+        import torch
+    else:
+        torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+    return torch
+
+
+@pytest.mark.parametrize("name,mode,torch_name", [
+    ("adam", "coupled", "Adam"), ("adam", "decoupled", "AdamW"), ("sgd", "coupled", "SGD"),
+])
+def test_weight_decay_modes_match_pytorch_optimizers(name, mode, torch_name):
+    """Coupled weight decay = torch.optim.Adam(weight_decay) / SGD(weight_decay) (L2 in the
+    gradient); decoupled = torch.optim.AdamW. Five steps on the same gradients of
+    0.5 |A p - b|^2, equal to float32 rounding."""
+    torch = torch_or_skip()
+    rng = np.random.default_rng(0)
+    a, b, p0 = rng.standard_normal((6, 4)), rng.standard_normal(6), rng.standard_normal(4)
+    lr, wd = 0.05, 0.1
+    config = OptimConfig(name=name, learning_rate=lr, weight_decay=wd, weight_decay_mode=mode, momentum=0.9)
+    tx = train.make_optimizer(config)
+    params = jnp.asarray(p0, jnp.float32)
+    opt_state = tx.init(params)
+    grad = jax.grad(lambda p: 0.5 * jnp.sum((jnp.asarray(a, jnp.float32) @ p - b) ** 2))
+    tp = torch.tensor(p0, dtype=torch.float32, requires_grad=True)
+    kwargs = dict(lr=lr, weight_decay=wd) | (dict(momentum=0.9) if name == "sgd" else {})
+    topt = getattr(torch.optim, torch_name)([tp], **kwargs)
+    ta, tb = torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
+    for _ in range(5):
+        updates, opt_state = tx.update(grad(params), opt_state, params)
+        params = params + updates
+        topt.zero_grad()
+        (0.5 * ((ta @ tp - tb) ** 2).sum()).backward()
+        topt.step()
+    np.testing.assert_allclose(np.asarray(params), tp.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_torch_head_init_is_nn_linears_uniform():
+    """head_init="torch": weights and bias uniform in +-1/sqrt(fan_in) (nn.Linear's default), with
+    the variance of that uniform (bound^2 / 3); "flax": zero bias."""
+    wide = dict(SMALL, widths=(8, 16, 16, 256))
+    fc = models.init(small_model(**wide, head_init="torch"), jax.random.key(0))["params"]["fc"]
+    bound = 1 / np.sqrt(256)
+    kernel, bias = np.asarray(fc["kernel"]), np.asarray(fc["bias"])
+    assert np.abs(kernel).max() <= bound and np.abs(bias).max() <= bound and np.any(bias != 0)
+    np.testing.assert_allclose(kernel.var(), bound ** 2 / 3, rtol=0.15)
+    flax_fc = models.init(small_model(**wide), jax.random.key(0))["params"]["fc"]
+    assert not np.any(np.asarray(flax_fc["bias"]))
