@@ -159,3 +159,22 @@ def test_losses_are_jittable_and_differentiable():
     grad = jax.jit(jax.grad(lambda lg, k: fn(k, lg, labels)[0]))(logits, jax.random.key(3))
     # d CE / d logits = softmax - onehot (divided by batch); both losses have rows summing to zero.
     np.testing.assert_allclose(np.asarray(grad).sum(-1), 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("classes", [7, 8])
+def test_lsr_equals_pytorch_label_smoothing_at_eps_times_c_over_c_minus_1(classes):
+    """Comparing with PyTorch code bases (README): PyTorch's ``label_smoothing=e`` spreads e / C
+    over all classes (target 1 - e + e/C on the label); Eq. 4 spreads eps / (C - 1) over the
+    others (target 1 - eps). So LSR(eps) == torch CE(label_smoothing = eps C / (C - 1)), and
+    torch's 0.1 is not Eq. 4's 0.1."""
+    import os
+    if os.environ.get("FAML_JAX_REQUIRE_TORCH") == "1":
+        import torch
+    else:
+        torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+    logits, labels = random_batch(5, classes=classes)
+    ours = float(losses.lsr_loss(jnp.asarray(logits), jnp.asarray(labels), 0.1))
+    torch_ce = lambda e: float(torch.nn.functional.cross_entropy(  # noqa: E731
+        torch.tensor(logits), torch.tensor(labels, dtype=torch.long), label_smoothing=e))
+    np.testing.assert_allclose(ours, torch_ce(0.1 * classes / (classes - 1)), rtol=1e-5)
+    assert abs(ours - torch_ce(0.1)) > 1e-3  # the same nominal 0.1 is a different loss

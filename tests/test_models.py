@@ -227,3 +227,31 @@ def test_model_config_is_resolved_and_hashable():
     assert model.config.num_classes == 8 and model.config.attention and len(model.config.fa_regions) == 2
     assert dataclasses.asdict(model.config)["widths"] == (16, 32, 64, 128)
     hash(model.config)
+
+
+def test_batchnorm_running_variance_is_biased_where_pytorch_is_unbiased():
+    """Comparing with PyTorch code bases (README): one training-mode update of the running
+    variance from 1 with momentum 0.1 adds 0.1 * var(batch) in Flax (biased, divides by n) and
+    0.1 * var(batch) * n / (n - 1) in torch.nn.BatchNorm2d (unbiased): at n = 4 x 3 x 3 = 36
+    values per channel the increments differ by exactly 36/35. The normalisation itself (biased
+    in both) and the running mean are equal."""
+    import os
+
+    import flax.linen as nn
+
+    from faml_jax.models.resnet import BN_EPSILON, BN_MOMENTUM
+    if os.environ.get("FAML_JAX_REQUIRE_TORCH") == "1":
+        import torch
+    else:
+        torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+    x = np.random.default_rng(0).normal(1.0, 2.0, (4, 3, 3, 5)).astype(np.float32)
+    bn = nn.BatchNorm(use_running_average=False, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
+    variables = bn.init(jax.random.key(0), x)
+    y, updated = bn.apply(variables, x, mutable=["batch_stats"])
+    tbn = torch.nn.BatchNorm2d(5, momentum=1 - BN_MOMENTUM, eps=BN_EPSILON).train()
+    ty = tbn(torch.tensor(x).permute(0, 3, 1, 2))
+    np.testing.assert_allclose(np.asarray(y), ty.detach().permute(0, 2, 3, 1).numpy(), atol=1e-5)
+    stats = updated["batch_stats"]
+    np.testing.assert_allclose(stats["mean"], tbn.running_mean.numpy(), rtol=1e-5)
+    ratio = (tbn.running_var.numpy() - 0.9) / (np.asarray(stats["var"]) - 0.9)
+    np.testing.assert_allclose(ratio, 36 / 35, rtol=1e-4)
