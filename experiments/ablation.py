@@ -48,7 +48,10 @@ import numpy as np
 from experiments import ensemble as ensemble_program
 from experiments import evolve as evolve_program
 from experiments import train as train_program
-from experiments.runner import UsageError, process_workdir, write_atomic
+from experiments.runner import (
+    UsageError, adopt_recorded, complete_run_config, config_differences, config_to_json, process_workdir,
+    recorded_config, write_atomic,
+)
 from experiments.train import OneLineErrorParser, add_run_arguments, kept_on_resume, resolve_config, run_cli
 from faml_jax import models
 from faml_jax.config import FGAConfig, LossConfig, RunConfig
@@ -98,6 +101,18 @@ def variant_config(base: RunConfig, row: str) -> RunConfig:
                                loss=loss)
 
 
+def check_finished_run(run_dir: Path, config: RunConfig, keep_recorded: tuple[str, ...]) -> None:
+    """A finished run of an earlier ablation is reused only if it is this row's run (e.g. not an
+    R18+FA run made when R18+FA was the FA stem alone, or trained with WCE)."""
+    saved = recorded_config(run_dir)
+    config = adopt_recorded(config, saved, keep_recorded)
+    diffs = config_differences(complete_run_config(saved or {}), config_to_json(config),
+                               may_differ=("epochs", "data.num_threads"))
+    if diffs:
+        raise UsageError(f"the finished run in {run_dir} was made with another configuration than this row's: "
+                         f"{'; '.join(diffs)} (delete it, or use another --workdir)")
+
+
 def mean_sd(values: list[float]) -> tuple[float, float]:
     values = np.asarray(values, np.float64)
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -132,6 +147,8 @@ def run(base: RunConfig, fga: FGAConfig, networks: int, workdir: str | os.PathLi
             run_dir = workdir / config.model_name / f"seed{seed}"
             summary_path = run_dir / "summary.json"
             summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+            if summary is not None:
+                check_finished_run(run_dir, dataclasses.replace(config, seed=seed), keep_recorded)
             if summary is None or summary["epochs"] < config.epochs:
                 log(f"== {row}, seed {seed} ({run_dir})")
                 summary = train_program.run(dataclasses.replace(config, seed=seed), run_dir, resume=True,
@@ -191,7 +208,9 @@ def markdown(result: dict) -> str:
             lines.append(f"| {row} | {r['accuracy']:.2f} ± {r['sd']:.2f} | {r['best']:.2f} ({r['best_network']}) | "
                          f"| {paper} | {r['what']} |")
         else:
-            label = f"{row} ({result['networks']} nets)" if row == "R18+FAML-FGA-T2V" else row
+            label = f"{row} ({result['networks']} nets)" if row.endswith("-T2V") else row
+            if row == "R18+FAML-T2V" and r["paper"] is not None:
+                paper += " (size not stated)"
             lines.append(f"| {label} | {r['accuracy']:.2f} | {r['best_member']:.2f} (best member) | "
                          f"{r['t1v']:.2f} / {r['noi']:.2f} | {paper} | {r['what']} |")
     return "\n".join(lines) + "\n"

@@ -94,9 +94,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, epochs_help: str, workdir
     parser.add_argument("--lr2", type=float, help="Lr2, the rate after the stability switch (default 1e-5)")
     parser.add_argument("--no-switch", action="store_true", help="stay with Lr1 (cosine) for the whole run")
     parser.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0, as in the paper)")
-    parser.add_argument("--weight-decay-mode", choices=["decoupled", "coupled"], default="decoupled",
-                        help="decoupled: AdamW (torch.optim.AdamW; default); coupled: L2 added to the gradient "
-                             "(torch.optim.Adam(weight_decay=...), torch.optim.SGD)")
+    parser.add_argument("--weight-decay-mode", choices=["decoupled", "coupled"],
+                        help="decoupled: AdamW (torch.optim.AdamW; Adam's default); coupled: L2 added to the "
+                             "gradient (torch.optim.Adam(weight_decay=...); SGD's only mode, as torch.optim.SGD)")
     parser.add_argument("--widths", help="stage widths, e.g. 16,32,64,128 (preset)")
     parser.add_argument("--input-size", type=int, help="input side in pixels (preset)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"],
@@ -112,7 +112,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, epochs_help: str, workdir
     aug.add_argument("--flip", type=float, metavar="P", help="horizontal flip probability (0.5)")
     aug.add_argument("--rotate", type=float, metavar="P", help="probability of rotation + padded random crop")
     aug.add_argument("--rotate-degrees", type=float, metavar="DEG", help="rotation range +-DEG (20)")
-    aug.add_argument("--crop-padding", type=int, metavar="PX", help="padding of the random crop in pixels (32)")
+    aug.add_argument("--crop-padding", type=float, metavar="FRACTION",
+                     help="padding of the random crop as a fraction of the input side (0.143: 32 px at 224)")
     aug.add_argument("--color-jitter", metavar="B,C,S", help="brightness, contrast, saturation strengths (0,0,0)")
     aug.add_argument("--erasing", type=float, metavar="P", help="random erasing probability")
     aug.add_argument("--erasing-scale", metavar="LO,HI", help="erased area range, fraction of the image (0.02,0.33)")
@@ -196,7 +197,8 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
                                  attention=False if args.no_attention else None),
         loss=loss,
         optim=OptimConfig(name=args.optimizer, learning_rate=schedule.lr1, weight_decay=args.weight_decay,
-                          weight_decay_mode=args.weight_decay_mode),
+                          weight_decay_mode=args.weight_decay_mode or ("coupled" if args.optimizer == "sgd"
+                                                                       else "decoupled")),
         schedule=schedule,
         data=DataConfig(dataset=args.dataset, data_dir=args.data_dir, synthetic=synthetic, num_threads=args.threads,
                         crop_faces=True if args.crop_faces is None else args.crop_faces,

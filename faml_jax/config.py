@@ -180,7 +180,7 @@ class OptimConfig:
       weight_decay_mode: "decoupled" (AdamW: ``param -= lr * wd * param`` beside Adam's update;
         ``torch.optim.AdamW``) or "coupled" (an L2 term ``wd * param`` added to the gradient before
         the optimiser: what ``torch.optim.Adam(weight_decay=...)`` and ``torch.optim.SGD`` do).
-        SGD always takes it coupled, as PyTorch's SGD does.
+        SGD takes it coupled only, as PyTorch's SGD does.
     """
 
     name: Literal["adam", "sgd"] = "adam"
@@ -200,6 +200,9 @@ class OptimConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.weight_decay_mode not in ("decoupled", "coupled"):
             raise ValueError(f"weight_decay_mode must be 'decoupled' or 'coupled', got {self.weight_decay_mode!r}")
+        if self.name == "sgd" and self.weight_decay and self.weight_decay_mode != "coupled":
+            raise ValueError("SGD's weight decay is coupled (an L2 term in the gradient, as torch.optim.SGD's): "
+                             "give weight_decay_mode='coupled'")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
 
@@ -291,8 +294,9 @@ class AugmentConfig:
         ``RandomApply([RandomRotation(degrees), RandomCrop(size, padding)], p)``); 0 = off.
       rotate_degrees: the rotation angle is uniform in +-degrees (nearest-neighbour, zero fill,
         as torchvision's ``RandomRotation``).
-      crop_padding: the random crop pads the image by this many pixels on every side (zeros) and
-        cuts out an input-sized window at a uniform offset (DAN: 32 at 224 px).
+      crop_padding: the random crop pads the image on every side (zeros) by this fraction of the
+        input side, rounded to pixels, and cuts out an input-sized window at a uniform offset
+        (DAN: 32 px at 224 px, 1/7; a fraction so that it scales with the input size).
       brightness, contrast, saturation: colour jitter strengths as torchvision's ``ColorJitter``:
         each factor uniform in [max(0, 1 - s), 1 + s], the three applied in a random order; 0 = off.
       erasing_p: probability of random erasing (torchvision's ``RandomErasing``, value 0 after
@@ -304,7 +308,7 @@ class AugmentConfig:
     flip: float = 0.5
     rotate_p: float = 0.0
     rotate_degrees: float = 20.0
-    crop_padding: int = 32
+    crop_padding: float = 32 / 224
     brightness: float = 0.0
     contrast: float = 0.0
     saturation: float = 0.0
@@ -319,8 +323,12 @@ class AugmentConfig:
         for name in ("rotate_degrees", "brightness", "contrast", "saturation"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.crop_padding < 0:
-            raise ValueError(f"crop_padding must be >= 0 pixels, got {self.crop_padding}")
+        if not 0.0 <= self.crop_padding <= 1.0:
+            raise ValueError(f"crop_padding is a fraction of the input side in [0, 1], got {self.crop_padding}")
+
+    def padding_pixels(self, size: int) -> int:
+        """The random crop's padding in pixels at input side ``size``."""
+        return int(round(self.crop_padding * size))
         lo, hi = self.erasing_scale
         if not 0.0 < lo <= hi <= 1.0:
             raise ValueError(f"erasing_scale must satisfy 0 < low <= high <= 1, got {self.erasing_scale}")
@@ -339,7 +347,8 @@ class AugmentConfig:
 # RandomErasing's other arguments are torchvision's defaults (p 0.5, ratio 0.3-3.3).
 AUGMENT_PRESETS: dict[str, AugmentConfig] = {
     "paper": AugmentConfig(),
-    "dan": AugmentConfig(rotate_p=0.2, rotate_degrees=20.0, crop_padding=32, erasing_p=0.5, erasing_scale=(0.02, 0.25)),
+    "dan": AugmentConfig(rotate_p=0.2, rotate_degrees=20.0, crop_padding=32 / 224, erasing_p=0.5,
+                         erasing_scale=(0.02, 0.25)),
     "posterpp": AugmentConfig(erasing_p=0.5, erasing_scale=(0.02, 0.1)),
 }
 

@@ -178,11 +178,12 @@ def augment(flip_key: jax.Array, extra_key: jax.Array, images: jax.Array, config
     rotate_key, color_key, erase_key = jax.random.split(extra_key, 3)
     if config.rotate_p:
         keys = _image_keys(rotate_key, n, first_index)
+        padding = config.padding_pixels(h)
 
         def one(k, image):
             k_apply, k_params = jax.random.split(k)
-            angle, top, left = rotate_crop_params(k_params, config.rotate_degrees, config.crop_padding)
-            moved = rotate_crop(image, angle, top, left, config.crop_padding)
+            angle, top, left = rotate_crop_params(k_params, config.rotate_degrees, padding)
+            moved = rotate_crop(image, angle, top, left, padding)
             return jnp.where(jax.random.bernoulli(k_apply, config.rotate_p), moved, image)
 
         images = jax.vmap(one)(keys, images)

@@ -108,3 +108,18 @@ def test_variant_rows_keep_attention_off_when_asked():
         assert not config.model.attention
         assert bool(config.model.fa_regions) == (model != "r18")
         assert config.loss.kind == ("ml" if model == "r18_faml" else "ce")
+
+
+def test_resume_refuses_a_finished_run_of_another_row_definition(ablated, tmp_path):
+    """An ablation made when R18+FA was the FA stem alone is not silently reused as R18+FA."""
+    import shutil
+
+    workdir, base, _, _ = ablated
+    copy = tmp_path / "ab"
+    shutil.copytree(workdir, copy)
+    path = copy / "r18_fa" / "seed7" / "config.json"
+    saved = json.loads(path.read_text())
+    saved["model"]["attention"] = False
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ablation.UsageError, match=r"r18_fa/seed7 was made with another configuration.*model.attention"):
+        ablation.run(base, FGA, 2, copy, resume=True, progress=False, log=lambda *_: None)

@@ -55,11 +55,14 @@ def test_lineage_follows_algorithm_1(evolved):
     for name in NAMES:  # the recorded loss and accuracy are the last epoch's
         last = json.loads((root / "evo" / "members" / name / "metrics.jsonl").read_text().splitlines()[-1])
         assert members[name]["train_loss"] == last["train_loss"]
+        assert members[name]["train_ce"] == last["train_ce"]
         assert members[name]["test_accuracy"] == last["test_accuracy"]
+    # FGA's fitness is the reference loss (plain CE), not the sampled ML loss (METHOD 2.4).
+    assert all(members[n]["train_ce"] != members[n]["train_loss"] for n in NAMES)
     assert len({members[n]["seed"] for n in NAMES}) == 4
 
-    # Roulette on inverse loss; the fittest parent first.
-    losses = np.array([members[n]["train_loss"] for n in NAMES[:2]])
+    # Roulette on inverse reference loss; the fittest parent first.
+    losses = np.array([members[n]["train_ce"] for n in NAMES[:2]])
     probs = (1 / losses) / np.sum(1 / losses)
     child = members["g1-c0"]
     order = list(np.argsort(losses))
@@ -69,7 +72,7 @@ def test_lineage_follows_algorithm_1(evolved):
 
     # Survivors: the two lowest training losses among old, child and new.
     generation = lineage["generations"][1]
-    by_loss = sorted(NAMES, key=lambda n: (members[n]["train_loss"], NAMES.index(n)))
+    by_loss = sorted(NAMES, key=lambda n: (members[n]["train_ce"], NAMES.index(n)))
     assert generation["survivors"] == by_loss[:2]
     best = max(generation["survivors"], key=lambda n: members[n]["test_accuracy"])
     assert result["best_after"] == {"name": best, "test_accuracy": members[best]["test_accuracy"]}

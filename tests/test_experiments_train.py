@@ -290,3 +290,25 @@ def test_the_detector_reads_the_reference_loss_through_the_loop(tmp_path, monkey
     assert [h["phase"] for h in history] == [1] * 7 + [2] * 3
     assert calls[7 * steps] == pytest.approx(1e-5) and calls[7 * steps - 1] > 1e-5  # Lr2 from epoch 7, never up
     assert summary["final_train_ce"] == pytest.approx(0.699)
+
+
+def test_resume_keeps_the_recorded_settings_whose_default_changed(tmp_path, capsys):
+    """A run made before face boxes became the default (crop_faces recorded false) and before
+    Lr1's cosine ended at Lr2 (lr1_min 0) resumes with its recorded settings through the
+    program; given explicitly, a different setting is a named configuration mismatch."""
+    common = ["--widths", "8,16,16,32", "--input-size", "32", "--train-size", "96", "--test-size", "40",
+              "--batch-size", "16", "--threads", "2", "--no-progress", "--data-dir", str(tmp_path / "data"),
+              "--workdir", str(tmp_path / "run")]
+    assert train_program.main(common + ["--epochs", "1"]) == 0
+    path = tmp_path / "run" / "config.json"
+    saved = json.loads(path.read_text())
+    assert saved["data"]["crop_faces"] is True and saved["schedule"]["lr1_min"] is None
+    saved["data"]["crop_faces"], saved["schedule"]["lr1_min"] = False, 0.0
+    path.write_text(json.dumps(saved))
+    assert train_program.main(common + ["--epochs", "2", "--resume"]) == 0
+    resumed = json.loads(path.read_text())
+    assert resumed["data"]["crop_faces"] is False and resumed["schedule"]["lr1_min"] == 0.0
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+    capsys.readouterr()
+    assert train_program.main(common + ["--epochs", "3", "--resume", "--crop-faces"]) == 2
+    assert "data.crop_faces (False in the checkpoint, True now)" in capsys.readouterr().err

@@ -134,6 +134,7 @@ def test_prepared_data_is_identical_to_the_folder(folders, tmp_path, dataset, fo
     counts = np.bincount([int(from_folder.train[i]["label"]) for i in range(len(from_folder.train))],
                          minlength=from_folder.num_classes)
     assert meta["class_counts"]["train"] == counts.tolist()
+    assert meta["labels"]["train"] == from_folder.train.labels.tolist()  # for the balanced sampler
     np.testing.assert_allclose(meta["class_weights"], counts.sum() / (len(counts) * counts), rtol=1e-6)
     np.testing.assert_allclose(from_prepared.class_weights, from_folder.class_weights, rtol=1e-6)
     assert from_prepared.notes == from_folder.notes
@@ -340,3 +341,22 @@ def test_decode_converts_grey_and_rgba_to_rgb():
         buffer = io.BytesIO()
         Image.new(mode, (5, 4)).save(buffer, format="PNG")
         assert data.folders.decode_image(buffer.getvalue(), "x.png").shape == (4, 5, 3)
+
+
+def test_a_face_box_outside_its_image_is_found_when_preparing(tmp_path):
+    """Training cuts AffectNet's face boxes by default, so preparing checks the boxes too: a box
+    outside its image stops the preparation naming the image (not an epoch later), or is left
+    out and recorded with --skip-bad-images."""
+    folder = fixtures.write_affectnet_original(tmp_path / "an", [0, 1, 2, 3, 4, 5, 6, 7] * 2, [0, 1, 2, 3, 4, 5, 6, 7],
+                                               size=48)
+    csv_path = folder / "Manually_Annotated_file_lists" / "training.csv"
+    lines = csv_path.read_text().splitlines()
+    cells = lines[1].split(",")
+    cells[1] = "900"  # face_x beyond the 48 px image
+    lines[1] = ",".join(cells)
+    csv_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=f"face box \\(x=900.*of image .*{cells[0]}.*lies outside"):
+        quiet_prepare("affectnet8", folder, tmp_path / "out")
+    quiet_prepare("affectnet8", folder, tmp_path / "out", skip_bad_images=True)
+    dataset = data.open_dataset("affectnet8", tmp_path / "out")
+    assert len(dataset.train) == 15 and any(cells[0] in note for note in dataset.notes)

@@ -34,7 +34,7 @@ def max_abs_diff(a, b):
 
 
 @pytest.mark.parametrize("weighted,augment", [
-    (False, None), (True, None), (False, dataclasses.replace(AUGMENT_PRESETS["dan"], rotate_p=0.5, crop_padding=4,
+    (False, None), (True, None), (False, dataclasses.replace(AUGMENT_PRESETS["dan"], rotate_p=0.5, crop_padding=0.125,
                                                              brightness=0.3, contrast=0.3, saturation=0.3)),
 ], ids=["ml-ce", "ml-wce", "ml-ce-augmented"])
 def test_four_devices_equal_one_device_on_the_same_global_batch(devices, weighted, augment):
@@ -279,6 +279,12 @@ def test_weight_decay_modes_match_pytorch_optimizers(name, mode, torch_name):
         (0.5 * ((ta @ tp - tb) ** 2).sum()).backward()
         topt.step()
     np.testing.assert_allclose(np.asarray(params), tp.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_sgd_weight_decay_is_coupled_only():
+    with pytest.raises(ValueError, match="SGD's weight decay is coupled"):
+        OptimConfig(name="sgd", weight_decay=1e-4, weight_decay_mode="decoupled")
+    OptimConfig(name="sgd", weight_decay=0.0)  # no decay: the mode does not matter
 
 
 def test_torch_head_init_is_nn_linears_uniform():

@@ -73,8 +73,10 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _split_generators(self, dl_manager):
         progress = progress_bar if self.bars else None
         index = read_folder(self.dataset, Path(dl_manager.manual_dir), progress)
-        # Decoded uncropped: the face crop is a read-time option (the boxes are stored).
-        drop_bad_images(index, crop=False, skip=self.skip_bad_images, num_threads=self.num_threads, progress=progress)
+        # Checked as training reads them by default (cut to the face box where the layout has boxes), so
+        # a box outside its image is found now, not mid-epoch; the crop stays a read-time option
+        # (the whole files and their boxes are stored).
+        drop_bad_images(index, crop=True, skip=self.skip_bad_images, num_threads=self.num_threads, progress=progress)
         self.info.metadata.update(metadata(index, where=f"{self.name} in {index.root}"))
         return {split: self._generate_examples(index.splits[split]) for split in SPLITS}
 
@@ -130,6 +132,8 @@ def metadata(index: FolderIndex, where: str) -> dict[str, Any]:
         "source": str(index.root),
         "layout": index.layout,
         "has_boxes": index.has_boxes,
+        # Every example's label, so the class-balanced sampler need not read every record.
+        "labels": {split: index.splits[split].labels.tolist() for split in SPLITS},
     }
 
 
@@ -195,13 +199,17 @@ class PreparedSource:
     records: Any  # a TFDS ArrayRecordDataSource
     where: str
     crop: bool = False
+    stored_labels: Any = None  # the labels stored in the metadata (None: prepared before they were)
 
     def __len__(self) -> int:
         return len(self.records)
 
     @functools.cached_property
     def labels(self) -> np.ndarray:
-        """Every example's label (int32); reads every record once (for the balanced sampler)."""
+        """Every example's label (int32), for the balanced sampler: stored in the metadata (data
+        prepared before they were: read from every record once)."""
+        if self.stored_labels is not None:
+            return np.asarray(self.stored_labels, np.int32)
         return np.asarray([int(self.records[i]["label"]) for i in range(len(self.records))], np.int32)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
@@ -232,8 +240,9 @@ def open_prepared(dataset: str, out_dir, crop: bool = False) -> Prepared:
     meta = builder.info.metadata
     folder = dataset_dir(dataset, out_dir)
     has_boxes = bool(meta.get("has_boxes"))
-    sources = {split: PreparedSource(builder.as_data_source(split=split), str(folder), crop and has_boxes)
-               for split in SPLITS}
+    stored = meta.get("labels", {})
+    sources = {split: PreparedSource(builder.as_data_source(split=split), str(folder), crop and has_boxes,
+                                     stored.get(split)) for split in SPLITS}
     return Prepared(
         folder=folder,
         classes=tuple(meta["classes"]),
