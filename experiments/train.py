@@ -28,11 +28,7 @@ from experiments.runner import (  # noqa: F401  (re-exported: the program's outp
     has_checkpoint, prepare_workdir, process_workdir, recorded_config, start_processes, train_members, write_atomic,
 )
 from faml_jax import data, models
-from faml_jax.config import (
-    AUGMENT_PRESETS, AugmentConfig, DataConfig, ModelConfig, OptimConfig, RUN_PRESETS, RunConfig, ScheduleConfig,
-    check_pretrained_start, default_compute_dtype, model_loss,
-)
-from faml_jax.data.synthetic import SyntheticConfig
+from faml_jax.config import AUGMENT_PRESETS, RUN_PRESETS, AugmentConfig, RunConfig, preset
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,57 +157,42 @@ def resolve_augment(args: argparse.Namespace) -> AugmentConfig:
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
-    """The run's configuration: the data set's preset, overridden by the flags given. R18 and
-    R18+FA train with plain CE unless ``--loss`` is given (METHOD 2)."""
-    preset = RUN_PRESETS[args.dataset]
-    model_name = preset["model_name"] if args.model is None else args.model
-    model_fields = dict(preset["model"])
+    """The run's configuration: ``faml_jax.config.preset`` of the data set and model, overridden
+    by the flags given (R18 and R18+FA train with plain CE unless ``--loss`` is given; METHOD 2)."""
+    model_options = {"head_init": args.head_init}
     if args.widths:
         try:
-            model_fields["widths"] = tuple(int(w) for w in args.widths.split(","))
+            model_options["widths"] = tuple(int(w) for w in args.widths.split(","))
         except ValueError:
             raise UsageError(f"--widths must be comma-separated integers, got {args.widths!r}") from None
-    if args.input_size is not None:
-        model_fields["input_size"] = args.input_size
-    model_fields["dtype"] = args.dtype or default_compute_dtype(jax.default_backend())
-    model_fields["head_init"] = args.head_init
-    loss = preset["loss"] if args.loss is not None else model_loss(args.dataset, model_name)
-    loss = dataclasses.replace(
-        loss,
-        **{k: v for k, v in dict(kind=args.loss, p_lsr=args.p_lsr, weighted=args.weighted).items() if v is not None},
-    )
-    sgd_lr = {"lr1": 0.005} if args.optimizer == "sgd" else {}  # the paper's SGD learning rate
-    schedule = ScheduleConfig(**{
-        **preset["schedule"],
-        **sgd_lr,
-        **{k: v for k, v in dict(lr1=args.lr, lr2=args.lr2).items() if v is not None},
-        **({"switch": False} if args.no_switch else {}),
-    })
-    synthetic = SyntheticConfig(**{
-        k: v for k, v in dict(train_size=args.train_size, test_size=args.test_size).items() if v is not None
-    })
-    num_classes = 8 if args.dataset == "affectnet8" else 7
-    config = RunConfig(
-        model_name=model_name,
-        model=models.with_preset(ModelConfig(num_classes=num_classes, **model_fields), model_name,
-                                 attention=False if args.no_attention else None),
+    for name, value in (("input_size", args.input_size), ("dtype", args.dtype)):
+        if value is not None:
+            model_options[name] = value
+    if args.no_attention:
+        model_options["attention"] = False
+    loss = {k: v for k, v in dict(kind=args.loss, p_lsr=args.p_lsr, weighted=args.weighted).items() if v is not None}
+    if args.loss is not None:  # an explicit loss starts from the data set's ML preset (its p and weighting)
+        loss = dataclasses.replace(RUN_PRESETS[args.dataset]["loss"], **loss)
+    schedule = {k: v for k, v in dict(lr1=args.lr, lr2=args.lr2).items() if v is not None}
+    if args.no_switch:
+        schedule["switch"] = False
+    synthetic = {k: v for k, v in dict(train_size=args.train_size, test_size=args.test_size).items() if v is not None}
+    sizes = {k: v for k, v in dict(epochs=args.epochs, batch_size=args.batch_size).items() if v is not None}
+    return preset(
+        args.dataset, args.model, model_options=model_options, from_scratch=args.from_scratch,
         loss=loss,
-        optim=OptimConfig(name=args.optimizer, learning_rate=schedule.lr1, weight_decay=args.weight_decay,
-                          weight_decay_mode=args.weight_decay_mode or ("coupled" if args.optimizer == "sgd"
-                                                                       else "decoupled")),
+        optim=dict(name=args.optimizer, weight_decay=args.weight_decay,
+                   weight_decay_mode=args.weight_decay_mode or ("coupled" if args.optimizer == "sgd" else "decoupled")),
         schedule=schedule,
-        data=DataConfig(dataset=args.dataset, data_dir=args.data_dir, synthetic=synthetic, num_threads=args.threads,
-                        crop_faces=True if args.crop_faces is None else args.crop_faces,
-                        skip_bad_images=args.skip_bad_images, balanced=args.balanced),
-        epochs=preset["epochs"] if args.epochs is None else args.epochs,
-        batch_size=preset["batch_size"] if args.batch_size is None else args.batch_size,
+        data=dict(data_dir=args.data_dir, synthetic=synthetic, num_threads=args.threads,
+                  crop_faces=True if args.crop_faces is None else args.crop_faces,
+                  skip_bad_images=args.skip_bad_images, balanced=args.balanced),
+        augment=resolve_augment(args),
         seed=args.seed,
         keep_checkpoints=args.keep,
         init=str(Path(args.init).expanduser().absolute()) if args.init else None,
-        augment=resolve_augment(args),
+        **sizes,
     )
-    check_pretrained_start(config, from_scratch=args.from_scratch)
-    return config
 
 
 def kept_on_resume(args: argparse.Namespace) -> tuple[str, ...]:

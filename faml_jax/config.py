@@ -497,6 +497,84 @@ def check_pretrained_start(config: "RunConfig", from_scratch: bool = False) -> N
             "weights knowingly")
 
 
+def preset(dataset: str = "synthetic", model: str | None = None, *, model_options: dict | None = None,
+           from_scratch: bool = False, backend: str | None = None, **overrides) -> "RunConfig":
+    """The full configuration of a run on ``dataset`` (``RUN_PRESETS``), as the programs build it.
+
+        >>> config = preset("synthetic", epochs=2)                            # the CPU demo
+        >>> config = preset("rafdb", init="backbones/msceleb", data={"data_dir": "~/RAF-DB"})
+        >>> config = preset("affectnet8", "r18", from_scratch=True)           # R18 row, plain CE
+        >>> config = preset("synthetic", model_options={"widths": (8, 16, 16, 32), "input_size": 32})
+
+    It owns everything a preset decides: the number of classes, the model (``model``: a
+    ``faml_jax.models.PRESETS`` name; default the data set's, R18+FAML), its loss (R18 and R18+FA
+    plain CE, R18+FAML the data set's ML loss; METHOD 2), batch size, epochs, schedule, the
+    optimiser's learning rate (Lr1; SGD: the paper's 0.005), the compute dtype of ``backend``
+    (default ``jax.default_backend()``: bfloat16 on accelerators, float32 on the CPU) and the
+    pre-trained start: on the real data sets a config without ``init`` raises ``ConfigError``
+    unless ``from_scratch`` (``check_pretrained_start``).
+
+    ``model_options``: ``ModelConfig`` fields to change (as ``models.build`` takes them;
+    ``attention=False`` keeps FA's stem without its blocks). ``overrides``: any other ``RunConfig``
+    field; for the nested configs (``loss``, ``optim``, ``schedule``, ``data``, ``augment``) either
+    a config object or a dict of the fields to change (``data`` may hold ``synthetic`` as a dict). ``optim={"name": "sgd"}`` takes SGD's
+    learning rate unless ``schedule`` sets ``lr1``; ``optim.learning_rate`` always follows
+    ``schedule.lr1``.
+    """
+    from faml_jax import models  # models imports config: import here, not at module level
+
+    if dataset not in RUN_PRESETS:
+        raise ConfigError(f"unknown data set {dataset!r}; available: {', '.join(RUN_PRESETS)}")
+    base = RUN_PRESETS[dataset]
+    model_name = model or base["model_name"]
+    if model_name not in models.PRESETS:
+        raise ConfigError(f"unknown model {model_name!r}; available: {', '.join(sorted(models.PRESETS))}")
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(RunConfig)} - {"model_name", "model"})
+    if unknown:
+        raise ConfigError(f"RunConfig has no field(s) {unknown}")
+    if "model" in overrides or "model_name" in overrides:
+        raise ConfigError("give the model's name as preset(dataset, model) and its fields as model_options")
+
+    def nested(name: str, default, **extra):
+        given = overrides.pop(name, None)
+        if given is not None and not isinstance(given, dict):
+            return given
+        return dataclasses.replace(default, **{**extra, **(given or {})})
+
+    if backend is None:
+        import jax
+
+        backend = jax.default_backend()
+    model_fields = dict(base["model"], dtype=default_compute_dtype(backend))
+    given_model = dict(model_options or {})
+    attention = given_model.pop("attention", None)
+    model_config = models.with_preset(
+        ModelConfig(num_classes=8 if dataset == "affectnet8" else 7, **{**model_fields, **given_model}),
+        model_name, attention=attention)
+    loss = nested("loss", model_loss(dataset, model_name))
+    optim_given = overrides.get("optim")
+    optim_name = optim_given.get("name", "adam") if isinstance(optim_given, dict) else "adam"
+    sgd = {"lr1": 0.005} if optim_name == "sgd" else {}  # the paper's SGD learning rate
+    schedule = nested("schedule", ScheduleConfig(), **{**base["schedule"], **sgd})
+    optim = nested("optim", OptimConfig(), learning_rate=schedule.lr1)
+    data_given = dict(overrides.pop("data", None) or {}) if not isinstance(overrides.get("data"), DataConfig) else None
+    if data_given is None:
+        data_config = overrides.pop("data")
+    else:
+        synthetic = data_given.pop("synthetic", None)
+        if isinstance(synthetic, dict):
+            synthetic = SyntheticConfig(**synthetic)
+        data_config = DataConfig(dataset=dataset, **data_given, **({"synthetic": synthetic} if synthetic else {}))
+    augment = nested("augment", AugmentConfig())
+    config = RunConfig(**{
+        "model_name": model_name, "model": model_config, "loss": loss, "optim": optim, "schedule": schedule,
+        "data": data_config, "augment": augment, "epochs": base["epochs"], "batch_size": base["batch_size"],
+        **overrides,
+    })
+    check_pretrained_start(config, from_scratch)
+    return config
+
+
 def default_compute_dtype(backend: str) -> str:
     """The runs' compute dtype on ``backend`` (``jax.default_backend()``): mixed precision on
     accelerators (bfloat16 compute, float32 parameters and BatchNorm statistics; tensor cores run

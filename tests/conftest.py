@@ -1,5 +1,5 @@
-"""Test set-up: four CPU devices, so data-parallel code is tested on this machine, and the
-programs' default XLA flags (faml_jax.xla_flags).
+"""Test set-up: four CPU devices, so data-parallel code is tested on this machine, the programs'
+default XLA flags (faml_jax.xla_flags), and a persistent JAX compilation cache.
 
 The flag must be set before jax creates its devices, hence before anything imports jax.
 """
@@ -14,6 +14,17 @@ flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={NUM_TEST_DEVICES}".strip()
 set_default_flags()  # the programs' XLA flags, so tests run what users run
+
+# A persistent compilation cache for the suite and the programs it starts in subprocesses (they
+# inherit the environment): the suite compiles the same steps again and again (the tiny run in the
+# train, evolve, ensemble and ablation tests, their subprocesses), and a second run finds them all.
+# Kept beside the synthetic data's cache; FAML_JAX_TEST_JAX_CACHE names another folder, "0" none.
+_cache = os.environ.get("FAML_JAX_TEST_JAX_CACHE") or os.path.join(
+    os.environ.get("FAML_JAX_CACHE") or os.path.expanduser("~/.cache/faml_jax"), "jax-compilation-cache")
+if _cache != "0":
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

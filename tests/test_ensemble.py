@@ -9,6 +9,7 @@ import pytest
 from faml_jax import ensemble, fga, models, train
 from faml_jax.data import ArraySource, eval_batches
 from faml_jax.evaluate import EnsembleEvaluator
+from helpers import reference_predict
 
 
 def member(c, first, second, strength=(3.0, 2.0)):
@@ -16,32 +17,6 @@ def member(c, first, second, strength=(3.0, 2.0)):
     row = np.zeros(c, np.float32)
     row[first], row[second] = strength
     return row
-
-
-def reference_predict(logits, strategy, alpha=1.9, beta=1.0):
-    """Plain numpy, one sample at a time: the votes of Eq. 10-12 / majority / Eq. 13, ties broken
-    by NOI and then by the lowest class index. Returns (predictions, ambiguous): ``ambiguous``
-    marks samples whose decision rests on two NOI sums that are equal up to rounding (float32
-    and float64 sums may order them differently)."""
-    logits = np.asarray(logits, np.float64)
-    m, b, c = logits.shape
-    out, ambiguous = [], []
-    for i in range(b):
-        votes, noi = np.zeros(c), np.zeros(c)
-        for l in range(m):
-            order = np.argsort(-logits[l, i], kind="stable")  # equal logits: lower index first
-            if strategy == "t2v":
-                votes[order[0]] += alpha
-                votes[order[1]] += beta
-            else:
-                votes[order[0]] += 1
-            e = np.exp(logits[l, i] - logits[l, i].max())
-            noi += e / e.sum()
-        candidates = np.arange(c) if strategy == "noi" else np.flatnonzero(np.isclose(votes, votes.max()))
-        best = np.sort(noi[candidates])[::-1]
-        ambiguous.append(len(candidates) > 1 and best[0] - best[1] < 1e-5)
-        out.append(int(candidates[np.argmax(noi[candidates])]))
-    return np.asarray(out), np.asarray(ambiguous)
 
 
 def test_t2v_scores_by_hand_c7():

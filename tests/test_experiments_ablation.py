@@ -8,8 +8,7 @@ import pytest
 
 from experiments import ablation
 from faml_jax.config import FGAConfig
-from test_ensemble import reference_predict
-from test_experiments_train import tiny_config
+from helpers import reference_predict, tiny_config
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,7 @@ import pytest
 
 from experiments import ensemble as ensemble_program
 from experiments import train as train_program
-from test_ensemble import reference_predict
-from test_experiments_train import tiny_config
+from helpers import reference_predict, tiny_config
 
 SEEDS = (1, 2, 3)
 quiet = dict(progress=False, log=lambda *_: None)

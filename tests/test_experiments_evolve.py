@@ -14,7 +14,7 @@ from faml_jax import data, models, train
 from faml_jax.checkpoint import Checkpoints
 from faml_jax.config import FGAConfig
 from faml_jax.preprocess import normalize
-from test_experiments_train import tiny_config
+from helpers import tiny_config
 
 # Two networks, one child (both as parents) and one new network per generation. With the tiny
 # run's detector (window 2, huge ranges) a fresh network switches to Lr2 after 2 epochs and is

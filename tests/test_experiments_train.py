@@ -14,28 +14,9 @@ import pytest
 
 from experiments import train as train_program
 from faml_jax import config as config_module
+from helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# A run small enough for the CPU: 96 training images of 32 px, batch 16 over the 4 test devices.
-TINY = """
-RunConfig(
-    model_name="r18_faml",
-    model=ModelConfig(num_classes=7, widths=(8, 16, 16, 32), input_size=32, fa_regions=DEFAULT_REGIONS,
-                      attention=True, attn_dim=16, attn_heads=2, attn_depth=1),
-    loss=LossConfig(kind="ml", p_lsr=0.5, weighted=True),
-    optim=OptimConfig(learning_rate=1e-3),
-    schedule=ScheduleConfig(lr1=1e-3, window=2, loss_range=10.0, acc_range=10.0),  # switches after epoch 2
-    data=DataConfig(dataset="synthetic", data_dir=DATA_DIR,
-                    synthetic=SyntheticConfig(train_size=96, test_size=40, image_size=32), num_threads=2),
-    epochs=EPOCHS, batch_size=16, seed=7, eval_batch_size=32, keep_checkpoints=2,
-)
-"""
-IMPORTS = "from faml_jax.config import *\nfrom faml_jax.data.synthetic import SyntheticConfig\n"
-
-
-def tiny_config(data_dir, epochs):
-    return eval(TINY, {**vars(config_module), "DATA_DIR": str(data_dir), "EPOCHS": epochs})
 
 
 def without_timings(lines):
@@ -110,7 +91,7 @@ def test_resume_reproduces_the_uninterrupted_run(uninterrupted):
     assert_same_run(workdir, root / "full", config)
 
 
-CRASHING_RUN = IMPORTS + textwrap.dedent("""
+CRASHING_RUN = "from helpers import tiny_config\n" + textwrap.dedent("""
     import os, sys
     from orbax.checkpoint._src.path import atomicity
     from experiments import train as train_program
@@ -132,8 +113,8 @@ CRASHING_RUN = IMPORTS + textwrap.dedent("""
 def test_a_run_killed_during_a_save_resumes_from_the_last_complete_checkpoint(uninterrupted):
     root, data_dir, config, _ = uninterrupted
     workdir = root / "crashed"
-    script = CRASHING_RUN.replace("{config}", TINY.replace("DATA_DIR", repr(str(data_dir))).replace("EPOCHS", "3"))
-    env = {**os.environ, "CRASH_AT": "2", "PYTHONPATH": str(ROOT)}
+    script = CRASHING_RUN.replace("{config}", f"tiny_config({str(data_dir)!r}, 3)")
+    env = {**os.environ, "CRASH_AT": "2", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     result = subprocess.run([sys.executable, "-c", script, str(workdir)], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 17, result.stderr[-2000:]
     leftovers = [p.name for p in (workdir / "checkpoints").iterdir()]

@@ -1,0 +1,50 @@
+"""Helpers shared by the tests (no test module imports another): the tiny training run every
+program test trains, built with ``faml_jax.config.preset`` as a user would, and a plain NumPy
+reference of the ensemble decisions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from faml_jax.config import RunConfig, preset
+
+# A run small enough for the CPU: 96 training images of 32 px, batch 16 over the 4 test devices.
+# The detector's window is 2 epochs with huge ranges, so a run switches to Lr2 after epoch 2.
+TINY_MODEL = dict(widths=(8, 16, 16, 32), input_size=32, attn_dim=16, attn_heads=2, attn_depth=1)
+
+
+def tiny_config(data_dir, epochs: int, **overrides) -> RunConfig:
+    """R18+FAML with ML (p 0.5, WCE) on a 96/40-image synthetic set of 32 px, seed 7."""
+    return preset(
+        "synthetic", model_options=TINY_MODEL,
+        loss=dict(kind="ml", p_lsr=0.5, weighted=True),
+        schedule=dict(lr1=1e-3, window=2, loss_range=10.0, acc_range=10.0),
+        data=dict(data_dir=str(data_dir), synthetic=dict(train_size=96, test_size=40, image_size=32), num_threads=2),
+        **{"epochs": epochs, "batch_size": 16, "seed": 7, "eval_batch_size": 32, "keep_checkpoints": 2, **overrides},
+    )
+
+
+def reference_predict(logits, strategy, alpha=1.9, beta=1.0):
+    """Plain numpy, one sample at a time: the votes of Eq. 10-12 / majority / Eq. 13, ties broken
+    by NOI and then by the lowest class index. Returns (predictions, ambiguous): ``ambiguous``
+    marks samples whose decision rests on two NOI sums that are equal up to rounding (float32
+    and float64 sums may order them differently)."""
+    logits = np.asarray(logits, np.float64)
+    m, b, c = logits.shape
+    out, ambiguous = [], []
+    for i in range(b):
+        votes, noi = np.zeros(c), np.zeros(c)
+        for l in range(m):
+            order = np.argsort(-logits[l, i], kind="stable")  # equal logits: lower index first
+            if strategy == "t2v":
+                votes[order[0]] += alpha
+                votes[order[1]] += beta
+            else:
+                votes[order[0]] += 1
+            e = np.exp(logits[l, i] - logits[l, i].max())
+            noi += e / e.sum()
+        candidates = np.arange(c) if strategy == "noi" else np.flatnonzero(np.isclose(votes, votes.max()))
+        best = np.sort(noi[candidates])[::-1]
+        ambiguous.append(len(candidates) > 1 and best[0] - best[1] < 1e-5)
+        out.append(int(candidates[np.argmax(noi[candidates])]))
+    return np.asarray(out), np.asarray(ambiguous)
