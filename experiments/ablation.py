@@ -45,15 +45,15 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import ensemble as ensemble_program
-from experiments import evolve as evolve_program
-from experiments import train as train_program
-from experiments.runner import (
-    UsageError, adopt_recorded, complete_run_config, config_differences, config_to_json, process_workdir,
-    recorded_config, write_atomic,
+from experiments.cli import (
+    OneLineErrorParser, UsageError, add_fga_arguments, add_run_arguments, fga_config, kept_on_resume, resolve_config,
+    run_cli,
 )
-from experiments.train import OneLineErrorParser, add_run_arguments, kept_on_resume, resolve_config, run_cli
-from faml_jax import models
+from faml_jax import evolution, models, report, trainer
+from faml_jax.trainer import (
+    adopt_recorded, complete_run_config, config_differences, config_to_json, process_workdir, recorded_config,
+    write_atomic,
+)
 from faml_jax.config import FGAConfig, LossConfig, RunConfig
 
 VARIANTS = {  # row name: model preset
@@ -151,8 +151,8 @@ def run(base: RunConfig, fga: FGAConfig, networks: int, workdir: str | os.PathLi
                 check_finished_run(run_dir, dataclasses.replace(config, seed=seed), keep_recorded)
             if summary is None or summary["epochs"] < config.epochs:
                 log(f"== {row}, seed {seed} ({run_dir})")
-                summary = train_program.run(dataclasses.replace(config, seed=seed), run_dir, resume=True,
-                                            progress=progress, log=log, keep_recorded=keep_recorded)
+                summary = trainer.fit(dataclasses.replace(config, seed=seed), run_dir, resume=True,
+                                      progress=progress, log=log, keep_recorded=keep_recorded)
             names.append(f"seed{seed}")
             accuracies.append(summary["final_test_accuracy"])
             if row == "R18+FAML":
@@ -160,8 +160,8 @@ def run(base: RunConfig, fga: FGAConfig, networks: int, workdir: str | os.PathLi
         table[row] = single_row(names, accuracies, f"mean ± sd of {networks} networks (seeds {seeds[0]}..{seeds[-1]})")
     log("== R18+FAML-FGA")
     fga_dir = workdir / "fga"
-    result = evolve_program.run(base, fga, fga_dir, given=faml_dirs, resume=True, member_parallel=member_parallel,
-                                progress=progress, log=log, keep_recorded=keep_recorded)
+    result = evolution.evolve(base, fga, fga_dir, members=faml_dirs, resume=True, side_by_side=member_parallel,
+                              progress=progress, log=log, keep_recorded=keep_recorded)
     lineage = json.loads((fga_dir / "population.json").read_text())
     survivors = result["survivors"]
     table["R18+FAML-FGA"] = single_row(
@@ -170,16 +170,16 @@ def run(base: RunConfig, fga: FGAConfig, networks: int, workdir: str | os.PathLi
     reports = {}
     for row, members, folder in [
         ("R18+FAML-T2V", [(f"seed{s}", d) for s, d in zip(seeds, faml_dirs)], "faml-t2v"),
-        ("R18+FAML-FGA-T2V", evolve_program.population_members(fga_dir), "faml-fga-t2v"),
+        ("R18+FAML-FGA-T2V", evolution.population_members(fga_dir), "faml-fga-t2v"),
     ]:
         log(f"== {row}")
         out = workdir / "reports" / folder
-        report = ensemble_program.run(members, out, overwrite=True, progress=progress, log=log,
-                                      command=f"experiments.ablation ({row})")
-        reports[row] = report
-        table[row] = {"accuracy": report["ensemble"]["t2v"]["accuracy"],
-                      "t1v": report["ensemble"]["t1v"]["accuracy"], "noi": report["ensemble"]["noi"]["accuracy"],
-                      "best_member": max(m["accuracy"] for m in report["members"]),
+        result_ = report.ensemble_report(members, out, overwrite=True, progress=progress, log=log,
+                                         command=f"experiments.ablation ({row})")
+        reports[row] = result_
+        table[row] = {"accuracy": result_["ensemble"]["t2v"]["accuracy"],
+                      "t1v": result_["ensemble"]["t1v"]["accuracy"], "noi": result_["ensemble"]["noi"]["accuracy"],
+                      "best_member": max(m["accuracy"] for m in result_["members"]),
                       "what": f"T2V of {len(members)} networks ({', '.join(n for n, _ in members)})",
                       "report": str(out)}
     for row in ROWS:
@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--networks", type=int, default=6,
                         help="networks per single-network row = ensemble size = FGA population (default 6, as the "
                              "paper's T2V rows)")
-    evolve_program.add_fga_arguments(parser, population=False)
+    add_fga_arguments(parser, population=False)
     parser.add_argument("--member-parallel", action="store_true", help="FGA: one network per device side by side")
     return parser
 
@@ -240,7 +240,7 @@ def main(argv=None) -> int:
         if base.model_name != "r18_faml":
             raise UsageError(f"the {args.dataset} preset's model is {base.model_name}, expected r18_faml")
         workdir = process_workdir(Path(args.workdir or f"runs/ablation-{args.dataset}-seed{args.seed}"))
-        run(base, evolve_program.fga_config(args, population=args.networks), args.networks, workdir,
+        run(base, fga_config(args, population=args.networks), args.networks, workdir,
             resume=args.resume, member_parallel=args.member_parallel, progress=not args.no_progress,
             keep_recorded=kept_on_resume(args))
 

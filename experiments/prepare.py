@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from experiments.train import OneLineErrorParser, run_cli
+from experiments.cli import OneLineErrorParser, run_cli
 from faml_jax import data
 from faml_jax.data import prepared
 from faml_jax.data.synthetic import default_cache_dir

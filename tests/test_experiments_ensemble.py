@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 from experiments import ensemble as ensemble_program
-from experiments import train as train_program
+from faml_jax import report as report_module
+from faml_jax import trainer
+from faml_jax.errors import WorkdirError
+from faml_jax.evolution import population_members
 from helpers import reference_predict, tiny_config
 
 SEEDS = (1, 2, 3)
@@ -25,9 +28,9 @@ def trained(tmp_path_factory):
     for seed in SEEDS:
         config = dataclasses.replace(tiny_config(root / "data", 3), seed=seed)
         workdir = root / f"net{seed}"
-        train_program.run(config, workdir, **quiet)
+        trainer.fit(config, workdir, **quiet)
         members.append((f"net{seed}", workdir))
-    report = ensemble_program.run(members, root / "report", **quiet)
+    report = report_module.ensemble_report(members, root / "report", **quiet)
     return root, members, report
 
 
@@ -91,7 +94,7 @@ def test_report_files(trained):
 
 def test_best_checkpoint_and_accuracy_order(trained, tmp_path):
     root, members, _ = trained
-    report = ensemble_program.run(members, tmp_path / "best", checkpoint="best", order="accuracy", **quiet)
+    report = report_module.ensemble_report(members, tmp_path / "best", checkpoint="best", order="accuracy", **quiet)
     for (name, workdir), evaluated, row in zip(members, report["members_evaluated"], report["members"]):
         summary = json.loads((workdir / "summary.json").read_text())
         history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -111,13 +114,13 @@ def test_population_members(trained, tmp_path):
                                {"generation": 1, "survivors": ["net3", "net1"]}],
                "plans": {"1": {}}}
     (tmp_path / "population.json").write_text(json.dumps(lineage))
-    found = ensemble_program.population_members(tmp_path)
+    found = population_members(tmp_path)
     assert found == [("net3", members[2][1]), ("net1", members[0][1])]
-    assert [n for n, _ in ensemble_program.population_members(tmp_path, all_networks=True)] == ["net1", "net2", "net3"]
+    assert [n for n, _ in population_members(tmp_path, all_networks=True)] == ["net1", "net2", "net3"]
     lineage["plans"]["2"] = {}  # generation 2 planned but not finished
     (tmp_path / "population.json").write_text(json.dumps(lineage))
-    with pytest.raises(ensemble_program.UsageError, match="not finished"):
-        ensemble_program.population_members(tmp_path)
+    with pytest.raises(WorkdirError, match="not finished"):
+        population_members(tmp_path)
 
 
 def cli(argv, capsys):
@@ -158,8 +161,8 @@ def test_failed_write_keeps_the_earlier_report(trained, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ensemble_program, "confusion_png", broken)
+    monkeypatch.setattr(report_module, "confusion_png", broken)
     with pytest.raises(OSError, match="disk full"):
-        ensemble_program.run(members, out, overwrite=True, **quiet)
+        report_module.ensemble_report(members, out, overwrite=True, **quiet)
     assert (out / "report.json").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]  # no temporary folder left

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from experiments import evolve
-from experiments.runner import Member
+from faml_jax.errors import ConfigError, WorkdirError
+from faml_jax.evolution import Evolution
+from faml_jax.evolution import evolve as run_evolution
+from faml_jax.trainer import Member
 from faml_jax import data, models, train
 from faml_jax.checkpoint import Checkpoints
 from faml_jax.config import FGAConfig
@@ -29,7 +32,7 @@ quiet = dict(progress=False, log=lambda *_: None)
 def evolved(tmp_path_factory):
     root = tmp_path_factory.mktemp("evolve")
     config = tiny_config(root / "data", CAP)
-    result = evolve.run(config, FGA, root / "evo", **quiet)
+    result = run_evolution(config, FGA, root / "evo", **quiet)
     lineage = json.loads((root / "evo" / "population.json").read_text())
     return root, config, lineage, result
 
@@ -107,7 +110,7 @@ def test_a_child_starts_from_its_parents_averaged_kernels(evolved):
 
 def test_fresh_networks_share_one_start_but_not_their_heads(evolved):
     root, config, lineage, _ = evolved
-    evolution = evolve.Evolution(config, FGA, root / "evo", given=[], member_parallel=False, **quiet)
+    evolution = Evolution(config, FGA, root / "evo", given=[], member_parallel=False, **quiet)
     a, b = (evolution.start_variables(lineage["members"][n]["seed"]) for n in NAMES[:2])
     for path, x in jax.tree_util.tree_leaves_with_path(a):
         y = dict(jax.tree_util.tree_leaves_with_path(b))[path]
@@ -136,14 +139,14 @@ def test_an_interrupted_evolution_resumes_to_the_same_result(evolved, monkeypatc
 
     monkeypatch.setattr(Member, "end_epoch", end_epoch)
     with pytest.raises(KeyboardInterrupt):
-        evolve.run(config, FGA, workdir, **quiet)
+        run_evolution(config, FGA, workdir, **quiet)
     monkeypatch.setattr(Member, "end_epoch", original)
     partial = json.loads((workdir / "population.json").read_text())
     assert partial["members"]["g1-c0"]["status"] == "trained" and partial["members"]["g1-n0"]["status"] == "planned"
-    with pytest.raises(evolve.UsageError, match="pass --resume"):
-        evolve.run(config, FGA, workdir, **quiet)
+    with pytest.raises(WorkdirError, match="pass --resume"):
+        run_evolution(config, FGA, workdir, **quiet)
 
-    assert evolve.run(config, FGA, workdir, resume=True, **quiet) == result
+    assert run_evolution(config, FGA, workdir, resume=True, **quiet) == result
     resumed = json.loads((workdir / "population.json").read_text())
     for record in resumed["members"].values():
         record.pop("workdir")
@@ -164,7 +167,7 @@ def test_member_parallel_evolution_matches_the_sequential_one(evolved):
     (test_train.py); over 24 Adam steps on batches of 16 the rounding differences between a
     4-device and a 1-device step grow to ~0.3 % of the epoch loss, hence the 1 % tolerance."""
     root, config, lineage, _ = evolved
-    evolve.run(config, FGA, root / "parallel", member_parallel=True, **quiet)
+    run_evolution(config, FGA, root / "parallel", side_by_side=True, **quiet)
     parallel = json.loads((root / "parallel" / "population.json").read_text())
     for name in NAMES:
         a, b = parallel["members"][name], lineage["members"][name]
@@ -177,7 +180,7 @@ def test_given_members_form_the_initial_population(evolved):
     root, config, lineage, _ = evolved
     dirs = [root / "evo" / "members" / n for n in NAMES[:2]]
     no_generation = dataclasses.replace(FGA, generations=0)
-    evolve.run(config, no_generation, root / "given", given=dirs, **quiet)
+    run_evolution(config, no_generation, root / "given", members=dirs, **quiet)
     given = json.loads((root / "given" / "population.json").read_text())
     assert list(given["members"]) == ["given0", "given1"]
     for i, name in enumerate(NAMES[:2]):
@@ -185,12 +188,12 @@ def test_given_members_form_the_initial_population(evolved):
         assert given["members"][f"given{i}"]["workdir"] == str(dirs[i].resolve())
 
     other = dataclasses.replace(config, model=dataclasses.replace(config.model, widths=(8, 16, 16, 16)))
-    with pytest.raises(evolve.UsageError, match=r"another configuration: model\.widths"):
-        evolve.run(other, no_generation, root / "given2", given=dirs, **quiet)
-    with pytest.raises(evolve.UsageError, match="no config.json .expected a finished experiments.train workdir"):
-        evolve.run(config, no_generation, root / "given3", given=[root, root], **quiet)
-    with pytest.raises(evolve.UsageError, match="names 1 networks but the population is 2"):
-        evolve.run(config, no_generation, root / "given4", given=dirs[:1], **quiet)
+    with pytest.raises(ConfigError, match=r"another configuration: model\.widths"):
+        run_evolution(other, no_generation, root / "given2", members=dirs, **quiet)
+    with pytest.raises(WorkdirError, match="no config.json .expected a finished experiments.train workdir"):
+        run_evolution(config, no_generation, root / "given3", members=[root, root], **quiet)
+    with pytest.raises(ConfigError, match="names 1 networks but the population is 2"):
+        run_evolution(config, no_generation, root / "given4", members=dirs[:1], **quiet)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -13,14 +13,17 @@ import numpy as np
 import pytest
 
 from experiments import train as train_program
+from experiments.cli import resolve_config
 from faml_jax import config as config_module
+from faml_jax import trainer
+from faml_jax.errors import ConfigError
 from helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def without_timings(lines):
-    return [{k: v for k, v in json.loads(line).items() if k not in train_program.TIMING_FIELDS} for line in lines]
+    return [{k: v for k, v in json.loads(line).items() if k not in trainer.TIMING_FIELDS} for line in lines]
 
 
 def final_params(workdir, config):
@@ -41,7 +44,7 @@ def uninterrupted(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     data_dir = root / "data"
     config = tiny_config(data_dir, 3)
-    summary = train_program.run(config, root / "full", progress=False, log=lambda *_: None)
+    summary = trainer.fit(config, root / "full", progress=False, log=lambda *_: None)
     return root, data_dir, config, summary
 
 
@@ -66,8 +69,8 @@ def assert_same_run(workdir, reference_dir, config):
 def test_run_writes_its_outputs(uninterrupted):
     root, _, config, summary = uninterrupted
     full = root / "full"
-    assert sorted(p.name for p in full.iterdir()) == sorted(train_program.OUTPUTS)
-    assert json.loads((full / "config.json").read_text()) == train_program.config_to_json(config)
+    assert sorted(p.name for p in full.iterdir()) == sorted(trainer.OUTPUTS)
+    assert json.loads((full / "config.json").read_text()) == trainer.config_to_json(config)
     history = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert [h["phase"] for h in history] == [1, 1, 2]  # the detector (window 2) fired after epoch 2
@@ -85,16 +88,16 @@ def test_run_writes_its_outputs(uninterrupted):
 def test_resume_reproduces_the_uninterrupted_run(uninterrupted):
     root, data_dir, config, _ = uninterrupted
     workdir = root / "resumed"
-    train_program.run(config, workdir, progress=False, log=lambda *_: None, stop_after=2)
+    trainer.fit(config, workdir, progress=False, log=lambda *_: None, stop_after=2)
     assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 2
-    train_program.run(config, workdir, resume=True, progress=False, log=lambda *_: None)
+    trainer.fit(config, workdir, resume=True, progress=False, log=lambda *_: None)
     assert_same_run(workdir, root / "full", config)
 
 
 CRASHING_RUN = "from helpers import tiny_config\n" + textwrap.dedent("""
     import os, sys
     from orbax.checkpoint._src.path import atomicity
-    from experiments import train as train_program
+    from faml_jax import trainer
 
     # Die (no clean-up, like a kill) while the checkpoint of epoch CRASH_AT is being written.
     crash_at = int(os.environ["CRASH_AT"])
@@ -106,7 +109,7 @@ CRASHING_RUN = "from helpers import tiny_config\n" + textwrap.dedent("""
             return await _original(self, *args, **kwargs)
         cls.finalize = finalize
     config = ({config})
-    train_program.run(config, sys.argv[1], progress=False)
+    trainer.fit(config, sys.argv[1], progress=False)
 """)
 
 
@@ -121,7 +124,7 @@ def test_a_run_killed_during_a_save_resumes_from_the_last_complete_checkpoint(un
     assert "1" in leftovers and "2" not in leftovers
     assert any(name.startswith("2.orbax-checkpoint-tmp") for name in leftovers), leftovers
 
-    train_program.run(config, workdir, resume=True, progress=False, log=lambda *_: None)
+    trainer.fit(config, workdir, resume=True, progress=False, log=lambda *_: None)
     assert_same_run(workdir, root / "full", config)
 
 
@@ -169,24 +172,24 @@ def test_a_configuration_saved_before_a_field_was_added_still_resumes(tmp_path):
     """config.json written by an earlier version (without the fields added since) compares equal
     to the same configuration now: missing fields take their defaults, except those whose
     default changed since (``LEGACY_DEFAULTS``: AffectNet's face boxes were off)."""
-    from experiments.runner import prepare_workdir
+    from faml_jax.trainer import prepare_workdir
 
     config = tiny_config(tmp_path / "data", epochs=2)
     workdir = tmp_path / "run"
     workdir.mkdir()
-    saved = train_program.config_to_json(config)
+    saved = trainer.config_to_json(config)
     del saved["data"]["skip_bad_images"], saved["data"]["balanced"], saved["augment"], saved["model"]["head_init"]
     (workdir / "config.json").write_text(json.dumps(saved))
     prepare_workdir(workdir, config, resume=True, overwrite=False)  # no "another configuration" error
     del saved["data"]["crop_faces"]
     (workdir / "config.json").write_text(json.dumps(saved))
-    with pytest.raises(train_program.UsageError, match=r"data.crop_faces \(False in the checkpoint, True now\)"):
+    with pytest.raises(ConfigError, match=r"data.crop_faces \(False in the checkpoint, True now\)"):
         prepare_workdir(workdir, config, resume=True, overwrite=False)
     # The programs keep a resumed run's recorded setting (unless the flag is given again).
-    kept = train_program.adopt_recorded(config, saved, ("data.crop_faces", "schedule.lr1_min"))
+    kept = trainer.adopt_recorded(config, saved, ("data.crop_faces", "schedule.lr1_min"))
     assert kept.data.crop_faces is False and kept.schedule.lr1_min is None
     saved["schedule"]["lr1_min"] = 0.0  # a run made when Lr1's cosine ended at 0
-    assert train_program.adopt_recorded(config, saved, ("schedule.lr1_min",)).schedule.lr1_min == 0.0
+    assert trainer.adopt_recorded(config, saved, ("schedule.lr1_min",)).schedule.lr1_min == 0.0
     prepare_workdir(workdir, kept, resume=True, overwrite=False)
 
 
@@ -215,7 +218,7 @@ def test_real_data_sets_refuse_to_start_from_random_weights(program, dataset, ca
 def test_model_presets_follow_the_papers_rows():
     """METHOD 2: R18 and R18+FA train with plain CE (every data set), R18+FAML with ML; FA is
     the fusion stem and the attention blocks; --no-attention keeps the stem only."""
-    parse = lambda *a: train_program.resolve_config(train_program.build_parser().parse_args(list(a)))  # noqa: E731
+    parse = lambda *a: resolve_config(train_program.build_parser().parse_args(list(a)))  # noqa: E731
     for dataset in ("synthetic", "affectnet8"):
         scratch = ("--from-scratch",) if dataset != "synthetic" else ()
         r18 = parse("--dataset", dataset, "--model", "r18", *scratch)
@@ -236,7 +239,7 @@ def test_the_detector_reads_the_reference_loss_through_the_loop(tmp_path, monkey
     epochs (LSR/CE draws) and never looks stable; the reference loss train_ce settles from epoch
     index 4 on. With K = 3 the detector fires at the end of epoch index 6 (epochs 4-6), so Lr2
     starts at epoch 7: exactly when the reference settles, never on the sampled loss."""
-    import experiments.runner as runner
+    import faml_jax.trainer as runner
     from faml_jax import schedules
 
     steps = 6  # 96 training images, batch 16
@@ -257,7 +260,7 @@ def test_the_detector_reads_the_reference_loss_through_the_loop(tmp_path, monkey
     monkeypatch.setattr(runner.train, "parallel_train_step", scripted_step)
     config = dataclasses.replace(tiny_config(tmp_path / "data", epochs=len(ce_by_epoch)),
                                  schedule=config_module.ScheduleConfig(lr1=1e-3, lr2=1e-5, window=3))
-    summary = train_program.run(config, tmp_path / "run", progress=False, log=lambda *_: None)
+    summary = trainer.fit(config, tmp_path / "run", progress=False, log=lambda *_: None)
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     sampled = [h["train_loss"] for h in history]
     reference = [h["train_ce"] for h in history]

@@ -182,7 +182,7 @@ def test_convert_then_train_from_the_backbone(torch_net, tmp_path, capsys):
     workdir = tmp_path / "run"
     assert train_program.main(common + ["--widths", "64,128,256,512", "--workdir", str(workdir)]) == 0
     assert "starting weights: test acc" in capsys.readouterr().out
-    from experiments.runner import Setup, final_variables, read_run_config
+    from faml_jax.trainer import Setup, final_variables, read_run_config
 
     config = read_run_config(workdir)
     assert config.init == str(out)

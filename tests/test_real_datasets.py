@@ -13,6 +13,7 @@ from PIL import Image
 
 from experiments import prepare as prepare_program
 from experiments import train as train_program
+from faml_jax.trainer import TIMING_FIELDS
 from faml_jax import data
 from faml_jax.data import CorruptImageError, DataError, fixtures, prepared
 
@@ -170,7 +171,7 @@ def test_training_from_the_folder_and_from_prepared_data_is_identical(folders, t
         workdir = tmp_path / kind
         assert train_program.main(common + ["--data-dir", str(path), "--workdir", str(workdir)]) == 0
         line = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])
-        runs[kind] = {k: v for k, v in line.items() if k not in train_program.TIMING_FIELDS}
+        runs[kind] = {k: v for k, v in line.items() if k not in TIMING_FIELDS}
     assert runs["folder"] == runs["prepared"]
     assert np.isfinite(runs["folder"]["train_loss"])
     loss = json.loads((tmp_path / "folder" / "config.json").read_text())["loss"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from experiments.train import OneLineErrorParser, run_cli
+from experiments.cli import OneLineErrorParser, run_cli
 from faml_jax import pretrained
 
 

@@ -23,12 +23,10 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from faml_jax.errors import DataError  # noqa: F401  (defined with the library's other errors; re-exported)
+
 SPLITS = ("train", "test")
 EXAMPLES_SHOWN = 5  # entries named per kind of problem in messages
-
-
-class DataError(ValueError):
-    """A data set folder is missing, incomplete or not in the expected layout."""
 
 
 class CorruptImageError(DataError):

@@ -1,7 +1,10 @@
-"""The training loop shared by ``experiments.train`` (one network) and ``experiments.evolve``
-(a population): each network is a ``Member`` with its own workdir, and ``train_members``
-trains members one after another (data-parallel over all devices) or side by side (one member
-per device, ``--member-parallel``).
+"""Training networks: ``fit(config, workdir)`` trains one (what ``experiments.train`` runs), and
+the loop it uses is shared with ``faml_jax.evolution`` (a population): each network is a
+``Member`` with its own workdir, and ``train_members`` trains members one after another
+(data-parallel over all devices) or side by side (one member per device, ``--member-parallel``).
+
+    >>> from faml_jax import config, trainer
+    >>> summary = trainer.fit(config.preset("synthetic", epochs=2), "runs/quick")
 
 A member's workdir holds:
 
@@ -32,6 +35,7 @@ import numpy as np
 from faml_jax import data, fga, models, pretrained, schedules, train
 from faml_jax.checkpoint import Checkpoints, sync_processes
 from faml_jax.config import RunConfig, from_dict
+from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.evaluate import Evaluator, classification_metrics
 
 # Per-epoch fields of metrics.jsonl that are timings (they differ between identical runs).
@@ -39,10 +43,6 @@ TIMING_FIELDS = ("images_per_s", "epoch_s")
 OUTPUTS = ("checkpoints", "test_logits", "tensorboard", "metrics.jsonl", "config.json", "summary.json")
 
 Log = Callable[[str], None]
-
-
-class UsageError(Exception):
-    """A problem with the user's request: printed as one line, exit status 2."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ def ensure_writable(directory: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as error:
-        raise UsageError(f"cannot write to workdir {directory}: {error.strerror or error}") from None
+        raise WorkdirError(f"cannot write to workdir {directory}: {error.strerror or error}") from None
 
 
 def prepare_directory(workdir: Path, *, config_file: str, current: dict, outputs: tuple[str, ...],
@@ -122,12 +122,12 @@ def prepare_directory(workdir: Path, *, config_file: str, current: dict, outputs
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         has_run = False
     if has_run and not resume:
-        raise UsageError(f"workdir {workdir} holds an earlier {what}: pass --resume to continue it or --overwrite to replace it")
+        raise WorkdirError(f"workdir {workdir} holds an earlier {what}: pass --resume to continue it or --overwrite to replace it")
     if resume and (workdir / config_file).exists():
         saved = complete(json.loads((workdir / config_file).read_text()))
         diffs = config_differences(saved, current, may_differ=may_differ)
         if diffs:
-            raise UsageError(f"the {what} in {workdir} was made with another configuration: {'; '.join(diffs)}")
+            raise ConfigError(f"the {what} in {workdir} was made with another configuration: {'; '.join(diffs)}")
     write_atomic(workdir / config_file, json.dumps(current, indent=2) + "\n")
     sync_processes(f"prepared {primary_workdir(workdir)}")  # process 0 may have deleted checkpoints
 
@@ -211,9 +211,9 @@ def start_processes(coordinator: str | None, num_processes: int | None, process_
     if all(v is None for v in given):
         return
     if any(v is None for v in given):
-        raise UsageError("--coordinator, --num-processes and --process-id are given together (or none of them)")
+        raise ConfigError("--coordinator, --num-processes and --process-id are given together (or none of them)")
     if num_processes < 1 or not 0 <= process_id < num_processes:
-        raise UsageError(f"--process-id must be in [0, {num_processes}), got {process_id}")
+        raise ConfigError(f"--process-id must be in [0, {num_processes}), got {process_id}")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
 
@@ -266,7 +266,7 @@ class Setup:
                                          skip_bad_images=d.skip_bad_images, num_threads=d.num_threads)
         log(self.dataset.describe())
         if self.dataset.num_classes != config.model.num_classes:
-            raise UsageError(f"{self.dataset.name} has {self.dataset.num_classes} classes, the model {config.model.num_classes}")
+            raise ConfigError(f"{self.dataset.name} has {self.dataset.num_classes} classes, the model {config.model.num_classes}")
         self.model = models.ResNet(config.model)
         self.tx = train.make_optimizer(config.optim)
         self.class_weights = self.dataset.class_weights if config.loss.needs_class_weights else None
@@ -283,7 +283,7 @@ class Setup:
     def check_batch(config: RunConfig) -> None:
         n = jax.local_device_count() * jax.process_count()
         if config.batch_size % n:
-            raise UsageError(f"batch size {config.batch_size} is not divisible by {n} devices")
+            raise ConfigError(f"batch size {config.batch_size} is not divisible by {n} devices")
 
     def loader(self, seed: int, *, whole_batches: bool = False) -> data.TrainLoader:
         """The training batches of ``seed``: this process's slice of each global batch, or with
@@ -345,11 +345,11 @@ def read_run_config(workdir: Path) -> RunConfig:
     """The configuration a network in ``workdir`` was trained with (its config.json)."""
     path = Path(workdir) / "config.json"
     if not path.exists():
-        raise UsageError(f"{path} not found (expected the workdir of a network trained by experiments.train)")
+        raise WorkdirError(f"{path} not found (expected the workdir of a network trained by experiments.train)")
     try:
         return from_dict(RunConfig, json.loads(path.read_text()))
     except (ValueError, TypeError) as error:
-        raise UsageError(f"{path} is not a valid run configuration: {error}") from None
+        raise WorkdirError(f"{path} is not a valid run configuration: {error}") from None
 
 
 def final_variables(setup: Setup, workdir: Path, epoch: int | None = None) -> dict:
@@ -359,11 +359,11 @@ def final_variables(setup: Setup, workdir: Path, epoch: int | None = None) -> di
     try:
         epoch = checkpoints.latest_epoch() if epoch is None else epoch
         if epoch is None:
-            raise UsageError(f"no checkpoint in {Path(workdir) / 'checkpoints'}")
+            raise WorkdirError(f"no checkpoint in {Path(workdir) / 'checkpoints'}")
         try:
             state, _ = checkpoints.restore(epoch, setup.restore_template)
         except ValueError as error:
-            raise UsageError(str(error)) from None
+            raise WorkdirError(str(error)) from None
     finally:
         checkpoints.close()
     return {"params": state.params, "batch_stats": state.batch_stats}
@@ -380,7 +380,7 @@ def last_epoch(workdir: Path) -> dict:
     path = workdir / "metrics.jsonl"
     lines = path.read_text().splitlines() if path.exists() else []
     if not lines:
-        raise UsageError(f"{path} has no trained epoch")
+        raise WorkdirError(f"{path} has no trained epoch")
     return json.loads(lines[-1])
 
 
@@ -434,7 +434,7 @@ class Member:
             try:
                 self.state, record = self.checkpoints.restore(latest, self.state)
             except ValueError as error:
-                raise UsageError(str(error)) from None
+                raise WorkdirError(str(error)) from None
             self.history = record["history"]
             self.lr_state = schedules.LrState(record["switch_epoch"])
             self.initial_test = record.get("initial_test")
@@ -535,7 +535,7 @@ class Member:
     def summary(self) -> dict:
         """Write and return summary.json (final and best epoch)."""
         if not self.history:
-            raise UsageError(f"{self.prefix}no epoch trained in {self.workdir}")
+            raise WorkdirError(f"{self.prefix}no epoch trained in {self.workdir}")
         best = max(self.history, key=lambda h: (h["test_accuracy"], -h["epoch"]))
         final = self.history[-1]
         labels = np.load(self.workdir / "test_logits" / f"epoch_{final['epoch']:04d}.npz")["labels"]
@@ -614,7 +614,7 @@ class MemberParallel:
 
     def __init__(self, setup: Setup):
         if jax.process_count() > 1:
-            raise UsageError("--member-parallel trains in one process; several processes train data-parallel")
+            raise ConfigError("--member-parallel trains in one process; several processes train data-parallel")
         self.devices = setup.devices
         self.width = len(self.devices)
         self.step = train.member_parallel_train_step(setup.model, setup.tx, setup.config.loss, setup.class_weights,
@@ -712,3 +712,40 @@ def train_members(setup: Setup, members: list[Member], *, member_parallel: bool 
                                      lrs[j], elapsed)
                     if member.done and on_done is not None:
                         on_done(member)
+
+
+# ---------------------------------------------------------------------------------------------
+# One network, start to end
+
+
+def fit(config: RunConfig, workdir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
+        progress: bool = True, log: Log = print, stop_after: int | None = None,
+        keep_recorded: tuple[str, ...] = ()) -> dict:
+    """Train, evaluate and checkpoint one network data-parallel over all devices (of all
+    processes); returns the summary (also in summary.json): final and best epoch.
+
+    ``resume`` continues the run in ``workdir`` from its last complete checkpoint (bit for bit);
+    ``overwrite`` deletes an earlier run's outputs first. ``stop_after`` ends this call after that
+    many epochs (as if interrupted there; continue with ``resume=True``). ``keep_recorded``:
+    dotted fields a resumed run takes from its saved config.json (``adopt_recorded``). Raises
+    ``ConfigError`` / ``WorkdirError`` / ``DataError`` with one-line messages."""
+    workdir = Path(workdir)
+    if resume and keep_recorded:
+        config = adopt_recorded(config, recorded_config(workdir), keep_recorded)
+    Setup.check_batch(config)
+    prepare_workdir(workdir, config, resume, overwrite)
+    setup = Setup(config, log)
+    init = setup.start_variables(config.seed) if config.init and not has_checkpoint(workdir) else None
+    member = Member(setup, config, workdir, init_variables=init, log=log)
+    try:
+        if member.done:
+            raise ConfigError(f"nothing to do: the run in {workdir} already has {member.epoch} epochs; raise --epochs")
+        train_members(setup, [member], progress=progress, log=log, stop_after=stop_after)
+        summary = member.summary()
+    finally:
+        member.close()
+    log(f"final (epoch {summary['epochs']}): test accuracy {summary['final_test_accuracy']:.4f}, mean class accuracy "
+        f"{summary['final_test_mean_class_accuracy']:.4f} (majority-class rate {summary['majority_class_rate']:.4f})")
+    log(f"best epoch {summary['best_epoch']} (selected on the test split, optimistic): test accuracy "
+        f"{summary['best_epoch_test_accuracy']:.4f}")
+    return summary

@@ -1,0 +1,372 @@
+"""FGA over trained networks (METHOD 3, Algorithm 1): the population, its lineage
+(population.json) and the generations, as ``evolve(config, fga_config, workdir)``; what
+``python -m experiments.evolve`` runs.
+
+    >>> from faml_jax import config, evolution
+    >>> result = evolution.evolve(config.preset("synthetic"), config.FGAConfig(population=4), "runs/evo")
+
+In each generation:
+
+  1. each network's selection probability is its inverse training loss over the sum (roulette;
+     the reference loss, plain CE of the training batches, not the sampled ML loss);
+  2. each child draws ``parents`` distinct parents by those probabilities; its convolution
+     kernels are the parents' mean (Eq. 9), everything else is its fittest parent's;
+  3. ``new_members`` fresh networks join;
+  4. children and new networks are trained until the stability detector says "well trained"
+     (at most the run's epochs); children restart the Lr1 regime (``child_lr``);
+  5. the ``population`` networks with the lowest training loss (reference CE) survive.
+
+The workdir holds ``evolve.json`` (the configuration), ``population.json`` (the lineage) and
+``members/<name>/`` (each network's ``trainer.fit`` outputs). Names: ``g0-m<i>`` initial networks
+(``given<i>`` when given as ``members``), ``g<g>-c<i>`` children and ``g<g>-n<i>`` new networks of
+generation g.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from faml_jax import fga, models, pretrained, train
+from faml_jax.config import FGAConfig, RunConfig
+from faml_jax.errors import ConfigError, WorkdirError
+from faml_jax.evaluate import classification_metrics
+from faml_jax.trainer import (
+    Member, Setup, adopt_recorded, complete_run_config, config_to_json, final_variables, has_checkpoint, last_epoch,
+    prepare_directory, prepare_workdir, read_run_config, recorded_config, reference_loss, structural_differences,
+    train_members, write_atomic,
+)
+
+# Batches used to report a child's accuracy with recomputed BatchNorm statistics when
+# ``recompute_bn`` is off (the report is a diagnostic; the child keeps its parent's statistics).
+DIAGNOSTIC_BN_BATCHES = 10
+# Folded into the run's seed for the shared start of all networks (not a member seed).
+START_TAG = 999_999
+# Configuration fields that may change when an evolution is resumed.
+MAY_DIFFER = ("fga.generations", "run.data.num_threads")
+
+
+def member_seed(seed: int, serial: int) -> int:
+    """The seed of the ``serial``-th network this evolution creates (initial ones first)."""
+    return seed * 1000 + serial
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading networks
+
+
+def member_workdir(evolve_dir: Path, record: dict) -> Path:
+    """A network's workdir from its lineage record (relative paths are inside the evolution's)."""
+    path = Path(record["workdir"])
+    return path if path.is_absolute() else evolve_dir / path
+
+
+def population_members(evolve_dir: str | os.PathLike, all_networks: bool = False) -> list[tuple[str, Path]]:
+    """(name, workdir) of a finished evolution's final population (its last generation's
+    survivors), or with ``all_networks`` of every network it trained."""
+    evolve_dir = Path(evolve_dir)
+    path = evolve_dir / "population.json"
+    if not path.exists():
+        raise WorkdirError(f"{path} not found (expected the workdir of experiments.evolve)")
+    lineage = json.loads(path.read_text())
+    generations = lineage.get("generations", [])
+    if all_networks:
+        names = [n for n, r in lineage["members"].items() if r.get("status") == "trained"]
+    elif generations and str(len(generations)) not in lineage.get("plans", {}):
+        names = generations[-1]["survivors"]
+    else:
+        raise WorkdirError(f"the evolution in {evolve_dir} is not finished (continue it with experiments.evolve "
+                         "--resume, or pass --all-networks)")
+    return [(name, member_workdir(evolve_dir, lineage["members"][name])) for name in names]
+
+
+def complete_evolve_config(saved: dict) -> dict:
+    """A saved ``evolve.json`` with the fields added since it was written at their defaults."""
+    completed = dict(saved)
+    if isinstance(saved.get("run"), dict):
+        completed["run"] = complete_run_config(saved["run"])
+    return completed
+
+
+def check_given_member(workdir: Path, config: RunConfig) -> None:
+    """A network passed with --members must be a finished run of the same model and data."""
+    for name in ("config.json", "summary.json", "metrics.jsonl"):
+        if not (workdir / name).exists():
+            raise WorkdirError(f"--members {workdir}: no {name} (expected a finished experiments.train workdir)")
+    saved = config_to_json(read_run_config(workdir))
+    current = config_to_json(config)
+    diffs = structural_differences(saved, current)
+    if diffs:
+        raise ConfigError(f"--members {workdir} was trained with another configuration: {'; '.join(diffs)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The evolution
+
+
+class Evolution:
+    """One evolution's workdir: its configuration, lineage (population.json) and networks."""
+
+    def __init__(self, config: RunConfig, fga_config: FGAConfig, workdir: Path, *, given: list[Path],
+                 member_parallel: bool, progress: bool, log):
+        self.config, self.fga, self.workdir = config, fga_config, workdir
+        self.given, self.member_parallel, self.progress, self.log = given, member_parallel, progress, log
+        self.setup = Setup(config, log)
+        path = workdir / "population.json"
+        self.lineage = json.loads(path.read_text()) if path.exists() else {
+            "dataset": config.data.dataset, "model": config.model_name, "members": {}, "generations": [],
+        }
+        self.start = models.init(self.setup.model, jax.random.fold_in(jax.random.key(config.seed), START_TAG))
+        if self.setup.backbone is not None:  # the paper's common pre-trained start
+            self.start = pretrained.init_from_backbone(jax.device_get(self.start), self.setup.backbone)
+        self._fuse = jax.jit(fga.fuse)
+        self._recompute = jax.jit(lambda v, x: fga.recompute_batch_stats(self.setup.model, v, x))
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def save(self) -> None:
+        write_atomic(self.workdir / "population.json", json.dumps(self.lineage, indent=2) + "\n")
+
+    def record(self, name: str) -> dict:
+        return self.lineage["members"][name]
+
+    def member_dir(self, name: str) -> Path:
+        return member_workdir(self.workdir, self.record(name))
+
+    def loss(self, name: str) -> float:
+        """A network's fitness: its final reference loss (plain CE of the training batches,
+        METHOD 2.4 [choice]), not the sampled ML loss; records made before it was logged give
+        their sampled loss."""
+        record = self.record(name)
+        return record.get("train_ce", record["train_loss"])
+
+    def test_accuracy(self, variables: dict) -> float:
+        logits, labels = self.setup.test_logits(train.replicate(variables, self.setup.devices))
+        return classification_metrics(logits, labels)["accuracy"]
+
+    # -- steps of Algorithm 1 -----------------------------------------------------------------
+
+    def initial_population(self) -> list[str]:
+        if self.given:
+            names = []
+            for i, path in enumerate(self.given):
+                name = f"given{i}"
+                last = last_epoch(path)
+                summary = json.loads((path / "summary.json").read_text())
+                self.lineage["members"][name] = {
+                    "generation": 0, "origin": "given", "workdir": str(path.resolve()), "seed": None,
+                    "status": "trained", "epochs": last["epoch"], "train_loss": last["train_loss"],
+                    "train_ce": reference_loss(last),
+                    "train_accuracy": last["train_accuracy"], "test_accuracy": last["test_accuracy"],
+                    "well_trained": summary.get("well_trained"),
+                }
+                names.append(name)
+            return names
+        names = [f"g0-m{i}" for i in range(self.fga.population)]
+        for i, name in enumerate(names):
+            self.lineage["members"].setdefault(name, {
+                "generation": 0, "origin": "initial", "workdir": f"members/{name}",
+                "seed": member_seed(self.config.seed, i), "status": "planned",
+            })
+        self.save()
+        self.train(names)
+        return names
+
+    def plan(self, generation: int, population: list[str]) -> dict:
+        """Choose every child's parents (deterministic in seed and generation) and name the new
+        networks; recorded before anything is trained."""
+        losses = [self.loss(n) for n in population]
+        probs = np.asarray(fga.selection_probs(losses))
+        key = jax.random.fold_in(jax.random.key(self.config.seed), generation)
+        first_serial = self.fga.population + (generation - 1) * (self.fga.children + self.fga.new_members)
+        children, new = [], []
+        for c in range(self.fga.children):
+            parents = np.asarray(fga.select_parents(jax.random.fold_in(key, c), losses, self.fga.parents))
+            name = f"g{generation}-c{c}"
+            self.lineage["members"][name] = {
+                "generation": generation, "origin": "child", "workdir": f"members/{name}",
+                "seed": member_seed(self.config.seed, first_serial + c), "status": "planned",
+                "parents": [population[p] for p in parents],
+                "parent_probs": [float(probs[p]) for p in parents],
+            }
+            children.append(name)
+        for i in range(self.fga.new_members):
+            name = f"g{generation}-n{i}"
+            self.lineage["members"][name] = {
+                "generation": generation, "origin": "new", "workdir": f"members/{name}",
+                "seed": member_seed(self.config.seed, first_serial + self.fga.children + i), "status": "planned",
+            }
+            new.append(name)
+        entry = {"generation": generation, "population": population, "losses": losses,
+                 "selection_probs": probs.tolist(), "children": children, "new": new}
+        self.lineage.setdefault("plans", {})[str(generation)] = entry
+        self.save()
+        return entry
+
+    def child_variables(self, name: str) -> dict:
+        """Fuse a child from its parents' final weights (Eq. 9); report its test accuracy as fused
+        and with recomputed BatchNorm statistics; return the variables it starts from."""
+        record = self.record(name)
+        parents = [final_variables(self.setup, self.member_dir(p)) for p in record["parents"]]
+        child = self._fuse(fga.stack(parents), jnp.arange(len(parents)))
+        batches = self.fga.recompute_bn or DIAGNOSTIC_BN_BATCHES
+        # The same batches in every process, so that all processes start the child alike.
+        iterator = iter(self.setup.loader(record["seed"], whole_batches=True).iterate(0))
+        images = np.stack([next(iterator)["image"] for _ in range(min(batches, self.setup.steps_per_epoch()))])
+        recomputed = self._recompute(child, images)
+        record["fused_test_accuracy"] = self.test_accuracy(child)
+        record["fused_recomputed_bn_test_accuracy"] = self.test_accuracy(recomputed)
+        record["recompute_bn_batches"] = len(images)
+        record["parent_test_accuracies"] = [self.record(p)["test_accuracy"] for p in record["parents"]]
+        self.log(f"{name}: fused from {', '.join(record['parents'])}: test acc {record['fused_test_accuracy']:.4f} "
+                 f"(BatchNorm recomputed on {len(images)} batches: {record['fused_recomputed_bn_test_accuracy']:.4f})")
+        self.save()
+        return jax.device_get(recomputed if self.fga.recompute_bn else child)
+
+    def start_variables(self, seed: int) -> dict | None:
+        """Where a fresh network starts: the shared start with its own head (``fc``) drawn from
+        its seed, or (``shared_start=False``) its seed's own start (``Setup.start_variables``)."""
+        if not self.fga.shared_start:
+            return self.setup.start_variables(seed)
+        own = self.setup.initial_state(seed).params
+        return jax.device_get({**self.start, "params": {**self.start["params"], "fc": own["fc"]}})
+
+    def train(self, names: list[str]) -> None:
+        """Train the networks ``names`` (children are fused first) until each is done."""
+        members = []
+        try:
+            for name in names:
+                record = self.record(name)
+                if record["status"] == "trained":
+                    continue
+                workdir = self.member_dir(name)
+                config = dataclasses.replace(self.config, seed=record["seed"])
+                fresh = not has_checkpoint(workdir)
+                prepare_workdir(workdir, config, resume=True, overwrite=False)
+                init = None
+                if fresh:
+                    init = self.child_variables(name) if record["origin"] == "child" else self.start_variables(record["seed"])
+                members.append(Member(
+                    self.setup, config, workdir, init_variables=init, until_trained=self.fga.until_trained,
+                    start_lr=self.fga.child_lr if record["origin"] == "child" else "lr1", name=name, log=self.log,
+                ))
+            train_members(self.setup, members, member_parallel=self.member_parallel, progress=self.progress,
+                          log=self.log, on_done=self.finish)
+            for member in members:  # those already done when this call began
+                if self.record(member.name)["status"] != "trained":
+                    self.finish(member)
+        finally:
+            for member in members:
+                member.close()
+
+    def finish(self, member: Member) -> None:
+        """Record a trained network in the lineage (saved at once: resumable per network)."""
+        summary = member.summary()
+        self.record(member.name).update({
+            "status": "trained", "epochs": summary["epochs"], "train_loss": summary["final_train_loss"],
+            "train_ce": summary["final_train_ce"],
+            "train_accuracy": summary["final_train_accuracy"], "test_accuracy": summary["final_test_accuracy"],
+            "well_trained": summary["well_trained"], "switch_epoch": summary["switch_epoch"],
+            **({"initial_test_accuracy": summary["initial_test_accuracy"]} if "initial_test_accuracy" in summary else {}),
+        })
+        self.save()
+
+    def generation(self, generation: int, population: list[str]) -> list[str]:
+        plan = self.lineage.get("plans", {}).get(str(generation)) or self.plan(generation, population)
+        candidates = plan["population"] + plan["children"] + plan["new"]
+        self.train(plan["children"] + plan["new"])
+        losses = [self.loss(n) for n in candidates]
+        kept = [candidates[i] for i in np.asarray(fga.survivors(losses, self.fga.population))]
+        return self.close_generation({**plan, "candidates": candidates, "candidate_losses": losses}, kept)
+
+    def close_generation(self, entry: dict, survivors: list[str]) -> list[str]:
+        best = max(survivors, key=lambda n: self.record(n)["test_accuracy"])
+        self.lineage["generations"].append({
+            **entry, "survivors": survivors,
+            "best": {"name": best, "test_accuracy": self.record(best)["test_accuracy"]},
+            "mean_test_accuracy": float(np.mean([self.record(n)["test_accuracy"] for n in survivors])),
+        })
+        self.save()
+        g = entry["generation"]
+        self.log(f"generation {g}: survivors {', '.join(survivors)}; best {best} "
+                 f"(test acc {self.record(best)['test_accuracy']:.4f})")
+        return survivors
+
+    def run(self) -> dict:
+        generations = self.lineage["generations"]
+        if not generations:
+            population = self.initial_population()
+            self.close_generation({"generation": 0, "population": population}, population)
+        population = generations[-1]["survivors"]
+        for g in range(len(generations), self.fga.generations + 1):
+            population = self.generation(g, population)
+        return self.report()
+
+    def report(self) -> dict:
+        """Log a table of every network, and the best network before and after evolution."""
+        rows = [("name", "origin", "parents", "epochs", "well trained", "train CE", "fused acc", "test acc")]
+        for name, r in self.lineage["members"].items():
+            if r.get("status") != "trained":
+                continue
+            rows.append((name, r["origin"], "+".join(r.get("parents", [])) or "-", str(r["epochs"]),
+                         {True: "yes", False: "no", None: "?"}[r.get("well_trained")], f"{self.loss(name):.4f}",
+                         f"{r['fused_test_accuracy']:.4f}" if "fused_test_accuracy" in r else "-", f"{r['test_accuracy']:.4f}"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            self.log("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+        first, last = self.lineage["generations"][0], self.lineage["generations"][-1]
+        result = {
+            "best_before": first["best"], "best_after": last["best"],
+            "mean_before": first["mean_test_accuracy"], "mean_after": last["mean_test_accuracy"],
+            "survivors": last["survivors"],
+        }
+        self.lineage["result"] = result
+        self.save()
+        self.log(f"best network before: {first['best']['name']} {first['best']['test_accuracy']:.4f}; after "
+                 f"{last['generation']} generation(s): {last['best']['name']} {last['best']['test_accuracy']:.4f} "
+                 f"(population mean {first['mean_test_accuracy']:.4f} -> {last['mean_test_accuracy']:.4f})")
+        return result
+
+
+EVOLVE_OUTPUTS = ("members", "evolve.json", "population.json")
+
+
+def prepare_evolve_workdir(workdir: Path, config: RunConfig, fga_config: FGAConfig, given: list[Path],
+                           resume: bool, overwrite: bool) -> None:
+    current = {"run": config_to_json(config), "fga": config_to_json(fga_config), "members": [str(p.resolve()) for p in given]}
+    prepare_directory(workdir, config_file="evolve.json", current=current, outputs=EVOLVE_OUTPUTS,
+                      markers=("evolve.json",), resume=resume, overwrite=overwrite, may_differ=MAY_DIFFER,
+                      what="evolution", complete=complete_evolve_config)
+
+
+def evolve(config: RunConfig, fga_config: FGAConfig, workdir: str | os.PathLike, *, members=(), resume: bool = False,
+           overwrite: bool = False, side_by_side: bool = False, progress: bool = True, log=print,
+           keep_recorded: tuple[str, ...] = ()) -> dict:
+    """Run (or continue) an evolution (Algorithm 1) in ``workdir``; returns the best network
+    before and after (also in population.json under ``result``).
+
+    ``members``: workdirs of finished ``trainer.fit`` runs that form the initial population
+    (default: train ``fga_config.population`` networks here). ``side_by_side``: train one network
+    per device (default: one after another, data-parallel). ``keep_recorded``: dotted
+    run-configuration fields a resumed evolution takes from its evolve.json
+    (``trainer.adopt_recorded``)."""
+    given, member_parallel = members, side_by_side
+    workdir = Path(workdir)
+    if resume and keep_recorded:
+        config = adopt_recorded(config, (recorded_config(workdir, "evolve.json") or {}).get("run"), keep_recorded)
+    given = [Path(p) for p in given]
+    if given and len(given) != fga_config.population:
+        raise ConfigError(f"--members names {len(given)} networks but the population is {fga_config.population}")
+    for path in given:
+        check_given_member(path, config)
+    Setup.check_batch(config)
+    prepare_evolve_workdir(workdir, config, fga_config, given, resume, overwrite)
+    evolution = Evolution(config, fga_config, workdir, given=given, member_parallel=member_parallel,
+                          progress=progress, log=log)
+    return evolution.run()
