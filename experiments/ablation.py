@@ -52,8 +52,8 @@ from experiments.cli import (
 from faml_jax import evolution, models, report, trainer
 from faml_jax.trainer import (
     adopt_recorded, complete_run_config, config_differences, config_to_json, process_workdir, recorded_config,
-    write_atomic,
 )
+from faml_jax.writer import write_atomic
 from faml_jax.config import FGAConfig, LossConfig, RunConfig
 
 VARIANTS = {  # row name: model preset

@@ -40,8 +40,9 @@ from faml_jax.evaluate import classification_metrics
 from faml_jax.trainer import (
     Member, Setup, adopt_recorded, complete_run_config, config_to_json, final_variables, has_checkpoint, last_epoch,
     prepare_directory, prepare_workdir, read_run_config, recorded_config, reference_loss, structural_differences,
-    train_members, write_atomic,
+    train_members,
 )
+from faml_jax.writer import write_atomic
 
 # Batches used to report a child's accuracy with recomputed BatchNorm statistics when
 # ``recompute_bn`` is off (the report is a diagnostic; the child keeps its parent's statistics).

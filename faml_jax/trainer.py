@@ -24,7 +24,6 @@ import functools
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -37,6 +36,7 @@ from faml_jax.checkpoint import Checkpoints, sync_processes
 from faml_jax.config import RunConfig, from_dict
 from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.evaluate import Evaluator, classification_metrics
+from faml_jax.writer import RunWriter, write_atomic
 
 # Per-epoch fields of metrics.jsonl that are timings (they differ between identical runs).
 TIMING_FIELDS = ("images_per_s", "epoch_s")
@@ -78,21 +78,6 @@ def structural_differences(saved: dict, current: dict, labels: tuple[str, str] =
     """``config_differences`` restricted to ``fields`` and the fields nested under them."""
     return [d for d in config_differences(saved, current, may_differ=(), labels=labels)
             if any(d.startswith(f + ".") or d.startswith(f + " ") for f in fields)]
-
-
-def write_atomic(path: Path, text: str | None = None, arrays: dict | None = None) -> None:
-    """Write a text or .npz file under a temporary name, then rename: never half-written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if arrays is not None:
-                np.savez(f, **arrays)
-            else:
-                f.write(text.encode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def ensure_writable(directory: Path) -> None:
@@ -417,8 +402,6 @@ class Member:
     def __init__(self, setup: Setup, config: RunConfig, workdir: str | os.PathLike, *,
                  init_variables: dict | None = None, until_trained: bool = False,
                  start_lr: str = "lr1", name: str = "", log: Log = print):
-        from tensorboardX import SummaryWriter
-
         if start_lr not in ("lr1", "lr2"):
             raise ValueError(f"start_lr must be 'lr1' or 'lr2', got {start_lr!r}")
         self.setup, self.config, self.workdir = setup, config, Path(workdir)
@@ -449,10 +432,8 @@ class Member:
             write_atomic(self.workdir / "test_logits" / "epoch_0000.npz", arrays={"logits": logits, "labels": labels})
             self.checkpoints.save(0, jax.device_get(self.state), self.record(test), test["accuracy"])
             log(f"{self.prefix}starting weights: test acc {test['accuracy']:.4f}")
-        # metrics.jsonl mirrors the history of the checkpoint we continue from.
-        write_atomic(self.workdir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
-        (self.workdir / "test_logits").mkdir(exist_ok=True)
-        self.writer = SummaryWriter(str(self.workdir / "tensorboard"))
+        # The run's outputs; metrics.jsonl mirrors the history of the checkpoint we continue from.
+        self.writer = RunWriter(self.workdir, self.history)
 
     @property
     def prefix(self) -> str:
@@ -512,14 +493,9 @@ class Member:
         }
         self.history.append(entry)
         self.lr_state = schedules.after_epoch(self.config.schedule, self.lr_state, epoch, self.losses, self.accuracies)
-        write_atomic(self.workdir / "test_logits" / f"epoch_{epoch + 1:04d}.npz", arrays={"logits": logits, "labels": labels})
+        self.writer.write_logits(epoch + 1, logits, labels)
         self.checkpoints.save(epoch + 1, state, self.record(test), test["accuracy"])
-        with open(self.workdir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(entry) + "\n")
-        for k, v in entry.items():
-            if k != "epoch":
-                self.writer.add_scalar(k, v, epoch + 1)
-        self.writer.flush()
+        self.writer.write(epoch + 1, entry)
         switched = " | stable: switching to Lr2" if self.lr_state.switch_epoch == epoch + 1 else ""
         trained = " | well trained" if self.until_trained and self.well_trained else ""
         self.log(f"{self.prefix}epoch {epoch + 1}/{self.config.epochs}: train loss {entry['train_loss']:.4f} "
@@ -556,7 +532,7 @@ class Member:
         }
         if self.initial_test is not None:
             summary["initial_test_accuracy"] = self.initial_test["accuracy"]
-        write_atomic(self.workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        self.writer.write_summary(summary)
         return summary
 
     def close(self) -> None:

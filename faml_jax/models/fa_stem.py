@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from faml_jax.config import Region
+from faml_jax.models.layers import conv_init
 
 STEM_KERNEL = 7
 STEM_STRIDE = 2
@@ -23,7 +24,7 @@ def stem_conv(features: int, dtype: Any, name: str) -> nn.Conv:
         padding=STEM_PADDING,
         use_bias=False,
         dtype=dtype,
-        kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+        kernel_init=conv_init(),
         name=name,
     )
 

@@ -11,17 +11,8 @@ import jax.numpy as jnp
 from faml_jax.config import ModelConfig
 from faml_jax.models.attention import AttentionBlock
 from faml_jax.models.fa_stem import FAStem
+from faml_jax.models.layers import BN_EPSILON, BN_MOMENTUM, batch_norm, conv_init  # noqa: F401  (re-exported)
 from faml_jax.models.pooling import max_pool
-
-# PyTorch BatchNorm2d defaults (momentum 0.1 = flax 0.9, eps 1e-5), so converted weights match.
-BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-5
-
-
-def conv_init():
-    """torchvision's ResNet initialisation: kaiming normal, fan_out, ReLU gain."""
-    return nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
 
 def head_inits(kind: str, fan_in: int) -> dict:
     """Initialisers of the dense head: "flax" (``nn.Dense``'s defaults: LeCun normal weights,
@@ -38,37 +29,29 @@ def head_inits(kind: str, fan_in: int) -> dict:
 
 
 class BasicBlock(nn.Module):
-    """ResNet BasicBlock: two 3x3 convolutions with BatchNorm, and a 1x1 projection shortcut when
-    the stride or the width changes."""
+    """ResNet BasicBlock: two 3x3 convolutions with BatchNorm (``norm``, the network's one
+    ``layers.batch_norm`` partial), and a 1x1 projection shortcut when the stride or the width
+    changes."""
 
     features: int
+    norm: Any
     strides: int = 1
     dtype: Any = jnp.float32
-    axis_name: str | None = None
-    bn_momentum: float = BN_MOMENTUM
 
     @nn.compact
-    def __call__(self, x, train: bool):
-        norm = lambda name: nn.BatchNorm(  # noqa: E731
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=BN_EPSILON,
-            dtype=self.dtype,
-            axis_name=self.axis_name if train else None,
-            name=name,
-        )
+    def __call__(self, x):
         conv = lambda kernel, strides, padding, name: nn.Conv(  # noqa: E731
             self.features, kernel, strides, padding=padding, use_bias=False,
             dtype=self.dtype, kernel_init=conv_init(), name=name,
         )
         s = (self.strides, self.strides)
         y = conv((3, 3), s, ((1, 1), (1, 1)), "conv1")(x)
-        y = nn.relu(norm("bn1")(y))
+        y = nn.relu(self.norm(name="bn1")(y))
         y = conv((3, 3), (1, 1), ((1, 1), (1, 1)), "conv2")(y)
-        y = norm("bn2")(y)
+        y = self.norm(name="bn2")(y)
         if self.strides != 1 or x.shape[-1] != self.features:
             x = conv((1, 1), s, "VALID", "downsample_conv")(x)
-            x = norm("downsample_bn")(x)
+            x = self.norm(name="downsample_bn")(x)
         return nn.relu(x + y)
 
 
@@ -93,21 +76,15 @@ class ResNet(nn.Module):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         x = x.astype(dtype)
+        norm = batch_norm(train, dtype, self.axis_name, self.bn_momentum)  # defined once, passed down
         x = FAStem(cfg.widths[0], cfg.fa_regions, cfg.fa_init, dtype, name="stem")(x)
-        x = nn.BatchNorm(
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=BN_EPSILON,
-            dtype=dtype,
-            axis_name=self.axis_name if train else None,
-            name="bn1",
-        )(x)
+        x = norm(name="bn1")(x)
         x = nn.relu(x)
         x = max_pool(x, window=3, stride=2, padding=1)
         for stage, (width, depth) in enumerate(zip(cfg.widths, cfg.stage_depths)):
             for block in range(depth):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(width, strides, dtype, self.axis_name, self.bn_momentum, name=f"layer{stage + 1}_{block}")(x, train)
+                x = BasicBlock(width, norm, strides, dtype, name=f"layer{stage + 1}_{block}")(x)
             if cfg.attention and stage < len(cfg.widths) - 1:
                 x = AttentionBlock(
                     patch=cfg.attn_patch_sizes[stage],

@@ -1,0 +1,38 @@
+"""Tests of faml_jax.writer: atomic files and the run writer's metrics.jsonl / TensorBoard."""
+
+import json
+
+import numpy as np
+import pytest
+
+from faml_jax.writer import RunWriter, write_atomic
+
+
+def test_write_atomic_leaves_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "summary.json"
+    write_atomic(path, "old\n")
+
+    class Unserialisable:
+        pass
+
+    with pytest.raises(Exception):
+        write_atomic(path, arrays={"x": Unserialisable()})  # np.savez of an object array needs pickle: fails
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left
+    write_atomic(tmp_path / "a.npz", arrays={"x": np.arange(3)})
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npz")["x"], np.arange(3))
+
+
+def test_run_writer_mirrors_the_history_then_appends(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3}\n')  # epoch 3 not checkpointed
+    writer = RunWriter(tmp_path, [{"epoch": 1, "train_loss": 2.0}, {"epoch": 2, "train_loss": 1.5}])
+    writer.write(3, {"train_loss": 1.25, "train_ce": 1.0})
+    writer.write_logits(3, np.zeros((2, 7), np.float32), np.array([1, 2]))
+    writer.write_summary({"epochs": 3})
+    writer.close()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [{"epoch": 1, "train_loss": 2.0}, {"epoch": 2, "train_loss": 1.5},
+                     {"epoch": 3, "train_loss": 1.25, "train_ce": 1.0}]
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"epochs": 3}
+    assert (tmp_path / "test_logits" / "epoch_0003.npz").exists()
+    assert any((tmp_path / "tensorboard").iterdir())
