@@ -411,10 +411,9 @@ class FGAConfig:
         (METHOD 2.4), at the latest for the run's ``epochs``; False: always the run's ``epochs``.
       child_lr: [our choice, METHOD is silent] "lr1" (default): a child is retrained from the
         start of the Lr1 cosine regime, like a new network; "lr2": directly with Lr2, only
-        fine-tuning the fused kernels. Measured on the synthetic set (issue 4): children fused
-        from networks trained from scratch lose much accuracy at fusion; with Lr2 they did not
-        recover within 8 epochs (0.64 vs parents' 0.67-0.70), with Lr1 they ended above their
-        parents (0.70).
+        fine-tuning the fused kernels. On the synthetic set, children fused from networks trained
+        from scratch recovered with Lr1 and not with Lr2 (the measurement is in the README's FGA
+        section).
       shared_start: every initial and new network starts from one shared initialisation (the
         stand-in for METHOD's common pre-trained start; members then differ in their heads,
         data order, loss draws and flips, as in METHOD 3). Averaging kernels presumes networks

@@ -29,10 +29,10 @@ BETA = 1.0  # weight of its top-2 vote: two second places outweigh one first pla
 STRATEGIES = ("t1v", "noi", "t2v")
 
 Mapping = Literal["map", "vmap"]
-# How members are mapped in ``ensemble_logits``, per backend, by measurement: on the CPU, ``vmap``
-# turns the convolutions into grouped convolutions and ran 5.5x slower than a Python loop over
-# members, while ``lax.map`` matched the loop (``tools/bench_ensemble.py``). Backends not measured
-# yet get ``lax.map`` (it never does worse than the loop).
+# How members are mapped in ``ensemble_logits``, per backend, by measurement (``make bench``,
+# BENCHMARKS.md): on the CPU ``vmap`` turns the convolutions into grouped convolutions and is
+# slower than a loop over members, while ``lax.map`` matches the loop. Backends not measured yet
+# get ``lax.map`` (it never does worse than the loop).
 MAPPING_BY_BACKEND: dict[str, Mapping] = {"cpu": "map"}
 
 

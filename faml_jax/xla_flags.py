@@ -1,10 +1,9 @@
 """XLA flags that make the CPU train step fast; set by the programs before jax starts a backend.
 
-Measured on our 2-core CPU (issue 8, ``make bench``): jaxlib 0.10.2 hands convolutions,
-reductions and dots to YNNPACK by default. YNNPACK's convolutions were slower than XLA's own
-(Eigen) convolutions here, while its reductions (BatchNorm statistics) were up to 10x faster
-than XLA's. ``CPU_FLAGS`` keeps YNNPACK for reductions and dots only: the ResNet18 train step
-at 112 px, batch 16 took 0.36 s instead of 0.43 s (0.39 s with YNNPACK off altogether).
+jaxlib 0.10.2 hands convolutions, reductions and dots to YNNPACK by default. On our CPU
+YNNPACK's convolutions were slower than XLA's own (Eigen) ones while its reductions (BatchNorm
+statistics) were much faster, so ``CPU_FLAGS`` keeps YNNPACK for reductions and dots only (the
+measurements are in BENCHMARKS.md, ``make bench``).
 
 The flags only concern XLA's CPU backend; GPU compilation ignores them. XLA reads ``XLA_FLAGS``
 once, when jax creates its first backend, so :func:`set_default_flags` must run before any jax

@@ -1,8 +1,8 @@
 """Max pooling as strided slices, with PyTorch's gradient rule.
 
 ``flax.linen.max_pool`` lowers to ``reduce_window``; its gradient is a ``select_and_scatter``,
-which XLA's CPU backend expands into iotas, a variadic reduce-window and a scatter: on our 2-core
-CPU that was about 60 ms of a 420 ms ResNet18 train step at 112 px (profiled). Here the window
+which XLA's CPU backend expands into iotas, a variadic reduce-window and a scatter, a large share
+of the CPU train step (profiled; BENCHMARKS.md). Here the window
 maximum is an elementwise maximum over the window's strided slices, and the gradient goes, per
 window, to the first position holding the maximum (row-major within the window, as in PyTorch's
 ``max_pool2d``), written back with interior-padded ``lax.pad``. All of it is elementwise work
