@@ -1,4 +1,4 @@
-"""Tests of the ensemble report program: numbers checked against the members' own training-time
+"""Tests of faml_jax.report and the ensemble program: numbers checked against the members' own training-time
 evaluations and a numpy vote, the report files, population input, errors and atomic writes."""
 
 import csv

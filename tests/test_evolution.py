@@ -1,4 +1,4 @@
-"""Tests of the evolution program: Algorithm 1's bookkeeping, fused starts checked against an
+"""Tests of faml_jax.evolution and the evolution program: Algorithm 1's bookkeeping, fused starts checked against an
 independent numpy fusion, resume after an interruption, member-parallel training, CLI errors."""
 
 import dataclasses

@@ -1,4 +1,4 @@
-"""Tests of the training program: exact resume, crash during a checkpoint save, CLI errors."""
+"""Tests of faml_jax.trainer and the training program: exact resume, crash during a checkpoint save, the reference loss through the loop, CLI errors."""
 
 import dataclasses
 import json
