@@ -25,9 +25,12 @@ generation g.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import time
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -38,11 +41,113 @@ from faml_jax.config import FGAConfig, RunConfig
 from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.evaluate import classification_metrics
 from faml_jax.trainer import (
-    Member, Setup, adopt_recorded, complete_run_config, config_to_json, final_variables, has_checkpoint, last_epoch,
-    prepare_directory, prepare_workdir, read_run_config, recorded_config, reference_loss, structural_differences,
-    train_members,
+    FETCH_EVERY, METRICS, Member, Setup, adopt_recorded, complete_run_config, config_to_json, final_variables,
+    has_checkpoint, last_epoch, prepare_directory, prepare_workdir, read_run_config, recorded_config, reference_loss,
+    structural_differences, train_member,
 )
 from faml_jax.writer import write_atomic
+
+# ---------------------------------------------------------------------------------------------
+# Networks side by side (one per device), as the paper trained its population on several GPUs
+
+
+class MemberParallel:
+    """One member per device (``train.member_parallel_train_step``); a group smaller than the
+    device count is padded with inactive copies."""
+
+    def __init__(self, setup: Setup):
+        if jax.process_count() > 1:
+            raise ConfigError("--member-parallel trains in one process; several processes train data-parallel")
+        self.devices = setup.devices
+        self.width = len(self.devices)
+        self.step = train.member_parallel_train_step(setup.model, setup.tx, setup.config.loss, setup.class_weights,
+                                                     devices=self.devices, augment=setup.config.augment)
+
+    def load(self, states):
+        padded = list(states) + [states[0]] * (self.width - len(states))
+        self.state = train.to_devices(fga.stack(jax.device_get(padded)), self.devices)
+
+    def place(self, batches):
+        """The step's input on the devices: one member's batch per device (zeros for a pad)."""
+        n = self.width
+        template = next(b for b in batches if b is not None)
+        full = [b if b is not None else jax.tree_util.tree_map(np.zeros_like, template) for b in batches]
+        full += [jax.tree_util.tree_map(np.zeros_like, template)] * (n - len(full))
+        return train.to_devices(jax.tree_util.tree_map(lambda *xs: np.stack(xs), *full), self.devices)
+
+    def __call__(self, stacked, learning_rates, active):
+        n = self.width
+        lrs = np.asarray(list(learning_rates) + [0.0] * (n - len(learning_rates)), np.float32)
+        mask = np.asarray(list(active) + [False] * (n - len(active)))
+        self.state, metrics = self.step(self.state, stacked, lrs, mask)
+        return metrics
+
+    def member_metrics(self, metrics, i: int) -> dict:
+        return {k: float(v[i]) for k, v in metrics.items()}
+
+    def host_states(self, count: int) -> list:
+        """The first ``count`` members' states on the host (one transfer for all)."""
+        stacked = jax.device_get(self.state)
+        return [jax.tree_util.tree_map(lambda x: x[i], stacked) for i in range(count)]
+
+    def eval_variables(self, i: int, host_state):
+        return train.replicate({"params": host_state.params, "batch_stats": host_state.batch_stats}, self.devices)
+
+
+def train_side_by_side(setup: Setup, placement: MemberParallel, members: list[Member], *, progress: bool = True,
+                       on_done: Callable[[Member], None] | None = None) -> None:
+    """Train ``members`` until each is ``done``, in groups of one member per device, each member
+    with its own batches, loss draws and flips (``MemberParallel``). ``on_done(member)`` is
+    called as soon as a member finishes (e.g. to record it)."""
+    from tqdm import tqdm
+
+    steps = setup.steps_per_epoch()
+    batch_size = setup.config.batch_size
+    pending_members = [m for m in members if not m.done]
+    for start in range(0, len(pending_members), placement.width):
+        group = pending_members[start : start + placement.width]
+        placement.load([m.state for m in group])
+        while any(not m.done for m in group):
+            active = [not m.done for m in group]
+            iterators = [iter(m.loader.iterate(m.epoch)) if a else None for m, a in zip(group, active)]
+            sums = [{k: 0.0 for k in METRICS} for _ in group]
+            desc = ", ".join(f"{m.prefix}epoch {m.epoch + 1}/{m.config.epochs}" for m, a in zip(group, active) if a)
+            bar = tqdm(total=steps, desc=desc,
+                       disable=not progress, leave=False, unit="step", dynamic_ncols=True)
+            pending, lrs = [], [0.0] * len(group)
+            begin = time.perf_counter()
+            host_batches = ([next(it) if it is not None else None for it in iterators] for _ in range(steps))
+            # Batches go to the devices ahead of their step (transfers overlap the running step).
+            for i, placed in enumerate(train.prefetch_to_device(host_batches, placement.place)):
+                lrs = [m.learning_rate(i, steps) if a else 0.0 for m, a in zip(group, active)]
+                pending.append(placement(placed, lrs, active))
+                if len(pending) == FETCH_EVERY or i == steps - 1:  # fetch in groups: fewer host syncs
+                    for metrics in jax.device_get(pending):
+                        for j, a in enumerate(active):
+                            if a:
+                                values = placement.member_metrics(metrics, j)
+                                for k in sums[j]:
+                                    sums[j][k] += values[k]
+                    done = i + 1
+                    first = active.index(True)
+                    bar.set_postfix(loss=f"{sums[first]['loss'] / done:.3f}", acc=f"{sums[first]['accuracy'] / done:.3f}",
+                                    img_s=f"{done * batch_size * sum(active) / (time.perf_counter() - begin):.0f}",
+                                    lr=f"{lrs[first]:.2e}")
+                    bar.update(len(pending))
+                    pending = []
+            bar.close()
+            elapsed = time.perf_counter() - begin
+            states = placement.host_states(len(group))
+            for j, (member, a) in enumerate(zip(group, active)):
+                if a:
+                    member.end_epoch(states[j], placement.eval_variables(j, states[j]), sums[j], steps,
+                                     lrs[j], elapsed)
+                    if member.done and on_done is not None:
+                        on_done(member)
+
+
+# ---------------------------------------------------------------------------------------------
+# The evolution
 
 # Batches used to report a child's accuracy with recomputed BatchNorm statistics when
 # ``recompute_bn`` is off (the report is a diagnostic; the child keeps its parent's statistics).
@@ -128,6 +233,11 @@ class Evolution:
             self.start = pretrained.init_from_backbone(jax.device_get(self.start), self.setup.backbone)
         self._fuse = jax.jit(fga.fuse)
         self._recompute = jax.jit(lambda v, x: fga.recompute_batch_stats(self.setup.model, v, x))
+
+    @functools.cached_property
+    def side_by_side(self) -> "MemberParallel":
+        """The member-parallel train step (compiled once per evolution)."""
+        return MemberParallel(self.setup)
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -257,8 +367,13 @@ class Evolution:
                     self.setup, config, workdir, init_variables=init, until_trained=self.fga.until_trained,
                     start_lr=self.fga.child_lr if record["origin"] == "child" else "lr1", name=name, log=self.log,
                 ))
-            train_members(self.setup, members, member_parallel=self.member_parallel, progress=self.progress,
-                          log=self.log, on_done=self.finish)
+            pending = [m for m in members if not m.done]
+            if self.member_parallel:
+                train_side_by_side(self.setup, self.side_by_side, pending, progress=self.progress, on_done=self.finish)
+            else:
+                for member in pending:
+                    train_member(self.setup, member, progress=self.progress)
+                    self.finish(member)
             for member in members:  # those already done when this call began
                 if self.record(member.name)["status"] != "trained":
                     self.finish(member)

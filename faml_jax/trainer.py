@@ -1,7 +1,8 @@
-"""Training networks: ``fit(config, workdir)`` trains one (what ``experiments.train`` runs), and
-the loop it uses is shared with ``faml_jax.evolution`` (a population): each network is a
-``Member`` with its own workdir, and ``train_members`` trains members one after another
-(data-parallel over all devices) or side by side (one member per device, ``--member-parallel``).
+"""Training one network: ``fit(config, workdir)`` (what ``experiments.train`` runs) trains,
+evaluates and checkpoints one network data-parallel over all devices in one flat loop
+(``train_member``); ``faml_jax.evolution`` reuses it for each network of a population (and
+trains networks side by side itself). Also here: what a run's folder holds and how it is read
+(``read_run_config``, ``final_variables``), configuration checks on resume, several processes.
 
     >>> from faml_jax import config, trainer
     >>> summary = trainer.fit(config.preset("synthetic", epochs=2), "runs/quick")
@@ -256,13 +257,11 @@ class Setup:
         self.tx = train.make_optimizer(config.optim)
         self.class_weights = self.dataset.class_weights if config.loss.needs_class_weights else None
         self.evaluator = Evaluator(self.model, config.eval_batch_size, self.devices)
-        self._placements: dict[bool, DataParallel | MemberParallel] = {}
 
-    def placement(self, member_parallel: bool) -> "DataParallel | MemberParallel":
-        """The (compiled once, reused) way members are put on the devices."""
-        if member_parallel not in self._placements:
-            self._placements[member_parallel] = MemberParallel(self) if member_parallel else DataParallel(self)
-        return self._placements[member_parallel]
+    @functools.cached_property
+    def data_parallel(self) -> "DataParallel":
+        """The (compiled once, reused) data-parallel train step of this configuration."""
+        return DataParallel(self)
 
     @staticmethod
     def check_batch(config: RunConfig) -> None:
@@ -545,9 +544,8 @@ class Member:
 
 
 class DataParallel:
-    """One member at a time, its batch split over all devices (``train.parallel_train_step``)."""
-
-    width = 1
+    """One network's train state replicated over all devices, its batches split over them
+    (``train.parallel_train_step``)."""
 
     def __init__(self, setup: Setup):
         self.devices = setup.devices  # this process's devices: it places its share of each batch
@@ -557,26 +555,21 @@ class DataParallel:
                                               devices=None if self.multi_process else self.devices,
                                               augment=setup.config.augment)
 
-    def load(self, states):
-        (state,) = states
+    def load(self, state: train.TrainState) -> None:
         self.state = train.replicate(state, self.devices)
 
-    def place(self, batches):
+    def place(self, batch):
         """The step's input on the devices: the batch split over this process's devices."""
-        return train.shard(batches[0], self.devices)
+        return train.shard(batch, self.devices)
 
-    def __call__(self, placed, learning_rates, active):
-        self.state, metrics = self.step(self.state, placed, learning_rates[0])
+    def __call__(self, placed, learning_rate: float):
+        self.state, metrics = self.step(self.state, placed, learning_rate)
         return metrics
 
-    def member_metrics(self, metrics, i: int) -> dict:
-        return {k: float(v[0]) for k, v in metrics.items()}
+    def host_state(self) -> train.TrainState:
+        return jax.device_get(train.unreplicate(self.state))
 
-    def host_states(self, count: int) -> list:
-        """The members' states on the host (one transfer)."""
-        return [jax.device_get(train.unreplicate(self.state))]
-
-    def eval_variables(self, i: int, host_state):
+    def eval_variables(self, host_state):
         """Variables replicated over this process's devices, for the evaluator (one process:
         already there; several: the train state spans every process's devices)."""
         if self.multi_process:
@@ -584,110 +577,69 @@ class DataParallel:
         return {"params": self.state.params, "batch_stats": self.state.batch_stats}
 
 
-class MemberParallel:
-    """One member per device (``train.member_parallel_train_step``); a group smaller than the
-    device count is padded with inactive copies."""
-
-    def __init__(self, setup: Setup):
-        if jax.process_count() > 1:
-            raise ConfigError("--member-parallel trains in one process; several processes train data-parallel")
-        self.devices = setup.devices
-        self.width = len(self.devices)
-        self.step = train.member_parallel_train_step(setup.model, setup.tx, setup.config.loss, setup.class_weights,
-                                                     devices=self.devices, augment=setup.config.augment)
-
-    def load(self, states):
-        padded = list(states) + [states[0]] * (self.width - len(states))
-        self.state = train.to_devices(fga.stack(jax.device_get(padded)), self.devices)
-
-    def place(self, batches):
-        """The step's input on the devices: one member's batch per device (zeros for a pad)."""
-        n = self.width
-        template = next(b for b in batches if b is not None)
-        full = [b if b is not None else jax.tree_util.tree_map(np.zeros_like, template) for b in batches]
-        full += [jax.tree_util.tree_map(np.zeros_like, template)] * (n - len(full))
-        return train.to_devices(jax.tree_util.tree_map(lambda *xs: np.stack(xs), *full), self.devices)
-
-    def __call__(self, stacked, learning_rates, active):
-        n = self.width
-        lrs = np.asarray(list(learning_rates) + [0.0] * (n - len(learning_rates)), np.float32)
-        mask = np.asarray(list(active) + [False] * (n - len(active)))
-        self.state, metrics = self.step(self.state, stacked, lrs, mask)
-        return metrics
-
-    def member_metrics(self, metrics, i: int) -> dict:
-        return {k: float(v[i]) for k, v in metrics.items()}
-
-    def host_states(self, count: int) -> list:
-        """The first ``count`` members' states on the host (one transfer for all)."""
-        stacked = jax.device_get(self.state)
-        return [jax.tree_util.tree_map(lambda x: x[i], stacked) for i in range(count)]
-
-    def eval_variables(self, i: int, host_state):
-        return train.replicate({"params": host_state.params, "batch_stats": host_state.batch_stats}, self.devices)
-
-
 # ---------------------------------------------------------------------------------------------
 # The loop
 
+METRICS = ("loss", "train_ce", "accuracy", "lsr")  # the step's metrics summed over an epoch
+FETCH_EVERY = 10  # steps whose metrics are fetched from the devices together (fewer host syncs)
 
-def train_members(setup: Setup, members: list[Member], *, member_parallel: bool = False, progress: bool = True,
-                  log: Log = print, stop_after: int | None = None,
-                  on_done: Callable[[Member], None] | None = None) -> None:
-    """Train ``members`` until each is ``done``: one after another, each data-parallel over all
-    devices, or with ``member_parallel`` in groups of one member per device.
 
-    ``on_done(member)`` is called as soon as a member finishes (e.g. to record it);
-    ``stop_after`` ends each group after that many epochs (as if interrupted; continued with
-    ``resume``)."""
-    from tqdm import tqdm
+class EpochProgress:
+    """One epoch's metric sums and its progress bar (loss, accuracy, images/s, learning rate),
+    shared by the single-network loop and FGA's side-by-side loop."""
 
-    placement = setup.placement(member_parallel)
+    def __init__(self, desc: str, steps: int, images_per_step: int, progress: bool):
+        from tqdm import tqdm
+
+        self.sums = {k: 0.0 for k in METRICS}
+        self.images_per_step = images_per_step
+        self.begin = time.perf_counter()
+        self.bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False, unit="step", dynamic_ncols=True)
+
+    def add(self, values: dict) -> None:
+        for k in self.sums:
+            self.sums[k] += values[k]
+
+    def show(self, done: int, fetched: int, learning_rate: float) -> None:
+        self.bar.set_postfix(loss=f"{self.sums['loss'] / done:.3f}", acc=f"{self.sums['accuracy'] / done:.3f}",
+                             img_s=f"{done * self.images_per_step / (time.perf_counter() - self.begin):.0f}",
+                             lr=f"{learning_rate:.2e}")
+        self.bar.update(fetched)
+
+    def close(self) -> float:
+        """Close the bar; the epoch's seconds."""
+        self.bar.close()
+        return time.perf_counter() - self.begin
+
+
+def train_member(setup: Setup, member: Member, *, progress: bool = True, stop_after: int | None = None) -> None:
+    """Train one network until it is ``done`` (or for ``stop_after`` epochs, as if interrupted):
+    each epoch's batches go to the devices ahead of their step, the learning rate is set per
+    step, metrics are fetched every ``FETCH_EVERY`` steps, and the epoch ends in
+    ``member.end_epoch`` (evaluation, checkpoint, outputs)."""
+    placement = setup.data_parallel
+    placement.load(member.state)
     steps = setup.steps_per_epoch()
-    batch_size = setup.config.batch_size
-    pending_members = [m for m in members if not m.done]
-    for start in range(0, len(pending_members), placement.width):
-        group = pending_members[start : start + placement.width]
-        placement.load([m.state for m in group])
-        rounds = 0
-        while any(not m.done for m in group) and (stop_after is None or rounds < stop_after):
-            rounds += 1
-            active = [not m.done for m in group]
-            iterators = [iter(m.loader.iterate(m.epoch)) if a else None for m, a in zip(group, active)]
-            sums = [{"loss": 0.0, "train_ce": 0.0, "accuracy": 0.0, "lsr": 0.0} for _ in group]
-            desc = ", ".join(f"{m.prefix}epoch {m.epoch + 1}/{m.config.epochs}" for m, a in zip(group, active) if a)
-            bar = tqdm(total=steps, desc=desc,
-                       disable=not progress, leave=False, unit="step", dynamic_ncols=True)
-            pending, lrs = [], [0.0] * len(group)
-            begin = time.perf_counter()
-            host_batches = ([next(it) if it is not None else None for it in iterators] for _ in range(steps))
-            # Batches go to the devices ahead of their step (transfers overlap the running step).
-            for i, placed in enumerate(train.prefetch_to_device(host_batches, placement.place)):
-                lrs = [m.learning_rate(i, steps) if a else 0.0 for m, a in zip(group, active)]
-                pending.append(placement(placed, lrs, active))
-                if len(pending) == 10 or i == steps - 1:  # fetch in groups: fewer host syncs
-                    for metrics in jax.device_get(pending):
-                        for j, a in enumerate(active):
-                            if a:
-                                values = placement.member_metrics(metrics, j)
-                                for k in sums[j]:
-                                    sums[j][k] += values[k]
-                    done = i + 1
-                    first = active.index(True)
-                    bar.set_postfix(loss=f"{sums[first]['loss'] / done:.3f}", acc=f"{sums[first]['accuracy'] / done:.3f}",
-                                    img_s=f"{done * batch_size * sum(active) / (time.perf_counter() - begin):.0f}",
-                                    lr=f"{lrs[first]:.2e}")
-                    bar.update(len(pending))
-                    pending = []
-            bar.close()
-            elapsed = time.perf_counter() - begin
-            states = placement.host_states(len(group))
-            for j, (member, a) in enumerate(zip(group, active)):
-                if a:
-                    member.end_epoch(states[j], placement.eval_variables(j, states[j]), sums[j], steps,
-                                     lrs[j], elapsed)
-                    if member.done and on_done is not None:
-                        on_done(member)
+    epochs = 0
+    while not member.done and (stop_after is None or epochs < stop_after):
+        epochs += 1
+        epoch = EpochProgress(f"{member.prefix}epoch {member.epoch + 1}/{member.config.epochs}", steps,
+                              setup.config.batch_size, progress)
+        iterator = iter(member.loader.iterate(member.epoch))
+        host_batches = (next(iterator) for _ in range(steps))
+        pending, learning_rate = [], 0.0
+        # Batches go to the devices ahead of their step (transfers overlap the running step).
+        for i, placed in enumerate(train.prefetch_to_device(host_batches, placement.place)):
+            learning_rate = member.learning_rate(i, steps)
+            pending.append(placement(placed, learning_rate))
+            if len(pending) == FETCH_EVERY or i == steps - 1:
+                for metrics in jax.device_get(pending):
+                    epoch.add({k: float(v[0]) for k, v in metrics.items()})
+                epoch.show(i + 1, len(pending), learning_rate)
+                pending = []
+        elapsed = epoch.close()
+        state = placement.host_state()
+        member.end_epoch(state, placement.eval_variables(state), epoch.sums, steps, learning_rate, elapsed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -716,7 +668,7 @@ def fit(config: RunConfig, workdir: str | os.PathLike, *, resume: bool = False, 
     try:
         if member.done:
             raise ConfigError(f"nothing to do: the run in {workdir} already has {member.epoch} epochs; raise --epochs")
-        train_members(setup, [member], progress=progress, log=log, stop_after=stop_after)
+        train_member(setup, member, progress=progress, stop_after=stop_after)
         summary = member.summary()
     finally:
         member.close()
