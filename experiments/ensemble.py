@@ -31,6 +31,7 @@ from pathlib import Path
 
 from experiments.cli import OneLineErrorParser, UsageError, run_cli
 from faml_jax import ensemble
+from faml_jax.config import EnsembleConfig
 from faml_jax.evolution import population_members
 from faml_jax.report import ensemble_report, named_members
 
@@ -71,8 +72,8 @@ def main(argv=None) -> int:
             raise UsageError("two members have the same name: " + ", ".join(name for name, _ in members))
         out = args.out or (str(Path(args.population) / "ensemble") if args.population else "runs/ensemble")
         command = "python -m experiments.ensemble " + " ".join(sys.argv[1:] if argv is None else argv)
-        ensemble_report(members, out, checkpoint=args.checkpoint, order=args.order, alpha=args.alpha, beta=args.beta,
-            overwrite=args.overwrite, data_dir=args.data_dir, batch_size=args.batch_size, mapping=args.mapping,
+        config = EnsembleConfig(alpha=args.alpha, beta=args.beta, checkpoint=args.checkpoint, order=args.order)
+        ensemble_report(members, out, config, overwrite=args.overwrite, data_dir=args.data_dir, batch_size=args.batch_size, mapping=args.mapping,
             num_threads=args.threads, progress=not args.no_progress, command=command)
 
     return run_cli(build_parser(), argv, body)

@@ -448,6 +448,32 @@ class FGAConfig:
             raise ValueError(f"child_lr must be 'lr1' or 'lr2', got {self.child_lr!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class EnsembleConfig:
+    """How an ensemble is evaluated and reported (METHOD 4).
+
+    Attributes:
+      alpha, beta: T2V's weights of a member's top-1 and top-2 vote (Eq. 10-11; paper 1.9, 1.0).
+      checkpoint: each member's "final" checkpoint (the result) or its "best" by test accuracy
+        (selected on the test split: optimistic).
+      order: the order in which members join in the ensemble-size table: as "given", or by
+        "accuracy" (best first).
+    """
+
+    alpha: float = 1.9
+    beta: float = 1.0
+    checkpoint: Literal["final", "best"] = "final"
+    order: Literal["given", "accuracy"] = "given"
+
+    def __post_init__(self):
+        if self.alpha <= 0 or self.beta < 0:
+            raise ConfigError(f"T2V needs alpha > 0 and beta >= 0, got alpha={self.alpha}, beta={self.beta}")
+        if self.checkpoint not in ("final", "best"):
+            raise ConfigError(f"checkpoint must be 'final' or 'best', got {self.checkpoint!r}")
+        if self.order not in ("given", "accuracy"):
+            raise ConfigError(f"order must be 'given' or 'accuracy', got {self.order!r}")
+
+
 # Per data set: the paper's settings (METHOD 2.3-2.4) for the real data sets, and a CPU-sized
 # demo for the synthetic one. Values are RunConfig fields; "model" and "schedule" hold overrides
 # of ModelConfig and ScheduleConfig fields.

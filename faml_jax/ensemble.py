@@ -22,10 +22,12 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from faml_jax.config import EnsembleConfig
 from faml_jax.preprocess import normalize
 
-ALPHA = 1.9  # weight of a member's top-1 vote (paper)
-BETA = 1.0  # weight of its top-2 vote: two second places outweigh one first place
+# T2V's weights (paper: 1.9 for a member's top-1 vote, 1.0 for its top-2 vote: two second places
+# outweigh one first place); defined once, in EnsembleConfig.
+ALPHA, BETA = EnsembleConfig.alpha, EnsembleConfig.beta
 STRATEGIES = ("t1v", "noi", "t2v")
 
 Mapping = Literal["map", "vmap"]

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from faml_jax import data, ensemble, fga, train
+from faml_jax.config import EnsembleConfig
 from faml_jax.errors import ConfigError, DataError, WorkdirError
 from faml_jax.evaluate import EnsembleEvaluator, classification_metrics
 from faml_jax.trainer import (
@@ -323,17 +324,18 @@ def evaluate(members: list[tuple[str, Path]], *, checkpoint: str = "final", data
     return logits, labels, setup, info
 
 
-def ensemble_report(members: list[tuple[str, Path]], out: str | os.PathLike, *, checkpoint: str = "final", order: str = "given",
-        alpha: float = ensemble.ALPHA, beta: float = ensemble.BETA, overwrite: bool = False,
-        data_dir: str | None = None, batch_size: int | None = None, mapping: str | None = None,
-        num_threads: int | None = None, progress: bool = True, command: str = "", log=print) -> dict:
-    """Evaluate ``members`` ((name, workdir) pairs) as an ensemble and write the report folder
-    ``out``; returns the report (also in ``out/report.json``)."""
+def ensemble_report(members: list[tuple[str, Path]], out: str | os.PathLike, config: EnsembleConfig = EnsembleConfig(),
+                    *, overwrite: bool = False, data_dir: str | None = None, batch_size: int | None = None,
+                    mapping: str | None = None, num_threads: int | None = None, progress: bool = True,
+                    command: str = "", log=print) -> dict:
+    """Evaluate ``members`` ((name, workdir) pairs) as an ensemble (``config``: T2V's weights,
+    which checkpoint, the order of the size table) and write the report folder ``out``; returns
+    the report (also in ``out/report.json``). ``data_dir``, ``num_threads``: where the data set is
+    now and how it is read, if not as in training; ``batch_size``, ``mapping``: the evaluation."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise WorkdirError(f"{out} already holds a report: pass --overwrite to replace it")
-    if alpha <= 0 or beta < 0:
-        raise ConfigError(f"T2V needs alpha > 0 and beta >= 0, got alpha={alpha}, beta={beta}")
+    checkpoint, order, alpha, beta = config.checkpoint, config.order, config.alpha, config.beta
     logits, labels, setup, info = evaluate(members, checkpoint=checkpoint, data_dir=data_dir, batch_size=batch_size,
                                            mapping=mapping, num_threads=num_threads, progress=progress, log=log)
     names = [name for name, _ in members]

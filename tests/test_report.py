@@ -11,6 +11,7 @@ import pytest
 
 from experiments import ensemble as ensemble_program
 from faml_jax import report as report_module
+from faml_jax.config import EnsembleConfig
 from faml_jax import trainer
 from faml_jax.errors import WorkdirError
 from faml_jax.evolution import population_members
@@ -94,7 +95,8 @@ def test_report_files(trained):
 
 def test_best_checkpoint_and_accuracy_order(trained, tmp_path):
     root, members, _ = trained
-    report = report_module.ensemble_report(members, tmp_path / "best", checkpoint="best", order="accuracy", **quiet)
+    report = report_module.ensemble_report(members, tmp_path / "best", EnsembleConfig(checkpoint="best", order="accuracy"),
+                                           **quiet)
     for (name, workdir), evaluated, row in zip(members, report["members_evaluated"], report["members"]):
         summary = json.loads((workdir / "summary.json").read_text())
         history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
