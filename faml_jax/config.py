@@ -325,16 +325,16 @@ class AugmentConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.crop_padding <= 1.0:
             raise ValueError(f"crop_padding is a fraction of the input side in [0, 1], got {self.crop_padding}")
-
-    def padding_pixels(self, size: int) -> int:
-        """The random crop's padding in pixels at input side ``size``."""
-        return int(round(self.crop_padding * size))
         lo, hi = self.erasing_scale
         if not 0.0 < lo <= hi <= 1.0:
             raise ValueError(f"erasing_scale must satisfy 0 < low <= high <= 1, got {self.erasing_scale}")
         lo, hi = self.erasing_ratio
         if not 0.0 < lo <= hi:
             raise ValueError(f"erasing_ratio must satisfy 0 < low <= high, got {self.erasing_ratio}")
+
+    def padding_pixels(self, size: int) -> int:
+        """The random crop's padding in pixels at input side ``size``."""
+        return int(round(self.crop_padding * size))
 
     @property
     def color(self) -> bool:
