@@ -165,6 +165,7 @@ def test_augment_is_deterministic_and_split_invariant(name):
 
 
 def test_augment_config_validation():
-    for bad in (dict(erasing_p=1.5), dict(rotate_degrees=-1), dict(erasing_scale=(0.3, 0.1)), dict(crop_padding=1.5)):
+    for bad in (dict(erasing_p=1.5), dict(rotate_degrees=-1), dict(erasing_scale=(0.3, 0.1)), dict(crop_padding=1.5),
+                dict(erasing_ratio=(2.0, 1.0)), dict(brightness=-0.1)):
         with pytest.raises(ValueError):
             AugmentConfig(**bad)
