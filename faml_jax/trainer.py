@@ -32,7 +32,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from faml_jax import data, fga, models, pretrained, schedules, train
+from faml_jax import data, models, pretrained, schedules, train
 from faml_jax.checkpoint import Checkpoints, sync_processes
 from faml_jax.config import RunConfig, from_dict
 from faml_jax.errors import ConfigError, WorkdirError
