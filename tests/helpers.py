@@ -4,9 +4,22 @@ reference of the ensemble decisions."""
 
 from __future__ import annotations
 
+import importlib
+import os
+
 import numpy as np
+import pytest
 
 from faml_jax.config import RunConfig, preset
+
+def require_torch(module: str = "torch"):
+    """Import ``module`` of the torch extra (``torch``, ``torchvision.transforms.functional``, ...):
+    required when ``FAML_JAX_REQUIRE_TORCH=1`` (``make test``: these tests never skip in CI),
+    otherwise the test skips without it."""
+    if os.environ.get("FAML_JAX_REQUIRE_TORCH") == "1":
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason="the torch extra is not installed (pip install -e '.[torch]')")
+
 
 # A run small enough for the CPU: 96 training images of 32 px, batch 16 over the 4 test devices.
 # The detector's window is 2 epochs with huge ranges, so a run switches to Lr2 after epoch 2.

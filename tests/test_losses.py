@@ -7,6 +7,7 @@ import pytest
 
 from faml_jax import losses
 from faml_jax.config import LossConfig
+from helpers import require_torch
 
 
 def np_log_softmax(logits):
@@ -167,11 +168,7 @@ def test_lsr_equals_pytorch_label_smoothing_at_eps_times_c_over_c_minus_1(classe
     over all classes (target 1 - e + e/C on the label); Eq. 4 spreads eps / (C - 1) over the
     others (target 1 - eps). So LSR(eps) == torch CE(label_smoothing = eps C / (C - 1)), and
     torch's 0.1 is not Eq. 4's 0.1."""
-    import os
-    if os.environ.get("FAML_JAX_REQUIRE_TORCH") == "1":
-        import torch
-    else:
-        torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+    torch = require_torch()
     logits, labels = random_batch(5, classes=classes)
     ours = float(losses.lsr_loss(jnp.asarray(logits), jnp.asarray(labels), 0.1))
     torch_ce = lambda e: float(torch.nn.functional.cross_entropy(  # noqa: E731

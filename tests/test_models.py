@@ -10,6 +10,7 @@ import pytest
 from faml_jax import models
 from faml_jax.config import DEFAULT_REGIONS, ModelConfig, Region
 from faml_jax.models import AttentionBlock, FAStem
+from helpers import require_torch
 
 
 def param_shapes(model, size=None):
@@ -235,15 +236,10 @@ def test_batchnorm_running_variance_is_biased_where_pytorch_is_unbiased():
     0.1 * var(batch) * n / (n - 1) in torch.nn.BatchNorm2d (unbiased): at n = 4 x 3 x 3 = 36
     values per channel the increments differ by exactly 36/35. The normalisation itself (biased
     in both) and the running mean are equal."""
-    import os
-
     import flax.linen as nn
 
-    from faml_jax.models.resnet import BN_EPSILON, BN_MOMENTUM
-    if os.environ.get("FAML_JAX_REQUIRE_TORCH") == "1":
-        import torch
-    else:
-        torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+    from faml_jax.models.layers import BN_EPSILON, BN_MOMENTUM
+    torch = require_torch()
     x = np.random.default_rng(0).normal(1.0, 2.0, (4, 3, 3, 5)).astype(np.float32)
     bn = nn.BatchNorm(use_running_average=False, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
     variables = bn.init(jax.random.key(0), x)

@@ -29,17 +29,23 @@ def test_each_epoch_is_a_fresh_permutation_reproducible_from_the_seed():
     np.testing.assert_array_equal(batch["label"], batch["image"][:, 0, 0, 0] % 7)
 
 
-def test_iterator_state_resumes_with_exactly_the_next_batch():
-    loader = TrainLoader(source(), global_batch=8, image_size=8, seed=5, num_threads=2)
-    iterator = loader.iterate(3)
-    for _ in range(2):
+def assert_resumes_mid_epoch(loader, epoch, taken, remaining):
+    """Stop after ``taken`` batches of ``epoch``; an iterator restored from the saved state gives
+    exactly the ``remaining`` batches the first one still had."""
+    iterator = loader.iterate(epoch)
+    for _ in range(taken):
         next(iterator)
     state = iterator.get_state()
     rest = [b["image"][:, 0, 0, 0] for b in iterator]
-    resumed = [b["image"][:, 0, 0, 0] for b in loader.iterate(3, state)]
-    assert len(rest) == 4
+    resumed = [b["image"][:, 0, 0, 0] for b in loader.iterate(epoch, state)]
+    assert len(rest) == remaining
     for a, b in zip(rest, resumed, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_iterator_state_resumes_with_exactly_the_next_batch():
+    loader = TrainLoader(source(), global_batch=8, image_size=8, seed=5, num_threads=2)
+    assert_resumes_mid_epoch(loader, epoch=3, taken=2, remaining=4)
 
 
 def test_processes_read_disjoint_equal_shards():
@@ -110,12 +116,4 @@ def test_balanced_sampler_draws_classes_equally_with_replacement():
 
 def test_balanced_sampler_resumes_mid_epoch():
     loader = TrainLoader(imbalanced_source(), global_batch=20, image_size=4, seed=4, num_threads=2, balanced=True)
-    iterator = loader.iterate(2)
-    for _ in range(3):
-        next(iterator)
-    state = iterator.get_state()
-    rest = [b["image"][:, 0, 0, 0] for b in iterator]
-    resumed = [b["image"][:, 0, 0, 0] for b in loader.iterate(2, state)]
-    assert len(rest) == 7
-    for a, b in zip(rest, resumed, strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_resumes_mid_epoch(loader, epoch=2, taken=3, remaining=7)

@@ -40,22 +40,16 @@ def test_flip_rate_and_split_invariance():
 # torchvision's functional transform (torch extra; `make test` requires it) or a NumPy reference.
 
 import dataclasses  # noqa: E402
-import os  # noqa: E402
 
 import pytest  # noqa: E402
 
 from faml_jax import preprocess  # noqa: E402
 from faml_jax.config import AUGMENT_PRESETS, AugmentConfig  # noqa: E402
+from helpers import require_torch  # noqa: E402
 
 
 def torchvision_functional():
-    if os.environ.get("FAML_JAX_REQUIRE_TORCH") == "1":
-        import torch
-        import torchvision.transforms.functional as tf
-    else:
-        torch = pytest.importorskip("torch", reason="the torch extra is not installed")
-        tf = pytest.importorskip("torchvision.transforms.functional")
-    return torch, tf
+    return require_torch("torch"), require_torch("torchvision.transforms.functional")
 
 
 def chw(torch, image):

@@ -1,7 +1,6 @@
 """Tests of faml_jax.train: the data-parallel step, the injectable learning rate, eval."""
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +11,7 @@ from faml_jax import fga, models, train
 from faml_jax.config import AUGMENT_PRESETS, LossConfig, OptimConfig
 from faml_jax.losses import class_weights
 from faml_jax.preprocess import normalize
+from helpers import require_torch
 
 SMALL = dict(widths=(8, 16, 16, 32), input_size=32, attn_dim=16, attn_heads=2, attn_depth=1)
 
@@ -244,14 +244,6 @@ def test_reference_loss_is_plain_ce_of_the_steps_own_logits():
     assert metrics["lsr"] == 1.0 and abs(float(metrics["loss"]) - ce) > 0.05
 
 
-def torch_or_skip():
-    if os.environ.get("FAML_JAX_REQUIRE_TORCH") == "1":
-        import torch
-    else:
-        torch = pytest.importorskip("torch", reason="the torch extra is not installed")
-    return torch
-
-
 @pytest.mark.parametrize("name,mode,torch_name", [
     ("adam", "coupled", "Adam"), ("adam", "decoupled", "AdamW"), ("sgd", "coupled", "SGD"),
 ])
@@ -259,7 +251,7 @@ def test_weight_decay_modes_match_pytorch_optimizers(name, mode, torch_name):
     """Coupled weight decay = torch.optim.Adam(weight_decay) / SGD(weight_decay) (L2 in the
     gradient); decoupled = torch.optim.AdamW. Five steps on the same gradients of
     0.5 |A p - b|^2, equal to float32 rounding."""
-    torch = torch_or_skip()
+    torch = require_torch()
     rng = np.random.default_rng(0)
     a, b, p0 = rng.standard_normal((6, 4)), rng.standard_normal(6), rng.standard_normal(4)
     lr, wd = 0.05, 0.1
