@@ -582,14 +582,9 @@ def preset(dataset: str = "synthetic", model: str | None = None, *, model_option
     sgd = {"lr1": 0.005} if optim_name == "sgd" else {}  # the paper's SGD learning rate
     schedule = nested("schedule", ScheduleConfig(), **{**base["schedule"], **sgd})
     optim = nested("optim", OptimConfig(), learning_rate=schedule.lr1)
-    data_given = dict(overrides.pop("data", None) or {}) if not isinstance(overrides.get("data"), DataConfig) else None
-    if data_given is None:
-        data_config = overrides.pop("data")
-    else:
-        synthetic = data_given.pop("synthetic", None)
-        if isinstance(synthetic, dict):
-            synthetic = SyntheticConfig(**synthetic)
-        data_config = DataConfig(dataset=dataset, **data_given, **({"synthetic": synthetic} if synthetic else {}))
+    if isinstance(overrides.get("data"), dict) and isinstance(overrides["data"].get("synthetic"), dict):
+        overrides["data"] = {**overrides["data"], "synthetic": SyntheticConfig(**overrides["data"]["synthetic"])}
+    data_config = nested("data", DataConfig(dataset=dataset))
     augment = nested("augment", AugmentConfig())
     config = RunConfig(**{
         "model_name": model_name, "model": model_config, "loss": loss, "optim": optim, "schedule": schedule,

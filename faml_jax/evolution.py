@@ -254,8 +254,7 @@ class Evolution:
         """A network's fitness: its final reference loss (plain CE of the training batches,
         METHOD 2.4 [choice]), not the sampled ML loss; records made before it was logged give
         their sampled loss."""
-        record = self.record(name)
-        return record.get("train_ce", record["train_loss"])
+        return reference_loss(self.record(name))
 
     def test_accuracy(self, variables: dict) -> float:
         logits, labels = self.setup.test_logits(train.replicate(variables, self.setup.devices))

@@ -6,7 +6,7 @@ whose state dict loads into torchvision's ``resnet18``. This module:
 * ``torch_to_flax``: a torchvision-layout ResNet18 state dict (numpy arrays) to this project's
   Flax variables of ``"r18"``: conv kernels (O, I, kH, kW) -> (kH, kW, I, O), the dense layer
   (out, in) -> (in, out), BatchNorm weight/bias/running_mean/running_var -> scale/bias/mean/var
-  (both use eps 1e-5; ``models.resnet.BN_EPSILON``). Pure numpy: no torch needed.
+  (both use eps 1e-5; ``models.layers.BN_EPSILON``). Pure numpy: no torch needed.
 * ``read_torch_state_dict``: loads a ``.pth`` without executing pickled code
   (``torch.load(weights_only=True)``), accepting the common wrappings: a plain state dict, one
   nested under ``state_dict``, ``module.``-prefixed keys (DataParallel), with or without ``fc``.

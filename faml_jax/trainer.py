@@ -31,6 +31,7 @@ from typing import Callable
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from faml_jax import data, models, pretrained, schedules, train
 from faml_jax.checkpoint import Checkpoints, sync_processes
@@ -131,28 +132,24 @@ def prepare_workdir(workdir: Path, config: RunConfig, resume: bool, overwrite: b
 LEGACY_DEFAULTS = {"data.crop_faces": False}
 
 
-def _get(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return KeyError
-        tree = tree[part]
-    return tree
+def _flat(tree: dict) -> dict:
+    return traverse_util.flatten_dict(tree, keep_empty_nodes=True, sep=".")
 
 
-def _set(tree: dict, dotted: str, value) -> None:
-    *path, leaf = dotted.split(".")
-    for part in path:
-        tree = tree.setdefault(part, {})
-    tree[leaf] = value
+def _nested(flat: dict) -> dict:
+    return traverse_util.unflatten_dict(flat, sep=".")
 
 
 def complete_run_config(saved: dict) -> dict:
     """A saved ``config.json`` with the fields added since it was written at their defaults (at
     ``LEGACY_DEFAULTS`` for the fields whose default changed since)."""
-    saved = json.loads(json.dumps(saved))
+    if not isinstance(saved, dict):
+        return saved
+    flat = _flat(saved)
     for name, value in LEGACY_DEFAULTS.items():
-        if isinstance(saved.get(name.split(".")[0]), dict) and _get(saved, name) is KeyError:
-            _set(saved, name, value)
+        if isinstance(saved.get(name.split(".")[0]), dict):
+            flat.setdefault(name, value)
+    saved = _nested(flat)
     try:
         return config_to_json(from_dict(RunConfig, saved))
     except (ValueError, TypeError):
@@ -166,13 +163,9 @@ def adopt_recorded(config: RunConfig, saved: dict | None, fields: tuple[str, ...
     Nothing saved: ``config`` as it is."""
     if not saved:
         return config
-    saved = complete_run_config(saved)
-    current = config_to_json(config)
-    for name in fields:
-        value = _get(saved, name)
-        if value is not KeyError:
-            _set(current, name, value)
-    return from_dict(RunConfig, current)
+    saved, current = _flat(complete_run_config(saved)), _flat(config_to_json(config))
+    current.update({name: saved[name] for name in fields if name in saved})
+    return from_dict(RunConfig, _nested(current))
 
 
 def recorded_config(workdir: Path, config_file: str = "config.json") -> dict | None:

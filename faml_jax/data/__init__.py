@@ -120,9 +120,8 @@ def open_dataset(name: str, data_dir: str | os.PathLike | None = None,
         drop_bad_images(index, crop_faces, skip=True, num_threads=num_threads, progress=progress_bar)
     sources = {split: FolderSource(index.splits[split], crop_faces) for split in index.splits}
     counts = {split: index.splits[split].counts(len(index.classes)) for split in index.splits}
-    has_boxes = index.splits["train"].boxes is not None
     return _dataset(name, index.classes, sources, counts, None, f"folder {index.root}", index.problems,
-                    _crop_note(has_boxes, crop_faces))
+                    _crop_note(index.has_boxes, crop_faces))
 
 
 def _crop_note(has_boxes: bool, crop_faces: bool) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from faml_jax.config import ModelConfig
 from faml_jax.models.attention import AttentionBlock
 from faml_jax.models.fa_stem import FAStem
-from faml_jax.models.layers import BN_EPSILON, BN_MOMENTUM, batch_norm, conv_init  # noqa: F401  (re-exported)
+from faml_jax.models.layers import BN_MOMENTUM, batch_norm, conv_init
 from faml_jax.models.pooling import max_pool
 
 def head_inits(kind: str, fan_in: int) -> dict:
