@@ -162,7 +162,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         args.dataset, args.model, model_options=model_options, from_scratch=args.from_scratch,
         loss=loss,
         optim=dict(name=args.optimizer, weight_decay=args.weight_decay,
-                   weight_decay_mode=args.weight_decay_mode or ("coupled" if args.optimizer == "sgd" else "decoupled")),
+                   **({"weight_decay_mode": args.weight_decay_mode} if args.weight_decay_mode else {})),
         schedule=schedule,
         data=dict(data_dir=args.data_dir, synthetic=synthetic, num_threads=args.threads,
                   crop_faces=True if args.crop_faces is None else args.crop_faces,

@@ -581,7 +581,9 @@ def preset(dataset: str = "synthetic", model: str | None = None, *, model_option
     optim_name = optim_given.get("name", "adam") if isinstance(optim_given, dict) else "adam"
     sgd = {"lr1": 0.005} if optim_name == "sgd" else {}  # the paper's SGD learning rate
     schedule = nested("schedule", ScheduleConfig(), **{**base["schedule"], **sgd})
-    optim = nested("optim", OptimConfig(), learning_rate=schedule.lr1)
+    # Weight decay as PyTorch's optimiser of that name applies it, unless given: SGD coupled only.
+    optim = nested("optim", OptimConfig(), learning_rate=schedule.lr1,
+                   weight_decay_mode="coupled" if optim_name == "sgd" else "decoupled")
     if isinstance(overrides.get("data"), dict) and isinstance(overrides["data"].get("synthetic"), dict):
         overrides["data"] = {**overrides["data"], "synthetic": SyntheticConfig(**overrides["data"]["synthetic"])}
     data_config = nested("data", DataConfig(dataset=dataset))

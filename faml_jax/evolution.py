@@ -28,7 +28,6 @@ import dataclasses
 import functools
 import json
 import os
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -41,7 +40,7 @@ from faml_jax.config import FGAConfig, RunConfig
 from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.evaluate import classification_metrics
 from faml_jax.trainer import (
-    FETCH_EVERY, METRICS, Member, Setup, adopt_recorded, complete_run_config, config_to_json, final_variables,
+    FETCH_EVERY, EpochProgress, Member, Setup, adopt_recorded, complete_run_config, config_to_json, final_variables,
     has_checkpoint, last_epoch, prepare_directory, prepare_workdir, read_run_config, recorded_config, reference_loss,
     structural_differences, train_member,
 )
@@ -99,8 +98,6 @@ def train_side_by_side(setup: Setup, placement: MemberParallel, members: list[Me
     """Train ``members`` until each is ``done``, in groups of one member per device, each member
     with its own batches, loss draws and flips (``MemberParallel``). ``on_done(member)`` is
     called as soon as a member finishes (e.g. to record it)."""
-    from tqdm import tqdm
-
     steps = setup.steps_per_epoch()
     batch_size = setup.config.batch_size
     pending_members = [m for m in members if not m.done]
@@ -110,12 +107,12 @@ def train_side_by_side(setup: Setup, placement: MemberParallel, members: list[Me
         while any(not m.done for m in group):
             active = [not m.done for m in group]
             iterators = [iter(m.loader.iterate(m.epoch)) if a else None for m, a in zip(group, active)]
-            sums = [{k: 0.0 for k in METRICS} for _ in group]
+            first = active.index(True)
             desc = ", ".join(f"{m.prefix}epoch {m.epoch + 1}/{m.config.epochs}" for m, a in zip(group, active) if a)
-            bar = tqdm(total=steps, desc=desc,
-                       disable=not progress, leave=False, unit="step", dynamic_ncols=True)
+            # Every member's sums; the bar shows the first active member's (and all members' images/s).
+            epochs = [EpochProgress(desc, steps, batch_size * sum(active), progress and j == first)
+                      for j in range(len(group))]
             pending, lrs = [], [0.0] * len(group)
-            begin = time.perf_counter()
             host_batches = ([next(it) if it is not None else None for it in iterators] for _ in range(steps))
             # Batches go to the devices ahead of their step (transfers overlap the running step).
             for i, placed in enumerate(train.prefetch_to_device(host_batches, placement.place)):
@@ -125,22 +122,14 @@ def train_side_by_side(setup: Setup, placement: MemberParallel, members: list[Me
                     for metrics in jax.device_get(pending):
                         for j, a in enumerate(active):
                             if a:
-                                values = placement.member_metrics(metrics, j)
-                                for k in sums[j]:
-                                    sums[j][k] += values[k]
-                    done = i + 1
-                    first = active.index(True)
-                    bar.set_postfix(loss=f"{sums[first]['loss'] / done:.3f}", acc=f"{sums[first]['accuracy'] / done:.3f}",
-                                    img_s=f"{done * batch_size * sum(active) / (time.perf_counter() - begin):.0f}",
-                                    lr=f"{lrs[first]:.2e}")
-                    bar.update(len(pending))
+                                epochs[j].add(placement.member_metrics(metrics, j))
+                    epochs[first].show(i + 1, len(pending), lrs[first])
                     pending = []
-            bar.close()
-            elapsed = time.perf_counter() - begin
+            elapsed = [epoch.close() for epoch in epochs][first]
             states = placement.host_states(len(group))
             for j, (member, a) in enumerate(zip(group, active)):
                 if a:
-                    member.end_epoch(states[j], placement.eval_variables(j, states[j]), sums[j], steps,
+                    member.end_epoch(states[j], placement.eval_variables(j, states[j]), epochs[j].sums, steps,
                                      lrs[j], elapsed)
                     if member.done and on_done is not None:
                         on_done(member)
