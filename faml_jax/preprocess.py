@@ -23,6 +23,11 @@ def normalize(images: jax.Array) -> jax.Array:
     return (x - jnp.asarray(MEAN_RGB, jnp.float32)) / jnp.asarray(STD_RGB, jnp.float32)
 
 
+def _image_keys(key: jax.Array, count: int, first_index) -> jax.Array:
+    """One key per image: ``fold_in(key, global index)``, the same whichever device holds it."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(first_index + jnp.arange(count))
+
+
 def random_flip(key: jax.Array, images: jax.Array, first_index: jax.Array | int = 0, p: float = 0.5):
     """Flip each image left-right with probability ``p`` (METHOD 1: p = 0.5).
 
@@ -36,8 +41,8 @@ def random_flip(key: jax.Array, images: jax.Array, first_index: jax.Array | int 
       first_index: global index of ``images[0]``.
       p: flip probability.
     """
-    index = first_index + jnp.arange(images.shape[0])
-    flip = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(key, i), p))(index)
+    keys = _image_keys(key, images.shape[0], first_index)
+    flip = jax.vmap(lambda k: jax.random.bernoulli(k, p))(keys)
     return jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
 
 
@@ -49,8 +54,10 @@ def random_flip(key: jax.Array, images: jax.Array, first_index: jax.Array | int 
 # torchvision's functional transform (tests/test_preprocess.py).
 
 
-def _image_keys(key: jax.Array, count: int, first_index) -> jax.Array:
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(first_index + jnp.arange(count))
+def _per_image(fn, key: jax.Array, images: jax.Array, first_index) -> jax.Array:
+    """``fn(image_key, image)`` for every image of the batch, each image's key from its global
+    index (``_image_keys``)."""
+    return jax.vmap(fn)(_image_keys(key, images.shape[0], first_index), images)
 
 
 def rotate_crop_params(key: jax.Array, degrees: float, padding: int) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -174,10 +181,9 @@ def augment(flip_key: jax.Array, extra_key: jax.Array, images: jax.Array, config
     image by its global index (``first_index`` + position)."""
     if config.flip:
         images = random_flip(flip_key, images, first_index, config.flip)
-    n, h, w = images.shape[0], images.shape[1], images.shape[2]
+    h, w = images.shape[1], images.shape[2]
     rotate_key, color_key, erase_key = jax.random.split(extra_key, 3)
     if config.rotate_p:
-        keys = _image_keys(rotate_key, n, first_index)
         padding = config.padding_pixels(h)
 
         def one(k, image):
@@ -186,24 +192,22 @@ def augment(flip_key: jax.Array, extra_key: jax.Array, images: jax.Array, config
             moved = rotate_crop(image, angle, top, left, padding)
             return jnp.where(jax.random.bernoulli(k_apply, config.rotate_p), moved, image)
 
-        images = jax.vmap(one)(keys, images)
+        images = _per_image(one, rotate_key, images, first_index)
     x = images.astype(jnp.float32)
     if config.color:
-        keys = _image_keys(color_key, n, first_index)
 
         def jitter(k, image):
             order, factors = color_jitter_params(k, config.brightness, config.contrast, config.saturation)
             return color_jitter(image, order, factors)
 
-        x = jax.vmap(jitter)(keys, x)
-    x = (x - jnp.asarray(MEAN_RGB, jnp.float32)) / jnp.asarray(STD_RGB, jnp.float32)
+        x = _per_image(jitter, color_key, x, first_index)
+    x = normalize(x)
     if config.erasing_p:
-        keys = _image_keys(erase_key, n, first_index)
 
         def erase_one(k, image):
             k_apply, k_params = jax.random.split(k)
             top, left, eh, ew = erasing_params(k_params, h, w, config.erasing_scale, config.erasing_ratio)
             return jnp.where(jax.random.bernoulli(k_apply, config.erasing_p), erase(image, top, left, eh, ew), image)
 
-        x = jax.vmap(erase_one)(keys, x)
+        x = _per_image(erase_one, erase_key, x, first_index)
     return x
