@@ -654,9 +654,18 @@ def fit(config: RunConfig, workdir: str | os.PathLike, *, resume: bool = False, 
     if resume and keep_recorded:
         config = adopt_recorded(config, recorded_config(workdir), keep_recorded)
     Setup.check_batch(config)
+    new_workdir, new_run = not workdir.exists(), not (workdir / "config.json").exists()
     prepare_workdir(workdir, config, resume, overwrite)
-    setup = Setup(config, log)
-    init = setup.start_variables(config.seed) if config.init and not has_checkpoint(workdir) else None
+    try:
+        setup = Setup(config, log)  # opens the data set
+        init = setup.start_variables(config.seed) if config.init and not has_checkpoint(workdir) else None
+    except Exception:
+        # A data set or backbone that cannot be read: leave no run behind that would need --resume.
+        if new_run:
+            (workdir / "config.json").unlink(missing_ok=True)
+            if new_workdir and not any(workdir.iterdir()):
+                workdir.rmdir()
+        raise
     member = Member(setup, config, workdir, init_variables=init, log=log)
     try:
         if member.done:
