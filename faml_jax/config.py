@@ -167,13 +167,12 @@ LOSS_PRESETS = {
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """Optimiser (METHOD 2.4). The learning rate is only the initial value: the train step takes
-    the current learning rate as an argument, so schedules and the Lr1 -> Lr2 switch need no
-    recompilation.
+    """Optimiser (METHOD 2.4). Its learning rate is not here: the schedule (``ScheduleConfig``,
+    Lr1 and Lr2) owns it and the train step takes the current value as an argument, so schedules
+    and the Lr1 -> Lr2 switch need no recompilation.
 
     Attributes:
       name: "adam" (the paper's choice) or "sgd" (momentum; the paper's alternative, lr 0.005).
-      learning_rate: initial learning rate (Lr1 = 3e-4).
       b1, b2, eps: Adam moments and epsilon (optax/PyTorch defaults).
       momentum, nesterov: SGD only.
       weight_decay: weight decay (0 = none, as in the paper).
@@ -184,7 +183,6 @@ class OptimConfig:
     """
 
     name: Literal["adam", "sgd"] = "adam"
-    learning_rate: float = 3e-4
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
@@ -203,8 +201,6 @@ class OptimConfig:
         if self.name == "sgd" and self.weight_decay and self.weight_decay_mode != "coupled":
             raise ValueError("SGD's weight decay is coupled (an L2 term in the gradient, as torch.optim.SGD's): "
                              "give weight_decay_mode='coupled'")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -543,8 +539,7 @@ def preset(dataset: str = "synthetic", model: str | None = None, *, model_option
     ``attention=False`` keeps FA's stem without its blocks). ``overrides``: any other ``RunConfig``
     field; for the nested configs (``loss``, ``optim``, ``schedule``, ``data``, ``augment``) either
     a config object or a dict of the fields to change (``data`` may hold ``synthetic`` as a dict). ``optim={"name": "sgd"}`` takes SGD's
-    learning rate unless ``schedule`` sets ``lr1``; ``optim.learning_rate`` always follows
-    ``schedule.lr1``.
+    learning rate (``schedule.lr1`` 0.005) unless ``schedule`` sets ``lr1``.
     """
     from faml_jax import models  # models imports config: import here, not at module level
 
@@ -582,8 +577,7 @@ def preset(dataset: str = "synthetic", model: str | None = None, *, model_option
     sgd = {"lr1": 0.005} if optim_name == "sgd" else {}  # the paper's SGD learning rate
     schedule = nested("schedule", ScheduleConfig(), **{**base["schedule"], **sgd})
     # Weight decay as PyTorch's optimiser of that name applies it, unless given: SGD coupled only.
-    optim = nested("optim", OptimConfig(), learning_rate=schedule.lr1,
-                   weight_decay_mode="coupled" if optim_name == "sgd" else "decoupled")
+    optim = nested("optim", OptimConfig(), weight_decay_mode="coupled" if optim_name == "sgd" else "decoupled")
     if isinstance(overrides.get("data"), dict) and isinstance(overrides["data"].get("synthetic"), dict):
         overrides["data"] = {**overrides["data"], "synthetic": SyntheticConfig(**overrides["data"]["synthetic"])}
     data_config = nested("data", DataConfig(dataset=dataset))
@@ -602,6 +596,37 @@ def default_compute_dtype(backend: str) -> str:
     accelerators (bfloat16 compute, float32 parameters and BatchNorm statistics; tensor cores run
     bfloat16), float32 on the CPU."""
     return "float32" if backend == "cpu" else "bfloat16"
+
+
+# A run's config.json written by an earlier version: fields whose default changed since (a saved
+# configuration without one was made with the value here: AffectNet's whole photographs before
+# face boxes became the default) and fields removed since (dropped on reading: the optimiser's
+# initial learning rate duplicated ``schedule.lr1``, which the train step always used).
+LEGACY_DEFAULTS = {"data.crop_faces": False}
+RETIRED_FIELDS = ("optim.learning_rate",)
+
+
+def upgrade_saved(saved: dict) -> dict:
+    """A saved ``RunConfig`` JSON (``config.json``) in this version's form: retired fields
+    dropped, ``LEGACY_DEFAULTS`` filled in where missing. Anything else is returned as it is."""
+    if not isinstance(saved, dict):
+        return saved
+    saved = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
+    for name in RETIRED_FIELDS:
+        group, field = name.split(".")
+        if isinstance(saved.get(group), dict):
+            saved[group].pop(field, None)
+    for name, value in LEGACY_DEFAULTS.items():
+        group, field = name.split(".")
+        if isinstance(saved.get(group), dict):
+            saved[group].setdefault(field, value)
+    return saved
+
+
+def run_config_from_json(saved: dict) -> "RunConfig":
+    """The ``RunConfig`` of a saved ``config.json`` (of this or an earlier version,
+    ``upgrade_saved``); a ValueError/TypeError when it is not one."""
+    return from_dict(RunConfig, upgrade_saved(saved))
 
 
 def from_dict(cls, values: dict):

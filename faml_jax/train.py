@@ -62,8 +62,9 @@ class TrainState:
     rng: jax.Array
 
 
-def make_optimizer(config: OptimConfig) -> optax.GradientTransformation:
-    """Adam (or SGD with momentum) whose learning rate lives in the state, settable per step.
+def make_optimizer(config: OptimConfig, learning_rate: float) -> optax.GradientTransformation:
+    """Adam (or SGD with momentum) whose learning rate lives in the state, settable per step
+    (``learning_rate`` is its initial value; the train step sets the schedule's value each step).
 
     Weight decay (``config.weight_decay``): "decoupled" is AdamW (``torch.optim.AdamW``);
     "coupled" adds ``wd * param`` to the gradient first (``torch.optim.Adam(weight_decay=...)``,
@@ -71,15 +72,15 @@ def make_optimizer(config: OptimConfig) -> optax.GradientTransformation:
     if config.name == "adam":
         if config.weight_decay and config.weight_decay_mode == "decoupled":
             return optax.inject_hyperparams(optax.adamw)(
-                learning_rate=config.learning_rate, b1=config.b1, b2=config.b2, eps=config.eps,
+                learning_rate=learning_rate, b1=config.b1, b2=config.b2, eps=config.eps,
                 weight_decay=config.weight_decay,
             )
         core = optax.inject_hyperparams(optax.adam)(
-            learning_rate=config.learning_rate, b1=config.b1, b2=config.b2, eps=config.eps
+            learning_rate=learning_rate, b1=config.b1, b2=config.b2, eps=config.eps
         )
     else:
         core = optax.inject_hyperparams(optax.sgd)(
-            learning_rate=config.learning_rate, momentum=config.momentum, nesterov=config.nesterov
+            learning_rate=learning_rate, momentum=config.momentum, nesterov=config.nesterov
         )
     if config.weight_decay:
         return optax.chain(optax.add_decayed_weights(config.weight_decay), core)

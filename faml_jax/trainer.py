@@ -35,7 +35,7 @@ from flax import traverse_util
 
 from faml_jax import data, models, pretrained, schedules, train
 from faml_jax.checkpoint import Checkpoints, sync_processes
-from faml_jax.config import RunConfig, from_dict
+from faml_jax.config import RunConfig, from_dict, run_config_from_json
 from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.evaluate import Evaluator, classification_metrics
 from faml_jax.writer import RunWriter, write_atomic
@@ -127,11 +127,6 @@ def prepare_workdir(workdir: Path, config: RunConfig, resume: bool, overwrite: b
                       may_differ=("epochs",), what="run", complete=complete_run_config)
 
 
-# Fields whose default changed after runs were saved without them: a config.json that lacks one
-# was made with the value here (AffectNet's whole photographs before face boxes became the default).
-LEGACY_DEFAULTS = {"data.crop_faces": False}
-
-
 def _flat(tree: dict) -> dict:
     return traverse_util.flatten_dict(tree, keep_empty_nodes=True, sep=".")
 
@@ -142,16 +137,12 @@ def _nested(flat: dict) -> dict:
 
 def complete_run_config(saved: dict) -> dict:
     """A saved ``config.json`` with the fields added since it was written at their defaults (at
-    ``LEGACY_DEFAULTS`` for the fields whose default changed since)."""
+    ``config.LEGACY_DEFAULTS`` for the fields whose default changed since) and retired fields
+    dropped (``config.upgrade_saved``)."""
     if not isinstance(saved, dict):
         return saved
-    flat = _flat(saved)
-    for name, value in LEGACY_DEFAULTS.items():
-        if isinstance(saved.get(name.split(".")[0]), dict):
-            flat.setdefault(name, value)
-    saved = _nested(flat)
     try:
-        return config_to_json(from_dict(RunConfig, saved))
+        return config_to_json(run_config_from_json(saved))
     except (ValueError, TypeError):
         return saved  # not a configuration of this version: compared as it is
 
@@ -247,7 +238,7 @@ class Setup:
         if self.dataset.num_classes != config.model.num_classes:
             raise ConfigError(f"{self.dataset.name} has {self.dataset.num_classes} classes, the model {config.model.num_classes}")
         self.model = models.ResNet(config.model)
-        self.tx = train.make_optimizer(config.optim)
+        self.tx = train.make_optimizer(config.optim, config.schedule.lr1)
         self.class_weights = self.dataset.class_weights if config.loss.needs_class_weights else None
         self.evaluator = Evaluator(self.model, config.eval_batch_size, self.devices)
 
@@ -324,7 +315,7 @@ def read_run_config(workdir: Path) -> RunConfig:
     if not path.exists():
         raise WorkdirError(f"{path} not found (expected the workdir of a network trained by experiments.train)")
     try:
-        return from_dict(RunConfig, json.loads(path.read_text()))
+        return run_config_from_json(json.loads(path.read_text()))
     except (ValueError, TypeError) as error:
         raise WorkdirError(f"{path} is not a valid run configuration: {error}") from None
 

@@ -16,14 +16,14 @@ def test_presets_hold_the_papers_settings():
     rate 0.005; float32 on the CPU, bfloat16 on accelerators."""
     raf = preset("rafdb", init="/b", backend="cpu")
     assert (raf.batch_size, raf.loss.kind, raf.loss.p_lsr, raf.loss.weighted) == (128, "ml", 0.8, False)
-    assert raf.schedule.lr1 == raf.optim.learning_rate == 3e-4 and raf.schedule.lr2 == 1e-5
+    assert raf.schedule.lr1 == 3e-4 and raf.schedule.lr2 == 1e-5
     assert raf.model.num_classes == 7 and raf.model.widths == (64, 128, 256, 512) and raf.model.dtype == "float32"
     an8 = preset("affectnet8", init="/b", backend="gpu")
     assert (an8.batch_size, an8.loss.p_lsr, an8.loss.weighted, an8.model.num_classes) == (256, 0.2, True, 8)
     assert an8.model.dtype == "bfloat16" and preset("affectnet7", init="/b").model.num_classes == 7
     sgd = preset("rafdb", init="/b", optim={"name": "sgd"})
-    assert sgd.schedule.lr1 == sgd.optim.learning_rate == 0.005
-    assert preset("synthetic", schedule={"lr1": 0.01}).optim.learning_rate == 0.01
+    assert sgd.schedule.lr1 == 0.005
+    assert preset("synthetic", optim={"name": "sgd"}, schedule={"lr1": 0.01}).schedule.lr1 == 0.01
 
 
 def test_model_names_choose_the_rows_loss_and_options_change_the_network():

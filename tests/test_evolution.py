@@ -39,7 +39,7 @@ def evolved(tmp_path_factory):
 
 def restore_variables(workdir, config, epoch=None):
     model = models.ResNet(config.model)
-    like = train.create_train_state(model, train.make_optimizer(config.optim), jax.random.key(0))
+    like = train.create_train_state(model, train.make_optimizer(config.optim, config.schedule.lr1), jax.random.key(0))
     checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
     state, _ = checkpoints.restore(checkpoints.latest_epoch() if epoch is None else epoch, like)
     checkpoints.close()

@@ -49,7 +49,7 @@ def finish(process) -> str:
 def final_state(workdir: Path):
     config = from_dict(RunConfig, json.loads((workdir / "config.json").read_text()))
     template = jax.device_get(train.create_train_state(
-        models.ResNet(config.model), train.make_optimizer(config.optim), jax.random.key(0)))
+        models.ResNet(config.model), train.make_optimizer(config.optim, config.schedule.lr1), jax.random.key(0)))
     checkpoints = Checkpoints(workdir)
     try:
         state, _ = checkpoints.restore(checkpoints.latest_epoch(), template)

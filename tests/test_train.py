@@ -42,7 +42,7 @@ def test_four_devices_equal_one_device_on_the_same_global_batch(devices, weighte
     averaged, BatchNorm synchronised, the same loss draws, the same flips and augmentations, and
     the same reference loss (train_ce)."""
     model = small_model()
-    tx = train.make_optimizer(OptimConfig(learning_rate=1e-3))
+    tx = train.make_optimizer(OptimConfig(), 1e-3)
     loss_config = LossConfig(kind="ml", p_lsr=0.5, weighted=weighted)
     weights = class_weights([10, 3, 5, 20, 8, 4, 9])
     state = train.create_train_state(model, tx, jax.random.key(0))
@@ -76,7 +76,7 @@ def test_four_devices_equal_one_device_on_the_same_global_batch(devices, weighte
 def test_pmap_step_matches_plain_jitted_step():
     """The single-device jitted step (no axis) is the same computation as the pmap step."""
     model = small_model()
-    tx = train.make_optimizer(OptimConfig(learning_rate=1e-3))
+    tx = train.make_optimizer(OptimConfig(), 1e-3)
     state = train.create_train_state(model, tx, jax.random.key(1))
     batch = random_batch(0, 8)
     jit_step = jax.jit(train.make_train_step(model, tx, LossConfig(), axis_name=None))
@@ -89,7 +89,7 @@ def test_pmap_step_matches_plain_jitted_step():
 
 def test_learning_rate_is_injected_without_recompiling():
     model = small_model()
-    tx = train.make_optimizer(OptimConfig(learning_rate=3e-4))
+    tx = train.make_optimizer(OptimConfig(), 3e-4)
     state = train.create_train_state(model, tx, jax.random.key(2))
     step = jax.jit(train.make_train_step(model, tx, LossConfig(kind="ce"), axis_name=None, flip=False))
     batch = random_batch(1, 8)
@@ -109,7 +109,7 @@ def test_learning_rate_is_injected_without_recompiling():
 
 def test_sgd_optimizer_takes_the_injected_rate():
     model = small_model()
-    tx = train.make_optimizer(OptimConfig(name="sgd", learning_rate=5e-3, momentum=0.0))
+    tx = train.make_optimizer(OptimConfig(name="sgd", momentum=0.0), 5e-3)
     state = train.create_train_state(model, tx, jax.random.key(3))
     step = jax.jit(train.make_train_step(model, tx, LossConfig(kind="ce"), axis_name=None, flip=False))
     batch = random_batch(2, 8)
@@ -146,7 +146,7 @@ def test_overfits_a_fixed_batch_of_random_labels():
     """Capacity and plumbing: 32 random images with random labels are memorised (100% accuracy
     in inference mode, with the running BatchNorm statistics) within a few hundred steps."""
     model = models.build("r18_faml", 7, widths=(16, 32, 32, 64), input_size=32, attn_dim=32, attn_heads=2)
-    tx = train.make_optimizer(OptimConfig(learning_rate=1e-3))
+    tx = train.make_optimizer(OptimConfig(), 1e-3)
     state = train.create_train_state(model, tx, jax.random.key(5))
     step = jax.jit(train.make_train_step(model, tx, LossConfig(kind="ml", p_lsr=0.8), axis_name=None, flip=False),
                    donate_argnums=0)
@@ -167,7 +167,7 @@ def test_member_parallel_step_equals_each_members_own_step(devices):
     """Four networks trained side by side (one per device) each take exactly the step they take
     alone: their own batch, learning rate, loss draw and flips; an inactive member is unchanged."""
     model = small_model()
-    tx = train.make_optimizer(OptimConfig(learning_rate=1e-3))
+    tx = train.make_optimizer(OptimConfig(), 1e-3)
     loss_config = LossConfig(kind="ml", p_lsr=0.5)
     states = [train.create_train_state(model, tx, jax.random.key(10 + i)) for i in range(4)]
     batches = [random_batch(20 + i, 8) for i in range(4)]
@@ -206,7 +206,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_statistics_and_tracks_flo
     """Mixed precision (ModelConfig.dtype="bfloat16"): the step computes in bfloat16, while the
     parameters, optimiser moments and BatchNorm statistics stay float32; its loss and updated
     parameters stay close to the float32 step's from the same start."""
-    tx = train.make_optimizer(OptimConfig(learning_rate=1e-3))
+    tx = train.make_optimizer(OptimConfig(), 1e-3)
     batch = random_batch(4, 16)
     results = {}
     for dtype in ("float32", "bfloat16"):
@@ -229,7 +229,7 @@ def test_reference_loss_is_plain_ce_of_the_steps_own_logits():
     """train_ce is CE (NumPy) of the logits the step computed, whatever loss was drawn: with LSR
     every batch (p = 1) the sampled loss differs from it, the reference does not."""
     model = small_model()
-    tx = train.make_optimizer(OptimConfig(learning_rate=1e-3))
+    tx = train.make_optimizer(OptimConfig(), 1e-3)
     state = train.create_train_state(model, tx, jax.random.key(2))
     batch = random_batch(3, 8)
     step = jax.jit(train.make_train_step(model, tx, LossConfig(kind="lsr", eps=0.3), axis_name=None, flip=False))
@@ -255,8 +255,8 @@ def test_weight_decay_modes_match_pytorch_optimizers(name, mode, torch_name):
     rng = np.random.default_rng(0)
     a, b, p0 = rng.standard_normal((6, 4)), rng.standard_normal(6), rng.standard_normal(4)
     lr, wd = 0.05, 0.1
-    config = OptimConfig(name=name, learning_rate=lr, weight_decay=wd, weight_decay_mode=mode, momentum=0.9)
-    tx = train.make_optimizer(config)
+    config = OptimConfig(name=name, weight_decay=wd, weight_decay_mode=mode, momentum=0.9)
+    tx = train.make_optimizer(config, lr)
     params = jnp.asarray(p0, jnp.float32)
     opt_state = tx.init(params)
     grad = jax.grad(lambda p: 0.5 * jnp.sum((jnp.asarray(a, jnp.float32) @ p - b) ** 2))

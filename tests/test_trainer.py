@@ -30,7 +30,7 @@ def final_params(workdir, config):
     from faml_jax import models, train
     from faml_jax.checkpoint import Checkpoints
     model = models.ResNet(config.model)
-    tx = train.make_optimizer(config.optim)
+    tx = train.make_optimizer(config.optim, config.schedule.lr1)
     like = train.create_train_state(model, tx, jax.random.key(0))
     ckpt = Checkpoints(workdir, keep=config.keep_checkpoints)
     state, record = ckpt.restore(ckpt.latest_epoch(), like)
@@ -171,7 +171,8 @@ def test_existing_run_needs_resume_and_a_matching_configuration(uninterrupted, c
 def test_a_configuration_saved_before_a_field_was_added_still_resumes(tmp_path):
     """config.json written by an earlier version (without the fields added since) compares equal
     to the same configuration now: missing fields take their defaults, except those whose
-    default changed since (``LEGACY_DEFAULTS``: AffectNet's face boxes were off)."""
+    default changed since (``LEGACY_DEFAULTS``: AffectNet's face boxes were off); fields retired
+    since (``optim.learning_rate``, a copy of ``schedule.lr1``) are dropped."""
     from faml_jax.trainer import prepare_workdir
 
     config = tiny_config(tmp_path / "data", epochs=2)
@@ -179,6 +180,7 @@ def test_a_configuration_saved_before_a_field_was_added_still_resumes(tmp_path):
     workdir.mkdir()
     saved = trainer.config_to_json(config)
     del saved["data"]["skip_bad_images"], saved["data"]["balanced"], saved["augment"], saved["model"]["head_init"]
+    saved["optim"]["learning_rate"] = config.schedule.lr1
     (workdir / "config.json").write_text(json.dumps(saved))
     prepare_workdir(workdir, config, resume=True, overwrite=False)  # no "another configuration" error
     del saved["data"]["crop_faces"]
@@ -191,6 +193,10 @@ def test_a_configuration_saved_before_a_field_was_added_still_resumes(tmp_path):
     saved["schedule"]["lr1_min"] = 0.0  # a run made when Lr1's cosine ended at 0
     assert trainer.adopt_recorded(config, saved, ("schedule.lr1_min",)).schedule.lr1_min == 0.0
     prepare_workdir(workdir, kept, resume=True, overwrite=False)
+    (workdir / "config.json").write_text(json.dumps(saved))
+    assert trainer.read_run_config(workdir) == dataclasses.replace(
+        config, data=dataclasses.replace(config.data, crop_faces=False),
+        schedule=dataclasses.replace(config.schedule, lr1_min=0.0))
 
 
 @pytest.mark.parametrize("program", ["train", "evolve", "ablation"])

@@ -89,7 +89,7 @@ class JaxStep:
         self.label = f"faml_jax {name}" + (" bf16" if dtype == "bfloat16" else "")
         self.times: list[float] = []
         model = models.build(name, NUM_CLASSES, input_size=size, dtype=dtype)
-        tx = train.make_optimizer(OptimConfig(learning_rate=LEARNING_RATE))
+        tx = train.make_optimizer(OptimConfig(), LEARNING_RATE)
         self.state = train.replicate(train.create_train_state(model, tx, jax.random.key(0)), devices)
         rng = np.random.default_rng(0)
         self.batch = train.shard({
