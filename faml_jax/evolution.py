@@ -42,7 +42,7 @@ from faml_jax.evaluate import classification_metrics
 from faml_jax.trainer import (
     FETCH_EVERY, EpochProgress, Member, Setup, adopt_recorded, complete_run_config, config_to_json, final_variables,
     has_checkpoint, last_epoch, prepare_directory, prepare_workdir, read_run_config, recorded_config, reference_loss,
-    structural_differences, train_member,
+    structural_differences, train_member, undone_if_it_fails,
 )
 from faml_jax.writer import write_atomic
 
@@ -470,7 +470,8 @@ def evolve(config: RunConfig, fga_config: FGAConfig, workdir: str | os.PathLike,
     for path in given:
         check_given_member(path, config)
     Setup.check_batch(config)
-    prepare_evolve_workdir(workdir, config, fga_config, given, resume, overwrite)
-    evolution = Evolution(config, fga_config, workdir, given=given, member_parallel=member_parallel,
-                          progress=progress, log=log)
+    with undone_if_it_fails(workdir, "evolve.json"):
+        prepare_evolve_workdir(workdir, config, fga_config, given, resume, overwrite)
+        evolution = Evolution(config, fga_config, workdir, given=given, member_parallel=member_parallel,
+                              progress=progress, log=log)
     return evolution.run()

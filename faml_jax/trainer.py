@@ -20,6 +20,7 @@ A member's workdir holds:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -117,6 +118,27 @@ def prepare_directory(workdir: Path, *, config_file: str, current: dict, outputs
             raise ConfigError(f"the {what} in {workdir} was made with another configuration: {'; '.join(diffs)}")
     write_atomic(workdir / config_file, json.dumps(current, indent=2) + "\n")
     sync_processes(f"prepared {primary_workdir(workdir)}")  # process 0 may have deleted checkpoints
+
+
+@contextlib.contextmanager
+def undone_if_it_fails(workdir: Path, marker: str):
+    """Around preparing a run's workdir and opening what it needs (data set, backbone): when that
+    fails for a new run, its ``marker`` (config.json, evolve.json) is removed again, and the
+    folders this call made while they are empty, so the next try starts afresh instead of asking
+    for --resume."""
+    workdir = Path(workdir).absolute()
+    made = [p for p in (workdir, *workdir.parents) if not p.exists()]  # innermost first
+    new_run = not (workdir / marker).exists()
+    try:
+        yield
+    except BaseException:
+        if new_run:
+            (workdir / marker).unlink(missing_ok=True)
+            for folder in made:
+                if not folder.is_dir() or any(folder.iterdir()):
+                    break
+                folder.rmdir()
+        raise
 
 
 def prepare_workdir(workdir: Path, config: RunConfig, resume: bool, overwrite: bool) -> None:
@@ -645,18 +667,10 @@ def fit(config: RunConfig, workdir: str | os.PathLike, *, resume: bool = False, 
     if resume and keep_recorded:
         config = adopt_recorded(config, recorded_config(workdir), keep_recorded)
     Setup.check_batch(config)
-    new_workdir, new_run = not workdir.exists(), not (workdir / "config.json").exists()
-    prepare_workdir(workdir, config, resume, overwrite)
-    try:
+    with undone_if_it_fails(workdir, "config.json"):
+        prepare_workdir(workdir, config, resume, overwrite)
         setup = Setup(config, log)  # opens the data set
         init = setup.start_variables(config.seed) if config.init and not has_checkpoint(workdir) else None
-    except Exception:
-        # A data set or backbone that cannot be read: leave no run behind that would need --resume.
-        if new_run:
-            (workdir / "config.json").unlink(missing_ok=True)
-            if new_workdir and not any(workdir.iterdir()):
-                workdir.rmdir()
-        raise
     member = Member(setup, config, workdir, init_variables=init, log=log)
     try:
         if member.done:

@@ -219,8 +219,7 @@ def test_real_data_sets_refuse_to_start_from_random_weights(program, dataset, ca
     # With --from-scratch it starts (and fails later, on the missing folder, naming it).
     assert main(common + ["--from-scratch"]) == 2
     assert "absent" in capsys.readouterr().err
-    if program == "train":  # nothing left behind that would ask for --resume on the next try
-        assert not (tmp_path / "w").exists()
+    assert not (tmp_path / "w").exists()  # nothing left behind that would ask for --resume on the next try
 
 
 def test_model_presets_follow_the_papers_rows():
