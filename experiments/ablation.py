@@ -50,11 +50,10 @@ from experiments.cli import (
     run_cli,
 )
 from faml_jax import evolution, models, report, trainer
-from faml_jax.trainer import (
-    adopt_recorded, complete_run_config, config_differences, config_to_json, process_workdir, recorded_config,
-)
+from faml_jax.config import FGAConfig, LossConfig, RunConfig, config_differences, config_to_json
+from faml_jax.runs import process_workdir
+from faml_jax.trainer import adopt_recorded, complete_run_config, recorded_config
 from faml_jax.writer import write_atomic
-from faml_jax.config import FGAConfig, LossConfig, RunConfig
 
 VARIANTS = {  # row name: model preset
     "R18": "r18",

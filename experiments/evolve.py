@@ -39,7 +39,7 @@ from experiments.cli import (
     OneLineErrorParser, add_fga_arguments, add_run_arguments, fga_config, kept_on_resume, resolve_config, run_cli,
 )
 from faml_jax.evolution import evolve
-from faml_jax.trainer import process_workdir
+from faml_jax.runs import process_workdir
 
 
 def build_parser():

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 from experiments.cli import OneLineErrorParser, add_run_arguments, kept_on_resume, resolve_config, run_cli
-from faml_jax.trainer import fit, process_workdir
+from faml_jax.runs import process_workdir
+from faml_jax.trainer import fit
 
 
 def build_parser():

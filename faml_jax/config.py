@@ -8,6 +8,7 @@ set live beside the type they configure.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from typing import Literal
@@ -596,6 +597,42 @@ def default_compute_dtype(backend: str) -> str:
     accelerators (bfloat16 compute, float32 parameters and BatchNorm statistics; tensor cores run
     bfloat16), float32 on the CPU."""
     return "float32" if backend == "cpu" else "bfloat16"
+
+
+# ---------------------------------------------------------------------------------------------
+# Saved configurations: JSON form, comparison, earlier versions
+
+
+def config_to_json(config) -> dict:
+    """A config as JSON-ready nested dicts (tuples become lists), as saved in config.json."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def config_differences(saved: dict, current: dict, prefix: str = "", may_differ=("epochs",),
+                       labels: tuple[str, str] = ("in the checkpoint", "now")) -> list[str]:
+    """Dotted names of the fields that differ between two configuration dicts (``may_differ``
+    excepted), each with both values: ``name (saved labels[0], current labels[1])``."""
+    diffs = []
+    for key in sorted(set(saved) | set(current)):
+        name = f"{prefix}{key}"
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += config_differences(a, b, name + ".", may_differ, labels)
+        elif a != b and name not in may_differ:
+            diffs.append(f"{name} ({a!r} {labels[0]}, {b!r} {labels[1]})")
+    return diffs
+
+
+# What networks must share to be fused or stacked together: their variables are restored into one
+# structure (model and optimiser) and evaluated on one data set.
+SAME_NETWORK = ("model_name", "model", "optim", "data.dataset", "data.synthetic", "data.crop_faces")
+
+
+def structural_differences(saved: dict, current: dict, labels: tuple[str, str] = ("in the checkpoint", "now"),
+                           fields: tuple[str, ...] = SAME_NETWORK) -> list[str]:
+    """``config_differences`` restricted to ``fields`` and the fields nested under them."""
+    return [d for d in config_differences(saved, current, may_differ=(), labels=labels)
+            if any(d.startswith(f + ".") or d.startswith(f + " ") for f in fields)]
 
 
 # A run's config.json written by an earlier version: fields whose default changed since (a saved

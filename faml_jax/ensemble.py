@@ -21,8 +21,11 @@ from typing import Callable, Literal
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from faml_jax.config import EnsembleConfig
+from faml_jax.errors import ConfigError
+from faml_jax.metrics import classification_metrics, decision_metrics, percent, row_normalised
 from faml_jax.preprocess import normalize
 
 # T2V's weights (paper: 1.9 for a member's top-1 vote, 1.0 for its top-2 vote: two second places
@@ -172,3 +175,64 @@ def make_ensemble_step(model, mapping: Mapping | None = None) -> Callable[[dict,
     """Jitted ``step(stacked_variables, images_uint8) -> logits (M, B, C)``."""
     mapping = mapping or default_mapping()
     return jax.jit(lambda variables, images: ensemble_logits(model, variables, images, mapping))
+
+
+# ---------------------------------------------------------------------------------------------
+# The analysis of an ensemble's test logits (what the ensemble report shows)
+
+
+def analyse(logits: np.ndarray, labels: np.ndarray, names: list[str], classes: tuple[str, ...], *,
+            order: str = "given", alpha: float = ALPHA, beta: float = BETA) -> dict:
+    """Everything the report shows, from the members' test logits (M, N, C) and the labels (N,).
+
+    ``order``: the order in which members join for the ensemble-size table: "given" (as listed)
+    or "accuracy" (best single member first; chosen on the test split)."""
+    logits, labels = np.asarray(logits, np.float32), np.asarray(labels, np.int32)
+    m, _, c = logits.shape
+    if m < 2:
+        raise ConfigError(f"an ensemble needs at least 2 members, got {m}")
+    singles = [classification_metrics(logits[i], labels) for i in range(m)]
+    best = int(np.argmax([s["accuracy"] for s in singles]))  # first of equals
+
+    def decide(subset: np.ndarray) -> dict:
+        return {s: decision_metrics(np.asarray(predict(subset, s, alpha, beta)), labels, c)
+                for s in STRATEGIES}
+
+    if order == "given":
+        sequence = list(range(m))
+    elif order == "accuracy":
+        sequence = sorted(range(m), key=lambda i: (-singles[i]["accuracy"], i))
+    else:
+        raise ValueError(f"unknown order {order!r}; expected 'given' or 'accuracy'")
+    sizes = []
+    for k in range(2, m + 1):
+        decisions = decide(logits if k == m else logits[sequence[:k]])  # at k = m: the whole ensemble
+        sizes.append({"size": k, "added": names[sequence[k - 1]],
+                      **{s: percent(decisions[s]["accuracy"]) for s in STRATEGIES}})
+    ranks = np.asarray(rank_distribution(logits, labels), np.float64)
+    wrong = 1.0 - ranks[:, 0]
+    second_of_wrong = np.divide(ranks[:, 1], wrong, out=np.zeros(m), where=wrong > 0)
+    return {
+        "num_test_images": int(len(labels)),
+        "classes": list(classes),
+        "alpha": alpha,
+        "beta": beta,
+        "members": [{"name": n, "accuracy": percent(s["accuracy"]),
+                     "mean_class_accuracy": percent(s["mean_class_accuracy"])} for n, s in zip(names, singles)],
+        "best_member": names[best],
+        "mean_member_accuracy": percent(np.mean([s["accuracy"] for s in singles])),
+        "ensemble": {s: {"accuracy": percent(d["accuracy"]), "mean_class_accuracy": percent(d["mean_class_accuracy"])}
+                     for s, d in decisions.items()},
+        "order": order,
+        "sizes": sizes,
+        "ranks": {
+            "members": {n: [round(float(r), 4) for r in row] for n, row in zip(names, ranks)},
+            "mean": [round(float(r), 4) for r in ranks.mean(axis=0)],
+            "second_among_wrong": {n: round(float(v), 4) for n, v in zip(names, second_of_wrong)},
+        },
+        "confusion_percent": {
+            "best_member": row_normalised(singles[best]["confusion"]).round(2).tolist(),
+            "t2v": row_normalised(decisions["t2v"]["confusion"]).round(2).tolist(),
+        },
+        "confusion_counts": {"best_member": singles[best]["confusion"], "t2v": decisions["t2v"]["confusion"]},
+    }

@@ -1,15 +1,19 @@
 """Batch evaluation: logits for a whole split in one compiled function, of one network
-(``Evaluator``) or of all members of an ensemble at once (``EnsembleEvaluator``), and
-classification metrics (accuracy, mean class accuracy, confusion matrix)."""
+(``Evaluator``) or of all members of an ensemble at once (``EnsembleEvaluator``), and the test
+logits of finished runs evaluated together (``evaluate_members``)."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Iterable
 
 import jax
 import numpy as np
 
-from faml_jax import ensemble, models, train
+from faml_jax import data, ensemble, fga, models, runs, train
+from faml_jax.config import RunConfig, config_to_json, structural_differences
+from faml_jax.errors import ConfigError, DataError
 
 
 class Evaluator:
@@ -74,24 +78,84 @@ class EnsembleEvaluator(Evaluator):
         return out.transpose(1, 0, 2, 3).reshape(out.shape[1], self.batch_size, -1)
 
 
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts ``m[true, predicted]`` (num_classes, num_classes)."""
-    m = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(m, (np.asarray(labels), np.asarray(predictions)), 1)
-    return m
+# ---------------------------------------------------------------------------------------------
+# Finished runs evaluated together
 
 
-def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
-    """Accuracy, mean class accuracy (mean of per-class recall over classes present) and the
-    confusion matrix of argmax predictions. logits: (n, C), labels: (n,)."""
-    num_classes = logits.shape[-1]
-    predictions = np.argmax(logits, axis=-1)
-    confusion = confusion_matrix(labels, predictions, num_classes)
-    support = confusion.sum(axis=1)
-    recall = np.divide(np.diag(confusion), support, out=np.zeros(num_classes), where=support > 0)
-    return {
-        "accuracy": float(np.mean(predictions == labels)),
-        "mean_class_accuracy": float(recall[support > 0].mean()),
-        "class_accuracy": recall.tolist(),
-        "confusion": confusion.tolist(),
-    }
+def open_run_dataset(config: RunConfig, log=print) -> data.Dataset:
+    """The data set a run was configured with (``config.data``), checked against its model's
+    number of classes."""
+    d = config.data
+    dataset = data.open_dataset(d.dataset, d.data_dir, d.synthetic, progress=log, crop_faces=d.crop_faces,
+                                skip_bad_images=d.skip_bad_images, num_threads=d.num_threads)
+    log(dataset.describe())
+    if dataset.num_classes != config.model.num_classes:
+        raise ConfigError(f"{dataset.name} has {dataset.num_classes} classes, the model {config.model.num_classes}")
+    return dataset
+
+
+def named_members(paths: list[Path]) -> list[tuple[str, Path]]:
+    """(name, workdir) of workdirs given on the command line: named by folder (by path when two
+    folders share a name)."""
+    resolved = [p.resolve() for p in paths]
+    duplicates = sorted({str(p) for p in resolved if resolved.count(p) > 1})
+    if duplicates:
+        raise ConfigError(f"a member is given twice: {', '.join(duplicates)}")
+    names = [p.name for p in paths]
+    return [(p.name if names.count(p.name) == 1 else str(p), p) for p in paths]
+
+
+def check_compatible(members: list[tuple[str, Path]], configs: list) -> None:
+    """Members evaluated together must share model, optimiser and data set (``SAME_NETWORK``)."""
+    first = config_to_json(configs[0])
+    for (name, _), config in zip(members[1:], configs[1:]):
+        diffs = structural_differences(first, config_to_json(config), labels=(f"in {members[0][0]}", f"in {name}"))
+        if diffs:
+            raise ConfigError(f"member {name} differs from {members[0][0]} in: {'; '.join(diffs)}")
+
+
+def evaluate_members(members: list[tuple[str, Path]], *, checkpoint: str = "final", data_dir: str | None = None,
+                     batch_size: int | None = None, mapping: str | None = None, num_threads: int | None = None,
+                     progress: bool = True, log=print) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], dict]:
+    """Restore the members' checkpoints (``(name, run folder)`` pairs; ``checkpoint`` "final" or
+    "best") and evaluate them together on their test split, in one compiled call per batch.
+
+    Returns ``(logits (M, N, C), labels (N,), class names, info)``; ``info``: what was evaluated
+    (data set, model, checkpoint per member, and how far each member's logits are from those its
+    training run stored for the same checkpoint)."""
+    from tqdm import tqdm
+
+    if len(members) < 2:
+        raise ConfigError(f"an ensemble needs at least 2 members, got {len(members)}")
+    configs = [runs.read_run_config(path) for _, path in members]
+    check_compatible(members, configs)
+    config = configs[0]
+    if data_dir is not None or num_threads is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(
+            config.data, **({"data_dir": data_dir} if data_dir is not None else {}),
+            **({"num_threads": num_threads} if num_threads is not None else {})))
+    dataset = open_run_dataset(config, log)
+    records, variables = [], []
+    for name, path in members:
+        epoch = runs.choose_epoch(path, checkpoint)
+        variables.append(runs.restore_variables(path, config, epoch))
+        records.append({"name": name, "workdir": str(path.resolve()), "epoch": epoch})
+    devices = jax.local_devices()
+    evaluator = EnsembleEvaluator(models.ResNet(config.model), batch_size or config.eval_batch_size, devices, mapping)
+    test = dataset.test
+    batches = data.eval_batches(test, evaluator.batch_size, config.model.input_size, config.data.num_threads)
+    bar = tqdm(batches, total=-(-len(test) // evaluator.batch_size), desc=f"evaluating {len(members)} members",
+               unit="batch", disable=not progress, leave=False, dynamic_ncols=True)
+    logits, labels = evaluator(train.replicate(fga.stack(jax.device_get(variables)), devices), bar)
+    # The members' own evaluation of the same checkpoint, from training: same test split?
+    for i, (record, (name, path)) in enumerate(zip(records, members)):
+        stored = path / "test_logits" / f"epoch_{record['epoch']:04d}.npz"
+        if stored.exists():
+            with np.load(stored) as saved:
+                if not np.array_equal(saved["labels"], labels):
+                    raise DataError(f"member {name} was evaluated on another test split during training "
+                                     f"(the labels in {stored} differ from the data set's)")
+                record["stored_logits_max_abs_diff"] = float(np.max(np.abs(saved["logits"] - logits[i])))
+    info = {"dataset": config.data.dataset, "model": config.model_name, "checkpoint": checkpoint,
+            "mapping": evaluator.mapping, "members_evaluated": records}
+    return logits, labels, dataset.classes, info

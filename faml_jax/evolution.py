@@ -36,13 +36,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from faml_jax import fga, models, pretrained, train
-from faml_jax.config import FGAConfig, RunConfig
+from faml_jax.config import FGAConfig, RunConfig, config_to_json, structural_differences
 from faml_jax.errors import ConfigError, WorkdirError
-from faml_jax.evaluate import classification_metrics
+from faml_jax.metrics import classification_metrics
+from faml_jax.runs import has_checkpoint, last_epoch, read_run_config, restore_variables
 from faml_jax.trainer import (
-    FETCH_EVERY, EpochProgress, Member, Setup, adopt_recorded, complete_run_config, config_to_json, final_variables,
-    has_checkpoint, last_epoch, prepare_directory, prepare_workdir, read_run_config, recorded_config, reference_loss,
-    structural_differences, train_member, undone_if_it_fails,
+    FETCH_EVERY, EpochProgress, Member, Setup, adopt_recorded, complete_run_config, prepare_directory, prepare_workdir,
+    recorded_config, reference_loss, train_member, undone_if_it_fails,
 )
 from faml_jax.writer import write_atomic
 
@@ -312,7 +312,7 @@ class Evolution:
         """Fuse a child from its parents' final weights (Eq. 9); report its test accuracy as fused
         and with recomputed BatchNorm statistics; return the variables it starts from."""
         record = self.record(name)
-        parents = [final_variables(self.setup, self.member_dir(p)) for p in record["parents"]]
+        parents = [restore_variables(self.member_dir(p), self.config) for p in record["parents"]]
         child = self._fuse(fga.stack(parents), jnp.arange(len(parents)))
         batches = self.fga.recompute_bn or DIAGNOSTIC_BN_BATCHES
         # The same batches in every process, so that all processes start the child alike.

@@ -1,5 +1,6 @@
-"""Ensemble reports (METHOD 4): the members' checkpoints evaluated together, their decisions
-combined by T1V, NOI and T2V, and the report files; what ``python -m experiments.ensemble`` runs.
+"""Ensemble reports (METHOD 4): the files of ``ensemble.analyse`` of the members' test logits
+(``evaluate.evaluate_members``), their decisions combined by T1V, NOI and T2V; what
+``python -m experiments.ensemble`` runs.
 
     >>> from faml_jax import evolution, report
     >>> result = report.ensemble_report(evolution.population_members(Path("runs/evo")), "runs/evo/ensemble")
@@ -12,7 +13,6 @@ it is written under a temporary name and renamed when complete.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import os
@@ -20,133 +20,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import jax
 import numpy as np
 
-from faml_jax import data, ensemble, fga, train
+from faml_jax import ensemble
 from faml_jax.config import EnsembleConfig
-from faml_jax.errors import ConfigError, DataError, WorkdirError
-from faml_jax.evaluate import EnsembleEvaluator, classification_metrics
-from faml_jax.trainer import (
-    Setup, checkpoint_epochs, config_to_json, final_variables, read_run_config, structural_differences,
-)
+from faml_jax.ensemble import analyse
+from faml_jax.errors import WorkdirError
+from faml_jax.evaluate import evaluate_members
 
 STRATEGY_NAMES = {"t1v": "T1V (majority vote)", "noi": "NOI (summed softmax, Eq. 13)", "t2v": "T2V (top-two voting, Eq. 12)"}
-
-
-# ---------------------------------------------------------------------------------------------
-# Which networks
-
-
-def named_members(paths: list[Path]) -> list[tuple[str, Path]]:
-    """(name, workdir) of workdirs given on the command line: named by folder (by path when two
-    folders share a name)."""
-    resolved = [p.resolve() for p in paths]
-    duplicates = sorted({str(p) for p in resolved if resolved.count(p) > 1})
-    if duplicates:
-        raise ConfigError(f"a member is given twice: {', '.join(duplicates)}")
-    names = [p.name for p in paths]
-    return [(p.name if names.count(p.name) == 1 else str(p), p) for p in paths]
-
-
-def member_epoch(workdir: Path, which: str) -> int:
-    """The checkpoint to evaluate: the latest ("final"), or ("best") the kept checkpoint with the
-    highest test accuracy in the member's metrics.jsonl (the earliest of equals)."""
-    epochs = checkpoint_epochs(workdir)
-    if not epochs:
-        raise WorkdirError(f"no checkpoint in {workdir / 'checkpoints'}")
-    if which == "final":
-        return max(epochs)
-    path = workdir / "metrics.jsonl"
-    accuracy = {h["epoch"]: h["test_accuracy"] for h in map(json.loads, path.read_text().splitlines())} if path.exists() else {}
-    ranked = [e for e in epochs if e in accuracy]
-    if not ranked:
-        raise WorkdirError(f"{path} has no test accuracy for the checkpoints {sorted(epochs)}")
-    return max(ranked, key=lambda e: (accuracy[e], -e))
-
-
-def check_compatible(members: list[tuple[str, Path]], configs: list) -> None:
-    first = config_to_json(configs[0])
-    for (name, _), config in zip(members[1:], configs[1:]):
-        diffs = structural_differences(first, config_to_json(config), labels=(f"in {members[0][0]}", f"in {name}"))
-        if diffs:
-            raise ConfigError(f"member {name} differs from {members[0][0]} in: {'; '.join(diffs)}")
-
-
-# ---------------------------------------------------------------------------------------------
-# The numbers (pure: logits in, report out)
-
-
-def percent(x: float) -> float:
-    return round(100.0 * float(x), 2)
-
-
-def row_normalised(confusion: np.ndarray) -> np.ndarray:
-    """Confusion counts -> % of each true class (rows without samples stay 0)."""
-    confusion = np.asarray(confusion, np.float64)
-    support = confusion.sum(axis=1, keepdims=True)
-    return np.divide(100.0 * confusion, support, out=np.zeros_like(confusion), where=support > 0)
-
-
-def decision_metrics(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
-    return classification_metrics(np.eye(num_classes)[np.asarray(predictions)], labels)
-
-
-def analyse(logits: np.ndarray, labels: np.ndarray, names: list[str], classes: tuple[str, ...], *,
-            order: str = "given", alpha: float = ensemble.ALPHA, beta: float = ensemble.BETA) -> dict:
-    """Everything the report shows, from the members' test logits (M, N, C) and the labels (N,).
-
-    ``order``: the order in which members join for the ensemble-size table: "given" (as listed)
-    or "accuracy" (best single member first; chosen on the test split)."""
-    logits, labels = np.asarray(logits, np.float32), np.asarray(labels, np.int32)
-    m, _, c = logits.shape
-    if m < 2:
-        raise ConfigError(f"an ensemble needs at least 2 members, got {m}")
-    singles = [classification_metrics(logits[i], labels) for i in range(m)]
-    best = int(np.argmax([s["accuracy"] for s in singles]))  # first of equals
-
-    def decide(subset: np.ndarray) -> dict:
-        return {s: decision_metrics(np.asarray(ensemble.predict(subset, s, alpha, beta)), labels, c)
-                for s in ensemble.STRATEGIES}
-
-    if order == "given":
-        sequence = list(range(m))
-    elif order == "accuracy":
-        sequence = sorted(range(m), key=lambda i: (-singles[i]["accuracy"], i))
-    else:
-        raise ValueError(f"unknown order {order!r}; expected 'given' or 'accuracy'")
-    sizes = []
-    for k in range(2, m + 1):
-        decisions = decide(logits if k == m else logits[sequence[:k]])  # at k = m: the whole ensemble
-        sizes.append({"size": k, "added": names[sequence[k - 1]],
-                      **{s: percent(decisions[s]["accuracy"]) for s in ensemble.STRATEGIES}})
-    ranks = np.asarray(ensemble.rank_distribution(logits, labels), np.float64)
-    wrong = 1.0 - ranks[:, 0]
-    second_of_wrong = np.divide(ranks[:, 1], wrong, out=np.zeros(m), where=wrong > 0)
-    return {
-        "num_test_images": int(len(labels)),
-        "classes": list(classes),
-        "alpha": alpha,
-        "beta": beta,
-        "members": [{"name": n, "accuracy": percent(s["accuracy"]),
-                     "mean_class_accuracy": percent(s["mean_class_accuracy"])} for n, s in zip(names, singles)],
-        "best_member": names[best],
-        "mean_member_accuracy": percent(np.mean([s["accuracy"] for s in singles])),
-        "ensemble": {s: {"accuracy": percent(d["accuracy"]), "mean_class_accuracy": percent(d["mean_class_accuracy"])}
-                     for s, d in decisions.items()},
-        "order": order,
-        "sizes": sizes,
-        "ranks": {
-            "members": {n: [round(float(r), 4) for r in row] for n, row in zip(names, ranks)},
-            "mean": [round(float(r), 4) for r in ranks.mean(axis=0)],
-            "second_among_wrong": {n: round(float(v), 4) for n, v in zip(names, second_of_wrong)},
-        },
-        "confusion_percent": {
-            "best_member": row_normalised(singles[best]["confusion"]).round(2).tolist(),
-            "t2v": row_normalised(decisions["t2v"]["confusion"]).round(2).tolist(),
-        },
-        "confusion_counts": {"best_member": singles[best]["confusion"], "t2v": decisions["t2v"]["confusion"]},
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,51 +161,6 @@ def write_report(out: Path, report: dict, info: dict, logits: np.ndarray, labels
 # Evaluating members and writing the report
 
 
-def evaluate(members: list[tuple[str, Path]], *, checkpoint: str = "final", data_dir: str | None = None,
-             batch_size: int | None = None, mapping: str | None = None, num_threads: int | None = None,
-             progress: bool = True, log=print) -> tuple[np.ndarray, np.ndarray, dict, list[dict]]:
-    """Restore the members' checkpoints and evaluate them together on the test split.
-
-    Returns ``(logits (M, N, C), labels (N,), setup, info)``: the first member's ``Setup`` and
-    what was evaluated (data set, model, checkpoint per member, and how far each member's logits
-    are from those its training run stored for the same checkpoint)."""
-    from tqdm import tqdm
-
-    if len(members) < 2:
-        raise ConfigError(f"an ensemble needs at least 2 members, got {len(members)}")
-    configs = [read_run_config(path) for _, path in members]
-    check_compatible(members, configs)
-    config = configs[0]
-    if data_dir is not None or num_threads is not None:
-        config = dataclasses.replace(config, data=dataclasses.replace(
-            config.data, **({"data_dir": data_dir} if data_dir is not None else {}),
-            **({"num_threads": num_threads} if num_threads is not None else {})))
-    setup = Setup(config, log)
-    records, variables = [], []
-    for name, path in members:
-        epoch = member_epoch(path, checkpoint)
-        variables.append(final_variables(setup, path, epoch))
-        records.append({"name": name, "workdir": str(path.resolve()), "epoch": epoch})
-    evaluator = EnsembleEvaluator(setup.model, batch_size or config.eval_batch_size, setup.devices, mapping)
-    test = setup.dataset.test
-    batches = data.eval_batches(test, evaluator.batch_size, config.model.input_size, config.data.num_threads)
-    bar = tqdm(batches, total=-(-len(test) // evaluator.batch_size), desc=f"evaluating {len(members)} members",
-               unit="batch", disable=not progress, leave=False, dynamic_ncols=True)
-    logits, labels = evaluator(train.replicate(fga.stack(jax.device_get(variables)), setup.devices), bar)
-    # The members' own evaluation of the same checkpoint, from training: same test split?
-    for i, (record, (name, path)) in enumerate(zip(records, members)):
-        stored = path / "test_logits" / f"epoch_{record['epoch']:04d}.npz"
-        if stored.exists():
-            with np.load(stored) as saved:
-                if not np.array_equal(saved["labels"], labels):
-                    raise DataError(f"member {name} was evaluated on another test split during training "
-                                     f"(the labels in {stored} differ from the data set's)")
-                record["stored_logits_max_abs_diff"] = float(np.max(np.abs(saved["logits"] - logits[i])))
-    info = {"dataset": config.data.dataset, "model": config.model_name, "checkpoint": checkpoint,
-            "mapping": evaluator.mapping, "members_evaluated": records}
-    return logits, labels, setup, info
-
-
 def ensemble_report(members: list[tuple[str, Path]], out: str | os.PathLike, config: EnsembleConfig = EnsembleConfig(),
                     *, overwrite: bool = False, data_dir: str | None = None, batch_size: int | None = None,
                     mapping: str | None = None, num_threads: int | None = None, progress: bool = True,
@@ -336,10 +173,10 @@ def ensemble_report(members: list[tuple[str, Path]], out: str | os.PathLike, con
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise WorkdirError(f"{out} already holds a report: pass --overwrite to replace it")
     checkpoint, order, alpha, beta = config.checkpoint, config.order, config.alpha, config.beta
-    logits, labels, setup, info = evaluate(members, checkpoint=checkpoint, data_dir=data_dir, batch_size=batch_size,
+    logits, labels, classes, info = evaluate_members(members, checkpoint=checkpoint, data_dir=data_dir, batch_size=batch_size,
                                            mapping=mapping, num_threads=num_threads, progress=progress, log=log)
     names = [name for name, _ in members]
-    report = analyse(logits, labels, names, setup.dataset.classes, order=order, alpha=alpha, beta=beta)
+    report = analyse(logits, labels, names, classes, order=order, alpha=alpha, beta=beta)
     info["command"] = command
     write_report(out, report, info, logits, labels)
     log(table(["", "accuracy %", "mean class accuracy %"], member_rows(report)).rstrip())

@@ -1,27 +1,18 @@
 """Training one network: ``fit(config, workdir)`` (what ``experiments.train`` runs) trains,
 evaluates and checkpoints one network data-parallel over all devices in one flat loop
 (``train_member``); ``faml_jax.evolution`` reuses it for each network of a population (and
-trains networks side by side itself). Also here: what a run's folder holds and how it is read
-(``read_run_config``, ``final_variables``), configuration checks on resume, several processes.
+trains networks side by side itself). Also here: preparing a run's folder, configuration checks
+on resume, several processes.
 
     >>> from faml_jax import config, trainer
     >>> summary = trainer.fit(config.preset("synthetic", epochs=2), "runs/quick")
 
-A member's workdir holds:
-
-  config.json              the resolved configuration
-  checkpoints/<epoch>/     orbax checkpoints (last N plus the best by test accuracy); a member
-                           started from given weights (an FGA child) also has checkpoint 0
-  test_logits/epoch_<e>.npz  test-split logits and labels after each epoch (for ensembles)
-  metrics.jsonl            one line per epoch: training loss/accuracy, learning rate, test metrics
-  tensorboard/             the same as TensorBoard event files
-  summary.json             final-epoch test accuracy and, separately, the best epoch
+A member's workdir and how it is read: ``faml_jax.runs``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 import os
@@ -35,10 +26,12 @@ import numpy as np
 from flax import traverse_util
 
 from faml_jax import data, models, pretrained, schedules, train
-from faml_jax.checkpoint import Checkpoints, sync_processes
-from faml_jax.config import RunConfig, from_dict, run_config_from_json
+from faml_jax.checkpoint import sync_processes
+from faml_jax.config import RunConfig, config_differences, config_to_json, from_dict, run_config_from_json
 from faml_jax.errors import ConfigError, WorkdirError
-from faml_jax.evaluate import Evaluator, classification_metrics
+from faml_jax.evaluate import Evaluator, open_run_dataset
+from faml_jax.metrics import classification_metrics
+from faml_jax.runs import checkpoints_of, has_checkpoint, primary_workdir
 from faml_jax.writer import RunWriter, write_atomic
 
 # Per-epoch fields of metrics.jsonl that are timings (they differ between identical runs).
@@ -50,37 +43,6 @@ Log = Callable[[str], None]
 
 # ---------------------------------------------------------------------------------------------
 # Files
-
-
-def config_to_json(config) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(config)))
-
-
-def config_differences(saved: dict, current: dict, prefix: str = "", may_differ=("epochs",),
-                       labels: tuple[str, str] = ("in the checkpoint", "now")) -> list[str]:
-    """Dotted names of the fields that differ between two configuration dicts (``may_differ``
-    excepted), each with both values: ``name (saved labels[0], current labels[1])``."""
-    diffs = []
-    for key in sorted(set(saved) | set(current)):
-        name = f"{prefix}{key}"
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += config_differences(a, b, name + ".", may_differ, labels)
-        elif a != b and name not in may_differ:
-            diffs.append(f"{name} ({a!r} {labels[0]}, {b!r} {labels[1]})")
-    return diffs
-
-
-# What networks must share to be fused or stacked together: their variables are restored into one
-# structure (model and optimiser) and evaluated on one data set.
-SAME_NETWORK = ("model_name", "model", "optim", "data.dataset", "data.synthetic", "data.crop_faces")
-
-
-def structural_differences(saved: dict, current: dict, labels: tuple[str, str] = ("in the checkpoint", "now"),
-                           fields: tuple[str, ...] = SAME_NETWORK) -> list[str]:
-    """``config_differences`` restricted to ``fields`` and the fields nested under them."""
-    return [d for d in config_differences(saved, current, may_differ=(), labels=labels)
-            if any(d.startswith(f + ".") or d.startswith(f + " ") for f in fields)]
 
 
 def ensure_writable(directory: Path) -> None:
@@ -132,7 +94,7 @@ def undone_if_it_fails(workdir: Path, marker: str):
     try:
         yield
     except BaseException:
-        if new_run:
+        if new_run and workdir.is_dir():
             (workdir / marker).unlink(missing_ok=True)
             for folder in made:
                 if not folder.is_dir() or any(folder.iterdir()):
@@ -210,37 +172,6 @@ def start_processes(coordinator: str | None, num_processes: int | None, process_
     jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
 
 
-def process_workdir(workdir: Path) -> Path:
-    """Where this process writes its outputs: process 0 into ``workdir``, process i > 0 into its
-    own copy ``<workdir>.process<i>``. All processes compute the same run (the same replicated
-    state, the same evaluation), so the copies are identical, except for checkpoints: process 0
-    alone writes them and every process reads them from process 0's workdir (``checkpoints_of``),
-    so the workdir must be on a file system all processes share (as orbax's own multi-host
-    checkpoints need)."""
-    index = jax.process_index()
-    return workdir if index == 0 else workdir.with_name(f"{workdir.name}.process{index}")
-
-
-def primary_workdir(workdir: Path) -> Path:
-    """Process 0's counterpart of a path in this process's copy (``process_workdir``): the folder
-    named ``<name>.process<i>`` is replaced by ``<name>``. Process 0, and paths outside the copy
-    (e.g. networks given with ``--members``), map to themselves."""
-    index = jax.process_index()
-    parts = list(Path(workdir).parts)
-    suffix = f".process{index}"
-    for k in range(len(parts) - 1, -1, -1) if index else ():
-        if parts[k].endswith(suffix):
-            parts[k] = parts[k][: -len(suffix)]
-            return Path(*parts)
-    return Path(workdir)
-
-
-def checkpoints_of(workdir: Path, keep: int = 3) -> Checkpoints:
-    """The checkpoints of the network in ``workdir`` (in process 0's workdir, see
-    ``process_workdir``)."""
-    return Checkpoints(primary_workdir(workdir), keep=keep)
-
-
 # ---------------------------------------------------------------------------------------------
 # What the members of one configuration share
 
@@ -253,12 +184,7 @@ class Setup:
         self.config = config
         self.devices = jax.local_devices()
         self.check_batch(config)
-        d = config.data
-        self.dataset = data.open_dataset(d.dataset, d.data_dir, d.synthetic, progress=log, crop_faces=d.crop_faces,
-                                         skip_bad_images=d.skip_bad_images, num_threads=d.num_threads)
-        log(self.dataset.describe())
-        if self.dataset.num_classes != config.model.num_classes:
-            raise ConfigError(f"{self.dataset.name} has {self.dataset.num_classes} classes, the model {config.model.num_classes}")
+        self.dataset = open_run_dataset(config, log)
         self.model = models.ResNet(config.model)
         self.tx = train.make_optimizer(config.optim, config.schedule.lr1)
         self.class_weights = self.dataset.class_weights if config.loss.needs_class_weights else None
@@ -315,11 +241,6 @@ class Setup:
         fresh = jax.device_get(self.initial_state(seed))
         return pretrained.init_from_backbone({"params": fresh.params, "batch_stats": fresh.batch_stats}, self.backbone)
 
-    @functools.cached_property
-    def restore_template(self) -> train.TrainState:
-        """A train state whose structure and dtypes checkpoints of this configuration restore into."""
-        return self.initial_state(0)
-
     def test_logits(self, variables) -> tuple[np.ndarray, np.ndarray]:
         """Logits and labels of the test split; ``variables`` replicated (``train.replicate``)."""
         c = self.config
@@ -327,63 +248,10 @@ class Setup:
                                                            c.model.input_size, c.data.num_threads))
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading finished networks
-
-
-def read_run_config(workdir: Path) -> RunConfig:
-    """The configuration a network in ``workdir`` was trained with (its config.json)."""
-    path = Path(workdir) / "config.json"
-    if not path.exists():
-        raise WorkdirError(f"{path} not found (expected the workdir of a network trained by experiments.train)")
-    try:
-        return run_config_from_json(json.loads(path.read_text()))
-    except (ValueError, TypeError) as error:
-        raise WorkdirError(f"{path} is not a valid run configuration: {error}") from None
-
-
-def final_variables(setup: Setup, workdir: Path, epoch: int | None = None) -> dict:
-    """``{"params", "batch_stats"}`` of checkpoint ``epoch`` (default: the latest) in a network's
-    workdir."""
-    checkpoints = checkpoints_of(workdir)
-    try:
-        epoch = checkpoints.latest_epoch() if epoch is None else epoch
-        if epoch is None:
-            raise WorkdirError(f"no checkpoint in {Path(workdir) / 'checkpoints'}")
-        try:
-            state, _ = checkpoints.restore(epoch, setup.restore_template)
-        except ValueError as error:
-            raise WorkdirError(str(error)) from None
-    finally:
-        checkpoints.close()
-    return {"params": state.params, "batch_stats": state.batch_stats}
-
-
 def reference_loss(entry: dict) -> float:
     """An epoch's reference loss (``train_ce``, METHOD 2.4 [choice]) from its metrics.jsonl entry;
     entries written before it was logged give their sampled ``train_loss``."""
     return entry.get("train_ce", entry["train_loss"])
-
-
-def last_epoch(workdir: Path) -> dict:
-    """The last line of a network's metrics.jsonl (its final training loss and test accuracy)."""
-    path = workdir / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    if not lines:
-        raise WorkdirError(f"{path} has no trained epoch")
-    return json.loads(lines[-1])
-
-
-def checkpoint_epochs(workdir: Path) -> list[int]:
-    """The epochs of the complete checkpoints in a network's workdir, sorted (orbax names a
-    complete checkpoint by its number, an unfinished one ``<n>.orbax-checkpoint-tmp*``)."""
-    directory = primary_workdir(workdir) / "checkpoints"
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
-
-
-def has_checkpoint(workdir: Path) -> bool:
-    """Whether a network's workdir holds a complete checkpoint."""
-    return bool(checkpoint_epochs(workdir))
 
 
 # ---------------------------------------------------------------------------------------------

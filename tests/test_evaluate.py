@@ -1,23 +1,12 @@
-"""Tests of faml_jax.evaluate: metrics by hand, and split evaluation over devices."""
+"""Tests of faml_jax.evaluate: split evaluation over devices (members evaluated together:
+test_report.py)."""
 
 import jax
 import numpy as np
 
 from faml_jax import models, train
 from faml_jax.data import ArraySource, eval_batches
-from faml_jax.evaluate import Evaluator, classification_metrics, confusion_matrix
-
-
-def test_metrics_by_hand():
-    labels = np.array([0, 0, 0, 1, 2, 2])
-    predictions = np.array([0, 1, 0, 1, 1, 2])
-    logits = np.eye(3)[predictions]
-    m = classification_metrics(logits, labels)
-    assert m["accuracy"] == 4 / 6
-    assert m["class_accuracy"] == [2 / 3, 1.0, 0.5]
-    assert np.isclose(m["mean_class_accuracy"], (2 / 3 + 1 + 0.5) / 3)
-    assert m["confusion"] == [[2, 1, 0], [0, 1, 0], [0, 1, 1]]
-    np.testing.assert_array_equal(confusion_matrix(labels, predictions, 4).sum(), 6)
+from faml_jax.evaluate import Evaluator
 
 
 def test_evaluator_matches_direct_application_with_padding(devices):

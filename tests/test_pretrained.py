@@ -182,11 +182,11 @@ def test_convert_then_train_from_the_backbone(torch_net, tmp_path, capsys):
     workdir = tmp_path / "run"
     assert train_program.main(common + ["--widths", "64,128,256,512", "--workdir", str(workdir)]) == 0
     assert "starting weights: test acc" in capsys.readouterr().out
-    from faml_jax.trainer import Setup, final_variables, read_run_config
+    from faml_jax.runs import read_run_config, restore_variables
 
     config = read_run_config(workdir)
     assert config.init == str(out)
-    start = final_variables(Setup(config, log=lambda _: None), workdir, epoch=0)
+    start = restore_variables(workdir, config, epoch=0)
     np.testing.assert_array_equal(start["params"]["stem"]["conv_region1"]["kernel"],
                                   reference["params"]["stem"]["conv_main"]["kernel"])
     np.testing.assert_array_equal(start["batch_stats"]["layer4_1"]["bn2"]["var"],

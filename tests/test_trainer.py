@@ -15,7 +15,8 @@ import pytest
 from experiments import train as train_program
 from experiments.cli import resolve_config
 from faml_jax import config as config_module
-from faml_jax import trainer
+from faml_jax import runs, trainer
+from faml_jax.config import config_to_json
 from faml_jax.errors import ConfigError
 from helpers import tiny_config
 
@@ -70,7 +71,7 @@ def test_run_writes_its_outputs(uninterrupted):
     root, _, config, summary = uninterrupted
     full = root / "full"
     assert sorted(p.name for p in full.iterdir()) == sorted(trainer.OUTPUTS)
-    assert json.loads((full / "config.json").read_text()) == trainer.config_to_json(config)
+    assert json.loads((full / "config.json").read_text()) == config_to_json(config)
     history = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert [h["phase"] for h in history] == [1, 1, 2]  # the detector (window 2) fired after epoch 2
@@ -178,7 +179,7 @@ def test_a_configuration_saved_before_a_field_was_added_still_resumes(tmp_path):
     config = tiny_config(tmp_path / "data", epochs=2)
     workdir = tmp_path / "run"
     workdir.mkdir()
-    saved = trainer.config_to_json(config)
+    saved = config_to_json(config)
     del saved["data"]["skip_bad_images"], saved["data"]["balanced"], saved["augment"], saved["model"]["head_init"]
     saved["optim"]["learning_rate"] = config.schedule.lr1
     (workdir / "config.json").write_text(json.dumps(saved))
@@ -194,7 +195,7 @@ def test_a_configuration_saved_before_a_field_was_added_still_resumes(tmp_path):
     assert trainer.adopt_recorded(config, saved, ("schedule.lr1_min",)).schedule.lr1_min == 0.0
     prepare_workdir(workdir, kept, resume=True, overwrite=False)
     (workdir / "config.json").write_text(json.dumps(saved))
-    assert trainer.read_run_config(workdir) == dataclasses.replace(
+    assert runs.read_run_config(workdir) == dataclasses.replace(
         config, data=dataclasses.replace(config.data, crop_faces=False),
         schedule=dataclasses.replace(config.schedule, lr1_min=0.0))
 

@@ -1,0 +1,158 @@
+"""A trained run's folder, read the same way by everything that uses finished networks (the
+trainer on resume, evolution, ensemble evaluation, prediction): its configuration (config.json,
+of this or an earlier version), its checkpoints, the variables of a chosen checkpoint, its
+metrics, and where each process of a multi-process run reads and writes.
+
+    >>> config, variables, epoch = runs.load("runs/rafdb-r18_faml-seed0", checkpoint="best")
+
+A run's folder holds (written by ``faml_jax.trainer``):
+
+  config.json              the resolved configuration
+  checkpoints/<epoch>/     orbax checkpoints (last N plus the best by test accuracy); a member
+                           started from given weights (an FGA child) also has checkpoint 0
+  test_logits/epoch_<e>.npz  test-split logits and labels after each epoch (for ensembles)
+  metrics.jsonl            one line per epoch: training loss/accuracy, learning rate, test metrics
+  tensorboard/             the same as TensorBoard event files
+  summary.json             final-epoch test accuracy and, separately, the best epoch
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import jax
+
+from faml_jax import models, train
+from faml_jax.checkpoint import Checkpoints
+from faml_jax.config import ModelConfig, OptimConfig, RunConfig, run_config_from_json
+from faml_jax.errors import WorkdirError
+
+CHECKPOINT_CHOICES = ("final", "best")
+
+
+# ---------------------------------------------------------------------------------------------
+# Several processes: process 0 owns the folder, process i > 0 writes a copy beside it
+
+
+def process_workdir(workdir: Path) -> Path:
+    """Where this process writes its outputs: process 0 into ``workdir``, process i > 0 into its
+    own copy ``<workdir>.process<i>``. All processes compute the same run (the same replicated
+    state, the same evaluation), so the copies are identical, except for checkpoints: process 0
+    alone writes them and every process reads them from process 0's workdir (``checkpoints_of``),
+    so the workdir must be on a file system all processes share (as orbax's own multi-host
+    checkpoints need)."""
+    index = jax.process_index()
+    return workdir if index == 0 else workdir.with_name(f"{workdir.name}.process{index}")
+
+
+def primary_workdir(workdir: Path) -> Path:
+    """Process 0's counterpart of a path in this process's copy (``process_workdir``): the folder
+    named ``<name>.process<i>`` is replaced by ``<name>``. Process 0, and paths outside the copy
+    (e.g. networks given with ``--members``), map to themselves."""
+    index = jax.process_index()
+    parts = list(Path(workdir).parts)
+    suffix = f".process{index}"
+    for k in range(len(parts) - 1, -1, -1) if index else ():
+        if parts[k].endswith(suffix):
+            parts[k] = parts[k][: -len(suffix)]
+            return Path(*parts)
+    return Path(workdir)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a finished run holds
+
+
+def read_run_config(workdir: Path) -> RunConfig:
+    """The configuration a network in ``workdir`` was trained with (its config.json)."""
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        raise WorkdirError(f"{path} not found (expected the workdir of a network trained by experiments.train)")
+    try:
+        return run_config_from_json(json.loads(path.read_text()))
+    except (ValueError, TypeError) as error:
+        raise WorkdirError(f"{path} is not a valid run configuration: {error}") from None
+
+
+def last_epoch(workdir: Path) -> dict:
+    """The last line of a network's metrics.jsonl (its final training loss and test accuracy)."""
+    path = workdir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    if not lines:
+        raise WorkdirError(f"{path} has no trained epoch")
+    return json.loads(lines[-1])
+
+
+def checkpoints_of(workdir: Path, keep: int = 3) -> Checkpoints:
+    """The checkpoints of the network in ``workdir`` (in process 0's workdir, see
+    ``process_workdir``)."""
+    return Checkpoints(primary_workdir(workdir), keep=keep)
+
+
+def checkpoint_epochs(workdir: Path) -> list[int]:
+    """The epochs of the complete checkpoints in a network's workdir, sorted (orbax names a
+    complete checkpoint by its number, an unfinished one ``<n>.orbax-checkpoint-tmp*``)."""
+    directory = primary_workdir(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
+
+
+def has_checkpoint(workdir: Path) -> bool:
+    """Whether a network's workdir holds a complete checkpoint."""
+    return bool(checkpoint_epochs(workdir))
+
+
+def choose_epoch(workdir: Path, which: str) -> int:
+    """The checkpoint to use: the latest ("final"), or ("best") the kept checkpoint with the
+    highest test accuracy in the run's metrics.jsonl (the earliest of equals; selected on the test
+    split, so optimistic)."""
+    if which not in CHECKPOINT_CHOICES:
+        raise ValueError(f"unknown checkpoint {which!r}; expected 'final' or 'best'")
+    workdir = Path(workdir)
+    epochs = checkpoint_epochs(workdir)
+    if not epochs:
+        raise WorkdirError(f"no checkpoint in {workdir / 'checkpoints'}")
+    if which == "final":
+        return max(epochs)
+    path = workdir / "metrics.jsonl"
+    accuracy = {h["epoch"]: h["test_accuracy"] for h in map(json.loads, path.read_text().splitlines())} if path.exists() else {}
+    ranked = [e for e in epochs if e in accuracy]
+    if not ranked:
+        raise WorkdirError(f"{path} has no test accuracy for the checkpoints {sorted(epochs)}")
+    return max(ranked, key=lambda e: (accuracy[e], -e))
+
+
+@functools.lru_cache(maxsize=4)
+def state_template(model: ModelConfig, optim: OptimConfig) -> train.TrainState:
+    """A train state whose structure and dtypes the checkpoints of runs with this model and
+    optimiser restore into (built once per configuration)."""
+    return train.create_train_state(models.ResNet(model), train.make_optimizer(optim, 1e-3), jax.random.key(0))
+
+
+def restore_variables(workdir: Path, config: RunConfig, epoch: int | None = None) -> dict:
+    """``{"params", "batch_stats"}`` of checkpoint ``epoch`` (default: the latest) of the run in
+    ``workdir`` trained with ``config``."""
+    checkpoints = checkpoints_of(Path(workdir))
+    try:
+        epoch = checkpoints.latest_epoch() if epoch is None else epoch
+        if epoch is None:
+            raise WorkdirError(f"no checkpoint in {Path(workdir) / 'checkpoints'}")
+        try:
+            state, _ = checkpoints.restore(epoch, state_template(config.model, config.optim))
+        except ValueError as error:
+            raise WorkdirError(str(error)) from None
+    finally:
+        checkpoints.close()
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def load(workdir: str | Path, checkpoint: str = "final") -> tuple[RunConfig, dict, int]:
+    """A finished run, ready to use: ``(config, variables, epoch)`` of its ``checkpoint``
+    ("final" or "best", ``choose_epoch``). Raises ``WorkdirError`` naming what is missing."""
+    workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise WorkdirError(f"run folder {workdir} not found")
+    config = read_run_config(workdir)
+    epoch = choose_epoch(workdir, checkpoint)
+    return config, restore_variables(workdir, config, epoch), epoch

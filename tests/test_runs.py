@@ -1,0 +1,72 @@
+"""Tests of faml_jax.runs: a run folder written by hand (config.json, two checkpoints,
+metrics.jsonl) read back exactly; the checkpoint choice; one-line errors naming what is missing."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from faml_jax import models, runs, train
+from faml_jax.checkpoint import Checkpoints
+from faml_jax.config import config_to_json
+from faml_jax.errors import WorkdirError
+from helpers import TINY_MODEL, tiny_config
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    """Epochs 1 and 2 of a tiny R18+FAML, with different weights; epoch 1 has the higher test
+    accuracy, so "best" is 1 and "final" is 2."""
+    workdir = tmp_path_factory.mktemp("run")
+    config = tiny_config(workdir / "data", 2)
+    (workdir / "config.json").write_text(json.dumps(config_to_json(config)))
+    model = models.ResNet(config.model)
+    tx = train.make_optimizer(config.optim, config.schedule.lr1)
+    states = {e: train.create_train_state(model, tx, jax.random.key(e)) for e in (1, 2)}
+    accuracy = {1: 0.5, 2: 0.25}
+    checkpoints = Checkpoints(workdir, keep=2)
+    for epoch, state in states.items():
+        checkpoints.save(epoch, state, {"epoch": epoch}, accuracy[epoch])
+    checkpoints.close()
+    (workdir / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "test_accuracy": a, "train_loss": 1.0}) + "\n" for e, a in accuracy.items()))
+    return workdir, config, states
+
+
+def test_load_gives_the_saved_configuration_and_variables(run_folder):
+    workdir, config, states = run_folder
+    for which, epoch in (("final", 2), ("best", 1)):
+        loaded, variables, chosen = runs.load(workdir, which)
+        assert loaded == config and chosen == epoch
+        expected = {"params": states[epoch].params, "batch_stats": states[epoch].batch_stats}
+        jax.tree.map(np.testing.assert_array_equal, variables, expected)
+    assert runs.last_epoch(workdir)["epoch"] == 2 and runs.checkpoint_epochs(workdir) == [1, 2]
+    assert TINY_MODEL["widths"] == config.model.widths
+
+
+def test_best_takes_the_earliest_of_equal_accuracies(run_folder, tmp_path):
+    workdir, _, _ = run_folder
+    copy = tmp_path / "copy"
+    (copy / "checkpoints").mkdir(parents=True)
+    for e in (1, 2, 3):
+        (copy / "checkpoints" / str(e)).mkdir()
+    (copy / "checkpoints" / "4.orbax-checkpoint-tmp-1").mkdir()  # unfinished: not a checkpoint
+    (copy / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "test_accuracy": a}) + "\n"
+                                                for e, a in ((1, 0.3), (2, 0.6), (3, 0.6))))
+    assert runs.choose_epoch(copy, "best") == 2 and runs.choose_epoch(copy, "final") == 3
+    with pytest.raises(ValueError, match="unknown checkpoint 'last'"):
+        runs.choose_epoch(copy, "last")
+
+
+def test_missing_pieces_are_named(tmp_path):
+    with pytest.raises(WorkdirError, match=f"run folder {tmp_path / 'absent'} not found"):
+        runs.load(tmp_path / "absent")
+    with pytest.raises(WorkdirError, match="config.json not found"):
+        runs.load(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(config_to_json(tiny_config(tmp_path, 1))))
+    with pytest.raises(WorkdirError, match=f"no checkpoint in {tmp_path / 'checkpoints'}"):
+        runs.load(tmp_path)
+    (tmp_path / "config.json").write_text("{\"model\": 3}")
+    with pytest.raises(WorkdirError, match="is not a valid run configuration"):
+        runs.read_run_config(tmp_path)
