@@ -41,8 +41,8 @@ from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.metrics import classification_metrics
 from faml_jax.runs import has_checkpoint, last_epoch, read_run_config, restore_variables
 from faml_jax.trainer import (
-    FETCH_EVERY, EpochProgress, Member, Setup, adopt_recorded, complete_run_config, prepare_directory, prepare_workdir,
-    recorded_config, reference_loss, train_member, undone_if_it_fails,
+    FETCH_EVERY, EpochProgress, Member, Setup, adopt_recorded, compiled, complete_run_config, prepare_directory,
+    prepare_workdir, recorded_config, reference_loss, train_member, undone_if_it_fails,
 )
 from faml_jax.writer import write_atomic
 
@@ -59,8 +59,9 @@ class MemberParallel:
             raise ConfigError("--member-parallel trains in one process; several processes train data-parallel")
         self.devices = setup.devices
         self.width = len(self.devices)
-        self.step = train.member_parallel_train_step(setup.model, setup.tx, setup.config.loss, setup.class_weights,
-                                                     devices=self.devices, augment=setup.config.augment)
+        self.step = compiled(setup.step_key("member-parallel", self.devices), lambda: train.member_parallel_train_step(
+            setup.model, setup.tx, setup.config.loss, setup.class_weights, devices=self.devices,
+            augment=setup.config.augment))
 
     def load(self, states):
         padded = list(states) + [states[0]] * (self.width - len(states))

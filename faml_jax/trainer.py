@@ -176,6 +176,22 @@ def start_processes(coordinator: str | None, num_processes: int | None, process_
 # What the members of one configuration share
 
 
+# Compiled steps shared by every Setup of one configuration in this process: a population, an
+# ablation or a test session builds many Setups of one configuration, and tracing and compiling a
+# ResNet step takes seconds each time (as ``models.init`` is memoised per configuration).
+_COMPILED: dict = {}
+_COMPILED_MAX = 8
+
+
+def compiled(key: tuple, build: Callable):
+    """``build()`` once per ``key`` in this process (the ``_COMPILED_MAX`` most recent kept)."""
+    if key not in _COMPILED:
+        while len(_COMPILED) >= _COMPILED_MAX:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        _COMPILED[key] = build()
+    return _COMPILED[key]
+
+
 class Setup:
     """The data set, model, optimiser and evaluator shared by every member of one configuration
     (members differ only in seed and starting weights)."""
@@ -188,7 +204,14 @@ class Setup:
         self.model = models.ResNet(config.model)
         self.tx = train.make_optimizer(config.optim, config.schedule.lr1)
         self.class_weights = self.dataset.class_weights if config.loss.needs_class_weights else None
-        self.evaluator = Evaluator(self.model, config.eval_batch_size, self.devices)
+        self.evaluator = compiled(("evaluator", config.model, config.eval_batch_size, tuple(self.devices)),
+                                  lambda: Evaluator(self.model, config.eval_batch_size, self.devices))
+
+    def step_key(self, kind: str, devices) -> tuple:
+        """What a compiled train step of this configuration depends on (``compiled``)."""
+        c = self.config
+        weights = None if self.class_weights is None else tuple(np.asarray(self.class_weights).tolist())
+        return (kind, c.model, c.optim, c.loss, c.augment, weights, None if devices is None else tuple(devices))
 
     @functools.cached_property
     def data_parallel(self) -> "DataParallel":
@@ -425,9 +448,9 @@ class DataParallel:
         self.devices = setup.devices  # this process's devices: it places its share of each batch
         self.multi_process = jax.process_count() > 1
         # All devices of all processes (one process: its own devices).
-        self.step = train.parallel_train_step(setup.model, setup.tx, setup.config.loss, setup.class_weights,
-                                              devices=None if self.multi_process else self.devices,
-                                              augment=setup.config.augment)
+        devices = None if self.multi_process else self.devices
+        self.step = compiled(setup.step_key("data-parallel", devices), lambda: train.parallel_train_step(
+            setup.model, setup.tx, setup.config.loss, setup.class_weights, devices=devices, augment=setup.config.augment))
 
     def load(self, state: train.TrainState) -> None:
         self.state = train.replicate(state, self.devices)

@@ -1,18 +1,19 @@
 """Test set-up: four CPU devices, so data-parallel code is tested on this machine, the programs'
 default XLA flags (faml_jax.xla_flags), and a persistent JAX compilation cache.
 
-The flag must be set before jax creates its devices, hence before anything imports jax.
+The flags must be set before jax creates its devices (its first backend).
 """
 
 import os
 
 from faml_jax.xla_flags import set_default_flags
+from helpers import suite_xla_flags  # imports jax, but creates no backend: the flags still apply
 
 NUM_TEST_DEVICES = 4
 
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={NUM_TEST_DEVICES}".strip()
+    os.environ["XLA_FLAGS"] = f"{flags} {suite_xla_flags(NUM_TEST_DEVICES)}".strip()
 set_default_flags()  # the programs' XLA flags, so tests run what users run
 
 # A persistent compilation cache for the suite and the programs it starts in subprocesses (they

@@ -21,6 +21,7 @@ import pytest
 from faml_jax import models, train
 from faml_jax.checkpoint import Checkpoints
 from faml_jax.config import RunConfig, from_dict
+from helpers import suite_xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--widths", "8,16,16,32", "--input-size", "32", "--train-size", "96", "--test-size", "40", "--epochs", "1",
@@ -34,7 +35,7 @@ def free_port() -> int:
 
 
 def launch(workdir: Path, data_dir: Path, devices: int, extra=()):
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "XLA_FLAGS": suite_xla_flags(devices), "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "experiments.train", *ARGS, "--data-dir", str(data_dir), "--workdir", str(workdir),
                *extra]
     return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -102,7 +103,7 @@ def test_evolution_across_two_processes_keeps_them_in_step(tmp_path):
     port = free_port()
     extra = ["--population", "2", "--generations", "1", "--children", "1", "--new-members", "0", "--fixed-epochs",
              "--recompute-bn", "2", "--coordinator", f"localhost:{port}", "--num-processes", "2"]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "XLA_FLAGS": suite_xla_flags(2), "PYTHONPATH": str(ROOT)}
     processes = [subprocess.Popen(
         [sys.executable, "-m", "experiments.evolve", *ARGS, "--data-dir", str(tmp_path / "data"),
          "--workdir", str(tmp_path / "evo"), *extra, "--process-id", str(i)],
