@@ -49,7 +49,7 @@ from experiments.cli import (
     OneLineErrorParser, UsageError, add_fga_arguments, add_run_arguments, fga_config, kept_on_resume, resolve_config,
     run_cli,
 )
-from faml_jax import evolution, models, report, trainer
+from faml_jax import evolution, models, report, runs, trainer
 from faml_jax.config import FGAConfig, LossConfig, RunConfig, config_differences, config_to_json
 from faml_jax.runs import process_workdir
 from faml_jax.trainer import adopt_recorded, complete_run_config, recorded_config
@@ -169,7 +169,7 @@ def run(base: RunConfig, fga: FGAConfig, networks: int, workdir: str | os.PathLi
     reports = {}
     for row, members, folder in [
         ("R18+FAML-T2V", [(f"seed{s}", d) for s, d in zip(seeds, faml_dirs)], "faml-t2v"),
-        ("R18+FAML-FGA-T2V", evolution.population_members(fga_dir), "faml-fga-t2v"),
+        ("R18+FAML-FGA-T2V", runs.population_members(fga_dir), "faml-fga-t2v"),
     ]:
         log(f"== {row}")
         out = workdir / "reports" / folder

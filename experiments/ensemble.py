@@ -32,7 +32,7 @@ from pathlib import Path
 from experiments.cli import OneLineErrorParser, UsageError, run_cli
 from faml_jax import ensemble
 from faml_jax.config import EnsembleConfig
-from faml_jax.evolution import population_members
+from faml_jax.runs import population_members
 from faml_jax.evaluate import named_members
 from faml_jax.report import ensemble_report
 

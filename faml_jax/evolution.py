@@ -39,7 +39,7 @@ from faml_jax import fga, models, pretrained, train
 from faml_jax.config import FGAConfig, RunConfig, config_to_json, structural_differences
 from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.metrics import classification_metrics
-from faml_jax.runs import has_checkpoint, last_epoch, read_run_config, restore_variables
+from faml_jax.runs import has_checkpoint, last_epoch, member_workdir, read_run_config, restore_variables
 from faml_jax.trainer import (
     FETCH_EVERY, EpochProgress, Member, Setup, adopt_recorded, compiled, complete_run_config, prepare_directory,
     prepare_workdir, recorded_config, reference_loss, train_member, undone_if_it_fails,
@@ -155,31 +155,6 @@ def member_seed(seed: int, serial: int) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # Reading networks
-
-
-def member_workdir(evolve_dir: Path, record: dict) -> Path:
-    """A network's workdir from its lineage record (relative paths are inside the evolution's)."""
-    path = Path(record["workdir"])
-    return path if path.is_absolute() else evolve_dir / path
-
-
-def population_members(evolve_dir: str | os.PathLike, all_networks: bool = False) -> list[tuple[str, Path]]:
-    """(name, workdir) of a finished evolution's final population (its last generation's
-    survivors), or with ``all_networks`` of every network it trained."""
-    evolve_dir = Path(evolve_dir)
-    path = evolve_dir / "population.json"
-    if not path.exists():
-        raise WorkdirError(f"{path} not found (expected the workdir of experiments.evolve)")
-    lineage = json.loads(path.read_text())
-    generations = lineage.get("generations", [])
-    if all_networks:
-        names = [n for n, r in lineage["members"].items() if r.get("status") == "trained"]
-    elif generations and str(len(generations)) not in lineage.get("plans", {}):
-        names = generations[-1]["survivors"]
-    else:
-        raise WorkdirError(f"the evolution in {evolve_dir} is not finished (continue it with experiments.evolve "
-                         "--resume, or pass --all-networks)")
-    return [(name, member_workdir(evolve_dir, lineage["members"][name])) for name in names]
 
 
 def complete_evolve_config(saved: dict) -> dict:

@@ -2,8 +2,8 @@
 (``evaluate.evaluate_members``), their decisions combined by T1V, NOI and T2V; what
 ``python -m experiments.ensemble`` runs.
 
-    >>> from faml_jax import evolution, report
-    >>> result = report.ensemble_report(evolution.population_members(Path("runs/evo")), "runs/evo/ensemble")
+    >>> from faml_jax import report, runs
+    >>> result = report.ensemble_report(runs.population_members("runs/evo"), "runs/evo/ensemble")
 
 The report folder holds report.md, report.json, members.csv, sizes.csv, ranks.csv, the
 row-normalised confusion matrices (csv and png) of the best member and of T2V, and logits.npz;

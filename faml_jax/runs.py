@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -156,3 +157,32 @@ def load(workdir: str | Path, checkpoint: str = "final") -> tuple[RunConfig, dic
     config = read_run_config(workdir)
     epoch = choose_epoch(workdir, checkpoint)
     return config, restore_variables(workdir, config, epoch), epoch
+
+
+# ---------------------------------------------------------------------------------------------
+# An evolution's networks (``faml_jax.evolution`` writes population.json)
+
+
+def member_workdir(evolve_dir: Path, record: dict) -> Path:
+    """A network's workdir from its lineage record (relative paths are inside the evolution's)."""
+    path = Path(record["workdir"])
+    return path if path.is_absolute() else evolve_dir / path
+
+
+def population_members(evolve_dir: str | os.PathLike, all_networks: bool = False) -> list[tuple[str, Path]]:
+    """(name, workdir) of a finished evolution's final population (its last generation's
+    survivors), or with ``all_networks`` of every network it trained."""
+    evolve_dir = Path(evolve_dir)
+    path = evolve_dir / "population.json"
+    if not path.exists():
+        raise WorkdirError(f"{path} not found (expected the workdir of experiments.evolve)")
+    lineage = json.loads(path.read_text())
+    generations = lineage.get("generations", [])
+    if all_networks:
+        names = [n for n, r in lineage["members"].items() if r.get("status") == "trained"]
+    elif generations and str(len(generations)) not in lineage.get("plans", {}):
+        names = generations[-1]["survivors"]
+    else:
+        raise WorkdirError(f"the evolution in {evolve_dir} is not finished (continue it with experiments.evolve "
+                         "--resume, or pass --all-networks)")
+    return [(name, member_workdir(evolve_dir, lineage["members"][name])) for name in names]

@@ -75,3 +75,45 @@ def reference_predict(logits, strategy, alpha=1.9, beta=1.0):
         ambiguous.append(len(candidates) > 1 and best[0] - best[1] < 1e-5)
         out.append(int(candidates[np.argmax(noi[candidates])]))
     return np.asarray(out), np.asarray(ambiguous)
+
+
+def jittered_variables(config: RunConfig, seed: int) -> dict:
+    """A network's variables at initialisation, every parameter moved by noise (so the attention
+    blocks' zero-initialised back-projection no longer makes them the identity)."""
+    import jax
+
+    from faml_jax import models
+
+    variables = models.init(models.ResNet(config.model), jax.random.key(seed))
+    leaves, tree = jax.tree.flatten(variables["params"])
+    keys = jax.random.split(jax.random.key(seed + 1000), len(leaves))
+    moved = [leaf + 0.05 * jax.random.normal(k, leaf.shape, leaf.dtype) for leaf, k in zip(leaves, keys)]
+    return {"params": jax.tree.unflatten(tree, moved), "batch_stats": variables["batch_stats"]}
+
+
+def write_run(workdir, config: RunConfig, variables: dict, epoch: int = 1, test_accuracy: float = 0.5):
+    """A finished run folder written by hand (config.json, one checkpoint, metrics.jsonl), as
+    ``trainer.fit`` leaves it, without training."""
+    import json
+    from pathlib import Path
+
+    import jax
+
+    from faml_jax import train
+    from faml_jax.checkpoint import Checkpoints
+    from faml_jax.config import config_to_json
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(json.dumps(config_to_json(config)))
+    from faml_jax import models
+
+    state = train.create_train_state(models.ResNet(config.model), train.make_optimizer(config.optim, 1e-3),
+                                     jax.random.key(0))
+    state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+    checkpoints = Checkpoints(workdir, keep=2)
+    checkpoints.save(epoch, state, {"epoch": epoch}, test_accuracy)
+    checkpoints.close()
+    (workdir / "metrics.jsonl").write_text(json.dumps({"epoch": epoch, "test_accuracy": test_accuracy,
+                                                       "train_loss": 1.0}) + "\n")
+    return workdir

@@ -14,7 +14,7 @@ from faml_jax import report as report_module
 from faml_jax.config import EnsembleConfig
 from faml_jax import trainer
 from faml_jax.errors import WorkdirError
-from faml_jax.evolution import population_members
+from faml_jax.runs import population_members
 from helpers import reference_predict, tiny_config
 
 SEEDS = (1, 2, 3)

@@ -23,6 +23,15 @@ from faml_jax.data.folders import (
 from faml_jax.data.pipeline import ArraySource, Source, TrainLoader, eval_batches
 
 DATASETS = ("synthetic", "rafdb", "affectnet7", "affectnet8")
+
+
+def class_names(name: str) -> tuple[str, ...]:
+    """The class names of data set ``name`` in label order (without opening it)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
+    if name.startswith("affectnet"):
+        return affectnet.classes(int(name[-1]))
+    return rafdb.CLASSES if name == "rafdb" else synthetic.CLASSES
 TITLES = {"synthetic": "synthetic", "rafdb": "RAF-DB", "affectnet7": "AffectNet-7", "affectnet8": "AffectNet-8"}
 PAPER_SIZES = {"rafdb": rafdb.PAPER_SIZES, "affectnet7": affectnet.PAPER_SIZES[7],
                "affectnet8": affectnet.PAPER_SIZES[8]}

@@ -95,6 +95,10 @@ class ResNet(nn.Module):
                     dtype=dtype,
                     name=f"attn{stage + 1}",
                 )(x)
+        # The last stage's map, for Grad-CAM (METHOD 6): sown, and perturbable (a no-op unless a
+        # "perturbations" collection is given).
+        self.sow("intermediates", "last_stage", x)
+        x = self.perturb("last_stage", x)
         features = jnp.mean(x, axis=(1, 2))
         self.sow("intermediates", "features", features)
         logits = nn.Dense(cfg.num_classes, dtype=dtype, name="fc", **head_inits(cfg.head_init, features.shape[-1]))(features)

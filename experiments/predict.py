@@ -1,0 +1,89 @@
+"""Predict the expressions of faces in photos with trained networks:
+``python -m experiments.predict --run DIR [--run DIR ...] | --population EVOLVE_DIR  IMAGE|FOLDER|GLOB ...``.
+
+The preprocessing is the training run's own, read from its config.json: faces are found with
+dlib (``--faces detect``, the ``faces`` extra) and cut out as the run's data set shows faces
+(RAF-DB: aligned on five landmarks; AffectNet and the synthetic set: the face box with a margin;
+``--crop`` overrides), then resized to the run's input size as training resized its images and
+normalised inside the compiled call. ``--faces aligned`` takes every image as one face already cut
+out. Several runs, or an evolution's final population, vote with T2V (``--strategy``).
+
+The output folder (``--out``) holds:
+
+  predictions.csv    one row per face: file, face index, box, landmarks, decided class, its
+                     confidence (the networks' mean probability), every class's score under the
+                     strategy, every network's top-1 class
+  predictions.json   the same, with the runs, checkpoints, classes, files without a face and
+                     unreadable files
+  annotated/         each photo with its faces' boxes and labels (PNG)
+
+Unreadable images are named and skipped (listed at the end; exit status 1 if any); a photo
+without a face is reported, not an error.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from experiments.cli import OneLineErrorParser, UsageError, run_cli
+from faml_jax import faces, predict
+from faml_jax.config import EnsembleConfig
+
+
+def build_parser():
+    parser = OneLineErrorParser.for_program("experiments.predict", __doc__)
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders (searched recursively) or globs")
+    source = parser.add_argument_group("networks")
+    source.add_argument("--run", action="append", default=[], metavar="DIR",
+                        help="an experiments.train run folder (repeat for an ensemble)")
+    source.add_argument("--population", metavar="DIR", help="an experiments.evolve workdir: its final population")
+    parser.add_argument("--checkpoint", choices=["final", "best"], default="final",
+                        help="each run's latest checkpoint (default) or its best by test accuracy")
+    parser.add_argument("--strategy", choices=list(predict.STRATEGIES), default="t2v",
+                        help="how an ensemble decides: T2V top-two voting (default), T1V majority, NOI summed softmax")
+    parser.add_argument("--faces", choices=list(predict.FACE_SOURCES), default="detect",
+                        help="detect faces in photos (default) or take each image as one face already cut out")
+    parser.add_argument("--crop", choices=list(faces.MODES),
+                        help="how detected faces are cut (default: as the run's data set: align for RAF-DB, box otherwise)")
+    parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    parser.add_argument("--batch-size", type=int, default=32, help="faces per compiled call (default 32)")
+    parser.add_argument("--no-annotated", action="store_true", help="do not write annotated photos")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv=None) -> int:
+    failed = []
+
+    def body(args):
+        if bool(args.run) == bool(args.population):
+            raise UsageError("give --run DIR (one or more) or --population DIR")
+        kwargs = dict(strategy=args.strategy, ensemble_config=EnsembleConfig(), batch_size=args.batch_size)
+        if args.population:
+            predictor = predict.Predictor.from_population(args.population, args.checkpoint, **kwargs)
+        else:
+            predictor = predict.Predictor.from_runs(args.run, args.checkpoint, **kwargs)
+        files = predict.image_files(args.inputs)
+        results = predict.predict_photos(predictor, files, faces=args.faces, mode=args.crop,
+                                         progress=not args.no_progress)
+        command = "python -m experiments.predict " + " ".join(sys.argv[1:] if argv is None else argv)
+        predict.write_predictions(args.out, results, predictor, annotated=not args.no_annotated, command=command)
+        print(f"{len(predictor.names)} network(s) ({', '.join(predictor.names)}), {predictor.dataset}, "
+              f"{predictor.input_size} px, strategy {predictor.strategy}")
+        width = max([len(r["file"]) for r in results.records] + [4])
+        print(f"{'file':<{width}}  face  class        confidence")
+        for r in results.records:
+            print(f"{r['file']:<{width}}  {r['face']:>4}  {r['class']:<12} {r['confidence']:.3f}")
+        for f in results.no_face:
+            print(f"no face found: {f}")
+        for f, error in results.failures:
+            print(f"unreadable: {error}", file=sys.stderr)
+        print(f"{len(results.records)} face(s) in {len(files) - len(results.failures)} image(s); written to {args.out}")
+        failed.extend(results.failures)
+
+    code = run_cli(build_parser(), argv, body)
+    return 1 if code == 0 and failed else code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

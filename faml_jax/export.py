@@ -1,0 +1,346 @@
+"""Export a trained network for deployment, with its preprocessing inside: uint8 NHWC faces at
+the run's input size in, class probabilities out, so a deployment cannot normalise wrongly.
+
+* StableHLO (``jax.export``): the serialised function, loadable with jax alone
+  (``jax.export.deserialize``), its batch dimension symbolic. For an ensemble, one function
+  holds every member and the T2V decision (``ensemble.t2v_predict``): it returns the members'
+  probabilities (M, N, C) and the decided class (N,).
+* ONNX: one graph per network, written by ``to_onnx``, a converter of the inference function's
+  jaxpr into ONNX operators (opset 17), batch dimension symbolic. **[choice]** Not jax2onnx:
+  its releases that install beside our orbax pin (0.13) wrote graphs that onnxruntime rejects
+  for this model; the inference path uses 28 jax primitives, each mapped here and checked against
+  JAX by the tests. An ensemble is exported as one graph per member plus ``ensemble.json``
+  (member order, T2V's alpha and beta, the tie rule): each graph is checked against its own run,
+  and the vote (Eq. 10-12) is a few lines in any runtime.
+
+    >>> export.export_runs(["runs/rafdb-r18_faml-seed0"], "exported", formats=("onnx", "stablehlo"))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from faml_jax import data, ensemble, fga, models, runs
+from faml_jax.config import EnsembleConfig, RunConfig
+from faml_jax.errors import ConfigError
+from faml_jax.evaluate import check_compatible
+from faml_jax.preprocess import normalize
+from faml_jax.writer import write_atomic
+
+FORMATS = ("onnx", "stablehlo")
+OPSET = 17
+
+
+def inference_function(config: RunConfig, variables: dict) -> Callable[[jax.Array], jax.Array]:
+    """``images (N, S, S, 3) uint8 -> probabilities (N, C) float32`` of one network, its
+    variables closed over (normalisation as in training and evaluation)."""
+    model = models.ResNet(config.model)
+    variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+
+    def infer(images):
+        return jax.nn.softmax(model.apply(variables, normalize(images), train=False), axis=-1)
+
+    return infer
+
+
+def ensemble_function(config: RunConfig, variables: Sequence[dict], ensemble_config: EnsembleConfig = EnsembleConfig()):
+    """``images -> (probabilities (M, N, C), T2V decision (N,))`` of several networks."""
+    model = models.ResNet(config.model)
+    stacked = fga.stack([{"params": v["params"], "batch_stats": v["batch_stats"]} for v in variables])
+    alpha, beta = ensemble_config.alpha, ensemble_config.beta
+
+    def infer(images):
+        logits = ensemble.ensemble_logits(model, stacked, images)
+        return jax.nn.softmax(logits, axis=-1), ensemble.t2v_predict(logits, alpha, beta)
+
+    return infer
+
+
+# ---------------------------------------------------------------------------------------------
+# StableHLO
+
+
+def to_stablehlo(function: Callable, input_size: int) -> bytes:
+    """``function`` of uint8 images (b, S, S, 3) serialised by ``jax.export``, batch symbolic."""
+    (batch,) = jax.export.symbolic_shape("b")
+    spec = jax.ShapeDtypeStruct((batch, input_size, input_size, 3), jnp.uint8)
+    return bytes(jax.export.export(jax.jit(function))(spec).serialize())
+
+
+def load_stablehlo(path: str | os.PathLike) -> Callable:
+    """A function exported by ``to_stablehlo``, callable with jax alone."""
+    exported = jax.export.deserialize(bytearray(Path(path).read_bytes()))
+    return exported.call
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX: jaxpr -> graph
+
+
+class _Graph:
+    """Builds an ONNX graph while walking a jaxpr; the traced batch size ``batch`` becomes the
+    symbolic first dimension wherever a shape names it."""
+
+    def __init__(self, batch: int):
+        from onnx import helper, numpy_helper
+
+        self.helper, self.numpy_helper = helper, numpy_helper
+        self.batch = batch
+        self.nodes, self.initializers, self.names = [], [], {}
+        self.count = 0
+        self.batch_dim = None  # the input's first dimension, a 1-element int64 tensor
+
+    def fresh(self, hint: str = "t") -> str:
+        self.count += 1
+        return f"{hint}_{self.count}"
+
+    def const(self, value, dtype=None, hint: str = "c") -> str:
+        array = np.asarray(value, dtype=dtype)
+        name = self.fresh(hint)
+        self.initializers.append(self.numpy_helper.from_array(array, name))
+        return name
+
+    def node(self, op: str, inputs: list[str], n_out: int = 1, **attrs) -> list[str]:
+        outputs = [self.fresh(op.lower()) for _ in range(n_out)]
+        self.nodes.append(self.helper.make_node(op, inputs, outputs, **attrs))
+        return outputs
+
+    def one(self, op: str, inputs: list[str], **attrs) -> str:
+        return self.node(op, inputs, **attrs)[0]
+
+    def shape(self, dims: Sequence[int]) -> str:
+        """An int64 shape tensor; a leading ``batch`` is the input's batch size."""
+        dims = [int(d) for d in dims]
+        if self.batch in dims[1:]:
+            raise NotImplementedError(f"the traced batch size {self.batch} appears inside the shape {dims}")
+        if dims and dims[0] == self.batch:
+            return self.one("Concat", [self.batch_dim, self.const(dims[1:], np.int64)], axis=0)
+        return self.const(dims, np.int64)
+
+
+_ONNX_DTYPES = {np.dtype(np.float32): 1, np.dtype(np.uint8): 2, np.dtype(np.int32): 6, np.dtype(np.int64): 7,
+                np.dtype(np.bool_): 9, np.dtype(np.float16): 10, np.dtype(np.float64): 11}
+_ELEMENTWISE = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min", "exp": "Exp",
+                "tanh": "Tanh", "logistic": "Sigmoid", "sqrt": "Sqrt", "neg": "Neg", "abs": "Abs", "log": "Log",
+                "erf": "Erf"}
+
+
+def _inner(params: dict):
+    for key in ("jaxpr", "call_jaxpr"):
+        if key in params:
+            inner = params[key]
+            return (inner.jaxpr, inner.consts) if hasattr(inner, "jaxpr") else (inner, ())
+    return None
+
+
+def _convert(g: _Graph, jaxpr, consts, inputs: list[str]) -> list[str]:
+    from jax.extend.core import Literal
+
+    env = {}
+
+    def read(v):
+        if isinstance(v, Literal):
+            return g.const(np.asarray(v.val, dtype=v.aval.dtype))
+        return env[v]
+
+    for var, value in zip(jaxpr.constvars, consts):
+        env[var] = g.const(np.asarray(value))
+    for var, name in zip(jaxpr.invars, inputs):
+        env[var] = name
+    for eqn in jaxpr.eqns:
+        name, p = eqn.primitive.name, eqn.params
+        args = [read(v) for v in eqn.invars]
+        avals = [v.aval for v in eqn.invars]
+        out_aval = eqn.outvars[0].aval
+        inner = _inner(p) if name in ("jit", "pjit", "custom_jvp_call", "custom_vjp_call", "closed_call") else None
+        if inner is not None:
+            outs = _convert(g, inner[0], inner[1], args)
+        elif name in _ELEMENTWISE:
+            outs = [g.one(_ELEMENTWISE[name], args)]
+        elif name == "rsqrt":
+            outs = [g.one("Reciprocal", [g.one("Sqrt", args)])]
+        elif name == "square":
+            outs = [g.one("Mul", [args[0], args[0]])]
+        elif name == "integer_pow":
+            outs = [g.one("Pow", [args[0], g.const(float(p["y"]), out_aval.dtype)])]
+        elif name in ("stop_gradient", "copy", "copy_p"):
+            outs = [g.one("Identity", args)]
+        elif name == "convert_element_type":
+            outs = [g.one("Cast", args, to=_ONNX_DTYPES[np.dtype(p["new_dtype"])])]
+        elif name == "reshape":
+            outs = [g.one("Reshape", [args[0], g.shape(p["new_sizes"])])]
+        elif name == "squeeze":
+            outs = [g.one("Squeeze", [args[0], g.const(list(p["dimensions"]), np.int64)])]
+        elif name == "expand_dims":
+            outs = [g.one("Unsqueeze", [args[0], g.const(list(p["dimensions"]), np.int64)])]
+        elif name == "transpose":
+            outs = [g.one("Transpose", args, perm=list(p["permutation"]))]
+        elif name == "broadcast_in_dim":
+            shape, dims = p["shape"], p["broadcast_dimensions"]
+            x = args[0]
+            new_axes = [i for i in range(len(shape)) if i not in dims]
+            if new_axes:
+                x = g.one("Unsqueeze", [x, g.const(new_axes, np.int64)])
+            operand_shape = [1] * len(shape)
+            for i, d in enumerate(dims):
+                operand_shape[d] = avals[0].shape[i]
+            target = [1 if (s == g.batch and i == 0 and operand_shape[0] == s) else s for i, s in enumerate(shape)]
+            outs = [g.one("Expand", [x, g.shape(target)])]
+        elif name in ("reduce_sum", "reduce_max", "reduce_min"):
+            axes = list(p["axes"])
+            if name == "reduce_sum":
+                outs = [g.one("ReduceSum", [args[0], g.const(axes, np.int64)], keepdims=0)]
+            else:
+                outs = [g.one("ReduceMax" if name == "reduce_max" else "ReduceMin", [args[0]], axes=axes, keepdims=0)]
+        elif name == "slice":
+            start, limit = list(p["start_indices"]), list(p["limit_indices"])
+            strides = list(p["strides"] or [1] * len(start))
+            if avals[0].shape[0] == g.batch and start[0] == 0 and limit[0] == g.batch:
+                limit[0] = np.iinfo(np.int64).max
+            outs = [g.one("Slice", [args[0], g.const(start, np.int64), g.const(limit, np.int64),
+                                    g.const(list(range(len(start))), np.int64), g.const(strides, np.int64)])]
+        elif name == "pad":
+            config = p["padding_config"]
+            if any(interior for _, _, interior in config) or any(lo < 0 or hi < 0 for lo, hi, _ in config):
+                raise NotImplementedError("pad with interior or negative padding")
+            pads = [lo for lo, _, _ in config] + [hi for _, hi, _ in config]
+            outs = [g.one("Pad", [args[0], g.const(pads, np.int64), args[1]], mode="constant")]
+        elif name == "dot_general":
+            (lc, rc), (lb, rb) = p["dimension_numbers"]
+            letters = iter("abcdefghijklmnopqrstuvwxyz")
+            left = [next(letters) for _ in avals[0].shape]
+            right = [None] * len(avals[1].shape)
+            for i, j in zip(lc, rc):
+                right[j] = left[i]
+            for i, j in zip(lb, rb):
+                right[j] = left[i]
+            right = [r or next(letters) for r in right]
+            out = [left[i] for i in lb] + [left[i] for i in range(len(left)) if i not in lc and i not in lb]
+            out += [right[j] for j in range(len(right)) if j not in rc and j not in rb]
+            equation = f"{''.join(left)},{''.join(right)}->{''.join(out)}"
+            outs = [g.one("Einsum", args, equation=equation)]
+        elif name == "conv_general_dilated":
+            outs = [_conv(g, args, avals, p)]
+        elif name == "select_n":
+            if len(args) != 3:
+                raise NotImplementedError("select_n with more than two cases")
+            outs = [g.one("Where", [g.one("Cast", [args[0]], to=9), args[2], args[1]])]
+        elif name == "argmax":
+            outs = [g.one("Cast", [g.one("ArgMax", [args[0]], axis=int(p["axes"][0]), keepdims=0)],
+                          to=_ONNX_DTYPES[np.dtype(p["index_dtype"])])]
+        else:
+            raise NotImplementedError(f"no ONNX conversion for jax primitive {name!r}")
+        for var, out in zip(eqn.outvars, outs):
+            env[var] = out
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _conv(g: _Graph, args, avals, p) -> str:
+    """``lax.conv_general_dilated`` in NHWC/HWIO (flax's layout) as ONNX's NCHW Conv."""
+    lhs_spec, rhs_spec, out_spec = p["dimension_numbers"]
+    if tuple(lhs_spec) != (0, 3, 1, 2) or tuple(rhs_spec) != (3, 2, 0, 1) or tuple(out_spec) != (0, 3, 1, 2):
+        raise NotImplementedError(f"convolution layout {p['dimension_numbers']} (expected NHWC, HWIO)")
+    if any(d != 1 for d in p["lhs_dilation"]) or p.get("batch_group_count", 1) != 1:
+        raise NotImplementedError("transposed or batch-grouped convolution")
+    x = g.one("Transpose", [args[0]], perm=[0, 3, 1, 2])
+    kernel = args[1]
+    w = g.one("Transpose", [kernel], perm=[3, 2, 0, 1])
+    padding = p["padding"]
+    pads = [lo for lo, _ in padding] + [hi for _, hi in padding]
+    y = g.one("Conv", [x, w], strides=list(p["window_strides"]), pads=pads, dilations=list(p["rhs_dilation"]),
+              group=int(p["feature_group_count"]))
+    return g.one("Transpose", [y], perm=[0, 2, 3, 1])
+
+
+def to_onnx(function: Callable, input_size: int, *, trace_batch: int = 97, name: str = "faml_jax"):
+    """An ``onnx.ModelProto`` of ``function`` (uint8 images (N, S, S, 3) -> one float array), its
+    batch dimension symbolic ("batch"). Traced at ``trace_batch`` images (a size no other
+    dimension of the model has)."""
+    from onnx import TensorProto, checker, helper
+
+    closed = jax.make_jaxpr(function)(jax.ShapeDtypeStruct((trace_batch, input_size, input_size, 3), jnp.uint8))
+    g = _Graph(trace_batch)
+    g.batch_dim = g.one("Slice", [g.one("Shape", ["images"]), g.const([0], np.int64), g.const([1], np.int64)])
+    (output,) = _convert(g, closed.jaxpr, closed.consts, ["images"])
+    out_aval = closed.jaxpr.outvars[0].aval
+    g.nodes.append(helper.make_node("Identity", [output], ["probabilities"]))
+    graph = helper.make_graph(
+        g.nodes, name,
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["batch", input_size, input_size, 3])],
+        [helper.make_tensor_value_info("probabilities", _ONNX_DTYPES[np.dtype(out_aval.dtype)],
+                                       ["batch", *out_aval.shape[1:]])],
+        g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="faml_jax")
+    model.ir_version = 8
+    checker.check_model(model)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs -> files
+
+
+def export_runs(workdirs: Sequence[str | os.PathLike], out: str | os.PathLike, *, formats: Sequence[str] = FORMATS,
+                checkpoint: str = "final", ensemble_config: EnsembleConfig = EnsembleConfig(), names=None) -> dict:
+    """Export the networks of ``workdirs`` (one run, or the members of an ensemble) into ``out``:
+    ``<name>.onnx`` per network, ``model.stablehlo`` (one network, or the ensemble with its T2V
+    decision) and ``export.json`` (what each file takes and returns, classes, input size, T2V's
+    weights). Returns that description."""
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        raise ConfigError(f"unknown export format(s) {unknown}; expected some of {', '.join(FORMATS)}")
+    paths = [Path(p) for p in workdirs]
+    names = list(names) if names is not None else [p.name for p in paths]
+    loaded = [runs.load(p, checkpoint) for p in paths]
+    check_compatible(list(zip(names, paths)), [c for c, _, _ in loaded])
+    config = loaded[0][0]
+    size = config.model.input_size
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    description = {
+        "input": {"name": "images", "dtype": "uint8", "shape": ["batch", size, size, 3],
+                  "meaning": "RGB face crops already cut out as the run's data set shows faces (faml_jax.faces); "
+                             "resized to the input size; normalisation is inside"},
+        "classes": list(data.class_names(config.data.dataset)[: config.model.num_classes]),
+        "dataset": config.data.dataset, "model": config.model_name, "input_size": size, "checkpoint": checkpoint,
+        "networks": [{"name": n, "run": str(p), "epoch": e} for n, p, (_, _, e) in zip(names, paths, loaded)],
+        "files": {},
+    }
+    if "onnx" in formats:
+        for name, (_, variables, _) in zip(names, loaded):
+            model = to_onnx(inference_function(config, variables), size, name=name)
+            write_atomic_bytes(out / f"{name}.onnx", model.SerializeToString())
+            description["files"][f"{name}.onnx"] = "images -> probabilities (batch, classes) of one network"
+    if "stablehlo" in formats:
+        if len(loaded) == 1:
+            function = inference_function(config, loaded[0][1])
+            what = "images -> probabilities (batch, classes)"
+        else:
+            function = ensemble_function(config, [v for _, v, _ in loaded], ensemble_config)
+            what = "images -> (probabilities (members, batch, classes), T2V decision (batch,))"
+        write_atomic_bytes(out / "model.stablehlo", to_stablehlo(function, size))
+        description["files"]["model.stablehlo"] = what + "; load with jax.export.deserialize"
+    if len(loaded) > 1:
+        description["t2v"] = {"alpha": ensemble_config.alpha, "beta": ensemble_config.beta,
+                              "rule": "votes V_k = sum over networks of alpha [k is its top-1] + beta [k is its "
+                                      "top-2]; decision argmax V, ties broken by the summed probabilities, then "
+                                      "by the lowest class index (Eq. 10-12)"}
+    write_atomic(out / "export.json", json.dumps(description, indent=2) + "\n")
+    return description
+
+
+def write_atomic_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` under a temporary name, then rename: never half-written."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(payload)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

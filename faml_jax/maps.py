@@ -1,0 +1,139 @@
+"""Where a network looks (METHOD 6, paper Fig. 8): Grad-CAM on the last residual stage for every
+model, the gradient-weighted attention relevancy of Chefer et al. (CVPR 2021) for models with
+attention blocks, and an ensemble's map weighted by its members' T2V votes (Eq. 12).
+
+Every function is pure and jit-able: images (N, S, S, 3) uint8 in, maps (N, S, S) in [0, 1] out
+(each map divided by its maximum; an all-zero map stays zero). The gradients are taken with
+respect to zero "perturbations" that the model adds to its last stage and to its attention
+probabilities (``flax.linen.Module.perturb``), so the model itself is unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from faml_jax import ensemble
+from faml_jax.preprocess import normalize
+
+KINDS = ("gradcam", "relevancy")
+
+
+def _first(tree):
+    """Sown values are tuples of one value per call: the value."""
+    return jax.tree.map(lambda t: t[0], tree, is_leaf=lambda t: isinstance(t, tuple))
+
+
+def _probe(model, variables: dict, images: jax.Array, targets: jax.Array | None):
+    """``(logits, activations, gradients)``: the sown intermediates of one forward pass and the
+    gradient of the target class's logit (default: the predicted class) with respect to each."""
+    model = model.clone(axis_name=None)
+    x = normalize(images)
+    base = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    logits, state = model.apply(base, x, train=False, mutable=["intermediates"])
+    activations = _first(state["intermediates"])
+    probed = {k: v for k, v in activations.items() if k == "last_stage" or k.startswith("attn")}
+    zeros = jax.tree.map(jnp.zeros_like, probed)
+    targets = jnp.argmax(logits, axis=-1) if targets is None else targets
+
+    def chosen_logit(perturbations):
+        out = model.apply({**base, "perturbations": perturbations}, x, train=False)
+        return jnp.take_along_axis(out, targets[:, None], axis=-1).sum()  # images are independent
+
+    return logits, activations, jax.grad(chosen_logit)(zeros), targets
+
+
+def _upsample(maps: jax.Array, size: int) -> jax.Array:
+    """(N, h, w) -> (N, size, size), bilinear, each map divided by its maximum."""
+    maps = jax.image.resize(maps, (maps.shape[0], size, size), "bilinear")
+    peak = maps.max(axis=(1, 2), keepdims=True)
+    return jnp.where(peak > 0, maps / jnp.where(peak > 0, peak, 1.0), 0.0)
+
+
+def grad_cam(activation: jax.Array, gradient: jax.Array, size: int) -> jax.Array:
+    """Grad-CAM (Selvaraju et al. 2017): ``relu(sum_c mean_xy(dy/dA_c) A_c)`` of a stage's map
+    ``activation`` (N, h, w, C), upsampled to ``size``."""
+    weights = gradient.astype(jnp.float32).mean(axis=(1, 2), keepdims=True)
+    return _upsample(jax.nn.relu((weights * activation.astype(jnp.float32)).sum(-1)), size)
+
+
+def attention_relevancy(probs: list[jax.Array], gradients: list[jax.Array], size: int) -> jax.Array:
+    """Chefer et al.'s relevancy of one attention block's tokens, its layers' attention
+    probabilities ``probs`` and their gradients (each (N, heads, n, n), first layer first):
+    ``R = I``, then ``R += mean_heads(relu(grad * A)) @ R`` per layer. **[choice]** The blocks
+    have no class token, so a token's relevance is its column of ``R - I`` averaged over the
+    queries (how much the gated output draws on it); shown on the block's grid of patches."""
+    n = probs[0].shape[-1]
+    relevance = jnp.broadcast_to(jnp.eye(n), (probs[0].shape[0], n, n))
+    for a, g in zip(probs, gradients):
+        weighted = jax.nn.relu(a * g).mean(axis=1)  # (N, n, n)
+        relevance = relevance + weighted @ relevance
+    tokens = (relevance - jnp.eye(n)).mean(axis=1)  # (N, n)
+    side = int(round(np.sqrt(n)))
+    return _upsample(tokens.reshape(-1, side, side), size)
+
+
+def network_maps(model, variables: dict, images: jax.Array, targets: jax.Array | None = None) -> dict:
+    """One network's maps for ``images`` (N, S, S, 3) uint8 and ``targets`` (N,) classes (default:
+    its prediction): ``{"logits", "gradcam"}`` and, with attention blocks, ``"relevancy"`` (the
+    mean of the blocks' relevancy maps)."""
+    size = images.shape[1]
+    logits, activations, gradients, _ = _probe(model, variables, images, targets)
+    out = {"logits": logits, "gradcam": grad_cam(activations["last_stage"], gradients["last_stage"], size)}
+    blocks = sorted(k for k in activations if k.startswith("attn"))
+    if blocks:
+        maps = []
+        for block in blocks:
+            layers = sorted(activations[block])  # layer0, layer1, ...
+            probs = [activations[block][layer]["attn"]["probs"] for layer in layers]
+            grads = [gradients[block][layer]["attn"]["probs"] for layer in layers]
+            maps.append(attention_relevancy(probs, grads, size))
+        out["relevancy"] = _upsample(sum(maps), size)
+    return out
+
+
+def vote_weighted(maps: jax.Array, logits: jax.Array, decision: jax.Array, alpha: float = ensemble.ALPHA,
+                  beta: float = ensemble.BETA) -> jax.Array:
+    """The ensemble's map (METHOD 6 [choice]): ``sum_l V^l_k map_l / sum_l V^l_k`` for the decided
+    class k of each image, ``V^l_k`` member l's T2V vote for k (alpha for its top-1, beta for its
+    top-2, else 0: Eq. 10-12). ``maps`` (M, N, S, S), ``logits`` (M, N, C), ``decision`` (N,)."""
+    votes = ensemble.vote_vectors(logits, alpha, beta)  # (M, N, C)
+    weights = jnp.take_along_axis(votes, decision[None, :, None], axis=-1)[..., 0]  # (M, N)
+    total = weights.sum(0)
+    return jnp.einsum("mn,mnxy->nxy", weights, maps) / jnp.where(total > 0, total, 1.0)[:, None, None]
+
+
+def make_explainer(model, kind: str = "gradcam") -> Callable:
+    """Jitted ``explain(stacked_variables, images, decision) -> (maps (M, N, S, S), logits (M, N, C))``:
+    every member's ``kind`` map ("gradcam", or "relevancy" for models with attention blocks) of
+    the ensemble's decided class ``decision`` (N,), members one after another (``lax.map``)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown map {kind!r}; expected one of {KINDS}")
+
+    @jax.jit
+    def explain(stacked, images, decision):
+        def one(variables):
+            out = network_maps(model, variables, images, decision)
+            if kind not in out:
+                raise ValueError("relevancy maps need a model with attention blocks (r18_faml, r18_fa)")
+            return out[kind], out["logits"]
+
+        return jax.lax.map(one, stacked)
+
+    return explain
+
+
+def jet(values: np.ndarray) -> np.ndarray:
+    """The JET colour map: values in [0, 1] (..., ) -> uint8 RGB (..., 3), blue to red."""
+    v = np.clip(np.asarray(values, np.float64), 0, 1)[..., None]
+    rgb = np.clip(1.5 - np.abs(4 * v - np.array([3.0, 2.0, 1.0])), 0, 1)
+    return (255 * rgb).round().astype(np.uint8)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, weight: float = 0.5) -> np.ndarray:
+    """``image`` (H, W, 3) uint8 blended with the JET colours of ``heat`` (H, W) in [0, 1]."""
+    blended = (1 - weight) * image.astype(np.float64) + weight * jet(heat).astype(np.float64)
+    return blended.round().astype(np.uint8)

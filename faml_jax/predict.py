@@ -1,0 +1,371 @@
+"""Trained networks applied to new faces, with the preprocessing they were trained with.
+
+A ``Predictor`` is built from run folders, never from the caller's idea of the preprocessing: the
+run's config.json gives the input size, the data set (hence the class names and how faces are cut
+from photos, ``faml_jax.faces``) and the model; the resize is the training pipeline's own
+(``data.pipeline.resize``: antialiased bilinear) and the normalisation happens inside the compiled
+call, as in training and evaluation (``preprocess.normalize``). Members of an ensemble are
+evaluated together in one compiled call per batch (``ensemble.ensemble_logits``), and batches are
+padded to a fixed size, so a folder of any length compiles once.
+
+    >>> predictor = Predictor.from_population("runs/evolve-rafdb")      # or from_run / from_runs
+    >>> result = predictor.predict(faces)                               # uint8 RGB, any size
+    >>> result.classes[result.decision[0]], result.confidence[0]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import jax
+import numpy as np
+
+from faml_jax import data, ensemble, fga, models, runs
+from faml_jax.config import EnsembleConfig, RunConfig
+from faml_jax.data.pipeline import resize
+from faml_jax.errors import ConfigError, DataError
+from faml_jax.evaluate import check_compatible
+
+STRATEGIES = ensemble.STRATEGIES
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """What a predictor says about N faces (M networks, C classes).
+
+    Attributes:
+      classes: the class names, in label order.
+      probabilities: (M, N, C) each network's softmax.
+      scores: (N, C) the ensemble's scores under ``strategy``: T2V's weighted votes (Eq. 12),
+        T1V's vote counts, or NOI's summed softmax (Eq. 13); for one network, its softmax.
+      decision: (N,) the decided class (ties broken as in ``faml_jax.ensemble``: NOI, then the
+        lowest class index).
+      confidence: (N,) the members' mean probability of the decided class.
+      member_top1: (M, N) each network's own top-1 class.
+      strategy: "t2v", "t1v" or "noi".
+    """
+
+    classes: tuple[str, ...]
+    probabilities: np.ndarray
+    scores: np.ndarray
+    decision: np.ndarray
+    confidence: np.ndarray
+    member_top1: np.ndarray
+    strategy: str
+
+    def labels(self) -> list[str]:
+        """The decided class names."""
+        return [self.classes[k] for k in self.decision]
+
+
+class Predictor:
+    """One trained network or an ensemble of networks of one configuration, ready for faces.
+
+    Args:
+      config: the (first) run's configuration (all members share model and data set).
+      variables: the members' ``{"params", "batch_stats"}``.
+      names: a name per member (its run folder's name).
+      strategy: how an ensemble decides (METHOD 4): "t2v" (default), "t1v" or "noi".
+      ensemble_config: T2V's weights (``EnsembleConfig``: alpha 1.9, beta 1.0).
+      batch_size: faces per compiled call (the last batch is padded to it).
+    """
+
+    def __init__(self, config: RunConfig, variables: Sequence[dict], names: Sequence[str], *, strategy: str = "t2v",
+                 ensemble_config: EnsembleConfig = EnsembleConfig(), batch_size: int = 32,
+                 epochs: Sequence[int] | None = None):
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be positive, got {batch_size}")
+        if not variables:
+            raise ConfigError("a predictor needs at least one network")
+        self.config, self.names, self.strategy = config, list(names), strategy
+        self.epochs = list(epochs) if epochs is not None else None
+        self.alpha, self.beta = ensemble_config.alpha, ensemble_config.beta
+        self.batch_size = batch_size
+        self.model = models.ResNet(config.model)
+        self.variables = jax.device_put(fga.stack(jax.device_get(list(variables))))
+        self._step = ensemble.make_ensemble_step(self.model)
+
+    # -- loading -----------------------------------------------------------------------------------
+
+    @classmethod
+    def from_runs(cls, workdirs: Iterable[str | os.PathLike], checkpoint: str = "final", **kwargs) -> "Predictor":
+        """The networks trained in ``workdirs`` (``experiments.train`` run folders), at their
+        ``checkpoint`` ("final" or "best")."""
+        paths = [Path(p) for p in workdirs]
+        return cls._from_members([(p.name, p) for p in paths], checkpoint, **kwargs)
+
+    @classmethod
+    def from_run(cls, workdir: str | os.PathLike, checkpoint: str = "final", **kwargs) -> "Predictor":
+        """The network trained in ``workdir``."""
+        return cls.from_runs([workdir], checkpoint, **kwargs)
+
+    @classmethod
+    def from_population(cls, evolve_dir: str | os.PathLike, checkpoint: str = "final", *, all_networks: bool = False,
+                        **kwargs) -> "Predictor":
+        """A finished evolution's final population (``experiments.evolve``'s workdir) as a T2V
+        ensemble; ``all_networks``: every network it trained."""
+        return cls._from_members(runs.population_members(evolve_dir, all_networks), checkpoint, **kwargs)
+
+    @classmethod
+    def _from_members(cls, members: list[tuple[str, Path]], checkpoint: str, **kwargs) -> "Predictor":
+        if not members:
+            raise ConfigError("no run folder given")
+        loaded = [runs.load(path, checkpoint) for _, path in members]
+        check_compatible(members, [c for c, _, _ in loaded])
+        return cls(loaded[0][0], [v for _, v, _ in loaded], [n for n, _ in members],
+                   epochs=[e for _, _, e in loaded], **kwargs)
+
+    # -- what training decided ---------------------------------------------------------------------
+
+    @property
+    def input_size(self) -> int:
+        return self.config.model.input_size
+
+    @property
+    def dataset(self) -> str:
+        return self.config.data.dataset
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return data.class_names(self.dataset)[: self.config.model.num_classes]
+
+    @property
+    def num_members(self) -> int:
+        return len(self.names)
+
+    # -- prediction --------------------------------------------------------------------------------
+
+    def preprocess(self, faces) -> np.ndarray:
+        """Face crops (one (H, W, 3) uint8 RGB image, a list of them of any sizes, or an
+        (N, H, W, 3) array) -> (N, S, S, 3) uint8 at the model's input size, resized exactly as the
+        training pipeline resizes (``data.pipeline.resize``)."""
+        if isinstance(faces, np.ndarray) and faces.ndim == 3:
+            faces = [faces]
+        out = []
+        for i, face in enumerate(faces):
+            face = np.asarray(face)
+            if face.ndim != 3 or face.shape[-1] != 3 or face.dtype != np.uint8:
+                raise DataError(f"face {i}: expected an (H, W, 3) uint8 RGB image, got {face.dtype} {face.shape}")
+            out.append(resize(np.ascontiguousarray(face), self.input_size))
+        size = self.input_size
+        return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
+
+    def logits(self, faces) -> np.ndarray:
+        """(M, N, C) float32 logits of every member for ``faces`` (see ``preprocess``), in
+        compiled calls of ``batch_size`` faces (the last one padded)."""
+        images = self.preprocess(faces)
+        n, b = len(images), self.batch_size
+        chunks = []
+        for start in range(0, n, b):
+            chunk = images[start : start + b]
+            pad = b - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.uint8)])
+            chunks.append(np.asarray(self._step(self.variables, chunk))[:, : b - pad])
+        if not chunks:
+            return np.zeros((self.num_members, 0, self.config.model.num_classes), np.float32)
+        return np.concatenate(chunks, axis=1)
+
+    def decide(self, logits: np.ndarray, strategy: str | None = None) -> Prediction:
+        """The ``Prediction`` of members' logits (M, N, C) (pure: no network is run)."""
+        strategy = strategy or self.strategy
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+        logits = np.asarray(logits, np.float32)
+        probabilities = np.asarray(jax.nn.softmax(logits, axis=-1))
+        if len(logits[0]) == 0:
+            empty = np.zeros((0,), np.int32)
+            return Prediction(self.classes, probabilities, probabilities.sum(0), empty, np.zeros((0,), np.float32),
+                              np.zeros((len(logits), 0), np.int32), strategy)
+        scores = {"t2v": lambda: ensemble.t2v_scores(logits, self.alpha, self.beta),
+                  "t1v": lambda: ensemble.t1v_scores(logits), "noi": lambda: ensemble.noi_scores(logits)}[strategy]()
+        decision = np.asarray(ensemble.predict(logits, strategy, self.alpha, self.beta), np.int32)
+        if len(logits) == 1:
+            scores = probabilities[0]
+        confidence = probabilities.mean(0)[np.arange(len(decision)), decision]
+        return Prediction(self.classes, probabilities, np.asarray(scores, np.float32), decision,
+                          confidence.astype(np.float32), np.argmax(logits, -1).astype(np.int32), strategy)
+
+    def predict(self, faces, strategy: str | None = None) -> Prediction:
+        """Probabilities, ensemble scores and decisions for ``faces`` (face crops as ``preprocess``
+        takes them; ``strategy`` overrides the predictor's)."""
+        return self.decide(self.logits(faces), strategy)
+
+
+# ---------------------------------------------------------------------------------------------
+# Photos and folders (what ``python -m experiments.predict`` runs)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+FACE_SOURCES = ("detect", "aligned")
+
+
+def image_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """The image files named by ``inputs``: files, folders (their images, recursively, sorted)
+    and glob patterns. An input that names nothing is a ``DataError`` naming it."""
+    import glob
+
+    found: list[Path] = []
+    for given in map(str, inputs):
+        path = Path(given)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif path.is_file():
+            found.append(path)
+        elif any(ch in given for ch in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(given, recursive=True) if Path(p).is_file())
+            if not matches:
+                raise DataError(f"no file matches {given}")
+            found += matches
+        else:
+            raise DataError(f"{given} not found")
+    return list(dict.fromkeys(found))  # each file once, in the order given
+
+
+def read_photo(path: str | os.PathLike) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an image file (``data.folders.CorruptImageError`` naming an
+    unreadable one)."""
+    from faml_jax.data.folders import decode_image, read_bytes
+
+    return decode_image(read_bytes(path), str(path))
+
+
+@dataclasses.dataclass
+class PhotoResults:
+    """What ``predict_photos`` found: one record per face (file, face index, box, landmarks, the
+    decision, its confidence, every class's score, every network's top-1), the crops the
+    networks saw (in record order), the files without a face and the unreadable files."""
+
+    records: list[dict]
+    crops: list[np.ndarray]
+    no_face: list[str]
+    failures: list[tuple[str, str]]
+    prediction: Prediction | None
+
+
+def predict_photos(predictor: Predictor, files: Sequence[str | os.PathLike], *, faces: str = "detect",
+                   mode: str | None = None, finder=None, progress: bool = False) -> PhotoResults:
+    """Find the faces in ``files`` and predict them (``faces="detect"``), or take every file as
+    one face already cut out (``"aligned"``). ``mode``: how detected faces are cut ("align" or
+    "box"; default: as the run's data set, ``faces.mode_for``). Unreadable files are listed in
+    ``failures`` (the others are still processed); files without a face in ``no_face``."""
+    from tqdm import tqdm
+
+    from faml_jax import faces as face_module
+
+    if faces not in FACE_SOURCES:
+        raise ConfigError(f"unknown face source {faces!r}; expected one of {', '.join(FACE_SOURCES)}")
+    if faces == "detect" and finder is None:
+        finder = face_module.Finder(mode or face_module.mode_for(predictor.dataset))
+    records, crops, no_face, failures = [], [], [], []
+    for path in tqdm(list(files), desc="reading photos", unit="file", disable=not progress, leave=False,
+                     dynamic_ncols=True):
+        try:
+            photo = read_photo(path)
+        except DataError as error:
+            failures.append((str(path), str(error)))
+            continue
+        if faces == "aligned":
+            found = [face_module.Face((0, 0, photo.shape[1], photo.shape[0]), 1.0, np.zeros((0, 2)), photo)]
+        else:
+            found = finder.find(photo)
+            if not found:
+                no_face.append(str(path))
+        for i, face in enumerate(found):
+            records.append({"file": str(path), "face": i,
+                            "box": [int(v) for v in face.box] if faces == "detect" else None,
+                            "landmarks": np.round(face.landmarks, 1).tolist() if faces == "detect" else None})
+            crops.append(face.crop)
+    prediction = predictor.predict(crops) if crops else None
+    if prediction is not None:
+        for i, record in enumerate(records):
+            k = int(prediction.decision[i])
+            record.update({
+                "class": prediction.classes[k], "confidence": round(float(prediction.confidence[i]), 6),
+                "scores": {c: round(float(s), 6) for c, s in zip(prediction.classes, prediction.scores[i])},
+                "networks": {n: prediction.classes[int(t)] for n, t in zip(predictor.names, prediction.member_top1[:, i])},
+            })
+    return PhotoResults(records, crops, no_face, failures, prediction)
+
+
+def csv_rows(results: PhotoResults, classes: Sequence[str], names: Sequence[str]) -> tuple[list[str], list[list]]:
+    """The header and rows of predictions.csv: one row per face."""
+    header = ["file", "face", "box_x0", "box_y0", "box_x1", "box_y1", "landmarks", "class", "confidence",
+              *[f"score_{c}" for c in classes], *[f"top1_{n}" for n in names]]
+    rows = []
+    for r in results.records:
+        box = r["box"] or [""] * 4
+        marks = " ".join(f"{x:g},{y:g}" for x, y in r["landmarks"]) if r["landmarks"] else ""
+        rows.append([r["file"], r["face"], *box, marks, r["class"], r["confidence"],
+                     *[r["scores"][c] for c in classes], *[r["networks"][n] for n in names]])
+    return header, rows
+
+
+def annotate(photo: np.ndarray, records: list[dict]) -> np.ndarray:
+    """``photo`` with each face's box and "class confidence" drawn on it."""
+    from PIL import Image, ImageDraw
+
+    picture = Image.fromarray(photo)
+    draw = ImageDraw.Draw(picture)
+    width = max(2, round(max(photo.shape[:2]) / 250))
+    for r in records:
+        x0, y0, x1, y1 = r["box"] or (0, 0, photo.shape[1] - 1, photo.shape[0] - 1)
+        draw.rectangle((x0, y0, x1, y1), outline=(255, 64, 64), width=width)
+        text = f"{r['class']} {r['confidence']:.2f}"
+        tx, ty = x0, max(y0 - 14, 0)
+        draw.rectangle(draw.textbbox((tx, ty), text), fill=(255, 64, 64))
+        draw.text((tx, ty), text, fill=(255, 255, 255))
+    return np.asarray(picture)
+
+
+def write_predictions(out: str | os.PathLike, results: PhotoResults, predictor: Predictor, *,
+                      annotated: bool = True, command: str = "") -> None:
+    """predictions.csv, predictions.json and (``annotated``) annotated/<file>.png in ``out``;
+    each file written whole or not at all."""
+    import csv
+    import io
+    import json
+
+    from PIL import Image
+
+    from faml_jax.writer import write_atomic
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    header, rows = csv_rows(results, predictor.classes, predictor.names)
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows([header, *rows])
+    write_atomic(out / "predictions.csv", text.getvalue())
+    summary = {
+        "command": command, "runs": [str(n) for n in predictor.names], "epochs": predictor.epochs,
+        "dataset": predictor.dataset, "classes": list(predictor.classes), "input_size": predictor.input_size,
+        "strategy": predictor.strategy, "faces": results.records, "no_face": results.no_face,
+        "failures": [{"file": f, "error": e} for f, e in results.failures],
+    }
+    write_atomic(out / "predictions.json", json.dumps(summary, indent=2) + "\n")
+    if not annotated:
+        return
+    (out / "annotated").mkdir(exist_ok=True)
+    by_file: dict[str, list[dict]] = {}
+    for r in results.records:
+        by_file.setdefault(r["file"], []).append(r)
+    for name, (file, records) in zip(unique_stems(list(by_file)), by_file.items()):
+        picture = Image.fromarray(annotate(read_photo(file), records))
+        tmp = out / "annotated" / f".{name}.png.tmp"
+        picture.save(tmp, format="PNG")
+        os.replace(tmp, out / "annotated" / f"{name}.png")
+
+
+def unique_stems(files: Sequence[str]) -> list[str]:
+    """A distinct output name per file: its stem, or stem_2, stem_3 ... when stems repeat."""
+    seen: dict[str, int] = {}
+    names = []
+    for f in files:
+        stem = Path(f).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return names

@@ -1,0 +1,51 @@
+"""Tests of faml_jax.export and ``python -m tools.export``: the ONNX graph (run by onnxruntime) and
+the StableHLO function (loaded with jax alone) equal JAX's probabilities within 1e-4 for R18 and
+R18+FAML, at batch sizes other than the traced one; an ensemble's StableHLO gives the T2V decision."""
+
+import json
+
+import numpy as np
+import onnxruntime
+import pytest
+
+from faml_jax import ensemble, export, runs
+from faml_jax.config import preset
+from helpers import TINY_MODEL, jittered_variables, write_run
+
+
+def images(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("name", ["r18", "r18_faml"])
+def test_onnx_and_stablehlo_equal_jax(name, tmp_path, capsys):
+    from tools import export as program
+
+    config = preset("synthetic", name, model_options=TINY_MODEL)
+    run = write_run(tmp_path / name, config, jittered_variables(config, 0))
+    assert program.main([str(run), str(tmp_path / "out")]) == 0
+    assert f"{name}.onnx" in capsys.readouterr().out
+    _, variables, _ = runs.load(run)
+    reference = export.inference_function(config, variables)
+    session = onnxruntime.InferenceSession(str(tmp_path / "out" / f"{name}.onnx"))
+    stablehlo = export.load_stablehlo(tmp_path / "out" / "model.stablehlo")
+    for batch in (1, 5):  # traced at 97
+        x = images(batch, seed=batch)
+        expected = np.asarray(reference(x))
+        np.testing.assert_allclose(session.run(None, {"images": x})[0], expected, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(np.asarray(stablehlo(x)), expected, atol=1e-4, rtol=0)
+    description = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert description["input"]["shape"] == ["batch", 32, 32, 3] and description["classes"][0] == "anger"
+
+
+def test_an_ensembles_stablehlo_holds_the_t2v_decision(tmp_path):
+    config = preset("synthetic", "r18", model_options=TINY_MODEL)
+    paths = [write_run(tmp_path / f"net{i}", config, jittered_variables(config, i)) for i in range(3)]
+    description = export.export_runs(paths, tmp_path / "out", formats=("stablehlo",))
+    assert description["t2v"]["alpha"] == 1.9 and "model.stablehlo" in description["files"]
+    probabilities, decision = export.load_stablehlo(tmp_path / "out" / "model.stablehlo")(images(6))
+    logits = np.stack([np.log(np.asarray(export.inference_function(config, runs.load(p)[1])(images(6)))) for p in paths])
+    np.testing.assert_allclose(np.asarray(probabilities), np.exp(logits), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(decision), ensemble.t2v_predict(logits))
+    with pytest.raises(ValueError, match="unknown export format"):
+        export.export_runs(paths, tmp_path / "x", formats=("tflite",))

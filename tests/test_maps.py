@@ -1,0 +1,101 @@
+"""Tests of faml_jax.maps (METHOD 6): Grad-CAM puts the map where a network provably reads;
+the attention relevancy equals a NumPy transcription of Chefer et al.'s rule; the ensemble's map
+is the T2V-vote-weighted mean by hand; JET colours by hand; the maps of R18 and R18+FAML."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from faml_jax import ensemble, maps, models
+from faml_jax.config import preset
+from helpers import TINY_MODEL, jittered_variables
+
+
+class PatchReader(nn.Module):
+    """A network whose logits read only the image's patch rows 8-15, columns 16-23: its input
+    is masked there, and a bias-free convolution keeps everything outside at zero."""
+
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        mask = jnp.zeros(x.shape[1:3]).at[8:16, 16:24].set(1.0)[None, :, :, None]
+        h = nn.relu(nn.Conv(6, (3, 3), use_bias=False)(x * mask))
+        self.sow("intermediates", "last_stage", h)
+        h = self.perturb("last_stage", h)
+        return nn.Dense(3)(h.mean(axis=(1, 2)))
+
+
+def test_grad_cam_lies_where_the_decision_is_read():
+    model = PatchReader()
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    variables = {"params": variables["params"], "batch_stats": {}}
+    out = maps.network_maps(model, variables, images)
+    cam = np.asarray(out["gradcam"])
+    assert cam.shape == (4, 32, 32) and "relevancy" not in out
+    inside = cam[:, 6:18, 14:26].sum(axis=(1, 2))  # the patch and the bilinear upsampling's halo
+    assert np.all(inside >= 0.99 * cam.sum(axis=(1, 2))) and np.all(cam.max(axis=(1, 2)) == 1.0)
+
+
+def numpy_relevancy(probs, grads):
+    """Chefer et al. 2021, Eq. 13-14 without a class token: R = I; R += mean_h(relu(grad * A)) R."""
+    b, _, n, _ = probs[0].shape
+    out = []
+    for i in range(b):
+        r = np.eye(n)
+        for a, g in zip(probs, grads):
+            r = r + np.maximum(a[i] * g[i], 0).mean(0) @ r
+        out.append((r - np.eye(n)).mean(0))
+    return np.asarray(out)
+
+
+def test_attention_relevancy_follows_chefers_rule():
+    rng = np.random.default_rng(1)
+    probs = [rng.dirichlet(np.ones(16), size=(2, 2, 16)) for _ in range(2)]  # 2 images, 2 heads, 16 tokens
+    grads = [rng.standard_normal((2, 2, 16, 16)) for _ in range(2)]
+    got = maps.attention_relevancy([jnp.asarray(p, jnp.float32) for p in probs],
+                                   [jnp.asarray(g, jnp.float32) for g in grads], size=4)
+    tokens = numpy_relevancy(probs, grads).reshape(2, 4, 4)
+    np.testing.assert_allclose(got, tokens / tokens.max(axis=(1, 2), keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+def test_the_ensemble_map_is_weighted_by_the_votes_by_hand():
+    rng = np.random.default_rng(2)
+    member_maps = rng.uniform(size=(3, 2, 4, 4))
+    logits = np.array([[[3.0, 2.0, 0.0], [0.0, 1.0, 2.0]],   # member 0: top-1 0, top-2 1 | top-1 2, top-2 1
+                       [[2.0, 3.0, 0.0], [2.0, 1.0, 0.0]],   # member 1: top-1 1, top-2 0 | top-1 0, top-2 1
+                       [[0.0, 1.0, 3.0], [1.0, 2.0, 0.0]]])  # member 2: top-1 2, top-2 1 | top-1 1, top-2 0
+    decision = np.array([0, 1])
+    got = np.asarray(maps.vote_weighted(member_maps, logits, decision, alpha=1.9, beta=1.0))
+    first = (1.9 * member_maps[0, 0] + 1.0 * member_maps[1, 0]) / 2.9  # member 2 gave class 0 no vote
+    second = (1.0 * member_maps[0, 1] + 1.0 * member_maps[1, 1] + 1.9 * member_maps[2, 1]) / 3.9
+    np.testing.assert_allclose(got, np.stack([first, second]), rtol=1e-6)
+    assert int(ensemble.t2v_predict(jnp.asarray(logits))[1]) == 1
+
+
+def test_jet_colours_and_overlay_by_hand():
+    np.testing.assert_array_equal(maps.jet(np.array([0.0, 0.5, 1.0])), [[0, 0, 128], [128, 255, 128], [128, 0, 0]])
+    image = np.full((2, 2, 3), 100, np.uint8)
+    np.testing.assert_array_equal(maps.overlay(image, np.zeros((2, 2))), np.full((2, 2, 3), [50, 50, 114]))
+
+
+@pytest.mark.parametrize("name", ["r18", "r18_faml"])
+def test_maps_of_the_papers_models(name):
+    config = preset("synthetic", name, model_options=TINY_MODEL)
+    model = models.ResNet(config.model)
+    variables = jittered_variables(config, 0)
+    images = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    out = maps.network_maps(model, variables, images)
+    assert out["gradcam"].shape == (2, 32, 32) and float(out["gradcam"].max()) <= 1.0
+    assert ("relevancy" in out) == (name == "r18_faml")
+    # The explainer of a stacked ensemble gives each member's own map.
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), variables, jittered_variables(config, 1))
+    explain = maps.make_explainer(model, "gradcam")
+    decision = jnp.asarray([1, 2])
+    member_maps, logits = explain(stacked, images, decision)
+    np.testing.assert_allclose(member_maps[0], maps.network_maps(model, variables, images, decision)["gradcam"],
+                               rtol=1e-4, atol=1e-5)
+    assert logits.shape == (2, 2, 7)

@@ -1,0 +1,148 @@
+"""Tests of faml_jax.predict and ``python -m experiments.predict``: the predictor's logits equal
+the ensemble evaluator's on the same images, its resize is the training pipeline's, padding and
+batching change nothing, its decisions are the ensemble's; scikit-image's LFW crops and the
+astronaut photo go through it; the program's CSV equals the library's output; one-line errors."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from faml_jax import ensemble, fga, train
+from faml_jax.data.pipeline import resize
+from faml_jax.errors import ConfigError, WorkdirError
+from faml_jax.evaluate import EnsembleEvaluator
+from faml_jax.predict import Predictor, predict_photos
+from helpers import jittered_variables, tiny_config, write_run
+
+skimage_data = pytest.importorskip("skimage.data", reason="scikit-image is in the test extra")
+
+
+@pytest.fixture(scope="module")
+def three_runs(tmp_path_factory):
+    """Three R18+FAML networks of the tiny configuration (32 px, synthetic), written by hand."""
+    root = tmp_path_factory.mktemp("predict")
+    config = tiny_config(root / "data", 1)
+    variables = [jittered_variables(config, seed) for seed in range(3)]
+    paths = [write_run(root / f"net{i}", config, v) for i, v in enumerate(variables)]
+    return root, config, variables, paths
+
+
+def images(n, size, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_logits_equal_the_ensemble_evaluators_with_padding_and_resize(three_runs, devices):
+    _, config, variables, paths = three_runs
+    predictor = Predictor.from_runs(paths, batch_size=4)
+    assert predictor.input_size == 32 and predictor.classes[3] == "happiness" and predictor.num_members == 3
+    faces = images(7, 32)  # two compiled calls, the second padded
+    evaluator = EnsembleEvaluator(predictor.model, 8, devices)
+    expected, _ = evaluator(train.replicate(fga.stack(variables), devices),
+                            [{"image": faces, "label": np.zeros(7, np.int32)}])
+    np.testing.assert_allclose(predictor.logits(faces), expected, rtol=1e-5, atol=1e-5)
+    # Faces of other sizes go through the training pipeline's resize; one face at a time is the same.
+    large = [images(1, 57, seed=i)[0] for i in range(3)]
+    resized = np.stack([resize(face, 32) for face in large])
+    np.testing.assert_allclose(predictor.logits(large), predictor.logits(resized), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(predictor.logits(large[1])[:, 0], predictor.logits(large)[:, 1], rtol=1e-5, atol=1e-5)
+
+
+def test_decisions_follow_the_strategy_and_one_network_takes_its_argmax(three_runs):
+    _, _, _, paths = three_runs
+    faces = images(9, 32, seed=3)
+    for strategy in ensemble.STRATEGIES:
+        predictor = Predictor.from_runs(paths, strategy=strategy)
+        logits = predictor.logits(faces)
+        result = predictor.predict(faces)
+        np.testing.assert_array_equal(result.decision, ensemble.predict(logits, strategy))
+        np.testing.assert_allclose(result.probabilities.sum(-1), 1.0, rtol=1e-5)
+        mean = result.probabilities.mean(0)
+        np.testing.assert_allclose(result.confidence, mean[np.arange(9), result.decision], rtol=1e-6)
+        np.testing.assert_array_equal(result.member_top1, logits.argmax(-1))
+    single = Predictor.from_run(paths[0])
+    result = single.predict(faces)
+    np.testing.assert_array_equal(result.decision, single.logits(faces)[0].argmax(-1))
+    np.testing.assert_allclose(result.scores, result.probabilities[0])
+
+
+def test_lfw_crops_and_the_astronaut_photo_go_through(three_runs):
+    import skimage
+
+    _, _, _, paths = three_runs
+    lfw = np.load(os.path.join(os.path.dirname(skimage.__file__), "data", "lfw_subset.npy"))[:100]  # the faces
+    crops = np.repeat((lfw * 255).round().astype(np.uint8)[..., None], 3, axis=-1)  # grey 25 x 25
+    predictor = Predictor.from_runs(paths, batch_size=32)
+    result = predictor.predict(list(crops))
+    assert result.probabilities.shape == (3, 100, 7) and result.decision.shape == (100,)
+    assert set(result.labels()) <= set(predictor.classes)
+    photo = predict_photos(predictor, [_astronaut_file(paths[0].parent)], faces="detect")
+    (record,) = photo.records  # one face; a synthetic run cuts faces by their box
+    assert record["box"][0] > 150 and record["class"] in predictor.classes and len(record["landmarks"]) == 5
+
+
+def _astronaut_file(folder):
+    from PIL import Image
+
+    path = folder / "astronaut.png"
+    if not path.exists():
+        Image.fromarray(skimage_data.astronaut()).save(path)
+    return path
+
+
+def test_the_programs_files_equal_the_librarys_output(three_runs, tmp_path, capsys):
+    from PIL import Image
+
+    from experiments import predict as program
+
+    root, _, _, paths = three_runs
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i, face in enumerate(images(5, 40, seed=9)):
+        Image.fromarray(face).save(folder / f"face{i}.png")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    code = program.main(["--run", str(paths[0]), "--run", str(paths[1]), "--run", str(paths[2]), "--faces", "aligned",
+                         "--out", str(out), "--no-progress", str(folder)])
+    captured = capsys.readouterr()
+    assert code == 1 and f"cannot decode image {folder / 'broken.jpg'}" in captured.err  # the rest still done
+    assert "5 face(s) in 5 image(s)" in captured.out
+    with open(out / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    predictor = Predictor.from_runs(paths)
+    files = sorted(p for p in folder.iterdir() if p.suffix == ".png")
+    result = predictor.predict([np.asarray(Image.open(p).convert("RGB")) for p in files])
+    assert [r["file"] for r in rows] == [str(p) for p in files]
+    assert [r["class"] for r in rows] == result.labels()
+    for row, i in zip(rows, range(5)):
+        for k, c in enumerate(predictor.classes):
+            assert float(row[f"score_{c}"]) == pytest.approx(float(result.scores[i, k]), abs=1e-6)
+        assert row["top1_net2"] == predictor.classes[result.member_top1[2, i]]
+    saved = json.loads((out / "predictions.json").read_text())
+    assert saved["classes"] == list(predictor.classes) and saved["failures"][0]["file"] == str(folder / "broken.jpg")
+    assert sorted(p.name for p in (out / "annotated").iterdir()) == [f"face{i}.png" for i in range(5)]
+
+
+def test_one_line_errors(three_runs, tmp_path, capsys):
+    from experiments import predict as program
+
+    _, config, _, paths = three_runs
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text((paths[0] / "config.json").read_text())
+    cases = [
+        (["--run", str(empty), str(paths[0])], f"no checkpoint in {empty / 'checkpoints'}"),
+        (["--run", str(tmp_path / "nowhere"), "x.png"], f"run folder {tmp_path / 'nowhere'} not found"),
+        (["--run", str(paths[0]), str(tmp_path / "missing.png")], f"{tmp_path / 'missing.png'} not found"),
+        (["x.png"], "give --run DIR (one or more) or --population DIR"),
+    ]
+    for args, message in cases:
+        assert program.main(args + ["--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, (message, err)
+    with pytest.raises(ConfigError, match="unknown strategy 'best'"):
+        Predictor.from_run(paths[0], strategy="best")
+    with pytest.raises(WorkdirError):
+        Predictor.from_population(tmp_path)
