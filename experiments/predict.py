@@ -16,6 +16,8 @@ The output folder (``--out``) holds:
   predictions.json   the same, with the runs, checkpoints, classes, files without a face and
                      unreadable files
   annotated/         each photo with its faces' boxes and labels (PNG)
+  maps/              with --explain: each face as the networks saw it beside its attention map
+                     (JET overlay), and maps.npz with the raw maps
 
 Unreadable images are named and skipped (listed at the end; exit status 1 if any); a photo
 without a face is reported, not an error.
@@ -48,6 +50,12 @@ def build_parser():
     parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     parser.add_argument("--batch-size", type=int, default=32, help="faces per compiled call (default 32)")
     parser.add_argument("--no-annotated", action="store_true", help="do not write annotated photos")
+    parser.add_argument("--explain", action="store_true",
+                        help="also write where the networks look (maps/); ensembles: weighted by the members' T2V "
+                             "votes (METHOD 6)")
+    parser.add_argument("--map", choices=["gradcam", "relevancy"], default="gradcam",
+                        help="with --explain: Grad-CAM of the last stage (default) or the attention blocks' "
+                             "relevancy (models with attention blocks)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -68,6 +76,8 @@ def main(argv=None) -> int:
                                          progress=not args.no_progress)
         command = "python -m experiments.predict " + " ".join(sys.argv[1:] if argv is None else argv)
         predict.write_predictions(args.out, results, predictor, annotated=not args.no_annotated, command=command)
+        if args.explain:
+            predict.write_maps(args.out, results, predictor, args.map)
         print(f"{len(predictor.names)} network(s) ({', '.join(predictor.names)}), {predictor.dataset}, "
               f"{predictor.input_size} px, strategy {predictor.strategy}")
         width = max([len(r["file"]) for r in results.records] + [4])

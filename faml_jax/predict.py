@@ -38,6 +38,7 @@ class Prediction:
 
     Attributes:
       classes: the class names, in label order.
+      logits: (M, N, C) each network's logits.
       probabilities: (M, N, C) each network's softmax.
       scores: (N, C) the ensemble's scores under ``strategy``: T2V's weighted votes (Eq. 12),
         T1V's vote counts, or NOI's summed softmax (Eq. 13); for one network, its softmax.
@@ -49,6 +50,7 @@ class Prediction:
     """
 
     classes: tuple[str, ...]
+    logits: np.ndarray
     probabilities: np.ndarray
     scores: np.ndarray
     decision: np.ndarray
@@ -89,6 +91,7 @@ class Predictor:
         self.model = models.ResNet(config.model)
         self.variables = jax.device_put(fga.stack(jax.device_get(list(variables))))
         self._step = ensemble.make_ensemble_step(self.model)
+        self._explainers: dict = {}
 
     # -- loading -----------------------------------------------------------------------------------
 
@@ -180,7 +183,7 @@ class Predictor:
         probabilities = np.asarray(jax.nn.softmax(logits, axis=-1))
         if len(logits[0]) == 0:
             empty = np.zeros((0,), np.int32)
-            return Prediction(self.classes, probabilities, probabilities.sum(0), empty, np.zeros((0,), np.float32),
+            return Prediction(self.classes, logits, probabilities, probabilities.sum(0), empty, np.zeros((0,), np.float32),
                               np.zeros((len(logits), 0), np.int32), strategy)
         scores = {"t2v": lambda: ensemble.t2v_scores(logits, self.alpha, self.beta),
                   "t1v": lambda: ensemble.t1v_scores(logits), "noi": lambda: ensemble.noi_scores(logits)}[strategy]()
@@ -188,8 +191,36 @@ class Predictor:
         if len(logits) == 1:
             scores = probabilities[0]
         confidence = probabilities.mean(0)[np.arange(len(decision)), decision]
-        return Prediction(self.classes, probabilities, np.asarray(scores, np.float32), decision,
+        return Prediction(self.classes, logits, probabilities, np.asarray(scores, np.float32), decision,
                           confidence.astype(np.float32), np.argmax(logits, -1).astype(np.int32), strategy)
+
+    def explain(self, faces, kind: str = "gradcam", strategy: str | None = None) -> tuple[np.ndarray, np.ndarray, Prediction]:
+        """Where the networks look (METHOD 6): ``(map (N, S, S), member maps (M, N, S, S),
+        prediction)`` for ``faces`` at the model's input size, each member's ``kind`` map
+        ("gradcam" or "relevancy") of the decided class; for an ensemble the map is the members'
+        maps weighted by their T2V votes for it (Eq. 12, ``maps.vote_weighted``)."""
+        from faml_jax import maps
+
+        images = self.preprocess(faces)
+        prediction = self.predict(images, strategy)
+        key = kind
+        if key not in self._explainers:
+            self._explainers[key] = maps.make_explainer(self.model, kind)
+        explainer, b = self._explainers[key], self.batch_size
+        member_maps = []
+        for start in range(0, len(images), b):
+            chunk, decided = images[start : start + b], prediction.decision[start : start + b]
+            pad = b - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.uint8)])
+                decided = np.concatenate([decided, np.zeros(pad, np.int32)])
+            member_maps.append(np.asarray(explainer(self.variables, chunk, decided)[0])[:, : b - pad])
+        size = self.input_size
+        member_maps = np.concatenate(member_maps, 1) if member_maps else np.zeros((self.num_members, 0, size, size))
+        combined = (np.asarray(maps.vote_weighted(member_maps, prediction.logits, prediction.decision, self.alpha,
+                                                  self.beta))
+                    if self.num_members > 1 else member_maps[0])
+        return combined, member_maps, prediction
 
     def predict(self, faces, strategy: str | None = None) -> Prediction:
         """Probabilities, ensemble scores and decisions for ``faces`` (face crops as ``preprocess``
@@ -369,3 +400,111 @@ def unique_stems(files: Sequence[str]) -> list[str]:
         seen[stem] = seen.get(stem, 0) + 1
         names.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
     return names
+
+
+def write_maps(out: str | os.PathLike, results: PhotoResults, predictor: Predictor, kind: str = "gradcam") -> list[Path]:
+    """maps/<file>_face<i>.png in ``out``: each face as the networks saw it beside its map as a
+    JET overlay (``Predictor.explain``), and maps.npz with the raw maps (N, S, S) in record order."""
+    from PIL import Image
+
+    from faml_jax.maps import overlay
+    from faml_jax.writer import write_atomic
+
+    folder = Path(out) / "maps"
+    folder.mkdir(parents=True, exist_ok=True)
+    if not results.crops:
+        return []
+    combined, members, _ = predictor.explain(results.crops, kind)
+    seen = predictor.preprocess(results.crops)
+    stems = dict(zip(dict.fromkeys(r["file"] for r in results.records), unique_stems(
+        list(dict.fromkeys(r["file"] for r in results.records)))))
+    written = []
+    for record, face, heat in zip(results.records, seen, combined):
+        path = folder / f"{stems[record['file']]}_face{record['face']}.png"
+        tmp = path.with_name(f".{path.name}.tmp")
+        Image.fromarray(np.concatenate([face, overlay(face, heat)], axis=1)).save(tmp, format="PNG")
+        os.replace(tmp, path)
+        written.append(path)
+    write_atomic(folder / "maps.npz", arrays={"maps": combined, "member_maps": members, "kind": np.asarray(kind)})
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# Paper Fig. 8: maps of several models on one test image per expression
+
+
+def figure_of_maps(rows: Sequence[tuple[str, Predictor]], *, kind: str = "gradcam", indices: Sequence[int] | None = None,
+                   data_dir: str | None = None, log=print) -> dict:
+    """The maps of every model in ``rows`` ((label, predictor): a run or an ensemble each) on one
+    test image per expression: the first test image of that class that every row classifies
+    correctly, or ``indices`` (one test index per class). Returns ``{"grid": (H, W, 3) uint8,
+    "maps": (rows, classes, S, S), "images": (classes, S, S, 3), "indices", "classes", "rows"}``;
+    a class without such an image gets an empty column (index -1)."""
+    from faml_jax.evaluate import open_run_dataset
+
+    first = rows[0][1]
+    config = first.config
+    if data_dir is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=data_dir))
+    test = open_run_dataset(config, log).test
+    labels = np.asarray(test.labels)
+    classes = first.classes
+    for label, predictor in rows[1:]:
+        if predictor.classes != classes or predictor.input_size != first.input_size:
+            raise ConfigError(f"{label} was trained on other classes or another input size than {rows[0][0]}")
+    if indices is not None and len(indices) != len(classes):
+        raise ConfigError(f"give one test index per expression ({len(classes)}), got {len(indices)}")
+    chosen = []
+    for c in range(len(classes)):
+        if indices is not None:
+            chosen.append(int(indices[c]))
+            continue
+        candidates, found = np.flatnonzero(labels == c), -1
+        for start in range(0, len(candidates), first.batch_size):
+            chunk = candidates[start : start + first.batch_size]
+            faces = [test[int(i)]["image"] for i in chunk]
+            correct = np.ones(len(chunk), bool)
+            for _, predictor in rows:
+                correct &= predictor.predict(faces).decision == c
+            if correct.any():
+                found = int(chunk[np.argmax(correct)])
+                break
+        chosen.append(found)
+    size = first.input_size
+    images = np.zeros((len(classes), size, size, 3), np.uint8)
+    present = [i for i in chosen if i >= 0]
+    if present:
+        images[[k for k, i in enumerate(chosen) if i >= 0]] = first.preprocess([test[i]["image"] for i in present])
+    grid_maps = np.zeros((len(rows), len(classes), size, size), np.float32)
+    for r, (_, predictor) in enumerate(rows):
+        if present:
+            combined, _, _ = predictor.explain(images[[k for k, i in enumerate(chosen) if i >= 0]], kind)
+            grid_maps[r, [k for k, i in enumerate(chosen) if i >= 0]] = combined
+    grid = _grid(images, grid_maps, [label for label, _ in rows], classes, chosen)
+    return {"grid": grid, "maps": grid_maps, "images": images, "indices": chosen, "classes": list(classes),
+            "rows": [label for label, _ in rows]}
+
+
+def _grid(images: np.ndarray, grid_maps: np.ndarray, row_labels: list[str], classes: Sequence[str],
+          chosen: list[int]) -> np.ndarray:
+    """Overlays in a table: a header row of class names, a first column of row labels."""
+    from PIL import Image, ImageDraw
+
+    from faml_jax.maps import overlay
+
+    size = images.shape[1]
+    cell = max(size, 112)
+    label_width, header = 120, 20
+    rows, cols = grid_maps.shape[:2]
+    canvas = Image.new("RGB", (label_width + cols * cell, header + rows * cell), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for c, name in enumerate(classes):
+        draw.text((label_width + c * cell + 4, 4), name if chosen[c] >= 0 else f"{name} (none)", fill=(0, 0, 0))
+    for r, label in enumerate(row_labels):
+        draw.text((4, header + r * cell + cell // 2 - 6), label[:18], fill=(0, 0, 0))
+        for c in range(cols):
+            if chosen[c] < 0:
+                continue
+            tile = Image.fromarray(overlay(images[c], grid_maps[r, c])).resize((cell, cell), Image.BILINEAR)
+            canvas.paste(tile, (label_width + c * cell, header + r * cell))
+    return np.asarray(canvas)

@@ -105,7 +105,7 @@ def test_the_programs_files_equal_the_librarys_output(three_runs, tmp_path, caps
     (folder / "broken.jpg").write_bytes(b"not an image")
     out = tmp_path / "out"
     code = program.main(["--run", str(paths[0]), "--run", str(paths[1]), "--run", str(paths[2]), "--faces", "aligned",
-                         "--out", str(out), "--no-progress", str(folder)])
+                         "--out", str(out), "--no-progress", "--explain", str(folder)])
     captured = capsys.readouterr()
     assert code == 1 and f"cannot decode image {folder / 'broken.jpg'}" in captured.err  # the rest still done
     assert "5 face(s) in 5 image(s)" in captured.out
@@ -123,6 +123,35 @@ def test_the_programs_files_equal_the_librarys_output(three_runs, tmp_path, caps
     saved = json.loads((out / "predictions.json").read_text())
     assert saved["classes"] == list(predictor.classes) and saved["failures"][0]["file"] == str(folder / "broken.jpg")
     assert sorted(p.name for p in (out / "annotated").iterdir()) == [f"face{i}.png" for i in range(5)]
+    # --explain: each face beside its map; the raw maps are the predictor's vote-weighted maps.
+    combined, members, _ = predictor.explain([np.asarray(Image.open(p).convert("RGB")) for p in files])
+    with np.load(out / "maps" / "maps.npz") as saved_maps:
+        np.testing.assert_allclose(saved_maps["maps"], combined, rtol=1e-5, atol=1e-6)
+        assert saved_maps["member_maps"].shape == (3, 5, 32, 32)
+    assert Image.open(out / "maps" / "face0_face0.png").size == (64, 32)
+
+
+def test_the_figure_of_maps_takes_images_every_row_gets_right(three_runs, tmp_path, capsys):
+    from experiments import explain as program
+
+    root, config, _, paths = three_runs
+    out = tmp_path / "fig.png"
+    ensemble_arg = ",".join(str(p) for p in paths)
+    assert program.main(["--run", str(paths[0]), "--ensemble", ensemble_arg, "--out", str(out)]) == 0
+    with np.load(out.with_suffix(".npz")) as figure:
+        indices, grid_maps = figure["indices"], figure["maps"]
+    assert grid_maps.shape == (2, 7, 32, 32) and float(grid_maps.max()) <= 1.0
+    from faml_jax.evaluate import open_run_dataset
+
+    test = open_run_dataset(config, log=lambda *_: None).test
+    rows = [Predictor.from_run(paths[0]), Predictor.from_runs(paths)]
+    for c, index in enumerate(indices):
+        if index < 0:  # no test image of this class that both rows get right
+            continue
+        assert test.labels[index] == c
+        for predictor in rows:
+            assert predictor.predict(test[int(index)]["image"]).decision[0] == c
+    assert "test images per expression" in capsys.readouterr().out
 
 
 def test_one_line_errors(three_runs, tmp_path, capsys):

@@ -1,0 +1,71 @@
+"""Draw where models look, as the paper's Fig. 8: one row per run or ensemble, one column per
+expression, each cell the same test image with the row's attention map as a JET overlay:
+``python -m experiments.explain --run DIR --run DIR --ensemble DIR,DIR,... --population EVOLVE_DIR``.
+
+Each column's image is the first test image of that expression that every row classifies
+correctly (``--indices`` chooses one test index per expression instead). The map of a network is
+Grad-CAM of its decided class on the last residual stage (``--kind relevancy``: the attention
+blocks' relevancy of Chefer et al., for models with attention blocks); an ensemble's map is its
+members' maps weighted by their T2V votes for the ensemble's decision (METHOD 6). Writes
+``--out`` (default figure8.png) and beside it the raw maps, images and indices (.npz).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from experiments.cli import OneLineErrorParser, UsageError, run_cli
+from faml_jax import predict
+
+
+def build_parser() -> OneLineErrorParser:
+    parser = OneLineErrorParser.for_program("experiments.explain", __doc__)
+    parser.add_argument("--run", action="append", default=[], metavar="DIR", help="a run folder: one row (repeatable)")
+    parser.add_argument("--ensemble", action="append", default=[], metavar="DIR,DIR,...",
+                        help="run folders voting with T2V: one row (repeatable)")
+    parser.add_argument("--population", action="append", default=[], metavar="DIR",
+                        help="an evolution's final population: one row (repeatable)")
+    parser.add_argument("--kind", choices=["gradcam", "relevancy"], default="gradcam", help="the map (default gradcam)")
+    parser.add_argument("--indices", help="one test index per expression, comma-separated")
+    parser.add_argument("--checkpoint", choices=["final", "best"], default="final", help="which checkpoint of each run")
+    parser.add_argument("--data-dir", help="the data set's folder, if it moved since training")
+    parser.add_argument("--out", default="figure8.png", help="the PNG to write (default figure8.png)")
+    return parser
+
+
+def main(argv=None) -> int:
+    def body(args):
+        rows = [(Path(d).name, predict.Predictor.from_run(d, args.checkpoint)) for d in args.run]
+        for group in args.ensemble:
+            dirs = [d for d in group.split(",") if d]
+            rows.append((f"T2V of {len(dirs)}", predict.Predictor.from_runs(dirs, args.checkpoint)))
+        rows += [(f"{Path(d).name} (T2V)", predict.Predictor.from_population(d, args.checkpoint)) for d in args.population]
+        if not rows:
+            raise UsageError("give at least one --run, --ensemble or --population")
+        try:
+            indices = [int(i) for i in args.indices.split(",")] if args.indices else None
+        except ValueError:
+            raise UsageError(f"--indices takes integers separated by commas, got {args.indices!r}") from None
+        figure = predict.figure_of_maps(rows, kind=args.kind, indices=indices, data_dir=args.data_dir)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        from PIL import Image
+
+        from faml_jax.writer import write_atomic
+
+        tmp = out.with_name(f".{out.name}.tmp")
+        Image.fromarray(figure["grid"]).save(tmp, format="PNG")
+        tmp.replace(out)
+        write_atomic(out.with_suffix(".npz"), arrays={k: np.asarray(figure[k]) for k in ("maps", "images", "indices",
+                                                                                          "classes", "rows")})
+        print("test images per expression: " + ", ".join(f"{c} {i}" for c, i in zip(figure["classes"], figure["indices"])))
+        print(f"written {out} and {out.with_suffix('.npz')}")
+
+    return run_cli(build_parser(), argv, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
