@@ -266,6 +266,7 @@ def test_the_detector_reads_the_reference_loss_through_the_loop(tmp_path, monkey
         return step
 
     monkeypatch.setattr(runner.train, "parallel_train_step", scripted_step)
+    monkeypatch.setattr(runner, "_COMPILED", {})  # the memo of compiled steps must not hand back the real one
     config = dataclasses.replace(tiny_config(tmp_path / "data", epochs=len(ce_by_epoch)),
                                  schedule=config_module.ScheduleConfig(lr1=1e-3, lr2=1e-5, window=3))
     summary = trainer.fit(config, tmp_path / "run", progress=False, log=lambda *_: None)
