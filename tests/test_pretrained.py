@@ -171,8 +171,10 @@ def test_convert_then_train_from_the_backbone(torch_net, tmp_path, capsys):
     assert convert_torch_resnet18.main([str(tmp_path / "r18.pth"), str(out)]) == 2  # never overwrites
     assert "exists" in capsys.readouterr().err
 
+    # FA's stem without the attention blocks (fresh either way): the conversion is what is tested.
     common = ["--train-size", "16", "--test-size", "8", "--input-size", "32", "--batch-size", "8", "--epochs", "1",
-              "--data-dir", str(tmp_path / "data"), "--threads", "2", "--no-progress", "--init", str(out)]
+              "--data-dir", str(tmp_path / "data"), "--threads", "2", "--no-progress", "--init", str(out),
+              "--no-attention"]
     # The synthetic preset's narrow widths do not fit a ResNet18 backbone: one line naming the keys.
     assert train_program.main(common + ["--workdir", str(tmp_path / "narrow")]) == 2
     err = capsys.readouterr().err
