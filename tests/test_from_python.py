@@ -1,5 +1,5 @@
-"""The README's "From Python" snippet, run as written: train, evolve and vote with library calls
-only (in a temporary folder, with the synthetic data's cache there too)."""
+"""The README's "From Python" snippet, run as written: train, evolve, vote, predict and export
+with library calls only (in a temporary folder, with the synthetic data's cache there too)."""
 
 import os
 import re
@@ -25,6 +25,9 @@ def test_the_from_python_snippet_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "runs" / "py-train" / "summary.json").exists()
     assert len(namespace["members"]) == 2
     assert (tmp_path / "runs" / "py-evolve" / "ensemble" / "report.md").exists()
+    assert namespace["prediction"].probabilities.shape == (2, 3, 7)
+    assert (tmp_path / "runs" / "py-export" / "py-train.onnx").exists()
+    assert (tmp_path / "runs" / "py-export" / "model.stablehlo").exists()
     printed = capsys.readouterr().out.splitlines()
     assert len([line for line in printed if line and line[0].isdigit()]) >= 2
     assert os.path.isdir(tmp_path / "cache")
