@@ -1,8 +1,9 @@
 """Export a trained network for deployment, with its preprocessing inside: uint8 NHWC faces at
 the run's input size in, class probabilities out, so a deployment cannot normalise wrongly.
 
-* StableHLO (``jax.export``): the serialised function, loadable with jax alone
-  (``jax.export.deserialize``), its batch dimension symbolic. For an ensemble, one function
+* StableHLO (``jax.export``): the serialised function of (weights, images), its batch dimension
+  symbolic, with its weights beside it (``model.weights.npz``); loadable with jax and NumPy
+  alone (``load_stablehlo``). For an ensemble, one function
   holds every member and the T2V decision (``ensemble.t2v_predict``): it returns the members'
   probabilities (M, N, C) and the decided class (N,).
 * ONNX: one graph per network, written by ``to_onnx``, a converter of the inference function's
@@ -47,6 +48,8 @@ def inference_function(config: RunConfig, variables: dict) -> Callable[[jax.Arra
     def infer(images):
         return jax.nn.softmax(model.apply(variables, normalize(images), train=False), axis=-1)
 
+    infer.weights, infer.apply = variables, lambda weights, images: jax.nn.softmax(
+        model.apply(weights, normalize(images), train=False), axis=-1)
     return infer
 
 
@@ -56,10 +59,14 @@ def ensemble_function(config: RunConfig, variables: Sequence[dict], ensemble_con
     stacked = fga.stack([{"params": v["params"], "batch_stats": v["batch_stats"]} for v in variables])
     alpha, beta = ensemble_config.alpha, ensemble_config.beta
 
-    def infer(images):
-        logits = ensemble.ensemble_logits(model, stacked, images)
+    def apply(weights, images):
+        logits = ensemble.ensemble_logits(model, weights, images)
         return jax.nn.softmax(logits, axis=-1), ensemble.t2v_predict(logits, alpha, beta)
 
+    def infer(images):
+        return apply(stacked, images)
+
+    infer.weights, infer.apply = stacked, apply
     return infer
 
 
@@ -67,17 +74,34 @@ def ensemble_function(config: RunConfig, variables: Sequence[dict], ensemble_con
 # StableHLO
 
 
-def to_stablehlo(function: Callable, input_size: int) -> bytes:
-    """``function`` of uint8 images (b, S, S, 3) serialised by ``jax.export``, batch symbolic."""
+def to_stablehlo(function: Callable, input_size: int) -> tuple[bytes, dict]:
+    """``function`` (from ``inference_function`` / ``ensemble_function``) serialised by
+    ``jax.export`` as a function of ``(weights, images)``, the batch of uint8 images (b, S, S, 3)
+    symbolic; returns the serialised module and the weights as flat arrays ("/"-joined paths).
+    **[choice]** The weights are an argument, not constants inside the module: XLA's CPU compiler
+    (jaxlib 0.10.2) computed a full-width R18+FAML with its weights as constants to all-zero
+    logits (with them as arguments it matches the eager model), so they travel beside it."""
+    from flax import traverse_util
+
+    weights = jax.device_get(function.weights)
     (batch,) = jax.export.symbolic_shape("b")
     spec = jax.ShapeDtypeStruct((batch, input_size, input_size, 3), jnp.uint8)
-    return bytes(jax.export.export(jax.jit(function))(spec).serialize())
+    specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), weights)
+    exported = jax.export.export(jax.jit(function.apply))(specs, spec)
+    flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(weights, sep="/").items()}
+    return bytes(exported.serialize()), flat
 
 
 def load_stablehlo(path: str | os.PathLike) -> Callable:
-    """A function exported by ``to_stablehlo``, callable with jax alone."""
-    exported = jax.export.deserialize(bytearray(Path(path).read_bytes()))
-    return exported.call
+    """A function exported by ``export_runs`` (``model.stablehlo`` and ``model.weights.npz``
+    beside it), callable on uint8 images with jax alone."""
+    from flax import traverse_util
+
+    path = Path(path)
+    exported = jax.export.deserialize(bytearray(path.read_bytes()))
+    with np.load(path.with_name(path.stem + ".weights.npz")) as saved:
+        weights = traverse_util.unflatten_dict({k: saved[k] for k in saved.files}, sep="/")
+    return lambda images: exported.call(weights, images)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,6 +196,8 @@ def _convert(g: _Graph, jaxpr, consts, inputs: list[str]) -> list[str]:
             outs = [g.one("Pow", [args[0], g.const(float(p["y"]), out_aval.dtype)])]
         elif name in ("stop_gradient", "copy", "copy_p"):
             outs = [g.one("Identity", args)]
+        elif name == "optimization_barrier":
+            outs = list(args)
         elif name == "convert_element_type":
             outs = [g.one("Cast", args, to=_ONNX_DTYPES[np.dtype(p["new_dtype"])])]
         elif name == "reshape":
@@ -325,8 +351,12 @@ def export_runs(workdirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
         else:
             function = ensemble_function(config, [v for _, v, _ in loaded], ensemble_config)
             what = "images -> (probabilities (members, batch, classes), T2V decision (batch,))"
-        write_atomic_bytes(out / "model.stablehlo", to_stablehlo(function, size))
-        description["files"]["model.stablehlo"] = what + "; load with jax.export.deserialize"
+        module, weights = to_stablehlo(function, size)
+        write_atomic_bytes(out / "model.stablehlo", module)
+        write_atomic(out / "model.weights.npz", arrays=weights)
+        description["files"]["model.stablehlo"] = (what + "; a jax.export function of (weights, images): load both "
+                                                   "with faml_jax.export.load_stablehlo")
+        description["files"]["model.weights.npz"] = "the weights of model.stablehlo (flat, '/'-joined paths)"
     if len(loaded) > 1:
         description["t2v"] = {"alpha": ensemble_config.alpha, "beta": ensemble_config.beta,
                               "rule": "votes V_k = sum over networks of alpha [k is its top-1] + beta [k is its "

@@ -49,3 +49,23 @@ def test_an_ensembles_stablehlo_holds_the_t2v_decision(tmp_path):
     np.testing.assert_array_equal(np.asarray(decision), ensemble.t2v_predict(logits))
     with pytest.raises(ValueError, match="unknown export format"):
         export.export_runs(paths, tmp_path / "x", formats=("tflite",))
+
+
+@pytest.mark.slow
+def test_a_full_width_r18_faml_at_initialisation_exports_exactly(tmp_path):
+    """The case that XLA's CPU compiler got wrong with the weights as constants of the module
+    (all-zero logits at 112 px and more, full widths, zero back-projections): the weights travel
+    as an argument, and the exported function equals the model applied op by op."""
+    import jax
+
+    from faml_jax import models
+    from faml_jax.preprocess import normalize
+
+    config = preset("rafdb", "r18_faml", from_scratch=True, model_options={"input_size": 112})
+    variables = models.init(models.ResNet(config.model), jax.random.key(0))
+    run = write_run(tmp_path / "run", config, variables)
+    export.export_runs([run], tmp_path / "out", formats=("stablehlo",))
+    x = np.random.default_rng(0).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)
+    expected = jax.nn.softmax(models.ResNet(config.model).apply(variables, normalize(x), train=False), axis=-1)
+    got = export.load_stablehlo(tmp_path / "out" / "model.stablehlo")(x)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-4, rtol=0)

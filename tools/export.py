@@ -5,7 +5,8 @@ or ``python -m tools.export --population EVOLVE_DIR OUT``.
 
 OUT receives ``<run>.onnx`` per network (opset 17, batch dimension symbolic; run it with
 onnxruntime), ``model.stablehlo`` (``jax.export``: one network, or the whole ensemble with its T2V
-decision; load with ``jax.export.deserialize``) and ``export.json`` (inputs, outputs, classes,
+decision) with ``model.weights.npz`` (load both with ``faml_jax.export.load_stablehlo``) and
+``export.json`` (inputs, outputs, classes,
 input size, T2V's weights). Faces are cut from photos as the run's data set shows faces
 (``faml_jax.faces``); the resize to the input size is the deployment's (antialiased bilinear, as
 in training).
