@@ -71,7 +71,7 @@ def main(argv=None) -> int:
             predictor = predict.Predictor.from_population(args.population, args.checkpoint, **kwargs)
         else:
             predictor = predict.Predictor.from_runs(args.run, args.checkpoint, **kwargs)
-        files = predict.image_files(args.inputs)
+        files = predict.image_files(args.inputs, exclude=args.out)
         results = predict.predict_photos(predictor, files, faces=args.faces, mode=args.crop,
                                          progress=not args.no_progress)
         command = "python -m experiments.predict " + " ".join(sys.argv[1:] if argv is None else argv)

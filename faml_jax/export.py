@@ -2,8 +2,8 @@
 the run's input size in, class probabilities out, so a deployment cannot normalise wrongly.
 
 * StableHLO (``jax.export``): the serialised function of (weights, images), its batch dimension
-  symbolic, with its weights beside it (``model.weights.npz``); loadable with jax and NumPy
-  alone (``load_stablehlo``). For an ensemble, one function
+  symbolic, lowered for the CPU and CUDA, with its weights beside it (``model.weights.npz``);
+  loadable with jax and NumPy alone (``load_stablehlo``). For an ensemble, one function
   holds every member and the T2V decision (``ensemble.t2v_predict``): it returns the members'
   probabilities (M, N, C) and the decided class (N,).
 * ONNX: one graph per network, written by ``to_onnx``, a converter of the inference function's
@@ -19,6 +19,7 @@ the run's input size in, class probabilities out, so a deployment cannot normali
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -31,18 +32,20 @@ import numpy as np
 from faml_jax import data, ensemble, fga, models, runs
 from faml_jax.config import EnsembleConfig, RunConfig
 from faml_jax.errors import ConfigError
-from faml_jax.evaluate import check_compatible
+from faml_jax.evaluate import check_compatible, named_members
 from faml_jax.preprocess import normalize
 from faml_jax.writer import write_atomic
 
 FORMATS = ("onnx", "stablehlo")
 OPSET = 17
+PLATFORMS = ("cpu", "cuda")  # the StableHLO module runs on either, wherever it was exported
 
 
 def inference_function(config: RunConfig, variables: dict) -> Callable[[jax.Array], jax.Array]:
     """``images (N, S, S, 3) uint8 -> probabilities (N, C) float32`` of one network, its
-    variables closed over (normalisation as in training and evaluation)."""
-    model = models.ResNet(config.model)
+    variables closed over (normalisation as in training and evaluation). Computed in float32
+    whatever the run's compute dtype (its parameters are float32; bfloat16 has no ONNX CPU kernels)."""
+    model = models.ResNet(dataclasses.replace(config.model, dtype="float32"))
     variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
     def infer(images):
@@ -54,8 +57,8 @@ def inference_function(config: RunConfig, variables: dict) -> Callable[[jax.Arra
 
 
 def ensemble_function(config: RunConfig, variables: Sequence[dict], ensemble_config: EnsembleConfig = EnsembleConfig()):
-    """``images -> (probabilities (M, N, C), T2V decision (N,))`` of several networks."""
-    model = models.ResNet(config.model)
+    """``images -> (probabilities (M, N, C), T2V decision (N,))`` of several networks (float32)."""
+    model = models.ResNet(dataclasses.replace(config.model, dtype="float32"))
     stacked = fga.stack([{"params": v["params"], "batch_stats": v["batch_stats"]} for v in variables])
     alpha, beta = ensemble_config.alpha, ensemble_config.beta
 
@@ -87,7 +90,7 @@ def to_stablehlo(function: Callable, input_size: int) -> tuple[bytes, dict]:
     (batch,) = jax.export.symbolic_shape("b")
     spec = jax.ShapeDtypeStruct((batch, input_size, input_size, 3), jnp.uint8)
     specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), weights)
-    exported = jax.export.export(jax.jit(function.apply))(specs, spec)
+    exported = jax.export.export(jax.jit(function.apply), platforms=PLATFORMS)(specs, spec)
     flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(weights, sep="/").items()}
     return bytes(exported.serialize()), flat
 
@@ -199,6 +202,8 @@ def _convert(g: _Graph, jaxpr, consts, inputs: list[str]) -> list[str]:
         elif name == "optimization_barrier":
             outs = list(args)
         elif name == "convert_element_type":
+            if np.dtype(p["new_dtype"]) not in _ONNX_DTYPES:
+                raise ConfigError(f"ONNX export: no conversion to {np.dtype(p['new_dtype'])}")
             outs = [g.one("Cast", args, to=_ONNX_DTYPES[np.dtype(p["new_dtype"])])]
         elif name == "reshape":
             outs = [g.one("Reshape", [args[0], g.shape(p["new_sizes"])])]
@@ -323,7 +328,9 @@ def export_runs(workdirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
     if unknown or not formats:
         raise ConfigError(f"unknown export format(s) {unknown}; expected some of {', '.join(FORMATS)}")
     paths = [Path(p) for p in workdirs]
-    names = list(names) if names is not None else [p.name for p in paths]
+    names = list(names) if names is not None else [n for n, _ in named_members(paths)]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"two networks have the same name: {', '.join(names)}")
     loaded = [runs.load(p, checkpoint) for p in paths]
     check_compatible(list(zip(names, paths)), [c for c, _, _ in loaded])
     config = loaded[0][0]
@@ -352,8 +359,8 @@ def export_runs(workdirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
             function = ensemble_function(config, [v for _, v, _ in loaded], ensemble_config)
             what = "images -> (probabilities (members, batch, classes), T2V decision (batch,))"
         module, weights = to_stablehlo(function, size)
-        write_atomic_bytes(out / "model.stablehlo", module)
-        write_atomic(out / "model.weights.npz", arrays=weights)
+        write_atomic(out / "model.weights.npz", arrays=weights)  # the weights first: a module never
+        write_atomic_bytes(out / "model.stablehlo", module)     # stands beside another module's weights
         description["files"]["model.stablehlo"] = (what + "; a jax.export function of (weights, images): load both "
                                                    "with faml_jax.export.load_stablehlo")
         description["files"]["model.weights.npz"] = "the weights of model.stablehlo (flat, '/'-joined paths)"

@@ -12,8 +12,9 @@ Two ways to cut a face out, chosen by the data set a run was trained on (``mode_
   own 5-point mean face (``dlib.get_face_chip_details``: outer and inner corners of both eyes and
   the base of the nose, in the unit square) with dlib's default padding of 0.25 on every side: the
   eyes land at 31 % of the height, 35 % of the width apart, the crop runs from the brows' top to
-  below the chin, as RAF-DB's aligned faces do. Using dlib's template keeps our crops identical to
-  ``dlib.get_face_chip`` (checked by the tests) and to every code base that aligns with dlib.
+  below the chin, as RAF-DB's aligned faces do. Using dlib's template keeps our crops within about
+  2 grey levels (mean) of ``dlib.get_face_chip``'s (checked by the tests; the pixel-centre
+  conventions differ by a fraction of a pixel) and of every code base that aligns with dlib.
 * ``"box"`` (AffectNet, whose images are cut by a face box; the synthetic set, whose faces fill
   their image): the detector's box grown by ``BOX_MARGIN`` of its size on every side **[choice]:
   dlib's HOG box is tight (brows to lips); grown by 25 % it covers forehead to chin like

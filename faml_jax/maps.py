@@ -87,7 +87,7 @@ def network_maps(model, variables: dict, images: jax.Array, targets: jax.Array |
     if blocks:
         maps = []
         for block in blocks:
-            layers = sorted(activations[block])  # layer0, layer1, ...
+            layers = sorted(activations[block], key=lambda name: int(name.removeprefix("layer")))  # in depth order
             probs = [activations[block][layer]["attn"]["probs"] for layer in layers]
             grads = [gradients[block][layer]["attn"]["probs"] for layer in layers]
             maps.append(attention_relevancy(probs, grads, size))
@@ -99,11 +99,15 @@ def vote_weighted(maps: jax.Array, logits: jax.Array, decision: jax.Array, alpha
                   beta: float = ensemble.BETA) -> jax.Array:
     """The ensemble's map (METHOD 6 [choice]): ``sum_l V^l_k map_l / sum_l V^l_k`` for the decided
     class k of each image, ``V^l_k`` member l's T2V vote for k (alpha for its top-1, beta for its
-    top-2, else 0: Eq. 10-12). ``maps`` (M, N, S, S), ``logits`` (M, N, C), ``decision`` (N,)."""
+    top-2, else 0: Eq. 10-12), divided by its maximum; a class without votes takes the plain
+    mean. ``maps`` (M, N, S, S), ``logits`` (M, N, C), ``decision`` (N,)."""
     votes = ensemble.vote_vectors(logits, alpha, beta)  # (M, N, C)
     weights = jnp.take_along_axis(votes, decision[None, :, None], axis=-1)[..., 0]  # (M, N)
-    total = weights.sum(0)
-    return jnp.einsum("mn,mnxy->nxy", weights, maps) / jnp.where(total > 0, total, 1.0)[:, None, None]
+    # A class no member voted for (an NOI decision can be one) takes the members' plain mean.
+    weights = jnp.where(weights.sum(0) > 0, weights, 1.0)
+    combined = jnp.einsum("mn,mnxy->nxy", weights, maps) / weights.sum(0)[:, None, None]
+    peak = combined.max(axis=(1, 2), keepdims=True)
+    return jnp.where(peak > 0, combined / jnp.where(peak > 0, peak, 1.0), 0.0)  # peak 1, as every map
 
 
 def make_explainer(model, kind: str = "gradcam") -> Callable:

@@ -27,7 +27,7 @@ from faml_jax import data, ensemble, fga, models, runs
 from faml_jax.config import EnsembleConfig, RunConfig
 from faml_jax.data.pipeline import resize
 from faml_jax.errors import ConfigError, DataError
-from faml_jax.evaluate import check_compatible
+from faml_jax.evaluate import check_compatible, named_members
 
 STRATEGIES = ensemble.STRATEGIES
 
@@ -85,6 +85,7 @@ class Predictor:
         if not variables:
             raise ConfigError("a predictor needs at least one network")
         self.config, self.names, self.strategy = config, list(names), strategy
+        self.paths, self.checkpoint = [], None  # set by the from_* constructors
         self.epochs = list(epochs) if epochs is not None else None
         self.alpha, self.beta = ensemble_config.alpha, ensemble_config.beta
         self.batch_size = batch_size
@@ -99,8 +100,7 @@ class Predictor:
     def from_runs(cls, workdirs: Iterable[str | os.PathLike], checkpoint: str = "final", **kwargs) -> "Predictor":
         """The networks trained in ``workdirs`` (``experiments.train`` run folders), at their
         ``checkpoint`` ("final" or "best")."""
-        paths = [Path(p) for p in workdirs]
-        return cls._from_members([(p.name, p) for p in paths], checkpoint, **kwargs)
+        return cls._from_members(named_members([Path(p) for p in workdirs]), checkpoint, **kwargs)
 
     @classmethod
     def from_run(cls, workdir: str | os.PathLike, checkpoint: str = "final", **kwargs) -> "Predictor":
@@ -120,8 +120,10 @@ class Predictor:
             raise ConfigError("no run folder given")
         loaded = [runs.load(path, checkpoint) for _, path in members]
         check_compatible(members, [c for c, _, _ in loaded])
-        return cls(loaded[0][0], [v for _, v, _ in loaded], [n for n, _ in members],
-                   epochs=[e for _, _, e in loaded], **kwargs)
+        predictor = cls(loaded[0][0], [v for _, v, _ in loaded], [n for n, _ in members],
+                        epochs=[e for _, _, e in loaded], **kwargs)
+        predictor.paths, predictor.checkpoint = [p for _, p in members], checkpoint
+        return predictor
 
     # -- what training decided ---------------------------------------------------------------------
 
@@ -201,6 +203,9 @@ class Predictor:
         maps weighted by their T2V votes for it (Eq. 12, ``maps.vote_weighted``)."""
         from faml_jax import maps
 
+        if kind == "relevancy" and not self.config.model.attention:
+            raise ConfigError(f"relevancy maps need a model with attention blocks; {self.config.model_name} has none "
+                              "(use gradcam)")
         images = self.preprocess(faces)
         prediction = self.predict(images, strategy)
         key = kind
@@ -235,16 +240,22 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 FACE_SOURCES = ("detect", "aligned")
 
 
-def image_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """The image files named by ``inputs``: files, folders (their images, recursively, sorted)
-    and glob patterns. An input that names nothing is a ``DataError`` naming it."""
+def image_files(inputs: Sequence[str | os.PathLike], exclude: str | os.PathLike | None = None) -> list[Path]:
+    """The image files named by ``inputs``: files, folders (their images, recursively, sorted;
+    none under ``exclude``, e.g. the output folder of an earlier prediction) and glob patterns.
+    An input that names nothing is a ``DataError`` naming it."""
     import glob
 
+    skip = Path(exclude).resolve() if exclude is not None else None
     found: list[Path] = []
     for given in map(str, inputs):
         path = Path(given)
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                            and not (skip is not None and p.resolve().is_relative_to(skip)))
+            if not images:
+                raise DataError(f"no image ({', '.join(IMAGE_SUFFIXES)}) in {given}")
+            found += images
         elif path.is_file():
             found.append(path)
         elif any(ch in given for ch in "*?["):
@@ -258,11 +269,32 @@ def image_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def read_photo(path: str | os.PathLike) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of an image file (``data.folders.CorruptImageError`` naming an
-    unreadable one)."""
+    """(H, W, 3) uint8 RGB of an image file, upright as its EXIF orientation says (phone photos);
+    ``data.folders.CorruptImageError`` naming an unreadable one."""
+    import io
+
+    from PIL import Image
+
     from faml_jax.data.folders import decode_image, read_bytes
 
-    return decode_image(read_bytes(path), str(path))
+    payload = read_bytes(path)
+    pixels = decode_image(payload, str(path))
+    with Image.open(io.BytesIO(payload)) as image:
+        orientation = image.getexif().get(0x0112, 1)
+    return _upright(pixels, orientation) if orientation not in (None, 1) else pixels
+
+
+def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Undo an EXIF orientation (2-8) of decoded pixels."""
+    from PIL import Image
+
+    ops = {2: [Image.Transpose.FLIP_LEFT_RIGHT], 3: [Image.Transpose.ROTATE_180], 4: [Image.Transpose.FLIP_TOP_BOTTOM],
+           5: [Image.Transpose.TRANSPOSE], 6: [Image.Transpose.ROTATE_270], 7: [Image.Transpose.TRANSVERSE],
+           8: [Image.Transpose.ROTATE_90]}.get(orientation, [])
+    image = Image.fromarray(pixels)
+    for op in ops:
+        image = image.transpose(op)
+    return np.asarray(image)
 
 
 @dataclasses.dataclass
@@ -361,8 +393,6 @@ def write_predictions(out: str | os.PathLike, results: PhotoResults, predictor: 
     import io
     import json
 
-    from PIL import Image
-
     from faml_jax.writer import write_atomic
 
     out = Path(out)
@@ -372,7 +402,8 @@ def write_predictions(out: str | os.PathLike, results: PhotoResults, predictor: 
     csv.writer(text, lineterminator="\n").writerows([header, *rows])
     write_atomic(out / "predictions.csv", text.getvalue())
     summary = {
-        "command": command, "runs": [str(n) for n in predictor.names], "epochs": predictor.epochs,
+        "command": command, "networks": list(predictor.names), "runs": [str(p) for p in predictor.paths],
+        "checkpoint": predictor.checkpoint, "epochs": predictor.epochs,
         "dataset": predictor.dataset, "classes": list(predictor.classes), "input_size": predictor.input_size,
         "strategy": predictor.strategy, "faces": results.records, "no_face": results.no_face,
         "failures": [{"file": f, "error": e} for f, e in results.failures],
@@ -385,28 +416,38 @@ def write_predictions(out: str | os.PathLike, results: PhotoResults, predictor: 
     for r in results.records:
         by_file.setdefault(r["file"], []).append(r)
     for name, (file, records) in zip(unique_stems(list(by_file)), by_file.items()):
-        picture = Image.fromarray(annotate(read_photo(file), records))
-        tmp = out / "annotated" / f".{name}.png.tmp"
-        picture.save(tmp, format="PNG")
-        os.replace(tmp, out / "annotated" / f"{name}.png")
+        save_png(out / "annotated" / f"{name}.png", annotate(read_photo(file), records))
+
+
+def save_png(path: Path, pixels: np.ndarray) -> None:
+    """Write a PNG under a temporary name, then rename: never half-written."""
+    from PIL import Image
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        Image.fromarray(pixels).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def unique_stems(files: Sequence[str]) -> list[str]:
     """A distinct output name per file: its stem, or stem_2, stem_3 ... when stems repeat."""
-    seen: dict[str, int] = {}
+    used: set[str] = set()
     names = []
     for f in files:
-        stem = Path(f).stem
-        seen[stem] = seen.get(stem, 0) + 1
-        names.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+        stem, name, k = Path(f).stem, Path(f).stem, 1
+        while name in used:
+            k += 1
+            name = f"{stem}_{k}"
+        used.add(name)
+        names.append(name)
     return names
 
 
 def write_maps(out: str | os.PathLike, results: PhotoResults, predictor: Predictor, kind: str = "gradcam") -> list[Path]:
     """maps/<file>_face<i>.png in ``out``: each face as the networks saw it beside its map as a
     JET overlay (``Predictor.explain``), and maps.npz with the raw maps (N, S, S) in record order."""
-    from PIL import Image
-
     from faml_jax.maps import overlay
     from faml_jax.writer import write_atomic
 
@@ -421,9 +462,7 @@ def write_maps(out: str | os.PathLike, results: PhotoResults, predictor: Predict
     written = []
     for record, face, heat in zip(results.records, seen, combined):
         path = folder / f"{stems[record['file']]}_face{record['face']}.png"
-        tmp = path.with_name(f".{path.name}.tmp")
-        Image.fromarray(np.concatenate([face, overlay(face, heat)], axis=1)).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        save_png(path, np.concatenate([face, overlay(face, heat)], axis=1))
         written.append(path)
     write_atomic(folder / "maps.npz", arrays={"maps": combined, "member_maps": members, "kind": np.asarray(kind)})
     return written
@@ -457,7 +496,13 @@ def figure_of_maps(rows: Sequence[tuple[str, Predictor]], *, kind: str = "gradca
     chosen = []
     for c in range(len(classes)):
         if indices is not None:
-            chosen.append(int(indices[c]))
+            index = int(indices[c])
+            if not 0 <= index < len(labels):
+                raise ConfigError(f"test index {index} is outside the test split (0..{len(labels) - 1})")
+            if labels[index] != c:
+                raise ConfigError(f"test image {index} shows {classes[labels[index]]}, not {classes[c]} (the "
+                                  f"{c + 1}. index is for {classes[c]})")
+            chosen.append(index)
             continue
         candidates, found = np.flatnonzero(labels == c), -1
         for start in range(0, len(candidates), first.batch_size):

@@ -184,5 +184,6 @@ def population_members(evolve_dir: str | os.PathLike, all_networks: bool = False
         names = generations[-1]["survivors"]
     else:
         raise WorkdirError(f"the evolution in {evolve_dir} is not finished (continue it with experiments.evolve "
-                         "--resume, or pass --all-networks)")
+                           "--resume, or take every network it trained: experiments.ensemble --all-networks, "
+                           "all_networks=True in Python)")
     return [(name, member_workdir(evolve_dir, lineage["members"][name])) for name in names]

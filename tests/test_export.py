@@ -69,3 +69,16 @@ def test_a_full_width_r18_faml_at_initialisation_exports_exactly(tmp_path):
     expected = jax.nn.softmax(models.ResNet(config.model).apply(variables, normalize(x), train=False), axis=-1)
     got = export.load_stablehlo(tmp_path / "out" / "model.stablehlo")(x)
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-4, rtol=0)
+
+
+def test_a_bfloat16_run_exports_in_float32(tmp_path):
+    """GPU runs compute in bfloat16 (their parameters are float32): the export computes in
+    float32, which ONNX's CPU kernels have."""
+    config = preset("synthetic", "r18", model_options={**TINY_MODEL, "dtype": "bfloat16"})
+    run = write_run(tmp_path / "bf16", config, jittered_variables(config, 0))
+    export.export_runs([run], tmp_path / "out", formats=("onnx",))
+    session = onnxruntime.InferenceSession(str(tmp_path / "out" / "bf16.onnx"))
+    x = images(2)
+    float32 = preset("synthetic", "r18", model_options=TINY_MODEL)
+    expected = np.asarray(export.inference_function(float32, runs.load(run)[1])(x))
+    np.testing.assert_allclose(session.run(None, {"images": x})[0], expected, atol=1e-4, rtol=0)

@@ -72,8 +72,17 @@ def test_the_ensemble_map_is_weighted_by_the_votes_by_hand():
     got = np.asarray(maps.vote_weighted(member_maps, logits, decision, alpha=1.9, beta=1.0))
     first = (1.9 * member_maps[0, 0] + 1.0 * member_maps[1, 0]) / 2.9  # member 2 gave class 0 no vote
     second = (1.0 * member_maps[0, 1] + 1.0 * member_maps[1, 1] + 1.9 * member_maps[2, 1]) / 3.9
-    np.testing.assert_allclose(got, np.stack([first, second]), rtol=1e-6)
+    expected = np.stack([first, second])
+    np.testing.assert_allclose(got, expected / expected.max(axis=(1, 2), keepdims=True), rtol=1e-5)
     assert int(ensemble.t2v_predict(jnp.asarray(logits))[1]) == 1
+    # A decided class no member voted for (possible under NOI): the members' plain mean.
+    unvoted = np.asarray(maps.vote_weighted(member_maps, logits, np.array([2, 2])))
+    assert not np.allclose(unvoted[0], 0)  # member 2 voted for class 2 in image 0: its map alone
+    np.testing.assert_allclose(unvoted[0], member_maps[2, 0] / member_maps[2, 0].max(), rtol=1e-5)
+    logits_no_vote = np.array([[[3.0, 2.0, 0.0, -1.0]], [[2.0, 3.0, 0.0, -1.0]]])  # class 3: nobody's top two
+    plain = np.asarray(maps.vote_weighted(member_maps[:2, :1], logits_no_vote, np.array([3])))
+    mean = member_maps[:2, 0].mean(0)
+    np.testing.assert_allclose(plain[0], mean / mean.max(), rtol=1e-5)
 
 
 def test_jet_colours_and_overlay_by_hand():

@@ -175,3 +175,47 @@ def test_one_line_errors(three_runs, tmp_path, capsys):
         Predictor.from_run(paths[0], strategy="best")
     with pytest.raises(WorkdirError):
         Predictor.from_population(tmp_path)
+
+
+def test_photo_files_names_and_orientation(tmp_path):
+    from PIL import Image
+
+    from faml_jax.data.folders import CorruptImageError
+    from faml_jax.errors import DataError
+    from faml_jax.predict import image_files, read_photo, unique_stems
+
+    assert unique_stems(["x/a.jpg", "y/a.jpg", "z/a_2.jpg"]) == ["a", "a_2", "a_2_2"]
+    upright = np.zeros((20, 10, 3), np.uint8)
+    upright[:5] = 255  # a bright top
+    stored = Image.fromarray(np.rot90(upright, k=1).copy())  # as a phone stores a portrait photo ...
+    exif = Image.Exif()
+    exif[0x0112] = 6  # ... with "rotate 90 degrees clockwise to view"
+    stored.save(tmp_path / "phone.jpg", exif=exif, quality=100)
+    pixels = read_photo(tmp_path / "phone.jpg")
+    assert pixels.shape == (20, 10, 3) and pixels[:5].mean() > 200 and pixels[5:].mean() < 50
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no image"):
+        image_files([tmp_path / "empty"])
+    (tmp_path / "out" / "annotated").mkdir(parents=True)
+    Image.fromarray(upright).save(tmp_path / "out" / "annotated" / "old.png")
+    assert image_files([tmp_path], exclude=tmp_path / "out") == [tmp_path / "phone.jpg"]
+    (tmp_path / "bad.png").write_bytes(b"")
+    with pytest.raises(CorruptImageError, match="bad.png"):
+        read_photo(tmp_path / "bad.png")
+
+
+def test_refusals_of_the_explainer_and_of_duplicate_runs(three_runs, tmp_path):
+    from faml_jax.config import preset
+    from faml_jax.predict import figure_of_maps
+    from helpers import TINY_MODEL
+
+    root, config, _, paths = three_runs
+    with pytest.raises(ConfigError, match="a member is given twice"):
+        Predictor.from_runs([paths[0], paths[0]])
+    r18 = preset("synthetic", "r18", model_options=TINY_MODEL, data=dict(data_dir=str(root / "data"),
+                 synthetic=dict(train_size=96, test_size=40, image_size=32)))
+    plain = Predictor.from_run(write_run(tmp_path / "r18", r18, jittered_variables(r18, 0)))
+    with pytest.raises(ConfigError, match="relevancy maps need a model with attention blocks"):
+        plain.explain(images(1, 32), "relevancy")
+    with pytest.raises(ConfigError, match="outside the test split"):
+        figure_of_maps([("a", plain)], indices=[10**6] * 7, log=lambda *_: None)
