@@ -6,16 +6,6 @@ The flags must be set before jax creates its devices (its first backend).
 
 import os
 
-from faml_jax.xla_flags import set_default_flags
-from helpers import suite_xla_flags  # imports jax, but creates no backend: the flags still apply
-
-NUM_TEST_DEVICES = 4
-
-flags = os.environ.get("XLA_FLAGS", "")
-if "xla_force_host_platform_device_count" not in flags:
-    os.environ["XLA_FLAGS"] = f"{flags} {suite_xla_flags(NUM_TEST_DEVICES)}".strip()
-set_default_flags()  # the programs' XLA flags, so tests run what users run
-
 # A persistent compilation cache for the suite and the programs it starts in subprocesses (they
 # inherit the environment): the suite compiles the same steps again and again (the tiny run in the
 # train, evolve, ensemble and ablation tests, their subprocesses), and a second run finds them all.
@@ -26,6 +16,18 @@ if _cache != "0":
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+# After the cache's settings: jax reads its JAX_* settings when it is imported (helpers imports
+# it), XLA_FLAGS only when it creates its first backend.
+from faml_jax.xla_flags import set_default_flags  # noqa: E402
+from helpers import suite_xla_flags  # noqa: E402
+
+NUM_TEST_DEVICES = 4
+
+flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} {suite_xla_flags(NUM_TEST_DEVICES)}".strip()
+set_default_flags()  # the programs' XLA flags, so tests run what users run
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

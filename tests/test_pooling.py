@@ -1,6 +1,8 @@
 """Max pooling as strided slices (faml_jax.models.pooling) against flax's reduce_window pool and a
 NumPy loop of PyTorch's gradient rule (each window's gradient goes to its first maximum)."""
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -55,3 +57,11 @@ def test_xla_defaults_only_for_the_measured_jaxlib():
     environ = {"FAML_JAX_XLA_DEFAULTS": "0"}
     set_default_flags(environ, jaxlib_version="0.10.2")
     assert "XLA_FLAGS" not in environ
+
+
+def test_the_suite_compiles_through_its_persistent_cache():
+    """conftest sets the cache's JAX_* variables before anything imports jax (jax reads them on
+    import): a second run of the suite then loads its compiled steps instead of compiling them."""
+    if os.environ.get("FAML_JAX_TEST_JAX_CACHE") == "0":
+        pytest.skip("the cache is off (FAML_JAX_TEST_JAX_CACHE=0)")
+    assert jax.config.jax_compilation_cache_dir == os.environ["JAX_COMPILATION_CACHE_DIR"]
