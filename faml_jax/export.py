@@ -146,7 +146,7 @@ class _Graph:
         """An int64 shape tensor; a leading ``batch`` is the input's batch size."""
         dims = [int(d) for d in dims]
         if self.batch in dims[1:]:
-            raise NotImplementedError(f"the traced batch size {self.batch} appears inside the shape {dims}")
+            raise ConfigError(f"ONNX export: the traced batch size {self.batch} appears inside the shape {dims}")
         if dims and dims[0] == self.batch:
             return self.one("Concat", [self.batch_dim, self.const(dims[1:], np.int64)], axis=0)
         return self.const(dims, np.int64)
@@ -240,7 +240,7 @@ def _convert(g: _Graph, jaxpr, consts, inputs: list[str]) -> list[str]:
         elif name == "pad":
             config = p["padding_config"]
             if any(interior for _, _, interior in config) or any(lo < 0 or hi < 0 for lo, hi, _ in config):
-                raise NotImplementedError("pad with interior or negative padding")
+                raise ConfigError("ONNX export: pad with interior or negative padding")
             pads = [lo for lo, _, _ in config] + [hi for _, hi, _ in config]
             outs = [g.one("Pad", [args[0], g.const(pads, np.int64), args[1]], mode="constant")]
         elif name == "dot_general":
@@ -261,13 +261,13 @@ def _convert(g: _Graph, jaxpr, consts, inputs: list[str]) -> list[str]:
             outs = [_conv(g, args, avals, p)]
         elif name == "select_n":
             if len(args) != 3:
-                raise NotImplementedError("select_n with more than two cases")
+                raise ConfigError("ONNX export: select_n with more than two cases")
             outs = [g.one("Where", [g.one("Cast", [args[0]], to=9), args[2], args[1]])]
         elif name == "argmax":
             outs = [g.one("Cast", [g.one("ArgMax", [args[0]], axis=int(p["axes"][0]), keepdims=0)],
                           to=_ONNX_DTYPES[np.dtype(p["index_dtype"])])]
         else:
-            raise NotImplementedError(f"no ONNX conversion for jax primitive {name!r}")
+            raise ConfigError(f"ONNX export: no ONNX conversion for jax primitive {name!r}")
         for var, out in zip(eqn.outvars, outs):
             env[var] = out
     return [read(v) for v in jaxpr.outvars]
@@ -277,9 +277,9 @@ def _conv(g: _Graph, args, avals, p) -> str:
     """``lax.conv_general_dilated`` in NHWC/HWIO (flax's layout) as ONNX's NCHW Conv."""
     lhs_spec, rhs_spec, out_spec = p["dimension_numbers"]
     if tuple(lhs_spec) != (0, 3, 1, 2) or tuple(rhs_spec) != (3, 2, 0, 1) or tuple(out_spec) != (0, 3, 1, 2):
-        raise NotImplementedError(f"convolution layout {p['dimension_numbers']} (expected NHWC, HWIO)")
+        raise ConfigError(f"ONNX export: convolution layout {p['dimension_numbers']} (expected NHWC, HWIO)")
     if any(d != 1 for d in p["lhs_dilation"]) or p.get("batch_group_count", 1) != 1:
-        raise NotImplementedError("transposed or batch-grouped convolution")
+        raise ConfigError("ONNX export: transposed or batch-grouped convolution")
     x = g.one("Transpose", [args[0]], perm=[0, 3, 1, 2])
     kernel = args[1]
     w = g.one("Transpose", [kernel], perm=[3, 2, 0, 1])
