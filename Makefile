@@ -22,8 +22,12 @@ $(TORCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,torch]'
 	touch $(TORCH_STAMP)
 
+# One pytest worker per core (at most TEST_WORKERS): the suite is mostly XLA compiling small
+# programs, one core each.
+TEST_WORKERS ?= 4
+
 test: $(TORCH_STAMP)
-	FAML_JAX_REQUIRE_TORCH=1 $(PY) -m pytest -q
+	FAML_JAX_REQUIRE_TORCH=1 $(PY) -m pytest -q -n auto --maxprocesses $(TEST_WORKERS) --dist loadfile
 
 # Only the PyTorch-interop tests: ResNet18 conversion (tests/test_pretrained.py).
 test-torch: $(TORCH_STAMP)
