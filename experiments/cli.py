@@ -111,6 +111,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, epochs_help: str, workdir
     hosts.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0 (any free port)")
     hosts.add_argument("--num-processes", type=int, help="number of processes")
     hosts.add_argument("--process-id", type=int, help="this process's index, 0 .. num-processes - 1")
+    hosts.add_argument("--distributed", choices=("off", "auto"), default="off",
+                       help="auto: take the processes from the cluster launcher's environment (srun, mpirun), "
+                            "with no --coordinator/--num-processes/--process-id (default off)")
 
 
 def floats(text: str, count: int, flag: str) -> tuple[float, ...]:
@@ -191,7 +194,7 @@ def run_cli(parser: argparse.ArgumentParser, argv, body) -> int:
     args = parser.parse_args(argv)
     try:
         start_processes(getattr(args, "coordinator", None), getattr(args, "num_processes", None),
-                        getattr(args, "process_id", None))
+                        getattr(args, "process_id", None), getattr(args, "distributed", "off"))
         if jax.process_index() > 0:  # process 0 prints for all; errors still reach stderr
             sys.stdout = open(os.devnull, "w")
             if hasattr(args, "no_progress"):

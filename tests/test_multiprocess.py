@@ -96,22 +96,54 @@ def test_process_flags_go_together(tmp_path):
     assert code == 2
 
 
+def test_distributed_auto_needs_a_launcher_and_no_process_flags(tmp_path, monkeypatch, capsys):
+    from experiments import train as train_program
+    from faml_jax.trainer import LAUNCHERS, launcher
+
+    for names in LAUNCHERS.values():
+        for name in names:
+            monkeypatch.delenv(name, raising=False)
+    assert launcher() is None
+    assert train_program.main([*ARGS, "--workdir", str(tmp_path / "w"), "--distributed", "auto"]) == 2
+    assert "no cluster launcher" in capsys.readouterr().err
+    slurm = slurm_environment(process_id=1, processes=2, port=1)
+    assert launcher(slurm) == "SLURM (srun)"
+    assert launcher({k: v for k, v in slurm.items() if k != "SLURM_PROCID"}) is None  # salloc's shell: no task
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    assert train_program.main([*ARGS, "--workdir", str(tmp_path / "w"), "--distributed", "auto",
+                               "--coordinator", "localhost:1"]) == 2
+    assert "give no --coordinator" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
+def slurm_environment(process_id: int, processes: int, port: int) -> dict:
+    """What ``srun --ntasks=<processes>`` on one node sets for task ``process_id`` (the variables
+    jax's SLURM detection reads), with the coordinator's port fixed by ``JAX_COORDINATOR_PORT``."""
+    return {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": str(processes),
+            "SLURM_STEP_NUM_NODES": "1", "SLURM_PROCID": str(process_id), "SLURM_LOCALID": str(process_id),
+            "JAX_COORDINATOR_PORT": str(port)}
+
+
 @pytest.mark.slow
 def test_evolution_across_two_processes_keeps_them_in_step(tmp_path):
-    """FGA across two processes: every decision (fitness, parents, fused child, BatchNorm
+    """FGA across two processes started as ``srun`` starts them (``--distributed auto`` reads a
+    simulated SLURM environment): every decision (fitness, parents, fused child, BatchNorm
     recomputed on training batches) is the same in both, so process 1's copy of the population
     record equals process 0's (a process reading only its slice of a batch for the BatchNorm
     recomputation made them differ)."""
     port = free_port()
     extra = ["--population", "2", "--generations", "1", "--children", "1", "--new-members", "0", "--fixed-epochs",
-             "--recompute-bn", "2", "--coordinator", f"localhost:{port}", "--num-processes", "2"]
-    env = {**os.environ, "XLA_FLAGS": suite_xla_flags(2), "PYTHONPATH": str(ROOT)}
+             "--recompute-bn", "2", "--distributed", "auto"]
     processes = [subprocess.Popen(
         [sys.executable, "-m", "experiments.evolve", *ARGS, "--data-dir", str(tmp_path / "data"),
-         "--workdir", str(tmp_path / "evo"), *extra, "--process-id", str(i)],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+         "--workdir", str(tmp_path / "evo"), *extra],
+        env={**os.environ, "XLA_FLAGS": suite_xla_flags(2), "PYTHONPATH": str(ROOT),
+             **slurm_environment(i, 2, port)},
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     for p in processes:
         finish(p)
+    assert (tmp_path / "evo.process1" / "population.json").exists()  # the launcher made it process 1 of 2
     ours, theirs = (json.loads((tmp_path / d / "population.json").read_text()) for d in ("evo", "evo.process1"))
     child = ours["members"]["g1-c0"]
     assert child["origin"] == "child" and child["recompute_bn_batches"] == 2 and child["status"] == "trained"
