@@ -10,8 +10,7 @@ import pytest
 from scipy import stats
 
 from faml_jax import fga, models
-
-SMALL = dict(widths=(8, 16, 16, 32), input_size=32, attn_dim=16, attn_heads=2, attn_depth=1)
+from helpers import TINY_MODEL as SMALL
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,9 @@ BATCH = 8
 
 
 def config_of(model: str):
-    # Two attention layers and an MLP ratio of 2: every part of the block is exercised.
-    return preset("synthetic", model=model, model_options={**TINY_MODEL, "attn_depth": 2}, seed=0)
+    # ResNet18's two blocks per stage and two attention layers: every layer of the layout is exercised.
+    return preset("synthetic", model=model, model_options={**TINY_MODEL, "stage_depths": (2, 2, 2, 2), "attn_depth": 2},
+                  seed=0)
 
 
 def batch(size: int, seed: int = 0):

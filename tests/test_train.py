@@ -11,9 +11,8 @@ from faml_jax import fga, models, train
 from faml_jax.config import AUGMENT_PRESETS, LossConfig, OptimConfig
 from faml_jax.losses import class_weights
 from faml_jax.preprocess import normalize
+from helpers import TINY_MODEL as SMALL
 from helpers import require_torch
-
-SMALL = dict(widths=(8, 16, 16, 32), input_size=32, attn_dim=16, attn_heads=2, attn_depth=1)
 
 
 def small_model(num_classes=7, **kw):
