@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_STAMP := $(VENV)/.installed-torch
 
-.PHONY: install test test-torch demo evolve-demo ensemble-demo predict-demo bench bench-ensemble bench-data bench-predict clean
+.PHONY: install test test-torch demo evolve-demo ensemble-demo predict-demo bench bench-ensemble bench-data bench-predict wheelhouse gpu-install gpu-check clean
 
 install: $(STAMP)
 
@@ -74,3 +74,22 @@ bench-predict: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# ---- The offline GPU kit (README "GPU machines without internet") ---------------------------
+# Here, with internet: the Python 3.12 manylinux wheels a GPU image with jax, flax, optax, orbax,
+# chex, torch preinstalled lacks (grain, tensorflow-datasets, array_record, tensorboardX and
+# their dependencies; about 10 MiB) into wheelhouse/.
+wheelhouse: $(STAMP)
+	$(PY) -m tools.wheelhouse --out wheelhouse
+
+# There, offline: install the kit into $(GPU_SITE) (site-packages may be read-only), then run
+# every GPU check in one go (at most about 8 minutes on one GPU): $(OUT)/gpu_check.{json,md}.
+GPU_PYTHON ?= python3
+GPU_SITE ?= .gpu-site
+OUT ?= gpu-check
+GPU_CHECK_FLAGS ?=
+gpu-install:
+	$(GPU_PYTHON) -m pip install --quiet --no-index --no-deps --no-compile --upgrade --target $(GPU_SITE) wheelhouse/*.whl
+
+gpu-check:
+	PYTHONPATH=$(CURDIR)/$(GPU_SITE):$(CURDIR) FAML_JAX_TEST_FAST_COMPILE=0 $(GPU_PYTHON) -m tools.gpu_check --out $(OUT) $(GPU_CHECK_FLAGS)

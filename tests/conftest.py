@@ -35,6 +35,10 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def devices():
+    """The devices data-parallel tests spread over: the four forced CPU devices, or on an
+    accelerator (``make gpu-check``) all its local devices (one GPU is a valid, if trivial, case)."""
     found = jax.local_devices()
+    if found[0].platform != "cpu":
+        return found[:NUM_TEST_DEVICES]
     assert len(found) >= NUM_TEST_DEVICES, f"expected {NUM_TEST_DEVICES} forced CPU devices, got {found}"
     return found[:NUM_TEST_DEVICES]

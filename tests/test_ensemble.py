@@ -152,6 +152,7 @@ def tiny_members(count):
     return model, members
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("mapping", ["map", "vmap"])
 def test_ensemble_logits_equal_a_loop_over_members(mapping):
     model, members = tiny_members(3)

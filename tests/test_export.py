@@ -17,6 +17,7 @@ def images(n, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("name", ["r18", "r18_faml"])
 def test_onnx_and_stablehlo_equal_jax(name, tmp_path, capsys):
     from tools import export as program
@@ -38,6 +39,7 @@ def test_onnx_and_stablehlo_equal_jax(name, tmp_path, capsys):
     assert description["input"]["shape"] == ["batch", 32, 32, 3] and description["classes"][0] == "anger"
 
 
+@pytest.mark.gpu
 def test_an_ensembles_stablehlo_holds_the_t2v_decision(tmp_path):
     config = preset("synthetic", "r18", model_options=TINY_MODEL)
     paths = [write_run(tmp_path / f"net{i}", config, jittered_variables(config, i)) for i in range(3)]

@@ -205,6 +205,7 @@ def test_attention_block_is_identity_at_init_and_gates_by_patch():
     np.testing.assert_allclose(out, expected, rtol=1e-6)
 
 
+@pytest.mark.gpu
 def test_bfloat16_compute_gives_float32_logits_and_float32_parameters():
     model = models.build("r18_faml", 7, widths=(8, 16, 16, 16), input_size=32, attn_dim=8, attn_heads=2, dtype="bfloat16")
     variables = models.init(model, jax.random.key(0))

@@ -51,8 +51,11 @@ def test_report_numbers_match_the_members_own_evaluations(trained):
         assert evaluated["stored_logits_max_abs_diff"] < 1e-4
     for strategy in ("t1v", "noi", "t2v"):
         predictions, ambiguous = reference_predict(logits, strategy)
-        assert not ambiguous.any()
-        assert report["ensemble"][strategy]["accuracy"] == round(100 * float(np.mean(predictions == labels)), 2)
+        # A sample whose decision rests on two NOI sums equal up to rounding may go either way.
+        sure = int(np.sum((predictions == labels) & ~ambiguous))
+        low, high = (round(100 * n / len(labels), 2) for n in (sure, sure + int(ambiguous.sum())))
+        assert low <= report["ensemble"][strategy]["accuracy"] <= high
+        assert ambiguous.sum() <= 2
     # Ensemble sizes 2..3 in the given order; the full size equals the whole ensemble.
     assert [s["size"] for s in report["sizes"]] == [2, 3]
     assert [s["added"] for s in report["sizes"]] == ["net2", "net3"]

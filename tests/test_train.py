@@ -32,6 +32,7 @@ def max_abs_diff(a, b):
     return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("weighted,augment", [
     (False, None), (True, None), (False, dataclasses.replace(AUGMENT_PRESETS["dan"], rotate_p=0.5, crop_padding=0.125,
                                                              brightness=0.3, contrast=0.3, saturation=0.3)),
@@ -72,6 +73,7 @@ def test_four_devices_equal_one_device_on_the_same_global_batch(devices, weighte
     assert max_abs_diff(one.batch_stats, state.batch_stats) > 1e-3
 
 
+@pytest.mark.gpu
 def test_pmap_step_matches_plain_jitted_step():
     """The single-device jitted step (no axis) is the same computation as the pmap step."""
     model = small_model()
@@ -201,6 +203,7 @@ def test_member_parallel_step_equals_each_members_own_step(devices):
     assert max_abs_diff(expected2[0][0].params, expected2[1][0].params) > 1e-2
 
 
+@pytest.mark.gpu
 def test_bfloat16_compute_keeps_float32_parameters_and_statistics_and_tracks_float32():
     """Mixed precision (ModelConfig.dtype="bfloat16"): the step computes in bfloat16, while the
     parameters, optimiser moments and BatchNorm statistics stay float32; its loss and updated

@@ -8,13 +8,16 @@ Sections:
 
   train     Train-step images/s of ``"r18"`` and ``"r18_faml"`` (faml_jax's data-parallel step:
             uint8 images in, flip and normalisation on the device, the ML loss, Adam) at each
-            ``--sizes``, and of torchvision's ``resnet18`` with the same batch, Adam with the same
-            hyperparameters and the same thread count, eager and ``torch.compile``-d. The
-            contenders take turns window by window, so machine noise hits all of them; each
-            reports the median over ``--windows`` timed windows after warm-up, and its compile
-            time (PyTorch: the first step). The headline is the ratio of step times, faml_jax
-            ``r18`` / PyTorch eager. On a GPU also the model FLOPs utilisation: FLOPs per image of
-            the compiled step (XLA's cost analysis) x images/s / the GPU's peak.
+            ``--sizes``, and of their PyTorch counterparts with the same batch, cross-entropy, Adam
+            with the same hyperparameters and the same thread count, eager and
+            ``torch.compile``-d: torchvision's ``resnet18`` for r18 and the PyTorch twin of
+            R18+FAML (``tools/torch_twin.py``, the same layers and FA/attention blocks) for
+            r18_faml. The contenders take turns window by window, so machine noise hits all of
+            them; each reports the median over ``--windows`` timed windows after warm-up, and its
+            compile time (PyTorch: the first step). The headline is the ratio of step times, each
+            faml_jax model / its PyTorch counterpart in eager mode. On a GPU also the model FLOPs
+            utilisation: FLOPs per image of the compiled step (XLA's cost analysis) x images/s /
+            the GPU's peak.
   ensemble  6 members evaluated by one compiled call over stacked variables vs a Python loop of
             jitted calls (``tools/bench_ensemble.py``).
   data      Input pipeline images/s for RAF-style and AffectNet-style JPEGs (``tools/bench_data.py``).
@@ -27,6 +30,7 @@ and channels_last. Timings are measurements, never test assertions.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import platform
@@ -84,11 +88,16 @@ def log(message: str) -> None:
 class JaxStep:
     """faml_jax's production train step (``train.parallel_train_step`` over the local devices)."""
 
-    def __init__(self, name: str, size: int, batch: int, dtype: str):
+    framework = "faml_jax"
+    compiled = True
+
+    def __init__(self, name: str, size: int, batch: int, dtype: str, **overrides):
         devices = jax.local_devices()
+        self.model_name = name
         self.label = f"faml_jax {name}" + (" bf16" if dtype == "bfloat16" else "")
         self.times: list[float] = []
-        model = models.build(name, NUM_CLASSES, input_size=size, dtype=dtype)
+        model = models.build(name, NUM_CLASSES, input_size=size, dtype=dtype, **overrides)
+        self.config = model.config
         tx = train.make_optimizer(OptimConfig(), LEARNING_RATE)
         self.state = train.replicate(train.create_train_state(model, tx, jax.random.key(0)), devices)
         rng = np.random.default_rng(0)
@@ -115,18 +124,32 @@ class JaxStep:
 
 
 class TorchStep:
-    """torchvision's resnet18: cross-entropy, Adam with faml_jax's hyperparameters, float inputs."""
+    """A PyTorch counterpart: cross-entropy, Adam with faml_jax's hyperparameters, float inputs.
+    ``config`` None: torchvision's ``resnet18``; otherwise the PyTorch twin of that
+    ``ModelConfig`` (``tools/torch_twin.py``) with fresh weights."""
 
-    def __init__(self, size: int, batch: int, *, compiled: bool, amp: bool):
+    framework = "PyTorch"
+
+    def __init__(self, size: int, batch: int, *, compiled: bool, amp: bool, config=None, model_name: str = "r18"):
         import torch
-        import torchvision
 
         self.torch = torch
+        self.model_name = model_name
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.amp, self.compiled, self.times = amp, compiled, []
-        self.label = "PyTorch resnet18 " + ("torch.compile" if compiled else "eager") + (" AMP channels_last" if amp else "")
         torch.manual_seed(0)
-        model = torchvision.models.resnet18(num_classes=NUM_CLASSES).to(self.device)
+        if config is None:
+            import torchvision
+
+            model = torchvision.models.resnet18(num_classes=NUM_CLASSES)
+            name = "resnet18"
+        else:
+            from tools.torch_twin import TorchTwin
+
+            model = TorchTwin(config)
+            name = f"twin {model_name}"
+        model = model.to(self.device).train()
+        self.label = f"PyTorch {name} " + ("torch.compile" if compiled else "eager") + (" AMP channels_last" if amp else "")
         self.x = torch.randn(batch, 3, size, size, device=self.device)
         if amp:
             model = model.to(memory_format=torch.channels_last)
@@ -161,22 +184,36 @@ def peak_flops() -> float | None:
     return next((peak for name, peak in PEAK_BF16_FLOPS.items() if name in kind), None)
 
 
-def train_section(args) -> list[str]:
+def train_results(args, log=log, **overrides) -> list[dict]:
+    """Time every contender at every ``args.sizes``; one dict per contender and size (label,
+    framework, model, size, batch, compile_s, times, median_s, images_per_s, flops_per_image,
+    mfu, vs_torch_eager: step time / the same model's PyTorch eager step). ``overrides``:
+    ``ModelConfig`` fields for faml_jax and the twin (the smoke test's tiny widths)."""
     gpu = jax.default_backend() == "gpu"
     peak = peak_flops() if gpu else None
-    lines = []
+    results = []
     for size in args.sizes:
         contenders = []
         for name in args.models:
             log(f"compiling faml_jax {name} at {size} px ...")
-            contenders.append(JaxStep(name, size, args.batch, args.dtype))
+            contenders.append(JaxStep(name, size, args.batch, args.dtype, **overrides))
         if not args.no_torch:
-            for compiled in (False,) if args.no_torch_compile else (False, True):
-                log(f"PyTorch {'torch.compile' if compiled else 'eager'} at {size} px ...")
-                try:
-                    contenders.append(TorchStep(size, args.batch, compiled=compiled, amp=args.dtype == "bfloat16"))
-                except Exception as error:  # torch.compile is "where it works": report, go on
-                    log(f"  left out: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+            counterparts = {"r18": None}  # torchvision's resnet18
+            counterparts.update({c.model_name: dataclasses.replace(c.config, dtype="float32")
+                                 for c in contenders if c.model_name != "r18"})
+            if overrides:  # tiny widths: torchvision's resnet18 has its own, so the twin stands in
+                counterparts["r18"] = next((dataclasses.replace(c.config, dtype="float32") for c in contenders
+                                            if c.model_name == "r18"), None)
+            for name, config in counterparts.items():
+                if name not in args.models:
+                    continue
+                for compiled in (False,) if args.no_torch_compile else (False, True):
+                    log(f"PyTorch {name} {'torch.compile' if compiled else 'eager'} at {size} px ...")
+                    try:
+                        contenders.append(TorchStep(size, args.batch, compiled=compiled, amp=args.dtype == "bfloat16",
+                                                    config=config, model_name=name))
+                    except Exception as error:  # torch.compile is "where it works": report, go on
+                        log(f"  left out: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
         for contender in contenders:
             contender.run(args.warmup)
         for window in range(args.windows):
@@ -184,33 +221,56 @@ def train_section(args) -> list[str]:
                 contender.times.append(contender.run(args.steps))
             log(f"  window {window + 1}/{args.windows}: " + ", ".join(
                 f"{c.label} {c.times[-1]:.3f} s" for c in contenders))
-        torch_eager = next((c for c in contenders if isinstance(c, TorchStep) and not c.compiled), None)
-        reference = statistics.median(torch_eager.times) if torch_eager else None
-        threads = ""
-        if torch_eager and not gpu:
-            threads = f"; PyTorch {torch_eager.torch.get_num_threads()} threads, XLA all {os.cpu_count()} cores"
+        eager = {c.model_name: statistics.median(c.times) for c in contenders
+                 if c.framework == "PyTorch" and not c.compiled}
+        for c in contenders:
+            median = statistics.median(c.times)
+            flops = c.flops_per_image
+            results.append({
+                "label": c.label, "framework": c.framework, "model": c.model_name, "compiled": c.compiled,
+                "size": size, "batch": args.batch, "dtype": args.dtype, "compile_s": c.compile_s, "times": c.times,
+                "median_s": median, "images_per_s": args.batch / median,
+                "flops_per_image": flops if flops == flops else None,
+                "mfu": flops * args.batch / median / peak if peak and flops == flops else None,
+                "vs_torch_eager": median / eager[c.model_name] if c.model_name in eager else None,
+                "torch_threads": c.torch.get_num_threads() if c.framework == "PyTorch" else None,
+            })
+    return results
+
+
+def train_table(args, results: list[dict]) -> list[str]:
+    """``train_results`` as Markdown: a title and a table per input size."""
+    gpu = jax.default_backend() == "gpu"
+    lines = []
+    for size in dict.fromkeys(r["size"] for r in results):
+        rows = [r for r in results if r["size"] == size]
+        threads = next((r["torch_threads"] for r in rows if r["torch_threads"]), None)
+        threads = f"; PyTorch {threads} threads, XLA all {os.cpu_count()} cores" if threads and not gpu else ""
         lines += [
             f"Train step, {size}x{size}, batch {args.batch}, {args.dtype if args.dtype == 'float32' else 'bfloat16 compute'}, "
             f"{len(jax.local_devices())} x {jax.devices()[0].device_kind}{threads}; median of {args.windows} windows "
             f"of {args.steps} steps after {args.warmup} warm-up",
             "",
-            "| contender | compile (s) | step median (s) | min / max (s) | images/s | step time / PyTorch eager |"
+            "| contender | compile (s) | step median (s) | min / max (s) | images/s | step time / PyTorch eager of the same model |"
             + (" GFLOP/image | MFU |" if gpu else ""),
             "|---|---|---|---|---|---|" + ("---|---|" if gpu else ""),
         ]
-        for contender in contenders:
-            t = contender.times
-            median = statistics.median(t)
-            ratio = f"{median / reference:.2f}" if reference else "n/a"
-            row = (f"| {contender.label} | {contender.compile_s:.1f} | {median:.4f} | {min(t):.4f} / {max(t):.4f} | "
-                   f"{args.batch / median:,.1f} | {ratio} |")
+        for r in rows:
+            t = r["times"]
+            ratio = f"{r['vs_torch_eager']:.2f}" if r["vs_torch_eager"] is not None else "n/a"
+            row = (f"| {r['label']} | {r['compile_s']:.1f} | {r['median_s']:.4f} | {min(t):.4f} / {max(t):.4f} | "
+                   f"{r['images_per_s']:,.1f} | {ratio} |")
             if gpu:
-                flops = contender.flops_per_image
-                mfu = flops * args.batch / median / peak if peak and flops == flops else None
-                row += f" {flops / 1e9:.2f} | {f'{mfu:.1%}' if mfu is not None else 'n/a'} |" if flops == flops else " n/a | n/a |"
+                flops, mfu = r["flops_per_image"], r["mfu"]
+                row += f" {flops / 1e9:.2f} |" if flops else " n/a |"
+                row += f" {mfu:.1%} |" if mfu is not None else " n/a |"
             lines.append(row)
         lines.append("")
     return lines
+
+
+def train_section(args) -> list[str]:
+    return train_table(args, train_results(args))
 
 
 def machine() -> str:
