@@ -117,7 +117,7 @@ def test_crop_faces_cuts_out_the_csv_box(folders):
 
 @pytest.mark.parametrize("dataset,folder", [("rafdb", "rafdb"), ("affectnet7", "original"), ("affectnet8", "npy")])
 def test_prepared_data_is_identical_to_the_folder(folders, tmp_path, dataset, folder):
-    quiet_prepare(dataset, folders[folder], tmp_path)
+    quiet_prepare(dataset, folders[folder], tmp_path, stored_size=None)  # the original files
     from_folder = data.open_dataset(dataset, folders[folder])
     from_prepared = data.open_dataset(dataset, tmp_path)
     assert from_prepared.origin.startswith("prepared")
@@ -142,7 +142,7 @@ def test_prepared_data_is_identical_to_the_folder(folders, tmp_path, dataset, fo
 
 
 def test_crop_faces_from_prepared_data(folders, tmp_path):
-    quiet_prepare("affectnet8", folders["original"], tmp_path)
+    quiet_prepare("affectnet8", folders["original"], tmp_path, stored_size=None)
     a = data.open_dataset("affectnet8", folders["original"])
     b = data.open_dataset("affectnet8", tmp_path)
     for i in range(len(a.train)):
@@ -150,7 +150,7 @@ def test_crop_faces_from_prepared_data(folders, tmp_path):
     assert a.notes == b.notes
     whole = data.open_dataset("affectnet8", tmp_path, crop_faces=False)
     assert whole.train[0]["image"].shape != b.train[0]["image"].shape
-    quiet_prepare("affectnet8", folders["npy"], tmp_path / "npy")
+    quiet_prepare("affectnet8", folders["npy"], tmp_path / "npy", stored_size=None)
     npy = data.open_dataset("affectnet8", tmp_path / "npy")  # already faces: read as they are
     np.testing.assert_array_equal(npy.train[0]["image"], data.open_dataset("affectnet8", folders["npy"]).train[0]["image"])
     with pytest.raises(DataError, match="holds prepared affectnet8 but not affectnet7: run experiments.prepare"):
@@ -162,8 +162,9 @@ def test_crop_faces_from_prepared_data(folders, tmp_path):
     ("affectnet8", "original", []),  # the AffectNet preset: ML with WCE (stored class weights), face boxes
 ])
 def test_training_from_the_folder_and_from_prepared_data_is_identical(folders, tmp_path, dataset, folder, flags):
-    """One epoch of the training program on each: the same losses and accuracies."""
-    quiet_prepare(dataset, folders[folder], tmp_path / "prepared")
+    """One epoch of the training program on each: the same losses and accuracies (original files
+    stored; ready-to-train images: test_ready_to_train_batches_are_the_folders_within_jpeg_rounding)."""
+    quiet_prepare(dataset, folders[folder], tmp_path / "prepared", stored_size=None)
     common = ["--dataset", dataset, "--epochs", "1", "--batch-size", "4", "--widths", "4,4,8,8", "--input-size", "32",
               "--threads", "2", "--no-progress", "--from-scratch"] + flags
     runs = {}
@@ -176,6 +177,92 @@ def test_training_from_the_folder_and_from_prepared_data_is_identical(folders, t
     assert np.isfinite(runs["folder"]["train_loss"])
     loss = json.loads((tmp_path / "folder" / "config.json").read_text())["loss"]
     assert loss["weighted"] == (dataset != "rafdb")
+
+
+@pytest.mark.parametrize("dataset,folder", [("rafdb", "rafdb"), ("affectnet8", "original")])
+def test_ready_to_train_images_are_the_folders_crops_resized_within_jpeg_rounding(folders, tmp_path, dataset, folder):
+    """The default preparation stores each face crop resized to the stored size by the training
+    pipeline's resize: the same pixels as reading the folder and resizing, up to JPEG rounding."""
+    from faml_jax.data.pipeline import resize
+
+    quiet_prepare(dataset, folders[folder], tmp_path, stored_size=48)
+    from_folder, ready = data.open_dataset(dataset, folders[folder]), data.open_dataset(dataset, tmp_path)
+    meta = json.loads((prepared.dataset_dir(dataset, tmp_path) / "metadata.json").read_text())
+    assert meta["stored"] == {"size": 48, "crop": dataset != "rafdb", "quality": 95}
+    assert any("stored ready to train: 48 px" in note for note in ready.notes)
+    for split in ("train", "test"):
+        a, b = getattr(from_folder, split), getattr(ready, split)
+        assert len(a) == len(b)
+        for i in range(len(a)):
+            expected, got = resize(a[i]["image"], 48).astype(np.int16), b[i]["image"].astype(np.int16)
+            assert got.shape == (48, 48, 3) and a[i]["label"] == b[i]["label"]
+            assert np.mean(np.abs(got - expected)) < 2.5 and np.max(np.abs(got - expected)) < 40
+
+
+def test_ready_to_train_batches_are_the_folders_within_jpeg_rounding(folders, tmp_path):
+    """The training loader over ready crops stored at the input size: the folder's batches, in
+    the same order, up to JPEG rounding (no resize left to do)."""
+    quiet_prepare("affectnet8", folders["original"], tmp_path, stored_size=32)
+    batches = []
+    for path in (folders["original"], tmp_path):
+        loader = data.TrainLoader(data.open_dataset("affectnet8", path).train, 8, 32, seed=3, num_threads=2)
+        batches.append(next(loader.iterate(0)))
+    np.testing.assert_array_equal(batches[0]["label"], batches[1]["label"])
+    difference = np.abs(batches[0]["image"].astype(np.int16) - batches[1]["image"].astype(np.int16))
+    assert np.mean(difference) < 2.5
+
+
+def test_ready_crops_refuse_the_other_crop_request(folders, tmp_path):
+    from faml_jax.data.pipeline import resize
+
+    quiet_prepare("affectnet8", folders["original"], tmp_path / "boxes", stored_size=48)
+    with pytest.raises(DataError, match="stores the face boxes ready to train, not whole photographs"):
+        data.open_dataset("affectnet8", tmp_path / "boxes", crop_faces=False)
+    quiet_prepare("affectnet8", folders["original"], tmp_path / "whole", stored_size=48, crop=False)
+    with pytest.raises(DataError, match="stores whole photographs ready to train, not the face boxes"):
+        data.open_dataset("affectnet8", tmp_path / "whole")
+    whole = data.open_dataset("affectnet8", tmp_path / "whole", crop_faces=False).train[0]["image"]
+    expected = resize(data.open_dataset("affectnet8", folders["original"], crop_faces=False).train[0]["image"], 48)
+    assert np.mean(np.abs(whole.astype(np.int16) - expected)) < 2.5
+    # Faces without boxes (RAF-DB) are stored as they are whatever the flag.
+    quiet_prepare("rafdb", folders["rafdb"], tmp_path / "raf", stored_size=48, crop=False)
+    assert data.open_dataset("rafdb", tmp_path / "raf", crop_faces=True).train[0]["image"].shape == (48, 48, 3)
+
+
+def test_a_preparation_made_before_the_stored_form_still_reads(folders, tmp_path):
+    quiet_prepare("affectnet8", folders["original"], tmp_path, stored_size=None)
+    info = prepared.dataset_dir("affectnet8", tmp_path) / "metadata.json"
+    meta = json.loads(info.read_text())
+    del meta["stored"]
+    info.write_text(json.dumps(meta))
+    old, folder = data.open_dataset("affectnet8", tmp_path), data.open_dataset("affectnet8", folders["original"])
+    for i in range(len(folder.train)):
+        np.testing.assert_array_equal(old.train[i]["image"], folder.train[i]["image"])  # cut to the box when read
+
+
+def test_missing_or_short_record_files_are_data_errors(folders, tmp_path):
+    quiet_prepare("rafdb", folders["rafdb"], tmp_path, stored_size=32)
+    folder = prepared.dataset_dir("rafdb", tmp_path)
+    (shard,) = folder.glob("*-test.array_record-*")
+    meta = json.loads((folder / "metadata.json").read_text())
+    meta["class_counts"]["test"][0] += 1
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="holds 8 test records, its metadata 9: run experiments.prepare again"):
+        data.open_dataset("rafdb", tmp_path)
+    shard.unlink()
+    with pytest.raises(DataError, match="has no test records: run experiments.prepare again"):
+        data.open_dataset("rafdb", tmp_path)
+
+
+@pytest.mark.parametrize("flags,message", [(["--stored-size", "4"], "at least 8 pixels"),
+                                           (["--jpeg-quality", "0"], "JPEG quality must be in 1..100")])
+def test_prepare_refuses_bad_storage_flags(folders, tmp_path, capsys, flags, message):
+    out = tmp_path / "prepared"
+    args = ["--dataset", "rafdb", "--data-dir", str(folders["rafdb"]), "--out", str(out), "--no-progress", *flags]
+    assert prepare_program.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not prepared.is_prepared("rafdb", out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,6 +429,27 @@ def test_decode_converts_grey_and_rgba_to_rgb():
         buffer = io.BytesIO()
         Image.new(mode, (5, 4)).save(buffer, format="PNG")
         assert data.folders.decode_image(buffer.getvalue(), "x.png").shape == (4, 5, 3)
+
+
+@pytest.mark.parametrize("mode,options", [
+    ("RGB", dict(quality=90)), ("RGB", dict(quality=95, subsampling=0)), ("RGB", dict(quality=75, subsampling=1)),
+    ("RGB", dict(quality=85, progressive=True)), ("L", dict(quality=90)), ("CMYK", dict(quality=90)),
+], ids=["420", "444", "422", "progressive", "grey", "cmyk"])
+def test_jpeg_decoding_gives_pillows_pixels(mode, options):
+    """decode_image's libjpeg-turbo path (simplejpeg) gives exactly what Pillow gives, on a real
+    photograph (scikit-image's astronaut) in every JPEG flavour; CMYK goes through Pillow."""
+    from skimage import data as samples
+
+    buffer = io.BytesIO()
+    Image.fromarray(samples.astronaut()).convert(mode).save(buffer, "JPEG", **options)
+    jpeg = buffer.getvalue()
+    with Image.open(io.BytesIO(jpeg)) as image:
+        expected = np.asarray(image.convert("RGB"))
+    assert (data.folders._decode_jpeg(jpeg) is None) == (mode == "CMYK")
+    np.testing.assert_array_equal(data.folders.decode_image(jpeg, "x.jpg"), expected)
+    for cut in (len(jpeg) // 2, len(jpeg) - 100):  # truncated: an error either way, never part of an image
+        with pytest.raises(CorruptImageError, match="cannot decode image x.jpg"):
+            data.folders.decode_image(jpeg[:cut], "x.jpg")
 
 
 def test_a_face_box_outside_its_image_is_found_when_preparing(tmp_path):

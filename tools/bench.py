@@ -156,7 +156,9 @@ class TorchStep:
             self.x = self.x.contiguous(memory_format=torch.channels_last)
         self.y = torch.randint(0, NUM_CLASSES, (batch,), device=self.device)
         self.opt = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.999), eps=1e-8)
-        self.forward = torch.compile(model) if compiled else model
+        # dynamic=False: one static graph per input size (with symbolic shapes, the second size
+        # failed in Inductor on this CPU: "cannot determine truth value of Relational").
+        self.forward = torch.compile(model, dynamic=False) if compiled else model
         self.flops_per_image = float("nan")
         start = time.perf_counter()
         self.run(1)

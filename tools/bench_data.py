@@ -1,6 +1,8 @@
 """Data-loading throughput into the train step: images per second from JPEG files to uint8
-batches on the device, for RAF-style 100x100 and AffectNet-style 400x400 JPEGs, read from the
-folder directly and from the prepared TFDS array_record data.
+batches on the device, for RAF-style 100x100 and AffectNet-style 400x400 JPEGs (AffectNet's face
+boxes cut out, as training does by default), read from the folder directly, from TFDS
+array_record data prepared with the original files (``experiments.prepare --stored-size 0``) and
+prepared ready to train (the default: crops stored as JPEGs at the input size).
 
     python -m tools.bench_data                               # 224 px, batch 128, 4 threads
     python -m tools.bench_data --size 112 --threads 2 --images 1536
@@ -44,7 +46,9 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def fixture(workdir: Path, dataset: str, writer, side: int, images: int, log=print) -> Path:
+def fixture(workdir: Path, dataset: str, writer, side: int, images: int, stored_size: int, log=print) -> Path:
+    """The fixture folder (written once) with its two preparations: ``prepared-original`` and
+    ``prepared-<stored_size>``."""
     folder = workdir / f"{dataset}-{side}px-{images}"
     if not (folder / "complete").exists():
         log(f"writing {images} {side}x{side} JPEGs into {folder} (once)")
@@ -52,8 +56,10 @@ def fixture(workdir: Path, dataset: str, writer, side: int, images: int, log=pri
         train = [list(codes)[i % len(codes)] for i in range(images)]
         writer(folder, train, list(codes), size=side)
         (folder / "complete").touch()
-    if not prepared.is_prepared(dataset, folder / "prepared"):
-        prepared.prepare(dataset, folder, folder / "prepared", bars=False)
+    for name, size in (("prepared-original", None), (f"prepared-{stored_size}", stored_size)):
+        if not prepared.is_prepared(dataset, folder / name):
+            log(f"preparing {folder / name}")
+            prepared.prepare(dataset, folder, folder / name, bars=False, stored_size=size)
     return folder
 
 
@@ -82,11 +88,10 @@ def measure(args, log=print) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for label, dataset, writer, side in CASES:
-        folder = fixture(workdir, dataset, writer, side, args.images, log)
-        for origin, path in (("folder", folder), ("prepared", folder / "prepared")):
-            # Whole images (the rates in BENCHMARKS.md were measured so); training cuts AffectNet's
-            # face boxes by default, which decodes the same file and resizes a smaller crop.
-            source = data.open_dataset(dataset, path, crop_faces=False).train
+        folder = fixture(workdir, dataset, writer, side, args.images, args.size, log)
+        for origin, path in (("folder", folder), ("prepared, original files", folder / "prepared-original"),
+                             (f"prepared, ready to train ({args.size} px)", folder / f"prepared-{args.size}")):
+            source = data.open_dataset(dataset, path).train
             rates = [epoch_rate(source, args, epoch) for epoch in range(args.rounds)]
             lines.append(f"| {label} | {origin} | {statistics.median(rates):,.0f} | {min(rates):,.0f} | {max(rates):,.0f} |")
             log(lines[-1])

@@ -45,6 +45,8 @@ PACKAGES = ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "flax", "
             "grain", "tensorflow-datasets", "array-record", "tensorboardX", "numpy", "torch", "torchvision",
             "onnx", "onnxruntime")
 ROOT = Path(__file__).resolve().parents[1]
+# The modules holding the tests marked gpu (collecting only these needs no optional extra).
+GPU_TEST_FILES = ("tests/test_train.py", "tests/test_models.py", "tests/test_ensemble.py", "tests/test_export.py")
 TINY = dict(widths=(8, 16, 16, 32), stage_depths=(1, 1, 1, 1), attn_dim=16, attn_heads=2, attn_depth=1)
 
 
@@ -89,7 +91,7 @@ def environment(args) -> dict:
 
 def tests(args) -> dict:
     """``pytest -m gpu`` in a subprocess (the smoke run only collects them: the CPU suite runs them)."""
-    command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests"]
+    command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *GPU_TEST_FILES]
     if args.cpu_smoke:
         command.insert(4, "--collect-only")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -146,7 +148,7 @@ def end_to_end(args) -> dict:
             options += ["--widths", "8,16,16,32", "--train-size", "64", "--test-size", "16", "--batch-size", "8",
                         "--no-attention"]
         else:
-            options += ["--model", "r18_faml", "--widths", "64,128,256,512", "--train-size", "8192",
+            options += ["--model", "r18_faml", "--widths", "64,128,256,512", "--train-size", "4096",
                         "--test-size", "1024", "--batch-size", str(args.batch), "--threads", str(os.cpu_count())]
         command = [sys.executable, "-m", "experiments.train", *options]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}

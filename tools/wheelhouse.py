@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # What faml_jax imports that the image lacks (the rest of its dependencies come with these).
-WANTED = ("grain", "tensorflow-datasets", "array-record", "tensorboardX", "importlib-resources")
+WANTED = ("grain", "tensorflow-datasets", "array-record", "tensorboardX", "importlib-resources", "simplejpeg")
 SOURCE_ONLY = ("promise",)  # no wheel on PyPI: built here
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64")

@@ -154,8 +154,11 @@ def _open_prepared(name, data_dir, crop_faces) -> Dataset:
     from faml_jax.data import prepared
 
     p = prepared.open_prepared(name, data_dir, crop_faces)
+    notes = _crop_note(p.has_boxes, crop_faces)
+    if p.stored and p.stored.get("size"):
+        notes += (f"images stored ready to train: {p.stored['size']} px JPEG, quality {p.stored['quality']}",)
     return _dataset(name, p.classes, p.sources, p.class_counts, p.class_weights,
-                    f"prepared {p.folder}, from {p.source}", p.problems, _crop_note(p.has_boxes, crop_faces))
+                    f"prepared {p.folder}, from {p.source}", p.problems, notes)
 
 
 def _dataset(name, classes, sources, counts, weights, origin, problems: dict[str, Problems],
