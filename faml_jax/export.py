@@ -237,6 +237,11 @@ def _convert(g: _Graph, jaxpr, consts, inputs: list[str]) -> list[str]:
                 limit[0] = np.iinfo(np.int64).max
             outs = [g.one("Slice", [args[0], g.const(start, np.int64), g.const(limit, np.int64),
                                     g.const(list(range(len(start))), np.int64), g.const(strides, np.int64)])]
+        elif name == "stack":
+            axis = g.const([int(p["axis"])], np.int64)
+            outs = [g.one("Concat", [g.one("Unsqueeze", [a, axis]) for a in args], axis=int(p["axis"]))]
+        elif name == "concatenate":
+            outs = [g.one("Concat", args, axis=int(p["dimension"]))]
         elif name == "pad":
             config = p["padding_config"]
             if any(interior for _, _, interior in config) or any(lo < 0 or hi < 0 for lo, hi, _ in config):
