@@ -194,8 +194,10 @@ def test_member_parallel_step_equals_each_members_own_step(devices):
             continue
         (s2, m2) = expected2[i]
         assert int(member.step) == 2
-        assert max_abs_diff(member.params, s2.params) <= 1e-6
-        assert max_abs_diff(member.batch_stats, s2.batch_stats) <= 1e-6
+        # Equal up to float reordering between the two compiled programs (seen: 1.5e-6 after two
+        # Adam steps of about lr = 1e-3 each), as in the four-devices test.
+        assert max_abs_diff(member.params, s2.params) <= 1e-5
+        assert max_abs_diff(member.batch_stats, s2.batch_stats) <= 1e-5
         np.testing.assert_allclose(metrics["loss"][i], expected[i][1]["loss"], rtol=1e-6)
         np.testing.assert_allclose(metrics2["loss"][i], m2["loss"], rtol=1e-6)
         assert float(metrics2["lsr"][i]) == float(m2["lsr"])

@@ -1,0 +1,143 @@
+"""Forward + backward time of the parts R18+FAML adds to ResNet18, in faml_jax and in its PyTorch
+twin (``tools/torch_twin.py``), to find where a train-step gap comes from.
+
+    python -m tools.bench_parts                  # batch 16, 224 px input, float32
+    python -m tools.bench_parts --batch 8 --calls 5
+
+Parts: the FA stem, the three attention blocks (at the feature-map sizes of a 224 px input), the
+attention core at 196 tokens (the model's per-head product and the head-in-the-middle einsum it
+replaced, against PyTorch's ``scaled_dot_product_attention``) and the dense layers of the blocks.
+Each is timed as the gradient of ``sum(output ** 2)``, median of ``--calls`` calls after one
+warm-up, PyTorch with 2 threads. Timings are measurements, never test assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from faml_jax.xla_flags import set_default_flags
+
+set_default_flags()  # before jax starts: the programs' flags
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from faml_jax import models  # noqa: E402
+from faml_jax.models.attention import AttentionBlock  # noqa: E402
+from faml_jax.models.fa_stem import FAStem  # noqa: E402
+
+
+def timed(fn, calls: int) -> float:
+    fn()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def jax_grad(module, variables, x):
+    grad = jax.jit(jax.grad(lambda v, x: jnp.sum(module.apply(v, x) ** 2), argnums=(0, 1)))
+    return lambda: jax.block_until_ready(grad(variables, x))
+
+
+def torch_grad(module, x):
+    def run():
+        module.zero_grad(set_to_none=True)
+        (module(x) ** 2).sum().backward()
+    return run
+
+
+def attention_core(kind: str):
+    def per_head(q, k, v):
+        heads = q.shape[2]
+        probs = [jax.nn.softmax(jnp.einsum("bqd,bkd->bqk", q[:, :, h], k[:, :, h]) / jnp.sqrt(q.shape[-1]), -1)
+                 for h in range(heads)]
+        return jnp.stack([jnp.einsum("bqk,bkd->bqd", probs[h], v[:, :, h]) for h in range(heads)], 2)
+
+    def middle(q, k, v):
+        probs = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1]), -1)
+        return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+    return {"per_head": per_head, "middle": middle}[kind]
+
+
+def measure(args) -> list[str]:
+    import torch
+
+    from tools import torch_twin
+
+    torch.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    config = models.build("r18_faml", 7, input_size=args.size).config
+    rows = []
+
+    x = rng.standard_normal((args.batch, args.size, args.size, 3)).astype(np.float32)
+    stem = FAStem(config.widths[0], config.fa_regions, config.fa_init)
+    rows.append(("FA stem (three 7x7 convolutions, placed and fused)",
+                 timed(jax_grad(stem, stem.init(jax.random.key(0), x), x), args.calls),
+                 timed(torch_grad(torch_twin.FAStem(config.widths[0], config.fa_regions, args.size, config.fa_init),
+                                  torch.from_numpy(x.transpose(0, 3, 1, 2).copy())), args.calls)))
+
+    side = args.size // 4
+    for stage, patch in enumerate(config.attn_patch_sizes):
+        width = config.widths[stage]
+        xa = rng.standard_normal((args.batch, side, side, width)).astype(np.float32)
+        block = AttentionBlock(patch, config.attn_dim, config.attn_depth, config.attn_heads, config.attn_mlp_ratio)
+        variables = jax.tree.map(lambda a: a + 0.01, block.init(jax.random.key(0), xa))  # gate not the identity
+        twin = torch_twin.AttentionBlock(width, side, patch, config.attn_dim, config.attn_depth, config.attn_heads,
+                                         config.attn_mlp_ratio)
+        with torch.no_grad():
+            for p in twin.parameters():
+                p.add_(0.01)
+        rows.append((f"attention block after stage {stage + 1} ({side}x{side}x{width}, patch {patch})",
+                     timed(jax_grad(block, variables, xa), args.calls),
+                     timed(torch_grad(twin, torch.from_numpy(xa.transpose(0, 3, 1, 2).copy())), args.calls)))
+        side //= 2
+
+    tokens, heads = (args.size // 16) ** 2, config.attn_heads
+    q, k, v = (rng.standard_normal((args.batch, tokens, heads, config.attn_dim // heads)).astype(np.float32)
+               for _ in range(3))
+    qt, kt, vt = (torch.from_numpy(a.transpose(0, 2, 1, 3).copy()).requires_grad_() for a in (q, k, v))
+
+    def sdpa():
+        (torch.nn.functional.scaled_dot_product_attention(qt, kt, vt) ** 2).sum().backward()
+
+    for kind, label in (("per_head", "one batched product per head (the model's)"),
+                        ("middle", 'einsum("bqhd,bkhd->bhqk")')):
+        core = attention_core(kind)
+        grad = jax.jit(jax.grad(lambda q, k, v: jnp.sum(core(q, k, v) ** 2), argnums=(0, 1, 2)))
+        rows.append((f"attention core, {tokens} tokens, {heads} heads: {label}",
+                     timed(lambda: jax.block_until_ready(grad(q, k, v)), args.calls), timed(sdpa, args.calls)))
+
+    xt = rng.standard_normal((args.batch, tokens, config.attn_dim)).astype(np.float32)
+    for out in (config.attn_dim, int(config.attn_dim * config.attn_mlp_ratio), 16 * config.widths[0]):
+        dense = nn.Dense(out)
+        linear = torch.nn.Linear(config.attn_dim, out)
+        rows.append((f"dense {config.attn_dim} -> {out} on ({args.batch}, {tokens}, {config.attn_dim})",
+                     timed(jax_grad(dense, dense.init(jax.random.key(0), xt), xt), args.calls),
+                     timed(torch_grad(linear, torch.from_numpy(xt).requires_grad_()), args.calls)))
+
+    lines = [f"Parts of R18+FAML, forward + backward, batch {args.batch}, {args.size} px input, float32, "
+             f"{jax.devices()[0].device_kind}, median of {args.calls} calls; PyTorch {torch.get_num_threads()} threads",
+             "", "| part | faml_jax (ms) | PyTorch twin (ms) | ratio |", "|---|---|---|---|"]
+    lines += [f"| {name} | {a * 1e3:.1f} | {b * 1e3:.1f} | {a / b:.2f} |" for name, a, b in rows]
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=16, help="batch (default 16)")
+    parser.add_argument("--size", type=int, default=224, help="input side (default 224)")
+    parser.add_argument("--calls", type=int, default=7, help="timed calls per part (default 7)")
+    print("\n".join(measure(parser.parse_args(argv))))
+
+
+if __name__ == "__main__":
+    main()
