@@ -206,7 +206,12 @@ def _convert(g: _Graph, jaxpr, consts, inputs: list[str]) -> list[str]:
                 raise ConfigError(f"ONNX export: no conversion to {np.dtype(p['new_dtype'])}")
             outs = [g.one("Cast", args, to=_ONNX_DTYPES[np.dtype(p["new_dtype"])])]
         elif name == "reshape":
-            outs = [g.one("Reshape", [args[0], g.shape(p["new_sizes"])])]
+            sizes = [int(d) for d in p["new_sizes"]]
+            if sizes and sizes[0] != g.batch and sizes[0] % g.batch == 0 and avals[0].shape[:1] == (g.batch,):
+                # (batch, tokens, ...) flattened to rows: the leading size is batch x tokens, -1 here.
+                outs = [g.one("Reshape", [args[0], g.const([-1] + sizes[1:], np.int64)])]
+            else:
+                outs = [g.one("Reshape", [args[0], g.shape(sizes)])]
         elif name == "squeeze":
             outs = [g.one("Squeeze", [args[0], g.const(list(p["dimensions"]), np.int64)])]
         elif name == "expand_dims":
