@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -113,9 +114,7 @@ def train_step(args) -> dict:
         "--sizes", str(args.size), "--batch", str(args.batch), "--windows", "1" if args.cpu_smoke else "3",
         "--steps", "1" if args.cpu_smoke else "10", "--warmup", "1" if args.cpu_smoke else "3",
         *(["--no-torch-compile", "--dtype", "float32"] if args.cpu_smoke else []), "--no-append"])
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("torch") is None:
         bench_args.no_torch = True
         log("torch is not installed: faml_jax alone")
     results = bench.train_results(bench_args, log=log, **(TINY if args.cpu_smoke else {}))
