@@ -14,8 +14,6 @@ warm-up, PyTorch with 2 threads. Timings are measurements, never test assertions
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 
@@ -30,16 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 from faml_jax import models  # noqa: E402
 from faml_jax.models.attention import AttentionBlock  # noqa: E402
 from faml_jax.models.fa_stem import FAStem  # noqa: E402
-
-
-def timed(fn, calls: int) -> float:
-    fn()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from tools.bench_predict import timed  # noqa: E402  (median of calls after an untimed first one)
 
 
 def jax_grad(module, variables, x):

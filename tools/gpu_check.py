@@ -90,12 +90,17 @@ def environment(args) -> dict:
     }
 
 
+def child_env() -> dict:
+    """The environment of the programs the check starts: this checkout first on ``PYTHONPATH``."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
 def tests(args) -> dict:
     """``pytest -m gpu`` in a subprocess (the smoke run only collects them: the CPU suite runs them)."""
     command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *GPU_TEST_FILES]
     if args.cpu_smoke:
         command.insert(4, "--collect-only")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = child_env()
     if not args.cpu_smoke:
         env["FAML_JAX_TEST_FAST_COMPILE"] = "0"  # the suite's CPU compile shortcuts would slow GPU kernels
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -152,7 +157,7 @@ def end_to_end(args) -> dict:
             options += ["--model", "r18_faml", "--widths", "64,128,256,512", "--train-size", "4096",
                         "--test-size", "1024", "--batch-size", str(args.batch), "--threads", str(os.cpu_count())]
         command = [sys.executable, "-m", "experiments.train", *options]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        env = child_env()
         start = time.perf_counter()
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         seconds = time.perf_counter() - start

@@ -188,15 +188,14 @@ def _out(kernel) -> np.ndarray:
 
 def layout(config: ModelConfig) -> dict[str, tuple[str, tuple[str, ...], callable]]:
     """Every tensor of the twin's state dict: ``name -> (collection, flax path, flax -> torch)``."""
-    flat = lambda a: np.asarray(a, np.float32).reshape(-1)  # noqa: E731
-    ident = flat
+    flat = lambda a: np.asarray(a, np.float32).reshape(-1)  # noqa: E731  (from_flax reshapes to the twin's shape)
     entries: dict = {}
 
     def bn(prefix, path):
-        entries[f"{prefix}.weight"] = ("params", path + ("scale",), ident)
-        entries[f"{prefix}.bias"] = ("params", path + ("bias",), ident)
-        entries[f"{prefix}.running_mean"] = ("batch_stats", path + ("mean",), ident)
-        entries[f"{prefix}.running_var"] = ("batch_stats", path + ("var",), ident)
+        entries[f"{prefix}.weight"] = ("params", path + ("scale",), flat)
+        entries[f"{prefix}.bias"] = ("params", path + ("bias",), flat)
+        entries[f"{prefix}.running_mean"] = ("batch_stats", path + ("mean",), flat)
+        entries[f"{prefix}.running_var"] = ("batch_stats", path + ("var",), flat)
 
     def dense(prefix, path, kind=_dense, bias=True):
         entries[f"{prefix}.weight"] = ("params", path + ("kernel",), kind)
@@ -207,7 +206,7 @@ def layout(config: ModelConfig) -> dict[str, tuple[str, tuple[str, ...], callabl
     for i, _ in enumerate(config.fa_regions):
         entries[f"stem.conv_regions.{i}.weight"] = ("params", ("stem", f"conv_region{i}", "kernel"), _conv)
     if config.fa_regions:
-        entries["stem.fusion_weights"] = ("params", ("stem", "fusion_weights"), ident)
+        entries["stem.fusion_weights"] = ("params", ("stem", "fusion_weights"), flat)
     bn("bn1", ("bn1",))
     inp = config.widths[0]
     for stage, (width, depth) in enumerate(zip(config.widths, config.stage_depths)):
@@ -225,20 +224,20 @@ def layout(config: ModelConfig) -> dict[str, tuple[str, tuple[str, ...], callabl
             prefix, path = f"attention.{stage}", (f"attn{stage + 1}",)
             entries[f"{prefix}.embed.weight"] = ("params", path + ("embed", "kernel"), _conv)
             entries[f"{prefix}.embed.bias"] = ("params", path + ("embed", "bias"), flat)
-            entries[f"{prefix}.pos_embed"] = ("params", path + ("pos_embed",), lambda a: np.asarray(a, np.float32))
+            entries[f"{prefix}.pos_embed"] = ("params", path + ("pos_embed",), flat)
             for i in range(config.attn_depth):
                 lp, lpath = f"{prefix}.layers.{i}", path + (f"layer{i}",)
                 for norm in ("norm1", "norm2"):
-                    entries[f"{lp}.{norm}.weight"] = ("params", lpath + (norm, "scale"), ident)
-                    entries[f"{lp}.{norm}.bias"] = ("params", lpath + (norm, "bias"), ident)
+                    entries[f"{lp}.{norm}.weight"] = ("params", lpath + (norm, "scale"), flat)
+                    entries[f"{lp}.{norm}.bias"] = ("params", lpath + (norm, "bias"), flat)
                 dense(f"{lp}.query", lpath + ("attn", "query"))
                 dense(f"{lp}.key", lpath + ("attn", "key"), bias=False)
                 dense(f"{lp}.value", lpath + ("attn", "value"))
                 dense(f"{lp}.out", lpath + ("attn", "out"), kind=_out)
                 dense(f"{lp}.mlp_in", lpath + ("mlp_in",))
                 dense(f"{lp}.mlp_out", lpath + ("mlp_out",))
-            entries[f"{prefix}.norm.weight"] = ("params", path + ("norm", "scale"), ident)
-            entries[f"{prefix}.norm.bias"] = ("params", path + ("norm", "bias"), ident)
+            entries[f"{prefix}.norm.weight"] = ("params", path + ("norm", "scale"), flat)
+            entries[f"{prefix}.norm.bias"] = ("params", path + ("norm", "bias"), flat)
             dense(f"{prefix}.project", path + ("project",))
     dense("fc", ("fc",))
     return entries
