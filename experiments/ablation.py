@@ -53,7 +53,7 @@ from faml_jax import evolution, models, report, runs, trainer
 from faml_jax.config import FGAConfig, LossConfig, RunConfig, config_differences, config_to_json
 from faml_jax.runs import process_workdir
 from faml_jax.trainer import adopt_recorded, complete_run_config, recorded_config
-from faml_jax.writer import write_atomic
+from faml_jax.writer import write_atomic, write_json
 
 VARIANTS = {  # row name: model preset
     "R18": "r18",
@@ -185,7 +185,7 @@ def run(base: RunConfig, fga: FGAConfig, networks: int, workdir: str | os.PathLi
         table[row]["paper"] = paper_accuracy(base.data.dataset, row, networks)
     result = {"dataset": base.data.dataset, "networks": networks, "seeds": seeds, "epochs": base.epochs,
               "fga": dataclasses.asdict(fga), "rows": table}
-    write_atomic(workdir / "table2.json", json.dumps(result, indent=2) + "\n")
+    write_json(workdir / "table2.json", result)
     write_atomic(workdir / "table2.md", markdown(result))
     log(markdown(result))
     return result

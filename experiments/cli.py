@@ -7,12 +7,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 from pathlib import Path
 
 import jax
 
-from faml_jax import data, models
+from faml_jax import data, models, signals
 from faml_jax.config import AUGMENT_PRESETS, RUN_PRESETS, AugmentConfig, FGAConfig, RunConfig, preset
 from faml_jax.trainer import start_processes
 
@@ -189,21 +190,52 @@ def kept_on_resume(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def run_cli(parser: argparse.ArgumentParser, argv, body) -> int:
-    """Parse ``argv`` and call ``body(args)``; a usage problem or an invalid configuration value
-    is printed as one line and gives exit status 2."""
+    """Parse ``argv`` and call ``body(args)``. Every expected failure is one line on stderr: a
+    usage problem, an invalid configuration value or a library error (exit status 2), a file
+    that cannot be read or written (``OSError``, status 1), a stop by Ctrl-C or SIGTERM (status
+    130 or 143, after what the library kept is said; ``faml_jax.signals``)."""
     args = parser.parse_args(argv)
     try:
-        start_processes(getattr(args, "coordinator", None), getattr(args, "num_processes", None),
-                        getattr(args, "process_id", None), getattr(args, "distributed", "off"))
-        if jax.process_index() > 0:  # process 0 prints for all; errors still reach stderr
-            sys.stdout = open(os.devnull, "w")
-            if hasattr(args, "no_progress"):
-                args.no_progress = True
-        body(args)
+        with signals.installed():
+            run_body(args, body)
     except (UsageError, ValueError) as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {one_line(error)}", file=sys.stderr)
         return 2
+    except OSError as error:
+        where = f": {error.filename}" if error.filename else ""
+        print(f"{parser.prog}: error: {error.strerror or one_line(error)}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM (signals.Interrupted)
+        stop(parser.prog, error)
     return 0
+
+
+def run_body(args: argparse.Namespace, body) -> None:
+    """Join the processes of a multi-process run, then ``body(args)``."""
+    start_processes(getattr(args, "coordinator", None), getattr(args, "num_processes", None),
+                    getattr(args, "process_id", None), getattr(args, "distributed", "off"))
+    if jax.process_index() > 0:  # process 0 prints for all; errors still reach stderr
+        sys.stdout = open(os.devnull, "w")
+        if hasattr(args, "no_progress"):
+            args.no_progress = True
+    body(args)
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message as one line."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def stop(prog: str, error: KeyboardInterrupt) -> None:
+    """End the program after Ctrl-C or SIGTERM: one line, exit status 128 + the signal's number.
+    ``os._exit``: the interpreter's usual shutdown can crash while XLA's compiler threads are
+    still running (a segfault after Ctrl-C during compilation); every file the program writes is
+    complete or absent already (atomic writes, checkpoints)."""
+    status = getattr(error, "exit_status", 128 + signal.SIGINT)
+    print(f"{prog}: {one_line(error) if str(error) else 'interrupted'}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def add_fga_arguments(parser: argparse.ArgumentParser, population: bool) -> argparse._ArgumentGroup:

@@ -1,20 +1,38 @@
 """Per-epoch checkpoints with orbax: the train state plus a JSON record of everything else a
-resumed run needs (data iterator state, learning-rate regime, history).
+resumed run needs (data iterator position, learning-rate regime, history).
 
 Checkpoints are atomic: orbax writes ``<step>.orbax-checkpoint-tmp*`` and renames it when complete,
-so a run killed during a save resumes from the last complete checkpoint. The last ``keep``
-checkpoints are kept, plus the best one by test accuracy.
+so a run killed during a save resumes from the last complete checkpoint. Each complete checkpoint
+also holds ``digest.json`` (the size and SHA-256 of each of its files), so a checkpoint damaged
+afterwards (a truncated or changed file, a lost manifest) is recognised before orbax reads it
+(``CheckpointDamaged``), and told apart from a checkpoint of another model (``CheckpointMismatch``).
+Which checkpoints are kept is the caller's choice (``prune``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+DIGEST = "digest.json"
+
+
+class CheckpointDamaged(ValueError):
+    """A checkpoint's files are missing, truncated or changed since it was written."""
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint is intact but holds another model's or optimiser's state."""
 
 
 class Checkpoints:
@@ -25,13 +43,9 @@ class Checkpoints:
     alone writes, every process calls ``save``, which waits for all of them before writing (so no
     process is still reading what it changes) and returns when the checkpoint is complete."""
 
-    def __init__(self, workdir: str | os.PathLike, keep: int = 3):
-        self.directory = Path(workdir).absolute() / "checkpoints"
+    def __init__(self, workdir: str | os.PathLike, folder: str = "checkpoints"):
+        self.directory = Path(workdir).absolute() / folder
         self.directory.mkdir(parents=True, exist_ok=True)  # orbax's create=True refuses active_processes
-        policy = ocp.checkpoint_managers.AnyPreservationPolicy([
-            ocp.checkpoint_managers.LatestN(n=keep),
-            ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m["test_accuracy"], n=1),
-        ])
         # orbax's own multi-host protocol is not used: each process works alone (its barriers
         # would wait for processes that never call it), ``save`` synchronises the processes.
         alone = ocp.options.MultiprocessingOptions(
@@ -48,7 +62,7 @@ class Checkpoints:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                preservation_policy=policy, enable_async_checkpointing=False, create=False,
+                enable_async_checkpointing=False, create=False,
                 multiprocessing_options=alone,
             ),
             handler_registry=registry,
@@ -61,14 +75,11 @@ class Checkpoints:
     def all_epochs(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def best_epoch(self) -> int | None:
-        return self.manager.best_step()
-
-    def save(self, epoch: int, state: Any, record: dict, test_accuracy: float) -> None:
+    def save(self, epoch: int, state: Any, record: dict) -> None:
         """Save the (unreplicated) train state and a JSON-serialisable ``record`` as checkpoint
-        ``epoch``; ``test_accuracy`` ranks it for the best-checkpoint policy. Typed PRNG keys are
-        stored as their key data (uint32): when several processes run, orbax refuses to write
-        jax.Arrays that live on one process's devices."""
+        ``epoch``, then its digest. Typed PRNG keys are stored as their key data (uint32): when
+        several processes run, orbax refuses to write jax.Arrays that live on one process's
+        devices."""
         several = jax.process_count() > 1
         if several:  # every process has read what it reads before this save (e.g. latest_epoch)
             sync_processes(f"before checkpoint {self.directory} {epoch}")
@@ -76,12 +87,40 @@ class Checkpoints:
             self.manager.save(
                 epoch,
                 args=ocp.args.Composite(state=ocp.args.StandardSave(_keys_to_data(state)), record=ocp.args.JsonSave(record)),
-                metrics={"test_accuracy": float(test_accuracy)},
+                force=True,
             )
             self.manager.wait_until_finished()
+            write_digest(self.directory / str(epoch))
         if several:  # no process reads the checkpoint before it is complete
             sync_processes(f"after checkpoint {self.directory} {epoch}")
             self._refresh()
+
+    def delete(self, epoch: int) -> None:
+        """Delete checkpoint ``epoch`` (process 0; every process calls it)."""
+        if jax.process_index() == 0 and epoch in self.all_epochs():
+            self.manager.delete(epoch)
+        sync_processes(f"deleted {self.directory} {epoch}")
+        self._refresh()
+
+    def prune(self, keep: set[int]) -> None:
+        """Delete every complete checkpoint whose epoch is not in ``keep``."""
+        for epoch in self.all_epochs():
+            if epoch not in keep:
+                self.delete(epoch)
+
+    def set_aside(self, epoch: int, where: Path) -> Path:
+        """Move checkpoint ``epoch`` (a damaged one) out of the way to ``where/<epoch>``, so that
+        the run can write that epoch again; returns its new path."""
+        target = Path(where) / str(epoch)
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.move(str(self.directory / str(epoch)), target)
+            self.manager.reload()
+        sync_processes(f"set aside {self.directory} {epoch}")
+        self._refresh()
+        return target
 
     def _refresh(self) -> None:
         """Other processes than 0 re-read the list of checkpoints that process 0 writes."""
@@ -90,29 +129,109 @@ class Checkpoints:
 
     def restore(self, epoch: int, like: Any) -> tuple[Any, dict]:
         """Restore checkpoint ``epoch`` into the structure (and dtypes) of ``like``, an
-        unreplicated train state. Raises ValueError when the shapes do not match ``like``."""
+        unreplicated train state. Raises ``CheckpointDamaged`` when its files are not those
+        written (``verify``; a checkpoint without a digest, written by an earlier version, is
+        judged by whether orbax can read it) and ``CheckpointMismatch`` when it is intact but its
+        shapes do not match ``like``."""
+        path = self.directory / str(epoch)
+        problem = verify(path)
+        if problem:
+            raise CheckpointDamaged(f"checkpoint {path} is damaged: {problem}")
+
         def restore(template):
             abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
-            return self.manager.restore(
-                epoch,
-                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()),
-            )
+            # orbax's reading threads report a damaged file as many "Event loop is closed"
+            # tracebacks on stderr; the error raised here says what matters.
+            with contextlib.redirect_stderr(io.StringIO()):
+                return self.manager.restore(
+                    epoch,
+                    args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()),
+                )
 
         try:
             restored = restore(_keys_to_data(like))
             state = _data_to_keys(restored["state"], like)
-        except (ValueError, KeyError, TypeError) as error:
+        except Exception as error:  # noqa: BLE001 (orbax and tensorstore raise many kinds)
             try:  # a checkpoint written before keys were stored as key data
                 restored = restore(like)
                 state = restored["state"]
-            except (ValueError, KeyError, TypeError):
-                raise ValueError(
-                    f"checkpoint {self.directory / str(epoch)} does not match this run's model or optimiser: {error}"
-                ) from error
+            except Exception:  # noqa: BLE001
+                cause = first_line(error)
+                if self.matches(epoch, like) is False:
+                    raise CheckpointMismatch(
+                        f"checkpoint {path} does not match this run's model or optimiser: {cause}") from None
+                raise CheckpointDamaged(f"checkpoint {path} cannot be read: {cause}") from None
         return state, restored["record"]
+
+    def matches(self, epoch: int, like: Any) -> bool | None:
+        """Whether the arrays stored in checkpoint ``epoch`` have the names and shapes of those
+        of ``like`` (None: its metadata cannot be read)."""
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                stored = self.manager.item_metadata(epoch)["state"]
+            shapes = {k: tuple(v.shape) for k, v in _flat_paths(stored).items()}
+        except Exception:  # noqa: BLE001
+            return None
+        for template in (_keys_to_data(like), like):
+            wanted = {k: tuple(np.shape(v)) for k, v in _flat_paths(template).items()}
+            if wanted == shapes:
+                return True
+        return False
 
     def close(self) -> None:
         self.manager.close()
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (tensorstore's run to many lines)."""
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:300]
+
+
+def _flat_paths(tree) -> dict:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_digest(checkpoint: Path) -> None:
+    """Record the size and SHA-256 of every file of a complete checkpoint in its digest.json."""
+    from faml_jax.writer import write_json
+
+    files = {str(p.relative_to(checkpoint)): [p.stat().st_size, _sha256(p)]
+             for p in sorted(checkpoint.rglob("*")) if p.is_file() and p.name != DIGEST}
+    write_json(checkpoint / DIGEST, {"files": files})
+
+
+def verify(checkpoint: Path) -> str | None:
+    """What is wrong with a checkpoint's files (None: they are those its digest lists, or it has
+    no digest: written by an earlier version, judged by reading it)."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        return "it is missing"
+    digest_path = checkpoint / DIGEST
+    if not digest_path.exists():
+        return None if any(checkpoint.iterdir()) else "its folder is empty"
+    try:
+        files = json.loads(digest_path.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"its {DIGEST} is not valid"
+    for name, (size, sha256) in files.items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} were written"
+        if _sha256(path) != sha256:
+            return f"{name} changed since it was written"
+    return None
 
 
 def sync_processes(name: str) -> None:

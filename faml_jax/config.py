@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from typing import Literal
@@ -105,6 +106,8 @@ class ModelConfig:
             raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
         if len(self.widths) != len(self.stage_depths):
             raise ValueError(f"widths {self.widths} and stage_depths {self.stage_depths} differ in length")
+        if not all(w >= 1 for w in self.widths) or not all(d >= 1 for d in self.stage_depths):
+            raise ValueError(f"widths and stage_depths must be >= 1, got {self.widths} and {self.stage_depths}")
         if self.input_size <= 0 or self.input_size % 2:
             raise ValueError(f"input_size must be a positive even number, got {self.input_size}")
         if self.attention:
@@ -195,8 +198,10 @@ class OptimConfig:
     def __post_init__(self):
         if self.name not in ("adam", "sgd"):
             raise ValueError(f"unknown optimiser {self.name!r}; expected 'adam' or 'sgd'")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be finite and >= 0, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay_mode not in ("decoupled", "coupled"):
             raise ValueError(f"weight_decay_mode must be 'decoupled' or 'coupled', got {self.weight_decay_mode!r}")
         if self.name == "sgd" and self.weight_decay and self.weight_decay_mode != "coupled":
@@ -233,8 +238,13 @@ class ScheduleConfig:
     def __post_init__(self):
         if self.window < 2:
             raise ValueError(f"window must be >= 2 epochs, got {self.window}")
-        if self.lr1 <= 0 or self.lr2 <= 0:
-            raise ValueError("learning rates must be positive")
+        for name in ("lr1", "lr2", "lr2_gamma"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):  # NaN and infinity fail here
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        for name in ("loss_range", "acc_range"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if self.lr1_min is not None and not 0 <= self.lr1_min <= self.lr1:
             raise ValueError(f"lr1_min must be in [0, lr1={self.lr1}], got {self.lr1_min}")
 
@@ -318,8 +328,8 @@ class AugmentConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
         for name in ("rotate_degrees", "brightness", "contrast", "saturation"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.crop_padding <= 1.0:
             raise ValueError(f"crop_padding is a fraction of the input side in [0, 1], got {self.crop_padding}")
         lo, hi = self.erasing_scale

@@ -16,3 +16,8 @@ class WorkdirError(ValueError):
 
 class DataError(ValueError):
     """A data set folder is missing, incomplete or not in the expected layout."""
+
+
+class NonFiniteError(ValueError):
+    """Training produced a non-finite loss, gradient or weight (a learning rate too high, a
+    non-finite input): the run stopped, keeping its last finite checkpoint."""

@@ -39,12 +39,13 @@ from faml_jax import fga, models, pretrained, train
 from faml_jax.config import FGAConfig, RunConfig, config_to_json, structural_differences
 from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.metrics import classification_metrics
-from faml_jax.runs import has_checkpoint, last_epoch, member_workdir, read_run_config, restore_variables
+from faml_jax.runs import last_epoch, member_workdir, read_run_config, restore_variables
 from faml_jax.trainer import (
-    FETCH_EVERY, EpochProgress, Member, Setup, adopt_recorded, compiled, complete_run_config, prepare_directory,
-    prepare_workdir, recorded_config, reference_loss, train_member, undone_if_it_fails,
+    FETCH_EVERY, EpochProgress, Member, Setup, adopt_recorded, compiled, complete_run_config, has_run,
+    prepare_workdir, recorded_config, reference_loss, train_member,
 )
-from faml_jax.writer import write_atomic
+from faml_jax.workdir import WorkdirLock, prepare_directory, undone_if_it_fails
+from faml_jax.writer import write_json
 
 # ---------------------------------------------------------------------------------------------
 # Networks side by side (one per device), as the paper trained its population on several GPUs
@@ -102,6 +103,10 @@ def train_side_by_side(setup: Setup, placement: MemberParallel, members: list[Me
     steps = setup.steps_per_epoch()
     batch_size = setup.config.batch_size
     pending_members = [m for m in members if not m.done]
+    within = [m.name for m in pending_members if m.run.step_in_epoch]
+    if within:
+        raise ConfigError(f"{', '.join(within)} stopped within an epoch: continue without side_by_side "
+                          "(--side-by-side) first")
     for start in range(0, len(pending_members), placement.width):
         group = pending_members[start : start + placement.width]
         placement.load([m.state for m in group])
@@ -111,8 +116,8 @@ def train_side_by_side(setup: Setup, placement: MemberParallel, members: list[Me
             first = active.index(True)
             desc = ", ".join(f"{m.prefix}epoch {m.epoch + 1}/{m.config.epochs}" for m, a in zip(group, active) if a)
             # Every member's sums; the bar shows the first active member's (and all members' images/s).
-            epochs = [EpochProgress(desc, steps, batch_size * sum(active), progress and j == first)
-                      for j in range(len(group))]
+            epochs = [EpochProgress(desc, steps, batch_size * sum(active), progress and j == first, what=m.prefix)
+                      for j, m in enumerate(group)]
             pending, lrs = [], [0.0] * len(group)
             host_batches = ([next(it) if it is not None else None for it in iterators] for _ in range(steps))
             # Batches go to the devices ahead of their step (transfers overlap the running step).
@@ -120,10 +125,11 @@ def train_side_by_side(setup: Setup, placement: MemberParallel, members: list[Me
                 lrs = [m.learning_rate(i, steps) if a else 0.0 for m, a in zip(group, active)]
                 pending.append(placement(placed, lrs, active))
                 if len(pending) == FETCH_EVERY or i == steps - 1:  # fetch in groups: fewer host syncs
-                    for metrics in jax.device_get(pending):
+                    for k, metrics in enumerate(jax.device_get(pending)):
                         for j, a in enumerate(active):
                             if a:
-                                epochs[j].add(placement.member_metrics(metrics, j))
+                                epochs[j].add(placement.member_metrics(metrics, j),
+                                              f"epoch {group[j].epoch + 1}, step {i + 2 - len(pending) + k}/{steps}")
                     epochs[first].show(i + 1, len(pending), lrs[first])
                     pending = []
             elapsed = [epoch.close() for epoch in epochs][first]
@@ -207,7 +213,7 @@ class Evolution:
     # -- bookkeeping ---------------------------------------------------------------------------
 
     def save(self) -> None:
-        write_atomic(self.workdir / "population.json", json.dumps(self.lineage, indent=2) + "\n")
+        write_json(self.workdir / "population.json", self.lineage)
 
     def record(self, name: str) -> dict:
         return self.lineage["members"][name]
@@ -322,15 +328,15 @@ class Evolution:
                     continue
                 workdir = self.member_dir(name)
                 config = dataclasses.replace(self.config, seed=record["seed"])
-                fresh = not has_checkpoint(workdir)
                 prepare_workdir(workdir, config, resume=True, overwrite=False)
+                member = Member(self.setup, config, workdir, until_trained=self.fga.until_trained,
+                                start_lr=self.fga.child_lr if record["origin"] == "child" else "lr1", name=name,
+                                log=self.log)
+                members.append(member)
                 init = None
-                if fresh:
+                if not member.resumed:
                     init = self.child_variables(name) if record["origin"] == "child" else self.start_variables(record["seed"])
-                members.append(Member(
-                    self.setup, config, workdir, init_variables=init, until_trained=self.fga.until_trained,
-                    start_lr=self.fga.child_lr if record["origin"] == "child" else "lr1", name=name, log=self.log,
-                ))
+                member.begin(init)
             pending = [m for m in members if not m.done]
             if self.member_parallel:
                 train_side_by_side(self.setup, self.side_by_side, pending, progress=self.progress, on_done=self.finish)
@@ -421,8 +427,15 @@ def prepare_evolve_workdir(workdir: Path, config: RunConfig, fga_config: FGAConf
                            resume: bool, overwrite: bool) -> None:
     current = {"run": config_to_json(config), "fga": config_to_json(fga_config), "members": [str(p.resolve()) for p in given]}
     prepare_directory(workdir, config_file="evolve.json", current=current, outputs=EVOLVE_OUTPUTS,
-                      markers=("evolve.json",), resume=resume, overwrite=overwrite, may_differ=MAY_DIFFER,
+                      has_run=evolution_has_run, resume=resume, overwrite=overwrite, may_differ=MAY_DIFFER,
                       what="evolution", complete=complete_evolve_config)
+
+
+def evolution_has_run(workdir: Path) -> bool:
+    """Whether an evolution's workdir holds something to continue from: a network with a
+    checkpoint (an evolution that stopped before any did starts afresh)."""
+    members = Path(workdir) / "members"
+    return members.is_dir() and any(has_run(p) for p in members.iterdir() if p.is_dir())
 
 
 def evolve(config: RunConfig, fga_config: FGAConfig, workdir: str | os.PathLike, *, members=(), resume: bool = False,
@@ -441,13 +454,18 @@ def evolve(config: RunConfig, fga_config: FGAConfig, workdir: str | os.PathLike,
     if resume and keep_recorded:
         config = adopt_recorded(config, (recorded_config(workdir, "evolve.json") or {}).get("run"), keep_recorded)
     given = [Path(p) for p in given]
+    resolved = [p.resolve() for p in given]
+    duplicates = sorted({str(p) for p in resolved if resolved.count(p) > 1})
+    if duplicates:
+        raise ConfigError(f"--members names a network twice: {', '.join(duplicates)}")
     if given and len(given) != fga_config.population:
         raise ConfigError(f"--members names {len(given)} networks but the population is {fga_config.population}")
     for path in given:
         check_given_member(path, config)
     Setup.check_batch(config)
-    with undone_if_it_fails(workdir, "evolve.json"):
-        prepare_evolve_workdir(workdir, config, fga_config, given, resume, overwrite)
-        evolution = Evolution(config, fga_config, workdir, given=given, member_parallel=member_parallel,
-                              progress=progress, log=log)
-    return evolution.run()
+    with WorkdirLock(workdir, "workdir"):
+        with undone_if_it_fails(workdir, "evolve.json"):
+            prepare_evolve_workdir(workdir, config, fga_config, given, resume, overwrite)
+            evolution = Evolution(config, fga_config, workdir, given=given, member_parallel=member_parallel,
+                                  progress=progress, log=log)
+        return evolution.run()

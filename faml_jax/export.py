@@ -20,7 +20,6 @@ the run's input size in, class probabilities out, so a deployment cannot normali
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Callable, Sequence
@@ -34,7 +33,7 @@ from faml_jax.config import EnsembleConfig, RunConfig
 from faml_jax.errors import ConfigError
 from faml_jax.evaluate import check_compatible, named_members
 from faml_jax.preprocess import normalize
-from faml_jax.writer import write_atomic
+from faml_jax.writer import write_atomic, write_json
 
 FORMATS = ("onnx", "stablehlo")
 OPSET = 17
@@ -379,7 +378,7 @@ def export_runs(workdirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
                               "rule": "votes V_k = sum over networks of alpha [k is its top-1] + beta [k is its "
                                       "top-2]; decision argmax V, ties broken by the summed probabilities, then "
                                       "by the lowest class index (Eq. 10-12)"}
-    write_atomic(out / "export.json", json.dumps(description, indent=2) + "\n")
+    write_json(out / "export.json", description)
     return description
 
 

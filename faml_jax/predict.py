@@ -391,9 +391,8 @@ def write_predictions(out: str | os.PathLike, results: PhotoResults, predictor: 
     each file written whole or not at all."""
     import csv
     import io
-    import json
 
-    from faml_jax.writer import write_atomic
+    from faml_jax.writer import write_atomic, write_json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -408,7 +407,7 @@ def write_predictions(out: str | os.PathLike, results: PhotoResults, predictor: 
         "strategy": predictor.strategy, "faces": results.records, "no_face": results.no_face,
         "failures": [{"file": f, "error": e} for f, e in results.failures],
     }
-    write_atomic(out / "predictions.json", json.dumps(summary, indent=2) + "\n")
+    write_json(out / "predictions.json", summary)
     if not annotated:
         return
     (out / "annotated").mkdir(exist_ok=True)

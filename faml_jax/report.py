@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import shutil
 import tempfile
@@ -27,6 +26,7 @@ from faml_jax.config import EnsembleConfig
 from faml_jax.ensemble import analyse
 from faml_jax.errors import WorkdirError
 from faml_jax.evaluate import evaluate_members
+from faml_jax.writer import folder_mode, to_json
 
 STRATEGY_NAMES = {"t1v": "T1V (majority vote)", "noi": "NOI (summed softmax, Eq. 13)", "t2v": "T2V (top-two voting, Eq. 12)"}
 
@@ -131,8 +131,9 @@ def write_report(out: Path, report: dict, info: dict, logits: np.ndarray, labels
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
+        tmp.chmod(folder_mode())  # mkdtemp's is 0700
         classes = report["classes"]
-        (tmp / "report.json").write_text(json.dumps({**info, **report}, indent=2) + "\n")
+        (tmp / "report.json").write_text(to_json({**info, **report}) + "\n")
         (tmp / "report.md").write_text(markdown(report, info))
         (tmp / "members.csv").write_text(csv_text(["", "accuracy", "mean_class_accuracy"], member_rows(report)))
         (tmp / "sizes.csv").write_text(csv_text(["size", "member_added", *ensemble.STRATEGIES], size_rows(report)))

@@ -26,7 +26,7 @@ from pathlib import Path
 import jax
 
 from faml_jax import models, train
-from faml_jax.checkpoint import Checkpoints
+from faml_jax.checkpoint import CheckpointDamaged, CheckpointMismatch, Checkpoints
 from faml_jax.config import ModelConfig, OptimConfig, RunConfig, run_config_from_json
 from faml_jax.errors import WorkdirError
 
@@ -86,16 +86,22 @@ def last_epoch(workdir: Path) -> dict:
     return json.loads(lines[-1])
 
 
-def checkpoints_of(workdir: Path, keep: int = 3) -> Checkpoints:
+# Beside checkpoints/: a checkpoint saved within an epoch when the run stopped on a signal (its
+# number is the global step), and damaged checkpoints set aside by a resumed run.
+PREEMPTED = "preempted"
+DAMAGED = "damaged"
+
+
+def checkpoints_of(workdir: Path, folder: str = "checkpoints") -> Checkpoints:
     """The checkpoints of the network in ``workdir`` (in process 0's workdir, see
-    ``process_workdir``)."""
-    return Checkpoints(primary_workdir(workdir), keep=keep)
+    ``process_workdir``); ``folder``: another kind of them (``PREEMPTED``)."""
+    return Checkpoints(primary_workdir(workdir), folder)
 
 
-def checkpoint_epochs(workdir: Path) -> list[int]:
+def checkpoint_epochs(workdir: Path, folder: str = "checkpoints") -> list[int]:
     """The epochs of the complete checkpoints in a network's workdir, sorted (orbax names a
     complete checkpoint by its number, an unfinished one ``<n>.orbax-checkpoint-tmp*``)."""
-    directory = primary_workdir(workdir) / "checkpoints"
+    directory = primary_workdir(workdir) / folder
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
 
 
@@ -141,7 +147,7 @@ def restore_variables(workdir: Path, config: RunConfig, epoch: int | None = None
             raise WorkdirError(f"no checkpoint in {Path(workdir) / 'checkpoints'}")
         try:
             state, _ = checkpoints.restore(epoch, state_template(config.model, config.optim))
-        except ValueError as error:
+        except (CheckpointDamaged, CheckpointMismatch) as error:
             raise WorkdirError(str(error)) from None
     finally:
         checkpoints.close()

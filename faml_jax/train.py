@@ -134,7 +134,9 @@ def make_train_step(
 
     Metrics (averaged over devices): ``loss`` (the sampled training loss), ``train_ce`` (the
     reference loss: plain CE of the same logits, no second forward pass), ``accuracy`` (of the
-    training forward pass), ``lsr`` (weight of LSR in this step's loss) and ``learning_rate``.
+    training forward pass), ``lsr`` (weight of LSR in this step's loss), ``learning_rate`` and
+    ``finite`` (1 when the loss and the gradients are finite; averaged: below 1 when they are not
+    on some device).
     """
     if augment is None:
         augment = AugmentConfig(flip=0.5 if flip else 0.0)
@@ -165,6 +167,10 @@ def make_train_step(
         updates, opt_state = tx.update(grads, opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
+            # 1 when the loss and the gradients are finite (read with the other metrics: no host
+            # sync of its own), so a diverging run stops at the step where it diverged.
+            "finite": jax.tree.reduce(lambda ok, g: ok & jnp.all(jnp.isfinite(g)), grads,
+                                      jnp.isfinite(loss)).astype(jnp.float32),
             "loss": loss,
             "train_ce": ce_loss(logits, labels),
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels).astype(jnp.float32),

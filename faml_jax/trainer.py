@@ -12,11 +12,11 @@ A member's workdir and how it is read: ``faml_jax.runs``.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import functools
 import json
 import os
-import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,18 +25,20 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from faml_jax import data, models, pretrained, schedules, train
-from faml_jax.checkpoint import sync_processes
-from faml_jax.config import RunConfig, config_differences, config_to_json, from_dict, run_config_from_json
-from faml_jax.errors import ConfigError, WorkdirError
+from faml_jax import data, models, pretrained, schedules, signals, train
+from faml_jax.checkpoint import CheckpointDamaged, CheckpointMismatch
+from faml_jax.config import RunConfig, config_to_json, from_dict, run_config_from_json
+from faml_jax.errors import ConfigError, NonFiniteError, WorkdirError
 from faml_jax.evaluate import Evaluator, open_run_dataset
 from faml_jax.metrics import classification_metrics
-from faml_jax.runs import checkpoints_of, has_checkpoint, primary_workdir
-from faml_jax.writer import RunWriter, write_atomic
+from faml_jax.runs import DAMAGED, PREEMPTED, checkpoint_epochs, checkpoints_of, has_checkpoint, primary_workdir
+from faml_jax.workdir import WorkdirLock, prepare_directory, undone_if_it_fails
+from faml_jax.writer import RunWriter, write_atomic, write_json
 
 # Per-epoch fields of metrics.jsonl that are timings (they differ between identical runs).
 TIMING_FIELDS = ("images_per_s", "epoch_s")
-OUTPUTS = ("checkpoints", "test_logits", "tensorboard", "metrics.jsonl", "config.json", "summary.json")
+OUTPUTS = ("checkpoints", PREEMPTED, DAMAGED, "test_logits", "tensorboard", "metrics.jsonl", "config.json",
+           "summary.json")
 
 Log = Callable[[str], None]
 
@@ -45,70 +47,18 @@ Log = Callable[[str], None]
 # Files
 
 
-def ensure_writable(directory: Path) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise WorkdirError(f"cannot write to workdir {directory}: {error.strerror or error}") from None
+def has_run(workdir: Path) -> bool:
+    """Whether a network's workdir holds something to continue from: a checkpoint (complete,
+    damaged or saved within an epoch). A run that failed before its first checkpoint did not."""
+    return has_checkpoint(workdir) or any(checkpoint_epochs(workdir, f) for f in (PREEMPTED, DAMAGED))
 
 
-def prepare_directory(workdir: Path, *, config_file: str, current: dict, outputs: tuple[str, ...],
-                      markers: tuple[str, ...], resume: bool, overwrite: bool, may_differ: tuple[str, ...],
-                      what: str, complete: Callable[[dict], dict] = lambda saved: saved) -> None:
-    """Create an output folder, check it is writable and check it against ``resume``/``overwrite``:
-    an earlier ``what`` (any of ``markers`` exists) needs ``resume`` with the same configuration
-    (``may_differ`` excepted) or ``overwrite`` (which deletes ``outputs``). Then writes
-    ``config_file`` with ``current``. ``complete`` fills a saved configuration's fields that a
-    later version added with their defaults, before comparing."""
-    ensure_writable(workdir)
-    has_run = any((workdir / name).exists() for name in markers)
-    if has_run and overwrite:
-        sync_processes(f"delete {primary_workdir(workdir)}")  # no process still reads the old run
-        for name in outputs:
-            path = workdir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-        has_run = False
-    if has_run and not resume:
-        raise WorkdirError(f"workdir {workdir} holds an earlier {what}: pass --resume to continue it or --overwrite to replace it")
-    if resume and (workdir / config_file).exists():
-        saved = complete(json.loads((workdir / config_file).read_text()))
-        diffs = config_differences(saved, current, may_differ=may_differ)
-        if diffs:
-            raise ConfigError(f"the {what} in {workdir} was made with another configuration: {'; '.join(diffs)}")
-    write_atomic(workdir / config_file, json.dumps(current, indent=2) + "\n")
-    sync_processes(f"prepared {primary_workdir(workdir)}")  # process 0 may have deleted checkpoints
-
-
-@contextlib.contextmanager
-def undone_if_it_fails(workdir: Path, marker: str):
-    """Around preparing a run's workdir and opening what it needs (data set, backbone): when that
-    fails for a new run, its ``marker`` (config.json, evolve.json) is removed again, and the
-    folders this call made while they are empty, so the next try starts afresh instead of asking
-    for --resume."""
-    workdir = Path(workdir).absolute()
-    made = [p for p in (workdir, *workdir.parents) if not p.exists()]  # innermost first
-    new_run = not (workdir / marker).exists()
-    try:
-        yield
-    except BaseException:
-        if new_run and workdir.is_dir():
-            (workdir / marker).unlink(missing_ok=True)
-            for folder in made:
-                if not folder.is_dir() or any(folder.iterdir()):
-                    break
-                folder.rmdir()
-        raise
-
-
-def prepare_workdir(workdir: Path, config: RunConfig, resume: bool, overwrite: bool) -> None:
-    """Make a network's workdir ready (``prepare_directory`` with its ``config.json``; ``epochs``
-    may grow on resume)."""
-    prepare_directory(workdir, config_file="config.json", current=config_to_json(config), outputs=OUTPUTS,
-                      markers=("config.json", "checkpoints"), resume=resume, overwrite=overwrite,
-                      may_differ=("epochs",), what="run", complete=complete_run_config)
+def prepare_workdir(workdir: Path, config: RunConfig, resume: bool, overwrite: bool, *, write: bool = True) -> bool:
+    """Make a network's workdir ready (``workdir.prepare_directory`` with its ``config.json``;
+    ``epochs`` may grow on resume); returns whether it continues an earlier run."""
+    return prepare_directory(workdir, config_file="config.json", current=config_to_json(config), outputs=OUTPUTS,
+                             has_run=has_run, resume=resume, overwrite=overwrite, may_differ=("epochs",),
+                             what="run", complete=complete_run_config, write=write)
 
 
 def _flat(tree: dict) -> dict:
@@ -311,14 +261,54 @@ def reference_loss(entry: dict) -> float:
 # One network
 
 
-class Member:
-    """One network in its workdir (made ready by ``prepare_workdir``): configuration, checkpoints,
-    history and learning-rate regime.
+@dataclasses.dataclass
+class RunState:
+    """Everything a run continues from, what one checkpoint holds: the train state and, as the
+    checkpoint's JSON record, the epochs' history, the learning-rate regime, the starting weights'
+    test metrics (a member started from given weights) and, for a checkpoint saved within an
+    epoch (the run stopped on a signal), how many steps of the next epoch are done and that
+    epoch's metric sums so far (so the resumed epoch is the uninterrupted one, bit for bit)."""
 
-    A new member starts from the seed's random initialisation, or from ``init_variables`` (an
-    FGA child, or FGA's shared start), in which case those weights are evaluated and saved as
-    checkpoint 0 first (``test_logits/epoch_0000.npz``, ``initial_test`` in summary.json). An
-    existing one continues from its latest complete checkpoint.
+    train_state: train.TrainState
+    history: list[dict]
+    lr_state: schedules.LrState
+    initial_test: dict | None = None
+    step_in_epoch: int = 0
+    sums: dict | None = None
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed."""
+        return len(self.history)
+
+    def record(self, test: dict | None = None) -> dict:
+        """The checkpoint's JSON record (``test``: the metrics of the epoch it ends)."""
+        return {"epoch": self.epoch, "history": self.history, "switch_epoch": self.lr_state.switch_epoch,
+                "test": test, "initial_test": self.initial_test, "step_in_epoch": self.step_in_epoch,
+                "sums": self.sums}
+
+    @classmethod
+    def from_checkpoint(cls, train_state: train.TrainState, record: dict) -> "RunState":
+        return cls(train_state, record["history"], schedules.LrState(record["switch_epoch"]),
+                   record.get("initial_test"), record.get("step_in_epoch", 0), record.get("sums"))
+
+
+def all_finite(tree) -> bool:
+    """Whether every floating-point array of ``tree`` (on the host) is finite."""
+    return all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree)
+               if np.issubdtype(np.asarray(x).dtype, np.floating))
+
+
+class Member:
+    """One network in its workdir (made ready by ``prepare_workdir``): configuration, checkpoints
+    and its ``RunState``.
+
+    A member continues from its newest intact checkpoint (a damaged one is set aside in
+    ``damaged/`` with one line saying so; a checkpoint saved within an epoch continues with that
+    epoch's next batch) or starts from the seed's random initialisation. ``begin`` opens its
+    outputs; a new member given ``init_variables`` (an FGA child, or FGA's shared start) has those
+    weights evaluated and saved as checkpoint 0 there (``test_logits/epoch_0000.npz``,
+    ``initial_test`` in summary.json).
 
     ``until_trained``: stop as soon as the stability detector says the network is well trained
     (``schedules.is_well_trained``), at the latest after ``config.epochs`` epochs.
@@ -326,40 +316,69 @@ class Member:
     """
 
     def __init__(self, setup: Setup, config: RunConfig, workdir: str | os.PathLike, *,
-                 init_variables: dict | None = None, until_trained: bool = False,
-                 start_lr: str = "lr1", name: str = "", log: Log = print):
+                 until_trained: bool = False, start_lr: str = "lr1", name: str = "", log: Log = print):
         if start_lr not in ("lr1", "lr2"):
             raise ValueError(f"start_lr must be 'lr1' or 'lr2', got {start_lr!r}")
         self.setup, self.config, self.workdir = setup, config, Path(workdir)
         self.until_trained, self.name, self.log = until_trained, name, log
-        self.checkpoints = checkpoints_of(self.workdir, keep=config.keep_checkpoints)
+        self.checkpoints = checkpoints_of(self.workdir)
         self.loader = setup.loader(config.seed)
-        self.state = setup.initial_state(config.seed)
-        self.history: list[dict] = []
-        self.initial_test: dict | None = None
-        self.lr_state = schedules.LrState(0 if start_lr == "lr2" else None)
-        latest = self.checkpoints.latest_epoch()
-        if latest is not None:
+        self.writer: RunWriter | None = None
+        fresh = RunState(setup.initial_state(config.seed), [], schedules.LrState(0 if start_lr == "lr2" else None))
+        restored = self.restore(fresh)
+        self.resumed = restored is not None
+        self.run = restored or fresh
+
+    @property
+    def state(self) -> train.TrainState:
+        return self.run.train_state
+
+    def restore(self, like: RunState) -> RunState | None:
+        """The newest intact checkpoint's run state (None: no checkpoint). Damaged checkpoints
+        are set aside in ``damaged/`` (one line each) and the one before tried; none intact, or
+        one of another model, is a ``WorkdirError``."""
+        steps = self.setup.steps_per_epoch()
+        candidates = [(e * steps, self.checkpoints, e) for e in self.checkpoints.all_epochs()]
+        preempted = checkpoint_epochs(self.workdir, PREEMPTED)
+        if preempted:
+            self.preempted = checkpoints_of(self.workdir, PREEMPTED)
+            candidates += [(g, self.preempted, g) for g in preempted]
+        damaged = []
+        for _, store, number in sorted(candidates, key=lambda c: (c[0], c[1] is self.checkpoints), reverse=True):
             try:
-                self.state, record = self.checkpoints.restore(latest, self.state)
-            except ValueError as error:
+                state, record = store.restore(number, like.train_state)
+            except CheckpointMismatch as error:
                 raise WorkdirError(str(error)) from None
-            self.history = record["history"]
-            self.lr_state = schedules.LrState(record["switch_epoch"])
-            self.initial_test = record.get("initial_test")
-            log(f"{self.prefix}resuming from checkpoint {latest} (epoch {latest} of at most {config.epochs})")
-        elif init_variables is not None:
-            self.state = setup.initial_state(config.seed, init_variables)
-            logits, labels = setup.test_logits(train.replicate({"params": self.state.params,
-                                                                "batch_stats": self.state.batch_stats}))
+            except CheckpointDamaged as error:
+                moved = store.set_aside(number, primary_workdir(self.workdir) / DAMAGED / store.directory.name)
+                self.log(f"{self.prefix}{error}; moved to {moved}, trying the checkpoint before it")
+                damaged.append(number)
+                continue
+            run = RunState.from_checkpoint(state, record)
+            where = f"epoch {run.epoch}" + (f", step {run.step_in_epoch}/{steps} of epoch {run.epoch + 1}"
+                                             if run.step_in_epoch else "")
+            self.log(f"{self.prefix}resuming from {store.directory.name} {number} ({where}; at most "
+                     f"{self.config.epochs} epochs)")
+            return run
+        if damaged:
+            raise WorkdirError(f"{self.prefix}no intact checkpoint in {self.workdir} (the damaged ones are in "
+                               f"{self.workdir / DAMAGED}): start again with --overwrite")
+        return None
+
+    def begin(self, init_variables: dict | None = None) -> None:
+        """Open the outputs (metrics.jsonl mirrors the history of the state continued from); a
+        new member given ``init_variables`` starts from them, evaluated and saved as checkpoint 0."""
+        if not self.resumed and init_variables is not None:
+            self.run.train_state = self.setup.initial_state(self.config.seed, init_variables)
+            logits, labels = self.setup.test_logits(train.replicate({"params": self.state.params,
+                                                                     "batch_stats": self.state.batch_stats}))
             test = classification_metrics(logits, labels)
-            self.initial_test = {k: test[k] for k in ("accuracy", "mean_class_accuracy")}
+            self.run.initial_test = {k: test[k] for k in ("accuracy", "mean_class_accuracy")}
             (self.workdir / "test_logits").mkdir(exist_ok=True)
             write_atomic(self.workdir / "test_logits" / "epoch_0000.npz", arrays={"logits": logits, "labels": labels})
-            self.checkpoints.save(0, jax.device_get(self.state), self.record(test), test["accuracy"])
-            log(f"{self.prefix}starting weights: test acc {test['accuracy']:.4f}")
-        # The run's outputs; metrics.jsonl mirrors the history of the checkpoint we continue from.
-        self.writer = RunWriter(self.workdir, self.history)
+            self.checkpoints.save(0, jax.device_get(self.state), self.run.record(test))
+            self.log(f"{self.prefix}starting weights: test acc {test['accuracy']:.4f}")
+        self.writer = RunWriter(self.workdir, self.run.history)
 
     @property
     def prefix(self) -> str:
@@ -368,11 +387,15 @@ class Member:
     @property
     def epoch(self) -> int:
         """Epochs trained so far."""
-        return len(self.history)
+        return self.run.epoch
+
+    @property
+    def history(self) -> list[dict]:
+        return self.run.history
 
     @property
     def well_trained(self) -> bool:
-        return schedules.is_well_trained(self.config.schedule, self.lr_state, self.losses, self.accuracies)
+        return schedules.is_well_trained(self.config.schedule, self.run.lr_state, self.losses, self.accuracies)
 
     @property
     def losses(self) -> list[float]:
@@ -390,20 +413,27 @@ class Member:
         return self.epoch >= self.config.epochs or (self.until_trained and self.well_trained)
 
     def learning_rate(self, step_in_epoch: int, steps_per_epoch: int) -> float:
-        return schedules.learning_rate(self.config.schedule, self.lr_state, self.epoch, step_in_epoch,
+        return schedules.learning_rate(self.config.schedule, self.run.lr_state, self.epoch, step_in_epoch,
                                        steps_per_epoch, self.config.epochs)
 
-    def record(self, test: dict) -> dict:
-        return {"epoch": self.epoch, "history": self.history, "switch_epoch": self.lr_state.switch_epoch,
-                "test": test, "initial_test": self.initial_test}
+    def check_finite(self, state: train.TrainState, where: str) -> None:
+        """Raise ``NonFiniteError`` when ``state``'s weights or statistics are not all finite."""
+        if not all_finite((state.params, state.batch_stats)):
+            raise NonFiniteError(self.non_finite_message(where, "the weights"))
+
+    def non_finite_message(self, where: str, what: str) -> str:
+        kept = self.checkpoints.latest_epoch()
+        return (f"{self.prefix}{what} became non-finite at {where}: training stopped; "
+                + (f"checkpoint {kept} (finite) is kept" if kept is not None else "no checkpoint was saved")
+                + " (lower the learning rate, --lr, or check the data)")
 
     def end_epoch(self, state: train.TrainState, variables, sums: dict, steps: int, lr: float, elapsed: float) -> dict:
         """Book one trained epoch: evaluate ``variables`` (replicated) on the test split, save the
         (host) ``state``, metrics, logits and TensorBoard scalars; returns the epoch's entry."""
-        self.state = state
+        epoch = self.epoch
+        self.check_finite(state, f"the end of epoch {epoch + 1}")
         logits, labels = self.setup.test_logits(variables)
         test = classification_metrics(logits, labels)
-        epoch = self.epoch
         entry = {
             "epoch": epoch + 1,
             "train_loss": sums["loss"] / steps,
@@ -411,18 +441,21 @@ class Member:
             "train_accuracy": sums["accuracy"] / steps,
             "lsr_share": sums["lsr"] / steps,
             "learning_rate": lr,
-            "phase": self.lr_state.phase,
+            "phase": self.run.lr_state.phase,
             "test_accuracy": test["accuracy"],
             "test_mean_class_accuracy": test["mean_class_accuracy"],
             "images_per_s": steps * self.config.batch_size / elapsed,
             "epoch_s": elapsed,
         }
-        self.history.append(entry)
-        self.lr_state = schedules.after_epoch(self.config.schedule, self.lr_state, epoch, self.losses, self.accuracies)
+        lr_state = schedules.after_epoch(self.config.schedule, self.run.lr_state, epoch,
+                                         self.losses + [reference_loss(entry)],
+                                         self.accuracies + [entry["train_accuracy"]])
+        self.run = RunState(state, self.history + [entry], lr_state, self.run.initial_test)
         self.writer.write_logits(epoch + 1, logits, labels)
-        self.checkpoints.save(epoch + 1, state, self.record(test), test["accuracy"])
+        self.checkpoints.save(epoch + 1, state, self.run.record(test))
+        self.prune()
         self.writer.write(epoch + 1, entry)
-        switched = " | stable: switching to Lr2" if self.lr_state.switch_epoch == epoch + 1 else ""
+        switched = " | stable: switching to Lr2" if lr_state.switch_epoch == epoch + 1 else ""
         trained = " | well trained" if self.until_trained and self.well_trained else ""
         self.log(f"{self.prefix}epoch {epoch + 1}/{self.config.epochs}: train loss {entry['train_loss']:.4f} "
                  f"(CE {entry['train_ce']:.4f}) acc "
@@ -430,9 +463,35 @@ class Member:
                  f"{test['mean_class_accuracy']:.4f} | {entry['images_per_s']:.0f} img/s{switched}{trained}")
         return entry
 
-    def variables(self) -> dict:
-        """The current (host) ``{"params", "batch_stats"}``."""
-        return {"params": self.state.params, "batch_stats": self.state.batch_stats}
+    def prune(self) -> None:
+        """Keep the last ``keep_checkpoints`` checkpoints and the best by test accuracy (the
+        earliest of equals, as ``runs.choose_epoch``), also those of earlier sessions of the run;
+        drop a checkpoint saved within an epoch that is now behind."""
+        epochs = self.checkpoints.all_epochs()
+        accuracy = {h["epoch"]: h["test_accuracy"] for h in self.history}
+        if self.run.initial_test is not None:
+            accuracy[0] = self.run.initial_test["accuracy"]
+        ranked = [e for e in epochs if e in accuracy]
+        keep = set(sorted(epochs)[-self.config.keep_checkpoints:])
+        if ranked:
+            keep.add(max(ranked, key=lambda e: (accuracy[e], -e)))
+        self.checkpoints.prune(keep)
+        if hasattr(self, "preempted"):
+            self.preempted.prune(set())
+
+    def save_within_epoch(self, state: train.TrainState, step_in_epoch: int, sums: dict, signum: int) -> None:
+        """Save where a run stopped on a signal (``step_in_epoch`` steps of the next epoch done,
+        their metric ``sums``) and raise ``signals.Interrupted`` saying so."""
+        self.check_finite(state, f"epoch {self.epoch + 1}, step {step_in_epoch}")
+        run = dataclasses.replace(self.run, train_state=state, step_in_epoch=step_in_epoch, sums=dict(sums))
+        if not hasattr(self, "preempted"):
+            self.preempted = checkpoints_of(self.workdir, PREEMPTED)
+        steps = self.setup.steps_per_epoch()
+        self.preempted.save(self.epoch * steps + step_in_epoch, state, run.record())
+        self.preempted.prune({self.epoch * steps + step_in_epoch})
+        raise signals.Interrupted(signum, f"{self.prefix}stopped by {signal.Signals(signum).name} at epoch "
+                                          f"{self.epoch + 1}, step {step_in_epoch}/{steps}: saved in "
+                                          f"{self.preempted.directory}; continue with --resume")
 
     def summary(self) -> dict:
         """Write and return summary.json (final and best epoch)."""
@@ -454,16 +513,19 @@ class Member:
             "best_epoch_test_accuracy": best["test_accuracy"],
             "majority_class_rate": float(np.bincount(labels).max() / len(labels)),
             "well_trained": self.well_trained,
-            "switch_epoch": self.lr_state.switch_epoch,
+            "switch_epoch": self.run.lr_state.switch_epoch,
         }
-        if self.initial_test is not None:
-            summary["initial_test_accuracy"] = self.initial_test["accuracy"]
+        if self.run.initial_test is not None:
+            summary["initial_test_accuracy"] = self.run.initial_test["accuracy"]
         self.writer.write_summary(summary)
         return summary
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
         self.checkpoints.close()
+        if hasattr(self, "preempted"):
+            self.preempted.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,24 +575,34 @@ FETCH_EVERY = 10  # steps whose metrics are fetched from the devices together (f
 
 class EpochProgress:
     """One epoch's metric sums and its progress bar (loss, accuracy, images/s, learning rate),
-    shared by the single-network loop and FGA's side-by-side loop."""
+    shared by the single-network loop and FGA's side-by-side loop. ``done``/``sums``: the steps
+    and sums of an epoch resumed within it. ``add`` raises ``NonFiniteError`` at the first step
+    whose loss or gradient was not finite (``what``: the network, for the message)."""
 
-    def __init__(self, desc: str, steps: int, images_per_step: int, progress: bool):
+    def __init__(self, desc: str, steps: int, images_per_step: int, progress: bool, *, done: int = 0,
+                 sums: dict | None = None, what: str = ""):
         from tqdm import tqdm
 
-        self.sums = {k: 0.0 for k in METRICS}
+        self.sums = dict(sums) if sums else {k: 0.0 for k in METRICS}
+        self.steps, self.done, self.first, self.what = steps, done, done, what
         self.images_per_step = images_per_step
         self.begin = time.perf_counter()
-        self.bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False, unit="step", dynamic_ncols=True)
+        self.bar = tqdm(total=steps, initial=done, desc=desc, disable=not progress, leave=False, unit="step",
+                        dynamic_ncols=True)
 
-    def add(self, values: dict) -> None:
+    def add(self, values: dict, where: str) -> None:
+        """One step's metrics (``where``: "epoch e, step s" for the message)."""
+        if values.get("finite", 1.0) < 1.0:
+            raise NonFiniteError(f"{self.what}the loss or a gradient became non-finite at {where} (loss "
+                                 f"{values['loss']:.4g}): training stopped")
         for k in self.sums:
             self.sums[k] += values[k]
 
     def show(self, done: int, fetched: int, learning_rate: float) -> None:
+        self.done = done
+        rate = (done - self.first) * self.images_per_step / (time.perf_counter() - self.begin)
         self.bar.set_postfix(loss=f"{self.sums['loss'] / done:.3f}", acc=f"{self.sums['accuracy'] / done:.3f}",
-                             img_s=f"{done * self.images_per_step / (time.perf_counter() - self.begin):.0f}",
-                             lr=f"{learning_rate:.2e}")
+                             img_s=f"{rate:.0f}", lr=f"{learning_rate:.2e}")
         self.bar.update(fetched)
 
     def close(self) -> float:
@@ -539,34 +611,69 @@ class EpochProgress:
         return time.perf_counter() - self.begin
 
 
+def stop_signal(check: bool) -> int | None:
+    """The signal a run was asked to stop by (``signals.deferred``), or None. Several processes
+    must stop at the same step: they agree (one small all-gather) only where ``check``, at the
+    steps where metrics are fetched; one process answers at every step."""
+    if jax.process_count() == 1:
+        return signals.requested()
+    if not check:
+        return None
+    from jax.experimental import multihost_utils
+
+    asked = multihost_utils.process_allgather(np.int32(signals.requested() or 0))
+    return int(np.max(asked)) or None
+
+
 def train_member(setup: Setup, member: Member, *, progress: bool = True, stop_after: int | None = None) -> None:
     """Train one network until it is ``done`` (or for ``stop_after`` epochs, as if interrupted):
     each epoch's batches go to the devices ahead of their step, the learning rate is set per
     step, metrics are fetched every ``FETCH_EVERY`` steps, and the epoch ends in
-    ``member.end_epoch`` (evaluation, checkpoint, outputs)."""
+    ``member.end_epoch`` (evaluation, checkpoint, outputs).
+
+    SIGTERM or Ctrl-C (``signals.deferred``) ends the step, saves a checkpoint there
+    (``member.save_within_epoch``) and raises ``signals.Interrupted``; a non-finite loss,
+    gradient or weight raises ``NonFiniteError`` naming the epoch and step, before anything
+    non-finite is saved."""
     placement = setup.data_parallel
     placement.load(member.state)
     steps = setup.steps_per_epoch()
     epochs = 0
-    while not member.done and (stop_after is None or epochs < stop_after):
-        epochs += 1
-        epoch = EpochProgress(f"{member.prefix}epoch {member.epoch + 1}/{member.config.epochs}", steps,
-                              setup.config.batch_size, progress)
-        iterator = iter(member.loader.iterate(member.epoch))
-        host_batches = (next(iterator) for _ in range(steps))
-        pending, learning_rate = [], 0.0
-        # Batches go to the devices ahead of their step (transfers overlap the running step).
-        for i, placed in enumerate(train.prefetch_to_device(host_batches, placement.place)):
-            learning_rate = member.learning_rate(i, steps)
-            pending.append(placement(placed, learning_rate))
-            if len(pending) == FETCH_EVERY or i == steps - 1:
-                for metrics in jax.device_get(pending):
-                    epoch.add({k: float(v[0]) for k, v in metrics.items()})
-                epoch.show(i + 1, len(pending), learning_rate)
-                pending = []
-        elapsed = epoch.close()
-        state = placement.host_state()
-        member.end_epoch(state, placement.eval_variables(state), epoch.sums, steps, learning_rate, elapsed)
+    with signals.deferred():
+        while not member.done and (stop_after is None or epochs < stop_after):
+            epochs += 1
+            start = member.run.step_in_epoch
+            epoch = EpochProgress(f"{member.prefix}epoch {member.epoch + 1}/{member.config.epochs}", steps,
+                                  setup.config.batch_size, progress, done=start, sums=member.run.sums,
+                                  what=member.prefix)
+            iterator = iter(member.loader.iterate(member.epoch, start_step=start))
+            host_batches = (next(iterator) for _ in range(start, steps))
+            pending, learning_rate, stop, i = [], 0.0, None, start - 1
+            # Batches go to the devices ahead of their step (transfers overlap the running step).
+            for i, placed in enumerate(train.prefetch_to_device(host_batches, placement.place), start=start):
+                learning_rate = member.learning_rate(i, steps)
+                pending.append(placement(placed, learning_rate))
+                fetch = len(pending) == FETCH_EVERY or i == steps - 1
+                stop = stop_signal(fetch)
+                if fetch or stop:
+                    first = i + 1 - len(pending)
+                    for k, metrics in enumerate(jax.device_get(pending)):
+                        epoch.add({k: float(v[0]) for k, v in metrics.items()},
+                                  f"epoch {member.epoch + 1}, step {first + k + 1}/{steps}")
+                    epoch.show(i + 1, len(pending), learning_rate)
+                    pending = []
+                if stop:
+                    break
+            if stop and i < steps - 1:
+                epoch.close()
+                member.save_within_epoch(placement.host_state(), i + 1, epoch.sums, stop)
+            elapsed = epoch.close()
+            state = placement.host_state()
+            member.end_epoch(state, placement.eval_variables(state), epoch.sums, steps, learning_rate, elapsed)
+            stop = stop or stop_signal(True)
+            if stop and not member.done:
+                raise signals.Interrupted(stop, f"{member.prefix}stopped by {signal.Signals(stop).name} after epoch "
+                                                f"{member.epoch} (its checkpoint is saved); continue with --resume")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -579,27 +686,36 @@ def fit(config: RunConfig, workdir: str | os.PathLike, *, resume: bool = False, 
     """Train, evaluate and checkpoint one network data-parallel over all devices (of all
     processes); returns the summary (also in summary.json): final and best epoch.
 
-    ``resume`` continues the run in ``workdir`` from its last complete checkpoint (bit for bit);
-    ``overwrite`` deletes an earlier run's outputs first. ``stop_after`` ends this call after that
-    many epochs (as if interrupted there; continue with ``resume=True``). ``keep_recorded``:
-    dotted fields a resumed run takes from its saved config.json (``adopt_recorded``). Raises
-    ``ConfigError`` / ``WorkdirError`` / ``DataError`` with one-line messages."""
+    ``resume`` continues the run in ``workdir`` from its newest intact checkpoint (bit for bit,
+    also within an epoch); ``overwrite`` deletes an earlier run's outputs first. A workdir whose
+    run stopped before its first checkpoint starts afresh either way. ``stop_after`` ends this
+    call after that many epochs (as if interrupted there; continue with ``resume=True``).
+    ``keep_recorded``: dotted fields a resumed run takes from its saved config.json
+    (``adopt_recorded``). The workdir is locked while the run lasts (``workdir.WorkdirLock``).
+
+    Raises ``ConfigError`` / ``WorkdirError`` / ``DataError`` / ``NonFiniteError`` with one-line
+    messages, and ``signals.Interrupted`` when stopped by a signal (after saving where it was)."""
     workdir = Path(workdir)
     if resume and keep_recorded:
         config = adopt_recorded(config, recorded_config(workdir), keep_recorded)
     Setup.check_batch(config)
-    with undone_if_it_fails(workdir, "config.json"):
-        prepare_workdir(workdir, config, resume, overwrite)
-        setup = Setup(config, log)  # opens the data set
-        init = setup.start_variables(config.seed) if config.init and not has_checkpoint(workdir) else None
-    member = Member(setup, config, workdir, init_variables=init, log=log)
-    try:
-        if member.done:
-            raise ConfigError(f"nothing to do: the run in {workdir} already has {member.epoch} epochs; raise --epochs")
-        train_member(setup, member, progress=progress, stop_after=stop_after)
-        summary = member.summary()
-    finally:
-        member.close()
+    with WorkdirLock(workdir, "workdir"):
+        with undone_if_it_fails(workdir, "config.json"):
+            prepare_workdir(workdir, config, resume, overwrite, write=False)
+            setup = Setup(config, log)  # opens the data set
+            member = Member(setup, config, workdir, log=log)
+        try:
+            if member.done:
+                raise ConfigError(f"nothing to do: the run in {workdir} already has {member.epoch} epochs; "
+                                  "raise --epochs")
+            with undone_if_it_fails(workdir, "config.json"):
+                init = setup.start_variables(config.seed) if config.init and not member.resumed else None
+                write_json(workdir / "config.json", config_to_json(config))  # every check passed
+            member.begin(init)
+            train_member(setup, member, progress=progress, stop_after=stop_after)
+            summary = member.summary()
+        finally:
+            member.close()
     log(f"final (epoch {summary['epochs']}): test accuracy {summary['final_test_accuracy']:.4f}, mean class accuracy "
         f"{summary['final_test_mean_class_accuracy']:.4f} (majority-class rate {summary['majority_class_rate']:.4f})")
     log(f"best epoch {summary['best_epoch']} (selected on the test split, optimistic): test accuracy "

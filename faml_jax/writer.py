@@ -1,15 +1,48 @@
 """One writer for a run's outputs (as CLU's metric writers): per-epoch scalars go to metrics.jsonl
 and TensorBoard through one ``write(epoch, scalars)``; arrays (test logits) and summaries are
-written atomically. Every file is either complete or absent: never half-written."""
+written atomically. Every file is either complete or absent: never half-written; JSON is strict
+(a non-finite number is an error, not a bare ``NaN`` that JSON readers refuse); files get the
+modes the umask allows, as ``open`` would give them (not ``mkstemp``'s 0600)."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    with _UMASK_LOCK:  # the umask can only be read by setting it
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return umask
+
+
+def file_mode() -> int:
+    """The mode ``open`` gives a new file under the current umask (0o666 without its bits)."""
+    return 0o666 & ~_umask()
+
+
+def folder_mode() -> int:
+    """The mode ``mkdir`` gives a new folder under the current umask (0o777 without its bits)."""
+    return 0o777 & ~_umask()
+
+
+def to_json(value, indent: int | None = 2) -> str:
+    """Strict JSON text of ``value`` (raises ValueError for NaN or infinity)."""
+    return json.dumps(value, indent=indent, allow_nan=False)
+
+
+def write_json(path: Path, value) -> None:
+    """``value`` as strict, indented JSON in ``path`` (atomically)."""
+    write_atomic(path, to_json(value) + "\n")
 
 
 def write_atomic(path: Path, text: str | None = None, arrays: dict | None = None) -> None:
@@ -17,6 +50,7 @@ def write_atomic(path: Path, text: str | None = None, arrays: dict | None = None
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             if arrays is not None:
                 np.savez(f, **arrays)
@@ -43,7 +77,7 @@ class RunWriter:
         from tensorboardX import SummaryWriter
 
         self.workdir = Path(workdir)
-        write_atomic(self.workdir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        write_atomic(self.workdir / "metrics.jsonl", "".join(to_json(h, None) + "\n" for h in history))
         (self.workdir / "test_logits").mkdir(exist_ok=True)
         self._tensorboard = SummaryWriter(str(self.workdir / "tensorboard"))
 
@@ -51,7 +85,7 @@ class RunWriter:
         """One epoch's scalars: a metrics.jsonl line (``{"epoch": epoch, **scalars}``) and a
         TensorBoard scalar each, flushed."""
         with open(self.workdir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"epoch": epoch, **{k: v for k, v in scalars.items() if k != "epoch"}}) + "\n")
+            f.write(to_json({"epoch": epoch, **{k: v for k, v in scalars.items() if k != "epoch"}}, None) + "\n")
         for name, value in scalars.items():
             if name != "epoch":
                 self._tensorboard.add_scalar(name, value, epoch)
@@ -62,7 +96,7 @@ class RunWriter:
         write_atomic(self.workdir / "test_logits" / f"epoch_{epoch:04d}.npz", arrays={"logits": logits, "labels": labels})
 
     def write_summary(self, summary: dict) -> None:
-        write_atomic(self.workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_json(self.workdir / "summary.json", summary)
 
     def close(self) -> None:
         self._tensorboard.close()

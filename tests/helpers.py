@@ -115,8 +115,8 @@ def write_run(workdir, config: RunConfig, variables: dict, epoch: int = 1, test_
     state = train.create_train_state(models.ResNet(config.model), train.make_optimizer(config.optim, 1e-3),
                                      jax.random.key(0))
     state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
-    checkpoints = Checkpoints(workdir, keep=2)
-    checkpoints.save(epoch, state, {"epoch": epoch}, test_accuracy)
+    checkpoints = Checkpoints(workdir)
+    checkpoints.save(epoch, state, {"epoch": epoch})
     checkpoints.close()
     (workdir / "metrics.jsonl").write_text(json.dumps({"epoch": epoch, "test_accuracy": test_accuracy,
                                                        "train_loss": 1.0}) + "\n")

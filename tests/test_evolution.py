@@ -40,7 +40,7 @@ def evolved(tmp_path_factory):
 def restore_variables(workdir, config, epoch=None):
     model = models.ResNet(config.model)
     like = train.create_train_state(model, train.make_optimizer(config.optim, config.schedule.lr1), jax.random.key(0))
-    checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints)
+    checkpoints = Checkpoints(workdir)
     state, _ = checkpoints.restore(checkpoints.latest_epoch() if epoch is None else epoch, like)
     checkpoints.close()
     state = jax.device_get(state)
@@ -191,7 +191,10 @@ def test_given_members_form_the_initial_population(evolved):
     with pytest.raises(ConfigError, match=r"another configuration: model\.widths"):
         run_evolution(other, no_generation, root / "given2", members=dirs, **quiet)
     with pytest.raises(WorkdirError, match="no config.json .expected a finished experiments.train workdir"):
-        run_evolution(config, no_generation, root / "given3", members=[root, root], **quiet)
+        run_evolution(config, no_generation, root / "given3", members=[root, dirs[0]], **quiet)
+    with pytest.raises(ConfigError, match="names a network twice"):  # fusing a network with itself
+        run_evolution(config, no_generation, root / "given5", members=[dirs[0], dirs[0] / ".." / dirs[0].name], **quiet)
+    assert not (root / "given5").exists()
     with pytest.raises(ConfigError, match="names 1 networks but the population is 2"):
         run_evolution(config, no_generation, root / "given4", members=dirs[:1], **quiet)
 

@@ -25,9 +25,9 @@ def run_folder(tmp_path_factory):
     tx = train.make_optimizer(config.optim, config.schedule.lr1)
     states = {e: train.create_train_state(model, tx, jax.random.key(e)) for e in (1, 2)}
     accuracy = {1: 0.5, 2: 0.25}
-    checkpoints = Checkpoints(workdir, keep=2)
+    checkpoints = Checkpoints(workdir)
     for epoch, state in states.items():
-        checkpoints.save(epoch, state, {"epoch": epoch}, accuracy[epoch])
+        checkpoints.save(epoch, state, {"epoch": epoch})
     checkpoints.close()
     (workdir / "metrics.jsonl").write_text("".join(
         json.dumps({"epoch": e, "test_accuracy": a, "train_loss": 1.0}) + "\n" for e, a in accuracy.items()))

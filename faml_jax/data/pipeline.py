@@ -139,8 +139,9 @@ class TrainLoader:
     def steps_per_epoch(self) -> int:
         return len(self.source) // self.global_batch
 
-    def epoch_dataset(self, epoch: int) -> grain.IterDataset:
-        """The batches of one epoch, as a grain ``IterDataset``."""
+    def epoch_dataset(self, epoch: int, start_step: int = 0) -> grain.IterDataset:
+        """The batches of one epoch from its ``start_step``-th on (a run resumed within an epoch),
+        as a grain ``IterDataset``."""
         # Every process shuffles the whole split alike and reads its slice of each global batch:
         # global batch j is local batches j*P .. j*P + P-1, process i reads local batch j*P + i.
         # So P processes take exactly the steps of one process with all the devices.
@@ -150,14 +151,15 @@ class TrainLoader:
         else:
             ds = grain.MapDataset.source(self.source).shuffle(seed=shuffle_seed(self.seed, epoch))
         ds = ds.map(_Prepare(self.image_size)).batch(self.local_batch, drop_remainder=True)
-        ds = ds[self.process_index : self.steps_per_epoch * self.process_count : self.process_count]
+        first = self.process_index + start_step * self.process_count
+        ds = ds[first : self.steps_per_epoch * self.process_count : self.process_count]
         options = grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=self.prefetch)
         return ds.to_iter_dataset(options)
 
-    def iterate(self, epoch: int, iterator_state: dict | None = None) -> grain.DatasetIterator:
-        """An iterator over epoch ``epoch``'s batches, resumed from ``iterator_state`` (as returned
-        by its ``get_state()``) when given."""
-        iterator = iter(self.epoch_dataset(epoch))
+    def iterate(self, epoch: int, iterator_state: dict | None = None, start_step: int = 0) -> grain.DatasetIterator:
+        """An iterator over epoch ``epoch``'s batches from its ``start_step``-th on, resumed from
+        ``iterator_state`` (as returned by its ``get_state()``) when given."""
+        iterator = iter(self.epoch_dataset(epoch, start_step))
         if iterator_state is not None:
             iterator.set_state(iterator_state)
         return iterator

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from faml_jax.writer import folder_mode
+
 CLASSES = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
 
 # RAF-DB basic, per class in CLASSES order (METHOD 1; train 12,271, test 3,068 images).
@@ -252,6 +254,7 @@ def materialize(config: SyntheticConfig, cache_dir: str | os.PathLike | None = N
         progress(f"generating the synthetic data set into {folder} (once)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
+        tmp.chmod(folder_mode())  # mkdtemp's is 0700
         info = {"config": dataclasses.asdict(config), "classes": list(CLASSES), "splits": {}}
         for split in ("train", "test"):
             images, labels, true_labels = generate_split(config, split)

@@ -1,0 +1,91 @@
+"""Stopping on a signal: SIGTERM (a cluster's preemption, ``scancel``, ``kill``) and SIGINT
+(Ctrl-C).
+
+Outside a training loop both stop the program where it is, as an ``Interrupted`` exception
+(a ``KeyboardInterrupt``; the programs print one line and exit with status 128 + the signal's
+number: 130, 143). Inside the loop (``deferred``) a signal only asks it to stop: the loop finishes
+its step, saves a checkpoint of exactly where it is and then raises ``Interrupted``; a second
+signal stops at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """The program stopped on a signal (``signum``); the message says what was kept."""
+
+    def __init__(self, signum: int, message: str = ""):
+        super().__init__(message or f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+
+def _raise(signum, frame):
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def installed():
+    """Within: SIGTERM and SIGINT raise ``Interrupted`` wherever the program is (Python's default
+    for SIGTERM is to die without a word). Main thread only (elsewhere nothing changes); the
+    programs run inside it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in HANDLED}
+    for signum, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(signum, _raise)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+class _Requests:
+    signum: int | None = None
+
+
+@contextlib.contextmanager
+def deferred():
+    """Within: a first SIGTERM or SIGINT is only recorded (``requested()``), for the caller to
+    stop at a good moment; a second one raises ``Interrupted`` at once. Elsewhere than in the
+    main thread, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def record(signum, frame):
+        if _Requests.signum is not None:
+            raise Interrupted(signum, f"stopped by a second {signal.Signals(signum).name}: "
+                                      "the last complete checkpoint is kept")
+        _Requests.signum = signum
+
+    previous = {s: signal.getsignal(s) for s in HANDLED}
+    ignored = {s for s, handler in previous.items() if handler is signal.SIG_IGN}
+    _Requests.signum = None
+    for signum in HANDLED:
+        if signum not in ignored:
+            signal.signal(signum, record)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            if signum not in ignored:
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        _Requests.signum = None
+
+
+def requested() -> int | None:
+    """The signal received within ``deferred`` (None: none)."""
+    return _Requests.signum

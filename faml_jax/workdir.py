@@ -1,0 +1,158 @@
+"""An output folder's life, the same for every program that writes one (a run, an evolution, an
+ensemble report, a preparation): one exclusive lock for as long as it is written, the checks of
+``--resume``/``--overwrite`` against what it holds, and undoing a new run's start when that start
+fails.
+
+    >>> with WorkdirLock(path):          # a second process is refused, naming this one
+    ...     prepare_directory(path, ...)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from faml_jax.checkpoint import sync_processes
+from faml_jax.config import config_differences
+from faml_jax.errors import ConfigError, WorkdirError
+from faml_jax.runs import primary_workdir
+from faml_jax.writer import file_mode, write_json
+
+LOCK_FILE = ".lock"
+
+
+def ensure_writable(directory: Path, what: str = "workdir") -> None:
+    """Create ``directory`` (and its parents) and check a file can be written there."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise WorkdirError(f"cannot write to {what} {directory}: it is a file, not a folder")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise WorkdirError(f"cannot write to {what} {directory}: {error.strerror or error}") from None
+
+
+class WorkdirLock:
+    """An exclusive lock on an output folder (``fcntl.flock`` on ``<folder>/.lock``), held from
+    ``acquire`` (or entering the ``with`` block) to ``release``. The operating system releases it
+    when the process ends in any way, so a lock left by a dead process is no lock: it is taken
+    over at once. A folder locked by a live process is refused with one line naming that
+    process (its pid, command and start time, written into the lock file)."""
+
+    def __init__(self, folder: str | os.PathLike, what: str = "workdir"):
+        self.folder, self.what = Path(folder), what
+        self.path = self.folder / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> "WorkdirLock":
+        ensure_writable(self.folder, self.what)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, file_mode())
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                if error.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise WorkdirError(f"cannot lock {self.what} {self.folder}: {error.strerror}") from None
+                raise WorkdirError(f"{self.what} {self.folder} is in use by {holder}: wait until it ends "
+                                   "or stop it first") from None
+            # A releasing process unlinks the file: if the path now names another file (or none),
+            # this lock is on a file nobody else sees; take the current one instead.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        command = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv))[:200]
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} ({command}, started {started})\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        os.close(self._fd)  # closing releases the lock
+        self._fd = None
+
+    def __enter__(self) -> "WorkdirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def prepare_directory(workdir: Path, *, config_file: str, current: dict, outputs: tuple[str, ...],
+                      has_run: Callable[[Path], bool], resume: bool, overwrite: bool, may_differ: tuple[str, ...],
+                      what: str, complete: Callable[[dict], dict] = lambda saved: saved, write: bool = True) -> bool:
+    """Check an output folder (created, writable, locked by the caller) against
+    ``resume``/``overwrite`` and return whether it continues an earlier ``what``.
+
+    An earlier ``what`` (``has_run(workdir)``: it left something to continue from) needs
+    ``resume`` with the same configuration (``may_differ`` excepted) or ``overwrite`` (which
+    deletes ``outputs``). Outputs of a start that failed before leaving anything to continue from
+    are deleted: such a folder starts afresh, with or without ``resume``. With ``write``,
+    ``config_file`` is then written with ``current`` (otherwise the caller writes it once its own
+    checks pass: a refused command changes nothing). ``complete`` fills a saved configuration's
+    fields that a later version added with their defaults, before comparing."""
+    ensure_writable(workdir)
+    earlier = has_run(workdir)
+    if earlier and not (resume or overwrite):
+        raise WorkdirError(f"workdir {workdir} holds an earlier {what}: pass --resume to continue it or --overwrite to replace it")
+    if earlier and resume and not overwrite and (workdir / config_file).exists():
+        try:
+            saved = complete(json.loads((workdir / config_file).read_text()))
+        except json.JSONDecodeError as error:
+            raise WorkdirError(f"{workdir / config_file} is not valid JSON ({error}): the earlier {what} cannot be "
+                               "continued; --overwrite replaces it") from None
+        diffs = config_differences(saved, current, may_differ=may_differ)
+        if diffs:
+            raise ConfigError(f"the {what} in {workdir} was made with another configuration: {'; '.join(diffs)}")
+    if overwrite or not earlier:  # an earlier run replaced, or the leftovers of a start that failed
+        sync_processes(f"delete {primary_workdir(workdir)}")  # no process still reads the old run
+        for name in outputs:
+            path = workdir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    if write:
+        write_json(workdir / config_file, current)
+    sync_processes(f"prepared {primary_workdir(workdir)}")  # process 0 may have deleted checkpoints
+    return earlier and not overwrite
+
+
+@contextlib.contextmanager
+def undone_if_it_fails(workdir: Path, marker: str):
+    """Around preparing a run's workdir and opening what it needs (data set, backbone): when that
+    fails for a new run, its ``marker`` (config.json, evolve.json) is removed again, and the
+    folders this call made while they are empty (but for the lock), so the next try starts afresh
+    instead of asking for --resume."""
+    workdir = Path(workdir).absolute()
+    made = [p for p in (workdir, *workdir.parents) if not p.exists()]  # innermost first
+    new_run = not (workdir / marker).exists()
+    try:
+        yield
+    except BaseException:
+        if new_run and workdir.is_dir():
+            (workdir / marker).unlink(missing_ok=True)
+            for folder in made:
+                if not folder.is_dir() or any(p.name != LOCK_FILE for p in folder.iterdir()):
+                    break
+                (folder / LOCK_FILE).unlink(missing_ok=True)  # the lock is held by this process
+                folder.rmdir()
+        raise
