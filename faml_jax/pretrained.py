@@ -156,14 +156,38 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 # Converted backbones on disk
 
 
+def non_finite(tree: Mapping) -> list[str]:
+    """The names (``a/b/c``) of the floating-point arrays of ``tree`` holding NaN or infinity,
+    with how many."""
+    found = []
+    for path, value in traverse_util.flatten_dict(dict(tree)).items():
+        value = np.asarray(value)
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            found.append(f"{'/'.join(map(str, path))} ({int((~np.isfinite(value)).sum())} of {value.size} values)")
+    return found
+
+
+def refuse_non_finite(tree: Mapping, where: str) -> None:
+    """A ``ConversionError`` naming the arrays of ``tree`` that hold NaN or infinity."""
+    bad = non_finite(tree)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ConversionError(f"{where} holds non-finite weights: {', '.join(bad[:3])}{more}")
+
+
 def save_backbone(backbone: dict, head: dict | None, out: str | os.PathLike, info: dict | None = None) -> Path:
     """Write ``{"params", "batch_stats"}`` (and the head, when given) as an orbax checkpoint in
-    the new folder ``out`` (written under a temporary name and renamed when complete)."""
+    the new folder ``out`` (written under a temporary name and renamed when complete). Weights
+    with NaN or infinity are refused (``ConversionError`` naming them)."""
     import orbax.checkpoint as ocp
+
+    from faml_jax.workdir import ensure_writable
 
     out = Path(out).absolute()
     if out.exists():
         raise ConversionError(f"{out} exists; choose a new folder")
+    refuse_non_finite({"backbone": backbone, **({"head": head} if head is not None else {})}, "the converted network")
+    ensure_writable(out.parent, "output folder")
     tree = {"backbone": backbone, **({"head": head} if head is not None else {})}
     info = {**(info or {}), "has_head": head is not None, "format": "faml_jax resnet18 backbone 1"}
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
@@ -184,6 +208,7 @@ def load_backbone(path: str | os.PathLike) -> tuple[dict, dict | None, dict]:
         restored = checkpointer.restore(path, args=ocp.args.Composite(variables=ocp.args.StandardRestore(),
                                                                       info=ocp.args.JsonRestore()))
     tree = jax.tree_util.tree_map(np.asarray, restored["variables"])
+    refuse_non_finite(tree, f"the backbone {path}")
     return tree["backbone"], tree.get("head"), dict(restored["info"])
 
 

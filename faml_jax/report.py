@@ -26,6 +26,7 @@ from faml_jax.config import EnsembleConfig
 from faml_jax.ensemble import analyse
 from faml_jax.errors import WorkdirError
 from faml_jax.evaluate import evaluate_members
+from faml_jax.workdir import WorkdirLock
 from faml_jax.writer import folder_mode, to_json
 
 STRATEGY_NAMES = {"t1v": "T1V (majority vote)", "noi": "NOI (summed softmax, Eq. 13)", "t2v": "T2V (top-two voting, Eq. 12)"}
@@ -170,16 +171,21 @@ def ensemble_report(members: list[tuple[str, Path]], out: str | os.PathLike, con
     which checkpoint, the order of the size table) and write the report folder ``out``; returns
     the report (also in ``out/report.json``). ``data_dir``, ``num_threads``: where the data set is
     now and how it is read, if not as in training; ``batch_size``, ``mapping``: the evaluation."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise WorkdirError(f"{out} already holds a report: pass --overwrite to replace it")
-    checkpoint, order, alpha, beta = config.checkpoint, config.order, config.alpha, config.beta
-    logits, labels, classes, info = evaluate_members(members, checkpoint=checkpoint, data_dir=data_dir, batch_size=batch_size,
-                                           mapping=mapping, num_threads=num_threads, progress=progress, log=log)
-    names = [name for name, _ in members]
-    report = analyse(logits, labels, names, classes, order=order, alpha=alpha, beta=beta)
-    info["command"] = command
-    write_report(out, report, info, logits, labels)
+    out = Path(out).absolute()
+    if out.exists() and not out.is_dir():
+        raise WorkdirError(f"cannot write the report to {out}: it is a file, not a folder")
+    # The report folder is replaced whole (``write_report``): its lock lies beside it.
+    with WorkdirLock(out.parent, f"report folder {out.name} in", name=f".{out.name}.lock"):
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise WorkdirError(f"{out} already holds a report: pass --overwrite to replace it")
+        checkpoint, order, alpha, beta = config.checkpoint, config.order, config.alpha, config.beta
+        logits, labels, classes, info = evaluate_members(
+            members, checkpoint=checkpoint, data_dir=data_dir, batch_size=batch_size, mapping=mapping,
+            num_threads=num_threads, progress=progress, log=log)
+        names = [name for name, _ in members]
+        report = analyse(logits, labels, names, classes, order=order, alpha=alpha, beta=beta)
+        info["command"] = command
+        write_report(out, report, info, logits, labels)
     log(table(["", "accuracy %", "mean class accuracy %"], member_rows(report)).rstrip())
     log(f"ensemble size ({'given order' if order == 'given' else 'best first'}): " + "; ".join(
         f"{s['size']}: T2V {s['t2v']:.2f}" for s in report["sizes"]))

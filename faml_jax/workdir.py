@@ -44,15 +44,15 @@ def ensure_writable(directory: Path, what: str = "workdir") -> None:
 
 
 class WorkdirLock:
-    """An exclusive lock on an output folder (``fcntl.flock`` on ``<folder>/.lock``), held from
+    """An exclusive lock on an output folder (``fcntl.flock`` on ``<folder>/<name>``), held from
     ``acquire`` (or entering the ``with`` block) to ``release``. The operating system releases it
     when the process ends in any way, so a lock left by a dead process is no lock: it is taken
     over at once. A folder locked by a live process is refused with one line naming that
     process (its pid, command and start time, written into the lock file)."""
 
-    def __init__(self, folder: str | os.PathLike, what: str = "workdir"):
+    def __init__(self, folder: str | os.PathLike, what: str = "workdir", name: str = LOCK_FILE):
         self.folder, self.what = Path(folder), what
-        self.path = self.folder / LOCK_FILE
+        self.path = self.folder / name
         self._fd: int | None = None
 
     def acquire(self) -> "WorkdirLock":

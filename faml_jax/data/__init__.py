@@ -109,6 +109,9 @@ def open_dataset(name: str, data_dir: str | os.PathLike | None = None,
     if data_dir is None:
         raise DataError(f"{name} is not embedded: give --data-dir, {DATA_DIR_HELP[name]}, "
                         "or a folder written by experiments.prepare")
+    if os.path.isfile(os.path.expanduser(data_dir)):
+        raise DataError(f"--data-dir {data_dir} is a file, not a folder: give {DATA_DIR_HELP[name]}, "
+                        "or a folder written by experiments.prepare")
     from faml_jax.data import prepared  # imports tensorflow_datasets: only for the real data sets
 
     if prepared.is_prepared(name, data_dir):

@@ -24,12 +24,13 @@ validation set is the test split.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 
-from faml_jax.data.folders import DataError, FolderIndex, Problems, SplitIndex, missing
+from faml_jax.data.folders import DataError, FolderIndex, Problems, SplitIndex, missing, read_text
 
 CLASSES = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
 CODE_NAMES = CLASSES + ("none", "uncertain", "no-face")
@@ -110,42 +111,53 @@ def _read_csv(path: Path, images: Path, num_classes: int, seen: set[str]) -> tup
     problems = Problems()
     rel, files, labels, boxes = [], [], [], []
     column = {name: i for i, name in enumerate(COLUMNS)}
-    with open(path, newline="", encoding="utf-8-sig") as f:  # a BOM is not part of the header
-        for number, row in enumerate(csv.reader(f), 1):
-            if not row:
-                continue
-            if number == 1 and row[0].strip() == COLUMNS[0]:  # the header line
-                header = [c.strip() for c in row]
-                lacking = [c for c in ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",
-                                       "expression") if c not in header]
-                if lacking:
-                    raise DataError(f"{path}:1: header lacks column(s) {', '.join(lacking)}")
-                column = {name: header.index(name) for name in header}
-                continue
-            where = f"{path.name} line {number}"
-            if len(row) <= max(column["expression"], column["face_height"]):
-                raise DataError(f"{path}:{number}: expected the columns {', '.join(COLUMNS)}; got {len(row)} field(s)")
-            problems.listed += 1
-            name = row[column["subDirectory_filePath"]].strip()
-            code_text = row[column["expression"]].strip()
-            if not _keep(_code(code_text), num_classes, problems, f"{where}: expression {code_text!r}"):
-                continue
-            if name in seen:
-                problems.duplicates.append(f"{where}: {name}")
-                continue
-            seen.add(name)
-            try:
-                box = [int(round(float(row[column[c]]))) for c in ("face_x", "face_y", "face_width", "face_height")]
-            except ValueError:
-                raise DataError(f"{path}:{number}: face box is not numeric: {row[1:5]}") from None
-            file = images / name
-            if not os.path.isfile(file):
-                problems.absent.append(str(file))
-                continue
-            rel.append(name)
-            files.append(str(file))
-            labels.append(_code(code_text))
-            boxes.append(box)
+    widths: dict[int, int] = {}  # fields per row -> rows
+    header = None
+    # read_text drops a BOM (not part of the header) and refuses other encodings.
+    for number, row in enumerate(csv.reader(io.StringIO(read_text(path), newline="")), 1):
+        if not row:
+            continue
+        if number == 1 and row[0].strip() == COLUMNS[0]:  # the header line
+            header = [c.strip() for c in row]
+            lacking = [c for c in ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",
+                                   "expression") if c not in header]
+            if lacking:
+                raise DataError(f"{path}:1: header lacks column(s) {', '.join(lacking)}")
+            column = {name: header.index(name) for name in header}
+            continue
+        where = f"{path.name} line {number}"
+        widths[len(row)] = widths.get(len(row), 0) + 1
+        if len(row) <= max(column["expression"], column["face_height"]):
+            raise DataError(f"{path}:{number}: expected the columns {', '.join(COLUMNS)}; got {len(row)} field(s)")
+        problems.listed += 1
+        name = row[column["subDirectory_filePath"]].strip()
+        code_text = row[column["expression"]].strip()
+        if not _keep(_code(code_text), num_classes, problems, f"{where}: expression {code_text!r}"):
+            continue
+        if name in seen:
+            problems.duplicates.append(f"{where}: {name}")
+            continue
+        seen.add(name)
+        try:
+            box = [int(round(float(row[column[c]]))) for c in ("face_x", "face_y", "face_width", "face_height")]
+        except ValueError:
+            raise DataError(f"{path}:{number}: face box is not numeric: {row[1:5]}") from None
+        file = images / name
+        if not os.path.isfile(file):
+            problems.absent.append(str(file))
+            continue
+        rel.append(name)
+        files.append(str(file))
+        labels.append(_code(code_text))
+        boxes.append(box)
+    if problems.listed and len(problems.out_of_range) > problems.listed / 2:
+        expected = len(header) if header else len(COLUMNS)
+        shapes = ", ".join(f"{n} with {w} fields" for w, n in sorted(widths.items()))
+        raise DataError(
+            f"{path}: {len(problems.out_of_range)} of {problems.listed} rows have no valid expression code in column "
+            f"{column['expression'] + 1}: the columns look shifted (rows: {shapes}; "
+            + (f"the header names {expected}" if header else f"no header line, so AffectNet's {expected} columns "
+               f"{', '.join(COLUMNS)} are expected") + ")")
     problems.excluded = _in_code_order(problems.excluded)
     return SplitIndex(rel, files, labels, np.asarray(boxes, np.int32).reshape(-1, 4)), problems
 

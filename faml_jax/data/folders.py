@@ -36,6 +36,18 @@ class CorruptImageError(DataError):
     """An image file that cannot be read or decoded (its path is in the message)."""
 
 
+def read_text(path: Path) -> str:
+    """A label file's text (UTF-8, a byte-order mark dropped); another encoding is a
+    ``DataError`` naming the file."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
+        raise DataError(f"{path} is not UTF-8 text ({'UTF-16, by its byte-order mark' if utf16 else error.reason} "
+                        f"at byte {error.start}): save it as UTF-8") from None
+
+
 def missing(what: str, expected: Sequence[Path], hint: str = "") -> DataError:
     """The error for a missing file or folder: what it is and every place it was looked for."""
     places = " or ".join(str(p) for p in expected)

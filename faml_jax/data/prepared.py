@@ -234,21 +234,29 @@ def prepare(dataset: str, data_dir, out_dir, *, skip_bad_images: bool = False, n
         raise DataError(f"the stored image size must be at least 8 pixels (or none: the original files), got {stored_size}")
     if not 1 <= quality <= 100:
         raise DataError(f"the JPEG quality must be in 1..100, got {quality}")
-    if is_prepared(dataset, out_dir) and not overwrite:
-        raise DataError(f"{dataset} is already prepared in {dataset_dir(dataset, out_dir)}; "
-                        "pass --overwrite to prepare it again")
-    builder = _builder(dataset, out_dir, skip_bad_images=skip_bad_images, num_threads=num_threads, bars=bars,
-                       stored_size=stored_size, crop=crop, quality=quality)
-    downloads = Path(tempfile.mkdtemp(prefix="faml_jax-prepare-"))
-    mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
-    try:
-        builder.download_and_prepare(
-            download_dir=str(downloads), file_format="array_record",
-            download_config=tfds.download.DownloadConfig(manual_dir=str(Path(data_dir).expanduser()),
-                                                         download_mode=mode),
-        )
-    finally:
-        shutil.rmtree(downloads, ignore_errors=True)
+    from faml_jax.workdir import WorkdirLock
+
+    with WorkdirLock(Path(out_dir).expanduser(), "preparation folder"):  # one preparation at a time there
+        if is_prepared(dataset, out_dir) and not overwrite:
+            raise DataError(f"{dataset} is already prepared in {dataset_dir(dataset, out_dir)}; "
+                            "pass --overwrite to prepare it again")
+        for leftover in unfinished(dataset, out_dir):  # of a preparation that was killed (it held no lock now)
+            shutil.rmtree(leftover, ignore_errors=True)
+        builder = _builder(dataset, out_dir, skip_bad_images=skip_bad_images, num_threads=num_threads, bars=bars,
+                           stored_size=stored_size, crop=crop, quality=quality)
+        downloads = Path(tempfile.mkdtemp(prefix="faml_jax-prepare-"))
+        mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
+                else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+        try:
+            builder.download_and_prepare(
+                download_dir=str(downloads), file_format="array_record",
+                download_config=tfds.download.DownloadConfig(manual_dir=str(Path(data_dir).expanduser()),
+                                                             download_mode=mode),
+            )
+        finally:
+            shutil.rmtree(downloads, ignore_errors=True)
+            for leftover in unfinished(dataset, out_dir):  # an interrupted one's temporaries (Ctrl-C)
+                shutil.rmtree(leftover, ignore_errors=True)
     return dataset_dir(dataset, out_dir)
 
 

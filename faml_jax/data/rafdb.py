@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from faml_jax.data.folders import DataError, FolderIndex, Problems, SplitIndex, missing
+from faml_jax.data.folders import DataError, FolderIndex, Problems, SplitIndex, missing, read_text
 
 CLASSES = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
 CODE_NAMES = {1: "surprise", 2: "fear", 3: "disgust", 4: "happiness", 5: "sadness", 6: "anger", 7: "neutral"}
@@ -59,36 +59,35 @@ def read_index(data_dir: str | Path) -> FolderIndex:
     entries = {split: ([], [], []) for split in PREFIXES.values()}
     problems = {split: Problems() for split in PREFIXES.values()}
     seen: set[str] = set()
-    with open(label_file, encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            where = f"{label_file}:{number}"
-            if len(fields) != 2:
-                raise DataError(f"{where}: expected '<image name> <label 1-7>', got {line.strip()!r}")
-            name, code = fields
-            split = next((s for prefix, s in PREFIXES.items() if name.startswith(prefix)), None)
-            if split is None:
-                raise DataError(f"{where}: image name {name!r} starts with neither train_ nor test_")
-            p = problems[split]
-            p.listed += 1
-            try:
-                label = CODE_TO_CLASS[int(code)]
-            except (ValueError, KeyError):
-                p.out_of_range.append(f"line {number}: {name} label {code!r}")
-                continue
-            if name in seen:
-                p.duplicates.append(f"line {number}: {name}")
-                continue
-            seen.add(name)
-            path = image_path(root, name)
-            if not path.is_file():
-                p.absent.append(str(path))
-                continue
-            names, files, labels = entries[split]
-            names.append(name)
-            files.append(str(path))
-            labels.append(label)
+    for number, line in enumerate(read_text(label_file).splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{label_file}:{number}"
+        if len(fields) != 2:
+            raise DataError(f"{where}: expected '<image name> <label 1-7>', got {line.strip()!r}")
+        name, code = fields
+        split = next((s for prefix, s in PREFIXES.items() if name.startswith(prefix)), None)
+        if split is None:
+            raise DataError(f"{where}: image name {name!r} starts with neither train_ nor test_")
+        p = problems[split]
+        p.listed += 1
+        try:
+            label = CODE_TO_CLASS[int(code)]
+        except (ValueError, KeyError):
+            p.out_of_range.append(f"line {number}: {name} label {code!r}")
+            continue
+        if name in seen:
+            p.duplicates.append(f"line {number}: {name}")
+            continue
+        seen.add(name)
+        path = image_path(root, name)
+        if not path.is_file():
+            p.absent.append(str(path))
+            continue
+        names, files, labels = entries[split]
+        names.append(name)
+        files.append(str(path))
+        labels.append(label)
     splits = {split: SplitIndex(*entries[split]) for split in entries}
     return FolderIndex(root, "rafdb-basic", CLASSES, splits, problems)

@@ -249,7 +249,15 @@ def materialize(config: SyntheticConfig, cache_dir: str | os.PathLike | None = N
     folder = root / "synthetic" / config.key()
     if (folder / "info.json").exists():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        probe = Path(tempfile.mkdtemp(prefix=".write-test-", dir=folder.parent))
+        probe.rmdir()
+    except OSError as error:
+        from faml_jax.errors import DataError
+
+        raise DataError(f"cannot write the synthetic data set into {root} ({error.strerror or error}): "
+                        "give a writable --data-dir or FAML_JAX_CACHE") from None
     if progress:
         progress(f"generating the synthetic data set into {folder} (once)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
