@@ -219,6 +219,7 @@ def run_body(args: argparse.Namespace, body) -> None:
         if hasattr(args, "no_progress"):
             args.no_progress = True
     body(args)
+    signals.raise_if_pending()  # a signal whose exception Python dropped: still a stop
 
 
 def one_line(error: BaseException) -> str:

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -59,14 +60,15 @@ class Checkpoints:
         ):
             for arg_type in arg_types:
                 registry.add(item, arg_type, handler)
-        self.manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
-                enable_async_checkpointing=False, create=False,
-                multiprocessing_options=alone,
-            ),
-            handler_registry=registry,
-        )
+        with quiet_orbax():  # a damaged checkpoint's missing metadata is a warning there; ``restore`` says it
+            self.manager = ocp.CheckpointManager(
+                self.directory,
+                options=ocp.CheckpointManagerOptions(
+                    enable_async_checkpointing=False, create=False,
+                    multiprocessing_options=alone,
+                ),
+                handler_registry=registry,
+            )
 
     def latest_epoch(self) -> int | None:
         """The epoch of the newest complete checkpoint (None: no checkpoint)."""
@@ -117,7 +119,8 @@ class Checkpoints:
             if target.exists():
                 shutil.rmtree(target)
             shutil.move(str(self.directory / str(epoch)), target)
-            self.manager.reload()
+            with quiet_orbax():
+                self.manager.reload()
         sync_processes(f"set aside {self.directory} {epoch}")
         self._refresh()
         return target
@@ -125,61 +128,72 @@ class Checkpoints:
     def _refresh(self) -> None:
         """Other processes than 0 re-read the list of checkpoints that process 0 writes."""
         if jax.process_index() > 0:
-            self.manager.reload()
+            with quiet_orbax():
+                self.manager.reload()
 
     def restore(self, epoch: int, like: Any) -> tuple[Any, dict]:
         """Restore checkpoint ``epoch`` into the structure (and dtypes) of ``like``, an
         unreplicated train state. Raises ``CheckpointDamaged`` when its files are not those
         written (``verify``; a checkpoint without a digest, written by an earlier version, is
-        judged by whether orbax can read it) and ``CheckpointMismatch`` when it is intact but its
-        shapes do not match ``like``."""
+        judged by whether orbax can read it) and ``CheckpointMismatch`` when it is intact but
+        holds arrays of other names or shapes than ``like``'s."""
         path = self.directory / str(epoch)
         problem = verify(path)
         if problem:
             raise CheckpointDamaged(f"checkpoint {path} is damaged: {problem}")
-
-        def restore(template):
-            abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+        template = self.stored_like(epoch, like)
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+        try:
             # orbax's reading threads report a damaged file as many "Event loop is closed"
             # tracebacks on stderr; the error raised here says what matters.
-            with contextlib.redirect_stderr(io.StringIO()):
-                return self.manager.restore(
+            with contextlib.redirect_stderr(io.StringIO()), quiet_orbax():
+                restored = self.manager.restore(
                     epoch,
                     args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()),
                 )
-
-        try:
-            restored = restore(_keys_to_data(like))
-            state = _data_to_keys(restored["state"], like)
         except Exception as error:  # noqa: BLE001 (orbax and tensorstore raise many kinds)
-            try:  # a checkpoint written before keys were stored as key data
-                restored = restore(like)
-                state = restored["state"]
-            except Exception:  # noqa: BLE001
-                cause = first_line(error)
-                if self.matches(epoch, like) is False:
-                    raise CheckpointMismatch(
-                        f"checkpoint {path} does not match this run's model or optimiser: {cause}") from None
-                raise CheckpointDamaged(f"checkpoint {path} cannot be read: {cause}") from None
+            raise CheckpointDamaged(f"checkpoint {path} cannot be read: {first_line(error)}") from None
+        state = restored["state"]
+        if template is not like:
+            state = _data_to_keys(state, like)
         return state, restored["record"]
 
-    def matches(self, epoch: int, like: Any) -> bool | None:
-        """Whether the arrays stored in checkpoint ``epoch`` have the names and shapes of those
-        of ``like`` (None: its metadata cannot be read)."""
+    def stored_like(self, epoch: int, like: Any) -> Any:
+        """``like`` in the form checkpoint ``epoch`` stores it: PRNG keys as key data (or, written
+        before keys were stored so, as keys). A checkpoint whose stored arrays have other names
+        or shapes is a ``CheckpointMismatch``; one whose metadata cannot be read,
+        ``CheckpointDamaged``."""
+        path = self.directory / str(epoch)
         try:
-            with contextlib.redirect_stderr(io.StringIO()):
+            with contextlib.redirect_stderr(io.StringIO()), quiet_orbax():
                 stored = self.manager.item_metadata(epoch)["state"]
             shapes = {k: tuple(v.shape) for k, v in _flat_paths(stored).items()}
-        except Exception:  # noqa: BLE001
-            return None
+        except Exception as error:  # noqa: BLE001
+            raise CheckpointDamaged(f"checkpoint {path} cannot be read: {first_line(error)}") from None
         for template in (_keys_to_data(like), like):
             wanted = {k: tuple(np.shape(v)) for k, v in _flat_paths(template).items()}
             if wanted == shapes:
-                return True
-        return False
+                return template
+        differing = sorted(set(wanted) ^ set(shapes)) or sorted(k for k in wanted if wanted[k] != shapes[k])
+        name = differing[0]
+        where = (f"{name} is {shapes[name]} there, {wanted[name]} here" if name in wanted and name in shapes
+                 else f"{name} is {'only there' if name in shapes else 'not there'}")
+        raise CheckpointMismatch(f"checkpoint {path} does not match this run's model or optimiser: {where}")
 
     def close(self) -> None:
         self.manager.close()
+
+
+@contextlib.contextmanager
+def quiet_orbax():
+    """Within: orbax's warnings (absl's logger) are not shown; errors still are."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def first_line(error: BaseException) -> str:
@@ -188,9 +202,17 @@ def first_line(error: BaseException) -> str:
     return (text[0] if text else type(error).__name__)[:300]
 
 
+def _key_name(key) -> str:
+    for attribute in ("key", "name", "idx"):  # dict keys, dataclass fields, sequence indices
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
 def _flat_paths(tree) -> dict:
+    """``{"a/b/c": leaf}`` of a pytree, the same for a train state and its stored metadata."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
+    return {"/".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
 
 
 def _sha256(path: Path) -> str:

@@ -44,7 +44,7 @@ from faml_jax.trainer import (
     FETCH_EVERY, EpochProgress, Member, Setup, adopt_recorded, compiled, complete_run_config, has_run,
     prepare_workdir, recorded_config, reference_loss, train_member,
 )
-from faml_jax.workdir import WorkdirLock, prepare_directory, undone_if_it_fails
+from faml_jax.workdir import WorkdirLock, new_folders, prepare_directory, undone_if_it_fails
 from faml_jax.writer import write_json
 
 # ---------------------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def train_side_by_side(setup: Setup, placement: MemberParallel, members: list[Me
             first = active.index(True)
             desc = ", ".join(f"{m.prefix}epoch {m.epoch + 1}/{m.config.epochs}" for m, a in zip(group, active) if a)
             # Every member's sums; the bar shows the first active member's (and all members' images/s).
-            epochs = [EpochProgress(desc, steps, batch_size * sum(active), progress and j == first, what=m.prefix)
+            epochs = [EpochProgress(desc, steps, batch_size * sum(active), progress and j == first, member=m)
                       for j, m in enumerate(group)]
             pending, lrs = [], [0.0] * len(group)
             host_batches = ([next(it) if it is not None else None for it in iterators] for _ in range(steps))
@@ -151,7 +151,7 @@ DIAGNOSTIC_BN_BATCHES = 10
 # Folded into the run's seed for the shared start of all networks (not a member seed).
 START_TAG = 999_999
 # Configuration fields that may change when an evolution is resumed.
-MAY_DIFFER = ("fga.generations", "run.data.num_threads")
+MAY_DIFFER = ("fga.generations", "run.data.num_threads", "run.keep_checkpoints")
 
 
 def member_seed(seed: int, serial: int) -> int:
@@ -463,8 +463,9 @@ def evolve(config: RunConfig, fga_config: FGAConfig, workdir: str | os.PathLike,
     for path in given:
         check_given_member(path, config)
     Setup.check_batch(config)
+    made = new_folders(workdir)
     with WorkdirLock(workdir, "workdir"):
-        with undone_if_it_fails(workdir, "evolve.json"):
+        with undone_if_it_fails(workdir, "evolve.json", made):
             prepare_evolve_workdir(workdir, config, fga_config, given, resume, overwrite)
             evolution = Evolution(config, fga_config, workdir, given=given, member_parallel=member_parallel,
                                   progress=progress, log=log)

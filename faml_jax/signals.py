@@ -11,7 +11,9 @@ signal stops at once.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
@@ -30,7 +32,34 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _raise(signum, frame):
+    # Recorded too: Python drops an exception raised where it cannot propagate (a garbage
+    # collector's callback, a finaliser); ``deferred``, ``requested`` and ``raise_if_pending``
+    # still see the signal then.
+    _Requests.pending = signum
     raise Interrupted(signum)
+
+
+def _unraisable(hook):
+    def ignore_interrupts(unraisable):
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):  # recorded in _Requests.pending
+            hook(unraisable)
+    return ignore_interrupts
+
+
+def _exit_now(signum, frame):
+    os.write(2, f"stopped by {signal.Signals(signum).name} while starting\n".encode())
+    os._exit(128 + signum)
+
+
+def exit_while_starting() -> None:
+    """For a program started with ``python -m``, called first by its package: until the program
+    installs its own handling (``installed``), Ctrl-C or SIGTERM ends it at once with one line
+    (it is importing its modules and has written nothing). Elsewhere (an import in Python or in
+    a test) nothing changes."""
+    if sys.argv[:1] == ["-m"] and threading.current_thread() is threading.main_thread():
+        for signum in HANDLED:
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.signal(signum, _exit_now)
 
 
 @contextlib.contextmanager
@@ -42,18 +71,29 @@ def installed():
         yield
         return
     previous = {s: signal.getsignal(s) for s in HANDLED}
+    hook = sys.unraisablehook
+    _Requests.pending = None
     for signum, handler in previous.items():
         if handler is not signal.SIG_IGN:
             signal.signal(signum, _raise)
+    sys.unraisablehook = _unraisable(hook)
     try:
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        sys.unraisablehook = hook
+
+
+def raise_if_pending() -> None:
+    """Raise ``Interrupted`` for a signal whose exception Python dropped (``installed``)."""
+    if _Requests.pending is not None:
+        raise Interrupted(_Requests.pending)
 
 
 class _Requests:
-    signum: int | None = None
+    signum: int | None = None  # received within ``deferred``
+    pending: int | None = None  # raised by ``installed``'s handler (perhaps dropped by Python)
 
 
 @contextlib.contextmanager
@@ -67,10 +107,12 @@ def deferred():
 
     def record(signum, frame):
         if _Requests.signum is not None:
+            _Requests.pending = signum
             raise Interrupted(signum, f"stopped by a second {signal.Signals(signum).name}: "
                                       "the last complete checkpoint is kept")
         _Requests.signum = signum
 
+    raise_if_pending()
     previous = {s: signal.getsignal(s) for s in HANDLED}
     ignored = {s for s, handler in previous.items() if handler is signal.SIG_IGN}
     _Requests.signum = None
@@ -87,5 +129,6 @@ def deferred():
 
 
 def requested() -> int | None:
-    """The signal received within ``deferred`` (None: none)."""
-    return _Requests.signum
+    """The signal received within ``deferred``, or one whose exception was dropped before (None:
+    none)."""
+    return _Requests.signum or _Requests.pending

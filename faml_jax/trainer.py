@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -32,13 +33,17 @@ from faml_jax.errors import ConfigError, NonFiniteError, WorkdirError
 from faml_jax.evaluate import Evaluator, open_run_dataset
 from faml_jax.metrics import classification_metrics
 from faml_jax.runs import DAMAGED, PREEMPTED, checkpoint_epochs, checkpoints_of, has_checkpoint, primary_workdir
-from faml_jax.workdir import WorkdirLock, prepare_directory, undone_if_it_fails
+from faml_jax.workdir import WorkdirLock, new_folders, prepare_directory, undone_if_it_fails
 from faml_jax.writer import RunWriter, write_atomic, write_json
 
 # Per-epoch fields of metrics.jsonl that are timings (they differ between identical runs).
 TIMING_FIELDS = ("images_per_s", "epoch_s")
 OUTPUTS = ("checkpoints", PREEMPTED, DAMAGED, "test_logits", "tensorboard", "metrics.jsonl", "config.json",
            "summary.json")
+
+# Configuration fields a resumed run may change: how long it trains, how many checkpoints it
+# keeps, how many threads read its images.
+MAY_DIFFER = ("epochs", "keep_checkpoints", "data.num_threads")
 
 Log = Callable[[str], None]
 
@@ -50,14 +55,15 @@ Log = Callable[[str], None]
 def has_run(workdir: Path) -> bool:
     """Whether a network's workdir holds something to continue from: a checkpoint (complete,
     damaged or saved within an epoch). A run that failed before its first checkpoint did not."""
-    return has_checkpoint(workdir) or any(checkpoint_epochs(workdir, f) for f in (PREEMPTED, DAMAGED))
+    return (has_checkpoint(workdir) or bool(checkpoint_epochs(workdir, PREEMPTED))
+            or (primary_workdir(workdir) / DAMAGED).is_dir())
 
 
 def prepare_workdir(workdir: Path, config: RunConfig, resume: bool, overwrite: bool, *, write: bool = True) -> bool:
     """Make a network's workdir ready (``workdir.prepare_directory`` with its ``config.json``;
     ``epochs`` may grow on resume); returns whether it continues an earlier run."""
     return prepare_directory(workdir, config_file="config.json", current=config_to_json(config), outputs=OUTPUTS,
-                             has_run=has_run, resume=resume, overwrite=overwrite, may_differ=("epochs",),
+                             has_run=has_run, resume=resume, overwrite=overwrite, may_differ=MAY_DIFFER,
                              what="run", complete=complete_run_config, write=write)
 
 
@@ -476,8 +482,12 @@ class Member:
         if ranked:
             keep.add(max(ranked, key=lambda e: (accuracy[e], -e)))
         self.checkpoints.prune(keep)
-        if hasattr(self, "preempted"):
+        if hasattr(self, "preempted"):  # the epoch it was saved in is complete now
             self.preempted.prune(set())
+            self.preempted.close()
+            del self.preempted
+            if jax.process_index() == 0:
+                shutil.rmtree(primary_workdir(self.workdir) / PREEMPTED, ignore_errors=True)
 
     def save_within_epoch(self, state: train.TrainState, step_in_epoch: int, sums: dict, signum: int) -> None:
         """Save where a run stopped on a signal (``step_in_epoch`` steps of the next epoch done,
@@ -577,14 +587,14 @@ class EpochProgress:
     """One epoch's metric sums and its progress bar (loss, accuracy, images/s, learning rate),
     shared by the single-network loop and FGA's side-by-side loop. ``done``/``sums``: the steps
     and sums of an epoch resumed within it. ``add`` raises ``NonFiniteError`` at the first step
-    whose loss or gradient was not finite (``what``: the network, for the message)."""
+    whose loss or gradient was not finite (``member``: the network, for the message)."""
 
     def __init__(self, desc: str, steps: int, images_per_step: int, progress: bool, *, done: int = 0,
-                 sums: dict | None = None, what: str = ""):
+                 sums: dict | None = None, member: Member | None = None):
         from tqdm import tqdm
 
         self.sums = dict(sums) if sums else {k: 0.0 for k in METRICS}
-        self.steps, self.done, self.first, self.what = steps, done, done, what
+        self.steps, self.done, self.first, self.member = steps, done, done, member
         self.images_per_step = images_per_step
         self.begin = time.perf_counter()
         self.bar = tqdm(total=steps, initial=done, desc=desc, disable=not progress, leave=False, unit="step",
@@ -593,8 +603,10 @@ class EpochProgress:
     def add(self, values: dict, where: str) -> None:
         """One step's metrics (``where``: "epoch e, step s" for the message)."""
         if values.get("finite", 1.0) < 1.0:
-            raise NonFiniteError(f"{self.what}the loss or a gradient became non-finite at {where} (loss "
-                                 f"{values['loss']:.4g}): training stopped")
+            where = f"{where} (loss {values['loss']:.4g})"
+            what = "the loss or a gradient"
+            raise NonFiniteError(self.member.non_finite_message(where, what) if self.member else
+                                 f"{what} became non-finite at {where}: training stopped")
         for k in self.sums:
             self.sums[k] += values[k]
 
@@ -645,7 +657,7 @@ def train_member(setup: Setup, member: Member, *, progress: bool = True, stop_af
             start = member.run.step_in_epoch
             epoch = EpochProgress(f"{member.prefix}epoch {member.epoch + 1}/{member.config.epochs}", steps,
                                   setup.config.batch_size, progress, done=start, sums=member.run.sums,
-                                  what=member.prefix)
+                                  member=member)
             iterator = iter(member.loader.iterate(member.epoch, start_step=start))
             host_batches = (next(iterator) for _ in range(start, steps))
             pending, learning_rate, stop, i = [], 0.0, None, start - 1
@@ -699,8 +711,9 @@ def fit(config: RunConfig, workdir: str | os.PathLike, *, resume: bool = False, 
     if resume and keep_recorded:
         config = adopt_recorded(config, recorded_config(workdir), keep_recorded)
     Setup.check_batch(config)
+    made = new_folders(workdir)
     with WorkdirLock(workdir, "workdir"):
-        with undone_if_it_fails(workdir, "config.json"):
+        with undone_if_it_fails(workdir, "config.json", made):
             prepare_workdir(workdir, config, resume, overwrite, write=False)
             setup = Setup(config, log)  # opens the data set
             member = Member(setup, config, workdir, log=log)
@@ -708,7 +721,7 @@ def fit(config: RunConfig, workdir: str | os.PathLike, *, resume: bool = False, 
             if member.done:
                 raise ConfigError(f"nothing to do: the run in {workdir} already has {member.epoch} epochs; "
                                   "raise --epochs")
-            with undone_if_it_fails(workdir, "config.json"):
+            with undone_if_it_fails(workdir, "config.json", made):
                 init = setup.start_variables(config.seed) if config.init and not member.resumed else None
                 write_json(workdir / "config.json", config_to_json(config))  # every check passed
             member.begin(init)

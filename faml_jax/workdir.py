@@ -136,14 +136,21 @@ def prepare_directory(workdir: Path, *, config_file: str, current: dict, outputs
     return earlier and not overwrite
 
 
+def new_folders(workdir: Path) -> list[Path]:
+    """The folders that writing into ``workdir`` will create (innermost first)."""
+    workdir = Path(workdir).absolute()
+    return [p for p in (workdir, *workdir.parents) if not p.exists()]
+
+
 @contextlib.contextmanager
-def undone_if_it_fails(workdir: Path, marker: str):
+def undone_if_it_fails(workdir: Path, marker: str, made: list[Path] | None = None):
     """Around preparing a run's workdir and opening what it needs (data set, backbone): when that
     fails for a new run, its ``marker`` (config.json, evolve.json) is removed again, and the
-    folders this call made while they are empty (but for the lock), so the next try starts afresh
-    instead of asking for --resume."""
+    folders made for it (``made``, from ``new_folders`` before anything was written; default:
+    those this call makes) while they are empty (but for the lock), so the next try starts
+    afresh instead of asking for --resume."""
     workdir = Path(workdir).absolute()
-    made = [p for p in (workdir, *workdir.parents) if not p.exists()]  # innermost first
+    made = new_folders(workdir) if made is None else made
     new_run = not (workdir / marker).exists()
     try:
         yield

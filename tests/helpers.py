@@ -5,8 +5,10 @@ reference of the ensemble decisions."""
 from __future__ import annotations
 
 import importlib
+import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -121,3 +123,44 @@ def write_run(workdir, config: RunConfig, variables: dict, epoch: int = 1, test_
     (workdir / "metrics.jsonl").write_text(json.dumps({"epoch": epoch, "test_accuracy": test_accuracy,
                                                        "train_loss": 1.0}) + "\n")
     return workdir
+
+
+def without_timings(lines):
+    """metrics.jsonl lines without the fields that are timings."""
+    from faml_jax import trainer
+
+    return [{k: v for k, v in json.loads(line).items() if k not in trainer.TIMING_FIELDS} for line in lines]
+
+
+def final_params(workdir, config):
+    """The train state and record of a run's latest checkpoint."""
+    from faml_jax import models, train
+    from faml_jax.checkpoint import Checkpoints
+    model = models.ResNet(config.model)
+    tx = train.make_optimizer(config.optim, config.schedule.lr1)
+    like = train.create_train_state(model, tx, jax.random.key(0))
+    ckpt = Checkpoints(workdir)
+    state, record = ckpt.restore(ckpt.latest_epoch(), like)
+    ckpt.close()
+    return jax.device_get(state), record
+
+
+def assert_same_run(workdir, reference_dir, config, epochs: int = 3):
+    """``workdir`` (resumed after an interruption) ended exactly as the uninterrupted run in
+    ``reference_dir`` (a ``tiny_config`` run): metrics but timings, final weights and statistics,
+    regime switch, last test logits."""
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    ref_lines = (reference_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len(ref_lines) == epochs
+    assert without_timings(lines) == without_timings(ref_lines)
+    state, record = final_params(workdir, config)
+    ref_state, ref_record = final_params(reference_dir, config)
+    for a, b in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(ref_state.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree_util.tree_leaves(state.batch_stats), jax.tree_util.tree_leaves(ref_state.batch_stats)):
+        np.testing.assert_array_equal(a, b)
+    assert record["switch_epoch"] == ref_record["switch_epoch"] == 2  # 0-based: the third epoch
+    np.testing.assert_array_equal(
+        np.load(workdir / "test_logits" / f"epoch_{epochs:04d}.npz")["logits"],
+        np.load(reference_dir / "test_logits" / f"epoch_{epochs:04d}.npz")["logits"],
+    )

@@ -8,7 +8,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
@@ -18,25 +17,9 @@ from faml_jax import config as config_module
 from faml_jax import runs, trainer
 from faml_jax.config import config_to_json
 from faml_jax.errors import ConfigError
-from helpers import tiny_config
+from helpers import assert_same_run, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def without_timings(lines):
-    return [{k: v for k, v in json.loads(line).items() if k not in trainer.TIMING_FIELDS} for line in lines]
-
-
-def final_params(workdir, config):
-    from faml_jax import models, train
-    from faml_jax.checkpoint import Checkpoints
-    model = models.ResNet(config.model)
-    tx = train.make_optimizer(config.optim, config.schedule.lr1)
-    like = train.create_train_state(model, tx, jax.random.key(0))
-    ckpt = Checkpoints(workdir)
-    state, record = ckpt.restore(ckpt.latest_epoch(), like)
-    ckpt.close()
-    return jax.device_get(state), record
 
 
 @pytest.fixture(scope="module")
@@ -47,24 +30,6 @@ def uninterrupted(tmp_path_factory):
     config = tiny_config(data_dir, 3)
     summary = trainer.fit(config, root / "full", progress=False, log=lambda *_: None)
     return root, data_dir, config, summary
-
-
-def assert_same_run(workdir, reference_dir, config):
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    ref_lines = (reference_dir / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == len(ref_lines) == 3
-    assert without_timings(lines) == without_timings(ref_lines)
-    state, record = final_params(workdir, config)
-    ref_state, ref_record = final_params(reference_dir, config)
-    for a, b in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(ref_state.params), strict=True):
-        np.testing.assert_array_equal(a, b)
-    for a, b in zip(jax.tree_util.tree_leaves(state.batch_stats), jax.tree_util.tree_leaves(ref_state.batch_stats)):
-        np.testing.assert_array_equal(a, b)
-    assert record["switch_epoch"] == ref_record["switch_epoch"] == 2  # 0-based: the third epoch
-    np.testing.assert_array_equal(
-        np.load(workdir / "test_logits" / "epoch_0003.npz")["logits"],
-        np.load(reference_dir / "test_logits" / "epoch_0003.npz")["logits"],
-    )
 
 
 def test_run_writes_its_outputs(uninterrupted):

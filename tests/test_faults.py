@@ -1,0 +1,484 @@
+"""Faults and bad input, end to end: signals at seeded random moments (while starting and
+compiling, within an epoch, inside a checkpoint save) for training and evolution, each followed
+by a resume and compared with an uninterrupted run; damaged checkpoints; two runs on one
+workdir; non-finite training; and the error paths that must end in one line.
+
+The interrupted programs run in subprocesses (``run_cli``, as ``python -m experiments.train``
+does, on ``helpers.tiny_config``); resumes and references run here.
+"""
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments import ensemble as ensemble_program
+from experiments import prepare as prepare_program
+from experiments import train as train_program
+from faml_jax import runs, trainer
+from faml_jax.checkpoint import CheckpointDamaged, CheckpointMismatch, Checkpoints
+from faml_jax.config import FGAConfig
+from faml_jax.errors import ConfigError, NonFiniteError, WorkdirError
+from faml_jax.evolution import evolve
+from faml_jax.workdir import WorkdirLock
+from helpers import assert_same_run, tiny_config, without_timings
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+quiet = dict(progress=False, log=lambda *_: None)
+FGA = FGAConfig(population=2, generations=1, children=1, new_members=0, parents=2, until_trained=False)
+
+# A program as the experiments are (flags, library, run_cli), on the tiny configuration, with a
+# fault injected: a signal to itself before its K-th train step (--at-step), while the
+# checkpoint of epoch E is being written (--in-save), or after S seconds (--after).
+FAULTY = textwrap.dedent("""
+    import sys
+    sys.argv[0] = "-m"  # as python -m starts a program: its package handles Ctrl-C while importing
+    import experiments
+    sys.argv[0] = "faulty"
+    import os, signal, threading
+    from helpers import tiny_config
+    from experiments.cli import OneLineErrorParser, run_cli
+    from faml_jax import trainer
+    from faml_jax.config import FGAConfig
+
+    parser = OneLineErrorParser.for_program("faulty", "")
+    parser.add_argument("program", choices=["train", "evolve"])
+    parser.add_argument("data_dir")
+    parser.add_argument("workdir")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--signal", default="SIGTERM")
+    parser.add_argument("--at-step", type=int)
+    parser.add_argument("--in-save", type=int)
+    parser.add_argument("--after", type=float)
+    args = parser.parse_args()
+    signum = getattr(signal, args.signal)
+
+    def send():
+        os.kill(os.getpid(), signum)
+
+    if args.at_step:
+        calls = [0]
+        original = trainer.DataParallel.__call__
+        def counted(self, placed, learning_rate):
+            calls[0] += 1
+            if calls[0] == args.at_step:
+                send()
+            return original(self, placed, learning_rate)
+        trainer.DataParallel.__call__ = counted
+    if args.in_save:
+        from orbax.checkpoint._src.path import atomicity
+        for cls in (atomicity.AtomicRenameTemporaryPath, atomicity.CommitFileTemporaryPath):
+            original_finalize = cls.finalize
+            async def finalize(self, *a, _original=original_finalize, **k):
+                if str(self.get_final()).rstrip("/").endswith(f"checkpoints/{args.in_save}"):
+                    send()
+                return await _original(self, *a, **k)
+            cls.finalize = finalize
+    timer = threading.Timer(args.after or 0, send)
+    if args.after:
+        timer.start()
+
+    def body(a):
+        config = tiny_config(a.data_dir, 3)
+        if a.program == "train":
+            trainer.fit(config, a.workdir, resume=a.resume, progress=False)
+        else:
+            from faml_jax.evolution import evolve
+            fga = FGAConfig(population=2, generations=1, children=1, new_members=0, parents=2, until_trained=False)
+            evolve(config, fga, a.workdir, resume=a.resume, progress=False)
+
+    code = run_cli(parser, None, body)
+    timer.cancel()  # the run ended before the signal: its program ended too
+    sys.exit(code)
+""")
+
+
+def patched(script: str, code: str) -> str:
+    """``script`` with ``code`` run just before its ``body`` is defined (a further fault)."""
+    assert "\ndef body(a):" in script
+    return script.replace("\ndef body(a):", "\n" + code + "\ndef body(a):")
+
+
+def run_faulty(*args, timeout=300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    return subprocess.run([sys.executable, "-c", FAULTY, *map(str, args)], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def assert_one_line_stop(result, status):
+    """The program stopped as asked: one line on stderr, no traceback, the status."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == status, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and len(lines) == 1, result.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Three epochs of the tiny run without interruption."""
+    root = tmp_path_factory.mktemp("faults")
+    data_dir = root / "data"
+    config = tiny_config(data_dir, 3)
+    trainer.fit(config, root / "full", **quiet)
+    return root, data_dir, config
+
+
+# ---------------------------------------------------------------------------------------------
+# Signals during training
+
+
+@pytest.mark.parametrize("signame, status", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_within_an_epoch_saves_there_and_the_resumed_run_is_the_uninterrupted_one(reference, signame, status):
+    root, data_dir, config = reference
+    steps = 96 // 16
+    step = random.Random(f"{signame} 19").randrange(steps + 2, 2 * steps)  # within epoch 2 (not its first step)
+    workdir = root / f"within-{signame}"
+    line = assert_one_line_stop(run_faulty("train", data_dir, workdir, "--signal", signame, "--at-step", step), status)
+    done = step  # the step that was running when the signal came is finished first
+    assert f"stopped by {signame} at epoch 2, step {done - steps}/{steps}" in line and "--resume" in line, line
+    assert runs.checkpoint_epochs(workdir, runs.PREEMPTED) == [done]
+    assert runs.checkpoint_epochs(workdir) == [1]
+    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 1
+
+    logged = []
+    trainer.fit(config, workdir, resume=True, progress=False, log=logged.append)
+    assert any(f"step {done - steps}/{steps} of epoch 2" in m for m in logged), logged
+    assert_same_run(workdir, root / "full", config)
+    assert not runs.checkpoint_epochs(workdir, runs.PREEMPTED)  # done with once the epoch ended
+    assert runs.checkpoint_epochs(workdir) == [2, 3]  # the last 2 (the best among them)
+
+
+def test_a_signal_inside_a_checkpoint_save_stops_after_that_checkpoint(reference):
+    root, data_dir, config = reference
+    workdir = root / "in-save"
+    line = assert_one_line_stop(run_faulty("train", data_dir, workdir, "--in-save", 2), 143)
+    assert "after epoch 2 (its checkpoint is saved)" in line, line
+    assert runs.checkpoint_epochs(workdir) == [1, 2] and not runs.checkpoint_epochs(workdir, runs.PREEMPTED)
+    trainer.fit(config, workdir, resume=True, **quiet)
+    assert_same_run(workdir, root / "full", config)
+
+
+def test_signals_at_seeded_random_moments_leave_a_resumable_run(reference):
+    """While starting (imports, data, compiling: before any checkpoint) or training: every stop
+    is one line with 130/143 (or the run had finished), and --resume ends as the uninterrupted
+    run."""
+    root, data_dir, config = reference
+    rng = random.Random(2026)
+    outcomes = []
+    for k, signame in enumerate(["SIGINT", "SIGTERM", "SIGINT", "SIGTERM"]):
+        after = rng.uniform(0.3, 10.0)
+        workdir = root / f"random-{k}"
+        result = run_faulty("train", data_dir, workdir, "--signal", signame, "--after", f"{after:.2f}")
+        if result.returncode != 0:
+            assert_one_line_stop(result, 130 if signame == "SIGINT" else 143)
+        outcomes.append((round(after, 1), result.returncode, len(runs.checkpoint_epochs(workdir))))
+        if result.returncode != 0:
+            trainer.fit(config, workdir, resume=True, **quiet)
+        assert_same_run(workdir, root / "full", config)
+    print("seconds, status, checkpoints when stopped:", outcomes)
+
+
+def test_a_second_signal_stops_at_once_keeping_the_last_checkpoint(reference):
+    root, data_dir, config = reference
+    workdir = root / "twice"
+    # The second signal comes while the first one's checkpoint is about to be written.
+    script = patched(FAULTY, "original_save = trainer.Member.save_within_epoch\n"
+                             "def save_within_epoch(*a, **k):\n    send()\n    return original_save(*a, **k)\n"
+                             "trainer.Member.save_within_epoch = save_within_epoch\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    result = subprocess.run([sys.executable, "-c", script, "train", str(data_dir), str(workdir), "--at-step", "9"],
+                            env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    line = assert_one_line_stop(result, 143)
+    assert "second SIGTERM" in line
+    assert runs.checkpoint_epochs(workdir) == [1] and not runs.checkpoint_epochs(workdir, runs.PREEMPTED)
+    trainer.fit(config, workdir, resume=True, **quiet)
+    assert_same_run(workdir, root / "full", config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Signals during an evolution
+
+
+@pytest.fixture(scope="module")
+def reference_evolution(reference):
+    root, data_dir, config = reference
+    evolve(config, FGA, root / "evo-full", **quiet)
+    return root / "evo-full"
+
+
+def assert_same_evolution(workdir, reference_dir):
+    assert json.loads((workdir / "population.json").read_text()) == json.loads((reference_dir / "population.json").read_text())
+    for member in sorted(p.name for p in (reference_dir / "members").iterdir()):
+        lines = (workdir / "members" / member / "metrics.jsonl").read_text().splitlines()
+        assert without_timings(lines) == without_timings(
+            (reference_dir / "members" / member / "metrics.jsonl").read_text().splitlines()), member
+
+
+@pytest.mark.parametrize("how", ["at-step", "in-save"])
+def test_an_evolution_stopped_by_a_signal_resumes_to_the_uninterrupted_one(reference, reference_evolution, how):
+    root, data_dir, config = reference
+    workdir = root / f"evo-{how}"
+    rng = random.Random(f"evolve {how}")
+    # Networks train one after another, 3 epochs of 6 steps: step 20 is in the second network.
+    fault = ["--at-step", rng.randrange(19, 24)] if how == "at-step" else ["--in-save", rng.randrange(1, 3)]
+    line = assert_one_line_stop(run_faulty("evolve", data_dir, workdir, *fault), 143)
+    assert "continue with --resume" in line, line
+    evolve(config, FGA, workdir, resume=True, **quiet)
+    assert_same_evolution(workdir, reference_evolution)
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged checkpoints
+
+
+def truncate(checkpoint: Path):
+    largest = max((p for p in (checkpoint / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+
+
+def garble_record(checkpoint: Path):
+    record = next(p for p in (checkpoint / "record").iterdir() if p.is_file() and p.name != "commit_success.txt"
+                  and "METADATA" not in p.name)
+    text = record.read_text()
+    garbled = '{"epoch": 3, "hist'
+    record.write_text(garbled + "#" * (len(text) - len(garbled)))  # the same size: only the digest knows
+
+
+def empty(checkpoint: Path):
+    shutil.rmtree(checkpoint)
+    checkpoint.mkdir()
+
+
+DAMAGES = {
+    "truncated data file": truncate,
+    "deleted manifest": lambda c: (c / "state" / "manifest.ocdbt").unlink(),
+    "garbled record": garble_record,
+    "empty folder": empty,
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_resume_passes_over_a_damaged_checkpoint_to_the_newest_intact_one(reference, damage):
+    root, _, config = reference
+    workdir = root / f"damaged-{damage.replace(' ', '-')}"
+    shutil.copytree(root / "full", workdir)
+    DAMAGES[damage](workdir / "checkpoints" / "3")
+    logged = []
+    trainer.fit(config, workdir, resume=True, progress=False, log=logged.append)  # epoch 3 again
+    told = [m for m in logged if "damaged" in m or "cannot be read" in m]
+    assert len(told) == 1 and "checkpoint" in told[0] and str(workdir / "checkpoints" / "3") in told[0], logged
+    assert len(told[0].splitlines()) == 1 and len(told[0]) < 600
+    assert any("resuming from checkpoints 2" in m for m in logged), logged
+    assert_same_run(workdir, root / "full", config)
+    assert (workdir / runs.DAMAGED / "checkpoints" / "3").is_dir()  # kept aside, not deleted
+
+
+def test_no_intact_checkpoint_is_one_line_and_another_model_is_a_mismatch(reference, tmp_path):
+    root, _, config = reference
+    workdir = tmp_path / "all-damaged"
+    shutil.copytree(root / "full", workdir)
+    for epoch in runs.checkpoint_epochs(workdir):
+        truncate(workdir / "checkpoints" / str(epoch))
+    with pytest.raises(WorkdirError, match="no intact checkpoint in .*--overwrite") as raised:
+        trainer.fit(config, workdir, resume=True, **quiet)
+    assert len(str(raised.value).splitlines()) == 1
+    with pytest.raises(WorkdirError, match="holds an earlier run"):  # still a run: not started afresh silently
+        trainer.fit(config, workdir, **quiet)
+
+    # Intact, but of another model: "does not match" (and only then).
+    checkpoints = Checkpoints(root / "full")
+    other = dataclasses.replace(config.model, widths=(8, 16, 16, 64))
+    with pytest.raises(CheckpointMismatch, match="does not match this run's model"):
+        checkpoints.restore(3, runs.state_template(other, config.optim))
+    checkpoints.close()
+    copy = tmp_path / "copy"
+    shutil.copytree(root / "full", copy)
+    garble_record(copy / "checkpoints" / "3")
+    checkpoints = Checkpoints(copy)
+    with pytest.raises(CheckpointDamaged, match="record/.* changed since it was written"):
+        checkpoints.restore(3, runs.state_template(config.model, config.optim))
+    checkpoints.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Two runs on one workdir
+
+
+def test_a_workdir_in_use_refuses_a_second_run_and_an_overwrite(reference, capsys):
+    root, data_dir, config = reference
+    workdir = root / "locked"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    slow = patched(FAULTY, "import time\ntrainer.Member.end_epoch = (lambda f: lambda *a, **k: "
+                           "(time.sleep(1.5), f(*a, **k))[1])(trainer.Member.end_epoch)\n")
+    first = subprocess.Popen([sys.executable, "-c", slow, "train", str(data_dir), str(workdir)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while not (workdir / "checkpoints" / "1").is_dir() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for kwargs in (dict(resume=True), dict(overwrite=True)):
+            with pytest.raises(WorkdirError, match=f"is in use by process {first.pid} "):
+                trainer.fit(config, workdir, **kwargs, **quiet)
+        code = train_program.main(["--workdir", str(workdir), "--resume"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and f"in use by process {first.pid}" in err, err
+    finally:
+        out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-3000:]
+    epochs = [json.loads(line)["epoch"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3] and len(list((workdir / "tensorboard").iterdir())) == 1
+    assert_same_run(workdir, root / "full", config)
+
+    # A lock left by a killed process is no lock.
+    killed = root / "killed"
+    victim = subprocess.Popen([sys.executable, "-c", slow, "train", str(data_dir), str(killed)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoints" / "1").is_dir() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    victim.kill()
+    victim.wait()
+    assert (killed / ".lock").exists()
+    trainer.fit(config, killed, resume=True, **quiet)
+    assert_same_run(killed, root / "full", config)
+    assert not (killed / ".lock").exists()
+
+
+def test_the_lock_names_its_holder_and_is_released(tmp_path):
+    with WorkdirLock(tmp_path / "w") as lock:
+        assert f"process {os.getpid()}" in lock.path.read_text()
+        with pytest.raises(WorkdirError, match=f"in use by process {os.getpid()} "):
+            WorkdirLock(tmp_path / "w").acquire()
+    with WorkdirLock(tmp_path / "w"):  # free again
+        pass
+    assert not (tmp_path / "w" / ".lock").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite training
+
+
+def assert_strict_json(folder: Path):
+    for path in folder.rglob("*.json*"):
+        text = path.read_text()
+        for line in text.splitlines() if path.suffix == ".jsonl" else [text]:
+            json.loads(line, parse_constant=lambda c: pytest.fail(f"{path} holds {c}"))
+
+
+def test_non_finite_weights_stop_the_run_at_the_step_keeping_the_finite_checkpoint(reference, tmp_path, monkeypatch):
+    """A NaN learning rate in the 8th step (epoch 2, step 2) makes the weights NaN: the 9th
+    step's loss is NaN, and the run stops there, with checkpoint 1 and nothing non-finite."""
+    root, _, config = reference
+    calls = [0]
+    original = trainer.DataParallel.__call__
+
+    def poisoned(self, placed, learning_rate):
+        calls[0] += 1
+        return original(self, placed, float("nan") if calls[0] == 8 else learning_rate)
+
+    monkeypatch.setattr(trainer.DataParallel, "__call__", poisoned)
+    workdir = tmp_path / "poisoned"
+    with pytest.raises(NonFiniteError, match=r"non-finite at epoch 2, step 3/6 \(loss nan\).*checkpoint 1 \(finite\) "
+                                              r"is kept") as raised:
+        trainer.fit(config, workdir, **quiet)
+    assert len(str(raised.value).splitlines()) == 1
+    assert runs.checkpoint_epochs(workdir) == [1] and not (workdir / "summary.json").exists()
+    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 1
+    assert_strict_json(workdir)
+    monkeypatch.setattr(trainer.DataParallel, "__call__", original)
+    trainer.fit(config, workdir, resume=True, **quiet)  # continues from the finite checkpoint
+    assert_same_run(workdir, root / "full", config)
+
+
+def test_a_diverging_learning_rate_stops_in_the_first_epoch(reference, tmp_path):
+    root, _, config = reference
+    diverging = dataclasses.replace(config, optim=dataclasses.replace(config.optim, name="sgd"),
+                                    schedule=dataclasses.replace(config.schedule, lr1=1e30))
+    workdir = tmp_path / "diverged"
+    with pytest.raises(NonFiniteError, match=r"non-finite at epoch 1, step [2-6]/6.*no checkpoint was saved"):
+        trainer.fit(diverging, workdir, **quiet)
+    assert not runs.checkpoint_epochs(workdir) and not (workdir / "summary.json").exists()
+    assert_strict_json(workdir)
+    trainer.fit(config, workdir, **quiet)  # nothing to continue from: a new run starts there
+    assert_same_run(workdir, root / "full", config)
+
+
+@pytest.mark.parametrize("flag", [["--lr", "nan"], ["--lr", "inf"], ["--lr2", "nan"], ["--lr", "-1"],
+                                  ["--weight-decay", "nan"], ["--widths", "0,0,0,0"]])
+def test_non_finite_or_impossible_values_are_refused_in_one_line(flag, capsys, tmp_path):
+    code = train_program.main(flag + ["--workdir", str(tmp_path / "w")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "error:" in err, err
+    assert not (tmp_path / "w").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# What a refused or failed command leaves
+
+
+def test_a_refused_resume_changes_nothing(reference, tmp_path):
+    root, _, config = reference
+    workdir = tmp_path / "run"
+    shutil.copytree(root / "full", workdir)
+    before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match="nothing to do"):
+        trainer.fit(dataclasses.replace(config, epochs=2), workdir, resume=True, **quiet)
+    assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
+    assert json.loads((workdir / "config.json").read_text())["epochs"] == 3
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_run_that_failed_before_its_first_checkpoint_starts_afresh(reference, tmp_path, resume):
+    root, data_dir, config = reference
+    workdir = tmp_path / "failed"
+    # What a run stopped while compiling leaves: its config, an empty checkpoints folder, outputs begun.
+    (workdir / "checkpoints").mkdir(parents=True)
+    (workdir / "config.json").write_text(json.dumps({"not": "this run's"}))
+    (workdir / "metrics.jsonl").write_text("")
+    trainer.fit(config, workdir, resume=resume, **quiet)
+    assert_same_run(workdir, root / "full", config)
+
+
+def test_output_files_honour_the_umask(reference, tmp_path):
+    root, _, config = reference
+    old = os.umask(0o027)
+    try:
+        trainer.fit(config, tmp_path / "run", stop_after=1, **quiet)
+    finally:
+        os.umask(old)
+    for name in ("config.json", "metrics.jsonl", "test_logits/epoch_0001.npz", "checkpoints/1/digest.json"):
+        assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o640, name
+
+
+def test_unwritable_or_wrong_kinds_of_paths_are_one_line(reference, capsys, tmp_path, monkeypatch):
+    root, data_dir, config = reference
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cases = [
+        (ensemble_program.main, ["--members", str(root / "full"), "--out", str(blocker / "report")]),
+        (ensemble_program.main, ["--members", str(root / "full"), "--out", str(blocker)]),
+        (prepare_program.main, ["--dataset", "rafdb", "--data-dir", str(tmp_path), "--out", str(blocker)]),
+        (train_program.main, ["--data-dir", str(blocker), "--workdir", str(tmp_path / "w1")]),
+        (train_program.main, ["--dataset", "rafdb", "--data-dir", str(blocker), "--workdir", str(tmp_path / "w2"),
+                              "--from-scratch"]),
+        (ensemble_program.main, ["--members", str(root / "full"), "--data-dir", str(blocker),
+                                 "--out", str(tmp_path / "r")]),
+    ]
+    for main, argv in cases:
+        code = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert code in (1, 2) and len(err.splitlines()) == 1 and "error:" in err, (argv, err)
+    monkeypatch.setenv("FAML_JAX_CACHE", str(blocker / "cache"))
+    code = train_program.main(["--workdir", str(tmp_path / "w3")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "cannot write the synthetic data set" in err, err
