@@ -28,7 +28,6 @@ from faml_jax.checkpoint import CheckpointDamaged, CheckpointMismatch, Checkpoin
 from faml_jax.config import FGAConfig
 from faml_jax.errors import ConfigError, NonFiniteError, WorkdirError
 from faml_jax.evolution import evolve
-from faml_jax.workdir import WorkdirLock
 from helpers import assert_same_run, tiny_config, without_timings
 
 pytestmark = pytest.mark.slow
@@ -175,7 +174,7 @@ def test_signals_at_seeded_random_moments_leave_a_resumable_run(reference):
     root, data_dir, config = reference
     rng = random.Random(2026)
     outcomes = []
-    for k, signame in enumerate(["SIGINT", "SIGTERM", "SIGINT", "SIGTERM"]):
+    for k, signame in enumerate(["SIGINT", "SIGTERM", "SIGINT"]):
         after = rng.uniform(0.3, 10.0)
         workdir = root / f"random-{k}"
         result = run_faulty("train", data_dir, workdir, "--signal", signame, "--after", f"{after:.2f}")
@@ -319,7 +318,7 @@ def test_a_workdir_in_use_refuses_a_second_run_and_an_overwrite(reference, capsy
     workdir = root / "locked"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     slow = patched(FAULTY, "import time\ntrainer.Member.end_epoch = (lambda f: lambda *a, **k: "
-                           "(time.sleep(1.5), f(*a, **k))[1])(trainer.Member.end_epoch)\n")
+                           "(time.sleep(1.0), f(*a, **k))[1])(trainer.Member.end_epoch)\n")
     first = subprocess.Popen([sys.executable, "-c", slow, "train", str(data_dir), str(workdir)], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
@@ -352,16 +351,6 @@ def test_a_workdir_in_use_refuses_a_second_run_and_an_overwrite(reference, capsy
     trainer.fit(config, killed, resume=True, **quiet)
     assert_same_run(killed, root / "full", config)
     assert not (killed / ".lock").exists()
-
-
-def test_the_lock_names_its_holder_and_is_released(tmp_path):
-    with WorkdirLock(tmp_path / "w") as lock:
-        assert f"process {os.getpid()}" in lock.path.read_text()
-        with pytest.raises(WorkdirError, match=f"in use by process {os.getpid()} "):
-            WorkdirLock(tmp_path / "w").acquire()
-    with WorkdirLock(tmp_path / "w"):  # free again
-        pass
-    assert not (tmp_path / "w" / ".lock").exists()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -151,6 +151,29 @@ def test_a_wrong_state_dict_fails_naming_the_keys(torch_net, tmp_path):
         pretrained.read_torch_state_dict(tmp_path / "absent.pth")
 
 
+def test_non_finite_weights_are_refused_by_the_converter_and_by_init(torch_net, tmp_path, capsys):
+    from tools import convert_torch_resnet18
+
+    state = {k: v.clone() for k, v in torch_net.state_dict().items()}  # not the shared network's tensors
+    state["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pth")
+    code = convert_torch_resnet18.main([str(tmp_path / "nan.pth"), str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "non-finite weights: backbone/params/layer2_0/conv1/kernel (1 of 73728 values)" in err, err
+    assert not (tmp_path / "out").exists()
+    # A backbone damaged after conversion is refused when a run starts from it.
+    backbone, head = pretrained.torch_to_flax(state_dict(torch_net))
+    folder = pretrained.save_backbone(backbone, head, tmp_path / "ok")
+    path = tmp_path / "ok"
+    loaded, _, _ = pretrained.load_backbone(path)
+    loaded["batch_stats"]["bn1"]["var"][3] = np.inf
+    with pytest.raises(pretrained.ConversionError, match=r"the converted network holds non-finite weights: "
+                                                         r"backbone/batch_stats/bn1/var \(1 of 64 values\)"):
+        pretrained.save_backbone(loaded, None, tmp_path / "inf")
+    assert folder == path.absolute()
+
+
 def test_a_backbone_that_does_not_fit_the_model_names_the_keys(torch_net):
     backbone, _ = pretrained.torch_to_flax(state_dict(torch_net))
     narrow = jax.device_get(models.init(models.build("r18", CLASSES, widths=(16, 32, 64, 128)), jax.random.key(0)))

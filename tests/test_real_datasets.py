@@ -339,6 +339,26 @@ def test_affectnet_label_problems(tmp_path):
     assert "test: 1 images listed but absent (" in npy_notes
 
 
+def test_a_label_file_in_another_encoding_is_named(tmp_path):
+    basic = fixtures.write_rafdb(tmp_path, [1, 2, 3, 4, 5, 6, 7], [1, 2], size=24)
+    label_file = basic / "EmoLabel" / "list_patition_label.txt"
+    label_file.write_text(label_file.read_text(), encoding="utf-16")  # as Windows' Notepad may save it
+    with pytest.raises(DataError, match=rf"{label_file} is not UTF-8 text \(UTF-16, by its byte-order mark"):
+        data.open_dataset("rafdb", tmp_path)
+
+
+def test_an_affectnet_csv_with_shifted_columns_says_so(tmp_path):
+    """No header and the landmarks column missing: every row's "expression" is a valence."""
+    folder = fixtures.write_affectnet_original(tmp_path, [0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3, 4, 5, 6, 7], size=32)
+    train_csv = folder / "Manually_Annotated_file_lists" / "training.csv"
+    rows = list(csv.reader(open(train_csv, newline="")))[1:]
+    with open(train_csv, "w", newline="") as f:
+        csv.writer(f).writerows(row[:5] + row[6:] for row in rows)
+    with pytest.raises(DataError, match=r"training\.csv: 8 of 8 rows have no valid expression code in column 7: the "
+                                        r"columns look shifted \(rows: 8 with 8 fields; no header line, so AffectNet's 9"):
+        data.open_dataset("affectnet8", folder)
+
+
 RAF_WITH_BAD = [1, 2, 3, 4, 5, 6, 7, 3]  # the 3rd (corrupted below) is not the only disgust image
 
 
@@ -405,6 +425,10 @@ def test_interrupted_prepare_leaves_nothing_taken_for_complete(folders, tmp_path
     (out / "raf_db" / "incomplete.ABC123_1.0.0").mkdir(parents=True)
     with pytest.raises(DataError, match=r"unfinished preparation of rafdb .*incomplete\.ABC123_1\.0\.0.*prepare again"):
         data.open_dataset("rafdb", out)
+    # ... and the next preparation there removes it.
+    monkeypatch.undo()
+    quiet_prepare("rafdb", folders["rafdb"], out)
+    assert prepared.is_prepared("rafdb", out) and not prepared.unfinished("rafdb", out)
 
 
 def test_a_class_without_training_images_is_named(tmp_path):

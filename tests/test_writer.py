@@ -1,11 +1,12 @@
 """Tests of faml_jax.writer: atomic files and the run writer's metrics.jsonl / TensorBoard."""
 
 import json
+import os
 
 import numpy as np
 import pytest
 
-from faml_jax.writer import RunWriter, write_atomic
+from faml_jax.writer import RunWriter, write_atomic, write_json
 
 
 def test_write_atomic_leaves_the_old_file_when_writing_fails(tmp_path):
@@ -36,3 +37,17 @@ def test_run_writer_mirrors_the_history_then_appends(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text()) == {"epochs": 3}
     assert (tmp_path / "test_logits" / "epoch_0003.npz").exists()
     assert any((tmp_path / "tensorboard").iterdir())
+
+
+def test_files_and_json_honour_the_umask_and_are_strict(tmp_path):
+    old = os.umask(0o027)
+    try:
+        write_atomic(tmp_path / "a.txt", "x")
+        write_json(tmp_path / "b.json", {"x": 1.5})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o640
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        write_json(tmp_path / "c.json", {"loss": float("nan")})
+    assert not (tmp_path / "c.json").exists() and not list(tmp_path.glob(".c.json*"))

@@ -1,0 +1,51 @@
+"""Tests of faml_jax.signals: stopping at once, or at the loop's next good moment."""
+
+import gc
+import os
+import signal
+import threading
+
+import pytest
+
+from faml_jax import signals
+
+pytestmark = pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                                reason="signal handlers are set in the main thread only")
+
+
+def test_outside_the_loop_a_signal_raises_interrupted_with_its_exit_status():
+    with pytest.raises(signals.Interrupted) as raised:
+        with signals.installed():
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.pthread_sigmask(signal.SIG_BLOCK, [])  # a bytecode boundary: the handler runs
+    assert raised.value.exit_status == 143 and isinstance(raised.value, KeyboardInterrupt)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
+def test_within_deferred_a_first_signal_is_recorded_and_a_second_raises():
+    with signals.installed():
+        with signals.deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            assert signals.requested() == signal.SIGINT
+            with pytest.raises(signals.Interrupted, match="second SIGINT"):
+                os.kill(os.getpid(), signal.SIGINT)
+                signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        assert signals.requested() == signal.SIGINT  # the raise is remembered as pending
+
+
+class RaisesWhenCollected:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.pthread_sigmask(signal.SIG_BLOCK, [])  # raised here, inside a finaliser: Python drops it
+
+
+def test_a_signal_whose_exception_python_drops_is_still_a_stop():
+    with signals.installed():
+        RaisesWhenCollected()
+        gc.collect()
+        assert signals.requested() == signal.SIGTERM
+        with pytest.raises(signals.Interrupted):
+            signals.raise_if_pending()
+        with pytest.raises(signals.Interrupted):
+            with signals.deferred():
+                pass

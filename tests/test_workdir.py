@@ -1,0 +1,74 @@
+"""Tests of faml_jax.workdir: the lock on an output folder, the resume/overwrite checks, undoing a
+failed start."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from faml_jax.errors import ConfigError, WorkdirError
+from faml_jax.workdir import LOCK_FILE, WorkdirLock, new_folders, prepare_directory, undone_if_it_fails
+
+
+def test_the_lock_names_its_holder_and_is_released(tmp_path):
+    with WorkdirLock(tmp_path / "w") as lock:
+        assert f"process {os.getpid()}" in lock.path.read_text()
+        with pytest.raises(WorkdirError, match=f"in use by process {os.getpid()} "):
+            WorkdirLock(tmp_path / "w").acquire()
+    with WorkdirLock(tmp_path / "w"):  # free again
+        pass
+    assert not (tmp_path / "w" / LOCK_FILE).exists()
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
+    folder = tmp_path / "w"
+    script = ("import os, sys; from faml_jax.workdir import WorkdirLock; WorkdirLock(sys.argv[1]).acquire(); "
+              "os._exit(9)")  # dies holding it, the lock file left behind
+    assert subprocess.run([sys.executable, "-c", script, str(folder)]).returncode == 9
+    assert (folder / LOCK_FILE).exists()
+    with WorkdirLock(folder):
+        assert f"process {os.getpid()}" in (folder / LOCK_FILE).read_text()
+
+
+def test_a_file_or_an_unwritable_place_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(WorkdirError, match="cannot write to workdir .*file: it is a file, not a folder"):
+        WorkdirLock(blocker).acquire()
+    with pytest.raises(WorkdirError, match="cannot write to workdir .*file/w: Not a directory"):
+        WorkdirLock(blocker / "w").acquire()
+
+
+def prepare(folder, current, *, resume=False, overwrite=False, write=True):
+    return prepare_directory(folder, config_file="config.json", current=current, outputs=("config.json", "out"),
+                             has_run=lambda d: (d / "out").exists(), resume=resume, overwrite=overwrite,
+                             may_differ=("epochs",), what="run", write=write)
+
+
+def test_prepare_directory_continues_refuses_replaces_or_starts_afresh(tmp_path):
+    folder = tmp_path / "w"
+    assert prepare(folder, {"epochs": 1, "lr": 1}) is False
+    (folder / "out").write_text("a run")
+    with pytest.raises(WorkdirError, match="holds an earlier run: pass --resume .* or --overwrite"):
+        prepare(folder, {"epochs": 1, "lr": 1})
+    with pytest.raises(ConfigError, match="another configuration: lr"):
+        prepare(folder, {"epochs": 1, "lr": 2}, resume=True)
+    assert prepare(folder, {"epochs": 5, "lr": 1}, resume=True) is True  # epochs may grow
+    assert prepare(folder, {"epochs": 1, "lr": 2}, overwrite=True) is False
+    assert not (folder / "out").exists()
+    # Nothing to continue from (a start that failed early): afresh, also with resume; its leftovers go.
+    (folder / "config.json").write_text('{"not": "json')
+    assert prepare(folder, {"epochs": 1, "lr": 3}, resume=True, write=False) is False
+    assert not (folder / "config.json").exists()
+
+
+def test_a_failed_start_removes_what_it_made(tmp_path):
+    workdir = tmp_path / "a" / "b"
+    made = new_folders(workdir)
+    with WorkdirLock(workdir):
+        with pytest.raises(RuntimeError):
+            with undone_if_it_fails(workdir, "config.json", made):
+                (workdir / "config.json").write_text("{}")
+                raise RuntimeError("the data set is missing")
+    assert not (tmp_path / "a").exists()
