@@ -10,7 +10,9 @@ evaluates on the test split after every epoch, and writes to the workdir:
   tensorboard/             the same as TensorBoard event files
   summary.json             final-epoch test accuracy and, separately, the best epoch
 
-``--resume`` continues an interrupted run from its last complete checkpoint, bit for bit.
+``--resume`` continues an interrupted run from its last complete checkpoint, bit for bit. Ctrl-C
+or SIGTERM while training saves where the run is (``preempted/``) and exits (130 / 143): resume
+continues with the next batch. The workdir is locked while a run uses it. See README, "Faults".
 """
 
 from __future__ import annotations
