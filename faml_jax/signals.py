@@ -47,7 +47,9 @@ def _unraisable(hook):
 
 
 def _exit_now(signum, frame):
-    os.write(2, f"stopped by {signal.Signals(signum).name} while starting\n".encode())
+    argv = getattr(sys, "orig_argv", [])
+    program = f"python -m {argv[argv.index('-m') + 1]}: " if "-m" in argv[:-1] else ""
+    os.write(2, f"{program}stopped by {signal.Signals(signum).name} while starting\n".encode())
     os._exit(128 + signum)
 
 
