@@ -85,6 +85,7 @@ def installed():
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         sys.unraisablehook = hook
+        _Requests.pending = None  # a stop concerns this program only, not later calls in the process
 
 
 def raise_if_pending() -> None:
@@ -116,6 +117,7 @@ def deferred():
 
     raise_if_pending()
     previous = {s: signal.getsignal(s) for s in HANDLED}
+    installed_now = _raise in previous.values()  # inside a program's ``installed``: it clears ``pending``
     ignored = {s for s, handler in previous.items() if handler is signal.SIG_IGN}
     _Requests.signum = None
     for signum in HANDLED:
@@ -128,6 +130,8 @@ def deferred():
             if signum not in ignored:
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         _Requests.signum = None
+        if not installed_now:
+            _Requests.pending = None  # a library call stopped: the next one starts clean
 
 
 def requested() -> int | None:

@@ -21,9 +21,11 @@ from pathlib import Path
 import pytest
 
 from experiments import ensemble as ensemble_program
+from experiments import evolve as evolve_program
 from experiments import prepare as prepare_program
 from experiments import train as train_program
 from faml_jax import runs, trainer
+from faml_jax.data import fixtures
 from faml_jax.checkpoint import CheckpointDamaged, CheckpointMismatch, Checkpoints
 from faml_jax.config import FGAConfig
 from faml_jax.errors import ConfigError, NonFiniteError, WorkdirError
@@ -463,10 +465,22 @@ def test_unwritable_or_wrong_kinds_of_paths_are_one_line(reference, capsys, tmp_
         (ensemble_program.main, ["--members", str(root / "full"), "--data-dir", str(blocker),
                                  "--out", str(tmp_path / "r")]),
     ]
+    # A network given twice to evolve (item 11) and a label file in UTF-16 (item 12).
+    cases.append((evolve_program.main, ["--members", str(root / "full"), str(root / "full" / ".." / "full"),
+                                        "--population", "2", "--workdir", str(tmp_path / "evo")]))
+    basic = fixtures.write_rafdb(tmp_path / "raf", [1, 2, 3, 4, 5, 6, 7], [1, 2], size=24)
+    labels = basic / "EmoLabel" / "list_patition_label.txt"
+    labels.write_text(labels.read_text(), encoding="utf-16")
+    cases.append((train_program.main, ["--dataset", "rafdb", "--data-dir", str(tmp_path / "raf"), "--from-scratch",
+                                       "--workdir", str(tmp_path / "w4")]))
+    errors = []
     for main, argv in cases:
         code = main(argv)
         err = capsys.readouterr().err.strip()
         assert code in (1, 2) and len(err.splitlines()) == 1 and "error:" in err, (argv, err)
+        errors.append(err)
+    assert "names a network twice" in errors[-2] and "is not UTF-8 text (UTF-16" in errors[-1], errors[-2:]
+    assert not (tmp_path / "evo").exists() and not (tmp_path / "w4").exists()
     monkeypatch.setenv("FAML_JAX_CACHE", str(blocker / "cache"))
     code = train_program.main(["--workdir", str(tmp_path / "w3")])
     err = capsys.readouterr().err.strip()

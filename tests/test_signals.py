@@ -30,7 +30,8 @@ def test_within_deferred_a_first_signal_is_recorded_and_a_second_raises():
             with pytest.raises(signals.Interrupted, match="second SIGINT"):
                 os.kill(os.getpid(), signal.SIGINT)
                 signal.pthread_sigmask(signal.SIG_BLOCK, [])
-        assert signals.requested() == signal.SIGINT  # the raise is remembered as pending
+        assert signals.requested() == signal.SIGINT  # the raise is remembered as pending in the program
+    assert signals.requested() is None
 
 
 class RaisesWhenCollected:
@@ -49,3 +50,18 @@ def test_a_signal_whose_exception_python_drops_is_still_a_stop():
         with pytest.raises(signals.Interrupted):
             with signals.deferred():
                 pass
+    # The program is over: later calls in this process (a notebook's next fit) start clean.
+    assert signals.requested() is None
+    with signals.deferred():
+        assert signals.requested() is None
+
+
+def test_a_library_call_stopped_twice_leaves_the_next_one_clean():
+    with pytest.raises(signals.Interrupted, match="second SIGINT"):
+        with signals.deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT) if signals.requested() else None
+            signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert signals.requested() is None
+    with signals.deferred():
+        assert signals.requested() is None
