@@ -28,6 +28,7 @@ import dataclasses
 import functools
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Callable
 
@@ -35,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from faml_jax import fga, models, pretrained, train
+from faml_jax import fga, models, pretrained, signals, train
 from faml_jax.config import FGAConfig, RunConfig, config_to_json, structural_differences
 from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.metrics import classification_metrics
@@ -341,9 +342,14 @@ class Evolution:
             if self.member_parallel:
                 train_side_by_side(self.setup, self.side_by_side, pending, progress=self.progress, on_done=self.finish)
             else:
-                for member in pending:
-                    train_member(self.setup, member, progress=self.progress)
-                    self.finish(member)
+                with signals.deferred():  # a signal at a network's last save still stops before the next
+                    for member in pending:
+                        train_member(self.setup, member, progress=self.progress)
+                        self.finish(member)
+                        stop = signals.requested()
+                        if stop:
+                            raise signals.Interrupted(stop, f"stopped by {signal.Signals(stop).name} after "
+                                                            f"{member.name} (trained and recorded); continue with --resume")
             for member in members:  # those already done when this call began
                 if self.record(member.name)["status"] != "trained":
                     self.finish(member)

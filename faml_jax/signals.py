@@ -96,16 +96,26 @@ def raise_if_pending() -> None:
 
 class _Requests:
     signum: int | None = None  # received within ``deferred``
+    depth: int = 0  # ``deferred`` blocks entered (nested ones change nothing)
     pending: int | None = None  # raised by ``installed``'s handler (perhaps dropped by Python)
 
 
 @contextlib.contextmanager
 def deferred():
     """Within: a first SIGTERM or SIGINT is only recorded (``requested()``), for the caller to
-    stop at a good moment; a second one raises ``Interrupted`` at once. Elsewhere than in the
-    main thread, nothing changes."""
+    stop at a good moment; a second one raises ``Interrupted`` at once. Nested (an evolution's
+    loop over networks around each network's training loop): the outermost block decides, so a
+    signal recorded at the end of one network is still seen between networks. Elsewhere than in
+    the main thread, nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
+        return
+    if _Requests.depth:  # nested: the outer block handles the signals
+        _Requests.depth += 1
+        try:
+            yield
+        finally:
+            _Requests.depth -= 1
         return
 
     def record(signum, frame):
@@ -123,9 +133,11 @@ def deferred():
     for signum in HANDLED:
         if signum not in ignored:
             signal.signal(signum, record)
+    _Requests.depth = 1
     try:
         yield
     finally:
+        _Requests.depth = 0
         for signum, handler in previous.items():
             if signum not in ignored:
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
