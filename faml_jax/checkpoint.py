@@ -36,6 +36,11 @@ class CheckpointMismatch(ValueError):
     """A checkpoint is intact but holds another model's or optimiser's state."""
 
 
+class CheckpointUnreadable(ValueError):
+    """A checkpoint whose files are those written (its digest verifies) cannot be read now (no
+    permission, an I/O error, another orbax version): nothing is set aside."""
+
+
 class Checkpoints:
     """Checkpoints of one run in ``<workdir>/checkpoints/<epoch>``; the step is the epoch number
     (1-based: checkpoint ``e`` holds the state after ``e`` epochs).
@@ -114,10 +119,12 @@ class Checkpoints:
         """Move checkpoint ``epoch`` (a damaged one) out of the way to ``where/<epoch>``, so that
         the run can write that epoch again; returns its new path."""
         target = Path(where) / str(epoch)
+        k = 1
+        while target.exists():  # an earlier damaged copy of this epoch is kept too
+            target, k = Path(where) / f"{epoch}.{k}", k + 1
+        sync_processes(f"set aside {self.directory} {epoch} (every process has looked at it)")
         if jax.process_index() == 0:
             target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists():
-                shutil.rmtree(target)
             shutil.move(str(self.directory / str(epoch)), target)
             with quiet_orbax():
                 self.manager.reload()
@@ -152,6 +159,8 @@ class Checkpoints:
                     args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()),
                 )
         except Exception as error:  # noqa: BLE001 (orbax and tensorstore raise many kinds)
+            if (path / DIGEST).exists():  # its files are those written: the reading failed, not the files
+                raise CheckpointUnreadable(f"checkpoint {path} is intact but cannot be read: {first_line(error)}") from None
             raise CheckpointDamaged(f"checkpoint {path} cannot be read: {first_line(error)}") from None
         state = restored["state"]
         if template is not like:
@@ -242,8 +251,9 @@ def verify(checkpoint: Path) -> str | None:
     if not digest_path.exists():
         return None if any(checkpoint.iterdir()) else "its folder is empty"
     try:
-        files = json.loads(digest_path.read_text())["files"]
-    except (ValueError, KeyError, TypeError):
+        files = {str(name): (int(size), str(sha256)) for name, (size, sha256) in
+                 json.loads(digest_path.read_text())["files"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
         return f"its {DIGEST} is not valid"
     for name, (size, sha256) in files.items():
         path = checkpoint / name

@@ -473,8 +473,8 @@ class EnsembleConfig:
     order: Literal["given", "accuracy"] = "given"
 
     def __post_init__(self):
-        if self.alpha <= 0 or self.beta < 0:
-            raise ConfigError(f"T2V needs alpha > 0 and beta >= 0, got alpha={self.alpha}, beta={self.beta}")
+        if not (math.isfinite(self.alpha) and self.alpha > 0 and math.isfinite(self.beta) and self.beta >= 0):
+            raise ConfigError(f"T2V needs finite alpha > 0 and beta >= 0, got alpha={self.alpha}, beta={self.beta}")
         if self.checkpoint not in ("final", "best"):
             raise ConfigError(f"checkpoint must be 'final' or 'best', got {self.checkpoint!r}")
         if self.order not in ("given", "accuracy"):

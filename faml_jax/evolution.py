@@ -43,7 +43,7 @@ from faml_jax.metrics import classification_metrics
 from faml_jax.runs import last_epoch, member_workdir, read_run_config, restore_variables
 from faml_jax.trainer import (
     FETCH_EVERY, EpochProgress, Member, Setup, adopt_recorded, compiled, complete_run_config, has_run,
-    prepare_workdir, recorded_config, reference_loss, train_member,
+    prepare_workdir, recorded_config, reference_loss, stop_signal, train_member,
 )
 from faml_jax.workdir import WorkdirLock, new_folders, prepare_directory, undone_if_it_fails
 from faml_jax.writer import write_json
@@ -107,7 +107,7 @@ def train_side_by_side(setup: Setup, placement: MemberParallel, members: list[Me
     within = [m.name for m in pending_members if m.run.step_in_epoch]
     if within:
         raise ConfigError(f"{', '.join(within)} stopped within an epoch: continue without side_by_side "
-                          "(--side-by-side) first")
+                          "(--member-parallel) first")
     for start in range(0, len(pending_members), placement.width):
         group = pending_members[start : start + placement.width]
         placement.load([m.state for m in group])
@@ -346,7 +346,7 @@ class Evolution:
                     for member in pending:
                         train_member(self.setup, member, progress=self.progress)
                         self.finish(member)
-                        stop = signals.requested()
+                        stop = stop_signal(True)  # every process alike
                         if stop:
                             raise signals.Interrupted(stop, f"stopped by {signal.Signals(stop).name} after "
                                                             f"{member.name} (trained and recorded); continue with --resume")

@@ -134,10 +134,14 @@ def deferred():
         if signum not in ignored:
             signal.signal(signum, record)
     _Requests.depth = 1
+    completed = False
     try:
         yield
+        completed = True
     finally:
         _Requests.depth = 0
+        if installed_now and completed and _Requests.signum is not None:
+            _Requests.pending = _Requests.signum  # not acted on within (the work ended): the program stops next
         for signum, handler in previous.items():
             if signum not in ignored:
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)

@@ -27,7 +27,7 @@ import numpy as np
 from flax import traverse_util
 
 from faml_jax import data, models, pretrained, schedules, signals, train
-from faml_jax.checkpoint import CheckpointDamaged, CheckpointMismatch
+from faml_jax.checkpoint import CheckpointDamaged, CheckpointMismatch, CheckpointUnreadable, sync_processes
 from faml_jax.config import RunConfig, config_to_json, from_dict, run_config_from_json
 from faml_jax.errors import ConfigError, NonFiniteError, WorkdirError
 from faml_jax.evaluate import Evaluator, open_run_dataset
@@ -344,6 +344,7 @@ class Member:
         are set aside in ``damaged/`` (one line each) and the one before tried; none intact, or
         one of another model, is a ``WorkdirError``."""
         steps = self.setup.steps_per_epoch()
+        sync_processes(f"restore {primary_workdir(self.workdir)}")  # every process lists the same checkpoints
         candidates = [(e * steps, self.checkpoints, e) for e in self.checkpoints.all_epochs()]
         preempted = checkpoint_epochs(self.workdir, PREEMPTED)
         if preempted:
@@ -353,7 +354,7 @@ class Member:
         for _, store, number in sorted(candidates, key=lambda c: (c[0], c[1] is self.checkpoints), reverse=True):
             try:
                 state, record = store.restore(number, like.train_state)
-            except CheckpointMismatch as error:
+            except (CheckpointMismatch, CheckpointUnreadable) as error:
                 raise WorkdirError(str(error)) from None
             except CheckpointDamaged as error:
                 moved = store.set_aside(number, primary_workdir(self.workdir) / DAMAGED / store.directory.name)
@@ -366,7 +367,7 @@ class Member:
             self.log(f"{self.prefix}resuming from {store.directory.name} {number} ({where}; at most "
                      f"{self.config.epochs} epochs)")
             return run
-        if damaged:
+        if damaged or (primary_workdir(self.workdir) / DAMAGED).is_dir():
             raise WorkdirError(f"{self.prefix}no intact checkpoint in {self.workdir} (the damaged ones are in "
                                f"{self.workdir / DAMAGED}): start again with --overwrite")
         return None

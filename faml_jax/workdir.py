@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -36,9 +37,9 @@ def ensure_writable(directory: Path, what: str = "workdir") -> None:
         raise WorkdirError(f"cannot write to {what} {directory}: it is a file, not a folder")
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
     except OSError as error:
         raise WorkdirError(f"cannot write to {what} {directory}: {error.strerror or error}") from None
 
@@ -114,6 +115,8 @@ def prepare_directory(workdir: Path, *, config_file: str, current: dict, outputs
     fields that a later version added with their defaults, before comparing."""
     ensure_writable(workdir)
     earlier = has_run(workdir)
+    if not earlier and not overwrite:
+        _refuse_foreign(workdir, config_file, current, outputs, what)
     if earlier and not (resume or overwrite):
         raise WorkdirError(f"workdir {workdir} holds an earlier {what}: pass --resume to continue it or --overwrite to replace it")
     if earlier and resume and not overwrite and (workdir / config_file).exists():
@@ -142,6 +145,25 @@ def new_folders(workdir: Path) -> list[Path]:
     return [p for p in (workdir, *workdir.parents) if not p.exists()]
 
 
+def _refuse_foreign(workdir: Path, config_file: str, current: dict, outputs: tuple[str, ...], what: str) -> None:
+    """Outputs in a folder with nothing to continue from are deleted as the leftovers of a start
+    that failed, but only when they are this program's: its ``config_file`` with (at least half
+    of) the configuration's sections. Anything else there (a folder of the user's own) is
+    refused without ``--overwrite``. Empty folders do not count."""
+    present = [name for name in outputs if (workdir / name).is_file()
+               or ((workdir / name).is_dir() and any((workdir / name).iterdir()))]
+    if not present:
+        return
+    try:
+        saved = json.loads((workdir / config_file).read_text())
+        ours = isinstance(saved, dict) and len(set(saved) & set(current)) * 2 >= len(current)
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise WorkdirError(f"workdir {workdir} holds {', '.join(present)} but no {what} of faml_jax to continue: "
+                           "choose another folder, or pass --overwrite to delete them")
+
+
 @contextlib.contextmanager
 def undone_if_it_fails(workdir: Path, marker: str, made: list[Path] | None = None):
     """Around preparing a run's workdir and opening what it needs (data set, backbone): when that
@@ -161,5 +183,6 @@ def undone_if_it_fails(workdir: Path, marker: str, made: list[Path] | None = Non
                 if not folder.is_dir() or any(p.name != LOCK_FILE for p in folder.iterdir()):
                     break
                 (folder / LOCK_FILE).unlink(missing_ok=True)  # the lock is held by this process
-                folder.rmdir()
+                with contextlib.suppress(OSError):  # another process came in meanwhile: leave it
+                    folder.rmdir()
         raise

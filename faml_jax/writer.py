@@ -19,7 +19,12 @@ _UMASK_LOCK = threading.Lock()
 
 
 def _umask() -> int:
-    with _UMASK_LOCK:  # the umask can only be read by setting it
+    try:  # Linux says it without changing it
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:  # elsewhere it can only be read by setting it
         umask = os.umask(0o022)
         os.umask(umask)
     return umask

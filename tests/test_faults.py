@@ -27,7 +27,7 @@ from experiments import train as train_program
 from faml_jax import runs, trainer
 from faml_jax.data import fixtures
 from faml_jax.checkpoint import CheckpointDamaged, CheckpointMismatch, Checkpoints
-from faml_jax.config import FGAConfig
+from faml_jax.config import FGAConfig, config_to_json
 from faml_jax.errors import ConfigError, NonFiniteError, WorkdirError
 from faml_jax.evolution import evolve
 from helpers import assert_same_run, tiny_config, without_timings
@@ -183,7 +183,7 @@ def test_signals_at_seeded_random_moments_leave_a_resumable_run(reference):
         if result.returncode != 0:
             assert_one_line_stop(result, 130 if signame == "SIGINT" else 143)
         outcomes.append((round(after, 1), result.returncode, len(runs.checkpoint_epochs(workdir))))
-        if result.returncode != 0:
+        if not (workdir / "summary.json").exists():  # (a signal at the very end stops a finished run)
             trainer.fit(config, workdir, resume=True, **quiet)
         assert_same_run(workdir, root / "full", config)
     print("seconds, status, checkpoints when stopped:", outcomes)
@@ -425,12 +425,25 @@ def test_a_refused_resume_changes_nothing(reference, tmp_path):
 def test_a_run_that_failed_before_its_first_checkpoint_starts_afresh(reference, tmp_path, resume):
     root, data_dir, config = reference
     workdir = tmp_path / "failed"
-    # What a run stopped while compiling leaves: its config, an empty checkpoints folder, outputs begun.
+    # What a run stopped while compiling leaves: its config (of another seed, say), an empty
+    # checkpoints folder, outputs begun.
     (workdir / "checkpoints").mkdir(parents=True)
-    (workdir / "config.json").write_text(json.dumps({"not": "this run's"}))
+    (workdir / "config.json").write_text(json.dumps(config_to_json(dataclasses.replace(config, seed=99))))
     (workdir / "metrics.jsonl").write_text("")
     trainer.fit(config, workdir, resume=resume, **quiet)
     assert_same_run(workdir, root / "full", config)
+
+
+def test_a_folder_of_other_files_is_not_taken_for_leftovers(reference, tmp_path):
+    root, _, config = reference
+    workdir = tmp_path / "mine"
+    (workdir / "tensorboard").mkdir(parents=True)
+    (workdir / "tensorboard" / "events.out").write_text("somebody's")
+    (workdir / "config.json").write_text('{"learning_rate": 0.1}')
+    for kwargs in ({}, {"resume": True}):
+        with pytest.raises(WorkdirError, match="holds config.json, tensorboard but no run of faml_jax"):
+            trainer.fit(config, workdir, **kwargs, **quiet)
+    assert (workdir / "tensorboard" / "events.out").read_text() == "somebody's"
 
 
 def test_output_files_honour_the_umask(reference, tmp_path):

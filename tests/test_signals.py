@@ -65,3 +65,14 @@ def test_a_library_call_stopped_twice_leaves_the_next_one_clean():
     assert signals.requested() is None
     with signals.deferred():
         assert signals.requested() is None
+
+
+def test_a_signal_the_loop_did_not_act_on_stops_the_program_next():
+    """Recorded while the last step or save of a run ended the loop: the program (or the next
+    run of a loop of runs) stops at its next check, not never."""
+    with signals.installed():
+        with signals.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        with pytest.raises(signals.Interrupted):
+            signals.raise_if_pending()

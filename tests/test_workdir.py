@@ -58,9 +58,14 @@ def test_prepare_directory_continues_refuses_replaces_or_starts_afresh(tmp_path)
     assert prepare(folder, {"epochs": 1, "lr": 2}, overwrite=True) is False
     assert not (folder / "out").exists()
     # Nothing to continue from (a start that failed early): afresh, also with resume; its leftovers go.
-    (folder / "config.json").write_text('{"not": "json')
+    (folder / "config.json").write_text('{"epochs": 1, "lr": 2}')
     assert prepare(folder, {"epochs": 1, "lr": 3}, resume=True, write=False) is False
     assert not (folder / "config.json").exists()
+    # ... but files that are not this program's are refused (unless --overwrite).
+    (folder / "config.json").write_text('{"not": "json')
+    with pytest.raises(WorkdirError, match="holds config.json but no run of faml_jax to continue"):
+        prepare(folder, {"epochs": 1, "lr": 3}, resume=True)
+    assert prepare(folder, {"epochs": 1, "lr": 3}, overwrite=True) is False
 
 
 def test_a_failed_start_removes_what_it_made(tmp_path):
