@@ -28,15 +28,19 @@ import orbax.checkpoint as ocp
 DIGEST = "digest.json"
 
 
-class CheckpointDamaged(ValueError):
+class CheckpointError(ValueError):
+    """A checkpoint cannot be restored (the subclasses say why)."""
+
+
+class CheckpointDamaged(CheckpointError):
     """A checkpoint's files are missing, truncated or changed since it was written."""
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(CheckpointError):
     """A checkpoint is intact but holds another model's or optimiser's state."""
 
 
-class CheckpointUnreadable(ValueError):
+class CheckpointUnreadable(CheckpointError):
     """A checkpoint whose files are those written (its digest verifies) cannot be read now (no
     permission, an I/O error, another orbax version): nothing is set aside."""
 

@@ -27,7 +27,7 @@ from faml_jax.ensemble import analyse
 from faml_jax.errors import WorkdirError
 from faml_jax.evaluate import evaluate_members
 from faml_jax.workdir import WorkdirLock
-from faml_jax.writer import folder_mode, to_json
+from faml_jax.writer import temporary_folder, to_json
 
 STRATEGY_NAMES = {"t1v": "T1V (majority vote)", "noi": "NOI (summed softmax, Eq. 13)", "t2v": "T2V (top-two voting, Eq. 12)"}
 
@@ -130,9 +130,8 @@ def write_report(out: Path, report: dict, info: dict, logits: np.ndarray, labels
     """Write the report folder under a temporary name, then rename it to ``out`` (replacing an
     earlier report only once the new one is complete)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    tmp = temporary_folder(out.parent, f".{out.name}.", ".tmp")
     try:
-        tmp.chmod(folder_mode())  # mkdtemp's is 0700
         classes = report["classes"]
         (tmp / "report.json").write_text(to_json({**info, **report}) + "\n")
         (tmp / "report.md").write_text(markdown(report, info))

@@ -26,7 +26,7 @@ from pathlib import Path
 import jax
 
 from faml_jax import models, train
-from faml_jax.checkpoint import CheckpointDamaged, CheckpointMismatch, Checkpoints
+from faml_jax.checkpoint import CheckpointError, Checkpoints
 from faml_jax.config import ModelConfig, OptimConfig, RunConfig, run_config_from_json
 from faml_jax.errors import WorkdirError
 
@@ -147,7 +147,7 @@ def restore_variables(workdir: Path, config: RunConfig, epoch: int | None = None
             raise WorkdirError(f"no checkpoint in {Path(workdir) / 'checkpoints'}")
         try:
             state, _ = checkpoints.restore(epoch, state_template(config.model, config.optim))
-        except (CheckpointDamaged, CheckpointMismatch) as error:
+        except CheckpointError as error:
             raise WorkdirError(str(error)) from None
     finally:
         checkpoints.close()

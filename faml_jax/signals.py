@@ -79,9 +79,11 @@ def installed():
         if handler is not signal.SIG_IGN:
             signal.signal(signum, _raise)
     sys.unraisablehook = _unraisable(hook)
+    _Requests.installed = True
     try:
         yield
     finally:
+        _Requests.installed = False
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         sys.unraisablehook = hook
@@ -97,6 +99,7 @@ def raise_if_pending() -> None:
 class _Requests:
     signum: int | None = None  # received within ``deferred``
     depth: int = 0  # ``deferred`` blocks entered (nested ones change nothing)
+    installed: bool = False  # within ``installed``
     pending: int | None = None  # raised by ``installed``'s handler (perhaps dropped by Python)
 
 
@@ -127,7 +130,7 @@ def deferred():
 
     raise_if_pending()
     previous = {s: signal.getsignal(s) for s in HANDLED}
-    installed_now = _raise in previous.values()  # inside a program's ``installed``: it clears ``pending``
+    installed_now = _Requests.installed  # inside a program's ``installed``: it clears ``pending``
     ignored = {s for s, handler in previous.items() if handler is signal.SIG_IGN}
     _Requests.signum = None
     for signum in HANDLED:

@@ -27,7 +27,7 @@ import numpy as np
 from flax import traverse_util
 
 from faml_jax import data, models, pretrained, schedules, signals, train
-from faml_jax.checkpoint import CheckpointDamaged, CheckpointMismatch, CheckpointUnreadable, sync_processes
+from faml_jax.checkpoint import CheckpointDamaged, CheckpointError, Checkpoints, sync_processes
 from faml_jax.config import RunConfig, config_to_json, from_dict, run_config_from_json
 from faml_jax.errors import ConfigError, NonFiniteError, WorkdirError
 from faml_jax.evaluate import Evaluator, open_run_dataset
@@ -330,6 +330,7 @@ class Member:
         self.checkpoints = checkpoints_of(self.workdir)
         self.loader = setup.loader(config.seed)
         self.writer: RunWriter | None = None
+        self.preempted: Checkpoints | None = None  # opened when a checkpoint within an epoch exists
         fresh = RunState(setup.initial_state(config.seed), [], schedules.LrState(0 if start_lr == "lr2" else None))
         restored = self.restore(fresh)
         self.resumed = restored is not None
@@ -354,13 +355,13 @@ class Member:
         for _, store, number in sorted(candidates, key=lambda c: (c[0], c[1] is self.checkpoints), reverse=True):
             try:
                 state, record = store.restore(number, like.train_state)
-            except (CheckpointMismatch, CheckpointUnreadable) as error:
-                raise WorkdirError(str(error)) from None
             except CheckpointDamaged as error:
                 moved = store.set_aside(number, primary_workdir(self.workdir) / DAMAGED / store.directory.name)
                 self.log(f"{self.prefix}{error}; moved to {moved}, trying the checkpoint before it")
                 damaged.append(number)
                 continue
+            except CheckpointError as error:  # another model's, or intact but unreadable now: left alone
+                raise WorkdirError(str(error)) from None
             run = RunState.from_checkpoint(state, record)
             where = f"epoch {run.epoch}" + (f", step {run.step_in_epoch}/{steps} of epoch {run.epoch + 1}"
                                              if run.step_in_epoch else "")
@@ -483,10 +484,10 @@ class Member:
         if ranked:
             keep.add(max(ranked, key=lambda e: (accuracy[e], -e)))
         self.checkpoints.prune(keep)
-        if hasattr(self, "preempted"):  # the epoch it was saved in is complete now
+        if self.preempted is not None:  # the epoch it was saved in is complete now
             self.preempted.prune(set())
             self.preempted.close()
-            del self.preempted
+            self.preempted = None
             if jax.process_index() == 0:
                 shutil.rmtree(primary_workdir(self.workdir) / PREEMPTED, ignore_errors=True)
 
@@ -495,7 +496,7 @@ class Member:
         their metric ``sums``) and raise ``signals.Interrupted`` saying so."""
         self.check_finite(state, f"epoch {self.epoch + 1}, step {step_in_epoch}")
         run = dataclasses.replace(self.run, train_state=state, step_in_epoch=step_in_epoch, sums=dict(sums))
-        if not hasattr(self, "preempted"):
+        if self.preempted is None:
             self.preempted = checkpoints_of(self.workdir, PREEMPTED)
         steps = self.setup.steps_per_epoch()
         self.preempted.save(self.epoch * steps + step_in_epoch, state, run.record())
@@ -535,7 +536,7 @@ class Member:
         if self.writer is not None:
             self.writer.close()
         self.checkpoints.close()
-        if hasattr(self, "preempted"):
+        if self.preempted is not None:
             self.preempted.close()
 
 
@@ -590,12 +591,12 @@ class EpochProgress:
     and sums of an epoch resumed within it. ``add`` raises ``NonFiniteError`` at the first step
     whose loss or gradient was not finite (``member``: the network, for the message)."""
 
-    def __init__(self, desc: str, steps: int, images_per_step: int, progress: bool, *, done: int = 0,
-                 sums: dict | None = None, member: Member | None = None):
+    def __init__(self, desc: str, steps: int, images_per_step: int, progress: bool, *, member: Member,
+                 done: int = 0, sums: dict | None = None):
         from tqdm import tqdm
 
         self.sums = dict(sums) if sums else {k: 0.0 for k in METRICS}
-        self.steps, self.done, self.first, self.member = steps, done, done, member
+        self.first, self.member = done, member
         self.images_per_step = images_per_step
         self.begin = time.perf_counter()
         self.bar = tqdm(total=steps, initial=done, desc=desc, disable=not progress, leave=False, unit="step",
@@ -606,13 +607,11 @@ class EpochProgress:
         if values.get("finite", 1.0) < 1.0:
             where = f"{where} (loss {values['loss']:.4g})"
             what = "the loss or a gradient"
-            raise NonFiniteError(self.member.non_finite_message(where, what) if self.member else
-                                 f"{what} became non-finite at {where}: training stopped")
+            raise NonFiniteError(self.member.non_finite_message(where, what))
         for k in self.sums:
             self.sums[k] += values[k]
 
     def show(self, done: int, fetched: int, learning_rate: float) -> None:
-        self.done = done
         rate = (done - self.first) * self.images_per_step / (time.perf_counter() - self.begin)
         self.bar.set_postfix(loss=f"{self.sums['loss'] / done:.3f}", acc=f"{self.sums['accuracy'] / done:.3f}",
                              img_s=f"{rate:.0f}", lr=f"{learning_rate:.2e}")

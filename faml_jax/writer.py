@@ -40,6 +40,14 @@ def folder_mode() -> int:
     return 0o777 & ~_umask()
 
 
+def temporary_folder(parent: Path, prefix: str, suffix: str = "") -> Path:
+    """A new folder in ``parent`` to be renamed into place when complete, with the mode the umask
+    allows (``mkdtemp``'s is 0700)."""
+    folder = Path(tempfile.mkdtemp(dir=parent, prefix=prefix, suffix=suffix))
+    folder.chmod(folder_mode())
+    return folder
+
+
 def to_json(value, indent: int | None = 2) -> str:
     """Strict JSON text of ``value`` (raises ValueError for NaN or infinity)."""
     return json.dumps(value, indent=indent, allow_nan=False)

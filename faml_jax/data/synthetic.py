@@ -20,12 +20,11 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from faml_jax.writer import folder_mode
+from faml_jax.writer import temporary_folder
 
 CLASSES = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
 
@@ -249,10 +248,9 @@ def materialize(config: SyntheticConfig, cache_dir: str | os.PathLike | None = N
     folder = root / "synthetic" / config.key()
     if (folder / "info.json").exists():
         return folder
-    try:
+    try:  # the folder it is written in first says whether the cache is writable
         folder.parent.mkdir(parents=True, exist_ok=True)
-        probe = Path(tempfile.mkdtemp(prefix=".write-test-", dir=folder.parent))
-        probe.rmdir()
+        tmp = temporary_folder(folder.parent, f".{folder.name}-")
     except OSError as error:
         from faml_jax.errors import DataError
 
@@ -260,9 +258,7 @@ def materialize(config: SyntheticConfig, cache_dir: str | os.PathLike | None = N
                         "give a writable --data-dir or FAML_JAX_CACHE") from None
     if progress:
         progress(f"generating the synthetic data set into {folder} (once)")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        tmp.chmod(folder_mode())  # mkdtemp's is 0700
         info = {"config": dataclasses.asdict(config), "classes": list(CLASSES), "splits": {}}
         for split in ("train", "test"):
             images, labels, true_labels = generate_split(config, split)
