@@ -101,7 +101,8 @@ class Checkpoints:
                 force=True,
             )
             self.manager.wait_until_finished()
-            write_digest(self.directory / str(epoch))
+            stored = {name: list(np.shape(x)) for name, x in _flat_paths(_keys_to_data(state)).items()}
+            write_digest(self.directory / str(epoch), stored)
         if several:  # no process reads the checkpoint before it is complete
             sync_processes(f"after checkpoint {self.directory} {epoch}")
             self._refresh()
@@ -153,7 +154,10 @@ class Checkpoints:
         if problem:
             raise CheckpointDamaged(f"checkpoint {path} is damaged: {problem}")
         template = self.stored_like(epoch, like)
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+        # Every array to this process's first device, said here: without a sharding orbax reads the
+        # checkpoint's metadata again to find one (most of a small checkpoint's restore time).
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=device), template)
         try:
             # orbax's reading threads report a damaged file as many "Event loop is closed"
             # tracebacks on stderr; the error raised here says what matters.
@@ -177,12 +181,14 @@ class Checkpoints:
         or shapes is a ``CheckpointMismatch``; one whose metadata cannot be read,
         ``CheckpointDamaged``."""
         path = self.directory / str(epoch)
-        try:
-            with contextlib.redirect_stderr(io.StringIO()), quiet_orbax():
-                stored = self.manager.item_metadata(epoch)["state"]
-            shapes = {k: tuple(v.shape) for k, v in _flat_paths(stored).items()}
-        except Exception as error:  # noqa: BLE001
-            raise CheckpointDamaged(f"checkpoint {path} cannot be read: {first_line(error)}") from None
+        shapes = stored_shapes(path)
+        if shapes is None:  # written before the digest recorded them: orbax's metadata (slower)
+            try:
+                with contextlib.redirect_stderr(io.StringIO()), quiet_orbax():
+                    stored = self.manager.item_metadata(epoch)["state"]
+                shapes = {k: tuple(v.shape) for k, v in _flat_paths(stored).items()}
+            except Exception as error:  # noqa: BLE001
+                raise CheckpointDamaged(f"checkpoint {path} cannot be read: {first_line(error)}") from None
         for template in (_keys_to_data(like), like):
             wanted = {k: tuple(np.shape(v)) for k, v in _flat_paths(template).items()}
             if wanted == shapes:
@@ -236,13 +242,27 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_digest(checkpoint: Path) -> None:
-    """Record the size and SHA-256 of every file of a complete checkpoint in its digest.json."""
+def write_digest(checkpoint: Path, shapes: dict[str, list[int]] | None = None) -> None:
+    """Record the size and SHA-256 of every file of a complete checkpoint in its digest.json, and
+    the shape of each stored array (``"a/b/c"`` paths), which ``stored_like`` compares without
+    asking orbax for the checkpoint's metadata."""
     from faml_jax.writer import write_json
 
     files = {str(p.relative_to(checkpoint)): [p.stat().st_size, _sha256(p)]
              for p in sorted(checkpoint.rglob("*")) if p.is_file() and p.name != DIGEST}
-    write_json(checkpoint / DIGEST, {"files": files})
+    write_json(checkpoint / DIGEST, {"files": files, **({"shapes": shapes} if shapes is not None else {})})
+
+
+def stored_shapes(checkpoint: Path) -> dict[str, tuple[int, ...]] | None:
+    """The stored arrays' shapes as the digest records them (None: no digest, or one written
+    before it recorded shapes)."""
+    try:
+        shapes = json.loads((Path(checkpoint) / DIGEST).read_text()).get("shapes")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(shapes, dict):
+        return None
+    return {str(k): tuple(int(n) for n in v) for k, v in shapes.items()}
 
 
 def verify(checkpoint: Path) -> str | None:

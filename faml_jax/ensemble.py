@@ -2,8 +2,9 @@
 vote) and NOI (summed softmax, Eq. 13); the rank statistics of paper Table 1; and the logits of all
 members in one compiled call over their stacked variables.
 
-Every decision function is pure and jit-able over a logits array of shape (members, batch,
-classes), written ``(M, B, C)`` below:
+Every decision function is pure and compiled (``jax.jit``: called on NumPy logits, as the
+report and the predictor do, each is one compiled call, not dozens of small ones) over a logits
+array of shape (members, batch, classes), written ``(M, B, C)`` below:
 
     >>> logits = ensemble_logits(model, fga.stack(members), images)      # (M, B, C)
     >>> predictions = t2v_predict(logits)                                   # (B,)
@@ -16,6 +17,7 @@ by NOI, then by the lowest class index (METHOD 4 [choice]).
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Literal
 
 import chex
@@ -47,6 +49,7 @@ def _check_logits(logits: jax.Array) -> None:
         raise ValueError(f"voting needs at least 2 classes, got logits of shape {logits.shape}")
 
 
+@jax.jit
 def top_two(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Each member's top-1 and top-2 class: ``(M, B)`` int32 each (ties to the lower index)."""
     _check_logits(logits)
@@ -55,6 +58,7 @@ def top_two(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
     return first.astype(jnp.int32), jnp.argmax(rest, axis=-1).astype(jnp.int32)
 
 
+@jax.jit
 def vote_vectors(logits: jax.Array, alpha: float = ALPHA, beta: float = BETA) -> jax.Array:
     """``V^l`` (Eq. 10-11): alpha at each member's top-1 class, beta at its top-2, 0 elsewhere:
     (M, B, C) float32."""
@@ -63,6 +67,7 @@ def vote_vectors(logits: jax.Array, alpha: float = ALPHA, beta: float = BETA) ->
     return alpha * jax.nn.one_hot(first, c) + beta * jax.nn.one_hot(second, c)
 
 
+@jax.jit
 def vote_counts(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
     """How many members rank each class first, and second: ``(B, C)`` int32 each."""
     first, second = top_two(logits)
@@ -71,6 +76,7 @@ def vote_counts(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
     return count(first), count(second)
 
 
+@jax.jit
 def t2v_scores(logits: jax.Array, alpha: float = ALPHA, beta: float = BETA) -> jax.Array:
     """``Out_T2V = sum_l V^l`` (Eq. 12): (B, C) float32, computed as ``alpha * n1 + beta * n2``
     from the integer vote counts (equal counts give bit-equal scores). Invariant to any positive
@@ -79,17 +85,20 @@ def t2v_scores(logits: jax.Array, alpha: float = ALPHA, beta: float = BETA) -> j
     return alpha * n1.astype(jnp.float32) + beta * n2.astype(jnp.float32)
 
 
+@jax.jit
 def noi_scores(logits: jax.Array) -> jax.Array:
     """NOI (Eq. 13): the members' softmax probabilities summed, (B, C) float32."""
     _check_logits(logits)
     return jnp.sum(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=0)
 
 
+@jax.jit
 def t1v_scores(logits: jax.Array) -> jax.Array:
     """T1V (bagging): the number of members whose top-1 class each class is, (B, C) float32."""
     return vote_counts(logits)[0].astype(jnp.float32)
 
 
+@jax.jit
 def argmax_with_tiebreak(scores: jax.Array, tiebreak: jax.Array) -> jax.Array:
     """``argmax`` of ``scores`` (..., C); among equal maxima the largest ``tiebreak`` wins, then
     the lowest index."""
@@ -97,21 +106,25 @@ def argmax_with_tiebreak(scores: jax.Array, tiebreak: jax.Array) -> jax.Array:
     return jnp.argmax(jnp.where(best, tiebreak, -jnp.inf), axis=-1).astype(jnp.int32)
 
 
+@jax.jit
 def t2v_predict(logits: jax.Array, alpha: float = ALPHA, beta: float = BETA) -> jax.Array:
     """T2V's decision: argmax of Eq. 12, ties broken by NOI then the lowest class: (B,) int32."""
     return argmax_with_tiebreak(t2v_scores(logits, alpha, beta), noi_scores(logits))
 
 
+@jax.jit
 def t1v_predict(logits: jax.Array) -> jax.Array:
     """Majority vote of the members' top-1 classes, ties broken by NOI then the lowest class."""
     return argmax_with_tiebreak(t1v_scores(logits), noi_scores(logits))
 
 
+@jax.jit
 def noi_predict(logits: jax.Array) -> jax.Array:
     """argmax of the summed softmax (Eq. 13): (B,) int32."""
     return jnp.argmax(noi_scores(logits), axis=-1).astype(jnp.int32)
 
 
+@functools.partial(jax.jit, static_argnames="strategy")
 def predict(logits: jax.Array, strategy: str = "t2v", alpha: float = ALPHA, beta: float = BETA) -> jax.Array:
     """The ensemble's decision by ``strategy`` ("t1v", "noi" or "t2v"): (B,) int32."""
     if strategy == "t2v":
@@ -123,6 +136,7 @@ def predict(logits: jax.Array, strategy: str = "t2v", alpha: float = ALPHA, beta
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
 
 
+@jax.jit
 def label_ranks(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """The 0-based rank of the true label in each member's ordering of the classes (0 = its
     top-1; equal logits rank the lower class first, as ``argmax``): (M, B) int32."""
@@ -134,6 +148,7 @@ def label_ranks(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.sum(ahead, axis=-1).astype(jnp.int32)
 
 
+@jax.jit
 def rank_distribution(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Paper Table 1: per member, the share of samples whose true label it ranks 1st, 2nd, ...,
     Cth: (M, C) float32, each row summing to 1."""

@@ -19,9 +19,10 @@ from faml_jax.errors import ConfigError, DataError
 class Evaluator:
     """Logits of a whole split: ``Evaluator(model, batch_size)(params, batch_stats, batches)``.
 
-    The eval step is ``pmap``-ed over the local devices with a fixed per-call batch; a short last
-    batch is padded (and the padding dropped from the result), so one compilation serves a
-    split of any size.
+    The eval step is ``pmap``-ed over the local devices with one batch per call of ``__call__``:
+    ``batch_size``, or the first batch rounded up to the device count if that is smaller (a split
+    smaller than a batch is not padded to a whole one). A short last batch is padded (and the
+    padding dropped from the result), so one compilation serves a split of any size.
     """
 
     def __init__(self, model: models.ResNet, batch_size: int, devices=None):
@@ -35,23 +36,29 @@ class Evaluator:
         eval_step = train.make_eval_step(model)
         return lambda variables, images: eval_step(variables["params"], variables["batch_stats"], images)
 
-    def _gather(self, out) -> np.ndarray:
-        """The pmapped step's output (devices, per-device batch, C) -> (batch, C) on the host."""
-        return np.asarray(out).reshape(self.batch_size, -1)
+    def _gather(self, out, size: int) -> np.ndarray:
+        """The pmapped step's output (devices, per-device batch, C) -> (size, C) on the host."""
+        return np.asarray(out).reshape(size, -1)
+
+    def _call_size(self, count: int) -> int:
+        """The batch of one call: ``batch_size``, or ``count`` rounded up to the device count."""
+        n = len(self.devices)
+        return min(self.batch_size, -(-count // n) * n)
 
     def __call__(self, variables: dict, batches: Iterable[dict]) -> tuple[np.ndarray, np.ndarray]:
         """``variables``: {"params", "batch_stats"} replicated over the devices (``train.replicate``).
         Returns ``(logits float32 (n, C), labels int32 (n,))`` in the order of ``batches``."""
-        logits, labels = [], []
+        logits, labels, size = [], [], None
         for batch in batches:
             images, count = batch["image"], len(batch["label"])
-            for start in range(0, count, self.batch_size):
-                chunk = images[start : start + self.batch_size]
-                pad = self.batch_size - len(chunk)
+            size = size or self._call_size(max(count, 1))
+            for start in range(0, count, size):
+                chunk = images[start : start + size]
+                pad = size - len(chunk)
                 if pad:
                     chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-                out = self._gather(self._step(variables, train.shard(chunk, self.devices)))
-                logits.append(out[..., : self.batch_size - pad, :])
+                out = self._gather(self._step(variables, train.shard(chunk, self.devices)), size)
+                logits.append(out[..., : size - pad, :])
             labels.append(np.asarray(batch["label"], np.int32))
         return np.concatenate(logits, axis=-2), np.concatenate(labels)
 
@@ -73,9 +80,9 @@ class EnsembleEvaluator(Evaluator):
     def _device_step(self, model):
         return lambda variables, images: ensemble.ensemble_logits(model, variables, images, self.mapping)
 
-    def _gather(self, out) -> np.ndarray:
+    def _gather(self, out, size: int) -> np.ndarray:
         out = np.asarray(out)  # (devices, M, per-device batch, C)
-        return out.transpose(1, 0, 2, 3).reshape(out.shape[1], self.batch_size, -1)
+        return out.transpose(1, 0, 2, 3).reshape(out.shape[1], size, -1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -95,6 +95,7 @@ def network_maps(model, variables: dict, images: jax.Array, targets: jax.Array |
     return out
 
 
+@jax.jit
 def vote_weighted(maps: jax.Array, logits: jax.Array, decision: jax.Array, alpha: float = ensemble.ALPHA,
                   beta: float = ensemble.BETA) -> jax.Array:
     """The ensemble's map (METHOD 6 [choice]): ``sum_l V^l_k map_l / sum_l V^l_k`` for the decided

@@ -16,6 +16,7 @@ padded to a fixed size, so a folder of any length compiles once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -30,6 +31,8 @@ from faml_jax.errors import ConfigError, DataError
 from faml_jax.evaluate import check_compatible, named_members
 
 STRATEGIES = ensemble.STRATEGIES
+# One compiled call per shape of logits (eagerly, softmax is several small compiled calls).
+_softmax = jax.jit(functools.partial(jax.nn.softmax, axis=-1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +185,7 @@ class Predictor:
         if strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
         logits = np.asarray(logits, np.float32)
-        probabilities = np.asarray(jax.nn.softmax(logits, axis=-1))
+        probabilities = np.asarray(_softmax(logits))
         if len(logits[0]) == 0:
             empty = np.zeros((0,), np.int32)
             return Prediction(self.classes, logits, probabilities, probabilities.sum(0), empty, np.zeros((0,), np.float32),

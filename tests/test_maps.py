@@ -33,7 +33,7 @@ def test_grad_cam_lies_where_the_decision_is_read():
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     variables = {"params": variables["params"], "batch_stats": {}}
-    out = maps.network_maps(model, variables, images)
+    out = jax.jit(lambda v, x: maps.network_maps(model, v, x))(variables, images)
     cam = np.asarray(out["gradcam"])
     assert cam.shape == (4, 32, 32) and "relevancy" not in out
     inside = cam[:, 6:18, 14:26].sum(axis=(1, 2))  # the patch and the bilinear upsampling's halo
@@ -97,7 +97,8 @@ def test_maps_of_the_papers_models(name):
     model = models.ResNet(config.model)
     variables = jittered_variables(config, 0)
     images = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-    out = maps.network_maps(model, variables, images)
+    network_maps = jax.jit(lambda v, x, targets=None: maps.network_maps(model, v, x, targets))  # as a user would
+    out = network_maps(variables, images)
     assert out["gradcam"].shape == (2, 32, 32) and float(out["gradcam"].max()) <= 1.0
     assert ("relevancy" in out) == (name == "r18_faml")
     # The explainer of a stacked ensemble gives each member's own map.
@@ -105,6 +106,6 @@ def test_maps_of_the_papers_models(name):
     explain = maps.make_explainer(model, "gradcam")
     decision = jnp.asarray([1, 2])
     member_maps, logits = explain(stacked, images, decision)
-    np.testing.assert_allclose(member_maps[0], maps.network_maps(model, variables, images, decision)["gradcam"],
+    np.testing.assert_allclose(member_maps[0], network_maps(variables, images, decision)["gradcam"],
                                rtol=1e-4, atol=1e-5)
     assert logits.shape == (2, 2, 7)

@@ -1,7 +1,7 @@
 """Several processes (jax.distributed) take the same train steps as one process with all devices.
 
 Two ``experiments.train`` processes on localhost, each with 2 forced CPU devices, against one
-process with 4: after every step of one epoch the parameters must agree (checked on the final
+process with 4 (the test's own, with the suite's forced devices): after every step of one epoch the parameters must agree (checked on the final
 checkpoint after 6 steps, within float reordering: gloo sums in another order; and on every
 logged metric). Process 0 writes the checkpoints; process 1 keeps its own copy of the other
 outputs in ``<workdir>.process1``, from its own evaluation.
@@ -68,7 +68,10 @@ def metrics(workdir: Path) -> list[dict]:
 @pytest.mark.slow
 def test_two_processes_take_the_steps_of_one_process_with_all_devices(tmp_path):
     data_dir = tmp_path / "data"
-    finish(launch(tmp_path / "one", data_dir, devices=4))  # also writes the synthetic data once
+    # One process with 4 devices: this one (the suite's 4 forced CPU devices, the programs' flags).
+    from experiments import train as train_program
+
+    assert train_program.main([*ARGS, "--data-dir", str(data_dir), "--workdir", str(tmp_path / "one")]) == 0
 
     port = free_port()
     processes = [launch(tmp_path / "two", data_dir, devices=2,

@@ -1,14 +1,16 @@
 """Tests of faml_jax.runs: a run folder written by hand (config.json, two checkpoints,
 metrics.jsonl) read back exactly; the checkpoint choice; one-line errors naming what is missing."""
 
+import dataclasses
 import json
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
 from faml_jax import models, runs, train
-from faml_jax.checkpoint import Checkpoints
+from faml_jax.checkpoint import DIGEST, CheckpointMismatch, Checkpoints, stored_shapes
 from faml_jax.config import config_to_json
 from faml_jax.errors import WorkdirError
 from helpers import TINY_MODEL, tiny_config
@@ -43,6 +45,33 @@ def test_load_gives_the_saved_configuration_and_variables(run_folder):
         jax.tree.map(np.testing.assert_array_equal, variables, expected)
     assert runs.last_epoch(workdir)["epoch"] == 2 and runs.checkpoint_epochs(workdir) == [1, 2]
     assert TINY_MODEL["widths"] == config.model.widths
+
+
+
+def test_the_digest_records_the_stored_shapes_and_older_checkpoints_use_orbaxs_metadata(run_folder, tmp_path):
+    """The shapes ``stored_like`` compares come from digest.json (the key as its two uint32 words);
+    a checkpoint whose digest lacks them (written by an earlier version) is judged by orbax's
+    metadata: it restores, and another model's template is still a mismatch."""
+    workdir, config, states = run_folder
+    shapes = stored_shapes(workdir / "checkpoints" / "2")
+    assert shapes["params/fc/kernel"] == (config.model.widths[-1], config.model.num_classes)
+    assert shapes["rng"] == (2,) and len(shapes) == len(jax.tree_util.tree_leaves(states[2]))
+    copy = tmp_path / "older"
+    shutil.copytree(workdir, copy)
+    digest = copy / "checkpoints" / "2" / DIGEST
+    digest.write_text(json.dumps({"files": json.loads(digest.read_text())["files"]}))
+    assert stored_shapes(copy / "checkpoints" / "2") is None
+    checkpoints = Checkpoints(copy)
+    try:
+        like = runs.state_template(config.model, config.optim)
+        state, record = checkpoints.restore(2, like)
+        assert record == {"epoch": 2}
+        jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), jax.device_get(states[2].params))
+        other = dataclasses.replace(config.model, widths=(8, 16, 16, 64))
+        with pytest.raises(CheckpointMismatch, match="layer4_0/bn1/mean is \\(32,\\) there, \\(64,\\) here"):
+            checkpoints.restore(2, runs.state_template(other, config.optim))
+    finally:
+        checkpoints.close()
 
 
 def test_best_takes_the_earliest_of_equal_accuracies(run_folder, tmp_path):

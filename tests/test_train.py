@@ -146,7 +146,7 @@ def test_shard_rejects_indivisible_batches():
 def test_overfits_a_fixed_batch_of_random_labels():
     """Capacity and plumbing: 32 random images with random labels are memorised (100% accuracy
     in inference mode, with the running BatchNorm statistics) within a few hundred steps."""
-    model = models.build("r18_faml", 7, widths=(16, 32, 32, 64), input_size=32, attn_dim=32, attn_heads=2)
+    model = small_model()
     tx = train.make_optimizer(OptimConfig(), 1e-3)
     state = train.create_train_state(model, tx, jax.random.key(5))
     step = jax.jit(train.make_train_step(model, tx, LossConfig(kind="ml", p_lsr=0.8), axis_name=None, flip=False),

@@ -34,9 +34,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def measure(args) -> list[str]:
-    """Run the comparison; return its title and Markdown table as lines."""
+def measure(args, model_options: dict | None = None) -> list[str]:
+    """Run the comparison; return its title and Markdown table as lines. ``model_options``
+    (ModelConfig fields) replace the model's sizes (``tools.gpu_check --cpu-smoke``: a tiny one)."""
     overrides = {} if args.full else dict(widths=(16, 32, 64, 128), attn_dim=32, attn_heads=2, attn_depth=1)
+    overrides = {**overrides, **(model_options or {})}
     model = models.build(args.model, 7, input_size=args.size, **overrides)
     members = [models.init(model, jax.random.key(i)) for i in range(args.members)]
     stacked = jax.device_put(fga.stack(members))
@@ -66,7 +68,7 @@ def measure(args) -> list[str]:
 
     device = jax.devices()[0]
     lines = [
-        f"Ensemble evaluation: {args.members} x {args.model} ({'full widths' if args.full else 'widths 16-32-64-128'}), "
+        f"Ensemble evaluation: {args.members} x {args.model} ({'full widths' if args.full and not model_options else 'widths ' + '-'.join(map(str, model.config.widths))}), "
         f"batch {args.batch}, {args.size}x{args.size}, {device.device_kind} ({platform.processor() or platform.machine()}), "
         f"jax {jax.__version__}, median of {args.rounds} rounds after one warm-up",
         "",

@@ -131,7 +131,7 @@ def ensemble(args) -> dict:
 
     options = ["--size", "32", "--batch", "8", "--rounds", "1", "--members", "2"] if args.cpu_smoke else \
         ["--full", "--size", "224", "--batch", "256", "--rounds", "5"]
-    return {"table": bench_ensemble.measure(bench_ensemble.parse_args(options))}
+    return {"table": bench_ensemble.measure(bench_ensemble.parse_args(options), TINY if args.cpu_smoke else None)}
 
 
 def data_section(args) -> dict:
