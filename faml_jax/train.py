@@ -111,7 +111,7 @@ def create_train_state(model: models.ResNet, tx: optax.GradientTransformation, k
         step=jnp.zeros((), jnp.int32),
         params=variables["params"],
         batch_stats=variables["batch_stats"],
-        opt_state=tx.init(variables["params"]),
+        opt_state=jax.jit(tx.init)(variables["params"]),  # one compiled call (eagerly: one per leaf)
         rng=rng,
     )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -75,6 +76,20 @@ def write_atomic(path: Path, text: str | None = None, arrays: dict | None = None
             os.remove(tmp)
 
 
+def _summary_writer():
+    """tensorboardX's ``SummaryWriter``, imported without torch: tensorboardX imports torch when
+    it is installed (seconds) only to accept torch tensors, and this writer gives it floats."""
+    if "torch" not in sys.modules and "tensorboardX" not in sys.modules:
+        sys.modules["torch"] = None  # "import torch" fails for this import: tensorboardX goes without
+        try:
+            from tensorboardX import SummaryWriter
+        finally:
+            del sys.modules["torch"]
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter
+
+
 class RunWriter:
     """The outputs of one network's run in ``workdir``.
 
@@ -87,8 +102,7 @@ class RunWriter:
     """
 
     def __init__(self, workdir: str | os.PathLike, history: list[dict] = ()):
-        from tensorboardX import SummaryWriter
-
+        SummaryWriter = _summary_writer()
         self.workdir = Path(workdir)
         write_atomic(self.workdir / "metrics.jsonl", "".join(to_json(h, None) + "\n" for h in history))
         (self.workdir / "test_logits").mkdir(exist_ok=True)

@@ -10,6 +10,7 @@ import pytest
 from faml_jax import fga, models, train
 from faml_jax.config import AUGMENT_PRESETS, LossConfig, OptimConfig
 from faml_jax.losses import class_weights
+from faml_jax.models import resnet
 from faml_jax.preprocess import normalize
 from helpers import TINY_MODEL as SMALL
 from helpers import require_torch
@@ -285,12 +286,19 @@ def test_sgd_weight_decay_is_coupled_only():
 
 def test_torch_head_init_is_nn_linears_uniform():
     """head_init="torch": weights and bias uniform in +-1/sqrt(fan_in) (nn.Linear's default), with
-    the variance of that uniform (bound^2 / 3); "flax": zero bias."""
-    wide = dict(SMALL, widths=(8, 16, 16, 256))
-    fc = models.init(small_model(**wide, head_init="torch"), jax.random.key(0))["params"]["fc"]
-    bound = 1 / np.sqrt(256)
+    the variance of that uniform (bound^2 / 3); "flax": zero bias. The model's head (fan-in 32)
+    and, for the distribution, the initialisers on a 256 x 1000 head."""
+    fc = models.init(small_model(head_init="torch"), jax.random.key(0))["params"]["fc"]
+    bound = 1 / np.sqrt(SMALL["widths"][-1])
     kernel, bias = np.asarray(fc["kernel"]), np.asarray(fc["bias"])
     assert np.abs(kernel).max() <= bound and np.abs(bias).max() <= bound and np.any(bias != 0)
-    np.testing.assert_allclose(kernel.var(), bound ** 2 / 3, rtol=0.15)
-    flax_fc = models.init(small_model(**wide), jax.random.key(0))["params"]["fc"]
+    flax_fc = models.init(small_model(), jax.random.key(0))["params"]["fc"]
     assert not np.any(np.asarray(flax_fc["bias"]))
+
+    inits = resnet.head_inits("torch", 256)
+    kernel = np.asarray(inits["kernel_init"](jax.random.key(1), (256, 1000)))
+    bias = np.asarray(inits["bias_init"](jax.random.key(2), (1000,)))
+    bound = 1 / np.sqrt(256)
+    assert np.abs(kernel).max() <= bound and np.abs(bias).max() <= bound
+    np.testing.assert_allclose(kernel.var(), bound ** 2 / 3, rtol=0.02)
+    np.testing.assert_allclose(bias.var(), bound ** 2 / 3, rtol=0.15)

@@ -2,6 +2,9 @@
 
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -51,3 +54,42 @@ def test_files_and_json_honour_the_umask_and_are_strict(tmp_path):
     with pytest.raises(ValueError, match="not JSON compliant"):
         write_json(tmp_path / "c.json", {"loss": float("nan")})
     assert not (tmp_path / "c.json").exists() and not list(tmp_path.glob(".c.json*"))
+
+
+def read_scalars(folder) -> dict:
+    """``{(tag, step): value}`` of the TensorBoard event files in ``folder`` (TFRecord framing:
+    length, its CRC, the Event proto, its CRC)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars = {}
+    for path in folder.iterdir():
+        data = path.read_bytes()
+        while data:
+            (length,) = struct.unpack("<Q", data[:8])
+            event = event_pb2.Event.FromString(data[12 : 12 + length])
+            data = data[12 + length + 4 :]
+            for value in event.summary.value:
+                scalars[(value.tag, event.step)] = value.simple_value
+    return scalars
+
+
+def test_the_tensorboard_scalars_are_written_without_importing_torch(tmp_path):
+    """tensorboardX imports torch when it is installed (seconds at every start of a program);
+    the writer keeps it out, and torch can still be imported afterwards."""
+    script = textwrap.dedent(f"""
+        import importlib.util, sys
+        from faml_jax.writer import RunWriter
+        writer = RunWriter({str(tmp_path)!r})
+        writer.write(3, {{"train_loss": 1.25}})
+        writer.close()
+        print("torch imported:", "torch" in sys.modules)
+        if importlib.util.find_spec("torch") is not None:
+            import torch  # not blocked any more
+            print("torch afterwards:", torch.__name__)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "torch imported: False" in result.stdout
+    assert read_scalars(tmp_path / "tensorboard") == {("train_loss", 3): 1.25}
