@@ -82,12 +82,12 @@ def _summary_writer():
     if "torch" not in sys.modules and "tensorboardX" not in sys.modules:
         sys.modules["torch"] = None  # "import torch" fails for this import: tensorboardX goes without
         try:
-            from tensorboardX import SummaryWriter
+            import tensorboardX
         finally:
             del sys.modules["torch"]
-    from tensorboardX import SummaryWriter
+    import tensorboardX
 
-    return SummaryWriter
+    return tensorboardX.SummaryWriter
 
 
 class RunWriter:

@@ -48,10 +48,10 @@ def devices():
 # which hands whole files to its workers in collection order, ends with short files on both workers
 # rather than one worker finishing a long file alone. The order within a file is kept.
 HEAVIEST_FIRST = (
-    "test_faults.py", "test_train.py", "test_multiprocess.py", "test_evolution.py", "test_pretrained.py", "test_predict.py",
-    "test_from_python.py", "test_real_datasets.py", "test_trainer.py", "test_experiments_ablation.py",
-    "test_gpu_check.py", "test_models.py", "test_export.py", "test_report.py", "test_maps.py", "test_fga.py",
-    "test_torch_twin.py", "test_ensemble.py",
+    "test_train.py", "test_faults.py", "test_evolution.py", "test_multiprocess.py", "test_export.py", "test_predict.py",
+    "test_pretrained.py", "test_experiments_ablation.py", "test_real_datasets.py", "test_models.py", "test_trainer.py",
+    "test_from_python.py", "test_gpu_check.py", "test_report.py", "test_torch_twin.py", "test_fga.py",
+    "test_ensemble.py", "test_maps.py",
 )
 
 
