@@ -79,15 +79,15 @@ def write_atomic(path: Path, text: str | None = None, arrays: dict | None = None
 def _summary_writer():
     """tensorboardX's ``SummaryWriter``, imported without torch: tensorboardX imports torch when
     it is installed (seconds) only to accept torch tensors, and this writer gives it floats."""
+    import importlib
+
     if "torch" not in sys.modules and "tensorboardX" not in sys.modules:
         sys.modules["torch"] = None  # "import torch" fails for this import: tensorboardX goes without
         try:
-            import tensorboardX
+            return importlib.import_module("tensorboardX").SummaryWriter
         finally:
             del sys.modules["torch"]
-    import tensorboardX
-
-    return tensorboardX.SummaryWriter
+    return importlib.import_module("tensorboardX").SummaryWriter
 
 
 class RunWriter:
