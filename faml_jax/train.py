@@ -18,6 +18,7 @@ The step is a pure function ``(state, batch, learning_rate) -> (state, metrics)`
 from __future__ import annotations
 
 import collections
+import functools
 from typing import Any, Callable, Iterable, Iterator
 
 import flax
@@ -68,7 +69,15 @@ def make_optimizer(config: OptimConfig, learning_rate: float) -> optax.GradientT
 
     Weight decay (``config.weight_decay``): "decoupled" is AdamW (``torch.optim.AdamW``);
     "coupled" adds ``wd * param`` to the gradient first (``torch.optim.Adam(weight_decay=...)``,
-    and what SGD always does, as ``torch.optim.SGD``)."""
+    and what SGD always does, as ``torch.optim.SGD``).
+
+    One transformation per configuration and rate (memoised; it holds only pure functions), so
+    that what is compiled from it (``create_train_state``'s initialiser) is compiled once."""
+    return _make_optimizer(config, float(learning_rate))
+
+
+@functools.lru_cache(maxsize=64)
+def _make_optimizer(config: OptimConfig, learning_rate: float) -> optax.GradientTransformation:
     if config.name == "adam":
         if config.weight_decay and config.weight_decay_mode == "decoupled":
             return optax.inject_hyperparams(optax.adamw)(
@@ -102,6 +111,13 @@ def set_learning_rate(opt_state, learning_rate):
     return jax.tree_util.tree_map(replace, opt_state, is_leaf=is_injected)
 
 
+@functools.lru_cache(maxsize=64)
+def _compiled_init(tx: optax.GradientTransformation):
+    """``tx.init`` compiled once per transformation (eagerly it is one small compiled call per
+    parameter: seconds for a new network shape)."""
+    return jax.jit(tx.init)
+
+
 def create_train_state(model: models.ResNet, tx: optax.GradientTransformation, key: jax.Array) -> TrainState:
     """Initialise a model and its optimiser state. ``key`` (a typed key) seeds both the
     initialisation and the run's step keys."""
@@ -111,7 +127,7 @@ def create_train_state(model: models.ResNet, tx: optax.GradientTransformation, k
         step=jnp.zeros((), jnp.int32),
         params=variables["params"],
         batch_stats=variables["batch_stats"],
-        opt_state=jax.jit(tx.init)(variables["params"]),  # one compiled call (eagerly: one per leaf)
+        opt_state=_compiled_init(tx)(variables["params"]),
         rng=rng,
     )
 
