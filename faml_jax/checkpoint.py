@@ -154,10 +154,7 @@ class Checkpoints:
         if problem:
             raise CheckpointDamaged(f"checkpoint {path} is damaged: {problem}")
         template = self.stored_like(epoch, like)
-        # Every array to this process's first device, said here: without a sharding orbax reads the
-        # checkpoint's metadata again to find one (most of a small checkpoint's restore time).
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=device), template)
+        abstract = jax.tree_util.tree_map(_abstract_leaf, template, like)
         try:
             # orbax's reading threads report a damaged file as many "Event loop is closed"
             # tracebacks on stderr; the error raised here says what matters.
@@ -297,6 +294,17 @@ def sync_processes(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def _abstract_leaf(leaf, ref):
+    """What orbax restores ``leaf`` of a template as: where the template's array (or, for stored
+    key data, its key) lives, said explicitly, since without a sharding orbax reads the
+    checkpoint's metadata again to find one (most of a small checkpoint's restore time); host
+    values (NumPy arrays, Python numbers) as orbax would restore them."""
+    source = ref if isinstance(ref, jax.Array) else leaf
+    if isinstance(source, jax.Array):
+        return jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype, sharding=source.sharding)
+    return ocp.utils.to_shape_dtype_struct(leaf)
 
 
 def _is_key(x) -> bool:

@@ -2,9 +2,12 @@
 vote) and NOI (summed softmax, Eq. 13); the rank statistics of paper Table 1; and the logits of all
 members in one compiled call over their stacked variables.
 
-Every decision function is pure and compiled (``jax.jit``: called on NumPy logits, as the
-report and the predictor do, each is one compiled call, not dozens of small ones) over a logits
-array of shape (members, batch, classes), written ``(M, B, C)`` below:
+Every decision function is pure and jit-able over a logits array of shape (members, batch,
+classes), written ``(M, B, C)`` below. The vote counts, NOI and rank functions are compiled
+(``jax.jit``: called on NumPy logits, as the report and the predictor do, each is one compiled
+call, not dozens of small ones); T2V's weighting ``alpha * n1 + beta * n2`` is not, because XLA
+fuses it into one multiply-add on the CPU, which rounds once and can turn an exact tie of two
+classes' scores (e.g. alpha 0.7, beta 0.3: 6 and 0 votes against 3 and 7) into a win:
 
     >>> logits = ensemble_logits(model, fga.stack(members), images)      # (M, B, C)
     >>> predictions = t2v_predict(logits)                                   # (B,)
@@ -17,7 +20,6 @@ by NOI, then by the lowest class index (METHOD 4 [choice]).
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, Literal
 
 import chex
@@ -76,7 +78,6 @@ def vote_counts(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
     return count(first), count(second)
 
 
-@jax.jit
 def t2v_scores(logits: jax.Array, alpha: float = ALPHA, beta: float = BETA) -> jax.Array:
     """``Out_T2V = sum_l V^l`` (Eq. 12): (B, C) float32, computed as ``alpha * n1 + beta * n2``
     from the integer vote counts (equal counts give bit-equal scores). Invariant to any positive
@@ -106,7 +107,6 @@ def argmax_with_tiebreak(scores: jax.Array, tiebreak: jax.Array) -> jax.Array:
     return jnp.argmax(jnp.where(best, tiebreak, -jnp.inf), axis=-1).astype(jnp.int32)
 
 
-@jax.jit
 def t2v_predict(logits: jax.Array, alpha: float = ALPHA, beta: float = BETA) -> jax.Array:
     """T2V's decision: argmax of Eq. 12, ties broken by NOI then the lowest class: (B,) int32."""
     return argmax_with_tiebreak(t2v_scores(logits, alpha, beta), noi_scores(logits))
@@ -124,7 +124,6 @@ def noi_predict(logits: jax.Array) -> jax.Array:
     return jnp.argmax(noi_scores(logits), axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames="strategy")
 def predict(logits: jax.Array, strategy: str = "t2v", alpha: float = ALPHA, beta: float = BETA) -> jax.Array:
     """The ensemble's decision by ``strategy`` ("t1v", "noi" or "t2v"): (B,) int32."""
     if strategy == "t2v":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import numbers
 from typing import Any, Callable, Iterable, Iterator
 
 import flax
@@ -71,13 +72,15 @@ def make_optimizer(config: OptimConfig, learning_rate: float) -> optax.GradientT
     "coupled" adds ``wd * param`` to the gradient first (``torch.optim.Adam(weight_decay=...)``,
     and what SGD always does, as ``torch.optim.SGD``).
 
-    One transformation per configuration and rate (memoised; it holds only pure functions), so
-    that what is compiled from it (``create_train_state``'s initialiser) is compiled once."""
-    return _make_optimizer(config, float(learning_rate))
+    One transformation per configuration and numeric rate (memoised; it holds only pure
+    functions), so that what is compiled from it (``create_train_state``'s initialiser) is
+    compiled once; any other rate (an optax schedule) gets a new one."""
+    if isinstance(learning_rate, numbers.Real):
+        return _memoised_optimizer(config, float(learning_rate))
+    return _optimizer(config, learning_rate)
 
 
-@functools.lru_cache(maxsize=64)
-def _make_optimizer(config: OptimConfig, learning_rate: float) -> optax.GradientTransformation:
+def _optimizer(config: OptimConfig, learning_rate) -> optax.GradientTransformation:
     if config.name == "adam":
         if config.weight_decay and config.weight_decay_mode == "decoupled":
             return optax.inject_hyperparams(optax.adamw)(
@@ -94,6 +97,9 @@ def _make_optimizer(config: OptimConfig, learning_rate: float) -> optax.Gradient
     if config.weight_decay:
         return optax.chain(optax.add_decayed_weights(config.weight_decay), core)
     return core
+
+
+_memoised_optimizer = functools.lru_cache(maxsize=64)(_optimizer)
 
 
 def set_learning_rate(opt_state, learning_rate):

@@ -187,3 +187,19 @@ def test_decisions_are_jittable_and_vmappable():
     for k in range(6):
         expected, ambiguous = reference_predict(logits[k], "t2v", 2.0, 1.0)
         np.testing.assert_array_equal(np.asarray(batched[k])[~ambiguous], expected[~ambiguous])
+
+
+def test_an_exact_t2v_tie_goes_to_noi_with_any_weights():
+    """alpha 0.7, beta 0.3, 10 members: class 0 has 6 first votes (4.2), class 1 has 3 first and
+    7 second votes (2.1 + 2.1 = 4.2): an exact tie, which NOI decides (class 0, whose members are
+    confident). A fused multiply-add (XLA on the CPU, under jit) rounds 4.2000003 for class 1."""
+    def member(first, second, strength):
+        row = np.zeros(3, np.float32)
+        row[first], row[second] = strength, strength / 2
+        return row
+
+    rows = [member(0, 1, 8.0)] * 6 + [member(2, 1, 1.0)] + [member(1, 2, 1.0)] * 3
+    logits = np.stack(rows)[:, None, :]  # (10, 1, 3)
+    scores = np.asarray(ensemble.t2v_scores(logits, 0.7, 0.3))
+    assert scores[0, 0] == scores[0, 1] == np.float32(0.7) * 6
+    assert int(ensemble.predict(logits, "t2v", 0.7, 0.3)[0]) == 0

@@ -99,3 +99,19 @@ def test_missing_pieces_are_named(tmp_path):
     (tmp_path / "config.json").write_text("{\"model\": 3}")
     with pytest.raises(WorkdirError, match="is not a valid run configuration"):
         runs.read_run_config(tmp_path)
+
+
+def test_a_restore_puts_arrays_where_the_templates_live_and_keeps_host_values(devices, tmp_path):
+    """Arrays go to the template's device (here the second one), a typed key too; NumPy arrays
+    and Python numbers come back as such (orbax's own choice, as before shapes were recorded)."""
+    with jax.default_device(devices[1]):
+        like = {"w": jax.numpy.ones((3, 4)), "key": jax.random.key(0), "host": np.ones(3, np.float32), "n": 3}
+    checkpoints = Checkpoints(tmp_path)
+    try:
+        checkpoints.save(1, like, {"epoch": 1})
+        state, _ = checkpoints.restore(1, like)
+    finally:
+        checkpoints.close()
+    assert state["w"].devices() == {devices[1]} and state["key"].devices() == {devices[1]}
+    assert jax.random.key_impl(state["key"]) == jax.random.key_impl(like["key"])
+    assert isinstance(state["host"], np.ndarray) and state["n"] == 3
