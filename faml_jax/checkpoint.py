@@ -95,14 +95,14 @@ class Checkpoints:
         if several:  # every process has read what it reads before this save (e.g. latest_epoch)
             sync_processes(f"before checkpoint {self.directory} {epoch}")
         if jax.process_index() == 0:
+            stored = _keys_to_data(state)
             self.manager.save(
                 epoch,
-                args=ocp.args.Composite(state=ocp.args.StandardSave(_keys_to_data(state)), record=ocp.args.JsonSave(record)),
+                args=ocp.args.Composite(state=ocp.args.StandardSave(stored), record=ocp.args.JsonSave(record)),
                 force=True,
             )
             self.manager.wait_until_finished()
-            stored = {name: list(np.shape(x)) for name, x in _flat_paths(_keys_to_data(state)).items()}
-            write_digest(self.directory / str(epoch), stored)
+            write_digest(self.directory / str(epoch), {name: list(np.shape(x)) for name, x in _flat_paths(stored).items()})
         if several:  # no process reads the checkpoint before it is complete
             sync_processes(f"after checkpoint {self.directory} {epoch}")
             self._refresh()

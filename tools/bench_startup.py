@@ -20,8 +20,9 @@ import sys
 import tempfile
 import time
 
-TINY = dict(widths=(8, 16, 16, 32), stage_depths=(1, 1, 1, 1), input_size=32, attn_dim=16, attn_heads=2, attn_depth=1)
-SHAPES = {"tiny R18+FAML": TINY, "R18+FAML, 112 px": dict(input_size=112)}
+from tools.gpu_check import TINY  # the GPU check's smoke-run network
+
+SHAPES = {"tiny R18+FAML": {**TINY, "input_size": 32}, "R18+FAML, 112 px": dict(input_size=112)}
 
 # Run in a fresh interpreter: the writer's cost is mostly what it imports.
 WRITER = """
