@@ -46,10 +46,15 @@ TINY_MODEL = dict(widths=(8, 16, 16, 32), stage_depths=(1, 1, 1, 1), input_size=
                   attn_depth=1)
 
 
-def tiny_config(data_dir, epochs: int, **overrides) -> RunConfig:
-    """R18+FAML with ML (p 0.5, WCE) on a 96/40-image synthetic set of 32 px, seed 7."""
+def tiny_config(data_dir, epochs: int, attention: bool = False, **overrides) -> RunConfig:
+    """R18+FAML with ML (p 0.5, WCE) on a 96/40-image synthetic set of 32 px, seed 7.
+
+    Without the attention blocks unless ``attention``: they are two thirds of the tiny network's
+    compile time (initialiser and step) and nothing the run tests check (resume, faults,
+    evolution, outputs) depends on them; the tests of the blocks, their maps, the step, export
+    and prediction train and use them."""
     return preset(
-        "synthetic", model_options=TINY_MODEL,
+        "synthetic", model_options={**TINY_MODEL, "attention": attention},
         loss=dict(kind="ml", p_lsr=0.5, weighted=True),
         schedule=dict(lr1=1e-3, window=2, loss_range=10.0, acc_range=10.0),
         data=dict(data_dir=str(data_dir), synthetic=dict(train_size=96, test_size=40, image_size=32), num_threads=2),

@@ -18,7 +18,7 @@ FGA = FGAConfig(population=2, generations=1, children=1, new_members=0, parents=
 @pytest.fixture(scope="module")
 def ablated(tmp_path_factory):
     root = tmp_path_factory.mktemp("ablation")
-    base = tiny_config(root / "data", 2)  # seed 7, ML loss with WCE
+    base = tiny_config(root / "data", 2, attention=True)  # seed 7, ML loss with WCE; FA with its blocks
     lines = []
     result = ablation.run(base, FGA, 2, root / "ab", progress=False, log=lines.append)
     return root / "ab", base, result, lines
@@ -99,7 +99,7 @@ def test_paper_column_takes_the_ensemble_size_that_was_run():
 
 
 def test_variant_rows_keep_attention_off_when_asked():
-    base = tiny_config("/tmp/unused", 1)
+    base = tiny_config("/tmp/unused", 1, attention=True)
     no_attention = base.__class__(**{**base.__dict__, "model": base.model.__class__(
         **{**base.model.__dict__, "attention": False})})
     for row, model in ablation.VARIANTS.items():

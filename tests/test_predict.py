@@ -24,7 +24,7 @@ skimage_data = pytest.importorskip("skimage.data", reason="scikit-image is in th
 def three_runs(tmp_path_factory):
     """Three R18+FAML networks of the tiny configuration (32 px, synthetic), written by hand."""
     root = tmp_path_factory.mktemp("predict")
-    config = tiny_config(root / "data", 1)
+    config = tiny_config(root / "data", 1, attention=True)  # the maps need the blocks
     variables = [jittered_variables(config, seed) for seed in range(3)]
     paths = [write_run(root / f"net{i}", config, v) for i, v in enumerate(variables)]
     return root, config, variables, paths

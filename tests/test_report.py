@@ -150,10 +150,10 @@ def test_cli_errors(trained, tmp_path, capsys):
     other = tmp_path / "other"
     shutil.copytree(members[1][1], other)
     config = json.loads((other / "config.json").read_text())
-    config["model"]["attention"] = False
+    config["model"]["attention"] = True
     (other / "config.json").write_text(json.dumps(config))
     status, err = cli(["--members", dirs[0], str(other), "--out", str(tmp_path / "a")], capsys)
-    assert status == 2 and "member other differs from net1 in: model.attention (True in net1, False in other)" in err
+    assert status == 2 and "member other differs from net1 in: model.attention (False in net1, True in other)" in err
     assert not (tmp_path / "a").exists()
 
 

@@ -28,6 +28,13 @@ def random_batch(seed, batch, size=32, classes=7):
     }
 
 
+# One configuration shared by the tests below where the loss or batch does not matter: each
+# distinct step is an XLA compilation of several seconds, and the suite's persistent compilation
+# cache hands an identical step to the next test that builds it.
+LOSS = LossConfig(kind="ml", p_lsr=0.5)
+WEIGHTS = class_weights([10, 3, 5, 20, 8, 4, 9])
+
+
 def max_abs_diff(a, b):
     a, b = jax.device_get((a, b))
     return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
@@ -35,9 +42,9 @@ def max_abs_diff(a, b):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("weighted,augment", [
-    (False, None), (True, None), (False, dataclasses.replace(AUGMENT_PRESETS["dan"], rotate_p=0.5, crop_padding=0.125,
-                                                             brightness=0.3, contrast=0.3, saturation=0.3)),
-], ids=["ml-ce", "ml-wce", "ml-ce-augmented"])
+    (False, None), (True, dataclasses.replace(AUGMENT_PRESETS["dan"], rotate_p=0.5, crop_padding=0.125,
+                                              brightness=0.3, contrast=0.3, saturation=0.3)),
+], ids=["ml-ce", "ml-wce-augmented"])
 def test_four_devices_equal_one_device_on_the_same_global_batch(devices, weighted, augment):
     """Five steps on 4 devices (4 images each) == five steps on 1 device (16 images): gradients
     averaged, BatchNorm synchronised, the same loss draws, the same flips and augmentations, and
@@ -45,7 +52,7 @@ def test_four_devices_equal_one_device_on_the_same_global_batch(devices, weighte
     model = small_model()
     tx = train.make_optimizer(OptimConfig(), 1e-3)
     loss_config = LossConfig(kind="ml", p_lsr=0.5, weighted=weighted)
-    weights = class_weights([10, 3, 5, 20, 8, 4, 9])
+    weights = WEIGHTS
     state = train.create_train_state(model, tx, jax.random.key(0))
     batches = [random_batch(i, 16) for i in range(5)]
 
@@ -80,20 +87,24 @@ def test_pmap_step_matches_plain_jitted_step():
     model = small_model()
     tx = train.make_optimizer(OptimConfig(), 1e-3)
     state = train.create_train_state(model, tx, jax.random.key(1))
-    batch = random_batch(0, 8)
-    jit_step = jax.jit(train.make_train_step(model, tx, LossConfig(), axis_name=None))
+    batch = random_batch(0, 16)
+    jit_step = jax.jit(train.make_train_step(model, tx, LOSS, WEIGHTS, axis_name=None))
     s_jit, m_jit = jit_step(state, batch, 1e-3)
-    pmap_step = train.parallel_train_step(model, tx, LossConfig(), devices=jax.local_devices()[:1])
-    s_pmap, m_pmap = pmap_step(train.replicate(state, jax.local_devices()[:1]), train.shard(batch, jax.local_devices()[:1]), 1e-3)
+    one = jax.local_devices()[:1]
+    pmap_step = train.parallel_train_step(model, tx, LOSS, WEIGHTS, devices=one)
+    s_pmap, m_pmap = pmap_step(train.replicate(state, one), train.shard(batch, one), 1e-3)
     assert max_abs_diff(s_jit.params, train.unreplicate(s_pmap).params) <= 1e-6
     np.testing.assert_allclose(m_jit["loss"], m_pmap["loss"][0], rtol=1e-6)
 
 
+LSR = LossConfig(kind="lsr", eps=0.3)  # the step of test_reference_loss_is_plain_ce_of_the_steps_own_logits
+
+
 def test_learning_rate_is_injected_without_recompiling():
     model = small_model()
-    tx = train.make_optimizer(OptimConfig(), 3e-4)
+    tx = train.make_optimizer(OptimConfig(), 1e-3)
     state = train.create_train_state(model, tx, jax.random.key(2))
-    step = jax.jit(train.make_train_step(model, tx, LossConfig(kind="ce"), axis_name=None, flip=False))
+    step = jax.jit(train.make_train_step(model, tx, LSR, axis_name=None, flip=False))
     batch = random_batch(1, 8)
 
     frozen, metrics = step(state, batch, 0.0)
@@ -170,16 +181,15 @@ def test_member_parallel_step_equals_each_members_own_step(devices):
     alone: their own batch, learning rate, loss draw and flips; an inactive member is unchanged."""
     model = small_model()
     tx = train.make_optimizer(OptimConfig(), 1e-3)
-    loss_config = LossConfig(kind="ml", p_lsr=0.5)
     states = [train.create_train_state(model, tx, jax.random.key(10 + i)) for i in range(4)]
-    batches = [random_batch(20 + i, 8) for i in range(4)]
+    batches = [random_batch(20 + i, 16) for i in range(4)]
     lrs = np.array([1e-3, 5e-4, 2e-3, 1e-3], np.float32)
 
-    single = jax.jit(train.make_train_step(model, tx, loss_config, axis_name=None))
-    expected = [single(s, b, lr) for s, b, lr in zip(states, batches, lrs)]
-    expected2 = [single(s, b, lr) for (s, _), b, lr in zip(expected, batches, lrs)]
+    single = jax.jit(train.make_train_step(model, tx, LOSS, WEIGHTS, axis_name=None))
+    expected = [single(s, b, float(lr)) for s, b, lr in zip(states, batches, lrs)]
+    expected2 = [single(s, b, float(lr)) for (s, _), b, lr in zip(expected, batches, lrs)]
 
-    step = train.member_parallel_train_step(model, tx, loss_config, devices=devices)
+    step = train.member_parallel_train_step(model, tx, LOSS, WEIGHTS, devices=devices)
     stacked = train.to_devices(fga.stack(states), devices)
     stacked_batch = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *batches)
     active = np.array([True, True, False, True])
@@ -217,7 +227,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_statistics_and_tracks_flo
     for dtype in ("float32", "bfloat16"):
         model = small_model(dtype=dtype)
         state = train.create_train_state(model, tx, jax.random.key(2))
-        step = jax.jit(train.make_train_step(model, tx, LossConfig(kind="ce"), axis_name=None))
+        step = jax.jit(train.make_train_step(model, tx, LOSS, WEIGHTS, axis_name=None))
         results[dtype] = step(state, batch, 1e-3)
     (s32, m32), (s16, m16) = results["float32"], results["bfloat16"]
     leaves = jax.tree_util.tree_leaves((s16.params, s16.batch_stats, s16.opt_state))
@@ -237,7 +247,7 @@ def test_reference_loss_is_plain_ce_of_the_steps_own_logits():
     tx = train.make_optimizer(OptimConfig(), 1e-3)
     state = train.create_train_state(model, tx, jax.random.key(2))
     batch = random_batch(3, 8)
-    step = jax.jit(train.make_train_step(model, tx, LossConfig(kind="lsr", eps=0.3), axis_name=None, flip=False))
+    step = jax.jit(train.make_train_step(model, tx, LSR, axis_name=None, flip=False))
     _, metrics = step(state, batch, 1e-3)
     logits, _ = model.apply({"params": state.params, "batch_stats": state.batch_stats}, normalize(batch["image"]),
                             train=True, mutable=["batch_stats"])
