@@ -257,7 +257,7 @@ def test_resume_keeps_the_recorded_settings_whose_default_changed(tmp_path, caps
     program; given explicitly, a different setting is a named configuration mismatch."""
     common = ["--widths", "8,16,16,32", "--input-size", "32", "--train-size", "96", "--test-size", "40",
               "--batch-size", "16", "--threads", "2", "--no-progress", "--data-dir", str(tmp_path / "data"),
-              "--workdir", str(tmp_path / "run")]
+              "--workdir", str(tmp_path / "run"), "--no-attention"]  # (the blocks: compile time, nothing here)
     assert train_program.main(common + ["--epochs", "1"]) == 0
     path = tmp_path / "run" / "config.json"
     saved = json.loads(path.read_text())
