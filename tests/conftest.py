@@ -29,8 +29,18 @@ if "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = f"{flags} {suite_xla_flags(NUM_TEST_DEVICES)}".strip()
 set_default_flags()  # the programs' XLA flags, so tests run what users run
 
+import gc  # noqa: E402
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# Python's cyclic garbage collector: the suite traces thousands of programs, allocating millions of
+# short-lived objects, and every full collection walked all the long-lived ones (jax, flax, numpy,
+# torch modules). Those go to the permanent generation (gc.freeze) and the youngest generation is
+# collected every 10,000 allocations rather than 700 (measured on tests/test_trainer.py: 1.75 s of
+# collections in 1,600 runs -> 0.3 s in 330).
+gc.freeze()
+gc.set_threshold(10_000, 20, 100)
 
 
 @pytest.fixture(scope="session")

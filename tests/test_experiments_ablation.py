@@ -18,7 +18,7 @@ FGA = FGAConfig(population=2, generations=1, children=1, new_members=0, parents=
 @pytest.fixture(scope="module")
 def ablated(tmp_path_factory):
     root = tmp_path_factory.mktemp("ablation")
-    base = tiny_config(root / "data", 2, attention=True)  # seed 7, ML loss with WCE; FA with its blocks
+    base = tiny_config(root / "data", 2)  # seed 7, ML loss with WCE; FA without its blocks (compile time)
     lines = []
     result = ablation.run(base, FGA, 2, root / "ab", progress=False, log=lines.append)
     return root / "ab", base, result, lines
@@ -36,7 +36,7 @@ def test_single_network_rows_share_seeds_and_budget(ablated):
             assert (config["model_name"], config["loss"]["kind"], config["seed"]) == (model, loss, seed)
             assert config["epochs"] == 2 and config["batch_size"] == base.batch_size
             assert config["schedule"] == json.loads((workdir / "r18" / "seed7" / "config.json").read_text())["schedule"]
-            assert config["model"]["attention"] == (model != "r18")  # FA = fusion stem + attention blocks
+            assert not config["model"]["attention"]  # the base's choice (with the blocks: the test below)
             assert bool(config["model"]["fa_regions"]) == (model != "r18")
             accuracies.append(100 * json.loads((run_dir / "summary.json").read_text())["final_test_accuracy"])
         r = result["rows"][row]
@@ -98,19 +98,20 @@ def test_paper_column_takes_the_ensemble_size_that_was_run():
     assert ablation.paper_accuracy("rafdb", "R18+FA", 4) == 88.72
 
 
-def test_variant_rows_keep_attention_off_when_asked():
-    base = tiny_config("/tmp/unused", 1, attention=True)
-    no_attention = base.__class__(**{**base.__dict__, "model": base.model.__class__(
-        **{**base.model.__dict__, "attention": False})})
-    for row, model in ablation.VARIANTS.items():
-        config = ablation.variant_config(no_attention, row)
-        assert not config.model.attention
-        assert bool(config.model.fa_regions) == (model != "r18")
-        assert config.loss.kind == ("ml" if model == "r18_faml" else "ce")
+def test_variant_rows_are_fa_with_its_blocks_or_keep_them_off_when_asked():
+    for attention in (True, False):
+        base = tiny_config("/tmp/unused", 1, attention=attention)
+        for row, model in ablation.VARIANTS.items():
+            config = ablation.variant_config(base, row)
+            assert config.model.attention == (attention and model != "r18")  # FA = fusion stem + attention blocks
+            assert bool(config.model.fa_regions) == (model != "r18")
+            assert config.loss.kind == ("ml" if model == "r18_faml" else "ce")
+            assert config.model.widths == base.model.widths and config.seed == base.seed
 
 
 def test_resume_refuses_a_finished_run_of_another_row_definition(ablated, tmp_path):
-    """An ablation made when R18+FA was the FA stem alone is not silently reused as R18+FA."""
+    """An R18+FA row made with another definition of FA (here: the attention blocks switched the
+    other way, as when R18+FA was the FA stem alone) is not silently reused."""
     import shutil
 
     workdir, base, _, _ = ablated
@@ -118,7 +119,7 @@ def test_resume_refuses_a_finished_run_of_another_row_definition(ablated, tmp_pa
     shutil.copytree(workdir, copy)
     path = copy / "r18_fa" / "seed7" / "config.json"
     saved = json.loads(path.read_text())
-    saved["model"]["attention"] = False
+    saved["model"]["attention"] = not saved["model"]["attention"]
     path.write_text(json.dumps(saved))
     with pytest.raises(ablation.UsageError, match=r"r18_fa/seed7 was made with another configuration.*model.attention"):
         ablation.run(base, FGA, 2, copy, resume=True, progress=False, log=lambda *_: None)

@@ -79,8 +79,9 @@ def test_r18_faml_at_init_with_fa_off_equals_r18():
     """Attention blocks are the identity at initialisation (zero back-projection), and with zero
     fusion weights the FA stem is ResNet18's conv1: same backbone weights, same logits."""
     size = 64
-    r18 = models.build("r18", 7, input_size=size)
-    faml = models.build("r18_faml", 7, input_size=size, fa_init=0.0)
+    narrow = dict(input_size=size, widths=(8, 16, 16, 32))  # ResNet18's depths and the blocks' defaults
+    r18 = models.build("r18", 7, **narrow)
+    faml = models.build("r18_faml", 7, **narrow, fa_init=0.0)
     v18 = models.init(r18, jax.random.key(1))
     # Non-trivial BatchNorm statistics, so that eval mode is tested with real running averages.
     v18["batch_stats"] = jax.tree_util.tree_map_with_path(
