@@ -10,7 +10,7 @@ import pytest
 from faml_jax import models
 from faml_jax.config import DEFAULT_REGIONS, ModelConfig, Region
 from faml_jax.models import AttentionBlock, FAStem
-from helpers import require_torch
+from helpers import TINY_MODEL, require_torch
 
 
 def param_shapes(model, size=None):
@@ -78,10 +78,9 @@ def randomise(tree, key, scale=0.5):
 def test_r18_faml_at_init_with_fa_off_equals_r18():
     """Attention blocks are the identity at initialisation (zero back-projection), and with zero
     fusion weights the FA stem is ResNet18's conv1: same backbone weights, same logits."""
-    size = 64
-    narrow = dict(input_size=size, widths=(8, 16, 16, 32))  # ResNet18's depths and the blocks' defaults
-    r18 = models.build("r18", 7, **narrow)
-    faml = models.build("r18_faml", 7, **narrow, fa_init=0.0)
+    size = TINY_MODEL["input_size"]
+    r18 = models.build("r18", 7, **TINY_MODEL)
+    faml = models.build("r18_faml", 7, **TINY_MODEL, fa_init=0.0)
     v18 = models.init(r18, jax.random.key(1))
     # Non-trivial BatchNorm statistics, so that eval mode is tested with real running averages.
     v18["batch_stats"] = jax.tree_util.tree_map_with_path(
@@ -208,7 +207,7 @@ def test_attention_block_is_identity_at_init_and_gates_by_patch():
 
 @pytest.mark.gpu
 def test_bfloat16_compute_gives_float32_logits_and_float32_parameters():
-    model = models.build("r18_faml", 7, widths=(8, 16, 16, 16), input_size=32, attn_dim=8, attn_heads=2, dtype="bfloat16")
+    model = models.build("r18_faml", 7, **TINY_MODEL, dtype="bfloat16")
     variables = models.init(model, jax.random.key(0))
     assert {x.dtype for x in jax.tree_util.tree_leaves(variables)} == {jnp.dtype("float32")}
     logits = jax.jit(model.apply)(variables, jnp.ones((2, 32, 32, 3)))
@@ -216,11 +215,11 @@ def test_bfloat16_compute_gives_float32_logits_and_float32_parameters():
 
 
 def test_features_are_sown():
-    model = models.build("r18", 5, widths=(8, 8, 8, 16), input_size=32)
+    model = models.build("r18", 5, **TINY_MODEL)
     variables = models.init(model, jax.random.key(0))
     logits, state = model.apply(variables, jnp.ones((3, 32, 32, 3)), mutable=["intermediates"])
     (features,) = state["intermediates"]["features"]
-    assert features.shape == (3, 16)
+    assert features.shape == (3, TINY_MODEL["widths"][-1])
     fc = variables["params"]["fc"]
     np.testing.assert_allclose(logits, features @ fc["kernel"] + fc["bias"], rtol=1e-5, atol=1e-6)
 
