@@ -54,15 +54,24 @@ def devices():
     return found[:NUM_TEST_DEVICES]
 
 
-# The heaviest test files first (measured with --durations on our 2-core CPU), so that pytest-xdist,
-# which hands whole files to its workers in collection order, ends with short files on both workers
-# rather than one worker finishing a long file alone. The order within a file is kept.
+# The heaviest test files first (measured with --durations on our 2-core CPU, 2026-11-29), so that
+# pytest-xdist, which hands whole files to its workers in this order (--dist loadfile; its default
+# reordering by the number of tests per file is switched off below), ends with short files on both
+# workers rather than one worker running a long file alone.
 HEAVIEST_FIRST = (
-    "test_train.py", "test_faults.py", "test_evolution.py", "test_multiprocess.py", "test_export.py", "test_predict.py",
-    "test_pretrained.py", "test_experiments_ablation.py", "test_real_datasets.py", "test_models.py", "test_trainer.py",
-    "test_from_python.py", "test_gpu_check.py", "test_report.py", "test_torch_twin.py", "test_fga.py",
-    "test_ensemble.py", "test_maps.py",
+    "test_faults.py", "test_export.py", "test_train.py", "test_multiprocess.py", "test_pretrained.py",
+    "test_predict.py", "test_evolution.py", "test_trainer.py", "test_from_python.py", "test_experiments_ablation.py",
+    "test_gpu_check.py", "test_torch_twin.py", "test_models.py", "test_fga.py", "test_real_datasets.py",
+    "test_ensemble.py", "test_maps.py", "test_preprocess.py", "test_report.py",
 )
+
+
+def pytest_configure(config):
+    # pytest-xdist sorts files by their number of tests unless told not to: the order above would be
+    # lost (its order put the 77 s of the three-test multi-process file and the 35 s of the one-test From
+    # Python file among the last).
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(config, items):
