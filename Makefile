@@ -27,7 +27,7 @@ $(TORCH_STAMP): $(STAMP)
 TEST_WORKERS ?= 4
 
 test: $(TORCH_STAMP)
-	FAML_JAX_REQUIRE_TORCH=1 $(PY) -m pytest -q -n auto --maxprocesses $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	FAML_JAX_REQUIRE_TORCH=1 $(PY) -m pytest -q -n auto --maxprocesses $(TEST_WORKERS) --dist loadfile
 
 # Only the PyTorch-interop tests: ResNet18 conversion (tests/test_pretrained.py).
 test-torch: $(TORCH_STAMP)

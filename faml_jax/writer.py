@@ -79,15 +79,15 @@ def write_atomic(path: Path, text: str | None = None, arrays: dict | None = None
 def _summary_writer():
     """tensorboardX's ``SummaryWriter``, imported without torch: tensorboardX imports torch when
     it is installed (seconds) only to accept torch tensors, and this writer gives it floats."""
-    import importlib
-
-    if "torch" not in sys.modules and "tensorboardX" not in sys.modules:
+    block = "torch" not in sys.modules and "tensorboardX" not in sys.modules
+    if block:
         sys.modules["torch"] = None  # "import torch" fails for this import: tensorboardX goes without
-        try:
-            return importlib.import_module("tensorboardX").SummaryWriter
-        finally:
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if block:
             del sys.modules["torch"]
-    return importlib.import_module("tensorboardX").SummaryWriter
+    return SummaryWriter
 
 
 class RunWriter:

@@ -4,6 +4,7 @@ default XLA flags (faml_jax.xla_flags), and a persistent JAX compilation cache.
 The flags must be set before jax creates its devices (its first backend).
 """
 
+import gc
 import os
 
 # A persistent compilation cache for the suite and the programs it starts in subprocesses (they
@@ -28,8 +29,6 @@ flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = f"{flags} {suite_xla_flags(NUM_TEST_DEVICES)}".strip()
 set_default_flags()  # the programs' XLA flags, so tests run what users run
-
-import gc  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

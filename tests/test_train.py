@@ -36,6 +36,7 @@ def random_batch(seed, batch, size=32, classes=7):
 # cache hands an identical step to the next test that builds it.
 LOSS = LossConfig(kind="ml", p_lsr=0.5)
 WEIGHTS = class_weights([10, 3, 5, 20, 8, 4, 9])
+LSR = LossConfig(kind="lsr", eps=0.3)  # LSR every batch: the learning-rate and reference-loss tests
 
 
 def max_abs_diff(a, b):
@@ -54,13 +55,12 @@ def test_four_devices_equal_one_device_on_the_same_global_batch(devices, weighte
     the same reference loss (train_ce)."""
     model = small_model()
     tx = train.make_optimizer(OptimConfig(), 1e-3)
-    loss_config = LossConfig(kind="ml", p_lsr=0.5, weighted=weighted)
-    weights = WEIGHTS
+    loss_config = dataclasses.replace(LOSS, weighted=weighted)
     state = train.create_train_state(model, tx, jax.random.key(0))
     batches = [random_batch(i, 16) for i in range(5)]
 
     def run(devs):
-        step = train.parallel_train_step(model, tx, loss_config, weights, devices=devs, augment=augment)
+        step = train.parallel_train_step(model, tx, loss_config, WEIGHTS, devices=devs, augment=augment)
         s = train.replicate(state, devs)
         history = []
         for b in batches:
@@ -99,8 +99,6 @@ def test_pmap_step_matches_plain_jitted_step():
     assert max_abs_diff(s_jit.params, train.unreplicate(s_pmap).params) <= 1e-6
     np.testing.assert_allclose(m_jit["loss"], m_pmap["loss"][0], rtol=1e-6)
 
-
-LSR = LossConfig(kind="lsr", eps=0.3)  # the step of test_reference_loss_is_plain_ce_of_the_steps_own_logits
 
 
 def test_learning_rate_is_injected_without_recompiling():
