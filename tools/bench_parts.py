@@ -8,7 +8,11 @@ Parts: the FA stem, the three attention blocks (at the feature-map sizes of a 22
 attention core at 196 tokens (the model's per-head product and the head-in-the-middle einsum it
 replaced, against PyTorch's ``scaled_dot_product_attention``) and the dense layers of the blocks.
 Each is timed as the gradient of ``sum(output ** 2)``, median of ``--calls`` calls after one
-warm-up, PyTorch with 2 threads. Timings are measurements, never test assertions.
+warm-up, PyTorch with 2 threads. Then ResNet18's backbone convolutions (after the stem), each of
+the three products a train step takes apart: forward, input gradient and weight gradient (XLA's
+``lax.conv_general_dilated`` and its VJP against ``torch.nn.functional.conv2d`` and
+``torch.nn.grad``), summed over the network's convolutions. Timings are measurements, never test
+assertions.
 """
 
 from __future__ import annotations
@@ -29,6 +33,15 @@ from faml_jax import models  # noqa: E402
 from faml_jax.models.attention import AttentionBlock  # noqa: E402
 from faml_jax.models.fa_stem import FAStem  # noqa: E402
 from tools.bench_predict import timed  # noqa: E402  (median of calls after an untimed first one)
+
+# ResNet18's convolutions after the stem at a 224 px input: (input side, in, out, kernel, stride,
+# how many the network has).
+RESNET18_CONVS = (
+    (56, 64, 64, 3, 1, 4), (56, 64, 128, 3, 2, 1), (56, 64, 128, 1, 2, 1), (28, 128, 128, 3, 1, 3),
+    (28, 128, 256, 3, 2, 1), (28, 128, 256, 1, 2, 1), (14, 256, 256, 3, 1, 3), (14, 256, 512, 3, 2, 1),
+    (14, 256, 512, 1, 2, 1), (7, 512, 512, 3, 1, 3),
+)
+CONV_PRODUCTS = ("forward", "input gradient", "weight gradient")
 
 
 def jax_grad(module, variables, x):
@@ -113,11 +126,63 @@ def measure(args) -> list[str]:
                      timed(jax_grad(dense, dense.init(jax.random.key(0), xt), xt), args.calls),
                      timed(torch_grad(linear, torch.from_numpy(xt).requires_grad_()), args.calls)))
 
+    rows += backbone_convolutions(args, rng, torch)
+
     lines = [f"Parts of R18+FAML, forward + backward, batch {args.batch}, {args.size} px input, float32, "
              f"{jax.devices()[0].device_kind}, median of {args.calls} calls; PyTorch {torch.get_num_threads()} threads",
              "", "| part | faml_jax (ms) | PyTorch twin (ms) | ratio |", "|---|---|---|---|"]
     lines += [f"| {name} | {a * 1e3:.1f} | {b * 1e3:.1f} | {a / b:.2f} |" for name, a, b in rows]
     return lines
+
+
+def backbone_convolutions(args, rng, torch) -> list[tuple[str, float, float]]:
+    """One row per product (forward, input gradient, weight gradient), each summed over
+    ``RESNET18_CONVS`` (a shape's time times its count, at ``args.size / 224`` of the 224 px sides),
+    and a row for the weight gradient of the first stage's 3x3 convolutions alone."""
+    totals = {product: [0.0, 0.0] for product in CONV_PRODUCTS}
+    first_stage = None
+    for side, cin, cout, kernel, stride, count in RESNET18_CONVS:
+        side = max(1, side * args.size // 224)
+        x = rng.standard_normal((args.batch, side, side, cin)).astype(np.float32)
+        w = (0.05 * rng.standard_normal((kernel, kernel, cin, cout))).astype(np.float32)
+        pad = kernel // 2
+
+        def conv(x, w, stride=stride, pad=pad):
+            return jax.lax.conv_general_dilated(x, w, (stride, stride), [(pad, pad)] * 2,
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+        g = rng.standard_normal(jax.eval_shape(conv, x, w).shape).astype(np.float32)
+        forward = jax.jit(conv)
+        input_grad = jax.jit(lambda x, w, g, conv=conv: jax.vjp(lambda x: conv(x, w), x)[1](g)[0])
+        weight_grad = jax.jit(lambda x, w, g, conv=conv: jax.vjp(lambda w: conv(x, w), w)[1](g)[0])
+        tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+        tw = torch.from_numpy(w.transpose(3, 2, 0, 1).copy())
+        tg = torch.from_numpy(g.transpose(0, 3, 1, 2).copy())
+        options = dict(stride=stride, padding=pad)
+
+        def torch_forward(tx=tx, tw=tw, options=options):
+            with torch.no_grad():
+                torch.nn.functional.conv2d(tx, tw, **options)
+
+        pairs = {
+            "forward": (lambda: forward(x, w).block_until_ready(), torch_forward),
+            "input gradient": (lambda: input_grad(x, w, g).block_until_ready(),
+                               lambda tx=tx, tw=tw, tg=tg, o=options: torch.nn.grad.conv2d_input(tx.shape, tw, tg, **o)),
+            "weight gradient": (lambda: weight_grad(x, w, g).block_until_ready(),
+                                lambda tx=tx, tw=tw, tg=tg, o=options: torch.nn.grad.conv2d_weight(tx, tw.shape, tg, **o)),
+        }
+        for product, (ours, theirs) in pairs.items():
+            a, b = timed(ours, args.calls), timed(theirs, args.calls)
+            totals[product][0] += count * a
+            totals[product][1] += count * b
+            if product == "weight gradient" and (side, cin, cout, kernel) == (56 * args.size // 224, 64, 64, 3):
+                first_stage = (count * a, count * b, count, side)
+    rows = [(f"ResNet18's {sum(c[-1] for c in RESNET18_CONVS)} backbone convolutions: {product}", *totals[product])
+            for product in CONV_PRODUCTS]
+    if first_stage:
+        a, b, count, side = first_stage
+        rows.append((f"of which the weight gradient of the {count} 3x3 64 -> 64 convolutions at {side}x{side}", a, b))
+    return rows
 
 
 def main(argv=None):
