@@ -40,10 +40,17 @@ def set_default_flags(environ=os.environ, jaxlib_version: str | None = None) -> 
     ``FAML_JAX_XLA_DEFAULTS=0`` leaves ``XLA_FLAGS`` untouched."""
     if environ.get("FAML_JAX_XLA_DEFAULTS", "1") == "0":
         return
+    if is_measured_jaxlib(jaxlib_version):
+        environ["XLA_FLAGS"] = with_defaults(environ.get("XLA_FLAGS", ""))
+
+
+def is_measured_jaxlib(jaxlib_version: str | None = None) -> bool:
+    """Whether ``jaxlib_version`` (default: the installed jaxlib's) is the release whose XLA flags
+    were measured (``MEASURED_JAXLIB``): only then may experimental XLA flags be set, since XLA
+    stops at start-up on a flag it does not know."""
     if jaxlib_version is None:
         try:
             jaxlib_version = metadata.version("jaxlib")
         except metadata.PackageNotFoundError:
-            return
-    if jaxlib_version.startswith(MEASURED_JAXLIB):
-        environ["XLA_FLAGS"] = with_defaults(environ.get("XLA_FLAGS", ""))
+            return False
+    return jaxlib_version.startswith(MEASURED_JAXLIB)

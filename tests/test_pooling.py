@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from faml_jax.models.pooling import max_pool
-from faml_jax.xla_flags import CPU_FLAGS, set_default_flags, with_defaults
+from faml_jax.xla_flags import CPU_FLAGS, is_measured_jaxlib, set_default_flags, with_defaults
 
 
 def reference_grad(x, dy, window=3, stride=2, padding=1):
@@ -57,6 +57,21 @@ def test_xla_defaults_only_for_the_measured_jaxlib():
     environ = {"FAML_JAX_XLA_DEFAULTS": "0"}
     set_default_flags(environ, jaxlib_version="0.10.2")
     assert "XLA_FLAGS" not in environ
+
+
+def test_the_suites_compile_shortcuts_only_for_the_measured_jaxlib(monkeypatch):
+    """jaxlib 0.11 aborts on the suite's --xla_cpu_use_fusion_emitters (found running the GPU
+    check's tests on jax 0.11.2): another release gets only the forced devices."""
+    import helpers
+
+    assert is_measured_jaxlib("0.10.2") and not is_measured_jaxlib("0.11.2")
+    monkeypatch.delenv("FAML_JAX_TEST_FAST_COMPILE", raising=False)
+    monkeypatch.setattr(helpers, "is_measured_jaxlib", lambda: False)
+    assert helpers.suite_xla_flags(2) == "--xla_force_host_platform_device_count=2"
+    monkeypatch.setattr(helpers, "is_measured_jaxlib", lambda: True)
+    assert helpers.suite_xla_flags(2) == f"--xla_force_host_platform_device_count=2 {helpers.FAST_COMPILE}"
+    monkeypatch.setenv("FAML_JAX_TEST_FAST_COMPILE", "0")
+    assert helpers.suite_xla_flags(2) == "--xla_force_host_platform_device_count=2"
 
 
 def test_the_suite_compiles_through_its_persistent_cache():
