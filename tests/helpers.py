@@ -31,6 +31,12 @@ def suite_xla_flags(devices: int) -> str:
     return f"--xla_force_host_platform_device_count={devices} {fast}".strip()
 
 
+def child_pythonpath(*paths) -> str:
+    """``PYTHONPATH`` for a program a test starts: ``paths`` first, then the suite's own (packages
+    installed with ``pip --target``, as on the GPU image, stay importable)."""
+    return os.pathsep.join([*map(str, paths), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
 def require_torch(module: str = "torch"):
     """Import ``module`` of the torch extra (``torch``, ``torchvision.transforms.functional``, ...):
     required when ``FAML_JAX_REQUIRE_TORCH=1`` (``make test``: these tests never skip in CI),

@@ -17,7 +17,7 @@ from faml_jax import config as config_module
 from faml_jax import runs, trainer
 from faml_jax.config import config_to_json
 from faml_jax.errors import ConfigError
-from helpers import assert_same_run, tiny_config
+from helpers import assert_same_run, child_pythonpath, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +84,7 @@ def test_a_run_killed_during_a_save_resumes_from_the_last_complete_checkpoint(un
     root, data_dir, config, _ = uninterrupted
     workdir = root / "crashed"
     script = CRASHING_RUN.replace("{config}", f"tiny_config({str(data_dir)!r}, 3)")
-    env = {**os.environ, "CRASH_AT": "2", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    env = {**os.environ, "CRASH_AT": "2", "PYTHONPATH": child_pythonpath(ROOT, ROOT / "tests")}
     result = subprocess.run([sys.executable, "-c", script, str(workdir)], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 17, result.stderr[-2000:]
     leftovers = [p.name for p in (workdir / "checkpoints").iterdir()]
