@@ -20,14 +20,17 @@ from faml_jax.xla_flags import is_measured_jaxlib
 # computes (XLA's HLO passes all run): LLVM's optimisation level 0 (measured: a tiny R18+FAML's
 # initialiser 15 -> 6 s, its train step 12 -> 6.5 s) and the legacy elemental emitters for fusions
 # instead of the MLIR fusion emitters (train step 6.1 -> 3.5 s; tests/test_train.py 227 -> 182 s).
-# FAML_JAX_TEST_FAST_COMPILE=0 compiles as the programs do. Only with the jaxlib release they were
-# measured with: jaxlib 0.11 no longer knows the second flag, and XLA aborts on an unknown flag.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+# FAML_JAX_TEST_FAST_COMPILE=0 compiles as the programs do. The second flag only with the jaxlib
+# release it was measured with: jaxlib 0.11 no longer knows it, and XLA aborts on an unknown flag.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+FAST_COMPILE_MEASURED = "--xla_cpu_use_fusion_emitters=false"
 
 def suite_xla_flags(devices: int) -> str:
     """``XLA_FLAGS`` for the suite and the programs it starts: ``devices`` forced CPU devices and
     the fast-compile flag (the programs add their own defaults, ``faml_jax.xla_flags``)."""
-    fast = FAST_COMPILE if os.environ.get("FAML_JAX_TEST_FAST_COMPILE", "1") != "0" and is_measured_jaxlib() else ""
+    fast = ""
+    if os.environ.get("FAML_JAX_TEST_FAST_COMPILE", "1") != "0":
+        fast = f"{FAST_COMPILE} {FAST_COMPILE_MEASURED}" if is_measured_jaxlib() else FAST_COMPILE
     return f"--xla_force_host_platform_device_count={devices} {fast}".strip()
 
 

@@ -61,15 +61,17 @@ def test_xla_defaults_only_for_the_measured_jaxlib():
 
 def test_the_suites_compile_shortcuts_only_for_the_measured_jaxlib(monkeypatch):
     """jaxlib 0.11 aborts on the suite's --xla_cpu_use_fusion_emitters (found running the GPU
-    check's tests on jax 0.11.2): another release gets only the forced devices."""
+    check's tests on jax 0.11.2): another release gets the forced devices and the optimisation
+    level, a flag every release knows."""
     import helpers
 
     assert is_measured_jaxlib("0.10.2") and not is_measured_jaxlib("0.11.2")
     monkeypatch.delenv("FAML_JAX_TEST_FAST_COMPILE", raising=False)
     monkeypatch.setattr(helpers, "is_measured_jaxlib", lambda: False)
-    assert helpers.suite_xla_flags(2) == "--xla_force_host_platform_device_count=2"
+    assert helpers.suite_xla_flags(2) == "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
     monkeypatch.setattr(helpers, "is_measured_jaxlib", lambda: True)
-    assert helpers.suite_xla_flags(2) == f"--xla_force_host_platform_device_count=2 {helpers.FAST_COMPILE}"
+    assert helpers.suite_xla_flags(2) == ("--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
+                                          " --xla_cpu_use_fusion_emitters=false")
     monkeypatch.setenv("FAML_JAX_TEST_FAST_COMPILE", "0")
     assert helpers.suite_xla_flags(2) == "--xla_force_host_platform_device_count=2"
 
