@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -34,10 +35,15 @@ def suite_xla_flags(devices: int) -> str:
     return f"--xla_force_host_platform_device_count={devices} {fast}".strip()
 
 
-def child_pythonpath(*paths) -> str:
-    """``PYTHONPATH`` for a program a test starts: ``paths`` first, then the suite's own (packages
-    installed with ``pip --target``, as on the GPU image, stay importable)."""
-    return os.pathsep.join([*map(str, paths), *filter(None, [os.environ.get("PYTHONPATH")])])
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def program_env(**extra) -> dict:
+    """The environment of a program a test starts: this checkout and its tests/ first on
+    ``PYTHONPATH``, then the suite's own (packages installed with ``pip --target``, as on the GPU
+    image, stay importable), plus ``extra`` variables."""
+    path = [str(ROOT), str(ROOT / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path), **extra}
 
 
 def require_torch(module: str = "torch"):

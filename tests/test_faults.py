@@ -30,7 +30,7 @@ from faml_jax.checkpoint import CheckpointDamaged, CheckpointMismatch, Checkpoin
 from faml_jax.config import FGAConfig, config_to_json
 from faml_jax.errors import ConfigError, NonFiniteError, WorkdirError
 from faml_jax.evolution import evolve
-from helpers import assert_same_run, child_pythonpath, tiny_config, without_timings
+from helpers import assert_same_run, program_env, tiny_config, without_timings
 
 pytestmark = pytest.mark.slow
 
@@ -111,7 +111,7 @@ def patched(script: str, code: str) -> str:
 
 
 def run_faulty(*args, timeout=300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": child_pythonpath(ROOT, ROOT / "tests")}
+    env = program_env()
     return subprocess.run([sys.executable, "-c", FAULTY, *map(str, args)], env=env, capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
 
@@ -196,7 +196,7 @@ def test_a_second_signal_stops_at_once_keeping_the_last_checkpoint(reference):
     script = patched(FAULTY, "original_save = trainer.Member.save_within_epoch\n"
                              "def save_within_epoch(*a, **k):\n    send()\n    return original_save(*a, **k)\n"
                              "trainer.Member.save_within_epoch = save_within_epoch\n")
-    env = {**os.environ, "PYTHONPATH": child_pythonpath(ROOT, ROOT / "tests")}
+    env = program_env()
     result = subprocess.run([sys.executable, "-c", script, "train", str(data_dir), str(workdir), "--at-step", "9"],
                             env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     line = assert_one_line_stop(result, 143)
@@ -323,7 +323,7 @@ def test_no_intact_checkpoint_is_one_line_and_another_model_is_a_mismatch(refere
 def test_a_workdir_in_use_refuses_a_second_run_and_an_overwrite(reference, capsys):
     root, data_dir, config = reference
     workdir = root / "locked"
-    env = {**os.environ, "PYTHONPATH": child_pythonpath(ROOT, ROOT / "tests")}
+    env = program_env()
     slow = patched(FAULTY, "import time\ntrainer.Member.end_epoch = (lambda f: lambda *a, **k: "
                            "(time.sleep(1.0), f(*a, **k))[1])(trainer.Member.end_epoch)\n")
     first = subprocess.Popen([sys.executable, "-c", slow, "train", str(data_dir), str(workdir)], env=env,

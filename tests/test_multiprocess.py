@@ -8,7 +8,6 @@ outputs in ``<workdir>.process1``, from its own evaluation.
 """
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import pytest
 from faml_jax import models, train
 from faml_jax.checkpoint import Checkpoints
 from faml_jax.config import RunConfig, from_dict
-from helpers import child_pythonpath, suite_xla_flags
+from helpers import program_env, suite_xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 # R18+FAML (its ML loss draws must agree across processes) without the attention blocks, which
@@ -37,7 +36,7 @@ def free_port() -> int:
 
 
 def launch(workdir: Path, data_dir: Path, devices: int, extra=()):
-    env = {**os.environ, "XLA_FLAGS": suite_xla_flags(devices), "PYTHONPATH": child_pythonpath(ROOT)}
+    env = program_env(XLA_FLAGS=suite_xla_flags(devices))
     command = [sys.executable, "-m", "experiments.train", *ARGS, "--data-dir", str(data_dir), "--workdir", str(workdir),
                *extra]
     return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -141,8 +140,7 @@ def test_evolution_across_two_processes_keeps_them_in_step(tmp_path):
     processes = [subprocess.Popen(
         [sys.executable, "-m", "experiments.evolve", *ARGS, "--data-dir", str(tmp_path / "data"),
          "--workdir", str(tmp_path / "evo"), *extra],
-        env={**os.environ, "XLA_FLAGS": suite_xla_flags(2), "PYTHONPATH": child_pythonpath(ROOT),
-             **slurm_environment(i, 2, port)},
+        env=program_env(XLA_FLAGS=suite_xla_flags(2), **slurm_environment(i, 2, port)),
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     for p in processes:
         finish(p)

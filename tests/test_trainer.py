@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,7 @@ from faml_jax import config as config_module
 from faml_jax import runs, trainer
 from faml_jax.config import config_to_json
 from faml_jax.errors import ConfigError
-from helpers import assert_same_run, child_pythonpath, tiny_config
+from helpers import assert_same_run, program_env, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +83,7 @@ def test_a_run_killed_during_a_save_resumes_from_the_last_complete_checkpoint(un
     root, data_dir, config, _ = uninterrupted
     workdir = root / "crashed"
     script = CRASHING_RUN.replace("{config}", f"tiny_config({str(data_dir)!r}, 3)")
-    env = {**os.environ, "CRASH_AT": "2", "PYTHONPATH": child_pythonpath(ROOT, ROOT / "tests")}
+    env = program_env(CRASH_AT="2")
     result = subprocess.run([sys.executable, "-c", script, str(workdir)], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 17, result.stderr[-2000:]
     leftovers = [p.name for p in (workdir / "checkpoints").iterdir()]
