@@ -15,6 +15,7 @@ import pytest
 
 from faml_jax.config import RunConfig, preset
 from faml_jax.xla_flags import is_measured_jaxlib
+from tools.gpu_check import TINY
 
 # The suite's networks are tiny, so compiling them is most of its time. Two code-generation
 # settings of XLA's CPU backend halve it and change only how the CPU code is generated, not what it
@@ -59,8 +60,8 @@ def require_torch(module: str = "torch"):
 # The detector's window is 2 epochs with huge ranges, so a run switches to Lr2 after epoch 2.
 # One BasicBlock per stage (every kind of layer still there: FA stem, stride-2 projections,
 # attention blocks after stages 1-3) compiles in about 3/4 of the time of ResNet18's two.
-TINY_MODEL = dict(widths=(8, 16, 16, 32), stage_depths=(1, 1, 1, 1), input_size=32, attn_dim=16, attn_heads=2,
-                  attn_depth=1)
+# The network of the GPU check's smoke run (and tools/bench_startup), at 32 px.
+TINY_MODEL = {**TINY, "input_size": 32}
 
 
 def tiny_config(data_dir, epochs: int, attention: bool = False, **overrides) -> RunConfig:
