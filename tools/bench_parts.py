@@ -34,13 +34,6 @@ from faml_jax.models.attention import AttentionBlock  # noqa: E402
 from faml_jax.models.fa_stem import FAStem  # noqa: E402
 from tools.bench_predict import timed  # noqa: E402  (median of calls after an untimed first one)
 
-# ResNet18's convolutions after the stem at a 224 px input: (input side, in, out, kernel, stride,
-# how many the network has).
-RESNET18_CONVS = (
-    (56, 64, 64, 3, 1, 4), (56, 64, 128, 3, 2, 1), (56, 64, 128, 1, 2, 1), (28, 128, 128, 3, 1, 3),
-    (28, 128, 256, 3, 2, 1), (28, 128, 256, 1, 2, 1), (14, 256, 256, 3, 1, 3), (14, 256, 512, 3, 2, 1),
-    (14, 256, 512, 1, 2, 1), (7, 512, 512, 3, 1, 3),
-)
 CONV_PRODUCTS = ("forward", "input gradient", "weight gradient")
 
 
@@ -126,7 +119,7 @@ def measure(args) -> list[str]:
                      timed(jax_grad(dense, dense.init(jax.random.key(0), xt), xt), args.calls),
                      timed(torch_grad(linear, torch.from_numpy(xt).requires_grad_()), args.calls)))
 
-    rows += backbone_convolutions(args, rng, torch)
+    rows += backbone_convolutions(args, config, rng, torch)
 
     lines = [f"Parts of R18+FAML, forward + backward (the convolution rows: one product each), batch {args.batch}, "
              f"{args.size} px input, float32, {jax.devices()[0].device_kind}, median of {args.calls} calls; "
@@ -136,14 +129,30 @@ def measure(args) -> list[str]:
     return lines
 
 
-def backbone_convolutions(args, rng, torch) -> list[tuple[str, float, float]]:
-    """One row per product (forward, input gradient, weight gradient), each summed over
-    ``RESNET18_CONVS`` (a shape's time times its count, at ``args.size / 224`` of the 224 px sides),
-    and a row for the weight gradient of the first stage's 3x3 convolutions alone."""
-    totals = {product: [0.0, 0.0] for product in CONV_PRODUCTS}
-    first_stage = None
-    for index, (side, cin, cout, kernel, stride, count) in enumerate(RESNET18_CONVS):
-        side = max(1, side * args.size // 224)
+def backbone_shapes(config, size: int) -> list[tuple[int, int, int, int, int, int]]:
+    """The backbone's convolutions after the stem, block by block as ``models.resnet`` builds
+    them, for a ``size`` px input: (input side, in, out, kernel, stride, how many), in order."""
+    counts, side, cin = {}, size // 4, config.widths[0]  # after the stride-2 stem and max pool
+    for stage, (width, depth) in enumerate(zip(config.widths, config.stage_depths)):
+        for block in range(depth):
+            stride = 2 if stage > 0 and block == 0 else 1
+            convs = [(side, cin, width, 3, stride)]  # conv1
+            if stride != 1 or cin != width:
+                convs.append((side, cin, width, 1, stride))  # the projection shortcut
+            side, cin = (side + stride - 1) // stride, width
+            convs.append((side, width, width, 3, 1))  # conv2
+            for shape in convs:
+                counts[shape] = counts.get(shape, 0) + 1
+    return [(*shape, count) for shape, count in counts.items()]
+
+
+def backbone_convolutions(args, config, rng, torch) -> list[tuple[str, float, float]]:
+    """One row per product (forward, input gradient, weight gradient), each summed over the
+    backbone's convolutions (``backbone_shapes``: a shape's time times its count), and a row for the
+    weight gradient of the first stage's convolutions alone."""
+    shapes = backbone_shapes(config, args.size)
+    times = []  # per shape: {product: (faml_jax, PyTorch)}, both times the shape's count
+    for side, cin, cout, kernel, stride, count in shapes:
         x = rng.standard_normal((args.batch, side, side, cin)).astype(np.float32)
         w = (0.05 * rng.standard_normal((kernel, kernel, cin, cout))).astype(np.float32)
         pad = kernel // 2
@@ -156,33 +165,28 @@ def backbone_convolutions(args, rng, torch) -> list[tuple[str, float, float]]:
         forward = jax.jit(conv)
         input_grad = jax.jit(lambda x, w, g, conv=conv: jax.vjp(lambda x: conv(x, w), x)[1](g)[0])
         weight_grad = jax.jit(lambda x, w, g, conv=conv: jax.vjp(lambda w: conv(x, w), w)[1](g)[0])
-        tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+        tx, tg = (torch.from_numpy(a.transpose(0, 3, 1, 2).copy()) for a in (x, g))
         tw = torch.from_numpy(w.transpose(3, 2, 0, 1).copy())
-        tg = torch.from_numpy(g.transpose(0, 3, 1, 2).copy())
         options = dict(stride=stride, padding=pad)
 
-        def torch_forward(tx=tx, tw=tw, options=options):
+        def torch_forward():
             with torch.no_grad():
                 torch.nn.functional.conv2d(tx, tw, **options)
 
         pairs = {
             "forward": (lambda: forward(x, w).block_until_ready(), torch_forward),
             "input gradient": (lambda: input_grad(x, w, g).block_until_ready(),
-                               lambda tx=tx, tw=tw, tg=tg, o=options: torch.nn.grad.conv2d_input(tx.shape, tw, tg, **o)),
+                               lambda: torch.nn.grad.conv2d_input(tx.shape, tw, tg, **options)),
             "weight gradient": (lambda: weight_grad(x, w, g).block_until_ready(),
-                                lambda tx=tx, tw=tw, tg=tg, o=options: torch.nn.grad.conv2d_weight(tx, tw.shape, tg, **o)),
+                                lambda: torch.nn.grad.conv2d_weight(tx, tw.shape, tg, **options)),
         }
-        for product, (ours, theirs) in pairs.items():
-            a, b = timed(ours, args.calls), timed(theirs, args.calls)
-            totals[product][0] += count * a
-            totals[product][1] += count * b
-            if product == "weight gradient" and index == 0:  # the first stage's 3x3 64 -> 64
-                first_stage = (count * a, count * b, count, side)
-    rows = [(f"ResNet18's {sum(c[-1] for c in RESNET18_CONVS)} backbone convolutions: {product}", *totals[product])
-            for product in CONV_PRODUCTS]
-    if first_stage:
-        a, b, count, side = first_stage
-        rows.append((f"of which the weight gradient of the {count} 3x3 64 -> 64 convolutions at {side}x{side}", a, b))
+        times.append({product: (count * timed(ours, args.calls), count * timed(theirs, args.calls))
+                      for product, (ours, theirs) in pairs.items()})
+    rows = [(f"ResNet18's {sum(shape[-1] for shape in shapes)} backbone convolutions: {product}",
+             sum(t[product][0] for t in times), sum(t[product][1] for t in times)) for product in CONV_PRODUCTS]
+    side, cin, cout, kernel, _, count = shapes[0]
+    rows.append((f"of which the weight gradient of the {count} {kernel}x{kernel} {cin} -> {cout} convolutions "
+                 f"at {side}x{side}", *times[0]["weight gradient"]))
     return rows
 
 
