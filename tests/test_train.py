@@ -100,7 +100,6 @@ def test_pmap_step_matches_plain_jitted_step():
     np.testing.assert_allclose(m_jit["loss"], m_pmap["loss"][0], rtol=1e-6)
 
 
-
 def test_learning_rate_is_injected_without_recompiling():
     model = small_model()
     tx = train.make_optimizer(OptimConfig(), 1e-3)
