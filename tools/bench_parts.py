@@ -193,9 +193,16 @@ def backbone_convolutions(args, config, rng, torch) -> list[tuple[str, float, fl
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16, help="batch (default 16)")
-    parser.add_argument("--size", type=int, default=224, help="input side (default 224)")
+    parser.add_argument("--size", type=int, default=224,
+                        help="input side, a multiple of 16: the attention blocks' patches (default 224)")
     parser.add_argument("--calls", type=int, default=7, help="timed calls per part (default 7)")
-    print("\n".join(measure(parser.parse_args(argv))))
+    args = parser.parse_args(argv)
+    if args.batch < 1 or args.calls < 1:
+        parser.error(f"--batch and --calls must be >= 1, got {args.batch} and {args.calls}")
+    if args.size < 16 or args.size % 16:
+        parser.error(f"--size must be a positive multiple of 16 (the attention blocks' patches tile the "
+                     f"feature maps), got {args.size}")
+    print("\n".join(measure(args)))
 
 
 if __name__ == "__main__":
