@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--members", nargs="+", metavar="DIR", default=[], help="workdirs of experiments.train runs")
     source.add_argument("--population", metavar="DIR",
                         help="an experiments.evolve workdir: its final population joins the members")
+    source.add_argument("--generation", type=int, metavar="N",
+                        help="with --population: generation N's survivors (0: the initial population) instead of the final population; also of an unfinished evolution")
     source.add_argument("--all-networks", action="store_true",
                         help="with --population: every network the evolution trained, not only the survivors")
     parser.add_argument("--checkpoint", choices=["final", "best"], default="final",
@@ -66,9 +68,9 @@ def main(argv=None) -> int:
     def body(args):
         members = named_members([Path(p) for p in args.members])
         if args.population:
-            members = population_members(Path(args.population), args.all_networks) + members
-        elif args.all_networks:
-            raise UsageError("--all-networks needs --population")
+            members = population_members(Path(args.population), args.all_networks, args.generation) + members
+        elif args.all_networks or args.generation is not None:
+            raise UsageError(f"--{'all-networks' if args.all_networks else 'generation'} needs --population")
         if len({name for name, _ in members}) != len(members):
             raise UsageError("two members have the same name: " + ", ".join(name for name, _ in members))
         out = args.out or (str(Path(args.population) / "ensemble") if args.population else "runs/ensemble")

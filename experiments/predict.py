@@ -39,6 +39,8 @@ def build_parser():
     source.add_argument("--run", action="append", default=[], metavar="DIR",
                         help="an experiments.train run folder (repeat for an ensemble)")
     source.add_argument("--population", metavar="DIR", help="an experiments.evolve workdir: its final population")
+    source.add_argument("--generation", type=int, metavar="N",
+                        help="with --population: generation N's survivors (0: the initial population) instead of the final population; also of an unfinished evolution")
     parser.add_argument("--checkpoint", choices=["final", "best"], default="final",
                         help="each run's latest checkpoint (default) or its best by test accuracy")
     parser.add_argument("--strategy", choices=list(predict.STRATEGIES), default="t2v",
@@ -66,9 +68,12 @@ def main(argv=None) -> int:
     def body(args):
         if bool(args.run) == bool(args.population):
             raise UsageError("give --run DIR (one or more) or --population DIR")
+        if args.generation is not None and not args.population:
+            raise UsageError("--generation needs --population")
         kwargs = dict(strategy=args.strategy, ensemble_config=EnsembleConfig(), batch_size=args.batch_size)
         if args.population:
-            predictor = predict.Predictor.from_population(args.population, args.checkpoint, **kwargs)
+            predictor = predict.Predictor.from_population(args.population, args.checkpoint, generation=args.generation,
+                                                          **kwargs)
         else:
             predictor = predict.Predictor.from_runs(args.run, args.checkpoint, **kwargs)
         files = predict.image_files(args.inputs, exclude=args.out)

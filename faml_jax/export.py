@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -33,7 +34,8 @@ from faml_jax.config import EnsembleConfig, RunConfig
 from faml_jax.errors import ConfigError
 from faml_jax.evaluate import check_compatible, named_members
 from faml_jax.preprocess import normalize
-from faml_jax.writer import write_atomic, write_json
+from faml_jax.workdir import WorkdirLock, check_replaceable, recognise_listed
+from faml_jax.writer import replace_folder, temporary_folder, write_atomic, write_json
 
 FORMATS = ("onnx", "stablehlo")
 OPSET = 17
@@ -327,12 +329,25 @@ def to_onnx(function: Callable, input_size: int, *, trace_batch: int = 97, name:
 # Runs -> files
 
 
+EXPORT_KIND = "faml_jax.export"  # export.json's "kind": how an export folder is recognised
+
+
+def recognise_export(folder: Path) -> str | None:
+    """None for a folder ``export_runs`` wrote, else what in ``folder`` is not its own."""
+    return recognise_listed(folder, "export.json", EXPORT_KIND, lambda index: set(index.get("files", {})))
+
+
 def export_runs(workdirs: Sequence[str | os.PathLike], out: str | os.PathLike, *, formats: Sequence[str] = FORMATS,
-                checkpoint: str = "final", ensemble_config: EnsembleConfig = EnsembleConfig(), names=None) -> dict:
+                checkpoint: str = "final", ensemble_config: EnsembleConfig = EnsembleConfig(), names=None,
+                overwrite: bool = False) -> dict:
     """Export the networks of ``workdirs`` (one run, or the members of an ensemble) into ``out``:
     ``<name>.onnx`` per network, ``model.stablehlo`` (one network, or the ensemble with its T2V
     decision) and ``export.json`` (what each file takes and returns, classes, input size, T2V's
-    weights). Returns that description."""
+    weights). Returns that description.
+
+    The folder is written under a temporary name and renamed when complete. An earlier export in
+    ``out`` is replaced only with ``overwrite``; a folder that is not an export (a run, anything
+    else) never is."""
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
         raise ConfigError(f"unknown export format(s) {unknown}; expected some of {', '.join(FORMATS)}")
@@ -342,11 +357,25 @@ def export_runs(workdirs: Sequence[str | os.PathLike], out: str | os.PathLike, *
         raise ConfigError(f"two networks have the same name: {', '.join(names)}")
     loaded = [runs.load(p, checkpoint) for p in paths]
     check_compatible(list(zip(names, paths)), [c for c, _, _ in loaded])
+    out = Path(out).absolute()
+    check_replaceable(out, "export", recognise_export, overwrite)
+    with WorkdirLock(out.parent, f"export folder {out.name} in", name=f".{out.name}.lock"):
+        check_replaceable(out, "export", recognise_export, overwrite)
+        tmp = temporary_folder(out.parent, f".{out.name}.", ".tmp")
+        try:
+            description = _write_export(tmp, names, paths, loaded, formats, checkpoint, ensemble_config)
+            replace_folder(tmp, out)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+    return description
+
+
+def _write_export(out: Path, names, paths, loaded, formats, checkpoint: str, ensemble_config: EnsembleConfig) -> dict:
     config = loaded[0][0]
     size = config.model.input_size
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     description = {
+        "kind": EXPORT_KIND,
         "input": {"name": "images", "dtype": "uint8", "shape": ["batch", size, size, 3],
                   "meaning": "RGB face crops already cut out as the run's data set shows faces (faml_jax.faces); "
                              "resized to the input size; normalisation is inside"},

@@ -75,7 +75,8 @@ class Predictor:
       names: a name per member (its run folder's name).
       strategy: how an ensemble decides (METHOD 4): "t2v" (default), "t1v" or "noi".
       ensemble_config: T2V's weights (``EnsembleConfig``: alpha 1.9, beta 1.0).
-      batch_size: faces per compiled call (the last batch is padded to it).
+      batch_size: at most this many faces per compiled call (the last batch is padded to it;
+        fewer faces in all are one call of their own number).
     """
 
     def __init__(self, config: RunConfig, variables: Sequence[dict], names: Sequence[str], *, strategy: str = "t2v",
@@ -112,10 +113,11 @@ class Predictor:
 
     @classmethod
     def from_population(cls, evolve_dir: str | os.PathLike, checkpoint: str = "final", *, all_networks: bool = False,
-                        **kwargs) -> "Predictor":
+                        generation: int | None = None, **kwargs) -> "Predictor":
         """A finished evolution's final population (``experiments.evolve``'s workdir) as a T2V
-        ensemble; ``all_networks``: every network it trained."""
-        return cls._from_members(runs.population_members(evolve_dir, all_networks), checkpoint, **kwargs)
+        ensemble; ``all_networks``: every network it trained; ``generation``: that generation's
+        survivors instead (``runs.population_members``)."""
+        return cls._from_members(runs.population_members(evolve_dir, all_networks, generation), checkpoint, **kwargs)
 
     @classmethod
     def _from_members(cls, members: list[tuple[str, Path]], checkpoint: str, **kwargs) -> "Predictor":
@@ -163,11 +165,16 @@ class Predictor:
         size = self.input_size
         return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
 
+    def call_size(self, count: int) -> int:
+        """Faces per compiled call for ``count`` faces: ``batch_size``, or ``count`` when fewer (a
+        short input is never padded up to a large batch)."""
+        return max(1, min(self.batch_size, count))
+
     def logits(self, faces) -> np.ndarray:
         """(M, N, C) float32 logits of every member for ``faces`` (see ``preprocess``), in
-        compiled calls of ``batch_size`` faces (the last one padded)."""
+        compiled calls of ``call_size`` faces (the last one padded)."""
         images = self.preprocess(faces)
-        n, b = len(images), self.batch_size
+        n, b = len(images), self.call_size(len(images))
         chunks = []
         for start in range(0, n, b):
             chunk = images[start : start + b]
@@ -214,7 +221,7 @@ class Predictor:
         key = kind
         if key not in self._explainers:
             self._explainers[key] = maps.make_explainer(self.model, kind)
-        explainer, b = self._explainers[key], self.batch_size
+        explainer, b = self._explainers[key], self.call_size(len(images))
         member_maps = []
         for start in range(0, len(images), b):
             chunk, decided = images[start : start + b], prediction.decision[start : start + b]

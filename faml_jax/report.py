@@ -16,7 +16,6 @@ import csv
 import io
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +23,9 @@ import numpy as np
 from faml_jax import ensemble
 from faml_jax.config import EnsembleConfig
 from faml_jax.ensemble import analyse
-from faml_jax.errors import WorkdirError
 from faml_jax.evaluate import evaluate_members
-from faml_jax.workdir import WorkdirLock
-from faml_jax.writer import temporary_folder, to_json
+from faml_jax.workdir import WorkdirLock, check_replaceable, recognise_listed
+from faml_jax.writer import replace_folder, temporary_folder, to_json
 
 STRATEGY_NAMES = {"t1v": "T1V (majority vote)", "noi": "NOI (summed softmax, Eq. 13)", "t2v": "T2V (top-two voting, Eq. 12)"}
 
@@ -126,6 +124,16 @@ def markdown(report: dict, info: dict) -> str:
     return "\n".join(lines)
 
 
+REPORT_KIND = "faml_jax.ensemble_report"  # report.json's "kind": how a report folder is recognised
+REPORT_FILES = frozenset({"report.json", "report.md", "members.csv", "sizes.csv", "ranks.csv", "logits.npz",
+                          *(f"confusion_{w}.{e}" for w in ("best_member", "t2v") for e in ("csv", "png"))})
+
+
+def recognise_report(folder: Path) -> str | None:
+    """None for a report folder ``write_report`` wrote, else what in ``folder`` is not one."""
+    return recognise_listed(folder, "report.json", REPORT_KIND, lambda index: REPORT_FILES)
+
+
 def write_report(out: Path, report: dict, info: dict, logits: np.ndarray, labels: np.ndarray) -> None:
     """Write the report folder under a temporary name, then rename it to ``out`` (replacing an
     earlier report only once the new one is complete)."""
@@ -133,7 +141,7 @@ def write_report(out: Path, report: dict, info: dict, logits: np.ndarray, labels
     tmp = temporary_folder(out.parent, f".{out.name}.", ".tmp")
     try:
         classes = report["classes"]
-        (tmp / "report.json").write_text(to_json({**info, **report}) + "\n")
+        (tmp / "report.json").write_text(to_json({"kind": REPORT_KIND, **info, **report}) + "\n")
         (tmp / "report.md").write_text(markdown(report, info))
         (tmp / "members.csv").write_text(csv_text(["", "accuracy", "mean_class_accuracy"], member_rows(report)))
         (tmp / "sizes.csv").write_text(csv_text(["size", "member_added", *ensemble.STRATEGIES], size_rows(report)))
@@ -146,13 +154,7 @@ def write_report(out: Path, report: dict, info: dict, logits: np.ndarray, labels
                 ["true \\ predicted", *classes], [[name, *(f"{v:.2f}" for v in row)] for name, row in zip(classes, matrix)]))
             confusion_png(tmp / f"confusion_{which}.png", matrix, classes, f"{title}, % of true class")
         np.savez(tmp / "logits.npz", logits=logits, labels=labels)
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
-            os.replace(out, old / "report")
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old)
+        replace_folder(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -171,12 +173,10 @@ def ensemble_report(members: list[tuple[str, Path]], out: str | os.PathLike, con
     the report (also in ``out/report.json``). ``data_dir``, ``num_threads``: where the data set is
     now and how it is read, if not as in training; ``batch_size``, ``mapping``: the evaluation."""
     out = Path(out).absolute()
-    if out.exists() and not out.is_dir():
-        raise WorkdirError(f"cannot write the report to {out}: it is a file, not a folder")
+    check_replaceable(out, "report", recognise_report, overwrite)
     # The report folder is replaced whole (``write_report``): its lock lies beside it.
     with WorkdirLock(out.parent, f"report folder {out.name} in", name=f".{out.name}.lock"):
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            raise WorkdirError(f"{out} already holds a report: pass --overwrite to replace it")
+        check_replaceable(out, "report", recognise_report, overwrite)  # as it is now the lock is held
         checkpoint, order, alpha, beta = config.checkpoint, config.order, config.alpha, config.beta
         logits, labels, classes, info = evaluate_members(
             members, checkpoint=checkpoint, data_dir=data_dir, batch_size=batch_size, mapping=mapping,

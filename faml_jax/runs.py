@@ -28,7 +28,7 @@ import jax
 from faml_jax import models, train
 from faml_jax.checkpoint import CheckpointError, Checkpoints
 from faml_jax.config import ModelConfig, OptimConfig, RunConfig, run_config_from_json
-from faml_jax.errors import WorkdirError
+from faml_jax.errors import ConfigError, WorkdirError
 
 CHECKPOINT_CHOICES = ("final", "best")
 
@@ -175,9 +175,14 @@ def member_workdir(evolve_dir: Path, record: dict) -> Path:
     return path if path.is_absolute() else evolve_dir / path
 
 
-def population_members(evolve_dir: str | os.PathLike, all_networks: bool = False) -> list[tuple[str, Path]]:
+def population_members(evolve_dir: str | os.PathLike, all_networks: bool = False,
+                       generation: int | None = None) -> list[tuple[str, Path]]:
     """(name, workdir) of a finished evolution's final population (its last generation's
-    survivors), or with ``all_networks`` of every network it trained."""
+    survivors), of generation ``generation``'s survivors (0: the initial population; any
+    generation recorded so far, also of an unfinished evolution), or with ``all_networks`` of
+    every network it has trained. An evolution that has not run all its configured generations
+    (evolve.json) is refused unless ``generation`` names one: its last survivors are not the
+    final population."""
     evolve_dir = Path(evolve_dir)
     path = evolve_dir / "population.json"
     if not path.exists():
@@ -185,11 +190,31 @@ def population_members(evolve_dir: str | os.PathLike, all_networks: bool = False
     lineage = json.loads(path.read_text())
     generations = lineage.get("generations", [])
     if all_networks:
+        if generation is not None:
+            raise ConfigError("choose all networks or one generation, not both")
         names = [n for n, r in lineage["members"].items() if r.get("status") == "trained"]
-    elif generations and str(len(generations)) not in lineage.get("plans", {}):
-        names = generations[-1]["survivors"]
+        return [(name, member_workdir(evolve_dir, lineage["members"][name])) for name in names]
+    if generation is not None:
+        if not 0 <= generation < len(generations):
+            raise WorkdirError(f"generation {generation} is not in {path}: it records generations "
+                               + (f"0 to {len(generations) - 1}" if generations else "none yet"))
+        names = generations[generation]["survivors"]
     else:
-        raise WorkdirError(f"the evolution in {evolve_dir} is not finished (continue it with experiments.evolve "
-                           "--resume, or take every network it trained: experiments.ensemble --all-networks, "
-                           "all_networks=True in Python)")
+        planned = configured_generations(evolve_dir) + 1  # generation 0 is the initial population
+        if len(generations) < planned:
+            raise WorkdirError(f"evolution not finished: {len(generations)} of {planned} generations in {evolve_dir}; "
+                               "resume it (experiments.evolve --resume), or pass --generation N to use an earlier one")
+        names = generations[-1]["survivors"]
     return [(name, member_workdir(evolve_dir, lineage["members"][name])) for name in names]
+
+
+def configured_generations(evolve_dir: Path) -> int:
+    """The number of generations (after the initial population) an evolution is configured to run
+    (its evolve.json, as last started or resumed)."""
+    path = Path(evolve_dir) / "evolve.json"
+    try:
+        return int(json.loads(path.read_text())["fga"]["generations"])
+    except FileNotFoundError:
+        raise WorkdirError(f"{path} not found (expected the workdir of experiments.evolve)") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise WorkdirError(f"{path} is not an evolution's configuration ({error!r})") from None

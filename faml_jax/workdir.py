@@ -115,7 +115,8 @@ def prepare_directory(workdir: Path, *, config_file: str, current: dict, outputs
     fields that a later version added with their defaults, before comparing."""
     ensure_writable(workdir)
     earlier = has_run(workdir)
-    if not earlier and not overwrite:
+    _refuse_other_kind(workdir, config_file, what)
+    if not earlier or overwrite:
         _refuse_foreign(workdir, config_file, current, outputs, what)
     if earlier and not (resume or overwrite):
         raise WorkdirError(f"workdir {workdir} holds an earlier {what}: pass --resume to continue it or --overwrite to replace it")
@@ -139,17 +140,74 @@ def prepare_directory(workdir: Path, *, config_file: str, current: dict, outputs
     return earlier and not overwrite
 
 
+def check_replaceable(folder: Path, what: str, recognise: Callable[[Path], str | None], overwrite: bool) -> None:
+    """Whether the output folder ``folder`` (a report, an export) may be written: absent or
+    empty, or (with ``overwrite``) holding an earlier ``what`` of this program. ``recognise``
+    returns None for a folder it wrote, else what in it is not its own; such a folder is refused
+    even with ``overwrite``, naming what is there, so a program never deletes what it did not
+    write (a training run, a user's notes)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise WorkdirError(f"cannot write the {what} to {folder}: it is a file, not a folder")
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    foreign = recognise(folder)
+    if foreign is not None:
+        raise WorkdirError(f"{folder} is not {_a(what)} written by faml_jax (it holds {foreign}): it is never "
+                           "replaced; choose another folder")
+    if not overwrite:
+        raise WorkdirError(f"{folder} holds an earlier {what}: pass --overwrite to replace it")
+
+
+def recognise_listed(folder: Path, index_file: str, kind: str, listed: Callable[[dict], set[str]]) -> str | None:
+    """``check_replaceable``'s test for a folder described by its ``index_file`` (JSON whose
+    ``kind`` is ``kind``): None when that file is there and every entry is one it lists
+    (``listed(index)``), else a short description of what is not."""
+    names = sorted(p.name for p in Path(folder).iterdir())
+    try:
+        index = json.loads((Path(folder) / index_file).read_text())
+        own = isinstance(index, dict) and index.get("kind") == kind
+    except (OSError, ValueError):
+        own = False
+    if not own:
+        return _listing(names)
+    others = [n for n in names if n not in listed(index) | {index_file}]
+    return _listing(others) if others else None
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
+
+
+def _listing(names: list[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def new_folders(workdir: Path) -> list[Path]:
     """The folders that writing into ``workdir`` will create (innermost first)."""
     workdir = Path(workdir).absolute()
     return [p for p in (workdir, *workdir.parents) if not p.exists()]
 
 
+# The file that marks each kind of faml_jax output folder.
+MARKERS = {"config.json": "training run", "evolve.json": "evolution", "report.json": "ensemble report",
+           "export.json": "export"}
+
+
+def _refuse_other_kind(workdir: Path, config_file: str, what: str) -> None:
+    """A folder that holds another program's output (a run's config.json in an evolution's
+    workdir, a report in a run's) is never written into, with or without ``--overwrite``."""
+    for marker, kind in MARKERS.items():
+        if marker != config_file and (workdir / marker).is_file():
+            raise WorkdirError(f"workdir {workdir} holds {_a(kind)} ({marker}), not {_a(what)}: choose another folder")
+
+
 def _refuse_foreign(workdir: Path, config_file: str, current: dict, outputs: tuple[str, ...], what: str) -> None:
-    """Outputs in a folder with nothing to continue from are deleted as the leftovers of a start
-    that failed, but only when they are this program's: its ``config_file`` with (at least half
-    of) the configuration's sections. Anything else there (a folder of the user's own) is
-    refused without ``--overwrite``. Empty folders do not count."""
+    """Outputs are deleted (by ``--overwrite``, or as the leftovers of a start that failed) only
+    when they are this program's: its ``config_file`` with (at least half of) the
+    configuration's sections. Anything else there (a folder of the user's own) is refused, with
+    or without ``--overwrite``. Empty folders do not count."""
     present = [name for name in outputs if (workdir / name).is_file()
                or ((workdir / name).is_dir() and any((workdir / name).iterdir()))]
     if not present:
@@ -160,8 +218,8 @@ def _refuse_foreign(workdir: Path, config_file: str, current: dict, outputs: tup
     except (OSError, ValueError):
         ours = False
     if not ours:
-        raise WorkdirError(f"workdir {workdir} holds {', '.join(present)} but no {what} of faml_jax to continue: "
-                           "choose another folder, or pass --overwrite to delete them")
+        raise WorkdirError(f"workdir {workdir} holds {', '.join(present)} but no {what} of faml_jax: it is never "
+                           "replaced; choose another folder")
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -47,6 +48,18 @@ def temporary_folder(parent: Path, prefix: str, suffix: str = "") -> Path:
     folder = Path(tempfile.mkdtemp(dir=parent, prefix=prefix, suffix=suffix))
     folder.chmod(folder_mode())
     return folder
+
+
+def replace_folder(complete: Path, out: Path) -> None:
+    """Put the folder ``complete`` (written under a temporary name beside ``out``) in ``out``'s
+    place; an earlier ``out`` is removed only once the new one is there."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+        os.replace(out, old / out.name)
+    os.replace(complete, out)
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def to_json(value, indent: int | None = 2) -> str:

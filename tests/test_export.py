@@ -84,3 +84,30 @@ def test_a_bfloat16_run_exports_in_float32(tmp_path):
     float32 = preset("synthetic", "r18", model_options=TINY_MODEL)
     expected = np.asarray(export.inference_function(float32, runs.load(run)[1])(x))
     np.testing.assert_allclose(session.run(None, {"images": x})[0], expected, atol=1e-4, rtol=0)
+
+
+def test_the_export_folder_replaces_only_an_earlier_export(tmp_path, capsys):
+    """tools.export writes its folder whole; an earlier export is replaced only with --overwrite,
+    and a folder that is not an export (a run, a user's files) never is, even with --overwrite."""
+    from tools import export as program
+
+    config = preset("synthetic", "r18", model_options=TINY_MODEL)
+    run = write_run(tmp_path / "net", config, jittered_variables(config, 0))
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    out = tmp_path / "out"
+    assert program.main([str(run), str(out), "--format", "onnx"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "net.onnx"]
+    capsys.readouterr()
+    assert program.main([str(run), str(out), "--format", "onnx"]) == 2
+    assert "holds an earlier export: pass --overwrite" in capsys.readouterr().err
+    assert program.main([str(run), str(out), "--format", "stablehlo", "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.stablehlo", "model.weights.npz"]
+    capsys.readouterr()
+    (out / "notes.txt").write_text("mine")
+    for target, named in ((out, "notes.txt"), (run, "checkpoints, config.json")):
+        assert program.main([str(run), str(target), "--format", "onnx", "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert f"{target} is not an export written by faml_jax (it holds {named}" in err and len(err.splitlines()) == 1
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net", "out"]  # no temporary folder or lock left

@@ -440,7 +440,7 @@ def test_a_folder_of_other_files_is_not_taken_for_leftovers(reference, tmp_path)
     (workdir / "tensorboard").mkdir(parents=True)
     (workdir / "tensorboard" / "events.out").write_text("somebody's")
     (workdir / "config.json").write_text('{"learning_rate": 0.1}')
-    for kwargs in ({}, {"resume": True}):
+    for kwargs in ({}, {"resume": True}, {"overwrite": True}):
         with pytest.raises(WorkdirError, match="holds tensorboard, config.json but no run of faml_jax"):
             trainer.fit(config, workdir, **kwargs, **quiet)
     assert (workdir / "tensorboard" / "events.out").read_text() == "somebody's"

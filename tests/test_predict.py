@@ -50,6 +50,21 @@ def test_logits_equal_the_ensemble_evaluators_with_padding_and_resize(three_runs
     np.testing.assert_allclose(predictor.logits(large[1])[:, 0], predictor.logits(large)[:, 1], rtol=1e-5, atol=1e-5)
 
 
+def test_a_short_input_is_not_padded_up_to_a_large_batch(three_runs):
+    """One photo with --batch-size 200000 took 8.9 GB: the call holds as many faces as there are,
+    up to the batch size, and the logits are those of the usual batch."""
+    _, _, _, paths = three_runs
+    large, small = Predictor.from_runs(paths, batch_size=5000), Predictor.from_runs(paths, batch_size=2)
+    seen = []
+    step = large._step
+    large._step = lambda variables, chunk: (seen.append(chunk.shape[0]), step(variables, chunk))[1]
+    faces = images(3, 32, seed=5)
+    np.testing.assert_allclose(large.logits(faces), small.logits(faces), rtol=1e-5, atol=1e-5)
+    assert seen == [3]
+    large.explain(faces[:1])
+    assert seen == [3, 1]
+
+
 def test_decisions_follow_the_strategy_and_one_network_takes_its_argmax(three_runs):
     _, _, _, paths = three_runs
     faces = images(9, 32, seed=3)

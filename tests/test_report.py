@@ -112,20 +112,75 @@ def test_best_checkpoint_and_accuracy_order(trained, tmp_path):
     assert "checkpoint (selected on the test split: optimistic)" in (tmp_path / "best" / "report.md").read_text()
 
 
+def write_evolution(folder, members, generations: int, recorded: int):
+    """An evolution's population.json and evolve.json: ``generations`` configured after the
+    initial population, ``recorded`` generations (the initial one included) finished."""
+    folder.mkdir(exist_ok=True)
+    survivors = [["net1", "net2", "net3"], ["net3", "net1"], ["net2", "net3"]]
+    lineage = {"members": {name: {"workdir": str(w), "status": "trained"} for name, w in members},
+               "generations": [{"generation": g, "survivors": survivors[g]} for g in range(recorded)],
+               "plans": {str(g): {} for g in range(1, recorded)}}
+    (folder / "population.json").write_text(json.dumps(lineage))
+    (folder / "evolve.json").write_text(json.dumps({"run": {}, "fga": {"generations": generations}, "members": []}))
+
+
 def test_population_members(trained, tmp_path):
     root, members, _ = trained
-    lineage = {"members": {name: {"workdir": str(w), "status": "trained"} for name, w in members},
-               "generations": [{"generation": 0, "survivors": ["net1", "net2", "net3"]},
-                               {"generation": 1, "survivors": ["net3", "net1"]}],
-               "plans": {"1": {}}}
-    (tmp_path / "population.json").write_text(json.dumps(lineage))
+    write_evolution(tmp_path, members, generations=1, recorded=2)
     found = population_members(tmp_path)
     assert found == [("net3", members[2][1]), ("net1", members[0][1])]
     assert [n for n, _ in population_members(tmp_path, all_networks=True)] == ["net1", "net2", "net3"]
-    lineage["plans"]["2"] = {}  # generation 2 planned but not finished
-    (tmp_path / "population.json").write_text(json.dumps(lineage))
-    with pytest.raises(WorkdirError, match="not finished"):
-        population_members(tmp_path)
+    assert [n for n, _ in population_members(tmp_path, generation=0)] == ["net1", "net2", "net3"]
+    with pytest.raises(WorkdirError, match="generation 2 is not in .*population.json: it records generations 0 to 1"):
+        population_members(tmp_path, generation=2)
+    # Killed after generation 0 of 1, or lengthened to 2 generations on resume: not the final population.
+    for generations, recorded in ((1, 1), (2, 2)):
+        write_evolution(tmp_path, members, generations, recorded)
+        with pytest.raises(WorkdirError, match=f"evolution not finished: {recorded} of {generations + 1} generations "
+                                               "in .*; resume it .*, or pass --generation N to use an earlier one"):
+            population_members(tmp_path)
+    assert [n for n, _ in population_members(tmp_path, generation=1)] == ["net3", "net1"]
+
+
+def test_an_unfinished_evolution_is_refused_by_every_program(trained, tmp_path, capsys):
+    from experiments import predict as predict_program
+    from tools import export as export_program
+
+    root, members, _ = trained
+    evolution = tmp_path / "evo"
+    write_evolution(evolution, members, generations=1, recorded=1)
+    for program, argv in ((ensemble_program, ["--population", str(evolution), "--out", str(tmp_path / "r")]),
+                          (predict_program, ["--population", str(evolution), str(tmp_path), "--out", str(tmp_path / "p")]),
+                          (export_program, ["--population", str(evolution), str(tmp_path / "x")])):
+        assert program.main([*argv, "--no-progress"] if program is not export_program else argv) == 2
+        err = capsys.readouterr().err
+        assert "evolution not finished: 1 of 2 generations" in err and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evo"]
+    # The explicit choice of an earlier generation is taken.
+    assert ensemble_program.main(["--population", str(evolution), "--generation", "0", "--out", str(tmp_path / "r"),
+                                  "--no-progress"]) == 0
+    assert [m["name"] for m in json.loads((tmp_path / "r" / "report.json").read_text())["members"]] == ["net1", "net2", "net3"]
+
+
+def test_a_report_never_replaces_what_it_did_not_write(trained, tmp_path, capsys):
+    """--overwrite replaces an earlier report only: never a run (even one of the members), a
+    folder with a user's file in it, or a folder of other files."""
+    root, members, _ = trained
+    dirs = [str(w) for _, w in members]
+    run = members[0][1]
+    before = {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*")}
+    status, err = cli(["--members", *dirs, "--out", str(run), "--overwrite"], capsys)
+    assert status == 2 and f"{run} is not a report written by faml_jax (it holds checkpoints, config.json" in err
+    assert len(err.splitlines()) == 1
+    assert {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    report = tmp_path / "report"
+    shutil.copytree(root / "report", report)
+    status, err = cli(["--members", *dirs, "--out", str(report)], capsys)
+    assert status == 2 and "holds an earlier report: pass --overwrite to replace it" in err
+    (report / "notes.txt").write_text("mine")
+    status, err = cli(["--members", *dirs, "--out", str(report), "--overwrite"], capsys)
+    assert status == 2 and f"{report} is not a report written by faml_jax (it holds notes.txt)" in err
+    assert (report / "notes.txt").read_text() == "mine"
 
 
 def cli(argv, capsys):
@@ -142,6 +197,8 @@ def test_cli_errors(trained, tmp_path, capsys):
     assert status == 2 and "given twice" in err
     status, err = cli(["--members", *dirs, "--out", str(root / "report")], capsys)
     assert status == 2 and "--overwrite" in err
+    status, err = cli(["--members", *dirs, "--generation", "0", "--out", str(tmp_path / "a")], capsys)
+    assert status == 2 and "--generation needs --population" in err
     status, err = cli(["--population", str(tmp_path), "--out", str(tmp_path / "a")], capsys)
     assert status == 2 and str(tmp_path / "population.json") in err
     status, err = cli(["--members", dirs[0], str(tmp_path), "--out", str(tmp_path / "a")], capsys)

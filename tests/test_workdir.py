@@ -61,11 +61,25 @@ def test_prepare_directory_continues_refuses_replaces_or_starts_afresh(tmp_path)
     (folder / "config.json").write_text('{"epochs": 1, "lr": 2}')
     assert prepare(folder, {"epochs": 1, "lr": 3}, resume=True, write=False) is False
     assert not (folder / "config.json").exists()
-    # ... but files that are not this program's are refused (unless --overwrite).
+    # ... but files that are not this program's are refused, also with --overwrite.
     (folder / "config.json").write_text('{"not": "json')
-    with pytest.raises(WorkdirError, match="holds config.json but no run of faml_jax to continue"):
-        prepare(folder, {"epochs": 1, "lr": 3}, resume=True)
-    assert prepare(folder, {"epochs": 1, "lr": 3}, overwrite=True) is False
+    for kwargs in ({"resume": True}, {"overwrite": True}):
+        with pytest.raises(WorkdirError, match="holds config.json but no run of faml_jax: it is never replaced"):
+            prepare(folder, {"epochs": 1, "lr": 3}, **kwargs)
+    assert (folder / "config.json").read_text() == '{"not": "json'
+
+
+@pytest.mark.parametrize("marker, kind", [("evolve.json", "an evolution"), ("report.json", "an ensemble report"),
+                                          ("export.json", "an export")])
+def test_another_programs_folder_is_never_written_into(tmp_path, marker, kind):
+    folder = tmp_path / "w"
+    folder.mkdir()
+    (folder / marker).write_text("{}")
+    (folder / "notes.txt").write_text("mine")
+    for kwargs in ({}, {"resume": True}, {"overwrite": True}):
+        with pytest.raises(WorkdirError, match=f"holds {kind} \\({marker}\\), not a run: choose another folder"):
+            prepare(folder, {"epochs": 1}, **kwargs)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([marker, "notes.txt"])
 
 
 def test_a_failed_start_removes_what_it_made(tmp_path):
