@@ -94,7 +94,8 @@ def open_run_dataset(config: RunConfig, log=print) -> data.Dataset:
     number of classes."""
     d = config.data
     dataset = data.open_dataset(d.dataset, d.data_dir, d.synthetic, progress=log, crop_faces=d.crop_faces,
-                                skip_bad_images=d.skip_bad_images, num_threads=d.num_threads)
+                                skip_bad_images=d.skip_bad_images, num_threads=d.num_threads,
+                                min_size=config.model.input_size)
     log(dataset.describe())
     if dataset.num_classes != config.model.num_classes:
         raise ConfigError(f"{dataset.name} has {dataset.num_classes} classes, the model {config.model.num_classes}")

@@ -278,20 +278,34 @@ def image_files(inputs: Sequence[str | os.PathLike], exclude: str | os.PathLike 
     return list(dict.fromkeys(found))  # each file once, in the order given
 
 
-def read_photo(path: str | os.PathLike) -> np.ndarray:
+# Photos in which faces are detected are decoded at reduced scale (libjpeg's DCT scaling) when their
+# shorter side is at least twice this: a face small enough to be lost is below what the detector
+# finds anyway, and an 8000 x 8000 photo is decoded and searched at 2000 x 2000.
+PHOTO_MIN_SIDE = 1600
+
+
+def read_photo(path: str | os.PathLike, min_size: int | None = None) -> np.ndarray:
     """(H, W, 3) uint8 RGB of an image file, upright as its EXIF orientation says (phone photos);
-    ``data.folders.CorruptImageError`` naming an unreadable one."""
+    ``data.folders.CorruptImageError`` naming an unreadable one. ``min_size``: see
+    ``read_photo_scaled``."""
+    return read_photo_scaled(path, min_size)[0]
+
+
+def read_photo_scaled(path: str | os.PathLike, min_size: int | None = None) -> tuple[np.ndarray, float]:
+    """``read_photo`` and the scale it was decoded at: a JPEG whose shorter side is at least
+    twice ``min_size`` is decoded at reduced scale, its shorter side still at least ``min_size``
+    (``data.folders.decode_photo``); scale = decoded / the file's pixels."""
     import io
 
     from PIL import Image
 
-    from faml_jax.data.folders import decode_image, read_bytes
+    from faml_jax.data.folders import decode_photo, read_bytes
 
     payload = read_bytes(path)
-    pixels = decode_image(payload, str(path))
+    pixels, scale = decode_photo(payload, str(path), min_size)
     with Image.open(io.BytesIO(payload)) as image:
         orientation = image.getexif().get(0x0112, 1)
-    return _upright(pixels, orientation) if orientation not in (None, 1) else pixels
+    return (_upright(pixels, orientation) if orientation not in (None, 1) else pixels), scale
 
 
 def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -338,7 +352,7 @@ def predict_photos(predictor: Predictor, files: Sequence[str | os.PathLike], *, 
     for path in tqdm(list(files), desc="reading photos", unit="file", disable=not progress, leave=False,
                      dynamic_ncols=True):
         try:
-            photo = read_photo(path)
+            photo, scale = read_photo_scaled(path, predictor.input_size if faces == "aligned" else PHOTO_MIN_SIDE)
         except DataError as error:
             failures.append((str(path), str(error)))
             continue
@@ -349,9 +363,9 @@ def predict_photos(predictor: Predictor, files: Sequence[str | os.PathLike], *, 
             if not found:
                 no_face.append(str(path))
         for i, face in enumerate(found):
-            records.append({"file": str(path), "face": i,
-                            "box": [int(v) for v in face.box] if faces == "detect" else None,
-                            "landmarks": np.round(face.landmarks, 1).tolist() if faces == "detect" else None})
+            records.append({"file": str(path), "face": i,  # in the file's pixels, whatever the decoding scale
+                            "box": [round(v / scale) for v in face.box] if faces == "detect" else None,
+                            "landmarks": np.round(face.landmarks / scale, 1).tolist() if faces == "detect" else None})
             crops.append(face.crop)
     prediction = predictor.predict(crops) if crops else None
     if prediction is not None:
@@ -378,15 +392,16 @@ def csv_rows(results: PhotoResults, classes: Sequence[str], names: Sequence[str]
     return header, rows
 
 
-def annotate(photo: np.ndarray, records: list[dict]) -> np.ndarray:
-    """``photo`` with each face's box and "class confidence" drawn on it."""
+def annotate(photo: np.ndarray, records: list[dict], scale: float = 1.0) -> np.ndarray:
+    """``photo`` (decoded at ``scale`` of its file's pixels) with each face's box and "class
+    confidence" drawn on it."""
     from PIL import Image, ImageDraw
 
     picture = Image.fromarray(photo)
     draw = ImageDraw.Draw(picture)
     width = max(2, round(max(photo.shape[:2]) / 250))
     for r in records:
-        x0, y0, x1, y1 = r["box"] or (0, 0, photo.shape[1] - 1, photo.shape[0] - 1)
+        x0, y0, x1, y1 = [round(v * scale) for v in r["box"]] if r["box"] else (0, 0, photo.shape[1] - 1, photo.shape[0] - 1)
         draw.rectangle((x0, y0, x1, y1), outline=(255, 64, 64), width=width)
         text = f"{r['class']} {r['confidence']:.2f}"
         tx, ty = x0, max(y0 - 14, 0)
@@ -425,7 +440,8 @@ def write_predictions(out: str | os.PathLike, results: PhotoResults, predictor: 
     for r in results.records:
         by_file.setdefault(r["file"], []).append(r)
     for name, (file, records) in zip(unique_stems(list(by_file)), by_file.items()):
-        save_png(out / "annotated" / f"{name}.png", annotate(read_photo(file), records))
+        photo, scale = read_photo_scaled(file, PHOTO_MIN_SIDE)
+        save_png(out / "annotated" / f"{name}.png", annotate(photo, records, scale))
 
 
 def save_png(path: Path, pixels: np.ndarray) -> None:

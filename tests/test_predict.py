@@ -98,6 +98,28 @@ def test_lfw_crops_and_the_astronaut_photo_go_through(three_runs):
     assert record["box"][0] > 150 and record["class"] in predictor.classes and len(record["landmarks"]) == 5
 
 
+def test_a_large_photo_is_searched_at_reduced_scale_and_its_boxes_are_the_files(three_runs, tmp_path, monkeypatch):
+    """A JPEG photo much larger than PHOTO_MIN_SIDE is decoded at reduced scale for detection;
+    the face's box and landmarks are still given in the file's pixels (those found at full scale,
+    within the reduction's resolution) and the annotated photo is drawn at the reduced scale."""
+    from PIL import Image
+
+    from faml_jax import predict
+
+    _, _, _, paths = three_runs
+    predictor = Predictor.from_runs(paths[:1])
+    Image.fromarray(skimage_data.astronaut()).save(tmp_path / "astronaut.jpg", quality=95)
+    (full,) = predict_photos(predictor, [tmp_path / "astronaut.jpg"]).records
+    monkeypatch.setattr(predict, "PHOTO_MIN_SIDE", 200)  # 512 px decoded at 4/8 (256 px)
+    results = predict_photos(predictor, [tmp_path / "astronaut.jpg"])
+    (reduced,) = results.records
+    np.testing.assert_allclose(reduced["box"], full["box"], atol=8)
+    np.testing.assert_allclose(reduced["landmarks"], full["landmarks"], atol=8)
+    predict.write_predictions(tmp_path / "out", results, predictor)
+    with Image.open(tmp_path / "out" / "annotated" / "astronaut.png") as annotated:
+        assert annotated.size == (256, 256)
+
+
 def _astronaut_file(folder):
     from PIL import Image
 

@@ -469,7 +469,7 @@ def test_jpeg_decoding_gives_pillows_pixels(mode, options):
     jpeg = buffer.getvalue()
     with Image.open(io.BytesIO(jpeg)) as image:
         expected = np.asarray(image.convert("RGB"))
-    assert (data.folders._decode_jpeg(jpeg) is None) == (mode == "CMYK")
+    assert (data.folders._decode_jpeg(jpeg, "x.jpg", None, None, 10**9) is None) == (mode == "CMYK")
     np.testing.assert_array_equal(data.folders.decode_image(jpeg, "x.jpg"), expected)
     for cut in (len(jpeg) // 2, len(jpeg) - 100):  # truncated: an error either way, never part of an image
         with pytest.raises(CorruptImageError, match="cannot decode image x.jpg"):
@@ -493,3 +493,112 @@ def test_a_face_box_outside_its_image_is_found_when_preparing(tmp_path):
     quiet_prepare("affectnet8", folder, tmp_path / "out", skip_bad_images=True)
     dataset = data.open_dataset("affectnet8", tmp_path / "out")
     assert len(dataset.train) == 15 and any(cells[0] in note for note in dataset.notes)
+
+
+def png16(levels: np.ndarray) -> bytes:
+    """A 16-bit PNG (greyscale for (H, W), RGB for (H, W, 3)) of uint16 ``levels``, written byte by
+    byte from the PNG specification (Pillow cannot write 16-bit colour)."""
+    import struct
+    import zlib
+
+    height, width = levels.shape[:2]
+    colour_type = 2 if levels.ndim == 3 else 0
+    rows = b"".join(b"\x00" + levels[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_16_bit_images_are_their_8_bit_levels():
+    """A 16-bit image decodes to the 8-bit image it was made from (v * 257, the exact 16-bit
+    counterpart of each 8-bit level), greyscale (it was all white) and colour; 32-bit images with
+    levels beyond 16 bits are refused naming the file."""
+    reference = np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    colour = data.folders.decode_image(png16(reference.astype(np.uint16) * 257), "colour.png")
+    np.testing.assert_array_equal(colour, reference)
+    grey = data.folders.decode_image(png16(reference[..., 0].astype(np.uint16) * 257), "grey.png")
+    np.testing.assert_array_equal(grey, np.repeat(reference[..., :1], 3, axis=-1))
+    # 16-bit TIFF (mode I;16), 32-bit integer holding 16-bit levels (mode I), and beyond.
+    for array in (reference[..., 0].astype(np.uint16) * 257, reference[..., 0].astype(np.int32) * 257):
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="TIFF")
+        np.testing.assert_array_equal(data.folders.decode_image(buffer.getvalue(), "x.tif"), grey)
+    for array in (np.full((4, 4), 70000, np.int32), np.full((4, 4), 0.5, np.float32)):
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="TIFF")
+        with pytest.raises(CorruptImageError, match="cannot decode image x.tif: .* save it as an 8-bit image"):
+            data.folders.decode_image(buffer.getvalue(), "x.tif")
+
+
+def test_a_16_bit_photo_is_predicted_as_its_8_bit_version(tmp_path):
+    from faml_jax.predict import read_photo
+
+    reference = np.random.default_rng(1).integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    (tmp_path / "grey16.png").write_bytes(png16(reference[..., 1].astype(np.uint16) * 257))
+    np.testing.assert_array_equal(read_photo(tmp_path / "grey16.png"), np.repeat(reference[..., 1:2], 3, axis=-1))
+
+
+def test_decode_errors_name_the_file_not_a_buffer():
+    with pytest.raises(CorruptImageError) as caught:
+        data.folders.decode_image(b"GIF89a not really", "faces/x.gif")
+    assert str(caught.value) == "cannot decode image faces/x.gif: not an image format Pillow can read"
+    with pytest.raises(CorruptImageError, match=r"face box \(x=3, y=3, w=0, h=10\) of image x.png is too small"):
+        buffer = io.BytesIO()
+        Image.new("RGB", (100, 100)).save(buffer, format="PNG")
+        data.folders.decode_image(buffer.getvalue(), "x.png", (3, 3, 0, 10))
+
+
+def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path, monkeypatch):
+    from faml_jax.predict import read_photo
+
+    monkeypatch.setenv("FAML_JAX_MAX_PIXELS", "2000")
+    for fmt, name in (("JPEG", "big.jpg"), ("PNG", "big.png")):
+        Image.new("RGB", (50, 41)).save(tmp_path / name, format=fmt)
+        with pytest.raises(data.folders.ImageTooLargeError,
+                           match=f"image .*{name} is 50x41 pixels \\(0.00205 megapixels\\), over the limit of 0.002 "
+                                 "\\(set FAML_JAX_MAX_PIXELS to raise it\\)"):
+            read_photo(tmp_path / name)
+    Image.new("RGB", (50, 40)).save(tmp_path / "ok.png")
+    assert read_photo(tmp_path / "ok.png").shape == (40, 50, 3)
+    monkeypatch.setenv("FAML_JAX_MAX_PIXELS", "lots")
+    with pytest.raises(DataError, match="FAML_JAX_MAX_PIXELS='lots' is not a positive number"):
+        read_photo(tmp_path / "ok.png")
+    monkeypatch.delenv("FAML_JAX_MAX_PIXELS")
+    assert data.folders.max_pixels() == data.folders.MAX_PIXELS == 80_000_000
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale_where_the_face_is_small():
+    """libjpeg's DCT scaling: the face (whole image or box) still at least the size needed, its
+    pixels those of the full decode shrunk by area averaging (within a few grey levels), the box
+    scaled with the image; a face less than twice the size needed is decoded at full scale."""
+    from skimage import data as samples
+
+    buffer = io.BytesIO()
+    Image.fromarray(samples.astronaut()).save(buffer, "JPEG", quality=95)
+    jpeg = buffer.getvalue()
+    full = data.folders.decode_image(jpeg, "a.jpg")
+    for min_size, expected in ((60, 64), (100, 128), (200, 256), (256, 320), (300, 512)):
+        reduced = data.folders.decode_image(jpeg, "a.jpg", min_size=min_size)
+        assert reduced.shape == (expected, expected, 3), min_size
+        shrunk = np.asarray(Image.fromarray(full).resize((expected, expected), Image.BOX), np.float32)
+        assert np.abs(reduced.astype(np.float32) - shrunk).mean() < 3.0
+    box = (180, 60, 160, 200)  # the astronaut's face
+    face = data.folders.decode_image(jpeg, "a.jpg", box, min_size=40)
+    assert face.shape[:2] == (76, 60)  # decoded at 3/8 (2/8 would leave the box 40 x 50: one pixel short)
+    photo, scale = data.folders.decode_photo(jpeg, "a.jpg", 150)  # the whole photo at 3/8
+    assert scale == 0.375 and photo.shape == (192, 192, 3)
+    np.testing.assert_array_equal(face, photo[round(60 * scale) : round(260 * scale), round(180 * scale) : round(340 * scale)])
+    shrunk = np.asarray(Image.fromarray(full).resize((192, 192), Image.BOX), np.float32)
+    assert np.abs(photo.astype(np.float32) - shrunk).mean() < 3.0
+
+
+def test_training_reads_large_jpegs_at_reduced_scale(folders, tmp_path):
+    """The data set a run opens decodes with its input size as the size needed: RAF-DB's 40 px
+    faces for a 12 px input are decoded at 3/8 (15 px, the smallest scale keeping 12 + 1), for a
+    32 px input at full size (40 is less than twice 32)."""
+    small = data.open_dataset("rafdb", folders["rafdb"], min_size=12)
+    assert small.train[0]["image"].shape == (15, 15, 3)
+    assert data.open_dataset("rafdb", folders["rafdb"], min_size=32).train[0]["image"].shape == (40, 40, 3)

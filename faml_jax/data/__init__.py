@@ -84,7 +84,8 @@ class Dataset:
 
 def open_dataset(name: str, data_dir: str | os.PathLike | None = None,
                  synthetic_config: synthetic.SyntheticConfig | None = None, progress: Callable | None = None, *,
-                 crop_faces: bool = True, skip_bad_images: bool = False, num_threads: int = 4) -> Dataset:
+                 crop_faces: bool = True, skip_bad_images: bool = False, num_threads: int = 4,
+                 min_size: int | None = None) -> Dataset:
     """Open a data set by name.
 
     Args:
@@ -101,6 +102,9 @@ def open_dataset(name: str, data_dir: str | os.PathLike | None = None,
         unreadable ones (reported); without it, a corrupt image fails training when it is read.
         (Prepared data was checked when prepared.)
       num_threads: threads for that check.
+      min_size: the side images are resized to for the network (its input size): reading a
+        folder directly, a JPEG whose face is much larger is decoded at reduced scale
+        (``folders.decode_image``).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
@@ -115,7 +119,7 @@ def open_dataset(name: str, data_dir: str | os.PathLike | None = None,
     from faml_jax.data import prepared  # imports tensorflow_datasets: only for the real data sets
 
     if prepared.is_prepared(name, data_dir):
-        return _open_prepared(name, data_dir, crop_faces)
+        return _open_prepared(name, data_dir, crop_faces, min_size)
     try:
         index = read_folder(name, data_dir)
     except DataError:
@@ -130,7 +134,7 @@ def open_dataset(name: str, data_dir: str | os.PathLike | None = None,
         raise
     if skip_bad_images:
         drop_bad_images(index, crop_faces, skip=True, num_threads=num_threads, progress=progress_bar)
-    sources = {split: FolderSource(index.splits[split], crop_faces) for split in index.splits}
+    sources = {split: FolderSource(index.splits[split], crop_faces, min_size) for split in index.splits}
     counts = {split: index.splits[split].counts(len(index.classes)) for split in index.splits}
     return _dataset(name, index.classes, sources, counts, None, f"folder {index.root}", index.problems,
                     _crop_note(index.has_boxes, crop_faces))
@@ -153,10 +157,10 @@ def read_folder(name: str, data_dir, progress: Callable | None = progress_bar):
     return affectnet.read_index(data_dir, 8 if name == "affectnet8" else 7, progress)
 
 
-def _open_prepared(name, data_dir, crop_faces) -> Dataset:
+def _open_prepared(name, data_dir, crop_faces, min_size) -> Dataset:
     from faml_jax.data import prepared
 
-    p = prepared.open_prepared(name, data_dir, crop_faces)
+    p = prepared.open_prepared(name, data_dir, crop_faces, min_size)
     notes = _crop_note(p.has_boxes, crop_faces)
     if p.stored and p.stored.get("size"):
         notes += (f"images stored ready to train: {p.stored['size']} px JPEG, quality {p.stored['quality']}",)

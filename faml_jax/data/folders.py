@@ -19,6 +19,7 @@ import concurrent.futures
 import dataclasses
 import io
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -58,44 +59,128 @@ def missing(what: str, expected: Sequence[Path], hint: str = "") -> DataError:
 # Decoding
 
 
-def decode_image(data: bytes, where: str, box: Sequence[int] | None = None) -> np.ndarray:
-    """Decode image file bytes to (H, W, 3) uint8 RGB (grey and RGBA images are converted).
+MAX_PIXELS = 80_000_000  # default limit on an image's pixels (width x height), below Pillow's own bomb check
+REDUCE_FROM = 2  # a JPEG is decoded at reduced scale only when its face is at least twice the size needed
+
+
+class ImageTooLargeError(CorruptImageError):
+    """An image with more pixels than the limit (``max_pixels``)."""
+
+
+def max_pixels() -> int:
+    """The pixel limit of ``decode_image``: ``$FAML_JAX_MAX_PIXELS`` if set, else ``MAX_PIXELS``."""
+    value = os.environ.get("FAML_JAX_MAX_PIXELS")
+    if value is None:
+        return MAX_PIXELS
+    try:
+        limit = int(float(value))
+        if limit < 1:
+            raise ValueError
+    except (ValueError, OverflowError):
+        raise DataError(f"FAML_JAX_MAX_PIXELS={value!r} is not a positive number of pixels") from None
+    return limit
+
+
+def decode_image(data: bytes, where: str, box: Sequence[int] | None = None, *, min_size: int | None = None) -> np.ndarray:
+    """Decode image file bytes to (H, W, 3) uint8 RGB (grey and RGBA images are converted; 16-bit
+    images are scaled to 8 bits by their high byte, as Pillow does for 16-bit colour).
 
     ``box`` = (x, y, width, height) in pixels crops the face (clamped to the image; AffectNet's
-    face boxes may reach past the border). ``where`` names the image in errors: a file that is
-    not a decodable image, or truncated, is a ``CorruptImageError``, never a silent black image.
+    face boxes may reach past the border). ``min_size``: the smallest side the face (the box, or
+    the whole image) is needed at; a JPEG whose face is at least ``REDUCE_FROM`` times larger is
+    decoded at reduced scale by libjpeg's DCT scaling (1/8 steps), its face still at least
+    ``min_size`` on its shorter side (the box is scaled with it). ``where`` names the image in
+    errors: a file that is not a decodable image, or truncated, is a ``CorruptImageError``, never a
+    silent black or white image; one of more pixels than ``max_pixels()`` is an
+    ``ImageTooLargeError``, refused before it is decoded.
     """
-    pixels = _decode_jpeg(data)
-    if pixels is None:
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                image = image.convert("RGB")  # decodes the whole file: truncation fails here
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-            raise CorruptImageError(f"cannot decode image {where}: {error}") from None
-        pixels = np.asarray(image)
+    pixels, scale = _decode(data, where, box, min_size)
     if box is None:
         return pixels
     x, y, w, h = (int(v) for v in box)
+    if w < 2 or h < 2:
+        raise CorruptImageError(f"face box (x={x}, y={y}, w={w}, h={h}) of image {where} is too small: "
+                                "a face box needs a width and height of 2 pixels or more")
     height, width = pixels.shape[:2]
-    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
+    sx, sy = scale
+    x0, y0 = max(round(x * sx), 0), max(round(y * sy), 0)
+    x1, y1 = min(round((x + w) * sx), width), min(round((y + h) * sy), height)
     if x1 - x0 < 2 or y1 - y0 < 2:
+        full = (round(width / sx), round(height / sy))
         raise CorruptImageError(f"face box (x={x}, y={y}, w={w}, h={h}) of image {where} lies outside "
-                                f"its {width}x{height} pixels")
+                                f"its {full[0]}x{full[1]} pixels")
     return pixels[y0:y1, x0:x1]
 
 
-def _decode_jpeg(data: bytes) -> np.ndarray | None:
-    """A JPEG's (H, W, 3) uint8 RGB pixels by libjpeg-turbo (equal to Pillow's, tested), or None
-    for anything else, a CMYK JPEG, or one it cannot decode (Pillow then decodes it or names the
-    fault). Truncated data is an error here too (``strict``), never a partly grey image."""
+def decode_photo(data: bytes, where: str, min_size: int | None = None) -> tuple[np.ndarray, float]:
+    """A whole photo as ``decode_image`` decodes it, and the scale it was decoded at (decoded
+    width / the file's width: 1 unless a large JPEG was decoded at reduced scale for ``min_size``)."""
+    pixels, (sx, _) = _decode(data, where, None, min_size)
+    return pixels, sx
+
+
+def _decode(data: bytes, where: str, box, min_size: int | None) -> tuple[np.ndarray, tuple[float, float]]:
+    limit = max_pixels()
+    decoded = _decode_jpeg(data, where, box, min_size, limit)
+    return decoded if decoded is not None else (_decode_other(data, where, limit), (1.0, 1.0))
+
+
+def _too_large(where: str, width: int, height: int, limit: int) -> ImageTooLargeError:
+    return ImageTooLargeError(f"image {where} is {width}x{height} pixels ({width * height / 1e6:.4g} megapixels), "
+                              f"over the limit of {limit / 1e6:.4g} (set FAML_JAX_MAX_PIXELS to raise it)")
+
+
+def _decode_jpeg(data: bytes, where: str, box, min_size: int | None, limit: int):
+    """A JPEG's ((H, W, 3) uint8 RGB pixels, (x scale, y scale)) by libjpeg-turbo (equal to
+    Pillow's at full scale, tested), or None for anything else, a CMYK JPEG, or one it cannot
+    decode (Pillow then decodes it or names the fault). Truncated data is an error here too
+    (``strict``), never a partly grey image."""
     if data[:2] != b"\xff\xd8":
         return None
     try:
-        if simplejpeg.decode_jpeg_header(data)[2] not in ("Gray", "YCbCr", "RGB"):
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        if colorspace not in ("Gray", "YCbCr", "RGB"):
             return None
-        return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False, strict=True)
     except ValueError:
         return None
+    if width * height > limit:
+        raise _too_large(where, width, height, limit)
+    minimum = {}
+    if min_size:
+        face = min(width, height) if box is None else max(min(int(box[2]), int(box[3])), 1)
+        if face >= REDUCE_FROM * min_size:
+            factor = (min_size + 1) / face  # one pixel spare for the box's rounding
+            minimum = dict(min_height=int(np.ceil(height * factor)), min_width=int(np.ceil(width * factor)))
+    try:
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False, strict=True,
+                                        **minimum)
+    except ValueError:
+        return None
+    return pixels, (pixels.shape[1] / width, pixels.shape[0] / height)
+
+
+def _decode_other(data: bytes, where: str, limit: int) -> np.ndarray:
+    """Any image Pillow reads, as (H, W, 3) uint8 RGB; 16-bit greyscale by its high byte (Pillow's
+    own conversion clips it to white), 32-bit integer images only when their values fit 16 bits."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > limit:
+                raise _too_large(where, image.width, image.height, limit)
+            if image.mode.startswith("I") or image.mode == "F":
+                grey = np.asarray(image)  # decodes the whole file: truncation fails here
+                if image.mode == "F" or grey.min() < 0 or grey.max() > 65535:
+                    raise CorruptImageError(f"cannot decode image {where}: {image.mode} pixels from {grey.min()} to "
+                                            f"{grey.max()} are not 8- or 16-bit grey levels; save it as an 8-bit image")
+                grey = (grey.astype(np.uint32) >> 8) if image.mode.startswith("I;16") or grey.max() > 255 else grey
+                return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=-1)
+            return np.asarray(image.convert("RGB"))  # decodes the whole file: truncation fails here
+    except CorruptImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        message = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(error)) or type(error).__name__
+        if isinstance(error, Image.UnidentifiedImageError):
+            message = "not an image format Pillow can read"
+        raise CorruptImageError(f"cannot decode image {where}: {message}") from None
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
@@ -147,11 +232,11 @@ class SplitIndex:
     def counts(self, num_classes: int) -> np.ndarray:
         return np.bincount(self.labels, minlength=num_classes).astype(np.int64)
 
-    def image(self, i: int, crop: bool = False) -> np.ndarray:
-        """Image ``i`` read from its file and decoded (``decode_image``), face-cropped when
-        ``crop`` and the layout has boxes."""
+    def image(self, i: int, crop: bool = False, min_size: int | None = None) -> np.ndarray:
+        """Image ``i`` read from its file and decoded (``decode_image``, at reduced scale when
+        much larger than ``min_size``), face-cropped when ``crop`` and the layout has boxes."""
         box = self.boxes[i] if crop and self.boxes is not None else None
-        return decode_image(read_bytes(self.files[i]), self.files[i], box)
+        return decode_image(read_bytes(self.files[i]), self.files[i], box, min_size=min_size)
 
 
 @dataclasses.dataclass
@@ -289,10 +374,13 @@ def drop_bad_images(index: FolderIndex, crop: bool, skip: bool, num_threads: int
 class FolderSource:
     """Random access to one split's images, read from their files: ``source[i] ->
     {"image": uint8 (H, W, 3), "label": int32}``, cut to its face box when ``crop`` and the layout
-    has boxes (a layout without boxes holds faces already and is read as it is)."""
+    has boxes (a layout without boxes holds faces already and is read as it is). ``min_size``: the
+    side the pipeline resizes faces to (a large JPEG is then decoded at reduced scale,
+    ``decode_image``)."""
 
     index: SplitIndex
     crop: bool = False
+    min_size: int | None = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -305,7 +393,7 @@ class FolderSource:
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = int(i)
         try:
-            image = self.index.image(i, self.crop)
+            image = self.index.image(i, self.crop, self.min_size)
         except CorruptImageError as error:
             raise CorruptImageError(f"{error} (--skip-bad-images checks every image first and leaves out "
                                     "unreadable ones)") from None

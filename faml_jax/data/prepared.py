@@ -65,7 +65,7 @@ def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
 def ready_to_train(data: bytes, where: str, box, stored_size: int, quality: int = JPEG_QUALITY) -> bytes:
     """An image file's bytes as stored ready to train: decoded, cut to ``box`` (None: whole),
     resized to ``stored_size`` by the training pipeline's resize, JPEG-encoded."""
-    return encode_jpeg(resize(decode_image(data, where, box), stored_size), quality)
+    return encode_jpeg(resize(decode_image(data, where, box, min_size=stored_size), stored_size), quality)
 
 
 class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -279,6 +279,7 @@ class PreparedSource:
     where: str
     crop: bool = False
     stored_labels: Any = None  # the labels stored in the metadata (None: prepared before they were)
+    min_size: int | None = None  # as ``FolderSource.min_size``
 
     def __len__(self) -> int:
         return len(self.records)
@@ -293,7 +294,8 @@ class PreparedSource:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         image, label, name, box = parse_example(self.records[int(i)])
-        return {"image": decode_image(image, f"{name} (prepared in {self.where})", box if self.crop else None),
+        return {"image": decode_image(image, f"{name} (prepared in {self.where})", box if self.crop else None,
+                                      min_size=self.min_size),
                 "label": np.int32(label)}
 
 
@@ -327,7 +329,7 @@ def shards(folder: Path, split: str) -> list[str]:
     return [str(f) for f in files]
 
 
-def open_prepared(dataset: str, out_dir, crop: bool = False) -> Prepared:
+def open_prepared(dataset: str, out_dir, crop: bool = False, min_size: int | None = None) -> Prepared:
     """Open a complete preparation of ``dataset`` under ``out_dir`` (see ``is_prepared``).
 
     ``crop``: train on AffectNet's face boxes. Ready-to-train images were cut (or not) when
@@ -351,7 +353,8 @@ def open_prepared(dataset: str, out_dir, crop: bool = False) -> Prepared:
         if len(records) != sum(expected):
             raise DataError(f"prepared data in {folder} holds {len(records)} {split} records, its metadata "
                             f"{sum(expected)}: run experiments.prepare again")
-        sources[split] = PreparedSource(records, str(folder), crop and has_boxes and not ready, labels.get(split))
+        sources[split] = PreparedSource(records, str(folder), crop and has_boxes and not ready, labels.get(split),
+                                         min_size)
     return Prepared(
         folder=folder,
         classes=tuple(meta["classes"]),
