@@ -602,3 +602,30 @@ def test_training_reads_large_jpegs_at_reduced_scale(folders, tmp_path):
     small = data.open_dataset("rafdb", folders["rafdb"], min_size=12)
     assert small.train[0]["image"].shape == (15, 15, 3)
     assert data.open_dataset("rafdb", folders["rafdb"], min_size=32).train[0]["image"].shape == (40, 40, 3)
+
+
+@pytest.mark.parametrize("column, value", [("expression", "inf"), ("expression", "1e400"), ("expression", "nan"),
+                                           ("expression", "-inf"), ("face_width", "inf"), ("face_height", "1e30"),
+                                           ("face_x", "nan"), ("face_y", "ten")])
+def test_non_finite_or_huge_csv_numbers_are_named_by_file_row_and_column(tmp_path, capsys, column, value):
+    """A label that is no whole number is left out and reported like any code out of range; a face
+    box number that is not a finite pixel count stops with one line naming the CSV, its line and
+    the column (they ended in OverflowError tracebacks)."""
+    folder = fixtures.write_affectnet_original(tmp_path / "an", [0, 1, 2, 3, 4, 5, 6, 7] * 2,
+                                               [0, 1, 2, 3, 4, 5, 6, 7], size=24)
+    train_csv = folder / "Manually_Annotated_file_lists" / "training.csv"
+    rows = list(csv.reader(open(train_csv, newline="")))
+    rows[3][rows[0].index(column)] = value
+    with open(train_csv, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    if column == "expression":
+        notes = "\n".join(data.open_dataset("affectnet8", folder).notes)
+        assert f"train: 1 labels out of range (training.csv line 4: expression {value!r})" in notes
+        return
+    with pytest.raises(DataError, match=f"^{train_csv}:4: column {column} is {value!r}, not a number of pixels$"):
+        data.open_dataset("affectnet8", folder)
+    assert train_program.main(["--dataset", "affectnet8", "--data-dir", str(folder), "--from-scratch", "--epochs", "1",
+                               "--workdir", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().endswith(f"{train_csv}:4: column {column} is {value!r}, not a number of pixels")
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 from pathlib import Path
 
@@ -71,11 +72,33 @@ def read_index(data_dir: str | Path, num_classes: int, progress=None) -> FolderI
 
 
 def _code(value: str) -> int | None:
+    """An expression code, or None for anything that is not a whole number (text, a fraction,
+    NaN, infinity; these are counted as labels out of range)."""
     try:
         number = float(value)
     except ValueError:
         return None
-    return int(number) if number == int(number) else None
+    return int(number) if math.isfinite(number) and number == int(number) else None
+
+
+BOX_COLUMNS = ("face_x", "face_y", "face_width", "face_height")
+MAX_COORDINATE = 2**31 - 1
+
+
+def _box(row: list[str], column: dict[str, int], path: Path, number: int) -> list[int]:
+    """A row's face box (x, y, width, height) in whole pixels; a value that is not a finite number
+    of pixels is a ``DataError`` naming the CSV, the line and the column."""
+    box = []
+    for name in BOX_COLUMNS:
+        text = row[column[name]].strip()
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or abs(value) > MAX_COORDINATE:
+            raise DataError(f"{path}:{number}: column {name} is {text!r}, not a number of pixels")
+        box.append(int(round(value)))
+    return box
 
 
 def _keep(code: int | None, num_classes: int, problems: Problems, where: str) -> bool:
@@ -138,10 +161,7 @@ def _read_csv(path: Path, images: Path, num_classes: int, seen: set[str]) -> tup
             problems.duplicates.append(f"{where}: {name}")
             continue
         seen.add(name)
-        try:
-            box = [int(round(float(row[column[c]]))) for c in ("face_x", "face_y", "face_width", "face_height")]
-        except ValueError:
-            raise DataError(f"{path}:{number}: face box is not numeric: {row[1:5]}") from None
+        box = _box(row, column, path, number)
         file = images / name
         if not os.path.isfile(file):
             problems.absent.append(str(file))
@@ -183,10 +203,11 @@ def _read_npy_layout(data_dir: Path, names: tuple[str, ...], progress) -> Folder
             p.listed += 1
             label_file = annotations / f"{stem}_exp.npy"
             try:
-                code = _code(str(np.load(label_file, allow_pickle=False).item()))
+                raw = np.load(label_file, allow_pickle=False).item()
+                code = _code(str(raw))
             except (OSError, ValueError) as error:
                 raise DataError(f"cannot read label file {label_file}: {error}") from None
-            if not _keep(code, len(names), p, f"{label_file.name}: expression {code}"):
+            if not _keep(code, len(names), p, f"{label_file.name}: expression {raw!r}"):
                 on_disk.discard(f"{stem}.jpg")
                 continue
             image = f"{stem}.jpg"
