@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import signal
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import jax
 
 from faml_jax import data, models, signals
+from faml_jax.errors import DiskFullError, is_disk_full, written_path
 from faml_jax.config import AUGMENT_PRESETS, RUN_PRESETS, AugmentConfig, FGAConfig, RunConfig, preset
 from faml_jax.trainer import start_processes
 
@@ -193,11 +195,20 @@ def run_cli(parser: argparse.ArgumentParser, argv, body) -> int:
     """Parse ``argv`` and call ``body(args)``. Every expected failure is one line on stderr: a
     usage problem, an invalid configuration value or a library error (exit status 2), a file
     that cannot be read or written (``OSError``, status 1), a stop by Ctrl-C or SIGTERM (status
-    130 or 143, after what the library kept is said; ``faml_jax.signals``)."""
+    130 or 143, after what the library kept is said; ``faml_jax.signals``). The file system
+    filling up, however a library reports it, is one line naming what was being written
+    (status 1), without the background writers' echoes of it (``quiet_disk_full_echoes``)."""
     args = parser.parse_args(argv)
+    quiet_disk_full_echoes()
     try:
         with signals.installed():
-            run_body(args, body)
+            try:
+                run_body(args, body)
+            except Exception as error:
+                if is_disk_full(error) and not isinstance(error, DiskFullError):
+                    path = written_path(error)
+                    raise DiskFullError("no space left on device" + (f" while writing {path}" if path else "")) from None
+                raise
     except (UsageError, ValueError) as error:
         print(f"{parser.prog}: error: {one_line(error)}", file=sys.stderr)
         return 2
@@ -220,6 +231,37 @@ def run_body(args: argparse.Namespace, body) -> None:
             args.no_progress = True
     body(args)
     signals.raise_if_pending()  # a signal whose exception Python dropped: still a stop
+
+
+class _DropDiskFull(logging.Filter):
+    """Drops log records about the file system being full: the program says it once, itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return "No space left on device" not in record.getMessage() and not (error and is_disk_full(error))
+
+
+def quiet_disk_full_echoes() -> None:
+    """When a disk fills up during a checkpoint, orbax's writer threads log the error with its
+    traceback (absl, ERROR), asyncio logs the failed writes nobody awaited any more, and
+    tensorstore's callbacks, arriving after orbax closed the event loop of that save, raise
+    "Event loop is closed" as unraisable exceptions (hundreds of lines in all). The error itself
+    reaches the program (``run_cli``): these echoes are dropped; every other log record and
+    unraisable exception is shown as before."""
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropDiskFull) for f in logger.filters):
+            logger.addFilter(_DropDiskFull())
+    if not getattr(sys.unraisablehook, "drops_closed_loops", False):
+        shown = sys.unraisablehook
+
+        def hook(unraisable):
+            if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+                return
+            shown(unraisable)
+
+        hook.drops_closed_loops = True
+        sys.unraisablehook = hook
 
 
 def one_line(error: BaseException) -> str:

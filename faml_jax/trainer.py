@@ -12,6 +12,7 @@ A member's workdir and how it is read: ``faml_jax.runs``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -29,7 +30,7 @@ from flax import traverse_util
 from faml_jax import data, models, pretrained, schedules, signals, train
 from faml_jax.checkpoint import CheckpointDamaged, CheckpointError, Checkpoints, sync_processes
 from faml_jax.config import RunConfig, config_to_json, from_dict, run_config_from_json
-from faml_jax.errors import ConfigError, NonFiniteError, WorkdirError
+from faml_jax.errors import ConfigError, DiskFullError, NonFiniteError, WorkdirError, is_disk_full, written_path
 from faml_jax.evaluate import Evaluator, open_run_dataset
 from faml_jax.metrics import classification_metrics
 from faml_jax.runs import DAMAGED, PREEMPTED, checkpoint_epochs, checkpoints_of, has_checkpoint, primary_workdir
@@ -692,6 +693,25 @@ def train_member(setup: Setup, member: Member, *, progress: bool = True, stop_af
 # One network, start to end
 
 
+@contextlib.contextmanager
+def disk_full_named(workdir: Path, networks: str = ""):
+    """Around writing a run (or, with ``networks``, an evolution's runs under ``workdir``): the file
+    system filling up becomes one ``DiskFullError`` naming the file being written and the last
+    complete checkpoint (what ``--resume`` continues from), whatever library noticed it."""
+    try:
+        yield
+    except Exception as error:
+        if isinstance(error, DiskFullError) or not is_disk_full(error):
+            raise
+        path = written_path(error) or workdir
+        if networks:
+            kept = "every network's complete checkpoints are kept"
+        else:
+            epochs = checkpoint_epochs(workdir)
+            kept = f"the last complete checkpoint is epoch {epochs[-1]}" if epochs else "no checkpoint is complete yet"
+        raise DiskFullError(f"no space left on device while writing {path}; {kept}") from None
+
+
 def fit(config: RunConfig, workdir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
         progress: bool = True, log: Log = print, stop_after: int | None = None,
         keep_recorded: tuple[str, ...] = ()) -> dict:
@@ -712,7 +732,7 @@ def fit(config: RunConfig, workdir: str | os.PathLike, *, resume: bool = False, 
         config = adopt_recorded(config, recorded_config(workdir), keep_recorded)
     Setup.check_batch(config)
     made = new_folders(workdir)
-    with WorkdirLock(workdir, "workdir"):
+    with disk_full_named(workdir), WorkdirLock(workdir, "workdir"):
         with undone_if_it_fails(workdir, "config.json", made):
             prepare_workdir(workdir, config, resume, overwrite, write=False)
             setup = Setup(config, log)  # opens the data set

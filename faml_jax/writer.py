@@ -73,7 +73,8 @@ def write_json(path: Path, value) -> None:
 
 
 def write_atomic(path: Path, text: str | None = None, arrays: dict | None = None) -> None:
-    """Write a text or .npz file under a temporary name, then rename: never half-written."""
+    """Write a text or .npz file under a temporary name, then rename: never half-written. A
+    failed write (a full disk) is an ``OSError`` naming ``path``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -84,6 +85,10 @@ def write_atomic(path: Path, text: str | None = None, arrays: dict | None = None
             else:
                 f.write(text.encode())
         os.replace(tmp, path)
+    except OSError as error:
+        if error.filename is None:
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from error
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -169,6 +169,72 @@ def test_a_signal_inside_a_checkpoint_save_stops_after_that_checkpoint(reference
     assert_same_run(workdir, root / "full", config)
 
 
+# The file system filling up inside checkpoint 2, as tensorstore reports it under orbax, with the
+# echoes seen on a full disk: orbax's writer thread logging the error with its traceback, and
+# tensorstore's late callbacks raising "Event loop is closed" as unraisable exceptions.
+DISK_FULL_AT_2 = """
+import logging
+import orbax.checkpoint as ocp
+original_manager_save = ocp.CheckpointManager.save
+def full_disk_save(self, step, *a, **k):
+    if step != 2:
+        return original_manager_save(self, step, *a, **k)
+    partial = self.directory / "2.orbax-checkpoint-tmp" / "state" / "d"
+    partial.mkdir(parents=True)
+    error = ValueError(f'RESOURCE_EXHAUSTED: Error writing "params.head/0" in OCDBT database at local file '
+                       f'"{partial.parent}/": Failed writing: "{partial}/5e1f": Failed to write 318302 bytes to '
+                       "file 20: No space left on device [os_error_code='28']")
+    try:
+        raise error
+    except ValueError:
+        logging.getLogger("absl").exception("_SignalingThread.run() raised an exception: %s", error)
+    class Unraisable:
+        exc_type, exc_value, exc_traceback, err_msg, object = RuntimeError, RuntimeError("Event loop is closed"), None, None, None
+    for _ in range(3):
+        sys.unraisablehook(Unraisable)
+    raise error
+ocp.CheckpointManager.save = full_disk_save
+"""
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes_from_its_last_checkpoint(reference):
+    """No traceback, no echo of the writer threads: one line naming the file being written and the
+    last complete checkpoint, status 1; --resume (once there is space) ends as the uninterrupted run."""
+    root, data_dir, config = reference
+    workdir = root / "disk-full"
+    result = subprocess.run([sys.executable, "-c", patched(FAULTY, DISK_FULL_AT_2), "train", str(data_dir), str(workdir)],
+                            env=program_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    line = assert_one_line_stop(result, 1)
+    partial = workdir / "checkpoints" / "2.orbax-checkpoint-tmp" / "state" / "d" / "5e1f"
+    assert line == f"python -m faulty: error: no space left on device while writing {partial}; the last complete checkpoint is epoch 1"
+    assert runs.checkpoint_epochs(workdir) == [1]
+    trainer.fit(config, workdir, resume=True, **quiet)
+    assert_same_run(workdir, root / "full", config)
+
+
+def test_a_really_full_disk_is_one_line_and_the_run_resumes(reference, tmp_path):
+    """The same on a real full file system: a tmpfs of 60 % of what the run writes (mounting one
+    needs root, as on the CI machine; elsewhere this test cannot run)."""
+    root, data_dir, config = reference
+    mount = tmp_path / "small"
+    mount.mkdir()
+    size = sum(p.stat().st_size for p in (root / "full").rglob("*") if p.is_file()) * 6 // 10
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        result = run_faulty("train", data_dir, mount / "run")
+        line = assert_one_line_stop(result, 1)
+        epochs = runs.checkpoint_epochs(mount / "run")
+        kept = f"the last complete checkpoint is epoch {epochs[-1]}" if epochs else "no checkpoint is complete yet"
+        assert line.startswith(f"python -m faulty: error: no space left on device while writing {mount / 'run'}") and line.endswith(kept)
+        shutil.copytree(mount / "run", tmp_path / "run")  # the disk freed
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+    trainer.fit(config, tmp_path / "run", resume=True, **quiet)
+    assert_same_run(tmp_path / "run", root / "full", config)
+
+
 def test_signals_at_seeded_random_moments_leave_a_resumable_run(reference):
     """While starting (imports, data, compiling: before any checkpoint) or training: every stop
     is one line with 130/143 (or the run had finished), and --resume ends as the uninterrupted
