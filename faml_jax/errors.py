@@ -59,3 +59,29 @@ def written_path(error: BaseException) -> str | None:
         return match.group(1)
     cause = error.__cause__ or error.__context__
     return written_path(cause) if cause is not None and cause is not error else None
+
+
+class OutOfMemoryError(ConfigError):
+    """A step needed more memory than the devices have (a batch too large for the machine)."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is a device or host allocation that failed (XLA's RESOURCE_EXHAUSTED
+    "Out of memory ...", or Python's ``MemoryError``); a full disk is not."""
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error)
+    return "RESOURCE_EXHAUSTED" in text and "out of memory" in text.lower() and not is_disk_full(error)
+
+
+def requested_bytes(error: BaseException) -> int | None:
+    """The allocation an out-of-memory error names, in bytes (XLA's CPU: "allocating N bytes";
+    its GPU allocator: "to allocate 12.34GiB"), or None."""
+    text = str(error)
+    match = re.search(r"allocat\w* (\d+) bytes", text)
+    if match:
+        return int(match.group(1))
+    match = re.search(r"allocate (\d+(?:\.\d+)?) ?([KMGT])i?B", text)
+    if match:
+        return int(float(match.group(1)) * 1024 ** " KMGT".index(match.group(2)))
+    return None

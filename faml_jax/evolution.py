@@ -42,8 +42,8 @@ from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.metrics import classification_metrics
 from faml_jax.runs import last_epoch, member_workdir, read_run_config, restore_variables
 from faml_jax.trainer import (
-    FETCH_EVERY, EpochProgress, Member, Setup, adopt_recorded, compiled, complete_run_config, disk_full_named, has_run,
-    prepare_workdir, recorded_config, reference_loss, stop_signal, train_member,
+    FETCH_EVERY, EpochProgress, Member, Setup, adopt_recorded, compiled, complete_run_config, disk_full_named,
+    has_run, out_of_memory_named, prepare_workdir, recorded_config, reference_loss, stop_signal, train_member,
 )
 from faml_jax.workdir import WorkdirLock, new_folders, prepare_directory, undone_if_it_fails
 from faml_jax.writer import write_json
@@ -470,7 +470,8 @@ def evolve(config: RunConfig, fga_config: FGAConfig, workdir: str | os.PathLike,
         check_given_member(path, config)
     Setup.check_batch(config)
     made = new_folders(workdir)
-    with disk_full_named(workdir, networks="evolution"), WorkdirLock(workdir, "workdir"):
+    with disk_full_named(workdir, networks="evolution"), \
+            out_of_memory_named(config, fga_config.population if side_by_side else 1), WorkdirLock(workdir, "workdir"):
         with undone_if_it_fails(workdir, "evolve.json", made):
             prepare_evolve_workdir(workdir, config, fga_config, given, resume, overwrite)
             evolution = Evolution(config, fga_config, workdir, given=given, member_parallel=member_parallel,

@@ -30,11 +30,14 @@ from flax import traverse_util
 from faml_jax import data, models, pretrained, schedules, signals, train
 from faml_jax.checkpoint import CheckpointDamaged, CheckpointError, Checkpoints, sync_processes
 from faml_jax.config import RunConfig, config_to_json, from_dict, run_config_from_json
-from faml_jax.errors import ConfigError, DiskFullError, NonFiniteError, WorkdirError, is_disk_full, written_path
+from faml_jax.errors import (
+    ConfigError, DiskFullError, NonFiniteError, OutOfMemoryError, WorkdirError, is_disk_full, is_out_of_memory,
+    requested_bytes, written_path,
+)
 from faml_jax.evaluate import Evaluator, open_run_dataset
 from faml_jax.metrics import classification_metrics
 from faml_jax.runs import DAMAGED, PREEMPTED, checkpoint_epochs, checkpoints_of, has_checkpoint, primary_workdir
-from faml_jax.workdir import WorkdirLock, new_folders, prepare_directory, undone_if_it_fails
+from faml_jax.workdir import WorkdirLock, new_folders, prepare_directory, undo_new_run, undone_if_it_fails
 from faml_jax.writer import RunWriter, write_atomic, write_json
 
 # Per-epoch fields of metrics.jsonl that are timings (they differ between identical runs).
@@ -712,6 +715,25 @@ def disk_full_named(workdir: Path, networks: str = ""):
         raise DiskFullError(f"no space left on device while writing {path}; {kept}") from None
 
 
+@contextlib.contextmanager
+def out_of_memory_named(config: RunConfig, networks: int = 1):
+    """Around training: an allocation that failed becomes one ``OutOfMemoryError`` naming the
+    batch sizes, the devices and the memory asked for."""
+    try:
+        yield
+    except Exception as error:
+        if isinstance(error, OutOfMemoryError) or not is_out_of_memory(error):
+            raise
+        devices = jax.devices()
+        asked = requested_bytes(error)
+        side = f", {networks} networks side by side" if networks > 1 else ""
+        raise OutOfMemoryError(
+            f"out of memory training with --batch-size {config.batch_size} (evaluation batch {config.eval_batch_size}"
+            f"{side}) on {len(devices)} {devices[0].platform.upper()} device(s)"
+            + (f": one allocation asked for {asked / 1e9:.2f} GB" if asked else "")
+            + "; lower --batch-size") from None
+
+
 def fit(config: RunConfig, workdir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
         progress: bool = True, log: Log = print, stop_after: int | None = None,
         keep_recorded: tuple[str, ...] = ()) -> dict:
@@ -732,11 +754,12 @@ def fit(config: RunConfig, workdir: str | os.PathLike, *, resume: bool = False, 
         config = adopt_recorded(config, recorded_config(workdir), keep_recorded)
     Setup.check_batch(config)
     made = new_folders(workdir)
-    with disk_full_named(workdir), WorkdirLock(workdir, "workdir"):
+    with disk_full_named(workdir), out_of_memory_named(config), WorkdirLock(workdir, "workdir"):
         with undone_if_it_fails(workdir, "config.json", made):
             prepare_workdir(workdir, config, resume, overwrite, write=False)
             setup = Setup(config, log)  # opens the data set
             member = Member(setup, config, workdir, log=log)
+        failed = False
         try:
             if member.done:
                 raise ConfigError(f"nothing to do: the run in {workdir} already has {member.epoch} epochs; "
@@ -747,8 +770,13 @@ def fit(config: RunConfig, workdir: str | os.PathLike, *, resume: bool = False, 
             member.begin(init)
             train_member(setup, member, progress=progress, stop_after=stop_after)
             summary = member.summary()
+        except Exception:
+            failed = True
+            raise
         finally:
             member.close()
+            if failed and not member.resumed and not has_run(workdir):
+                undo_new_run(workdir, OUTPUTS, made)  # e.g. out of memory at the first step: nothing half-made
     log(f"final (epoch {summary['epochs']}): test accuracy {summary['final_test_accuracy']:.4f}, mean class accuracy "
         f"{summary['final_test_mean_class_accuracy']:.4f} (majority-class rate {summary['majority_class_rate']:.4f})")
     log(f"best epoch {summary['best_epoch']} (selected on the test split, optimistic): test accuracy "

@@ -237,10 +237,26 @@ def undone_if_it_fails(workdir: Path, marker: str, made: list[Path] | None = Non
     except BaseException:
         if new_run and workdir.is_dir():
             (workdir / marker).unlink(missing_ok=True)
-            for folder in made:
-                if not folder.is_dir() or any(p.name != LOCK_FILE for p in folder.iterdir()):
-                    break
-                (folder / LOCK_FILE).unlink(missing_ok=True)  # the lock is held by this process
-                with contextlib.suppress(OSError):  # another process came in meanwhile: leave it
-                    folder.rmdir()
+            _remove_empty(made)
         raise
+
+
+def undo_new_run(workdir: Path, outputs: tuple[str, ...], made: list[Path]) -> None:
+    """Remove what a new run wrote (its ``outputs``: it left nothing to continue from) and the
+    folders made for it (``new_folders``) once empty, so a failed start leaves nothing behind."""
+    workdir = Path(workdir).absolute()
+    for name in outputs:
+        path = workdir / name
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    _remove_empty(made)
+
+
+def _remove_empty(made: list[Path]) -> None:
+    """The folders ``made`` (innermost first) while they hold nothing but this process's lock."""
+    for folder in made:
+        if not folder.is_dir() or any(p.name != LOCK_FILE for p in folder.iterdir()):
+            break
+        (folder / LOCK_FILE).unlink(missing_ok=True)  # the lock is held by this process
+        with contextlib.suppress(OSError):  # another process came in meanwhile: leave it
+            folder.rmdir()

@@ -18,6 +18,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import jax
 import pytest
 
 from experiments import ensemble as ensemble_program
@@ -521,6 +522,33 @@ def test_output_files_honour_the_umask(reference, tmp_path):
         os.umask(old)
     for name in ("config.json", "metrics.jsonl", "test_logits/epoch_0001.npz", "checkpoints/1/digest.json"):
         assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o640, name
+
+
+def test_out_of_memory_is_one_line_and_leaves_nothing(reference, capsys, tmp_path, monkeypatch):
+    """A batch too large for the machine: XLA's RESOURCE_EXHAUSTED at the first step becomes one
+    line naming the batch sizes, the devices and the allocation; the new run's folder is gone."""
+    root, data_dir, _ = reference
+
+    def exhausted(self, placed, learning_rate):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 9585684864 bytes.")
+
+    monkeypatch.setattr(trainer.DataParallel, "__call__", exhausted)
+    workdir = tmp_path / "runs" / "big"
+    args = ["--workdir", str(workdir), "--data-dir", str(data_dir), "--epochs", "1", "--batch-size", "64",
+            "--widths", "8,16,32,64", "--input-size", "32", "--train-size", "96", "--test-size", "40", "--no-attention",
+            "--no-progress"]
+    assert train_program.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    devices = len(jax.devices())
+    assert err == (f"python -m experiments.train: error: out of memory training with --batch-size 64 (evaluation batch "
+                   f"256) on {devices} CPU device(s): one allocation asked for 9.59 GB; lower --batch-size")
+    assert not (tmp_path / "runs").exists()
+    # A GPU's allocator words it otherwise (the library call: the same error, nothing left).
+    monkeypatch.setattr(trainer.DataParallel, "__call__", lambda *a: (_ for _ in ()).throw(
+        RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 12.50GiB.")))
+    with pytest.raises(trainer.OutOfMemoryError, match="one allocation asked for 13.42 GB; lower --batch-size"):
+        trainer.fit(reference[2], tmp_path / "resumed", **quiet)
+    assert not (tmp_path / "resumed").exists()
 
 
 def test_unwritable_or_wrong_kinds_of_paths_are_one_line(reference, capsys, tmp_path, monkeypatch):
