@@ -167,21 +167,48 @@ def non_finite(tree: Mapping) -> list[str]:
     return found
 
 
+# Beyond these magnitudes a weight or BatchNorm statistic is taken for damage, not training: a
+# trained network's weights are of order 1 and a flipped exponent bit gives 1e30 or more;
+# BatchNorm's running variances (of unnormalised activations) get a wider margin.
+PLAUSIBLE = {"params": 1e4, "batch_stats": 1e8}
+
+
+def implausible(tree: Mapping) -> list[str]:
+    """The names (``a/b/c``) of the arrays of ``tree`` (with a ``params`` or ``batch_stats``
+    level) holding values beyond ``PLAUSIBLE``, with the largest magnitude."""
+    found = []
+    for path, value in traverse_util.flatten_dict(dict(tree)).items():
+        value = np.asarray(value)
+        limit = next((PLAUSIBLE[p] for p in path if p in PLAUSIBLE), PLAUSIBLE["params"])
+        if np.issubdtype(value.dtype, np.floating) and value.size and np.isfinite(value).all():
+            largest = float(np.abs(value).max())
+            if largest > limit:
+                found.append(f"{'/'.join(map(str, path))} (|w| up to {largest:.3g}, limit {limit:.0e})")
+    return found
+
+
 def refuse_non_finite(tree: Mapping, where: str) -> None:
-    """A ``ConversionError`` naming the arrays of ``tree`` that hold NaN or infinity."""
-    bad = non_finite(tree)
-    if bad:
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise ConversionError(f"{where} holds non-finite weights: {', '.join(bad[:3])}{more}")
+    """A ``ConversionError`` naming the arrays of ``tree`` that hold NaN or infinity, or values
+    too large for trained weights (``implausible``)."""
+    for what, bad in (("non-finite", non_finite(tree)), ("implausible", implausible(tree))):
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise ConversionError(f"{where} holds {what} weights: {', '.join(bad[:3])}{more}")
 
 
 def save_backbone(backbone: dict, head: dict | None, out: str | os.PathLike, info: dict | None = None) -> Path:
     """Write ``{"params", "batch_stats"}`` (and the head, when given) as an orbax checkpoint in
-    the new folder ``out`` (written under a temporary name and renamed when complete). Weights
-    with NaN or infinity are refused (``ConversionError`` naming them)."""
+    the new folder ``out``, with the digest (size and SHA-256 of every file) that
+    ``load_backbone`` verifies; written under a temporary name and renamed when complete.
+    Weights with NaN, infinity or implausible magnitudes are refused (``ConversionError``
+    naming them)."""
+    import shutil
+
     import orbax.checkpoint as ocp
 
+    from faml_jax.checkpoint import write_digest
     from faml_jax.workdir import ensure_writable
+    from faml_jax.writer import temporary_folder
 
     out = Path(out).absolute()
     if out.exists():
@@ -190,20 +217,37 @@ def save_backbone(backbone: dict, head: dict | None, out: str | os.PathLike, inf
     ensure_writable(out.parent, "output folder")
     tree = {"backbone": backbone, **({"head": head} if head is not None else {})}
     info = {**(info or {}), "has_head": head is not None, "format": "faml_jax resnet18 backbone 1"}
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-        checkpointer.save(out, args=ocp.args.Composite(variables=ocp.args.StandardSave(tree),
-                                                       info=ocp.args.JsonSave(info)))
+    tmp = temporary_folder(out.parent, f".{out.name}.", ".tmp")
+    try:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+            checkpointer.save(tmp / "backbone", args=ocp.args.Composite(variables=ocp.args.StandardSave(tree),
+                                                                        info=ocp.args.JsonSave(info)))
+        write_digest(tmp / "backbone")
+        os.replace(tmp / "backbone", out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
 def load_backbone(path: str | os.PathLike) -> tuple[dict, dict | None, dict]:
-    """Read a folder written by ``save_backbone``: ``(backbone, head or None, info)``."""
+    """Read a folder written by ``save_backbone``: ``(backbone, head or None, info)``. A missing
+    folder, files that differ from those written (its digest) and weights that are non-finite
+    or implausible are each a ``ConversionError`` naming them."""
     import orbax.checkpoint as ocp
 
+    from faml_jax.checkpoint import DIGEST, verify
+
     path = Path(path).absolute()
+    if not path.exists():
+        raise ConversionError(f"backbone {path} not found (convert one with python -m tools.convert_torch_resnet18)")
     if not (path / "info").is_dir() or not (path / "variables").is_dir():
         raise ConversionError(f"{path} is not a converted backbone (expected the folder written by "
                               "python -m tools.convert_torch_resnet18)")
+    if not (path / DIGEST).is_file():
+        raise ConversionError(f"the backbone {path} has no {DIGEST}: it cannot be checked; convert it again")
+    damage = verify(path)
+    if damage:
+        raise ConversionError(f"the backbone {path} is damaged ({damage}): convert it again")
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         restored = checkpointer.restore(path, args=ocp.args.Composite(variables=ocp.args.StandardRestore(),
                                                                       info=ocp.args.JsonRestore()))

@@ -4,8 +4,10 @@ state dict converts, and a wrong one fails naming its keys. Needs the ``torch`` 
 (``make test`` installs it and sets FAML_JAX_REQUIRE_TORCH=1, so these never skip in CI)."""
 
 import os
+import shutil
 
 import jax
+
 import numpy as np
 import pytest
 
@@ -172,6 +174,52 @@ def test_non_finite_weights_are_refused_by_the_converter_and_by_init(torch_net, 
                                                          r"backbone/batch_stats/bn1/var \(1 of 64 values\)"):
         pretrained.save_backbone(loaded, None, tmp_path / "inf")
     assert folder == path.absolute()
+
+
+def test_a_damaged_or_implausible_backbone_is_refused_in_one_line(torch_net, tmp_path, capsys):
+    """Two flipped bytes of a converted backbone were read as weights up to 3e37 and trained into
+    a non-finite loss: the converter's digest is verified by --init, implausible magnitudes are
+    refused by the converter and by --init, and a refused --init leaves no workdir behind."""
+    backbone, head = pretrained.torch_to_flax(state_dict(torch_net))
+    path = pretrained.save_backbone(backbone, head, tmp_path / "ok")
+    assert (path / "digest.json").is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    damaged = tmp_path / "damaged"
+    shutil.copytree(path, damaged)
+    largest = max((p for p in damaged.rglob("*") if p.is_file() and p.name != "digest.json"), key=lambda p: p.stat().st_size)
+    payload = bytearray(largest.read_bytes())
+    payload[len(payload) // 2] ^= 0x7F
+    payload[len(payload) // 2 + 1] ^= 0x40
+    largest.write_bytes(bytes(payload))
+    with pytest.raises(pretrained.ConversionError, match=f"the backbone {damaged} is damaged \\(.*changed since it was "
+                                                         "written\\): convert it again"):
+        pretrained.load_backbone(damaged)
+    with pytest.raises(pretrained.ConversionError, match=f"backbone {tmp_path / 'absent'} not found"):
+        pretrained.load_backbone(tmp_path / "absent")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(pretrained.ConversionError, match="is not a converted backbone"):
+        pretrained.load_backbone(tmp_path / "plain")
+    # Finite but implausible: refused when converted, and when read (even with a matching digest).
+    big = jax.tree_util.tree_map(np.copy, backbone)
+    big["params"]["layer3_0"]["conv2"]["kernel"][0, 0, 0, :2] = 3e37
+    with pytest.raises(pretrained.ConversionError, match=r"implausible weights: backbone/params/layer3_0/conv2/kernel "
+                                                         r"\(\|w\| up to 3e\+37, limit 1e\+04\)"):
+        pretrained.save_backbone(big, None, tmp_path / "big")
+    assert not (tmp_path / "big").exists()
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(pretrained, "implausible", lambda tree: [])
+    pretrained.save_backbone(big, None, tmp_path / "big")
+    monkey.undo()
+    with pytest.raises(pretrained.ConversionError, match="the backbone .*big holds implausible weights"):
+        pretrained.load_backbone(tmp_path / "big")
+    # The programs: one line each, and nothing left of the refused run.
+    common = ["--train-size", "16", "--test-size", "8", "--input-size", "32", "--batch-size", "8", "--epochs", "1",
+              "--data-dir", str(tmp_path / "data"), "--no-progress", "--widths", "64,128,256,512", "--no-attention"]
+    for init, message in ((damaged, "is damaged"), (tmp_path / "big", "implausible weights"),
+                          (tmp_path / "absent", "not found")):
+        assert train_program.main(common + ["--init", str(init), "--workdir", str(tmp_path / "runs" / "r")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "runs").exists()
 
 
 def test_a_backbone_that_does_not_fit_the_model_names_the_keys(torch_net):
