@@ -430,9 +430,11 @@ EVOLVE_OUTPUTS = ("members", "evolve.json", "population.json")
 
 
 def prepare_evolve_workdir(workdir: Path, config: RunConfig, fga_config: FGAConfig, given: list[Path],
-                           resume: bool, overwrite: bool) -> None:
+                           resume: bool, overwrite: bool) -> bool:
+    """Make an evolution's workdir ready (``workdir.prepare_directory`` with its evolve.json);
+    returns whether it continues an earlier evolution."""
     current = {"run": config_to_json(config), "fga": config_to_json(fga_config), "members": [str(p.resolve()) for p in given]}
-    prepare_directory(workdir, config_file="evolve.json", current=current, outputs=EVOLVE_OUTPUTS,
+    return prepare_directory(workdir, config_file="evolve.json", current=current, outputs=EVOLVE_OUTPUTS,
                       has_run=evolution_has_run, resume=resume, overwrite=overwrite, may_differ=MAY_DIFFER,
                       what="evolution", complete=complete_evolve_config)
 
@@ -473,7 +475,9 @@ def evolve(config: RunConfig, fga_config: FGAConfig, workdir: str | os.PathLike,
     with disk_full_named(workdir, networks="evolution"), \
             out_of_memory_named(config, fga_config.population if side_by_side else 1), WorkdirLock(workdir, "workdir"):
         with undone_if_it_fails(workdir, "evolve.json", made):
-            prepare_evolve_workdir(workdir, config, fga_config, given, resume, overwrite)
+            continues = prepare_evolve_workdir(workdir, config, fga_config, given, resume, overwrite)
+            if resume and not continues:
+                log(f"no earlier evolution to resume in {workdir.absolute()}: starting a new one there")
             evolution = Evolution(config, fga_config, workdir, given=given, member_parallel=member_parallel,
                                   progress=progress, log=log)
         return evolution.run()

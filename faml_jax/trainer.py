@@ -756,7 +756,9 @@ def fit(config: RunConfig, workdir: str | os.PathLike, *, resume: bool = False, 
     made = new_folders(workdir)
     with disk_full_named(workdir), out_of_memory_named(config), WorkdirLock(workdir, "workdir"):
         with undone_if_it_fails(workdir, "config.json", made):
-            prepare_workdir(workdir, config, resume, overwrite, write=False)
+            continues = prepare_workdir(workdir, config, resume, overwrite, write=False)
+            if resume and not continues:
+                log(f"no earlier run to resume in {workdir.absolute()}: starting a new run there")
             setup = Setup(config, log)  # opens the data set
             member = Member(setup, config, workdir, log=log)
         failed = False

@@ -524,6 +524,17 @@ def test_output_files_honour_the_umask(reference, tmp_path):
         assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o640, name
 
 
+def test_resume_of_a_folder_without_a_run_says_it_starts_anew(reference, tmp_path):
+    """A mistyped --resume workdir: one line says no earlier run was found, then it trains."""
+    root, data_dir, config = reference
+    logged = []
+    trainer.fit(config, tmp_path / "typo", resume=True, stop_after=1, progress=False, log=logged.append)
+    assert logged[0] == f"no earlier run to resume in {tmp_path / 'typo'}: starting a new run there"
+    logged.clear()
+    trainer.fit(config, tmp_path / "typo", resume=True, stop_after=2, progress=False, log=logged.append)
+    assert not any("no earlier run" in m for m in logged)
+
+
 def test_out_of_memory_is_one_line_and_leaves_nothing(reference, capsys, tmp_path, monkeypatch):
     """A batch too large for the machine: XLA's RESOURCE_EXHAUSTED at the first step becomes one
     line naming the batch sizes, the devices and the allocation; the new run's folder is gone."""

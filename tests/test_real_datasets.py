@@ -394,7 +394,8 @@ def test_prepare_fails_on_a_corrupt_image_leaving_nothing_complete(tmp_path, cap
     out = tmp_path / "prepared"
     args = ["--dataset", "rafdb", "--data-dir", str(folder), "--out", str(out), "--no-progress"]
     assert prepare_program.main(args) == 2
-    err = capsys.readouterr().err
+    printed, err = capsys.readouterr()
+    assert "download" not in printed.lower()  # TFDS's "Downloading and preparing": nothing is downloaded
     assert f"unreadable or corrupt images (1 train, 1 test): cannot decode image {bad}" in err
     assert f"cannot decode image {bad_test}" in err and "--skip-bad-images" in err
     assert not prepared.is_prepared("rafdb", out) and not prepared.unfinished("rafdb", out)
@@ -402,6 +403,8 @@ def test_prepare_fails_on_a_corrupt_image_leaving_nothing_complete(tmp_path, cap
         data.open_dataset("rafdb", out)
     # With the flag: prepared without it, and the skipped image recorded with the data.
     assert prepare_program.main(args + ["--skip-bad-images"]) == 0
+    printed = capsys.readouterr().out
+    assert "download" not in printed.lower() and f"preparing rafdb from {folder} into {out}" in printed, printed
     dataset = data.open_dataset("rafdb", out)
     assert (len(dataset.train), len(dataset.test)) == (len(RAF_WITH_BAD) - 1, 6)
     assert any(str(bad) in n for n in dataset.notes) and any(str(bad_test) in n for n in dataset.notes)

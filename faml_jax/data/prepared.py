@@ -85,6 +85,14 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self.quality = quality
         super().__init__(**kwargs)
 
+    # TFDS prints "Downloading and preparing dataset ..." and "... downloaded and prepared":
+    # nothing is downloaded here, and experiments.prepare says what it prepares, and where.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
     @property
     @abc.abstractmethod
     def dataset(self) -> str:
