@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_STAMP := $(VENV)/.installed-torch
 
-.PHONY: install test test-torch demo evolve-demo ensemble-demo predict-demo bench bench-ensemble bench-data bench-predict wheelhouse gpu-install gpu-check clean
+.PHONY: install test lint format test-torch demo evolve-demo ensemble-demo predict-demo bench bench-ensemble bench-data bench-predict wheelhouse gpu-install gpu-check clean
 
 install: $(STAMP)
 
@@ -26,8 +26,17 @@ $(TORCH_STAMP): $(STAMP)
 # programs, one core each.
 TEST_WORKERS ?= 4
 
-test: $(TORCH_STAMP)
+test: lint $(TORCH_STAMP)
 	FAML_JAX_REQUIRE_TORCH=1 $(PY) -m pytest -q -n auto --maxprocesses $(TEST_WORKERS) --dist loadfile
+
+# ruff's lint rules and format check (configured in pyproject.toml); `make format` applies both.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 # Only the PyTorch-interop tests: ResNet18 conversion (tests/test_pretrained.py).
 test-torch: $(TORCH_STAMP)

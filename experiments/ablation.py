@@ -46,7 +46,13 @@ from pathlib import Path
 import numpy as np
 
 from experiments.cli import (
-    OneLineErrorParser, UsageError, add_fga_arguments, add_run_arguments, fga_config, kept_on_resume, resolve_config,
+    OneLineErrorParser,
+    UsageError,
+    add_fga_arguments,
+    add_run_arguments,
+    fga_config,
+    kept_on_resume,
+    resolve_config,
     run_cli,
 )
 from faml_jax import evolution, models, report, runs, trainer
@@ -63,12 +69,30 @@ VARIANTS = {  # row name: model preset
 ROWS = ("R18", "R18+FA", "R18+FAML", "R18+FAML-FGA", "R18+FAML-T2V", "R18+FAML-FGA-T2V")
 # METHOD 5 / paper Table 2 (accuracy %); the FGA-T2V row is the paper's 6-network ensemble.
 PAPER = {
-    "rafdb": {"R18": 88.62, "R18+FA": 88.72, "R18+FAML": 90.32, "R18+FAML-FGA": 90.51, "R18+FAML-T2V": 91.46,
-              "R18+FAML-FGA-T2V": 91.59},
-    "affectnet8": {"R18": 52.16, "R18+FA": 52.54, "R18+FAML": 62.17, "R18+FAML-FGA": 62.29, "R18+FAML-T2V": 63.04,
-                   "R18+FAML-FGA-T2V": 63.27},
-    "affectnet7": {"R18": 58.17, "R18+FA": 59.77, "R18+FAML": 65.83, "R18+FAML-FGA": 65.89, "R18+FAML-T2V": 66.51,
-                   "R18+FAML-FGA-T2V": 66.63},
+    "rafdb": {
+        "R18": 88.62,
+        "R18+FA": 88.72,
+        "R18+FAML": 90.32,
+        "R18+FAML-FGA": 90.51,
+        "R18+FAML-T2V": 91.46,
+        "R18+FAML-FGA-T2V": 91.59,
+    },
+    "affectnet8": {
+        "R18": 52.16,
+        "R18+FA": 52.54,
+        "R18+FAML": 62.17,
+        "R18+FAML-FGA": 62.29,
+        "R18+FAML-T2V": 63.04,
+        "R18+FAML-FGA-T2V": 63.27,
+    },
+    "affectnet7": {
+        "R18": 58.17,
+        "R18+FA": 59.77,
+        "R18+FAML": 65.83,
+        "R18+FAML-FGA": 65.89,
+        "R18+FAML-T2V": 66.51,
+        "R18+FAML-FGA-T2V": 66.63,
+    },
 }
 
 
@@ -96,8 +120,9 @@ def variant_config(base: RunConfig, row: str) -> RunConfig:
     name = VARIANTS[row]
     loss = base.loss if name == "r18_faml" else LossConfig(kind="ce")
     attention = base.model.attention if name != "r18" else None
-    return dataclasses.replace(base, model_name=name, model=models.with_preset(base.model, name, attention=attention),
-                               loss=loss)
+    return dataclasses.replace(
+        base, model_name=name, model=models.with_preset(base.model, name, attention=attention), loss=loss
+    )
 
 
 def check_finished_run(run_dir: Path, config: RunConfig, keep_recorded: tuple[str, ...]) -> None:
@@ -105,11 +130,14 @@ def check_finished_run(run_dir: Path, config: RunConfig, keep_recorded: tuple[st
     R18+FA run made when R18+FA was the FA stem alone, or trained with WCE)."""
     saved = recorded_config(run_dir)
     config = adopt_recorded(config, saved, keep_recorded)
-    diffs = config_differences(complete_run_config(saved or {}), config_to_json(config),
-                               may_differ=("epochs", "data.num_threads"))
+    diffs = config_differences(
+        complete_run_config(saved or {}), config_to_json(config), may_differ=("epochs", "data.num_threads")
+    )
     if diffs:
-        raise UsageError(f"the finished run in {run_dir} was made with another configuration than this row's: "
-                         f"{'; '.join(diffs)} (delete it, or use another --workdir)")
+        raise UsageError(
+            f"the finished run in {run_dir} was made with another configuration than this row's: "
+            f"{'; '.join(diffs)} (delete it, or use another --workdir)"
+        )
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -120,13 +148,28 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 def single_row(names: list[str], accuracies: list[float], what: str) -> dict:
     mean, sd = mean_sd([100 * a for a in accuracies])
     best = int(np.argmax(accuracies))
-    return {"accuracy": round(mean, 2), "sd": round(sd, 2), "best": round(100 * accuracies[best], 2),
-            "best_network": names[best], "networks": dict(zip(names, [round(100 * a, 2) for a in accuracies])),
-            "what": what}
+    return {
+        "accuracy": round(mean, 2),
+        "sd": round(sd, 2),
+        "best": round(100 * accuracies[best], 2),
+        "best_network": names[best],
+        "networks": dict(zip(names, [round(100 * a, 2) for a in accuracies])),
+        "what": what,
+    }
 
 
-def run(base: RunConfig, fga: FGAConfig, networks: int, workdir: str | os.PathLike, *, resume: bool = False,
-        member_parallel: bool = False, progress: bool = True, log=print, keep_recorded: tuple[str, ...] = ()) -> dict:
+def run(
+    base: RunConfig,
+    fga: FGAConfig,
+    networks: int,
+    workdir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    member_parallel: bool = False,
+    progress: bool = True,
+    log=print,
+    keep_recorded: tuple[str, ...] = (),
+) -> dict:
     """Train and combine everything Table 2 needs in ``workdir``; returns the table (also in
     table2.json)."""
     workdir = Path(workdir)
@@ -150,8 +193,14 @@ def run(base: RunConfig, fga: FGAConfig, networks: int, workdir: str | os.PathLi
                 check_finished_run(run_dir, dataclasses.replace(config, seed=seed), keep_recorded)
             if summary is None or summary["epochs"] < config.epochs:
                 log(f"== {row}, seed {seed} ({run_dir})")
-                summary = trainer.fit(dataclasses.replace(config, seed=seed), run_dir, resume=True,
-                                      progress=progress, log=log, keep_recorded=keep_recorded)
+                summary = trainer.fit(
+                    dataclasses.replace(config, seed=seed),
+                    run_dir,
+                    resume=True,
+                    progress=progress,
+                    log=log,
+                    keep_recorded=keep_recorded,
+                )
             names.append(f"seed{seed}")
             accuracies.append(summary["final_test_accuracy"])
             if row == "R18+FAML":
@@ -159,13 +208,24 @@ def run(base: RunConfig, fga: FGAConfig, networks: int, workdir: str | os.PathLi
         table[row] = single_row(names, accuracies, f"mean ± sd of {networks} networks (seeds {seeds[0]}..{seeds[-1]})")
     log("== R18+FAML-FGA")
     fga_dir = workdir / "fga"
-    result = evolution.evolve(base, fga, fga_dir, members=faml_dirs, resume=True, side_by_side=member_parallel,
-                              progress=progress, log=log, keep_recorded=keep_recorded)
+    result = evolution.evolve(
+        base,
+        fga,
+        fga_dir,
+        members=faml_dirs,
+        resume=True,
+        side_by_side=member_parallel,
+        progress=progress,
+        log=log,
+        keep_recorded=keep_recorded,
+    )
     lineage = json.loads((fga_dir / "population.json").read_text())
     survivors = result["survivors"]
     table["R18+FAML-FGA"] = single_row(
-        survivors, [lineage["members"][n]["test_accuracy"] for n in survivors],
-        f"mean ± sd of the final population ({fga.generations} generation(s))")
+        survivors,
+        [lineage["members"][n]["test_accuracy"] for n in survivors],
+        f"mean ± sd of the final population ({fga.generations} generation(s))",
+    )
     reports = {}
     for row, members, folder in [
         ("R18+FAML-T2V", [(f"seed{s}", d) for s, d in zip(seeds, faml_dirs)], "faml-t2v"),
@@ -173,18 +233,28 @@ def run(base: RunConfig, fga: FGAConfig, networks: int, workdir: str | os.PathLi
     ]:
         log(f"== {row}")
         out = workdir / "reports" / folder
-        result_ = report.ensemble_report(members, out, overwrite=True, progress=progress, log=log,
-                                         command=f"experiments.ablation ({row})")
+        result_ = report.ensemble_report(
+            members, out, overwrite=True, progress=progress, log=log, command=f"experiments.ablation ({row})"
+        )
         reports[row] = result_
-        table[row] = {"accuracy": result_["ensemble"]["t2v"]["accuracy"],
-                      "t1v": result_["ensemble"]["t1v"]["accuracy"], "noi": result_["ensemble"]["noi"]["accuracy"],
-                      "best_member": max(m["accuracy"] for m in result_["members"]),
-                      "what": f"T2V of {len(members)} networks ({', '.join(n for n, _ in members)})",
-                      "report": str(out)}
+        table[row] = {
+            "accuracy": result_["ensemble"]["t2v"]["accuracy"],
+            "t1v": result_["ensemble"]["t1v"]["accuracy"],
+            "noi": result_["ensemble"]["noi"]["accuracy"],
+            "best_member": max(m["accuracy"] for m in result_["members"]),
+            "what": f"T2V of {len(members)} networks ({', '.join(n for n, _ in members)})",
+            "report": str(out),
+        }
     for row in ROWS:
         table[row]["paper"] = paper_accuracy(base.data.dataset, row, networks)
-    result = {"dataset": base.data.dataset, "networks": networks, "seeds": seeds, "epochs": base.epochs,
-              "fga": dataclasses.asdict(fga), "rows": table}
+    result = {
+        "dataset": base.data.dataset,
+        "networks": networks,
+        "seeds": seeds,
+        "epochs": base.epochs,
+        "fga": dataclasses.asdict(fga),
+        "rows": table,
+    }
     write_json(workdir / "table2.json", result)
     write_atomic(workdir / "table2.md", markdown(result))
     log(markdown(result))
@@ -193,35 +263,47 @@ def run(base: RunConfig, fga: FGAConfig, networks: int, workdir: str | os.PathLi
 
 def markdown(result: dict) -> str:
     dataset = result["dataset"]
-    lines = [f"# Table 2 on `{dataset}`\n",
-             f"{result['networks']} networks per single-network row (seeds {result['seeds'][0]}.."
-             f"{result['seeds'][-1]}), at most {result['epochs']} epochs each; test accuracy %.\n",
-             "Rows as the paper defines them (METHOD 2): R18 = plain ResNet18, CE; R18+FA = FA stem and "
-             "attention blocks, CE; R18+FAML = R18+FA trained with the ML loss.\n",
-             f"| model | accuracy | best network | T1V / NOI | paper ({dataset}) | what |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Table 2 on `{dataset}`\n",
+        f"{result['networks']} networks per single-network row (seeds {result['seeds'][0]}.."
+        f"{result['seeds'][-1]}), at most {result['epochs']} epochs each; test accuracy %.\n",
+        "Rows as the paper defines them (METHOD 2): R18 = plain ResNet18, CE; R18+FA = FA stem and "
+        "attention blocks, CE; R18+FAML = R18+FA trained with the ML loss.\n",
+        f"| model | accuracy | best network | T1V / NOI | paper ({dataset}) | what |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in ROWS:
         r = result["rows"][row]
         paper = "-" if r["paper"] is None else f"{r['paper']:.2f}"
         if "sd" in r:
-            lines.append(f"| {row} | {r['accuracy']:.2f} ± {r['sd']:.2f} | {r['best']:.2f} ({r['best_network']}) | "
-                         f"| {paper} | {r['what']} |")
+            lines.append(
+                f"| {row} | {r['accuracy']:.2f} ± {r['sd']:.2f} | {r['best']:.2f} ({r['best_network']}) | "
+                f"| {paper} | {r['what']} |"
+            )
         else:
             label = f"{row} ({result['networks']} nets)" if row.endswith("-T2V") else row
             if row == "R18+FAML-T2V" and r["paper"] is not None:
                 paper += " (size not stated)"
-            lines.append(f"| {label} | {r['accuracy']:.2f} | {r['best_member']:.2f} (best member) | "
-                         f"{r['t1v']:.2f} / {r['noi']:.2f} | {paper} | {r['what']} |")
+            lines.append(
+                f"| {label} | {r['accuracy']:.2f} | {r['best_member']:.2f} (best member) | "
+                f"{r['t1v']:.2f} / {r['noi']:.2f} | {paper} | {r['what']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser.for_program("experiments.ablation", __doc__)
-    add_run_arguments(parser, epochs_help="epochs of every network (preset; FGA: at most)",
-                      workdir_help="output folder (default runs/ablation-<dataset>-seed<seed>)")
-    parser.add_argument("--networks", type=int, default=6,
-                        help="networks per single-network row = ensemble size = FGA population (default 6, as the "
-                             "paper's T2V rows)")
+    add_run_arguments(
+        parser,
+        epochs_help="epochs of every network (preset; FGA: at most)",
+        workdir_help="output folder (default runs/ablation-<dataset>-seed<seed>)",
+    )
+    parser.add_argument(
+        "--networks",
+        type=int,
+        default=6,
+        help="networks per single-network row = ensemble size = FGA population (default 6, as the paper's T2V rows)",
+    )
     add_fga_arguments(parser, population=False)
     parser.add_argument("--member-parallel", action="store_true", help="FGA: one network per device side by side")
     return parser
@@ -239,9 +321,16 @@ def main(argv=None) -> int:
         if base.model_name != "r18_faml":
             raise UsageError(f"the {args.dataset} preset's model is {base.model_name}, expected r18_faml")
         workdir = process_workdir(Path(args.workdir or f"runs/ablation-{args.dataset}-seed{args.seed}"))
-        run(base, fga_config(args, population=args.networks), args.networks, workdir,
-            resume=args.resume, member_parallel=args.member_parallel, progress=not args.no_progress,
-            keep_recorded=kept_on_resume(args))
+        run(
+            base,
+            fga_config(args, population=args.networks),
+            args.networks,
+            workdir,
+            resume=args.resume,
+            member_parallel=args.member_parallel,
+            progress=not args.no_progress,
+            keep_recorded=kept_on_resume(args),
+        )
 
     return run_cli(build_parser(), argv, body)
 

@@ -32,33 +32,52 @@ from pathlib import Path
 from experiments.cli import OneLineErrorParser, UsageError, run_cli
 from faml_jax import ensemble
 from faml_jax.config import EnsembleConfig
-from faml_jax.runs import population_members
 from faml_jax.evaluate import named_members
 from faml_jax.report import ensemble_report
+from faml_jax.runs import population_members
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser.for_program("experiments.ensemble", __doc__)
     source = parser.add_argument_group("members (at least 2 in all)")
     source.add_argument("--members", nargs="+", metavar="DIR", default=[], help="workdirs of experiments.train runs")
-    source.add_argument("--population", metavar="DIR",
-                        help="an experiments.evolve workdir: its final population joins the members")
-    source.add_argument("--generation", type=int, metavar="N",
-                        help="with --population: generation N's survivors (0: the initial population) instead of the final population; also of an unfinished evolution")
-    source.add_argument("--all-networks", action="store_true",
-                        help="with --population: every network the evolution trained, not only the survivors")
-    parser.add_argument("--checkpoint", choices=["final", "best"], default="final",
-                        help="each member's latest checkpoint (default) or its best by test accuracy (optimistic)")
-    parser.add_argument("--order", choices=["given", "accuracy"], default="given",
-                        help="order in which members join for the ensemble-size table (default: as given)")
+    source.add_argument(
+        "--population", metavar="DIR", help="an experiments.evolve workdir: its final population joins the members"
+    )
+    source.add_argument(
+        "--generation",
+        type=int,
+        metavar="N",
+        help="with --population: generation N's survivors (0: the initial population) instead of the final population; also of an unfinished evolution",
+    )
+    source.add_argument(
+        "--all-networks",
+        action="store_true",
+        help="with --population: every network the evolution trained, not only the survivors",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        choices=["final", "best"],
+        default="final",
+        help="each member's latest checkpoint (default) or its best by test accuracy (optimistic)",
+    )
+    parser.add_argument(
+        "--order",
+        choices=["given", "accuracy"],
+        default="given",
+        help="order in which members join for the ensemble-size table (default: as given)",
+    )
     parser.add_argument("--alpha", type=float, default=ensemble.ALPHA, help="T2V weight of a top-1 vote (1.9)")
     parser.add_argument("--beta", type=float, default=ensemble.BETA, help="T2V weight of a top-2 vote (1.0)")
     parser.add_argument("--out", help="report folder (default: <population>/ensemble, else runs/ensemble)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
     parser.add_argument("--data-dir", help="the data set's folder, if it moved since training")
     parser.add_argument("--batch-size", type=int, help="evaluation batch (default: the members' eval batch)")
-    parser.add_argument("--mapping", choices=["map", "vmap"],
-                        help="how members are mapped in the compiled call (default: measured per backend)")
+    parser.add_argument(
+        "--mapping",
+        choices=["map", "vmap"],
+        help="how members are mapped in the compiled call (default: measured per backend)",
+    )
     parser.add_argument("--threads", type=int, help="host threads reading images")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -76,8 +95,18 @@ def main(argv=None) -> int:
         out = args.out or (str(Path(args.population) / "ensemble") if args.population else "runs/ensemble")
         command = "python -m experiments.ensemble " + " ".join(sys.argv[1:] if argv is None else argv)
         config = EnsembleConfig(alpha=args.alpha, beta=args.beta, checkpoint=args.checkpoint, order=args.order)
-        ensemble_report(members, out, config, overwrite=args.overwrite, data_dir=args.data_dir, batch_size=args.batch_size, mapping=args.mapping,
-            num_threads=args.threads, progress=not args.no_progress, command=command)
+        ensemble_report(
+            members,
+            out,
+            config,
+            overwrite=args.overwrite,
+            data_dir=args.data_dir,
+            batch_size=args.batch_size,
+            mapping=args.mapping,
+            num_threads=args.threads,
+            progress=not args.no_progress,
+            command=command,
+        )
 
     return run_cli(build_parser(), argv, body)
 

@@ -36,7 +36,13 @@ import sys
 from pathlib import Path
 
 from experiments.cli import (
-    OneLineErrorParser, add_fga_arguments, add_run_arguments, fga_config, kept_on_resume, resolve_config, run_cli,
+    OneLineErrorParser,
+    add_fga_arguments,
+    add_run_arguments,
+    fga_config,
+    kept_on_resume,
+    resolve_config,
+    run_cli,
 )
 from faml_jax.evolution import evolve
 from faml_jax.runs import process_workdir
@@ -44,13 +50,23 @@ from faml_jax.runs import process_workdir
 
 def build_parser():
     parser = OneLineErrorParser.for_program("experiments.evolve", __doc__)
-    add_run_arguments(parser, epochs_help="most epochs to train each network (preset)",
-                      workdir_help="output folder (default runs/evolve-<dataset>-<model>-seed<seed>)")
+    add_run_arguments(
+        parser,
+        epochs_help="most epochs to train each network (preset)",
+        workdir_help="output folder (default runs/evolve-<dataset>-<model>-seed<seed>)",
+    )
     group = add_fga_arguments(parser, population=True)
-    group.add_argument("--members", nargs="+", metavar="DIR",
-                       help="initial population: workdirs of networks trained by experiments.train")
-    group.add_argument("--member-parallel", action="store_true",
-                       help="train one network per device side by side (default: one after another, data-parallel)")
+    group.add_argument(
+        "--members",
+        nargs="+",
+        metavar="DIR",
+        help="initial population: workdirs of networks trained by experiments.train",
+    )
+    group.add_argument(
+        "--member-parallel",
+        action="store_true",
+        help="train one network per device side by side (default: one after another, data-parallel)",
+    )
     return parser
 
 
@@ -58,9 +74,20 @@ def main(argv=None) -> int:
     def body(args):
         config = resolve_config(args)
         fga = fga_config(args)
-        workdir = process_workdir(Path(args.workdir or f"runs/evolve-{args.dataset}-{config.model_name}-seed{args.seed}"))
-        evolve(config, fga, workdir, members=args.members or (), resume=args.resume, overwrite=args.overwrite,
-               side_by_side=args.member_parallel, progress=not args.no_progress, keep_recorded=kept_on_resume(args))
+        workdir = process_workdir(
+            Path(args.workdir or f"runs/evolve-{args.dataset}-{config.model_name}-seed{args.seed}")
+        )
+        evolve(
+            config,
+            fga,
+            workdir,
+            members=args.members or (),
+            resume=args.resume,
+            overwrite=args.overwrite,
+            side_by_side=args.member_parallel,
+            progress=not args.no_progress,
+            keep_recorded=kept_on_resume(args),
+        )
 
     return run_cli(build_parser(), argv, body)
 

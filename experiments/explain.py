@@ -24,10 +24,20 @@ from faml_jax import predict
 def build_parser() -> OneLineErrorParser:
     parser = OneLineErrorParser.for_program("experiments.explain", __doc__)
     parser.add_argument("--run", action="append", default=[], metavar="DIR", help="a run folder: one row (repeatable)")
-    parser.add_argument("--ensemble", action="append", default=[], metavar="DIR,DIR,...",
-                        help="run folders voting with T2V: one row (repeatable)")
-    parser.add_argument("--population", action="append", default=[], metavar="DIR",
-                        help="an evolution's final population: one row (repeatable)")
+    parser.add_argument(
+        "--ensemble",
+        action="append",
+        default=[],
+        metavar="DIR,DIR,...",
+        help="run folders voting with T2V: one row (repeatable)",
+    )
+    parser.add_argument(
+        "--population",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="an evolution's final population: one row (repeatable)",
+    )
     parser.add_argument("--kind", choices=["gradcam", "relevancy"], default="gradcam", help="the map (default gradcam)")
     parser.add_argument("--indices", help="one test index per expression, comma-separated")
     parser.add_argument("--checkpoint", choices=["final", "best"], default="final", help="which checkpoint of each run")
@@ -42,7 +52,9 @@ def main(argv=None) -> int:
         for group in args.ensemble:
             dirs = [d for d in group.split(",") if d]
             rows.append((f"T2V of {len(dirs)}", predict.Predictor.from_runs(dirs, args.checkpoint)))
-        rows += [(f"{Path(d).name} (T2V)", predict.Predictor.from_population(d, args.checkpoint)) for d in args.population]
+        rows += [
+            (f"{Path(d).name} (T2V)", predict.Predictor.from_population(d, args.checkpoint)) for d in args.population
+        ]
         if not rows:
             raise UsageError("give at least one --run, --ensemble or --population")
         try:
@@ -59,9 +71,13 @@ def main(argv=None) -> int:
         tmp = out.with_name(f".{out.name}.tmp")
         Image.fromarray(figure["grid"]).save(tmp, format="PNG")
         tmp.replace(out)
-        write_atomic(out.with_suffix(".npz"), arrays={k: np.asarray(figure[k]) for k in ("maps", "images", "indices",
-                                                                                          "classes", "rows")})
-        print("test images per expression: " + ", ".join(f"{c} {i}" for c, i in zip(figure["classes"], figure["indices"])))
+        write_atomic(
+            out.with_suffix(".npz"),
+            arrays={k: np.asarray(figure[k]) for k in ("maps", "images", "indices", "classes", "rows")},
+        )
+        print(
+            "test images per expression: " + ", ".join(f"{c} {i}" for c, i in zip(figure["classes"], figure["indices"]))
+        )
         print(f"written {out} and {out.with_suffix('.npz')}")
 
     return run_cli(build_parser(), argv, body)

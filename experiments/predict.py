@@ -34,30 +34,62 @@ from faml_jax.config import EnsembleConfig
 
 def build_parser():
     parser = OneLineErrorParser.for_program("experiments.predict", __doc__)
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders (searched recursively) or globs")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="IMAGE", help="image files, folders (searched recursively) or globs"
+    )
     source = parser.add_argument_group("networks")
-    source.add_argument("--run", action="append", default=[], metavar="DIR",
-                        help="an experiments.train run folder (repeat for an ensemble)")
+    source.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="an experiments.train run folder (repeat for an ensemble)",
+    )
     source.add_argument("--population", metavar="DIR", help="an experiments.evolve workdir: its final population")
-    source.add_argument("--generation", type=int, metavar="N",
-                        help="with --population: generation N's survivors (0: the initial population) instead of the final population; also of an unfinished evolution")
-    parser.add_argument("--checkpoint", choices=["final", "best"], default="final",
-                        help="each run's latest checkpoint (default) or its best by test accuracy")
-    parser.add_argument("--strategy", choices=list(predict.STRATEGIES), default="t2v",
-                        help="how an ensemble decides: T2V top-two voting (default), T1V majority, NOI summed softmax")
-    parser.add_argument("--faces", choices=list(predict.FACE_SOURCES), default="detect",
-                        help="detect faces in photos (default) or take each image as one face already cut out")
-    parser.add_argument("--crop", choices=list(faces.MODES),
-                        help="how detected faces are cut (default: as the run's data set: align for RAF-DB, box otherwise)")
+    source.add_argument(
+        "--generation",
+        type=int,
+        metavar="N",
+        help="with --population: generation N's survivors (0: the initial population) instead of the final population; also of an unfinished evolution",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        choices=["final", "best"],
+        default="final",
+        help="each run's latest checkpoint (default) or its best by test accuracy",
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=list(predict.STRATEGIES),
+        default="t2v",
+        help="how an ensemble decides: T2V top-two voting (default), T1V majority, NOI summed softmax",
+    )
+    parser.add_argument(
+        "--faces",
+        choices=list(predict.FACE_SOURCES),
+        default="detect",
+        help="detect faces in photos (default) or take each image as one face already cut out",
+    )
+    parser.add_argument(
+        "--crop",
+        choices=list(faces.MODES),
+        help="how detected faces are cut (default: as the run's data set: align for RAF-DB, box otherwise)",
+    )
     parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     parser.add_argument("--batch-size", type=int, default=32, help="faces per compiled call (default 32)")
     parser.add_argument("--no-annotated", action="store_true", help="do not write annotated photos")
-    parser.add_argument("--explain", action="store_true",
-                        help="also write where the networks look (maps/); ensembles: weighted by the members' T2V "
-                             "votes (METHOD 6)")
-    parser.add_argument("--map", choices=["gradcam", "relevancy"], default="gradcam",
-                        help="with --explain: Grad-CAM of the last stage (default) or the attention blocks' "
-                             "relevancy (models with attention blocks)")
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="also write where the networks look (maps/); ensembles: weighted by the members' T2V votes (METHOD 6)",
+    )
+    parser.add_argument(
+        "--map",
+        choices=["gradcam", "relevancy"],
+        default="gradcam",
+        help="with --explain: Grad-CAM of the last stage (default) or the attention blocks' "
+        "relevancy (models with attention blocks)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -72,26 +104,30 @@ def main(argv=None) -> int:
             raise UsageError("--generation needs --population")
         kwargs = dict(strategy=args.strategy, ensemble_config=EnsembleConfig(), batch_size=args.batch_size)
         if args.population:
-            predictor = predict.Predictor.from_population(args.population, args.checkpoint, generation=args.generation,
-                                                          **kwargs)
+            predictor = predict.Predictor.from_population(
+                args.population, args.checkpoint, generation=args.generation, **kwargs
+            )
         else:
             predictor = predict.Predictor.from_runs(args.run, args.checkpoint, **kwargs)
         files = predict.image_files(args.inputs, exclude=args.out)
-        results = predict.predict_photos(predictor, files, faces=args.faces, mode=args.crop,
-                                         progress=not args.no_progress)
+        results = predict.predict_photos(
+            predictor, files, faces=args.faces, mode=args.crop, progress=not args.no_progress
+        )
         command = "python -m experiments.predict " + " ".join(sys.argv[1:] if argv is None else argv)
         predict.write_predictions(args.out, results, predictor, annotated=not args.no_annotated, command=command)
         if args.explain:
             predict.write_maps(args.out, results, predictor, args.map)
-        print(f"{len(predictor.names)} network(s) ({', '.join(predictor.names)}), {predictor.dataset}, "
-              f"{predictor.input_size} px, strategy {predictor.strategy}")
+        print(
+            f"{len(predictor.names)} network(s) ({', '.join(predictor.names)}), {predictor.dataset}, "
+            f"{predictor.input_size} px, strategy {predictor.strategy}"
+        )
         width = max([len(r["file"]) for r in results.records] + [4])
         print(f"{'file':<{width}}  face  class        confidence")
         for r in results.records:
             print(f"{r['file']:<{width}}  {r['face']:>4}  {r['class']:<12} {r['confidence']:.3f}")
         for f in results.no_face:
             print(f"no face found: {f}")
-        for f, error in results.failures:
+        for _, error in results.failures:
             print(f"unreadable: {error}", file=sys.stderr)
         print(f"{len(results.records)} face(s) in {len(files) - len(results.failures)} image(s); written to {args.out}")
         failed.extend(results.failures)

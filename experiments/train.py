@@ -27,8 +27,11 @@ from faml_jax.trainer import fit
 
 def build_parser():
     parser = OneLineErrorParser.for_program("experiments.train", __doc__)
-    add_run_arguments(parser, epochs_help="epochs to train (preset)",
-                      workdir_help="output folder (default runs/<dataset>-<model>-seed<seed>)")
+    add_run_arguments(
+        parser,
+        epochs_help="epochs to train (preset)",
+        workdir_help="output folder (default runs/<dataset>-<model>-seed<seed>)",
+    )
     return parser
 
 
@@ -36,8 +39,14 @@ def main(argv=None) -> int:
     def body(args):
         config = resolve_config(args)
         workdir = process_workdir(Path(args.workdir or f"runs/{args.dataset}-{config.model_name}-seed{args.seed}"))
-        fit(config, workdir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
-            keep_recorded=kept_on_resume(args))
+        fit(
+            config,
+            workdir,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            keep_recorded=kept_on_resume(args),
+        )
 
     return run_cli(build_parser(), argv, body)
 

@@ -59,13 +59,20 @@ class Checkpoints:
         # orbax's own multi-host protocol is not used: each process works alone (its barriers
         # would wait for processes that never call it), ``save`` synchronises the processes.
         alone = ocp.options.MultiprocessingOptions(
-            primary_host=jax.process_index(), active_processes={jax.process_index()})
+            primary_host=jax.process_index(), active_processes={jax.process_index()}
+        )
         registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
         for item, handler, arg_types in (
-            ("state", ocp.handlers.StandardCheckpointHandler(multiprocessing_options=alone),
-             (ocp.args.StandardSave, ocp.args.StandardRestore)),
-            ("record", ocp.handlers.JsonCheckpointHandler(multiprocessing_options=alone),
-             (ocp.args.JsonSave, ocp.args.JsonRestore)),
+            (
+                "state",
+                ocp.handlers.StandardCheckpointHandler(multiprocessing_options=alone),
+                (ocp.args.StandardSave, ocp.args.StandardRestore),
+            ),
+            (
+                "record",
+                ocp.handlers.JsonCheckpointHandler(multiprocessing_options=alone),
+                (ocp.args.JsonSave, ocp.args.JsonRestore),
+            ),
         ):
             for arg_type in arg_types:
                 registry.add(item, arg_type, handler)
@@ -73,7 +80,8 @@ class Checkpoints:
             self.manager = ocp.CheckpointManager(
                 self.directory,
                 options=ocp.CheckpointManagerOptions(
-                    enable_async_checkpointing=False, create=False,
+                    enable_async_checkpointing=False,
+                    create=False,
                     multiprocessing_options=alone,
                 ),
                 handler_registry=registry,
@@ -102,7 +110,9 @@ class Checkpoints:
                 force=True,
             )
             self.manager.wait_until_finished()
-            write_digest(self.directory / str(epoch), {name: list(np.shape(x)) for name, x in _flat_paths(stored).items()})
+            write_digest(
+                self.directory / str(epoch), {name: list(np.shape(x)) for name, x in _flat_paths(stored).items()}
+            )
         if several:  # no process reads the checkpoint before it is complete
             sync_processes(f"after checkpoint {self.directory} {epoch}")
             self._refresh()
@@ -165,7 +175,9 @@ class Checkpoints:
                 )
         except Exception as error:  # noqa: BLE001 (orbax and tensorstore raise many kinds)
             if (path / DIGEST).exists():  # its files are those written: the reading failed, not the files
-                raise CheckpointUnreadable(f"checkpoint {path} is intact but cannot be read: {first_line(error)}") from None
+                raise CheckpointUnreadable(
+                    f"checkpoint {path} is intact but cannot be read: {first_line(error)}"
+                ) from None
             raise CheckpointDamaged(f"checkpoint {path} cannot be read: {first_line(error)}") from None
         state = restored["state"]
         if template is not like:
@@ -192,8 +204,11 @@ class Checkpoints:
                 return template
         differing = sorted(set(wanted) ^ set(shapes)) or sorted(k for k in wanted if wanted[k] != shapes[k])
         name = differing[0]
-        where = (f"{name} is {shapes[name]} there, {wanted[name]} here" if name in wanted and name in shapes
-                 else f"{name} is {'only there' if name in shapes else 'not there'}")
+        where = (
+            f"{name} is {shapes[name]} there, {wanted[name]} here"
+            if name in wanted and name in shapes
+            else f"{name} is {'only there' if name in shapes else 'not there'}"
+        )
         raise CheckpointMismatch(f"checkpoint {path} does not match this run's model or optimiser: {where}")
 
     def close(self) -> None:
@@ -245,8 +260,11 @@ def write_digest(checkpoint: Path, shapes: dict[str, list[int]] | None = None) -
     asking orbax for the checkpoint's metadata."""
     from faml_jax.writer import write_json
 
-    files = {str(p.relative_to(checkpoint)): [p.stat().st_size, _sha256(p)]
-             for p in sorted(checkpoint.rglob("*")) if p.is_file() and p.name != DIGEST}
+    files = {
+        str(p.relative_to(checkpoint)): [p.stat().st_size, _sha256(p)]
+        for p in sorted(checkpoint.rglob("*"))
+        if p.is_file() and p.name != DIGEST
+    }
     write_json(checkpoint / DIGEST, {"files": files, **({"shapes": shapes} if shapes is not None else {})})
 
 
@@ -272,8 +290,10 @@ def verify(checkpoint: Path) -> str | None:
     if not digest_path.exists():
         return None if any(checkpoint.iterdir()) else "its folder is empty"
     try:
-        files = {str(name): (int(size), str(sha256)) for name, (size, sha256) in
-                 json.loads(digest_path.read_text())["files"].items()}
+        files = {
+            str(name): (int(size), str(sha256))
+            for name, (size, sha256) in json.loads(digest_path.read_text())["files"].items()
+        }
     except (ValueError, KeyError, TypeError, AttributeError):
         return f"its {DIGEST} is not valid"
     for name, (size, sha256) in files.items():
@@ -319,4 +339,5 @@ def _keys_to_data(tree):
 def _data_to_keys(tree, like):
     """Undo ``_keys_to_data``: where ``like`` holds a typed key, wrap the key data of ``tree``."""
     return jax.tree_util.tree_map(
-        lambda x, ref: jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref)) if _is_key(ref) else x, tree, like)
+        lambda x, ref: jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref)) if _is_key(ref) else x, tree, like
+    )

@@ -205,23 +205,25 @@ class OptimConfig:
         if self.weight_decay_mode not in ("decoupled", "coupled"):
             raise ValueError(f"weight_decay_mode must be 'decoupled' or 'coupled', got {self.weight_decay_mode!r}")
         if self.name == "sgd" and self.weight_decay and self.weight_decay_mode != "coupled":
-            raise ValueError("SGD's weight decay is coupled (an L2 term in the gradient, as torch.optim.SGD's): "
-                             "give weight_decay_mode='coupled'")
+            raise ValueError(
+                "SGD's weight decay is coupled (an L2 term in the gradient, as torch.optim.SGD's): "
+                "give weight_decay_mode='coupled'"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
 class ScheduleConfig:
     """Attributes:
-      lr1: initial learning rate of the first regime (Lr1).
-      lr1_min: floor of its cosine annealing; None (default, [choice] METHOD 2.4): Lr2, so the
-        cosine ends where Lr2 starts and the switch never raises the learning rate.
-      lr1_epochs: length of the cosine period in epochs (None: the run's epochs).
-      lr2: learning rate after the switch (Lr2).
-      lr2_step_epochs, lr2_gamma: [choice] step decay of Lr2: times gamma every step_epochs epochs.
-      window: K, the number of most recent epochs the detector looks at.
-      loss_range, acc_range: the detector fires when max - min of the training loss (accuracy,
-        as a fraction) over the window is below these.
-      switch: allow the Lr1 -> Lr2 switch (False: Lr1 for the whole run).
+    lr1: initial learning rate of the first regime (Lr1).
+    lr1_min: floor of its cosine annealing; None (default, [choice] METHOD 2.4): Lr2, so the
+      cosine ends where Lr2 starts and the switch never raises the learning rate.
+    lr1_epochs: length of the cosine period in epochs (None: the run's epochs).
+    lr2: learning rate after the switch (Lr2).
+    lr2_step_epochs, lr2_gamma: [choice] step decay of Lr2: times gamma every step_epochs epochs.
+    window: K, the number of most recent epochs the detector looks at.
+    loss_range, acc_range: the detector fires when max - min of the training loss (accuracy,
+      as a fraction) over the window is below these.
+    switch: allow the Lr1 -> Lr2 switch (False: Lr1 for the whole run).
     """
 
     lr1: float = 3e-4
@@ -354,8 +356,9 @@ class AugmentConfig:
 # RandomErasing's other arguments are torchvision's defaults (p 0.5, ratio 0.3-3.3).
 AUGMENT_PRESETS: dict[str, AugmentConfig] = {
     "paper": AugmentConfig(),
-    "dan": AugmentConfig(rotate_p=0.2, rotate_degrees=20.0, crop_padding=32 / 224, erasing_p=0.5,
-                         erasing_scale=(0.02, 0.25)),
+    "dan": AugmentConfig(
+        rotate_p=0.2, rotate_degrees=20.0, crop_padding=32 / 224, erasing_p=0.5, erasing_scale=(0.02, 0.25)
+    ),
     "posterpp": AugmentConfig(erasing_p=0.5, erasing_scale=(0.02, 0.1)),
 }
 
@@ -494,8 +497,12 @@ RUN_PRESETS: dict[str, dict] = {
         epochs=8,
     ),
     "rafdb": dict(model_name="r18_faml", model={}, loss=LOSS_PRESETS["rafdb"], schedule={}, batch_size=128, epochs=40),
-    "affectnet7": dict(model_name="r18_faml", model={}, loss=LOSS_PRESETS["affectnet7"], schedule={}, batch_size=256, epochs=20),
-    "affectnet8": dict(model_name="r18_faml", model={}, loss=LOSS_PRESETS["affectnet8"], schedule={}, batch_size=256, epochs=20),
+    "affectnet7": dict(
+        model_name="r18_faml", model={}, loss=LOSS_PRESETS["affectnet7"], schedule={}, batch_size=256, epochs=20
+    ),
+    "affectnet8": dict(
+        model_name="r18_faml", model={}, loss=LOSS_PRESETS["affectnet8"], schedule={}, batch_size=256, epochs=20
+    ),
 }
 
 
@@ -514,7 +521,7 @@ def model_loss(dataset: str, model_name: str) -> LossConfig:
     return RUN_PRESETS[dataset]["loss"]
 
 
-def check_pretrained_start(config: "RunConfig", from_scratch: bool = False) -> None:
+def check_pretrained_start(config: RunConfig, from_scratch: bool = False) -> None:
     """Refuse a run on a real data set that would start from random weights unless
     ``from_scratch`` says that is meant (METHOD 2: every model of the paper starts from a
     pre-trained ResNet18; from scratch a RAF-DB run lands tens of points below the paper).
@@ -526,11 +533,19 @@ def check_pretrained_start(config: "RunConfig", from_scratch: bool = False) -> N
             "far below it): give --init BACKBONE, converted by `python -m tools.convert_torch_resnet18` from the "
             "MS-Celeb-1M ResNet18 distributed with the DAN code base (resnet18_msceleb.pth) or from torchvision's "
             "ImageNet resnet18 weights (the paper's RI18 baseline), or pass --from-scratch to train from random "
-            "weights knowingly")
+            "weights knowingly"
+        )
 
 
-def preset(dataset: str = "synthetic", model: str | None = None, *, model_options: dict | None = None,
-           from_scratch: bool = False, backend: str | None = None, **overrides) -> "RunConfig":
+def preset(
+    dataset: str = "synthetic",
+    model: str | None = None,
+    *,
+    model_options: dict | None = None,
+    from_scratch: bool = False,
+    backend: str | None = None,
+    **overrides,
+) -> RunConfig:
     """The full configuration of a run on ``dataset`` (``RUN_PRESETS``), as the programs build it.
 
         >>> config = preset("synthetic", epochs=2)                            # the CPU demo
@@ -581,7 +596,9 @@ def preset(dataset: str = "synthetic", model: str | None = None, *, model_option
     attention = given_model.pop("attention", None)
     model_config = models.with_preset(
         ModelConfig(num_classes=8 if dataset == "affectnet8" else 7, **{**model_fields, **given_model}),
-        model_name, attention=attention)
+        model_name,
+        attention=attention,
+    )
     loss = nested("loss", model_loss(dataset, model_name))
     optim_given = overrides.get("optim")
     optim_name = optim_given.get("name", "adam") if isinstance(optim_given, dict) else "adam"
@@ -593,11 +610,20 @@ def preset(dataset: str = "synthetic", model: str | None = None, *, model_option
         overrides["data"] = {**overrides["data"], "synthetic": SyntheticConfig(**overrides["data"]["synthetic"])}
     data_config = nested("data", DataConfig(dataset=dataset))
     augment = nested("augment", AugmentConfig())
-    config = RunConfig(**{
-        "model_name": model_name, "model": model_config, "loss": loss, "optim": optim, "schedule": schedule,
-        "data": data_config, "augment": augment, "epochs": base["epochs"], "batch_size": base["batch_size"],
-        **overrides,
-    })
+    config = RunConfig(
+        **{
+            "model_name": model_name,
+            "model": model_config,
+            "loss": loss,
+            "optim": optim,
+            "schedule": schedule,
+            "data": data_config,
+            "augment": augment,
+            "epochs": base["epochs"],
+            "batch_size": base["batch_size"],
+            **overrides,
+        }
+    )
     check_pretrained_start(config, from_scratch)
     return config
 
@@ -618,8 +644,13 @@ def config_to_json(config) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-def config_differences(saved: dict, current: dict, prefix: str = "", may_differ=("epochs",),
-                       labels: tuple[str, str] = ("in the checkpoint", "now")) -> list[str]:
+def config_differences(
+    saved: dict,
+    current: dict,
+    prefix: str = "",
+    may_differ=("epochs",),
+    labels: tuple[str, str] = ("in the checkpoint", "now"),
+) -> list[str]:
     """Dotted names of the fields that differ between two configuration dicts (``may_differ``
     excepted), each with both values: ``name (saved labels[0], current labels[1])``."""
     diffs = []
@@ -638,11 +669,18 @@ def config_differences(saved: dict, current: dict, prefix: str = "", may_differ=
 SAME_NETWORK = ("model_name", "model", "optim", "data.dataset", "data.synthetic", "data.crop_faces")
 
 
-def structural_differences(saved: dict, current: dict, labels: tuple[str, str] = ("in the checkpoint", "now"),
-                           fields: tuple[str, ...] = SAME_NETWORK) -> list[str]:
+def structural_differences(
+    saved: dict,
+    current: dict,
+    labels: tuple[str, str] = ("in the checkpoint", "now"),
+    fields: tuple[str, ...] = SAME_NETWORK,
+) -> list[str]:
     """``config_differences`` restricted to ``fields`` and the fields nested under them."""
-    return [d for d in config_differences(saved, current, may_differ=(), labels=labels)
-            if any(d.startswith(f + ".") or d.startswith(f + " ") for f in fields)]
+    return [
+        d
+        for d in config_differences(saved, current, may_differ=(), labels=labels)
+        if any(d.startswith(f + ".") or d.startswith(f + " ") for f in fields)
+    ]
 
 
 # A run's config.json written by an earlier version: fields whose default changed since (a saved
@@ -670,7 +708,7 @@ def upgrade_saved(saved: dict) -> dict:
     return saved
 
 
-def run_config_from_json(saved: dict) -> "RunConfig":
+def run_config_from_json(saved: dict) -> RunConfig:
     """The ``RunConfig`` of a saved ``config.json`` (of this or an earlier version,
     ``upgrade_saved``); a ValueError/TypeError when it is not one."""
     return from_dict(RunConfig, upgrade_saved(saved))

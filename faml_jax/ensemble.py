@@ -20,7 +20,8 @@ by NOI, then by the lowest class index (METHOD 4 [choice]).
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import chex
 import jax
@@ -74,7 +75,10 @@ def vote_counts(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
     """How many members rank each class first, and second: ``(B, C)`` int32 each."""
     first, second = top_two(logits)
     c = logits.shape[-1]
-    count = lambda classes: jnp.sum(jax.nn.one_hot(classes, c, dtype=jnp.int32), axis=0)
+
+    def count(classes):
+        return jnp.sum(jax.nn.one_hot(classes, c, dtype=jnp.int32), axis=0)
+
     return count(first), count(second)
 
 
@@ -195,8 +199,16 @@ def make_ensemble_step(model, mapping: Mapping | None = None) -> Callable[[dict,
 # The analysis of an ensemble's test logits (what the ensemble report shows)
 
 
-def analyse(logits: np.ndarray, labels: np.ndarray, names: list[str], classes: tuple[str, ...], *,
-            order: str = "given", alpha: float = ALPHA, beta: float = BETA) -> dict:
+def analyse(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    names: list[str],
+    classes: tuple[str, ...],
+    *,
+    order: str = "given",
+    alpha: float = ALPHA,
+    beta: float = BETA,
+) -> dict:
     """Everything the report shows, from the members' test logits (M, N, C) and the labels (N,).
 
     ``order``: the order in which members join for the ensemble-size table: "given" (as listed)
@@ -209,8 +221,7 @@ def analyse(logits: np.ndarray, labels: np.ndarray, names: list[str], classes: t
     best = int(np.argmax([s["accuracy"] for s in singles]))  # first of equals
 
     def decide(subset: np.ndarray) -> dict:
-        return {s: decision_metrics(np.asarray(predict(subset, s, alpha, beta)), labels, c)
-                for s in STRATEGIES}
+        return {s: decision_metrics(np.asarray(predict(subset, s, alpha, beta)), labels, c) for s in STRATEGIES}
 
     if order == "given":
         sequence = list(range(m))
@@ -221,8 +232,9 @@ def analyse(logits: np.ndarray, labels: np.ndarray, names: list[str], classes: t
     sizes = []
     for k in range(2, m + 1):
         decisions = decide(logits if k == m else logits[sequence[:k]])  # at k = m: the whole ensemble
-        sizes.append({"size": k, "added": names[sequence[k - 1]],
-                      **{s: percent(decisions[s]["accuracy"]) for s in STRATEGIES}})
+        sizes.append(
+            {"size": k, "added": names[sequence[k - 1]], **{s: percent(decisions[s]["accuracy"]) for s in STRATEGIES}}
+        )
     ranks = np.asarray(rank_distribution(logits, labels), np.float64)
     wrong = 1.0 - ranks[:, 0]
     second_of_wrong = np.divide(ranks[:, 1], wrong, out=np.zeros(m), where=wrong > 0)
@@ -231,12 +243,16 @@ def analyse(logits: np.ndarray, labels: np.ndarray, names: list[str], classes: t
         "classes": list(classes),
         "alpha": alpha,
         "beta": beta,
-        "members": [{"name": n, "accuracy": percent(s["accuracy"]),
-                     "mean_class_accuracy": percent(s["mean_class_accuracy"])} for n, s in zip(names, singles)],
+        "members": [
+            {"name": n, "accuracy": percent(s["accuracy"]), "mean_class_accuracy": percent(s["mean_class_accuracy"])}
+            for n, s in zip(names, singles)
+        ],
         "best_member": names[best],
         "mean_member_accuracy": percent(np.mean([s["accuracy"] for s in singles])),
-        "ensemble": {s: {"accuracy": percent(d["accuracy"]), "mean_class_accuracy": percent(d["mean_class_accuracy"])}
-                     for s, d in decisions.items()},
+        "ensemble": {
+            s: {"accuracy": percent(d["accuracy"]), "mean_class_accuracy": percent(d["mean_class_accuracy"])}
+            for s, d in decisions.items()
+        },
         "order": order,
         "sizes": sizes,
         "ranks": {

@@ -5,8 +5,8 @@ logits of finished runs evaluated together (``evaluate_members``)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import jax
 import numpy as np
@@ -93,9 +93,16 @@ def open_run_dataset(config: RunConfig, log=print) -> data.Dataset:
     """The data set a run was configured with (``config.data``), checked against its model's
     number of classes."""
     d = config.data
-    dataset = data.open_dataset(d.dataset, d.data_dir, d.synthetic, progress=log, crop_faces=d.crop_faces,
-                                skip_bad_images=d.skip_bad_images, num_threads=d.num_threads,
-                                min_size=config.model.input_size)
+    dataset = data.open_dataset(
+        d.dataset,
+        d.data_dir,
+        d.synthetic,
+        progress=log,
+        crop_faces=d.crop_faces,
+        skip_bad_images=d.skip_bad_images,
+        num_threads=d.num_threads,
+        min_size=config.model.input_size,
+    )
     log(dataset.describe())
     if dataset.num_classes != config.model.num_classes:
         raise ConfigError(f"{dataset.name} has {dataset.num_classes} classes, the model {config.model.num_classes}")
@@ -122,9 +129,17 @@ def check_compatible(members: list[tuple[str, Path]], configs: list) -> None:
             raise ConfigError(f"member {name} differs from {members[0][0]} in: {'; '.join(diffs)}")
 
 
-def evaluate_members(members: list[tuple[str, Path]], *, checkpoint: str = "final", data_dir: str | None = None,
-                     batch_size: int | None = None, mapping: str | None = None, num_threads: int | None = None,
-                     progress: bool = True, log=print) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], dict]:
+def evaluate_members(
+    members: list[tuple[str, Path]],
+    *,
+    checkpoint: str = "final",
+    data_dir: str | None = None,
+    batch_size: int | None = None,
+    mapping: str | None = None,
+    num_threads: int | None = None,
+    progress: bool = True,
+    log=print,
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], dict]:
     """Restore the members' checkpoints (``(name, run folder)`` pairs; ``checkpoint`` "final" or
     "best") and evaluate them together on their test split, in one compiled call per batch.
 
@@ -139,9 +154,14 @@ def evaluate_members(members: list[tuple[str, Path]], *, checkpoint: str = "fina
     check_compatible(members, configs)
     config = configs[0]
     if data_dir is not None or num_threads is not None:
-        config = dataclasses.replace(config, data=dataclasses.replace(
-            config.data, **({"data_dir": data_dir} if data_dir is not None else {}),
-            **({"num_threads": num_threads} if num_threads is not None else {})))
+        config = dataclasses.replace(
+            config,
+            data=dataclasses.replace(
+                config.data,
+                **({"data_dir": data_dir} if data_dir is not None else {}),
+                **({"num_threads": num_threads} if num_threads is not None else {}),
+            ),
+        )
     dataset = open_run_dataset(config, log)
     records, variables = [], []
     for name, path in members:
@@ -152,8 +172,15 @@ def evaluate_members(members: list[tuple[str, Path]], *, checkpoint: str = "fina
     evaluator = EnsembleEvaluator(models.ResNet(config.model), batch_size or config.eval_batch_size, devices, mapping)
     test = dataset.test
     batches = data.eval_batches(test, evaluator.batch_size, config.model.input_size, config.data.num_threads)
-    bar = tqdm(batches, total=-(-len(test) // evaluator.batch_size), desc=f"evaluating {len(members)} members",
-               unit="batch", disable=not progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        batches,
+        total=-(-len(test) // evaluator.batch_size),
+        desc=f"evaluating {len(members)} members",
+        unit="batch",
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
     logits, labels = evaluator(train.replicate(fga.stack(jax.device_get(variables)), devices), bar)
     # The members' own evaluation of the same checkpoint, from training: same test split?
     for i, (record, (name, path)) in enumerate(zip(records, members)):
@@ -161,9 +188,16 @@ def evaluate_members(members: list[tuple[str, Path]], *, checkpoint: str = "fina
         if stored.exists():
             with np.load(stored) as saved:
                 if not np.array_equal(saved["labels"], labels):
-                    raise DataError(f"member {name} was evaluated on another test split during training "
-                                     f"(the labels in {stored} differ from the data set's)")
+                    raise DataError(
+                        f"member {name} was evaluated on another test split during training "
+                        f"(the labels in {stored} differ from the data set's)"
+                    )
                 record["stored_logits_max_abs_diff"] = float(np.max(np.abs(saved["logits"] - logits[i])))
-    info = {"dataset": config.data.dataset, "model": config.model_name, "checkpoint": checkpoint,
-            "mapping": evaluator.mapping, "members_evaluated": records}
+    info = {
+        "dataset": config.data.dataset,
+        "model": config.model_name,
+        "checkpoint": checkpoint,
+        "mapping": evaluator.mapping,
+        "members_evaluated": records,
+    }
     return logits, labels, dataset.classes, info

@@ -29,8 +29,8 @@ import functools
 import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -42,8 +42,21 @@ from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.metrics import classification_metrics
 from faml_jax.runs import last_epoch, member_workdir, read_run_config, restore_variables
 from faml_jax.trainer import (
-    FETCH_EVERY, EpochProgress, Member, Setup, adopt_recorded, compiled, complete_run_config, disk_full_named,
-    has_run, out_of_memory_named, prepare_workdir, recorded_config, reference_loss, stop_signal, train_member,
+    FETCH_EVERY,
+    EpochProgress,
+    Member,
+    Setup,
+    adopt_recorded,
+    compiled,
+    complete_run_config,
+    disk_full_named,
+    has_run,
+    out_of_memory_named,
+    prepare_workdir,
+    recorded_config,
+    reference_loss,
+    stop_signal,
+    train_member,
 )
 from faml_jax.workdir import WorkdirLock, new_folders, prepare_directory, undone_if_it_fails
 from faml_jax.writer import write_json
@@ -61,9 +74,17 @@ class MemberParallel:
             raise ConfigError("--member-parallel trains in one process; several processes train data-parallel")
         self.devices = setup.devices
         self.width = len(self.devices)
-        self.step = compiled(setup.step_key("member-parallel", self.devices), lambda: train.member_parallel_train_step(
-            setup.model, setup.tx, setup.config.loss, setup.class_weights, devices=self.devices,
-            augment=setup.config.augment))
+        self.step = compiled(
+            setup.step_key("member-parallel", self.devices),
+            lambda: train.member_parallel_train_step(
+                setup.model,
+                setup.tx,
+                setup.config.loss,
+                setup.class_weights,
+                devices=self.devices,
+                augment=setup.config.augment,
+            ),
+        )
 
     def load(self, states):
         padded = list(states) + [states[0]] * (self.width - len(states))
@@ -96,8 +117,14 @@ class MemberParallel:
         return train.replicate({"params": host_state.params, "batch_stats": host_state.batch_stats}, self.devices)
 
 
-def train_side_by_side(setup: Setup, placement: MemberParallel, members: list[Member], *, progress: bool = True,
-                       on_done: Callable[[Member], None] | None = None) -> None:
+def train_side_by_side(
+    setup: Setup,
+    placement: MemberParallel,
+    members: list[Member],
+    *,
+    progress: bool = True,
+    on_done: Callable[[Member], None] | None = None,
+) -> None:
     """Train ``members`` until each is ``done``, in groups of one member per device, each member
     with its own batches, loss draws and flips (``MemberParallel``). ``on_done(member)`` is
     called as soon as a member finishes (e.g. to record it)."""
@@ -106,8 +133,9 @@ def train_side_by_side(setup: Setup, placement: MemberParallel, members: list[Me
     pending_members = [m for m in members if not m.done]
     within = [m.name for m in pending_members if m.run.step_in_epoch]
     if within:
-        raise ConfigError(f"{', '.join(within)} stopped within an epoch: continue without side_by_side "
-                          "(--member-parallel) first")
+        raise ConfigError(
+            f"{', '.join(within)} stopped within an epoch: continue without side_by_side (--member-parallel) first"
+        )
     for start in range(0, len(pending_members), placement.width):
         group = pending_members[start : start + placement.width]
         placement.load([m.state for m in group])
@@ -117,8 +145,10 @@ def train_side_by_side(setup: Setup, placement: MemberParallel, members: list[Me
             first = active.index(True)
             desc = ", ".join(f"{m.prefix}epoch {m.epoch + 1}/{m.config.epochs}" for m, a in zip(group, active) if a)
             # Every member's sums; the bar shows the first active member's (and all members' images/s).
-            epochs = [EpochProgress(desc, steps, batch_size * sum(active), progress and j == first, member=m)
-                      for j, m in enumerate(group)]
+            epochs = [
+                EpochProgress(desc, steps, batch_size * sum(active), progress and j == first, member=m)
+                for j, m in enumerate(group)
+            ]
             pending, lrs = [], [0.0] * len(group)
             host_batches = ([next(it) if it is not None else None for it in iterators] for _ in range(steps))
             # Batches go to the devices ahead of their step (transfers overlap the running step).
@@ -129,16 +159,19 @@ def train_side_by_side(setup: Setup, placement: MemberParallel, members: list[Me
                     for k, metrics in enumerate(jax.device_get(pending)):
                         for j, a in enumerate(active):
                             if a:
-                                epochs[j].add(placement.member_metrics(metrics, j),
-                                              f"epoch {group[j].epoch + 1}, step {i + 2 - len(pending) + k}/{steps}")
+                                epochs[j].add(
+                                    placement.member_metrics(metrics, j),
+                                    f"epoch {group[j].epoch + 1}, step {i + 2 - len(pending) + k}/{steps}",
+                                )
                     epochs[first].show(i + 1, len(pending), lrs[first])
                     pending = []
             elapsed = [epoch.close() for epoch in epochs][first]
             states = placement.host_states(len(group))
             for j, (member, a) in enumerate(zip(group, active)):
                 if a:
-                    member.end_epoch(states[j], placement.eval_variables(j, states[j]), epochs[j].sums, steps,
-                                     lrs[j], elapsed)
+                    member.end_epoch(
+                        states[j], placement.eval_variables(j, states[j]), epochs[j].sums, steps, lrs[j], elapsed
+                    )
                     if member.done and on_done is not None:
                         on_done(member)
 
@@ -191,15 +224,31 @@ def check_given_member(workdir: Path, config: RunConfig) -> None:
 class Evolution:
     """One evolution's workdir: its configuration, lineage (population.json) and networks."""
 
-    def __init__(self, config: RunConfig, fga_config: FGAConfig, workdir: Path, *, given: list[Path],
-                 member_parallel: bool, progress: bool, log):
+    def __init__(
+        self,
+        config: RunConfig,
+        fga_config: FGAConfig,
+        workdir: Path,
+        *,
+        given: list[Path],
+        member_parallel: bool,
+        progress: bool,
+        log,
+    ):
         self.config, self.fga, self.workdir = config, fga_config, workdir
         self.given, self.member_parallel, self.progress, self.log = given, member_parallel, progress, log
         self.setup = Setup(config, log)
         path = workdir / "population.json"
-        self.lineage = json.loads(path.read_text()) if path.exists() else {
-            "dataset": config.data.dataset, "model": config.model_name, "members": {}, "generations": [],
-        }
+        self.lineage = (
+            json.loads(path.read_text())
+            if path.exists()
+            else {
+                "dataset": config.data.dataset,
+                "model": config.model_name,
+                "members": {},
+                "generations": [],
+            }
+        )
         self.start = models.init(self.setup.model, jax.random.fold_in(jax.random.key(config.seed), START_TAG))
         if self.setup.backbone is not None:  # the paper's common pre-trained start
             self.start = pretrained.init_from_backbone(jax.device_get(self.start), self.setup.backbone)
@@ -207,7 +256,7 @@ class Evolution:
         self._recompute = jax.jit(lambda v, x: fga.recompute_batch_stats(self.setup.model, v, x))
 
     @functools.cached_property
-    def side_by_side(self) -> "MemberParallel":
+    def side_by_side(self) -> MemberParallel:
         """The member-parallel train step (compiled once per evolution)."""
         return MemberParallel(self.setup)
 
@@ -242,20 +291,32 @@ class Evolution:
                 last = last_epoch(path)
                 summary = json.loads((path / "summary.json").read_text())
                 self.lineage["members"][name] = {
-                    "generation": 0, "origin": "given", "workdir": str(path.resolve()), "seed": None,
-                    "status": "trained", "epochs": last["epoch"], "train_loss": last["train_loss"],
+                    "generation": 0,
+                    "origin": "given",
+                    "workdir": str(path.resolve()),
+                    "seed": None,
+                    "status": "trained",
+                    "epochs": last["epoch"],
+                    "train_loss": last["train_loss"],
                     "train_ce": reference_loss(last),
-                    "train_accuracy": last["train_accuracy"], "test_accuracy": last["test_accuracy"],
+                    "train_accuracy": last["train_accuracy"],
+                    "test_accuracy": last["test_accuracy"],
                     "well_trained": summary.get("well_trained"),
                 }
                 names.append(name)
             return names
         names = [f"g0-m{i}" for i in range(self.fga.population)]
         for i, name in enumerate(names):
-            self.lineage["members"].setdefault(name, {
-                "generation": 0, "origin": "initial", "workdir": f"members/{name}",
-                "seed": member_seed(self.config.seed, i), "status": "planned",
-            })
+            self.lineage["members"].setdefault(
+                name,
+                {
+                    "generation": 0,
+                    "origin": "initial",
+                    "workdir": f"members/{name}",
+                    "seed": member_seed(self.config.seed, i),
+                    "status": "planned",
+                },
+            )
         self.save()
         self.train(names)
         return names
@@ -272,8 +333,11 @@ class Evolution:
             parents = np.asarray(fga.select_parents(jax.random.fold_in(key, c), losses, self.fga.parents))
             name = f"g{generation}-c{c}"
             self.lineage["members"][name] = {
-                "generation": generation, "origin": "child", "workdir": f"members/{name}",
-                "seed": member_seed(self.config.seed, first_serial + c), "status": "planned",
+                "generation": generation,
+                "origin": "child",
+                "workdir": f"members/{name}",
+                "seed": member_seed(self.config.seed, first_serial + c),
+                "status": "planned",
                 "parents": [population[p] for p in parents],
                 "parent_probs": [float(probs[p]) for p in parents],
             }
@@ -281,12 +345,21 @@ class Evolution:
         for i in range(self.fga.new_members):
             name = f"g{generation}-n{i}"
             self.lineage["members"][name] = {
-                "generation": generation, "origin": "new", "workdir": f"members/{name}",
-                "seed": member_seed(self.config.seed, first_serial + self.fga.children + i), "status": "planned",
+                "generation": generation,
+                "origin": "new",
+                "workdir": f"members/{name}",
+                "seed": member_seed(self.config.seed, first_serial + self.fga.children + i),
+                "status": "planned",
             }
             new.append(name)
-        entry = {"generation": generation, "population": population, "losses": losses,
-                 "selection_probs": probs.tolist(), "children": children, "new": new}
+        entry = {
+            "generation": generation,
+            "population": population,
+            "losses": losses,
+            "selection_probs": probs.tolist(),
+            "children": children,
+            "new": new,
+        }
         self.lineage.setdefault("plans", {})[str(generation)] = entry
         self.save()
         return entry
@@ -306,8 +379,10 @@ class Evolution:
         record["fused_recomputed_bn_test_accuracy"] = self.test_accuracy(recomputed)
         record["recompute_bn_batches"] = len(images)
         record["parent_test_accuracies"] = [self.record(p)["test_accuracy"] for p in record["parents"]]
-        self.log(f"{name}: fused from {', '.join(record['parents'])}: test acc {record['fused_test_accuracy']:.4f} "
-                 f"(BatchNorm recomputed on {len(images)} batches: {record['fused_recomputed_bn_test_accuracy']:.4f})")
+        self.log(
+            f"{name}: fused from {', '.join(record['parents'])}: test acc {record['fused_test_accuracy']:.4f} "
+            f"(BatchNorm recomputed on {len(images)} batches: {record['fused_recomputed_bn_test_accuracy']:.4f})"
+        )
         self.save()
         return jax.device_get(recomputed if self.fga.recompute_bn else child)
 
@@ -330,13 +405,23 @@ class Evolution:
                 workdir = self.member_dir(name)
                 config = dataclasses.replace(self.config, seed=record["seed"])
                 prepare_workdir(workdir, config, resume=True, overwrite=False)
-                member = Member(self.setup, config, workdir, until_trained=self.fga.until_trained,
-                                start_lr=self.fga.child_lr if record["origin"] == "child" else "lr1", name=name,
-                                log=self.log)
+                member = Member(
+                    self.setup,
+                    config,
+                    workdir,
+                    until_trained=self.fga.until_trained,
+                    start_lr=self.fga.child_lr if record["origin"] == "child" else "lr1",
+                    name=name,
+                    log=self.log,
+                )
                 members.append(member)
                 init = None
                 if not member.resumed:
-                    init = self.child_variables(name) if record["origin"] == "child" else self.start_variables(record["seed"])
+                    init = (
+                        self.child_variables(name)
+                        if record["origin"] == "child"
+                        else self.start_variables(record["seed"])
+                    )
                 member.begin(init)
             pending = [m for m in members if not m.done]
             if self.member_parallel:
@@ -348,8 +433,11 @@ class Evolution:
                         self.finish(member)
                         stop = stop_signal(True)  # every process alike
                         if stop:
-                            raise signals.Interrupted(stop, f"stopped by {signal.Signals(stop).name} after "
-                                                            f"{member.name} (trained and recorded); continue with --resume")
+                            raise signals.Interrupted(
+                                stop,
+                                f"stopped by {signal.Signals(stop).name} after "
+                                f"{member.name} (trained and recorded); continue with --resume",
+                            )
             for member in members:  # those already done when this call began
                 if self.record(member.name)["status"] != "trained":
                     self.finish(member)
@@ -360,13 +448,23 @@ class Evolution:
     def finish(self, member: Member) -> None:
         """Record a trained network in the lineage (saved at once: resumable per network)."""
         summary = member.summary()
-        self.record(member.name).update({
-            "status": "trained", "epochs": summary["epochs"], "train_loss": summary["final_train_loss"],
-            "train_ce": summary["final_train_ce"],
-            "train_accuracy": summary["final_train_accuracy"], "test_accuracy": summary["final_test_accuracy"],
-            "well_trained": summary["well_trained"], "switch_epoch": summary["switch_epoch"],
-            **({"initial_test_accuracy": summary["initial_test_accuracy"]} if "initial_test_accuracy" in summary else {}),
-        })
+        self.record(member.name).update(
+            {
+                "status": "trained",
+                "epochs": summary["epochs"],
+                "train_loss": summary["final_train_loss"],
+                "train_ce": summary["final_train_ce"],
+                "train_accuracy": summary["final_train_accuracy"],
+                "test_accuracy": summary["final_test_accuracy"],
+                "well_trained": summary["well_trained"],
+                "switch_epoch": summary["switch_epoch"],
+                **(
+                    {"initial_test_accuracy": summary["initial_test_accuracy"]}
+                    if "initial_test_accuracy" in summary
+                    else {}
+                ),
+            }
+        )
         self.save()
 
     def generation(self, generation: int, population: list[str]) -> list[str]:
@@ -379,15 +477,20 @@ class Evolution:
 
     def close_generation(self, entry: dict, survivors: list[str]) -> list[str]:
         best = max(survivors, key=lambda n: self.record(n)["test_accuracy"])
-        self.lineage["generations"].append({
-            **entry, "survivors": survivors,
-            "best": {"name": best, "test_accuracy": self.record(best)["test_accuracy"]},
-            "mean_test_accuracy": float(np.mean([self.record(n)["test_accuracy"] for n in survivors])),
-        })
+        self.lineage["generations"].append(
+            {
+                **entry,
+                "survivors": survivors,
+                "best": {"name": best, "test_accuracy": self.record(best)["test_accuracy"]},
+                "mean_test_accuracy": float(np.mean([self.record(n)["test_accuracy"] for n in survivors])),
+            }
+        )
         self.save()
         g = entry["generation"]
-        self.log(f"generation {g}: survivors {', '.join(survivors)}; best {best} "
-                 f"(test acc {self.record(best)['test_accuracy']:.4f})")
+        self.log(
+            f"generation {g}: survivors {', '.join(survivors)}; best {best} "
+            f"(test acc {self.record(best)['test_accuracy']:.4f})"
+        )
         return survivors
 
     def run(self) -> dict:
@@ -406,37 +509,64 @@ class Evolution:
         for name, r in self.lineage["members"].items():
             if r.get("status") != "trained":
                 continue
-            rows.append((name, r["origin"], "+".join(r.get("parents", [])) or "-", str(r["epochs"]),
-                         {True: "yes", False: "no", None: "?"}[r.get("well_trained")], f"{self.loss(name):.4f}",
-                         f"{r['fused_test_accuracy']:.4f}" if "fused_test_accuracy" in r else "-", f"{r['test_accuracy']:.4f}"))
+            rows.append(
+                (
+                    name,
+                    r["origin"],
+                    "+".join(r.get("parents", [])) or "-",
+                    str(r["epochs"]),
+                    {True: "yes", False: "no", None: "?"}[r.get("well_trained")],
+                    f"{self.loss(name):.4f}",
+                    f"{r['fused_test_accuracy']:.4f}" if "fused_test_accuracy" in r else "-",
+                    f"{r['test_accuracy']:.4f}",
+                )
+            )
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
             self.log("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
         first, last = self.lineage["generations"][0], self.lineage["generations"][-1]
         result = {
-            "best_before": first["best"], "best_after": last["best"],
-            "mean_before": first["mean_test_accuracy"], "mean_after": last["mean_test_accuracy"],
+            "best_before": first["best"],
+            "best_after": last["best"],
+            "mean_before": first["mean_test_accuracy"],
+            "mean_after": last["mean_test_accuracy"],
             "survivors": last["survivors"],
         }
         self.lineage["result"] = result
         self.save()
-        self.log(f"best network before: {first['best']['name']} {first['best']['test_accuracy']:.4f}; after "
-                 f"{last['generation']} generation(s): {last['best']['name']} {last['best']['test_accuracy']:.4f} "
-                 f"(population mean {first['mean_test_accuracy']:.4f} -> {last['mean_test_accuracy']:.4f})")
+        self.log(
+            f"best network before: {first['best']['name']} {first['best']['test_accuracy']:.4f}; after "
+            f"{last['generation']} generation(s): {last['best']['name']} {last['best']['test_accuracy']:.4f} "
+            f"(population mean {first['mean_test_accuracy']:.4f} -> {last['mean_test_accuracy']:.4f})"
+        )
         return result
 
 
 EVOLVE_OUTPUTS = ("members", "evolve.json", "population.json")
 
 
-def prepare_evolve_workdir(workdir: Path, config: RunConfig, fga_config: FGAConfig, given: list[Path],
-                           resume: bool, overwrite: bool) -> bool:
+def prepare_evolve_workdir(
+    workdir: Path, config: RunConfig, fga_config: FGAConfig, given: list[Path], resume: bool, overwrite: bool
+) -> bool:
     """Make an evolution's workdir ready (``workdir.prepare_directory`` with its evolve.json);
     returns whether it continues an earlier evolution."""
-    current = {"run": config_to_json(config), "fga": config_to_json(fga_config), "members": [str(p.resolve()) for p in given]}
-    return prepare_directory(workdir, config_file="evolve.json", current=current, outputs=EVOLVE_OUTPUTS,
-                      has_run=evolution_has_run, resume=resume, overwrite=overwrite, may_differ=MAY_DIFFER,
-                      what="evolution", complete=complete_evolve_config)
+    current = {
+        "run": config_to_json(config),
+        "fga": config_to_json(fga_config),
+        "members": [str(p.resolve()) for p in given],
+    }
+    return prepare_directory(
+        workdir,
+        config_file="evolve.json",
+        current=current,
+        outputs=EVOLVE_OUTPUTS,
+        has_run=evolution_has_run,
+        resume=resume,
+        overwrite=overwrite,
+        may_differ=MAY_DIFFER,
+        what="evolution",
+        complete=complete_evolve_config,
+    )
 
 
 def evolution_has_run(workdir: Path) -> bool:
@@ -446,9 +576,19 @@ def evolution_has_run(workdir: Path) -> bool:
     return members.is_dir() and any(has_run(p) for p in members.iterdir() if p.is_dir())
 
 
-def evolve(config: RunConfig, fga_config: FGAConfig, workdir: str | os.PathLike, *, members=(), resume: bool = False,
-           overwrite: bool = False, side_by_side: bool = False, progress: bool = True, log=print,
-           keep_recorded: tuple[str, ...] = ()) -> dict:
+def evolve(
+    config: RunConfig,
+    fga_config: FGAConfig,
+    workdir: str | os.PathLike,
+    *,
+    members=(),
+    resume: bool = False,
+    overwrite: bool = False,
+    side_by_side: bool = False,
+    progress: bool = True,
+    log=print,
+    keep_recorded: tuple[str, ...] = (),
+) -> dict:
     """Run (or continue) an evolution (Algorithm 1) in ``workdir``; returns the best network
     before and after (also in population.json under ``result``).
 
@@ -472,12 +612,16 @@ def evolve(config: RunConfig, fga_config: FGAConfig, workdir: str | os.PathLike,
         check_given_member(path, config)
     Setup.check_batch(config)
     made = new_folders(workdir)
-    with disk_full_named(workdir, networks="evolution"), \
-            out_of_memory_named(config, fga_config.population if side_by_side else 1), WorkdirLock(workdir, "workdir"):
+    with (
+        disk_full_named(workdir, networks="evolution"),
+        out_of_memory_named(config, fga_config.population if side_by_side else 1),
+        WorkdirLock(workdir, "workdir"),
+    ):
         with undone_if_it_fails(workdir, "evolve.json", made):
             continues = prepare_evolve_workdir(workdir, config, fga_config, given, resume, overwrite)
             if resume and not continues:
                 log(f"no earlier evolution to resume in {workdir.absolute()}: starting a new one there")
-            evolution = Evolution(config, fga_config, workdir, given=given, member_parallel=member_parallel,
-                                  progress=progress, log=log)
+            evolution = Evolution(
+                config, fga_config, workdir, given=given, member_parallel=member_parallel, progress=progress, log=log
+            )
         return evolution.run()

@@ -22,8 +22,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -52,8 +52,10 @@ def inference_function(config: RunConfig, variables: dict) -> Callable[[jax.Arra
     def infer(images):
         return jax.nn.softmax(model.apply(variables, normalize(images), train=False), axis=-1)
 
-    infer.weights, infer.apply = variables, lambda weights, images: jax.nn.softmax(
-        model.apply(weights, normalize(images), train=False), axis=-1)
+    infer.weights, infer.apply = (
+        variables,
+        lambda weights, images: jax.nn.softmax(model.apply(weights, normalize(images), train=False), axis=-1),
+    )
     return infer
 
 
@@ -153,11 +155,31 @@ class _Graph:
         return self.const(dims, np.int64)
 
 
-_ONNX_DTYPES = {np.dtype(np.float32): 1, np.dtype(np.uint8): 2, np.dtype(np.int32): 6, np.dtype(np.int64): 7,
-                np.dtype(np.bool_): 9, np.dtype(np.float16): 10, np.dtype(np.float64): 11}
-_ELEMENTWISE = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min", "exp": "Exp",
-                "tanh": "Tanh", "logistic": "Sigmoid", "sqrt": "Sqrt", "neg": "Neg", "abs": "Abs", "log": "Log",
-                "erf": "Erf"}
+_ONNX_DTYPES = {
+    np.dtype(np.float32): 1,
+    np.dtype(np.uint8): 2,
+    np.dtype(np.int32): 6,
+    np.dtype(np.int64): 7,
+    np.dtype(np.bool_): 9,
+    np.dtype(np.float16): 10,
+    np.dtype(np.float64): 11,
+}
+_ELEMENTWISE = {
+    "add": "Add",
+    "sub": "Sub",
+    "mul": "Mul",
+    "div": "Div",
+    "max": "Max",
+    "min": "Min",
+    "exp": "Exp",
+    "tanh": "Tanh",
+    "logistic": "Sigmoid",
+    "sqrt": "Sqrt",
+    "neg": "Neg",
+    "abs": "Abs",
+    "log": "Log",
+    "erf": "Erf",
+}
 
 
 def _inner(params: dict):
@@ -241,8 +263,18 @@ def _convert(g: _Graph, jaxpr, consts, inputs: list[str]) -> list[str]:
             strides = list(p["strides"] or [1] * len(start))
             if avals[0].shape[0] == g.batch and start[0] == 0 and limit[0] == g.batch:
                 limit[0] = np.iinfo(np.int64).max
-            outs = [g.one("Slice", [args[0], g.const(start, np.int64), g.const(limit, np.int64),
-                                    g.const(list(range(len(start))), np.int64), g.const(strides, np.int64)])]
+            outs = [
+                g.one(
+                    "Slice",
+                    [
+                        args[0],
+                        g.const(start, np.int64),
+                        g.const(limit, np.int64),
+                        g.const(list(range(len(start))), np.int64),
+                        g.const(strides, np.int64),
+                    ],
+                )
+            ]
         elif name == "stack":
             axis = g.const([int(p["axis"])], np.int64)
             outs = [g.one("Concat", [g.one("Unsqueeze", [a, axis]) for a in args], axis=int(p["axis"]))]
@@ -275,8 +307,13 @@ def _convert(g: _Graph, jaxpr, consts, inputs: list[str]) -> list[str]:
                 raise ConfigError("ONNX export: select_n with more than two cases")
             outs = [g.one("Where", [g.one("Cast", [args[0]], to=9), args[2], args[1]])]
         elif name == "argmax":
-            outs = [g.one("Cast", [g.one("ArgMax", [args[0]], axis=int(p["axes"][0]), keepdims=0)],
-                          to=_ONNX_DTYPES[np.dtype(p["index_dtype"])])]
+            outs = [
+                g.one(
+                    "Cast",
+                    [g.one("ArgMax", [args[0]], axis=int(p["axes"][0]), keepdims=0)],
+                    to=_ONNX_DTYPES[np.dtype(p["index_dtype"])],
+                )
+            ]
         else:
             raise ConfigError(f"ONNX export: no ONNX conversion for jax primitive {name!r}")
         for var, out in zip(eqn.outvars, outs):
@@ -296,8 +333,14 @@ def _conv(g: _Graph, args, avals, p) -> str:
     w = g.one("Transpose", [kernel], perm=[3, 2, 0, 1])
     padding = p["padding"]
     pads = [lo for lo, _ in padding] + [hi for _, hi in padding]
-    y = g.one("Conv", [x, w], strides=list(p["window_strides"]), pads=pads, dilations=list(p["rhs_dilation"]),
-              group=int(p["feature_group_count"]))
+    y = g.one(
+        "Conv",
+        [x, w],
+        strides=list(p["window_strides"]),
+        pads=pads,
+        dilations=list(p["rhs_dilation"]),
+        group=int(p["feature_group_count"]),
+    )
     return g.one("Transpose", [y], perm=[0, 2, 3, 1])
 
 
@@ -314,11 +357,16 @@ def to_onnx(function: Callable, input_size: int, *, trace_batch: int = 97, name:
     out_aval = closed.jaxpr.outvars[0].aval
     g.nodes.append(helper.make_node("Identity", [output], ["probabilities"]))
     graph = helper.make_graph(
-        g.nodes, name,
+        g.nodes,
+        name,
         [helper.make_tensor_value_info("images", TensorProto.UINT8, ["batch", input_size, input_size, 3])],
-        [helper.make_tensor_value_info("probabilities", _ONNX_DTYPES[np.dtype(out_aval.dtype)],
-                                       ["batch", *out_aval.shape[1:]])],
-        g.initializers)
+        [
+            helper.make_tensor_value_info(
+                "probabilities", _ONNX_DTYPES[np.dtype(out_aval.dtype)], ["batch", *out_aval.shape[1:]]
+            )
+        ],
+        g.initializers,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="faml_jax")
     model.ir_version = 8
     checker.check_model(model)
@@ -337,9 +385,16 @@ def recognise_export(folder: Path) -> str | None:
     return recognise_listed(folder, "export.json", EXPORT_KIND, lambda index: set(index.get("files", {})))
 
 
-def export_runs(workdirs: Sequence[str | os.PathLike], out: str | os.PathLike, *, formats: Sequence[str] = FORMATS,
-                checkpoint: str = "final", ensemble_config: EnsembleConfig = EnsembleConfig(), names=None,
-                overwrite: bool = False) -> dict:
+def export_runs(
+    workdirs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    formats: Sequence[str] = FORMATS,
+    checkpoint: str = "final",
+    ensemble_config: EnsembleConfig = EnsembleConfig(),
+    names=None,
+    overwrite: bool = False,
+) -> dict:
     """Export the networks of ``workdirs`` (one run, or the members of an ensemble) into ``out``:
     ``<name>.onnx`` per network, ``model.stablehlo`` (one network, or the ensemble with its T2V
     decision) and ``export.json`` (what each file takes and returns, classes, input size, T2V's
@@ -376,11 +431,18 @@ def _write_export(out: Path, names, paths, loaded, formats, checkpoint: str, ens
     size = config.model.input_size
     description = {
         "kind": EXPORT_KIND,
-        "input": {"name": "images", "dtype": "uint8", "shape": ["batch", size, size, 3],
-                  "meaning": "RGB face crops already cut out as the run's data set shows faces (faml_jax.faces); "
-                             "resized to the input size; normalisation is inside"},
+        "input": {
+            "name": "images",
+            "dtype": "uint8",
+            "shape": ["batch", size, size, 3],
+            "meaning": "RGB face crops already cut out as the run's data set shows faces (faml_jax.faces); "
+            "resized to the input size; normalisation is inside",
+        },
         "classes": list(data.class_names(config.data.dataset)[: config.model.num_classes]),
-        "dataset": config.data.dataset, "model": config.model_name, "input_size": size, "checkpoint": checkpoint,
+        "dataset": config.data.dataset,
+        "model": config.model_name,
+        "input_size": size,
+        "checkpoint": checkpoint,
         "networks": [{"name": n, "run": str(p), "epoch": e} for n, p, (_, _, e) in zip(names, paths, loaded)],
         "files": {},
     }
@@ -398,15 +460,19 @@ def _write_export(out: Path, names, paths, loaded, formats, checkpoint: str, ens
             what = "images -> (probabilities (members, batch, classes), T2V decision (batch,))"
         module, weights = to_stablehlo(function, size)
         write_atomic(out / "model.weights.npz", arrays=weights)  # the weights first: a module never
-        write_atomic_bytes(out / "model.stablehlo", module)     # stands beside another module's weights
-        description["files"]["model.stablehlo"] = (what + "; a jax.export function of (weights, images): load both "
-                                                   "with faml_jax.export.load_stablehlo")
+        write_atomic_bytes(out / "model.stablehlo", module)  # stands beside another module's weights
+        description["files"]["model.stablehlo"] = (
+            what + "; a jax.export function of (weights, images): load both with faml_jax.export.load_stablehlo"
+        )
         description["files"]["model.weights.npz"] = "the weights of model.stablehlo (flat, '/'-joined paths)"
     if len(loaded) > 1:
-        description["t2v"] = {"alpha": ensemble_config.alpha, "beta": ensemble_config.beta,
-                              "rule": "votes V_k = sum over networks of alpha [k is its top-1] + beta [k is its "
-                                      "top-2]; decision argmax V, ties broken by the summed probabilities, then "
-                                      "by the lowest class index (Eq. 10-12)"}
+        description["t2v"] = {
+            "alpha": ensemble_config.alpha,
+            "beta": ensemble_config.beta,
+            "rule": "votes V_k = sum over networks of alpha [k is its top-1] + beta [k is its "
+            "top-2]; decision argmax V, ties broken by the summed probabilities, then "
+            "by the lowest class index (Eq. 10-12)",
+        }
     write_json(out / "export.json", description)
     return description
 

@@ -39,13 +39,15 @@ from faml_jax.errors import ConfigError
 # get_face_chip_details), in the order of shape_predictor_5_face_landmarks.dat's points: the
 # outer and inner corner of the eye on the image's right, the outer and inner corner of the other
 # eye, the base of the nose.
-MEAN_FACE_5 = np.array([
-    [0.8595674595992, 0.2134981538014],
-    [0.6460604764104, 0.2289674387677],
-    [0.1205750620789, 0.2137274526144],
-    [0.3340850613712, 0.2290642403242],
-    [0.4901123135679, 0.6277975316475],
-])
+MEAN_FACE_5 = np.array(
+    [
+        [0.8595674595992, 0.2134981538014],
+        [0.6460604764104, 0.2289674387677],
+        [0.1205750620789, 0.2137274526144],
+        [0.3340850613712, 0.2290642403242],
+        [0.4901123135679, 0.6277975316475],
+    ]
+)
 PADDING = 0.25  # dlib's default padding of a face chip, as a fraction of the template's side
 TEMPLATE = (MEAN_FACE_5 + PADDING) / (1 + 2 * PADDING)  # in the unit square of the aligned crop
 ALIGNED_SIZE = 100  # RAF-DB's aligned faces are 100 x 100
@@ -152,8 +154,9 @@ def _dlib():
     try:
         return importlib.import_module("dlib")
     except ImportError:
-        raise ConfigError(f"finding faces in photos needs dlib: {INSTALL}; or pass faces that are "
-                          "already cut out (--faces aligned)") from None
+        raise ConfigError(
+            f"finding faces in photos needs dlib: {INSTALL}; or pass faces that are already cut out (--faces aligned)"
+        ) from None
 
 
 def landmark_model_path() -> Path:
@@ -179,8 +182,15 @@ class Finder:
         near 0; a frontal face well above 0.5).
     """
 
-    def __init__(self, mode: str = "align", *, size: int = ALIGNED_SIZE, margin: float = BOX_MARGIN, upsample: int = 1,
-                 min_score: float = 0.5):
+    def __init__(
+        self,
+        mode: str = "align",
+        *,
+        size: int = ALIGNED_SIZE,
+        margin: float = BOX_MARGIN,
+        upsample: int = 1,
+        min_score: float = 0.5,
+    ):
         if mode not in MODES:
             raise ConfigError(f"unknown face mode {mode!r}; expected one of {', '.join(MODES)}")
         dlib = _dlib()

@@ -17,7 +17,8 @@ Everything here is a pure function of pytrees and PRNG keys, jit-able:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -138,8 +139,9 @@ def fuse(population: PyTree, parents: jax.Array, is_fused: LeafPredicate = conv_
     return jax.tree_util.tree_map_with_path(child_leaf, population)
 
 
-def breed(key: jax.Array, population: PyTree, losses, num_children: int, k: int,
-          is_fused: LeafPredicate = conv_kernels) -> tuple[PyTree, jax.Array]:
+def breed(
+    key: jax.Array, population: PyTree, losses, num_children: int, k: int, is_fused: LeafPredicate = conv_kernels
+) -> tuple[PyTree, jax.Array]:
     """Algorithm 1, step 2, for ``num_children`` children at once: each child draws its own
     ``k`` parents with ``fold_in(key, child)`` and is fused from them.
 

@@ -8,7 +8,7 @@ over devices then equal the gradient of the global batch's loss (``wce_loss`` ne
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -34,9 +34,7 @@ def lsr_loss(logits: jax.Array, labels: jax.Array, eps: float = 0.1) -> jax.Arra
     return -jnp.mean(jnp.sum(target * logq, axis=-1))
 
 
-def wce_loss(
-    logits: jax.Array, labels: jax.Array, class_weights: jax.Array, axis_name: str | None = None
-) -> jax.Array:
+def wce_loss(logits: jax.Array, labels: jax.Array, class_weights: jax.Array, axis_name: str | None = None) -> jax.Array:
     """Weighted cross-entropy (METHOD 1, [choice]): ``sum_b w_{y_b} CE_b / sum_b w_{y_b}``.
 
     With ``axis_name`` (inside pmap), the weight sum runs over the global batch and the local

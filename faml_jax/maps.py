@@ -10,7 +10,7 @@ probabilities (``flax.linen.Module.perturb``), so the model itself is unchanged.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -96,8 +96,9 @@ def network_maps(model, variables: dict, images: jax.Array, targets: jax.Array |
 
 
 @jax.jit
-def vote_weighted(maps: jax.Array, logits: jax.Array, decision: jax.Array, alpha: float = ensemble.ALPHA,
-                  beta: float = ensemble.BETA) -> jax.Array:
+def vote_weighted(
+    maps: jax.Array, logits: jax.Array, decision: jax.Array, alpha: float = ensemble.ALPHA, beta: float = ensemble.BETA
+) -> jax.Array:
     """The ensemble's map (METHOD 6 [choice]): ``sum_l V^l_k map_l / sum_l V^l_k`` for the decided
     class k of each image, ``V^l_k`` member l's T2V vote for k (alpha for its top-1, beta for its
     top-2, else 0: Eq. 10-12), divided by its maximum; a class without votes takes the plain

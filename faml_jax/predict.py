@@ -18,8 +18,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import jax
 import numpy as np
@@ -79,9 +79,17 @@ class Predictor:
         fewer faces in all are one call of their own number).
     """
 
-    def __init__(self, config: RunConfig, variables: Sequence[dict], names: Sequence[str], *, strategy: str = "t2v",
-                 ensemble_config: EnsembleConfig = EnsembleConfig(), batch_size: int = 32,
-                 epochs: Sequence[int] | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        variables: Sequence[dict],
+        names: Sequence[str],
+        *,
+        strategy: str = "t2v",
+        ensemble_config: EnsembleConfig = EnsembleConfig(),
+        batch_size: int = 32,
+        epochs: Sequence[int] | None = None,
+    ):
         if strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
         if batch_size < 1:
@@ -101,32 +109,40 @@ class Predictor:
     # -- loading -----------------------------------------------------------------------------------
 
     @classmethod
-    def from_runs(cls, workdirs: Iterable[str | os.PathLike], checkpoint: str = "final", **kwargs) -> "Predictor":
+    def from_runs(cls, workdirs: Iterable[str | os.PathLike], checkpoint: str = "final", **kwargs) -> Predictor:
         """The networks trained in ``workdirs`` (``experiments.train`` run folders), at their
         ``checkpoint`` ("final" or "best")."""
         return cls._from_members(named_members([Path(p) for p in workdirs]), checkpoint, **kwargs)
 
     @classmethod
-    def from_run(cls, workdir: str | os.PathLike, checkpoint: str = "final", **kwargs) -> "Predictor":
+    def from_run(cls, workdir: str | os.PathLike, checkpoint: str = "final", **kwargs) -> Predictor:
         """The network trained in ``workdir``."""
         return cls.from_runs([workdir], checkpoint, **kwargs)
 
     @classmethod
-    def from_population(cls, evolve_dir: str | os.PathLike, checkpoint: str = "final", *, all_networks: bool = False,
-                        generation: int | None = None, **kwargs) -> "Predictor":
+    def from_population(
+        cls,
+        evolve_dir: str | os.PathLike,
+        checkpoint: str = "final",
+        *,
+        all_networks: bool = False,
+        generation: int | None = None,
+        **kwargs,
+    ) -> Predictor:
         """A finished evolution's final population (``experiments.evolve``'s workdir) as a T2V
         ensemble; ``all_networks``: every network it trained; ``generation``: that generation's
         survivors instead (``runs.population_members``)."""
         return cls._from_members(runs.population_members(evolve_dir, all_networks, generation), checkpoint, **kwargs)
 
     @classmethod
-    def _from_members(cls, members: list[tuple[str, Path]], checkpoint: str, **kwargs) -> "Predictor":
+    def _from_members(cls, members: list[tuple[str, Path]], checkpoint: str, **kwargs) -> Predictor:
         if not members:
             raise ConfigError("no run folder given")
         loaded = [runs.load(path, checkpoint) for _, path in members]
         check_compatible(members, [c for c, _, _ in loaded])
-        predictor = cls(loaded[0][0], [v for _, v, _ in loaded], [n for n, _ in members],
-                        epochs=[e for _, _, e in loaded], **kwargs)
+        predictor = cls(
+            loaded[0][0], [v for _, v, _ in loaded], [n for n, _ in members], epochs=[e for _, _, e in loaded], **kwargs
+        )
         predictor.paths, predictor.checkpoint = [p for _, p in members], checkpoint
         return predictor
 
@@ -195,18 +211,39 @@ class Predictor:
         probabilities = np.asarray(_softmax(logits))
         if len(logits[0]) == 0:
             empty = np.zeros((0,), np.int32)
-            return Prediction(self.classes, logits, probabilities, probabilities.sum(0), empty, np.zeros((0,), np.float32),
-                              np.zeros((len(logits), 0), np.int32), strategy)
-        scores = {"t2v": lambda: ensemble.t2v_scores(logits, self.alpha, self.beta),
-                  "t1v": lambda: ensemble.t1v_scores(logits), "noi": lambda: ensemble.noi_scores(logits)}[strategy]()
+            return Prediction(
+                self.classes,
+                logits,
+                probabilities,
+                probabilities.sum(0),
+                empty,
+                np.zeros((0,), np.float32),
+                np.zeros((len(logits), 0), np.int32),
+                strategy,
+            )
+        scores = {
+            "t2v": lambda: ensemble.t2v_scores(logits, self.alpha, self.beta),
+            "t1v": lambda: ensemble.t1v_scores(logits),
+            "noi": lambda: ensemble.noi_scores(logits),
+        }[strategy]()
         decision = np.asarray(ensemble.predict(logits, strategy, self.alpha, self.beta), np.int32)
         if len(logits) == 1:
             scores = probabilities[0]
         confidence = probabilities.mean(0)[np.arange(len(decision)), decision]
-        return Prediction(self.classes, logits, probabilities, np.asarray(scores, np.float32), decision,
-                          confidence.astype(np.float32), np.argmax(logits, -1).astype(np.int32), strategy)
+        return Prediction(
+            self.classes,
+            logits,
+            probabilities,
+            np.asarray(scores, np.float32),
+            decision,
+            confidence.astype(np.float32),
+            np.argmax(logits, -1).astype(np.int32),
+            strategy,
+        )
 
-    def explain(self, faces, kind: str = "gradcam", strategy: str | None = None) -> tuple[np.ndarray, np.ndarray, Prediction]:
+    def explain(
+        self, faces, kind: str = "gradcam", strategy: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray, Prediction]:
         """Where the networks look (METHOD 6): ``(map (N, S, S), member maps (M, N, S, S),
         prediction)`` for ``faces`` at the model's input size, each member's ``kind`` map
         ("gradcam" or "relevancy") of the decided class; for an ensemble the map is the members'
@@ -214,8 +251,9 @@ class Predictor:
         from faml_jax import maps
 
         if kind == "relevancy" and not self.config.model.attention:
-            raise ConfigError(f"relevancy maps need a model with attention blocks; {self.config.model_name} has none "
-                              "(use gradcam)")
+            raise ConfigError(
+                f"relevancy maps need a model with attention blocks; {self.config.model_name} has none (use gradcam)"
+            )
         images = self.preprocess(faces)
         prediction = self.predict(images, strategy)
         key = kind
@@ -232,9 +270,11 @@ class Predictor:
             member_maps.append(np.asarray(explainer(self.variables, chunk, decided)[0])[:, : b - pad])
         size = self.input_size
         member_maps = np.concatenate(member_maps, 1) if member_maps else np.zeros((self.num_members, 0, size, size))
-        combined = (np.asarray(maps.vote_weighted(member_maps, prediction.logits, prediction.decision, self.alpha,
-                                                  self.beta))
-                    if self.num_members > 1 else member_maps[0])
+        combined = (
+            np.asarray(maps.vote_weighted(member_maps, prediction.logits, prediction.decision, self.alpha, self.beta))
+            if self.num_members > 1
+            else member_maps[0]
+        )
         return combined, member_maps, prediction
 
     def predict(self, faces, strategy: str | None = None) -> Prediction:
@@ -261,8 +301,13 @@ def image_files(inputs: Sequence[str | os.PathLike], exclude: str | os.PathLike 
     for given in map(str, inputs):
         path = Path(given)
         if path.is_dir():
-            images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                            and not (skip is not None and p.resolve().is_relative_to(skip)))
+            images = sorted(
+                p
+                for p in path.rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES
+                and p.is_file()
+                and not (skip is not None and p.resolve().is_relative_to(skip))
+            )
             if not images:
                 raise DataError(f"no image ({', '.join(IMAGE_SUFFIXES)}) in {given}")
             found += images
@@ -312,9 +357,15 @@ def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
     """Undo an EXIF orientation (2-8) of decoded pixels."""
     from PIL import Image
 
-    ops = {2: [Image.Transpose.FLIP_LEFT_RIGHT], 3: [Image.Transpose.ROTATE_180], 4: [Image.Transpose.FLIP_TOP_BOTTOM],
-           5: [Image.Transpose.TRANSPOSE], 6: [Image.Transpose.ROTATE_270], 7: [Image.Transpose.TRANSVERSE],
-           8: [Image.Transpose.ROTATE_90]}.get(orientation, [])
+    ops = {
+        2: [Image.Transpose.FLIP_LEFT_RIGHT],
+        3: [Image.Transpose.ROTATE_180],
+        4: [Image.Transpose.FLIP_TOP_BOTTOM],
+        5: [Image.Transpose.TRANSPOSE],
+        6: [Image.Transpose.ROTATE_270],
+        7: [Image.Transpose.TRANSVERSE],
+        8: [Image.Transpose.ROTATE_90],
+    }.get(orientation, [])
     image = Image.fromarray(pixels)
     for op in ops:
         image = image.transpose(op)
@@ -334,8 +385,15 @@ class PhotoResults:
     prediction: Prediction | None
 
 
-def predict_photos(predictor: Predictor, files: Sequence[str | os.PathLike], *, faces: str = "detect",
-                   mode: str | None = None, finder=None, progress: bool = False) -> PhotoResults:
+def predict_photos(
+    predictor: Predictor,
+    files: Sequence[str | os.PathLike],
+    *,
+    faces: str = "detect",
+    mode: str | None = None,
+    finder=None,
+    progress: bool = False,
+) -> PhotoResults:
     """Find the faces in ``files`` and predict them (``faces="detect"``), or take every file as
     one face already cut out (``"aligned"``). ``mode``: how detected faces are cut ("align" or
     "box"; default: as the run's data set, ``faces.mode_for``). Unreadable files are listed in
@@ -349,8 +407,9 @@ def predict_photos(predictor: Predictor, files: Sequence[str | os.PathLike], *, 
     if faces == "detect" and finder is None:
         finder = face_module.Finder(mode or face_module.mode_for(predictor.dataset))
     records, crops, no_face, failures = [], [], [], []
-    for path in tqdm(list(files), desc="reading photos", unit="file", disable=not progress, leave=False,
-                     dynamic_ncols=True):
+    for path in tqdm(
+        list(files), desc="reading photos", unit="file", disable=not progress, leave=False, dynamic_ncols=True
+    ):
         try:
             photo, scale = read_photo_scaled(path, predictor.input_size if faces == "aligned" else PHOTO_MIN_SIDE)
         except DataError as error:
@@ -363,32 +422,63 @@ def predict_photos(predictor: Predictor, files: Sequence[str | os.PathLike], *, 
             if not found:
                 no_face.append(str(path))
         for i, face in enumerate(found):
-            records.append({"file": str(path), "face": i,  # in the file's pixels, whatever the decoding scale
-                            "box": [round(v / scale) for v in face.box] if faces == "detect" else None,
-                            "landmarks": np.round(face.landmarks / scale, 1).tolist() if faces == "detect" else None})
+            records.append(
+                {
+                    "file": str(path),
+                    "face": i,  # in the file's pixels, whatever the decoding scale
+                    "box": [round(v / scale) for v in face.box] if faces == "detect" else None,
+                    "landmarks": np.round(face.landmarks / scale, 1).tolist() if faces == "detect" else None,
+                }
+            )
             crops.append(face.crop)
     prediction = predictor.predict(crops) if crops else None
     if prediction is not None:
         for i, record in enumerate(records):
             k = int(prediction.decision[i])
-            record.update({
-                "class": prediction.classes[k], "confidence": round(float(prediction.confidence[i]), 6),
-                "scores": {c: round(float(s), 6) for c, s in zip(prediction.classes, prediction.scores[i])},
-                "networks": {n: prediction.classes[int(t)] for n, t in zip(predictor.names, prediction.member_top1[:, i])},
-            })
+            record.update(
+                {
+                    "class": prediction.classes[k],
+                    "confidence": round(float(prediction.confidence[i]), 6),
+                    "scores": {c: round(float(s), 6) for c, s in zip(prediction.classes, prediction.scores[i])},
+                    "networks": {
+                        n: prediction.classes[int(t)] for n, t in zip(predictor.names, prediction.member_top1[:, i])
+                    },
+                }
+            )
     return PhotoResults(records, crops, no_face, failures, prediction)
 
 
 def csv_rows(results: PhotoResults, classes: Sequence[str], names: Sequence[str]) -> tuple[list[str], list[list]]:
     """The header and rows of predictions.csv: one row per face."""
-    header = ["file", "face", "box_x0", "box_y0", "box_x1", "box_y1", "landmarks", "class", "confidence",
-              *[f"score_{c}" for c in classes], *[f"top1_{n}" for n in names]]
+    header = [
+        "file",
+        "face",
+        "box_x0",
+        "box_y0",
+        "box_x1",
+        "box_y1",
+        "landmarks",
+        "class",
+        "confidence",
+        *[f"score_{c}" for c in classes],
+        *[f"top1_{n}" for n in names],
+    ]
     rows = []
     for r in results.records:
         box = r["box"] or [""] * 4
         marks = " ".join(f"{x:g},{y:g}" for x, y in r["landmarks"]) if r["landmarks"] else ""
-        rows.append([r["file"], r["face"], *box, marks, r["class"], r["confidence"],
-                     *[r["scores"][c] for c in classes], *[r["networks"][n] for n in names]])
+        rows.append(
+            [
+                r["file"],
+                r["face"],
+                *box,
+                marks,
+                r["class"],
+                r["confidence"],
+                *[r["scores"][c] for c in classes],
+                *[r["networks"][n] for n in names],
+            ]
+        )
     return header, rows
 
 
@@ -401,7 +491,9 @@ def annotate(photo: np.ndarray, records: list[dict], scale: float = 1.0) -> np.n
     draw = ImageDraw.Draw(picture)
     width = max(2, round(max(photo.shape[:2]) / 250))
     for r in records:
-        x0, y0, x1, y1 = [round(v * scale) for v in r["box"]] if r["box"] else (0, 0, photo.shape[1] - 1, photo.shape[0] - 1)
+        x0, y0, x1, y1 = (
+            [round(v * scale) for v in r["box"]] if r["box"] else (0, 0, photo.shape[1] - 1, photo.shape[0] - 1)
+        )
         draw.rectangle((x0, y0, x1, y1), outline=(255, 64, 64), width=width)
         text = f"{r['class']} {r['confidence']:.2f}"
         tx, ty = x0, max(y0 - 14, 0)
@@ -410,8 +502,9 @@ def annotate(photo: np.ndarray, records: list[dict], scale: float = 1.0) -> np.n
     return np.asarray(picture)
 
 
-def write_predictions(out: str | os.PathLike, results: PhotoResults, predictor: Predictor, *,
-                      annotated: bool = True, command: str = "") -> None:
+def write_predictions(
+    out: str | os.PathLike, results: PhotoResults, predictor: Predictor, *, annotated: bool = True, command: str = ""
+) -> None:
     """predictions.csv, predictions.json and (``annotated``) annotated/<file>.png in ``out``;
     each file written whole or not at all."""
     import csv
@@ -426,10 +519,17 @@ def write_predictions(out: str | os.PathLike, results: PhotoResults, predictor: 
     csv.writer(text, lineterminator="\n").writerows([header, *rows])
     write_atomic(out / "predictions.csv", text.getvalue())
     summary = {
-        "command": command, "networks": list(predictor.names), "runs": [str(p) for p in predictor.paths],
-        "checkpoint": predictor.checkpoint, "epochs": predictor.epochs,
-        "dataset": predictor.dataset, "classes": list(predictor.classes), "input_size": predictor.input_size,
-        "strategy": predictor.strategy, "faces": results.records, "no_face": results.no_face,
+        "command": command,
+        "networks": list(predictor.names),
+        "runs": [str(p) for p in predictor.paths],
+        "checkpoint": predictor.checkpoint,
+        "epochs": predictor.epochs,
+        "dataset": predictor.dataset,
+        "classes": list(predictor.classes),
+        "input_size": predictor.input_size,
+        "strategy": predictor.strategy,
+        "faces": results.records,
+        "no_face": results.no_face,
         "failures": [{"file": f, "error": e} for f, e in results.failures],
     }
     write_json(out / "predictions.json", summary)
@@ -470,7 +570,9 @@ def unique_stems(files: Sequence[str]) -> list[str]:
     return names
 
 
-def write_maps(out: str | os.PathLike, results: PhotoResults, predictor: Predictor, kind: str = "gradcam") -> list[Path]:
+def write_maps(
+    out: str | os.PathLike, results: PhotoResults, predictor: Predictor, kind: str = "gradcam"
+) -> list[Path]:
     """maps/<file>_face<i>.png in ``out``: each face as the networks saw it beside its map as a
     JET overlay (``Predictor.explain``), and maps.npz with the raw maps (N, S, S) in record order."""
     from faml_jax.maps import overlay
@@ -482,8 +584,12 @@ def write_maps(out: str | os.PathLike, results: PhotoResults, predictor: Predict
         return []
     combined, members, _ = predictor.explain(results.crops, kind)
     seen = predictor.preprocess(results.crops)
-    stems = dict(zip(dict.fromkeys(r["file"] for r in results.records), unique_stems(
-        list(dict.fromkeys(r["file"] for r in results.records)))))
+    stems = dict(
+        zip(
+            dict.fromkeys(r["file"] for r in results.records),
+            unique_stems(list(dict.fromkeys(r["file"] for r in results.records))),
+        )
+    )
     written = []
     for record, face, heat in zip(results.records, seen, combined):
         path = folder / f"{stems[record['file']]}_face{record['face']}.png"
@@ -497,8 +603,14 @@ def write_maps(out: str | os.PathLike, results: PhotoResults, predictor: Predict
 # Paper Fig. 8: maps of several models on one test image per expression
 
 
-def figure_of_maps(rows: Sequence[tuple[str, Predictor]], *, kind: str = "gradcam", indices: Sequence[int] | None = None,
-                   data_dir: str | None = None, log=print) -> dict:
+def figure_of_maps(
+    rows: Sequence[tuple[str, Predictor]],
+    *,
+    kind: str = "gradcam",
+    indices: Sequence[int] | None = None,
+    data_dir: str | None = None,
+    log=print,
+) -> dict:
     """The maps of every model in ``rows`` ((label, predictor): a run or an ensemble each) on one
     test image per expression: the first test image of that class that every row classifies
     correctly, or ``indices`` (one test index per class). Returns ``{"grid": (H, W, 3) uint8,
@@ -525,8 +637,10 @@ def figure_of_maps(rows: Sequence[tuple[str, Predictor]], *, kind: str = "gradca
             if not 0 <= index < len(labels):
                 raise ConfigError(f"test index {index} is outside the test split (0..{len(labels) - 1})")
             if labels[index] != c:
-                raise ConfigError(f"test image {index} shows {classes[labels[index]]}, not {classes[c]} (the "
-                                  f"{c + 1}. index is for {classes[c]})")
+                raise ConfigError(
+                    f"test image {index} shows {classes[labels[index]]}, not {classes[c]} (the "
+                    f"{c + 1}. index is for {classes[c]})"
+                )
             chosen.append(index)
             continue
         candidates, found = np.flatnonzero(labels == c), -1
@@ -551,12 +665,19 @@ def figure_of_maps(rows: Sequence[tuple[str, Predictor]], *, kind: str = "gradca
             combined, _, _ = predictor.explain(images[[k for k, i in enumerate(chosen) if i >= 0]], kind)
             grid_maps[r, [k for k, i in enumerate(chosen) if i >= 0]] = combined
     grid = _grid(images, grid_maps, [label for label, _ in rows], classes, chosen)
-    return {"grid": grid, "maps": grid_maps, "images": images, "indices": chosen, "classes": list(classes),
-            "rows": [label for label, _ in rows]}
+    return {
+        "grid": grid,
+        "maps": grid_maps,
+        "images": images,
+        "indices": chosen,
+        "classes": list(classes),
+        "rows": [label for label, _ in rows],
+    }
 
 
-def _grid(images: np.ndarray, grid_maps: np.ndarray, row_labels: list[str], classes: Sequence[str],
-          chosen: list[int]) -> np.ndarray:
+def _grid(
+    images: np.ndarray, grid_maps: np.ndarray, row_labels: list[str], classes: Sequence[str], chosen: list[int]
+) -> np.ndarray:
     """Overlays in a table: a header row of class names, a first column of row labels."""
     from PIL import Image, ImageDraw
 

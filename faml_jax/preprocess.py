@@ -137,8 +137,9 @@ def color_jitter(image: jax.Array, order: jax.Array, factors: jax.Array, max_val
     return image
 
 
-def erasing_params(key: jax.Array, height: int, width: int, scale: tuple[float, float],
-                   ratio: tuple[float, float], attempts: int = 10):
+def erasing_params(
+    key: jax.Array, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], attempts: int = 10
+):
     """One image's random erasing rectangle as torchvision's ``RandomErasing.get_params`` draws it:
     up to ``attempts`` tries of an area uniform in ``scale`` x H x W and an aspect ratio
     log-uniform in ``ratio`` (h = round(sqrt(area * r)), w = round(sqrt(area / r))); the first that
@@ -170,8 +171,9 @@ def erase(image: jax.Array, top, left, h, w, value: float = 0.0) -> jax.Array:
     return jnp.where(inside[..., None], jnp.asarray(value, image.dtype), image)
 
 
-def augment(flip_key: jax.Array, extra_key: jax.Array, images: jax.Array, config,
-            first_index: jax.Array | int = 0) -> jax.Array:
+def augment(
+    flip_key: jax.Array, extra_key: jax.Array, images: jax.Array, config, first_index: jax.Array | int = 0
+) -> jax.Array:
     """The training view of a uint8 batch (batch, H, W, 3) under ``config`` (an ``AugmentConfig``):
     flip, then (with probability ``rotate_p``) rotation + padded crop, then colour jitter, then
     normalisation, then (with probability ``erasing_p``) random erasing; returns the normalised

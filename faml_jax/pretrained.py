@@ -20,8 +20,9 @@ whose state dict loads into torchvision's ``resnet18``. This module:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -86,9 +87,11 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
             state = state[wrapper]
             break
     if not isinstance(state, Mapping) or not state:
-        raise ConversionError("the checkpoint holds no state dict (expected a dict of tensors, or one under 'state_dict')")
+        raise ConversionError(
+            "the checkpoint holds no state dict (expected a dict of tensors, or one under 'state_dict')"
+        )
     if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
 
 
@@ -107,7 +110,8 @@ def torch_to_flax(state: Mapping[str, np.ndarray]) -> tuple[dict, dict | None]:
     unexpected = set(state) - set(layout) - head_keys
     if missing or unexpected:
         parts = ([f"missing keys: {_list(missing)}"] if missing else []) + (
-            [f"unexpected keys: {_list(unexpected)}"] if unexpected else [])
+            [f"unexpected keys: {_list(unexpected)}"] if unexpected else []
+        )
         raise ConversionError("not a torchvision ResNet18 state dict: " + "; ".join(parts))
     present_head = head_keys & set(state)
     if present_head and present_head != head_keys:
@@ -146,8 +150,9 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, ... for bad files
-        raise ConversionError(f"cannot load {path} as weights only (no pickled code is run): "
-                              f"{str(error).splitlines()[0]}") from None
+        raise ConversionError(
+            f"cannot load {path} as weights only (no pickled code is run): {str(error).splitlines()[0]}"
+        ) from None
     state = unwrap_state_dict(checkpoint)
     return {k: v.detach().cpu().numpy() for k, v in state.items() if isinstance(v, torch.Tensor)}
 
@@ -220,8 +225,10 @@ def save_backbone(backbone: dict, head: dict | None, out: str | os.PathLike, inf
     tmp = temporary_folder(out.parent, f".{out.name}.", ".tmp")
     try:
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-            checkpointer.save(tmp / "backbone", args=ocp.args.Composite(variables=ocp.args.StandardSave(tree),
-                                                                        info=ocp.args.JsonSave(info)))
+            checkpointer.save(
+                tmp / "backbone",
+                args=ocp.args.Composite(variables=ocp.args.StandardSave(tree), info=ocp.args.JsonSave(info)),
+            )
         write_digest(tmp / "backbone")
         os.replace(tmp / "backbone", out)
     finally:
@@ -241,16 +248,19 @@ def load_backbone(path: str | os.PathLike) -> tuple[dict, dict | None, dict]:
     if not path.exists():
         raise ConversionError(f"backbone {path} not found (convert one with python -m tools.convert_torch_resnet18)")
     if not (path / "info").is_dir() or not (path / "variables").is_dir():
-        raise ConversionError(f"{path} is not a converted backbone (expected the folder written by "
-                              "python -m tools.convert_torch_resnet18)")
+        raise ConversionError(
+            f"{path} is not a converted backbone (expected the folder written by "
+            "python -m tools.convert_torch_resnet18)"
+        )
     if not (path / DIGEST).is_file():
         raise ConversionError(f"the backbone {path} has no {DIGEST}: it cannot be checked; convert it again")
     damage = verify(path)
     if damage:
         raise ConversionError(f"the backbone {path} is damaged ({damage}): convert it again")
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-        restored = checkpointer.restore(path, args=ocp.args.Composite(variables=ocp.args.StandardRestore(),
-                                                                      info=ocp.args.JsonRestore()))
+        restored = checkpointer.restore(
+            path, args=ocp.args.Composite(variables=ocp.args.StandardRestore(), info=ocp.args.JsonRestore())
+        )
     tree = jax.tree_util.tree_map(np.asarray, restored["variables"])
     refuse_non_finite(tree, f"the backbone {path}")
     return tree["backbone"], tree.get("head"), dict(restored["info"])
@@ -284,11 +294,13 @@ def init_from_backbone(variables: Mapping, backbone: Mapping) -> dict:
             else:
                 target[path] = np.asarray(value, np.asarray(target[path]).dtype)
         fresh_only = ("attn", "fc")
-        lacking = [f"{collection}/{'/'.join(p)}" for p in target
-                   if p not in source and not p[0].startswith(fresh_only) and p[-1] != "fusion_weights"]
+        lacking = [
+            f"{collection}/{'/'.join(p)}"
+            for p in target
+            if p not in source and not p[0].startswith(fresh_only) and p[-1] != "fusion_weights"
+        ]
         problems += [f"{name} (not in the backbone)" for name in lacking]
         result[collection] = traverse_util.unflatten_dict(target)
     if problems:
         raise ConversionError(f"the backbone does not fit the model: {_list(problems, sort=False)}")
     return result
-

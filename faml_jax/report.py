@@ -27,7 +27,11 @@ from faml_jax.evaluate import evaluate_members
 from faml_jax.workdir import WorkdirLock, check_replaceable, recognise_listed
 from faml_jax.writer import replace_folder, temporary_folder, to_json
 
-STRATEGY_NAMES = {"t1v": "T1V (majority vote)", "noi": "NOI (summed softmax, Eq. 13)", "t2v": "T2V (top-two voting, Eq. 12)"}
+STRATEGY_NAMES = {
+    "t1v": "T1V (majority vote)",
+    "noi": "NOI (summed softmax, Eq. 13)",
+    "t2v": "T2V (top-two voting, Eq. 12)",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,8 +72,10 @@ def size_rows(report: dict) -> list[list]:
 
 def rank_rows(report: dict) -> list[list]:
     r = report["ranks"]
-    rows = [[n, *(f"{100 * v:.2f}" for v in row), f"{100 * r['second_among_wrong'][n]:.2f}"]
-            for n, row in r["members"].items()]
+    rows = [
+        [n, *(f"{100 * v:.2f}" for v in row), f"{100 * r['second_among_wrong'][n]:.2f}"]
+        for n, row in r["members"].items()
+    ]
     rows.append(["mean", *(f"{100 * v:.2f}" for v in r["mean"]), ""])
     return rows
 
@@ -84,8 +90,15 @@ def confusion_png(path: Path, matrix: np.ndarray, classes: list[str], title: str
     image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=100)
     for i in range(c):
         for j in range(c):
-            ax.text(j, i, f"{matrix[i, j]:.1f}", ha="center", va="center", fontsize=8,
-                    color="white" if matrix[i, j] > 60 else "black")
+            ax.text(
+                j,
+                i,
+                f"{matrix[i, j]:.1f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if matrix[i, j] > 60 else "black",
+            )
     ax.set_xticks(range(c), classes, rotation=45, ha="right")
     ax.set_yticks(range(c), classes)
     ax.set_xlabel("predicted")
@@ -125,8 +138,17 @@ def markdown(report: dict, info: dict) -> str:
 
 
 REPORT_KIND = "faml_jax.ensemble_report"  # report.json's "kind": how a report folder is recognised
-REPORT_FILES = frozenset({"report.json", "report.md", "members.csv", "sizes.csv", "ranks.csv", "logits.npz",
-                          *(f"confusion_{w}.{e}" for w in ("best_member", "t2v") for e in ("csv", "png"))})
+REPORT_FILES = frozenset(
+    {
+        "report.json",
+        "report.md",
+        "members.csv",
+        "sizes.csv",
+        "ranks.csv",
+        "logits.npz",
+        *(f"confusion_{w}.{e}" for w in ("best_member", "t2v") for e in ("csv", "png")),
+    }
+)
 
 
 def recognise_report(folder: Path) -> str | None:
@@ -145,13 +167,20 @@ def write_report(out: Path, report: dict, info: dict, logits: np.ndarray, labels
         (tmp / "report.md").write_text(markdown(report, info))
         (tmp / "members.csv").write_text(csv_text(["", "accuracy", "mean_class_accuracy"], member_rows(report)))
         (tmp / "sizes.csv").write_text(csv_text(["size", "member_added", *ensemble.STRATEGIES], size_rows(report)))
-        (tmp / "ranks.csv").write_text(csv_text(
-            ["member", *(ordinal(k) for k in range(1, len(classes) + 1)), "second_among_wrong"], rank_rows(report)))
+        (tmp / "ranks.csv").write_text(
+            csv_text(
+                ["member", *(ordinal(k) for k in range(1, len(classes) + 1)), "second_among_wrong"], rank_rows(report)
+            )
+        )
         titles = {"best_member": f"best member ({report['best_member']})", "t2v": "T2V ensemble"}
         for which, title in titles.items():
             matrix = np.asarray(report["confusion_percent"][which])
-            (tmp / f"confusion_{which}.csv").write_text(csv_text(
-                ["true \\ predicted", *classes], [[name, *(f"{v:.2f}" for v in row)] for name, row in zip(classes, matrix)]))
+            (tmp / f"confusion_{which}.csv").write_text(
+                csv_text(
+                    ["true \\ predicted", *classes],
+                    [[name, *(f"{v:.2f}" for v in row)] for name, row in zip(classes, matrix)],
+                )
+            )
             confusion_png(tmp / f"confusion_{which}.png", matrix, classes, f"{title}, % of true class")
         np.savez(tmp / "logits.npz", logits=logits, labels=labels)
         replace_folder(tmp, out)
@@ -164,10 +193,20 @@ def write_report(out: Path, report: dict, info: dict, logits: np.ndarray, labels
 # Evaluating members and writing the report
 
 
-def ensemble_report(members: list[tuple[str, Path]], out: str | os.PathLike, config: EnsembleConfig = EnsembleConfig(),
-                    *, overwrite: bool = False, data_dir: str | None = None, batch_size: int | None = None,
-                    mapping: str | None = None, num_threads: int | None = None, progress: bool = True,
-                    command: str = "", log=print) -> dict:
+def ensemble_report(
+    members: list[tuple[str, Path]],
+    out: str | os.PathLike,
+    config: EnsembleConfig = EnsembleConfig(),
+    *,
+    overwrite: bool = False,
+    data_dir: str | None = None,
+    batch_size: int | None = None,
+    mapping: str | None = None,
+    num_threads: int | None = None,
+    progress: bool = True,
+    command: str = "",
+    log=print,
+) -> dict:
     """Evaluate ``members`` ((name, workdir) pairs) as an ensemble (``config``: T2V's weights,
     which checkpoint, the order of the size table) and write the report folder ``out``; returns
     the report (also in ``out/report.json``). ``data_dir``, ``num_threads``: where the data set is
@@ -179,14 +218,23 @@ def ensemble_report(members: list[tuple[str, Path]], out: str | os.PathLike, con
         check_replaceable(out, "report", recognise_report, overwrite)  # as it is now the lock is held
         checkpoint, order, alpha, beta = config.checkpoint, config.order, config.alpha, config.beta
         logits, labels, classes, info = evaluate_members(
-            members, checkpoint=checkpoint, data_dir=data_dir, batch_size=batch_size, mapping=mapping,
-            num_threads=num_threads, progress=progress, log=log)
+            members,
+            checkpoint=checkpoint,
+            data_dir=data_dir,
+            batch_size=batch_size,
+            mapping=mapping,
+            num_threads=num_threads,
+            progress=progress,
+            log=log,
+        )
         names = [name for name, _ in members]
         report = analyse(logits, labels, names, classes, order=order, alpha=alpha, beta=beta)
         info["command"] = command
         write_report(out, report, info, logits, labels)
     log(table(["", "accuracy %", "mean class accuracy %"], member_rows(report)).rstrip())
-    log(f"ensemble size ({'given order' if order == 'given' else 'best first'}): " + "; ".join(
-        f"{s['size']}: T2V {s['t2v']:.2f}" for s in report["sizes"]))
+    log(
+        f"ensemble size ({'given order' if order == 'given' else 'best first'}): "
+        + "; ".join(f"{s['size']}: T2V {s['t2v']:.2f}" for s in report["sizes"])
+    )
     log(f"report written to {out}")
     return {**info, **report}

@@ -123,7 +123,11 @@ def choose_epoch(workdir: Path, which: str) -> int:
     if which == "final":
         return max(epochs)
     path = workdir / "metrics.jsonl"
-    accuracy = {h["epoch"]: h["test_accuracy"] for h in map(json.loads, path.read_text().splitlines())} if path.exists() else {}
+    accuracy = (
+        {h["epoch"]: h["test_accuracy"] for h in map(json.loads, path.read_text().splitlines())}
+        if path.exists()
+        else {}
+    )
     ranked = [e for e in epochs if e in accuracy]
     if not ranked:
         raise WorkdirError(f"{path} has no test accuracy for the checkpoints {sorted(epochs)}")
@@ -175,8 +179,9 @@ def member_workdir(evolve_dir: Path, record: dict) -> Path:
     return path if path.is_absolute() else evolve_dir / path
 
 
-def population_members(evolve_dir: str | os.PathLike, all_networks: bool = False,
-                       generation: int | None = None) -> list[tuple[str, Path]]:
+def population_members(
+    evolve_dir: str | os.PathLike, all_networks: bool = False, generation: int | None = None
+) -> list[tuple[str, Path]]:
     """(name, workdir) of a finished evolution's final population (its last generation's
     survivors), of generation ``generation``'s survivors (0: the initial population; any
     generation recorded so far, also of an unfinished evolution), or with ``all_networks`` of
@@ -196,14 +201,18 @@ def population_members(evolve_dir: str | os.PathLike, all_networks: bool = False
         return [(name, member_workdir(evolve_dir, lineage["members"][name])) for name in names]
     if generation is not None:
         if not 0 <= generation < len(generations):
-            raise WorkdirError(f"generation {generation} is not in {path}: it records generations "
-                               + (f"0 to {len(generations) - 1}" if generations else "none yet"))
+            raise WorkdirError(
+                f"generation {generation} is not in {path}: it records generations "
+                + (f"0 to {len(generations) - 1}" if generations else "none yet")
+            )
         names = generations[generation]["survivors"]
     else:
         planned = configured_generations(evolve_dir) + 1  # generation 0 is the initial population
         if len(generations) < planned:
-            raise WorkdirError(f"evolution not finished: {len(generations)} of {planned} generations in {evolve_dir}; "
-                               "resume it (experiments.evolve --resume), or pass --generation N to use an earlier one")
+            raise WorkdirError(
+                f"evolution not finished: {len(generations)} of {planned} generations in {evolve_dir}; "
+                "resume it (experiments.evolve --resume), or pass --generation N to use an earlier one"
+            )
         names = generations[-1]["survivors"]
     return [(name, member_workdir(evolve_dir, lineage["members"][name])) for name in names]
 

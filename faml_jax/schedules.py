@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from faml_jax.config import ScheduleConfig
 
 
-def is_stable(losses: Sequence[float], accuracies: Sequence[float], window: int, loss_range: float,
-              acc_range: float) -> bool:
+def is_stable(
+    losses: Sequence[float], accuracies: Sequence[float], window: int, loss_range: float, acc_range: float
+) -> bool:
     """The stability detector: True when the last ``window`` epochs' training losses and
     accuracies each vary (max - min) by less than ``loss_range`` and ``acc_range``."""
     if len(losses) < window or len(accuracies) < window:
@@ -46,8 +47,9 @@ class LrState:
         return 1 if self.switch_epoch is None else 2
 
 
-def learning_rate(config: ScheduleConfig, state: LrState, epoch: int, step_in_epoch: int,
-                  steps_per_epoch: int, total_epochs: int) -> float:
+def learning_rate(
+    config: ScheduleConfig, state: LrState, epoch: int, step_in_epoch: int, steps_per_epoch: int, total_epochs: int
+) -> float:
     """The learning rate of one step (``epoch`` counted from 0).
 
     Lr1: cosine from ``lr1`` at the first step to ``lr1_floor`` (Lr2 by default, METHOD 2.4
@@ -60,18 +62,23 @@ def learning_rate(config: ScheduleConfig, state: LrState, epoch: int, step_in_ep
     return config.lr2 * config.lr2_gamma ** max(decays, 0)
 
 
-def after_epoch(config: ScheduleConfig, state: LrState, epoch: int, losses: Sequence[float],
-                accuracies: Sequence[float]) -> LrState:
+def after_epoch(
+    config: ScheduleConfig, state: LrState, epoch: int, losses: Sequence[float], accuracies: Sequence[float]
+) -> LrState:
     """Update the regime at the end of ``epoch`` given the training loss and accuracy history
     (one value per epoch so far): switch to Lr2 from the next epoch when the detector fires."""
-    if state.switch_epoch is None and config.switch and is_stable(
-        losses, accuracies, config.window, config.loss_range, config.acc_range
+    if (
+        state.switch_epoch is None
+        and config.switch
+        and is_stable(losses, accuracies, config.window, config.loss_range, config.acc_range)
     ):
         return LrState(switch_epoch=epoch + 1)
     return state
 
 
-def is_well_trained(config: ScheduleConfig, state: LrState, losses: Sequence[float], accuracies: Sequence[float]) -> bool:
+def is_well_trained(
+    config: ScheduleConfig, state: LrState, losses: Sequence[float], accuracies: Sequence[float]
+) -> bool:
     """Whether a network is "well trained" (METHOD 2.4, ready for FGA): the detector fires in the
     final regime. With the Lr1 -> Lr2 switch, that means ``window`` epochs trained with Lr2 that
     are stable (the firing in Lr1 only triggers the switch); without it, a stable Lr1 window."""

@@ -43,6 +43,7 @@ def _unraisable(hook):
     def ignore_interrupts(unraisable):
         if not isinstance(unraisable.exc_value, KeyboardInterrupt):  # recorded in _Requests.pending
             hook(unraisable)
+
     return ignore_interrupts
 
 
@@ -124,8 +125,9 @@ def deferred():
     def record(signum, frame):
         if _Requests.signum is not None:
             _Requests.pending = signum
-            raise Interrupted(signum, f"stopped by a second {signal.Signals(signum).name}: "
-                                      "the last complete checkpoint is kept")
+            raise Interrupted(
+                signum, f"stopped by a second {signal.Signals(signum).name}: the last complete checkpoint is kept"
+            )
         _Requests.signum = signum
 
     raise_if_pending()

@@ -20,7 +20,8 @@ from __future__ import annotations
 import collections
 import functools
 import numbers
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import flax
 import jax
@@ -84,7 +85,10 @@ def _optimizer(config: OptimConfig, learning_rate) -> optax.GradientTransformati
     if config.name == "adam":
         if config.weight_decay and config.weight_decay_mode == "decoupled":
             return optax.inject_hyperparams(optax.adamw)(
-                learning_rate=learning_rate, b1=config.b1, b2=config.b2, eps=config.eps,
+                learning_rate=learning_rate,
+                b1=config.b1,
+                b2=config.b2,
+                eps=config.eps,
                 weight_decay=config.weight_decay,
             )
         core = optax.inject_hyperparams(optax.adam)(
@@ -191,8 +195,9 @@ def make_train_step(
         metrics = {
             # 1 when the loss and the gradients are finite (read with the other metrics: no host
             # sync of its own), so a diverging run stops at the step where it diverged.
-            "finite": jax.tree.reduce(lambda ok, g: ok & jnp.all(jnp.isfinite(g)), grads,
-                                      jnp.isfinite(loss)).astype(jnp.float32),
+            "finite": jax.tree.reduce(lambda ok, g: ok & jnp.all(jnp.isfinite(g)), grads, jnp.isfinite(loss)).astype(
+                jnp.float32
+            ),
             "loss": loss,
             "train_ce": ce_loss(logits, labels),
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels).astype(jnp.float32),
@@ -249,10 +254,12 @@ def member_parallel_train_step(
     def masked_step(state: TrainState, batch: Batch, learning_rate, active):
         new, metrics = step(state, batch, learning_rate)
         keep = lambda a, b: jnp.where(active, a, b)  # noqa: E731
-        new = new.replace(**{
-            name: jax.tree_util.tree_map(keep, getattr(new, name), getattr(state, name))
-            for name in ("step", "params", "batch_stats", "opt_state")
-        })
+        new = new.replace(
+            **{
+                name: jax.tree_util.tree_map(keep, getattr(new, name), getattr(state, name))
+                for name in ("step", "params", "batch_stats", "opt_state")
+            }
+        )
         return new, metrics
 
     return jax.pmap(masked_step, axis_name=MEMBER_AXIS, devices=devices, donate_argnums=(0,))

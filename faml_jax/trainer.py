@@ -20,8 +20,8 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import numpy as np
@@ -31,8 +31,15 @@ from faml_jax import data, models, pretrained, schedules, signals, train
 from faml_jax.checkpoint import CheckpointDamaged, CheckpointError, Checkpoints, sync_processes
 from faml_jax.config import RunConfig, config_to_json, from_dict, run_config_from_json
 from faml_jax.errors import (
-    ConfigError, DiskFullError, NonFiniteError, OutOfMemoryError, WorkdirError, is_disk_full, is_out_of_memory,
-    requested_bytes, written_path,
+    ConfigError,
+    DiskFullError,
+    NonFiniteError,
+    OutOfMemoryError,
+    WorkdirError,
+    is_disk_full,
+    is_out_of_memory,
+    requested_bytes,
+    written_path,
 )
 from faml_jax.evaluate import Evaluator, open_run_dataset
 from faml_jax.metrics import classification_metrics
@@ -42,8 +49,16 @@ from faml_jax.writer import RunWriter, write_atomic, write_json
 
 # Per-epoch fields of metrics.jsonl that are timings (they differ between identical runs).
 TIMING_FIELDS = ("images_per_s", "epoch_s")
-OUTPUTS = ("checkpoints", PREEMPTED, DAMAGED, "test_logits", "tensorboard", "metrics.jsonl", "config.json",
-           "summary.json")
+OUTPUTS = (
+    "checkpoints",
+    PREEMPTED,
+    DAMAGED,
+    "test_logits",
+    "tensorboard",
+    "metrics.jsonl",
+    "config.json",
+    "summary.json",
+)
 
 # Configuration fields a resumed run may change: how long it trains, how many checkpoints it
 # keeps, how many threads read its images.
@@ -59,16 +74,29 @@ Log = Callable[[str], None]
 def has_run(workdir: Path) -> bool:
     """Whether a network's workdir holds something to continue from: a checkpoint (complete,
     damaged or saved within an epoch). A run that failed before its first checkpoint did not."""
-    return (has_checkpoint(workdir) or bool(checkpoint_epochs(workdir, PREEMPTED))
-            or (primary_workdir(workdir) / DAMAGED).is_dir())
+    return (
+        has_checkpoint(workdir)
+        or bool(checkpoint_epochs(workdir, PREEMPTED))
+        or (primary_workdir(workdir) / DAMAGED).is_dir()
+    )
 
 
 def prepare_workdir(workdir: Path, config: RunConfig, resume: bool, overwrite: bool, *, write: bool = True) -> bool:
     """Make a network's workdir ready (``workdir.prepare_directory`` with its ``config.json``;
     ``epochs`` may grow on resume); returns whether it continues an earlier run."""
-    return prepare_directory(workdir, config_file="config.json", current=config_to_json(config), outputs=OUTPUTS,
-                             has_run=has_run, resume=resume, overwrite=overwrite, may_differ=MAY_DIFFER,
-                             what="run", complete=complete_run_config, write=write)
+    return prepare_directory(
+        workdir,
+        config_file="config.json",
+        current=config_to_json(config),
+        outputs=OUTPUTS,
+        has_run=has_run,
+        resume=resume,
+        overwrite=overwrite,
+        may_differ=MAY_DIFFER,
+        what="run",
+        complete=complete_run_config,
+        write=write,
+    )
 
 
 def _flat(tree: dict) -> dict:
@@ -130,8 +158,9 @@ def launcher(environ=os.environ) -> str | None:
     return next((name for name, names in LAUNCHERS.items() if all(n in environ for n in names)), None)
 
 
-def start_processes(coordinator: str | None, num_processes: int | None, process_id: int | None,
-                    distributed: str = "off") -> None:
+def start_processes(
+    coordinator: str | None, num_processes: int | None, process_id: int | None, distributed: str = "off"
+) -> None:
     """Join a multi-process run: every process runs the same command with its own ``process_id``
     and the same ``coordinator`` (``host:port`` of process 0); ``jax.distributed`` connects them
     (collectives between CPU processes over gloo). ``distributed="auto"``: the launcher's
@@ -143,12 +172,16 @@ def start_processes(coordinator: str | None, num_processes: int | None, process_
         raise ConfigError(f"--distributed must be off or auto, got {distributed!r}")
     if distributed == "auto":
         if any(v is not None for v in given):
-            raise ConfigError("--distributed auto takes the processes from the launcher: "
-                              "give no --coordinator, --num-processes or --process-id")
+            raise ConfigError(
+                "--distributed auto takes the processes from the launcher: "
+                "give no --coordinator, --num-processes or --process-id"
+            )
         if launcher() is None:
-            raise ConfigError("--distributed auto: no cluster launcher found in the environment "
-                              f"(looked for {', '.join(LAUNCHERS)}); start with srun or mpirun, or give --coordinator, "
-                              "--num-processes and --process-id")
+            raise ConfigError(
+                "--distributed auto: no cluster launcher found in the environment "
+                f"(looked for {', '.join(LAUNCHERS)}); start with srun or mpirun, or give --coordinator, "
+                "--num-processes and --process-id"
+            )
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize()
         return
@@ -194,8 +227,10 @@ class Setup:
         self.model = models.ResNet(config.model)
         self.tx = train.make_optimizer(config.optim, config.schedule.lr1)
         self.class_weights = self.dataset.class_weights if config.loss.needs_class_weights else None
-        self.evaluator = compiled(("evaluator", config.model, config.eval_batch_size, tuple(self.devices)),
-                                  lambda: Evaluator(self.model, config.eval_batch_size, self.devices))
+        self.evaluator = compiled(
+            ("evaluator", config.model, config.eval_batch_size, tuple(self.devices)),
+            lambda: Evaluator(self.model, config.eval_batch_size, self.devices),
+        )
 
     def step_key(self, kind: str, devices) -> tuple:
         """What a compiled train step of this configuration depends on (``compiled``)."""
@@ -204,7 +239,7 @@ class Setup:
         return (kind, c.model, c.optim, c.loss, c.augment, weights, None if devices is None else tuple(devices))
 
     @functools.cached_property
-    def data_parallel(self) -> "DataParallel":
+    def data_parallel(self) -> DataParallel:
         """The (compiled once, reused) data-parallel train step of this configuration."""
         return DataParallel(self)
 
@@ -218,11 +253,19 @@ class Setup:
         """The training batches of ``seed``: this process's slice of each global batch, or with
         ``whole_batches`` the global batches themselves (the same in every process)."""
         c = self.config
-        shard = dict(process_index=0, process_count=1) if whole_batches else dict(
-            process_index=jax.process_index(), process_count=jax.process_count())
+        shard = (
+            dict(process_index=0, process_count=1)
+            if whole_batches
+            else dict(process_index=jax.process_index(), process_count=jax.process_count())
+        )
         return data.TrainLoader(
-            self.dataset.train, c.batch_size, c.model.input_size, seed=seed, num_threads=c.data.num_threads,
-            balanced=c.data.balanced, **shard,
+            self.dataset.train,
+            c.batch_size,
+            c.model.input_size,
+            seed=seed,
+            num_threads=c.data.num_threads,
+            balanced=c.data.balanced,
+            **shard,
         )
 
     def steps_per_epoch(self) -> int:
@@ -234,8 +277,11 @@ class Setup:
         state = train.create_train_state(self.model, self.tx, jax.random.key(seed))
         if variables is None:
             return state
-        return state.replace(params=variables["params"], batch_stats=variables["batch_stats"],
-                             opt_state=self.tx.init(variables["params"]))
+        return state.replace(
+            params=variables["params"],
+            batch_stats=variables["batch_stats"],
+            opt_state=self.tx.init(variables["params"]),
+        )
 
     @functools.cached_property
     def backbone(self) -> dict | None:
@@ -257,8 +303,9 @@ class Setup:
     def test_logits(self, variables) -> tuple[np.ndarray, np.ndarray]:
         """Logits and labels of the test split; ``variables`` replicated (``train.replicate``)."""
         c = self.config
-        return self.evaluator(variables, data.eval_batches(self.dataset.test, c.eval_batch_size,
-                                                           c.model.input_size, c.data.num_threads))
+        return self.evaluator(
+            variables, data.eval_batches(self.dataset.test, c.eval_batch_size, c.model.input_size, c.data.num_threads)
+        )
 
 
 def reference_loss(entry: dict) -> float:
@@ -293,20 +340,33 @@ class RunState:
 
     def record(self, test: dict | None = None) -> dict:
         """The checkpoint's JSON record (``test``: the metrics of the epoch it ends)."""
-        return {"epoch": self.epoch, "history": self.history, "switch_epoch": self.lr_state.switch_epoch,
-                "test": test, "initial_test": self.initial_test, "step_in_epoch": self.step_in_epoch,
-                "sums": self.sums}
+        return {
+            "epoch": self.epoch,
+            "history": self.history,
+            "switch_epoch": self.lr_state.switch_epoch,
+            "test": test,
+            "initial_test": self.initial_test,
+            "step_in_epoch": self.step_in_epoch,
+            "sums": self.sums,
+        }
 
     @classmethod
-    def from_checkpoint(cls, train_state: train.TrainState, record: dict) -> "RunState":
-        return cls(train_state, record["history"], schedules.LrState(record["switch_epoch"]),
-                   record.get("initial_test"), record.get("step_in_epoch", 0), record.get("sums"))
+    def from_checkpoint(cls, train_state: train.TrainState, record: dict) -> RunState:
+        return cls(
+            train_state,
+            record["history"],
+            schedules.LrState(record["switch_epoch"]),
+            record.get("initial_test"),
+            record.get("step_in_epoch", 0),
+            record.get("sums"),
+        )
 
 
 def all_finite(tree) -> bool:
     """Whether every floating-point array of ``tree`` (on the host) is finite."""
-    return all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree)
-               if np.issubdtype(np.asarray(x).dtype, np.floating))
+    return all(
+        np.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree) if np.issubdtype(np.asarray(x).dtype, np.floating)
+    )
 
 
 class Member:
@@ -325,8 +385,17 @@ class Member:
     ``start_lr``: "lr1" starts with the cosine regime, "lr2" directly with Lr2.
     """
 
-    def __init__(self, setup: Setup, config: RunConfig, workdir: str | os.PathLike, *,
-                 until_trained: bool = False, start_lr: str = "lr1", name: str = "", log: Log = print):
+    def __init__(
+        self,
+        setup: Setup,
+        config: RunConfig,
+        workdir: str | os.PathLike,
+        *,
+        until_trained: bool = False,
+        start_lr: str = "lr1",
+        name: str = "",
+        log: Log = print,
+    ):
         if start_lr not in ("lr1", "lr2"):
             raise ValueError(f"start_lr must be 'lr1' or 'lr2', got {start_lr!r}")
         self.setup, self.config, self.workdir = setup, config, Path(workdir)
@@ -367,14 +436,19 @@ class Member:
             except CheckpointError as error:  # another model's, or intact but unreadable now: left alone
                 raise WorkdirError(str(error)) from None
             run = RunState.from_checkpoint(state, record)
-            where = f"epoch {run.epoch}" + (f", step {run.step_in_epoch}/{steps} of epoch {run.epoch + 1}"
-                                             if run.step_in_epoch else "")
-            self.log(f"{self.prefix}resuming from {store.directory.name} {number} ({where}; at most "
-                     f"{self.config.epochs} epochs)")
+            where = f"epoch {run.epoch}" + (
+                f", step {run.step_in_epoch}/{steps} of epoch {run.epoch + 1}" if run.step_in_epoch else ""
+            )
+            self.log(
+                f"{self.prefix}resuming from {store.directory.name} {number} ({where}; at most "
+                f"{self.config.epochs} epochs)"
+            )
             return run
         if damaged or (primary_workdir(self.workdir) / DAMAGED).is_dir():
-            raise WorkdirError(f"{self.prefix}no intact checkpoint in {self.workdir} (the damaged ones are in "
-                               f"{self.workdir / DAMAGED}): start again with --overwrite")
+            raise WorkdirError(
+                f"{self.prefix}no intact checkpoint in {self.workdir} (the damaged ones are in "
+                f"{self.workdir / DAMAGED}): start again with --overwrite"
+            )
         return None
 
     def begin(self, init_variables: dict | None = None) -> None:
@@ -382,8 +456,9 @@ class Member:
         new member given ``init_variables`` starts from them, evaluated and saved as checkpoint 0."""
         if not self.resumed and init_variables is not None:
             self.run.train_state = self.setup.initial_state(self.config.seed, init_variables)
-            logits, labels = self.setup.test_logits(train.replicate({"params": self.state.params,
-                                                                     "batch_stats": self.state.batch_stats}))
+            logits, labels = self.setup.test_logits(
+                train.replicate({"params": self.state.params, "batch_stats": self.state.batch_stats})
+            )
             test = classification_metrics(logits, labels)
             self.run.initial_test = {k: test[k] for k in ("accuracy", "mean_class_accuracy")}
             (self.workdir / "test_logits").mkdir(exist_ok=True)
@@ -425,8 +500,9 @@ class Member:
         return self.epoch >= self.config.epochs or (self.until_trained and self.well_trained)
 
     def learning_rate(self, step_in_epoch: int, steps_per_epoch: int) -> float:
-        return schedules.learning_rate(self.config.schedule, self.run.lr_state, self.epoch, step_in_epoch,
-                                       steps_per_epoch, self.config.epochs)
+        return schedules.learning_rate(
+            self.config.schedule, self.run.lr_state, self.epoch, step_in_epoch, steps_per_epoch, self.config.epochs
+        )
 
     def check_finite(self, state: train.TrainState, where: str) -> None:
         """Raise ``NonFiniteError`` when ``state``'s weights or statistics are not all finite."""
@@ -435,9 +511,11 @@ class Member:
 
     def non_finite_message(self, where: str, what: str) -> str:
         kept = self.checkpoints.latest_epoch()
-        return (f"{self.prefix}{what} became non-finite at {where}: training stopped; "
-                + (f"checkpoint {kept} (finite) is kept" if kept is not None else "no checkpoint was saved")
-                + " (lower the learning rate, --lr, or check the data)")
+        return (
+            f"{self.prefix}{what} became non-finite at {where}: training stopped; "
+            + (f"checkpoint {kept} (finite) is kept" if kept is not None else "no checkpoint was saved")
+            + " (lower the learning rate, --lr, or check the data)"
+        )
 
     def end_epoch(self, state: train.TrainState, variables, sums: dict, steps: int, lr: float, elapsed: float) -> dict:
         """Book one trained epoch: evaluate ``variables`` (replicated) on the test split, save the
@@ -459,9 +537,13 @@ class Member:
             "images_per_s": steps * self.config.batch_size / elapsed,
             "epoch_s": elapsed,
         }
-        lr_state = schedules.after_epoch(self.config.schedule, self.run.lr_state, epoch,
-                                         self.losses + [reference_loss(entry)],
-                                         self.accuracies + [entry["train_accuracy"]])
+        lr_state = schedules.after_epoch(
+            self.config.schedule,
+            self.run.lr_state,
+            epoch,
+            self.losses + [reference_loss(entry)],
+            self.accuracies + [entry["train_accuracy"]],
+        )
         self.run = RunState(state, self.history + [entry], lr_state, self.run.initial_test)
         self.writer.write_logits(epoch + 1, logits, labels)
         self.checkpoints.save(epoch + 1, state, self.run.record(test))
@@ -469,10 +551,12 @@ class Member:
         self.writer.write(epoch + 1, entry)
         switched = " | stable: switching to Lr2" if lr_state.switch_epoch == epoch + 1 else ""
         trained = " | well trained" if self.until_trained and self.well_trained else ""
-        self.log(f"{self.prefix}epoch {epoch + 1}/{self.config.epochs}: train loss {entry['train_loss']:.4f} "
-                 f"(CE {entry['train_ce']:.4f}) acc "
-                 f"{entry['train_accuracy']:.4f} | test acc {test['accuracy']:.4f} mean-class "
-                 f"{test['mean_class_accuracy']:.4f} | {entry['images_per_s']:.0f} img/s{switched}{trained}")
+        self.log(
+            f"{self.prefix}epoch {epoch + 1}/{self.config.epochs}: train loss {entry['train_loss']:.4f} "
+            f"(CE {entry['train_ce']:.4f}) acc "
+            f"{entry['train_accuracy']:.4f} | test acc {test['accuracy']:.4f} mean-class "
+            f"{test['mean_class_accuracy']:.4f} | {entry['images_per_s']:.0f} img/s{switched}{trained}"
+        )
         return entry
 
     def prune(self) -> None:
@@ -484,7 +568,7 @@ class Member:
         if self.run.initial_test is not None:
             accuracy[0] = self.run.initial_test["accuracy"]
         ranked = [e for e in epochs if e in accuracy]
-        keep = set(sorted(epochs)[-self.config.keep_checkpoints:])
+        keep = set(sorted(epochs)[-self.config.keep_checkpoints :])
         if ranked:
             keep.add(max(ranked, key=lambda e: (accuracy[e], -e)))
         self.checkpoints.prune(keep)
@@ -505,9 +589,12 @@ class Member:
         steps = self.setup.steps_per_epoch()
         self.preempted.save(self.epoch * steps + step_in_epoch, state, run.record())
         self.preempted.prune({self.epoch * steps + step_in_epoch})
-        raise signals.Interrupted(signum, f"{self.prefix}stopped by {signal.Signals(signum).name} at epoch "
-                                          f"{self.epoch + 1}, step {step_in_epoch}/{steps}: saved in "
-                                          f"{self.preempted.directory}; continue with --resume")
+        raise signals.Interrupted(
+            signum,
+            f"{self.prefix}stopped by {signal.Signals(signum).name} at epoch "
+            f"{self.epoch + 1}, step {step_in_epoch}/{steps}: saved in "
+            f"{self.preempted.directory}; continue with --resume",
+        )
 
     def summary(self) -> dict:
         """Write and return summary.json (final and best epoch)."""
@@ -557,8 +644,17 @@ class DataParallel:
         self.multi_process = jax.process_count() > 1
         # All devices of all processes (one process: its own devices).
         devices = None if self.multi_process else self.devices
-        self.step = compiled(setup.step_key("data-parallel", devices), lambda: train.parallel_train_step(
-            setup.model, setup.tx, setup.config.loss, setup.class_weights, devices=devices, augment=setup.config.augment))
+        self.step = compiled(
+            setup.step_key("data-parallel", devices),
+            lambda: train.parallel_train_step(
+                setup.model,
+                setup.tx,
+                setup.config.loss,
+                setup.class_weights,
+                devices=devices,
+                augment=setup.config.augment,
+            ),
+        )
 
     def load(self, state: train.TrainState) -> None:
         self.state = train.replicate(state, self.devices)
@@ -595,16 +691,26 @@ class EpochProgress:
     and sums of an epoch resumed within it. ``add`` raises ``NonFiniteError`` at the first step
     whose loss or gradient was not finite (``member``: the network, for the message)."""
 
-    def __init__(self, desc: str, steps: int, images_per_step: int, progress: bool, *, member: Member,
-                 done: int = 0, sums: dict | None = None):
+    def __init__(
+        self,
+        desc: str,
+        steps: int,
+        images_per_step: int,
+        progress: bool,
+        *,
+        member: Member,
+        done: int = 0,
+        sums: dict | None = None,
+    ):
         from tqdm import tqdm
 
         self.sums = dict(sums) if sums else {k: 0.0 for k in METRICS}
         self.first, self.member = done, member
         self.images_per_step = images_per_step
         self.begin = time.perf_counter()
-        self.bar = tqdm(total=steps, initial=done, desc=desc, disable=not progress, leave=False, unit="step",
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            total=steps, initial=done, desc=desc, disable=not progress, leave=False, unit="step", dynamic_ncols=True
+        )
 
     def add(self, values: dict, where: str) -> None:
         """One step's metrics (``where``: "epoch e, step s" for the message)."""
@@ -617,8 +723,12 @@ class EpochProgress:
 
     def show(self, done: int, fetched: int, learning_rate: float) -> None:
         rate = (done - self.first) * self.images_per_step / (time.perf_counter() - self.begin)
-        self.bar.set_postfix(loss=f"{self.sums['loss'] / done:.3f}", acc=f"{self.sums['accuracy'] / done:.3f}",
-                             img_s=f"{rate:.0f}", lr=f"{learning_rate:.2e}")
+        self.bar.set_postfix(
+            loss=f"{self.sums['loss'] / done:.3f}",
+            acc=f"{self.sums['accuracy'] / done:.3f}",
+            img_s=f"{rate:.0f}",
+            lr=f"{learning_rate:.2e}",
+        )
         self.bar.update(fetched)
 
     def close(self) -> float:
@@ -659,9 +769,15 @@ def train_member(setup: Setup, member: Member, *, progress: bool = True, stop_af
         while not member.done and (stop_after is None or epochs < stop_after):
             epochs += 1
             start = member.run.step_in_epoch
-            epoch = EpochProgress(f"{member.prefix}epoch {member.epoch + 1}/{member.config.epochs}", steps,
-                                  setup.config.batch_size, progress, done=start, sums=member.run.sums,
-                                  member=member)
+            epoch = EpochProgress(
+                f"{member.prefix}epoch {member.epoch + 1}/{member.config.epochs}",
+                steps,
+                setup.config.batch_size,
+                progress,
+                done=start,
+                sums=member.run.sums,
+                member=member,
+            )
             iterator = iter(member.loader.iterate(member.epoch, start_step=start))
             host_batches = (next(iterator) for _ in range(start, steps))
             pending, learning_rate, stop, i = [], 0.0, None, start - 1
@@ -674,8 +790,10 @@ def train_member(setup: Setup, member: Member, *, progress: bool = True, stop_af
                 if fetch or stop:
                     first = i + 1 - len(pending)
                     for k, metrics in enumerate(jax.device_get(pending)):
-                        epoch.add({k: float(v[0]) for k, v in metrics.items()},
-                                  f"epoch {member.epoch + 1}, step {first + k + 1}/{steps}")
+                        epoch.add(
+                            {k: float(v[0]) for k, v in metrics.items()},
+                            f"epoch {member.epoch + 1}, step {first + k + 1}/{steps}",
+                        )
                     epoch.show(i + 1, len(pending), learning_rate)
                     pending = []
                 if stop:
@@ -688,8 +806,11 @@ def train_member(setup: Setup, member: Member, *, progress: bool = True, stop_af
             member.end_epoch(state, placement.eval_variables(state), epoch.sums, steps, learning_rate, elapsed)
             stop = stop or stop_signal(True)
             if stop and not member.done:
-                raise signals.Interrupted(stop, f"{member.prefix}stopped by {signal.Signals(stop).name} after epoch "
-                                                f"{member.epoch} (its checkpoint is saved); continue with --resume")
+                raise signals.Interrupted(
+                    stop,
+                    f"{member.prefix}stopped by {signal.Signals(stop).name} after epoch "
+                    f"{member.epoch} (its checkpoint is saved); continue with --resume",
+                )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -731,12 +852,21 @@ def out_of_memory_named(config: RunConfig, networks: int = 1):
             f"out of memory training with --batch-size {config.batch_size} (evaluation batch {config.eval_batch_size}"
             f"{side}) on {len(devices)} {devices[0].platform.upper()} device(s)"
             + (f": one allocation asked for {asked / 1e9:.2f} GB" if asked else "")
-            + "; lower --batch-size") from None
+            + "; lower --batch-size"
+        ) from None
 
 
-def fit(config: RunConfig, workdir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
-        progress: bool = True, log: Log = print, stop_after: int | None = None,
-        keep_recorded: tuple[str, ...] = ()) -> dict:
+def fit(
+    config: RunConfig,
+    workdir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Log = print,
+    stop_after: int | None = None,
+    keep_recorded: tuple[str, ...] = (),
+) -> dict:
     """Train, evaluate and checkpoint one network data-parallel over all devices (of all
     processes); returns the summary (also in summary.json): final and best epoch.
 
@@ -764,8 +894,9 @@ def fit(config: RunConfig, workdir: str | os.PathLike, *, resume: bool = False, 
         failed = False
         try:
             if member.done:
-                raise ConfigError(f"nothing to do: the run in {workdir} already has {member.epoch} epochs; "
-                                  "raise --epochs")
+                raise ConfigError(
+                    f"nothing to do: the run in {workdir} already has {member.epoch} epochs; raise --epochs"
+                )
             with undone_if_it_fails(workdir, "config.json", made):
                 init = setup.start_variables(config.seed) if config.init and not member.resumed else None
                 write_json(workdir / "config.json", config_to_json(config))  # every check passed
@@ -779,8 +910,12 @@ def fit(config: RunConfig, workdir: str | os.PathLike, *, resume: bool = False, 
             member.close()
             if failed and not member.resumed and not has_run(workdir):
                 undo_new_run(workdir, OUTPUTS, made)  # e.g. out of memory at the first step: nothing half-made
-    log(f"final (epoch {summary['epochs']}): test accuracy {summary['final_test_accuracy']:.4f}, mean class accuracy "
-        f"{summary['final_test_mean_class_accuracy']:.4f} (majority-class rate {summary['majority_class_rate']:.4f})")
-    log(f"best epoch {summary['best_epoch']} (selected on the test split, optimistic): test accuracy "
-        f"{summary['best_epoch_test_accuracy']:.4f}")
+    log(
+        f"final (epoch {summary['epochs']}): test accuracy {summary['final_test_accuracy']:.4f}, mean class accuracy "
+        f"{summary['final_test_mean_class_accuracy']:.4f} (majority-class rate {summary['majority_class_rate']:.4f})"
+    )
+    log(
+        f"best epoch {summary['best_epoch']} (selected on the test split, optimistic): test accuracy "
+        f"{summary['best_epoch_test_accuracy']:.4f}"
+    )
     return summary

@@ -18,8 +18,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from faml_jax.checkpoint import sync_processes
 from faml_jax.config import config_differences
@@ -56,7 +56,7 @@ class WorkdirLock:
         self.path = self.folder / name
         self._fd: int | None = None
 
-    def acquire(self) -> "WorkdirLock":
+    def acquire(self) -> WorkdirLock:
         ensure_writable(self.folder, self.what)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, file_mode())
@@ -67,8 +67,9 @@ class WorkdirLock:
                 os.close(fd)
                 if error.errno not in (errno.EAGAIN, errno.EACCES):
                     raise WorkdirError(f"cannot lock {self.what} {self.folder}: {error.strerror}") from None
-                raise WorkdirError(f"{self.what} {self.folder} is in use by {holder}: wait until it ends "
-                                   "or stop it first") from None
+                raise WorkdirError(
+                    f"{self.what} {self.folder} is in use by {holder}: wait until it ends or stop it first"
+                ) from None
             # A releasing process unlinks the file: if the path now names another file (or none),
             # this lock is on a file nobody else sees; take the current one instead.
             try:
@@ -93,16 +94,27 @@ class WorkdirLock:
         os.close(self._fd)  # closing releases the lock
         self._fd = None
 
-    def __enter__(self) -> "WorkdirLock":
+    def __enter__(self) -> WorkdirLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
 
 
-def prepare_directory(workdir: Path, *, config_file: str, current: dict, outputs: tuple[str, ...],
-                      has_run: Callable[[Path], bool], resume: bool, overwrite: bool, may_differ: tuple[str, ...],
-                      what: str, complete: Callable[[dict], dict] = lambda saved: saved, write: bool = True) -> bool:
+def prepare_directory(
+    workdir: Path,
+    *,
+    config_file: str,
+    current: dict,
+    outputs: tuple[str, ...],
+    has_run: Callable[[Path], bool],
+    resume: bool,
+    overwrite: bool,
+    may_differ: tuple[str, ...],
+    what: str,
+    complete: Callable[[dict], dict] = lambda saved: saved,
+    write: bool = True,
+) -> bool:
     """Check an output folder (created, writable, locked by the caller) against
     ``resume``/``overwrite`` and return whether it continues an earlier ``what``.
 
@@ -119,13 +131,17 @@ def prepare_directory(workdir: Path, *, config_file: str, current: dict, outputs
     if not earlier or overwrite:
         _refuse_foreign(workdir, config_file, current, outputs, what)
     if earlier and not (resume or overwrite):
-        raise WorkdirError(f"workdir {workdir} holds an earlier {what}: pass --resume to continue it or --overwrite to replace it")
+        raise WorkdirError(
+            f"workdir {workdir} holds an earlier {what}: pass --resume to continue it or --overwrite to replace it"
+        )
     if earlier and resume and not overwrite and (workdir / config_file).exists():
         try:
             saved = complete(json.loads((workdir / config_file).read_text()))
         except json.JSONDecodeError as error:
-            raise WorkdirError(f"{workdir / config_file} is not valid JSON ({error}): the earlier {what} cannot be "
-                               "continued; --overwrite replaces it") from None
+            raise WorkdirError(
+                f"{workdir / config_file} is not valid JSON ({error}): the earlier {what} cannot be "
+                "continued; --overwrite replaces it"
+            ) from None
         diffs = config_differences(saved, current, may_differ=may_differ)
         if diffs:
             raise ConfigError(f"the {what} in {workdir} was made with another configuration: {'; '.join(diffs)}")
@@ -153,8 +169,10 @@ def check_replaceable(folder: Path, what: str, recognise: Callable[[Path], str |
         return
     foreign = recognise(folder)
     if foreign is not None:
-        raise WorkdirError(f"{folder} is not {_a(what)} written by faml_jax (it holds {foreign}): it is never "
-                           "replaced; choose another folder")
+        raise WorkdirError(
+            f"{folder} is not {_a(what)} written by faml_jax (it holds {foreign}): it is never "
+            "replaced; choose another folder"
+        )
     if not overwrite:
         raise WorkdirError(f"{folder} holds an earlier {what}: pass --overwrite to replace it")
 
@@ -191,8 +209,12 @@ def new_folders(workdir: Path) -> list[Path]:
 
 
 # The file that marks each kind of faml_jax output folder.
-MARKERS = {"config.json": "training run", "evolve.json": "evolution", "report.json": "ensemble report",
-           "export.json": "export"}
+MARKERS = {
+    "config.json": "training run",
+    "evolve.json": "evolution",
+    "report.json": "ensemble report",
+    "export.json": "export",
+}
 
 
 def _refuse_other_kind(workdir: Path, config_file: str, what: str) -> None:
@@ -208,8 +230,11 @@ def _refuse_foreign(workdir: Path, config_file: str, current: dict, outputs: tup
     when they are this program's: its ``config_file`` with (at least half of) the
     configuration's sections. Anything else there (a folder of the user's own) is refused, with
     or without ``--overwrite``. Empty folders do not count."""
-    present = [name for name in outputs if (workdir / name).is_file()
-               or ((workdir / name).is_dir() and any((workdir / name).iterdir()))]
+    present = [
+        name
+        for name in outputs
+        if (workdir / name).is_file() or ((workdir / name).is_dir() and any((workdir / name).iterdir()))
+    ]
     if not present:
         return
     try:
@@ -218,8 +243,10 @@ def _refuse_foreign(workdir: Path, config_file: str, current: dict, outputs: tup
     except (OSError, ValueError):
         ours = False
     if not ours:
-        raise WorkdirError(f"workdir {workdir} holds {', '.join(present)} but no {what} of faml_jax: it is never "
-                           "replaced; choose another folder")
+        raise WorkdirError(
+            f"workdir {workdir} holds {', '.join(present)} but no {what} of faml_jax: it is never "
+            "replaced; choose another folder"
+        )
 
 
 @contextlib.contextmanager

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 _UMASK_LOCK = threading.Lock()
 
 
@@ -138,7 +137,9 @@ class RunWriter:
 
     def write_logits(self, epoch: int, logits: np.ndarray, labels: np.ndarray) -> None:
         """The test split's logits and labels after ``epoch`` (0: the starting weights)."""
-        write_atomic(self.workdir / "test_logits" / f"epoch_{epoch:04d}.npz", arrays={"logits": logits, "labels": labels})
+        write_atomic(
+            self.workdir / "test_logits" / f"epoch_{epoch:04d}.npz", arrays={"logits": logits, "labels": labels}
+        )
 
     def write_summary(self, summary: dict) -> None:
         write_json(self.workdir / "summary.json", summary)

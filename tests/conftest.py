@@ -12,7 +12,8 @@ import os
 # train, evolve, ensemble and ablation tests, their subprocesses), and a second run finds them all.
 # Kept beside the synthetic data's cache; FAML_JAX_TEST_JAX_CACHE names another folder, "0" none.
 _cache = os.environ.get("FAML_JAX_TEST_JAX_CACHE") or os.path.join(
-    os.environ.get("FAML_JAX_CACHE") or os.path.expanduser("~/.cache/faml_jax"), "jax-compilation-cache")
+    os.environ.get("FAML_JAX_CACHE") or os.path.expanduser("~/.cache/faml_jax"), "jax-compilation-cache"
+)
 if _cache != "0":
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
@@ -20,8 +21,9 @@ if _cache != "0":
 
 # After the cache's settings: jax reads its JAX_* settings when it is imported (helpers imports
 # it), XLA_FLAGS only when it creates its first backend.
-from faml_jax.xla_flags import set_default_flags  # noqa: E402
 from helpers import suite_xla_flags  # noqa: E402
+
+from faml_jax.xla_flags import set_default_flags  # noqa: E402
 
 NUM_TEST_DEVICES = 4
 
@@ -58,10 +60,25 @@ def devices():
 # reordering by the number of tests per file is switched off below), ends with short files on both
 # workers rather than one worker running a long file alone.
 HEAVIEST_FIRST = (
-    "test_faults.py", "test_export.py", "test_train.py", "test_multiprocess.py", "test_pretrained.py",
-    "test_predict.py", "test_evolution.py", "test_trainer.py", "test_from_python.py", "test_experiments_ablation.py",
-    "test_gpu_check.py", "test_torch_twin.py", "test_models.py", "test_fga.py", "test_real_datasets.py",
-    "test_ensemble.py", "test_maps.py", "test_preprocess.py", "test_report.py",
+    "test_faults.py",
+    "test_export.py",
+    "test_train.py",
+    "test_multiprocess.py",
+    "test_pretrained.py",
+    "test_predict.py",
+    "test_evolution.py",
+    "test_trainer.py",
+    "test_from_python.py",
+    "test_experiments_ablation.py",
+    "test_gpu_check.py",
+    "test_torch_twin.py",
+    "test_models.py",
+    "test_fga.py",
+    "test_real_datasets.py",
+    "test_ensemble.py",
+    "test_maps.py",
+    "test_preprocess.py",
+    "test_report.py",
 )
 
 

@@ -27,6 +27,7 @@ from tools.gpu_check import TINY
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 FAST_COMPILE_MEASURED = "--xla_cpu_use_fusion_emitters=false"
 
+
 def suite_xla_flags(devices: int) -> str:
     """``XLA_FLAGS`` for the suite and the programs it starts: ``devices`` forced CPU devices and
     the fast-compile flag (the programs add their own defaults, ``faml_jax.xla_flags``)."""
@@ -72,7 +73,8 @@ def tiny_config(data_dir, epochs: int, attention: bool = False, **overrides) -> 
     evolution, outputs) depends on them; the tests of the blocks, their maps, the step, export
     and prediction train and use them."""
     return preset(
-        "synthetic", model_options={**TINY_MODEL, "attention": attention},
+        "synthetic",
+        model_options={**TINY_MODEL, "attention": attention},
         loss=dict(kind="ml", p_lsr=0.5, weighted=True),
         schedule=dict(lr1=1e-3, window=2, loss_range=10.0, acc_range=10.0),
         data=dict(data_dir=str(data_dir), synthetic=dict(train_size=96, test_size=40, image_size=32), num_threads=2),
@@ -90,14 +92,14 @@ def reference_predict(logits, strategy, alpha=1.9, beta=1.0):
     out, ambiguous = [], []
     for i in range(b):
         votes, noi = np.zeros(c), np.zeros(c)
-        for l in range(m):
-            order = np.argsort(-logits[l, i], kind="stable")  # equal logits: lower index first
+        for k in range(m):
+            order = np.argsort(-logits[k, i], kind="stable")  # equal logits: lower index first
             if strategy == "t2v":
                 votes[order[0]] += alpha
                 votes[order[1]] += beta
             else:
                 votes[order[0]] += 1
-            e = np.exp(logits[l, i] - logits[l, i].max())
+            e = np.exp(logits[k, i] - logits[k, i].max())
             noi += e / e.sum()
         candidates = np.arange(c) if strategy == "noi" else np.flatnonzero(np.isclose(votes, votes.max()))
         best = np.sort(noi[candidates])[::-1]
@@ -137,14 +139,16 @@ def write_run(workdir, config: RunConfig, variables: dict, epoch: int = 1, test_
     (workdir / "config.json").write_text(json.dumps(config_to_json(config)))
     from faml_jax import models
 
-    state = train.create_train_state(models.ResNet(config.model), train.make_optimizer(config.optim, 1e-3),
-                                     jax.random.key(0))
+    state = train.create_train_state(
+        models.ResNet(config.model), train.make_optimizer(config.optim, 1e-3), jax.random.key(0)
+    )
     state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
     checkpoints = Checkpoints(workdir)
     checkpoints.save(epoch, state, {"epoch": epoch})
     checkpoints.close()
-    (workdir / "metrics.jsonl").write_text(json.dumps({"epoch": epoch, "test_accuracy": test_accuracy,
-                                                       "train_loss": 1.0}) + "\n")
+    (workdir / "metrics.jsonl").write_text(
+        json.dumps({"epoch": epoch, "test_accuracy": test_accuracy, "train_loss": 1.0}) + "\n"
+    )
     return workdir
 
 
@@ -159,6 +163,7 @@ def final_params(workdir, config):
     """The train state and record of a run's latest checkpoint."""
     from faml_jax import models, train
     from faml_jax.checkpoint import Checkpoints
+
     model = models.ResNet(config.model)
     tx = train.make_optimizer(config.optim, config.schedule.lr1)
     like = train.create_train_state(model, tx, jax.random.key(0))
@@ -178,8 +183,12 @@ def _reference_params(reference_dir, config):
     from faml_jax.checkpoint import DIGEST
 
     digests = sorted((reference_dir / "checkpoints").glob(f"*/{DIGEST}"), key=lambda p: int(p.parent.name))
-    key = (str(reference_dir), config, str(digests[-1]) if digests else None,
-           digests[-1].stat().st_mtime_ns if digests else None)
+    key = (
+        str(reference_dir),
+        config,
+        str(digests[-1]) if digests else None,
+        digests[-1].stat().st_mtime_ns if digests else None,
+    )
     if key not in _REFERENCES:
         _REFERENCES[key] = final_params(reference_dir, config)
     return _REFERENCES[key]

@@ -37,9 +37,12 @@ def test_refusals_are_config_errors_with_one_line():
     with pytest.raises(ConfigError, match="--init BACKBONE.*--from-scratch"):
         preset("rafdb")
     assert preset("rafdb", from_scratch=True).init is None
-    for kwargs, message in [(dict(dataset="imagenet"), "unknown data set"), (dict(model="r50"), "unknown model"),
-                            (dict(colour="red"), r"no field\(s\) \['colour'\]"),
-                            (dict(model_name="r18"), "model_options")]:
+    for kwargs, message in [
+        (dict(dataset="imagenet"), "unknown data set"),
+        (dict(model="r50"), "unknown model"),
+        (dict(colour="red"), r"no field\(s\) \['colour'\]"),
+        (dict(model_name="r18"), "model_options"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             preset(**kwargs)
     assert issubclass(ConfigError, ValueError)
@@ -57,7 +60,7 @@ def test_the_readmes_preset_snippet_runs():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     start = readme.index("  from faml_jax.config import preset\n")
-    snippet = "\n".join(line[2:] for line in readme[start:readme.index("  ```", start)].splitlines())
+    snippet = "\n".join(line[2:] for line in readme[start : readme.index("  ```", start)].splitlines())
     namespace = {}
     exec(snippet, namespace)
     assert namespace["config"].data.dataset == "rafdb" and namespace["config"].init == "backbones/msceleb"

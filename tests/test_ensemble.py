@@ -5,11 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import reference_predict
 
 from faml_jax import ensemble, fga, models, train
 from faml_jax.data import ArraySource, eval_batches
 from faml_jax.evaluate import EnsembleEvaluator
-from helpers import reference_predict
 
 
 def member(c, first, second, strength=(3.0, 2.0)):
@@ -102,16 +102,20 @@ def test_t2v_ignores_the_scale_of_each_member():
     top = np.sort(scores, axis=-1)
     untied = top[:, -1] > top[:, -2]
     assert untied.mean() > 0.5
-    np.testing.assert_array_equal(np.asarray(ensemble.t2v_predict(scaled))[untied],
-                                  np.asarray(ensemble.t2v_predict(logits))[untied])
+    np.testing.assert_array_equal(
+        np.asarray(ensemble.t2v_predict(scaled))[untied], np.asarray(ensemble.t2v_predict(logits))[untied]
+    )
 
 
 def test_rank_distribution():
     # Member 0 ranks the labels 1st, 2nd, 1st, 3rd; member 1 1st, 1st, 2nd (tie: lower index first), 1st.
-    logits = np.array([
-        [[5, 1, 0], [5, 4, 0], [0, 0, 9], [2, 1, 0]],
-        [[5, 1, 0], [0, 7, 1], [3, 3, 0], [0, 0, 1]],
-    ], np.float32)
+    logits = np.array(
+        [
+            [[5, 1, 0], [5, 4, 0], [0, 0, 9], [2, 1, 0]],
+            [[5, 1, 0], [0, 7, 1], [3, 3, 0], [0, 0, 1]],
+        ],
+        np.float32,
+    )
     labels = np.array([0, 1, 2, 2])
     labels_m1 = np.array([0, 1, 1, 2])
     np.testing.assert_array_equal(ensemble.label_ranks(logits[:1], labels), [[0, 1, 0, 2]])
@@ -125,8 +129,9 @@ def test_rank_distribution():
     # The first column is each member's accuracy.
     np.testing.assert_allclose(dist[:, 0], (many.argmax(-1) == truth).mean(axis=1), rtol=1e-6)
     # Against numpy: the label's position in a stable descending sort.
-    expected = np.array([[np.flatnonzero(np.argsort(-many[l, i], kind="stable") == truth[i])[0]
-                          for i in range(500)] for l in range(3)])
+    expected = np.array(
+        [[np.flatnonzero(np.argsort(-many[k, i], kind="stable") == truth[i])[0] for i in range(500)] for k in range(3)]
+    )
     np.testing.assert_array_equal(ensemble.label_ranks(many, truth), expected)
 
 
@@ -146,8 +151,13 @@ def tiny_members(count):
         v = models.init(model, jax.random.key(i))
         # Non-trivial BatchNorm statistics and attention gates, so every member differs everywhere.
         v = jax.tree_util.tree_map_with_path(
-            lambda p, x: x + 0.1 * jax.random.normal(jax.random.key(100 + i), x.shape, x.dtype)
-            if "mean" in jax.tree_util.keystr(p) or "back" in jax.tree_util.keystr(p) else x, v)
+            lambda p, x: (
+                x + 0.1 * jax.random.normal(jax.random.key(100 + i), x.shape, x.dtype)
+                if "mean" in jax.tree_util.keystr(p) or "back" in jax.tree_util.keystr(p)
+                else x
+            ),
+            v,
+        )
         members.append(v)
     return model, members
 
@@ -193,6 +203,7 @@ def test_an_exact_t2v_tie_goes_to_noi_with_any_weights():
     """alpha 0.7, beta 0.3, 10 members: class 0 has 6 first votes (4.2), class 1 has 3 first and
     7 second votes (2.1 + 2.1 = 4.2): an exact tie, which NOI decides (class 0, whose members are
     confident). A fused multiply-add (XLA on the CPU, under jit) rounds 4.2000003 for class 1."""
+
     def member(first, second, strength):
         row = np.zeros(3, np.float32)
         row[first], row[second] = strength, strength / 2

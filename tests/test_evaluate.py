@@ -30,7 +30,9 @@ def test_a_split_smaller_than_the_batch_is_padded_to_the_device_count_only(devic
     evaluator = Evaluator(model, batch_size=64, devices=devices)
     step, calls = evaluator._step, []
     evaluator._step = lambda v, x: calls.append(x.shape) or step(v, x)
-    logits, _ = evaluator(train.replicate(variables, devices), eval_batches(ArraySource(images, np.zeros(5)), 64, 16, 1))
+    logits, _ = evaluator(
+        train.replicate(variables, devices), eval_batches(ArraySource(images, np.zeros(5)), 64, 16, 1)
+    )
     n = len(devices)
     assert calls == [(n, -(-5 // n), 16, 16, 3)]
     expected = train.make_eval_step(model)(variables["params"], variables["batch_stats"], images)

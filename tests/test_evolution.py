@@ -7,17 +7,17 @@ import json
 import jax
 import numpy as np
 import pytest
+from helpers import tiny_config
 
 from experiments import evolve
-from faml_jax.errors import ConfigError, WorkdirError
-from faml_jax.evolution import Evolution
-from faml_jax.evolution import evolve as run_evolution
-from faml_jax.trainer import Member
 from faml_jax import data, models, train
 from faml_jax.checkpoint import Checkpoints
 from faml_jax.config import FGAConfig
+from faml_jax.errors import ConfigError, WorkdirError
+from faml_jax.evolution import Evolution
+from faml_jax.evolution import evolve as run_evolution
 from faml_jax.preprocess import normalize
-from helpers import tiny_config
+from faml_jax.trainer import Member
 
 # Two networks, one child (both as parents) and one new network per generation. With the tiny
 # run's detector (window 2, huge ranges) a fresh network switches to Lr2 after 2 epochs and is
@@ -199,12 +199,15 @@ def test_given_members_form_the_initial_population(evolved):
         run_evolution(config, no_generation, root / "given4", members=dirs[:1], **quiet)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--parents", "5"], "parents must be in [2, population=4]"),
-    (["--population", "1"], "population must be >= 2"),
-    (["--children", "0", "--new-members", "0"], "at least one child or new member"),
-    (["--child-lr", "lr3"], "invalid choice: 'lr3'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--parents", "5"], "parents must be in [2, population=4]"),
+        (["--population", "1"], "population must be >= 2"),
+        (["--children", "0", "--new-members", "0"], "at least one child or new member"),
+        (["--child-lr", "lr3"], "invalid choice: 'lr3'"),
+    ],
+)
 def test_bad_fga_flags_exit_non_zero_with_one_line(args, message, capsys, tmp_path):
     try:
         code = evolve.main(args + ["--workdir", str(tmp_path / "w")])

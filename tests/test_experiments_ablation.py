@@ -5,10 +5,10 @@ import json
 
 import numpy as np
 import pytest
+from helpers import reference_predict, tiny_config
 
 from experiments import ablation
 from faml_jax.config import FGAConfig
-from helpers import reference_predict, tiny_config
 
 pytestmark = pytest.mark.slow
 

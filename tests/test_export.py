@@ -7,10 +7,10 @@ import json
 import numpy as np
 import onnxruntime
 import pytest
+from helpers import TINY_MODEL, jittered_variables, write_run
 
 from faml_jax import ensemble, export, runs
 from faml_jax.config import preset
-from helpers import TINY_MODEL, jittered_variables, write_run
 
 
 def images(n, seed=0):
@@ -46,7 +46,9 @@ def test_an_ensembles_stablehlo_holds_the_t2v_decision(tmp_path):
     description = export.export_runs(paths, tmp_path / "out", formats=("stablehlo",))
     assert description["t2v"]["alpha"] == 1.9 and "model.stablehlo" in description["files"]
     probabilities, decision = export.load_stablehlo(tmp_path / "out" / "model.stablehlo")(images(6))
-    logits = np.stack([np.log(np.asarray(export.inference_function(config, runs.load(p)[1])(images(6)))) for p in paths])
+    logits = np.stack(
+        [np.log(np.asarray(export.inference_function(config, runs.load(p)[1])(images(6)))) for p in paths]
+    )
     np.testing.assert_allclose(np.asarray(probabilities), np.exp(logits), atol=1e-5)
     np.testing.assert_array_equal(np.asarray(decision), ensemble.t2v_predict(logits))
     with pytest.raises(ValueError, match="unknown export format"):

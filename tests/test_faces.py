@@ -36,7 +36,9 @@ def test_the_astronauts_face_is_found_once_and_aligned_onto_the_template(astrona
     assert error[:4].max() < 2.0, error  # the four eye corners
     assert error[4] < 3.0, error  # the nose base
     # dlib's own aligner (get_face_chip, same template and padding) gives the same crop.
-    shape = dlib.full_object_detection(dlib.rectangle(*face.box), [dlib.point(int(x), int(y)) for x, y in face.landmarks])
+    shape = dlib.full_object_detection(
+        dlib.rectangle(*face.box), [dlib.point(int(x), int(y)) for x, y in face.landmarks]
+    )
     chip = dlib.get_face_chip(photo, shape, size=size, padding=faces.PADDING)
     assert np.abs(chip.astype(float) - face.crop).mean() < 2.0
 
@@ -63,8 +65,9 @@ def test_similarity_transform_recovers_a_known_one():
     angle, scale, t = 0.3, 1.7, np.array([5.0, -3.0])
     r = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     target = source @ r.T + t
-    np.testing.assert_allclose(faces.similarity_transform(source, target), np.concatenate([r, t[:, None]], 1),
-                               atol=1e-9)
+    np.testing.assert_allclose(
+        faces.similarity_transform(source, target), np.concatenate([r, t[:, None]], 1), atol=1e-9
+    )
     mirrored = target * np.array([-1.0, 1.0])  # no reflection: the best rotation instead
     assert np.linalg.det(faces.similarity_transform(source, mirrored)[:, :2]) > 0
 
@@ -84,8 +87,11 @@ def test_warp_samples_pixel_centres_and_box_crop_by_hand():
 
 def test_missing_dlib_or_model_names_what_to_install(monkeypatch):
     real_import = importlib.import_module
-    monkeypatch.setattr(importlib, "import_module",
-                        lambda name, *a: (_ for _ in ()).throw(ImportError(name)) if name == "dlib" else real_import(name, *a))
+    monkeypatch.setattr(
+        importlib,
+        "import_module",
+        lambda name, *a: (_ for _ in ()).throw(ImportError(name)) if name == "dlib" else real_import(name, *a),
+    )
     with pytest.raises(ConfigError, match=r"pip install 'faml_jax\[faces\]'.*--faces aligned"):
         faces.Finder()
     monkeypatch.undo()

@@ -20,18 +20,18 @@ from pathlib import Path
 
 import jax
 import pytest
+from helpers import assert_same_run, program_env, tiny_config, without_timings
 
 from experiments import ensemble as ensemble_program
 from experiments import evolve as evolve_program
 from experiments import prepare as prepare_program
 from experiments import train as train_program
 from faml_jax import runs, trainer
-from faml_jax.data import fixtures
 from faml_jax.checkpoint import CheckpointDamaged, CheckpointMismatch, Checkpoints
 from faml_jax.config import FGAConfig, config_to_json
+from faml_jax.data import fixtures
 from faml_jax.errors import ConfigError, NonFiniteError, WorkdirError
 from faml_jax.evolution import evolve
-from helpers import assert_same_run, program_env, tiny_config, without_timings
 
 pytestmark = pytest.mark.slow
 
@@ -113,8 +113,14 @@ def patched(script: str, code: str) -> str:
 
 def run_faulty(*args, timeout=300) -> subprocess.CompletedProcess:
     env = program_env()
-    return subprocess.run([sys.executable, "-c", FAULTY, *map(str, args)], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", FAULTY, *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 def assert_one_line_stop(result, status):
@@ -203,11 +209,20 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_from_its_last_checkpoint(re
     last complete checkpoint, status 1; --resume (once there is space) ends as the uninterrupted run."""
     root, data_dir, config = reference
     workdir = root / "disk-full"
-    result = subprocess.run([sys.executable, "-c", patched(FAULTY, DISK_FULL_AT_2), "train", str(data_dir), str(workdir)],
-                            env=program_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", patched(FAULTY, DISK_FULL_AT_2), "train", str(data_dir), str(workdir)],
+        env=program_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     line = assert_one_line_stop(result, 1)
     partial = workdir / "checkpoints" / "2.orbax-checkpoint-tmp" / "state" / "d" / "5e1f"
-    assert line == f"python -m faulty: error: no space left on device while writing {partial}; the last complete checkpoint is epoch 1"
+    assert (
+        line
+        == f"python -m faulty: error: no space left on device while writing {partial}; the last complete checkpoint is epoch 1"
+    )
     assert runs.checkpoint_epochs(workdir) == [1]
     trainer.fit(config, workdir, resume=True, **quiet)
     assert_same_run(workdir, root / "full", config)
@@ -220,15 +235,21 @@ def test_a_really_full_disk_is_one_line_and_the_run_resumes(reference, tmp_path)
     mount = tmp_path / "small"
     mount.mkdir()
     size = sum(p.stat().st_size for p in (root / "full").rglob("*") if p.is_file()) * 6 // 10
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         result = run_faulty("train", data_dir, mount / "run")
         line = assert_one_line_stop(result, 1)
         epochs = runs.checkpoint_epochs(mount / "run")
         kept = f"the last complete checkpoint is epoch {epochs[-1]}" if epochs else "no checkpoint is complete yet"
-        assert line.startswith(f"python -m faulty: error: no space left on device while writing {mount / 'run'}") and line.endswith(kept)
+        assert line.startswith(
+            f"python -m faulty: error: no space left on device while writing {mount / 'run'}"
+        ) and line.endswith(kept)
         if (mount / "run").exists():  # (a new run full before its first checkpoint removes itself)
             shutil.copytree(mount / "run", tmp_path / "run")  # the disk freed
     finally:
@@ -261,12 +282,21 @@ def test_a_second_signal_stops_at_once_keeping_the_last_checkpoint(reference):
     root, data_dir, config = reference
     workdir = root / "twice"
     # The second signal comes while the first one's checkpoint is about to be written.
-    script = patched(FAULTY, "original_save = trainer.Member.save_within_epoch\n"
-                             "def save_within_epoch(*a, **k):\n    send()\n    return original_save(*a, **k)\n"
-                             "trainer.Member.save_within_epoch = save_within_epoch\n")
+    script = patched(
+        FAULTY,
+        "original_save = trainer.Member.save_within_epoch\n"
+        "def save_within_epoch(*a, **k):\n    send()\n    return original_save(*a, **k)\n"
+        "trainer.Member.save_within_epoch = save_within_epoch\n",
+    )
     env = program_env()
-    result = subprocess.run([sys.executable, "-c", script, "train", str(data_dir), str(workdir), "--at-step", "9"],
-                            env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", script, "train", str(data_dir), str(workdir), "--at-step", "9"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     line = assert_one_line_stop(result, 143)
     assert "second SIGTERM" in line
     assert runs.checkpoint_epochs(workdir) == [1] and not runs.checkpoint_epochs(workdir, runs.PREEMPTED)
@@ -286,11 +316,14 @@ def reference_evolution(reference):
 
 
 def assert_same_evolution(workdir, reference_dir):
-    assert json.loads((workdir / "population.json").read_text()) == json.loads((reference_dir / "population.json").read_text())
+    assert json.loads((workdir / "population.json").read_text()) == json.loads(
+        (reference_dir / "population.json").read_text()
+    )
     for member in sorted(p.name for p in (reference_dir / "members").iterdir()):
         lines = (workdir / "members" / member / "metrics.jsonl").read_text().splitlines()
         assert without_timings(lines) == without_timings(
-            (reference_dir / "members" / member / "metrics.jsonl").read_text().splitlines()), member
+            (reference_dir / "members" / member / "metrics.jsonl").read_text().splitlines()
+        ), member
 
 
 def test_an_evolution_stopped_twice_resumes_to_the_uninterrupted_one(reference, reference_evolution):
@@ -321,8 +354,11 @@ def truncate(checkpoint: Path):
 
 
 def garble_record(checkpoint: Path):
-    record = next(p for p in (checkpoint / "record").iterdir() if p.is_file() and p.name != "commit_success.txt"
-                  and "METADATA" not in p.name)
+    record = next(
+        p
+        for p in (checkpoint / "record").iterdir()
+        if p.is_file() and p.name != "commit_success.txt" and "METADATA" not in p.name
+    )
     text = record.read_text()
     garbled = '{"epoch": 3, "hist'
     record.write_text(garbled + "#" * (len(text) - len(garbled)))  # the same size: only the digest knows
@@ -392,10 +428,19 @@ def test_a_workdir_in_use_refuses_a_second_run_and_an_overwrite(reference, capsy
     root, data_dir, config = reference
     workdir = root / "locked"
     env = program_env()
-    slow = patched(FAULTY, "import time\ntrainer.Member.end_epoch = (lambda f: lambda *a, **k: "
-                           "(time.sleep(1.0), f(*a, **k))[1])(trainer.Member.end_epoch)\n")
-    first = subprocess.Popen([sys.executable, "-c", slow, "train", str(data_dir), str(workdir)], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    slow = patched(
+        FAULTY,
+        "import time\ntrainer.Member.end_epoch = (lambda f: lambda *a, **k: "
+        "(time.sleep(1.0), f(*a, **k))[1])(trainer.Member.end_epoch)\n",
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-c", slow, "train", str(data_dir), str(workdir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (workdir / "checkpoints" / "1").is_dir() and time.monotonic() < deadline:
@@ -440,8 +485,11 @@ def test_non_finite_weights_stop_the_run_at_the_step_keeping_the_finite_checkpoi
 
     monkeypatch.setattr(trainer.DataParallel, "__call__", poisoned)
     workdir = tmp_path / "poisoned"
-    with pytest.raises(NonFiniteError, match=r"non-finite at epoch 2, step 3/6 \(loss nan\).*checkpoint 1 \(finite\) "
-                                              r"is kept") as raised:
+    with pytest.raises(
+        NonFiniteError,
+        match=r"non-finite at epoch 2, step 3/6 \(loss nan\).*checkpoint 1 \(finite\) "
+        r"is kept",
+    ) as raised:
         trainer.fit(config, workdir, **quiet)
     assert len(str(raised.value).splitlines()) == 1
     assert runs.checkpoint_epochs(workdir) == [1] and not (workdir / "summary.json").exists()
@@ -454,8 +502,11 @@ def test_non_finite_weights_stop_the_run_at_the_step_keeping_the_finite_checkpoi
 
 def test_a_diverging_learning_rate_stops_in_the_first_epoch(reference, tmp_path):
     root, _, config = reference
-    diverging = dataclasses.replace(config, optim=dataclasses.replace(config.optim, name="sgd"),
-                                    schedule=dataclasses.replace(config.schedule, lr1=1e30))
+    diverging = dataclasses.replace(
+        config,
+        optim=dataclasses.replace(config.optim, name="sgd"),
+        schedule=dataclasses.replace(config.schedule, lr1=1e30),
+    )
     workdir = tmp_path / "diverged"
     with pytest.raises(NonFiniteError, match=r"non-finite at epoch 1, step [2-6]/6.*no checkpoint was saved"):
         trainer.fit(diverging, workdir, **quiet)
@@ -465,8 +516,17 @@ def test_a_diverging_learning_rate_stops_in_the_first_epoch(reference, tmp_path)
     assert_same_run(workdir, root / "full", config)
 
 
-@pytest.mark.parametrize("flag", [["--lr", "nan"], ["--lr", "inf"], ["--lr2", "nan"], ["--lr", "-1"],
-                                  ["--weight-decay", "nan"], ["--widths", "0,0,0,0"]])
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ["--lr", "nan"],
+        ["--lr", "inf"],
+        ["--lr2", "nan"],
+        ["--lr", "-1"],
+        ["--weight-decay", "nan"],
+        ["--widths", "0,0,0,0"],
+    ],
+)
 def test_non_finite_or_impossible_values_are_refused_in_one_line(flag, capsys, tmp_path):
     code = train_program.main(flag + ["--workdir", str(tmp_path / "w")])
     err = capsys.readouterr().err.strip()
@@ -546,18 +606,42 @@ def test_out_of_memory_is_one_line_and_leaves_nothing(reference, capsys, tmp_pat
 
     monkeypatch.setattr(trainer.DataParallel, "__call__", exhausted)
     workdir = tmp_path / "runs" / "big"
-    args = ["--workdir", str(workdir), "--data-dir", str(data_dir), "--epochs", "1", "--batch-size", "64",
-            "--widths", "8,16,32,64", "--input-size", "32", "--train-size", "96", "--test-size", "40", "--no-attention",
-            "--no-progress"]
+    args = [
+        "--workdir",
+        str(workdir),
+        "--data-dir",
+        str(data_dir),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--widths",
+        "8,16,32,64",
+        "--input-size",
+        "32",
+        "--train-size",
+        "96",
+        "--test-size",
+        "40",
+        "--no-attention",
+        "--no-progress",
+    ]
     assert train_program.main(args) == 2
     err = capsys.readouterr().err.strip()
     devices = len(jax.devices())
-    assert err == (f"python -m experiments.train: error: out of memory training with --batch-size 64 (evaluation batch "
-                   f"256) on {devices} CPU device(s): one allocation asked for 9.59 GB; lower --batch-size")
+    assert err == (
+        f"python -m experiments.train: error: out of memory training with --batch-size 64 (evaluation batch "
+        f"256) on {devices} CPU device(s): one allocation asked for 9.59 GB; lower --batch-size"
+    )
     assert not (tmp_path / "runs").exists()
     # A GPU's allocator words it otherwise (the library call: the same error, nothing left).
-    monkeypatch.setattr(trainer.DataParallel, "__call__", lambda *a: (_ for _ in ()).throw(
-        RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 12.50GiB.")))
+    monkeypatch.setattr(
+        trainer.DataParallel,
+        "__call__",
+        lambda *a: (_ for _ in ()).throw(
+            RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 12.50GiB.")
+        ),
+    )
     with pytest.raises(trainer.OutOfMemoryError, match="one allocation asked for 13.42 GB; lower --batch-size"):
         trainer.fit(reference[2], tmp_path / "resumed", **quiet)
     assert not (tmp_path / "resumed").exists()
@@ -572,19 +656,47 @@ def test_unwritable_or_wrong_kinds_of_paths_are_one_line(reference, capsys, tmp_
         (ensemble_program.main, ["--members", str(root / "full"), "--out", str(blocker)]),
         (prepare_program.main, ["--dataset", "rafdb", "--data-dir", str(tmp_path), "--out", str(blocker)]),
         (train_program.main, ["--data-dir", str(blocker), "--workdir", str(tmp_path / "w1")]),
-        (train_program.main, ["--dataset", "rafdb", "--data-dir", str(blocker), "--workdir", str(tmp_path / "w2"),
-                              "--from-scratch"]),
-        (ensemble_program.main, ["--members", str(root / "full"), "--data-dir", str(blocker),
-                                 "--out", str(tmp_path / "r")]),
+        (
+            train_program.main,
+            ["--dataset", "rafdb", "--data-dir", str(blocker), "--workdir", str(tmp_path / "w2"), "--from-scratch"],
+        ),
+        (
+            ensemble_program.main,
+            ["--members", str(root / "full"), "--data-dir", str(blocker), "--out", str(tmp_path / "r")],
+        ),
     ]
     # A network given twice to evolve (item 11) and a label file in UTF-16 (item 12).
-    cases.append((evolve_program.main, ["--members", str(root / "full"), str(root / "full" / ".." / "full"),
-                                        "--population", "2", "--workdir", str(tmp_path / "evo")]))
+    cases.append(
+        (
+            evolve_program.main,
+            [
+                "--members",
+                str(root / "full"),
+                str(root / "full" / ".." / "full"),
+                "--population",
+                "2",
+                "--workdir",
+                str(tmp_path / "evo"),
+            ],
+        )
+    )
     basic = fixtures.write_rafdb(tmp_path / "raf", [1, 2, 3, 4, 5, 6, 7], [1, 2], size=24)
     labels = basic / "EmoLabel" / "list_patition_label.txt"
     labels.write_text(labels.read_text(), encoding="utf-16")
-    cases.append((train_program.main, ["--dataset", "rafdb", "--data-dir", str(tmp_path / "raf"), "--from-scratch",
-                                       "--workdir", str(tmp_path / "w4")]))
+    cases.append(
+        (
+            train_program.main,
+            [
+                "--dataset",
+                "rafdb",
+                "--data-dir",
+                str(tmp_path / "raf"),
+                "--from-scratch",
+                "--workdir",
+                str(tmp_path / "w4"),
+            ],
+        )
+    )
     errors = []
     for main, argv in cases:
         code = main(argv)

@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import TINY_MODEL
 from scipy import stats
 
 from faml_jax import fga, models
-from helpers import TINY_MODEL
 
 # ResNet18's two blocks per stage: the genes (the conv kernels) are counted against its layout.
 SMALL = {**TINY_MODEL, "stage_depths": (2, 2, 2, 2)}
@@ -29,10 +29,16 @@ def members(model):
     out = []
     for i in range(4):
         rng = np.random.default_rng(i)
-        out.append({
-            "params": jax.tree_util.tree_map(lambda x: (x * rng.uniform(0.5, 1.5, x.shape)).astype(x.dtype), base["params"]),
-            "batch_stats": jax.tree_util.tree_map(lambda x: rng.uniform(0.5, 1.5, x.shape).astype(x.dtype), base["batch_stats"]),
-        })
+        out.append(
+            {
+                "params": jax.tree_util.tree_map(
+                    lambda x: (x * rng.uniform(0.5, 1.5, x.shape)).astype(x.dtype), base["params"]
+                ),
+                "batch_stats": jax.tree_util.tree_map(
+                    lambda x: rng.uniform(0.5, 1.5, x.shape).astype(x.dtype), base["batch_stats"]
+                ),
+            }
+        )
     return out
 
 
@@ -41,8 +47,11 @@ def leaves_by_name(tree):
 
 
 def test_genes_are_exactly_the_convolution_kernels(members):
-    genes = sorted(name for name, x in leaves_by_name(members[0]).items()
-                   if fga.conv_kernels(tuple(jax.tree_util.DictKey(k) for k in name.split("/")), x))
+    genes = sorted(
+        name
+        for name, x in leaves_by_name(members[0]).items()
+        if fga.conv_kernels(tuple(jax.tree_util.DictKey(k) for k in name.split("/")), x)
+    )
     expected = ["params/stem/conv_main/kernel", "params/stem/conv_region0/kernel", "params/stem/conv_region1/kernel"]
     expected += [f"params/attn{i}/embed/kernel" for i in (1, 2, 3)]
     for stage, block in itertools.product(range(1, 5), range(2)):
@@ -101,13 +110,16 @@ def test_selection_probabilities_are_inverse_loss_roulette():
     np.testing.assert_allclose(jax.jit(fga.selection_probs)(jnp.array([1.0, 3.0])), [0.75, 0.25], rtol=1e-6)
 
 
-@pytest.mark.parametrize("bad, message", [
-    ([1.0, 0.0], "member 1 has 0.0"),
-    ([-2.0, 1.0], "member 0 has -2.0"),
-    ([1.0, float("nan")], "member 1 has nan"),
-    ([float("inf"), 1.0], "member 0 has inf"),
-    ([], "non-empty"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ([1.0, 0.0], "member 1 has 0.0"),
+        ([-2.0, 1.0], "member 0 has -2.0"),
+        ([1.0, float("nan")], "member 1 has nan"),
+        ([float("inf"), 1.0], "member 0 has inf"),
+        ([], "non-empty"),
+    ],
+)
 def test_invalid_losses_are_rejected_by_name(bad, message):
     with pytest.raises(ValueError, match=message):
         fga.selection_probs(bad)
@@ -172,8 +184,14 @@ def test_recomputed_batch_stats_pool_every_batch(model, members):
     # The first BatchNorm's input (the stem output) does not depend on any BatchNorm: its pooled
     # statistics are the mean and (biased) variance over all 24 images and positions.
     from faml_jax.preprocess import normalize
-    _, inter = model.apply(members[0], normalize(images.reshape(24, 32, 32, 3)), train=False,
-                           capture_intermediates=lambda mdl, name: mdl.name == "stem", mutable=["intermediates"])
+
+    _, inter = model.apply(
+        members[0],
+        normalize(images.reshape(24, 32, 32, 3)),
+        train=False,
+        capture_intermediates=lambda mdl, name: mdl.name == "stem",
+        mutable=["intermediates"],
+    )
     stem = np.asarray(inter["intermediates"]["stem"]["__call__"][0], np.float64)
     np.testing.assert_allclose(result["batch_stats"]["bn1"]["mean"], stem.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(result["batch_stats"]["bn1"]["var"], stem.var(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
@@ -184,4 +202,6 @@ def test_recomputed_batch_stats_pool_every_batch(model, members):
     for a, b in zip(jax.tree_util.tree_leaves(once), jax.tree_util.tree_leaves(thrice), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # ... and they differ from the inherited (randomised) statistics.
-    assert not np.allclose(once["batch_stats"]["layer2_0"]["bn1"]["var"], members[0]["batch_stats"]["layer2_0"]["bn1"]["var"])
+    assert not np.allclose(
+        once["batch_stats"]["layer2_0"]["bn1"]["var"], members[0]["batch_stats"]["layer2_0"]["bn1"]["var"]
+    )

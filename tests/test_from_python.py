@@ -14,7 +14,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_the_from_python_snippet_runs(tmp_path, monkeypatch, capsys):
     text = README.read_text()
-    section = text[text.index("## From Python"):text.index("## Several processes")]
+    section = text[text.index("## From Python") : text.index("## Several processes")]
     snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert "import experiments" not in snippet and "from experiments" not in snippet
     monkeypatch.chdir(tmp_path)

@@ -5,7 +5,6 @@ tools/wheelhouse.py's choice of wheels."""
 import json
 
 import pytest
-
 from helpers import require_torch
 
 
@@ -24,7 +23,9 @@ def test_the_cpu_smoke_run_fills_every_section(tmp_path, capsys):
     # Every test marked gpu lives in the modules the check collects.
     collected = sections["tests"]["result"]["summary"]
     assert collected.startswith("10/") or " 10 " in collected, collected
-    assert " selected" in sections["tests"]["result"]["summary"] or "collected" in sections["tests"]["result"]["summary"]
+    assert (
+        " selected" in sections["tests"]["result"]["summary"] or "collected" in sections["tests"]["result"]["summary"]
+    )
     rows = sections["train_step"]["result"]["results"]
     labels = [r["label"] for r in rows]
     assert labels[:2] == ["faml_jax r18", "faml_jax r18_faml"]
@@ -64,8 +65,12 @@ def test_a_failing_section_is_recorded_and_the_others_still_run(tmp_path, monkey
 def test_sections_past_the_budget_are_skipped_not_run(tmp_path):
     from tools import gpu_check
 
-    assert gpu_check.main(["--out", str(tmp_path), "--cpu-smoke", "--budget", "0",
-                           "--sections", "environment", "train_step"]) == 0
+    assert (
+        gpu_check.main(
+            ["--out", str(tmp_path), "--cpu-smoke", "--budget", "0", "--sections", "environment", "train_step"]
+        )
+        == 0
+    )
     sections = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]
     assert {s["status"] for s in sections.values()} == {"skipped"}
 

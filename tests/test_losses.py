@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import require_torch
 
 from faml_jax import losses
 from faml_jax.config import LossConfig
-from helpers import require_torch
 
 
 def np_log_softmax(logits):
@@ -86,9 +86,7 @@ def test_wce_under_pmap_averages_to_the_global_batch_loss(devices):
         loss = losses.wce_loss(lg, lb, weights, axis_name="d")
         return jax.lax.pmean(loss, "d")
 
-    per_device = jax.pmap(local, axis_name="d", devices=devices)(
-        logits.reshape(n, -1, 7), labels.reshape(n, -1)
-    )
+    per_device = jax.pmap(local, axis_name="d", devices=devices)(logits.reshape(n, -1, 7), labels.reshape(n, -1))
     np.testing.assert_allclose(per_device, losses.wce_loss(logits, labels, weights), rtol=1e-5)
 
 
@@ -123,9 +121,9 @@ def test_ml_draw_is_the_same_on_every_device(devices):
         return used
 
     pbranch = jax.pmap(branch, in_axes=(None, 0, 0), devices=devices)
-    draws = np.stack([
-        np.asarray(pbranch(jax.random.key(i), logits.reshape(n, -1, 7), labels.reshape(n, -1))) for i in range(30)
-    ])
+    draws = np.stack(
+        [np.asarray(pbranch(jax.random.key(i), logits.reshape(n, -1, 7), labels.reshape(n, -1))) for i in range(30)]
+    )
     assert np.all(draws == draws[:, :1])  # identical across devices in every step
     assert 0 < draws[:, 0].mean() < 1  # and both branches occur
 
@@ -171,7 +169,13 @@ def test_lsr_equals_pytorch_label_smoothing_at_eps_times_c_over_c_minus_1(classe
     torch = require_torch()
     logits, labels = random_batch(5, classes=classes)
     ours = float(losses.lsr_loss(jnp.asarray(logits), jnp.asarray(labels), 0.1))
-    torch_ce = lambda e: float(torch.nn.functional.cross_entropy(  # noqa: E731
-        torch.tensor(logits), torch.tensor(labels, dtype=torch.long), label_smoothing=e))
+
+    def torch_ce(e):
+        return float(
+            torch.nn.functional.cross_entropy(
+                torch.tensor(logits), torch.tensor(labels, dtype=torch.long), label_smoothing=e
+            )
+        )
+
     np.testing.assert_allclose(ours, torch_ce(0.1 * classes / (classes - 1)), rtol=1e-5)
     assert abs(ours - torch_ce(0.1)) > 1e-3  # the same nominal 0.1 is a different loss

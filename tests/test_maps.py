@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import TINY_MODEL, jittered_variables
 
 from faml_jax import ensemble, maps, models
 from faml_jax.config import preset
-from helpers import TINY_MODEL, jittered_variables
 
 
 class PatchReader(nn.Module):
@@ -56,8 +56,9 @@ def test_attention_relevancy_follows_chefers_rule():
     rng = np.random.default_rng(1)
     probs = [rng.dirichlet(np.ones(16), size=(2, 2, 16)) for _ in range(2)]  # 2 images, 2 heads, 16 tokens
     grads = [rng.standard_normal((2, 2, 16, 16)) for _ in range(2)]
-    got = maps.attention_relevancy([jnp.asarray(p, jnp.float32) for p in probs],
-                                   [jnp.asarray(g, jnp.float32) for g in grads], size=4)
+    got = maps.attention_relevancy(
+        [jnp.asarray(p, jnp.float32) for p in probs], [jnp.asarray(g, jnp.float32) for g in grads], size=4
+    )
     tokens = numpy_relevancy(probs, grads).reshape(2, 4, 4)
     np.testing.assert_allclose(got, tokens / tokens.max(axis=(1, 2), keepdims=True), rtol=1e-5, atol=1e-6)
 
@@ -65,9 +66,13 @@ def test_attention_relevancy_follows_chefers_rule():
 def test_the_ensemble_map_is_weighted_by_the_votes_by_hand():
     rng = np.random.default_rng(2)
     member_maps = rng.uniform(size=(3, 2, 4, 4))
-    logits = np.array([[[3.0, 2.0, 0.0], [0.0, 1.0, 2.0]],   # member 0: top-1 0, top-2 1 | top-1 2, top-2 1
-                       [[2.0, 3.0, 0.0], [2.0, 1.0, 0.0]],   # member 1: top-1 1, top-2 0 | top-1 0, top-2 1
-                       [[0.0, 1.0, 3.0], [1.0, 2.0, 0.0]]])  # member 2: top-1 2, top-2 1 | top-1 1, top-2 0
+    logits = np.array(
+        [
+            [[3.0, 2.0, 0.0], [0.0, 1.0, 2.0]],  # member 0: top-1 0, top-2 1 | top-1 2, top-2 1
+            [[2.0, 3.0, 0.0], [2.0, 1.0, 0.0]],  # member 1: top-1 1, top-2 0 | top-1 0, top-2 1
+            [[0.0, 1.0, 3.0], [1.0, 2.0, 0.0]],
+        ]
+    )  # member 2: top-1 2, top-2 1 | top-1 1, top-2 0
     decision = np.array([0, 1])
     got = np.asarray(maps.vote_weighted(member_maps, logits, decision, alpha=1.9, beta=1.0))
     first = (1.9 * member_maps[0, 0] + 1.0 * member_maps[1, 0]) / 2.9  # member 2 gave class 0 no vote
@@ -106,6 +111,7 @@ def test_maps_of_the_papers_models(name):
     explain = maps.make_explainer(model, "gradcam")
     decision = jnp.asarray([1, 2])
     member_maps, logits = explain(stacked, images, decision)
-    np.testing.assert_allclose(member_maps[0], network_maps(variables, images, decision)["gradcam"],
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        member_maps[0], network_maps(variables, images, decision)["gradcam"], rtol=1e-4, atol=1e-5
+    )
     assert logits.shape == (2, 2, 7)

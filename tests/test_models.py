@@ -6,18 +6,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import TINY_MODEL, require_torch
 
 from faml_jax import models
 from faml_jax.config import DEFAULT_REGIONS, ModelConfig, Region
 from faml_jax.models import AttentionBlock, FAStem
-from helpers import TINY_MODEL, require_torch
 
 
 def param_shapes(model, size=None):
     size = size or model.config.input_size
-    variables = jax.eval_shape(
-        lambda k: model.init(k, jnp.zeros((1, size, size, 3)), train=False), jax.random.key(0)
-    )
+    variables = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, size, size, 3)), train=False), jax.random.key(0))
     return variables["params"]
 
 
@@ -35,8 +33,11 @@ def test_r18_faml_adds_stem_and_attention_parameters_only():
     assert all(path in flat_faml and flat_faml[path].shape == leaf.shape for path, leaf in flat_r18.items())
     extra = {jax.tree_util.keystr(p[:2]) for p in set(flat_faml) - set(flat_r18)}
     stem_names = {"['stem']['conv_region0']", "['stem']['conv_region1']", "['stem']['fusion_weights']"}
-    blocks = {f"['attn{i}']['{part}']" for i in (1, 2, 3)
-              for part in ("embed", "pos_embed", "layer0", "layer1", "norm", "project")}
+    blocks = {
+        f"['attn{i}']['{part}']"
+        for i in (1, 2, 3)
+        for part in ("embed", "pos_embed", "layer0", "layer1", "norm", "project")
+    }
     assert extra == stem_names | blocks
     # Two extra 7x7x3x64 convolutions and two fusion weights in the stem.
     stem = faml["stem"]
@@ -70,9 +71,7 @@ def copy_into(target, source):
 def randomise(tree, key, scale=0.5):
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     keys = jax.random.split(key, len(leaves))
-    return treedef.unflatten(
-        [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
-    )
+    return treedef.unflatten([x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
 
 
 def test_r18_faml_at_init_with_fa_off_equals_r18():
@@ -103,11 +102,17 @@ def test_r18_faml_at_init_with_fa_off_equals_r18():
 
     # The comparison is not vacuous: switching on the FA branches changes the logits, and so does
     # a non-zero attention back-projection.
-    with_fa = {**vfa, "params": {**vfa["params"], "stem": {**vfa["params"]["stem"], "fusion_weights": jnp.array([0.5, 0.5])}}}
+    with_fa = {
+        **vfa,
+        "params": {**vfa["params"], "stem": {**vfa["params"]["stem"], "fusion_weights": jnp.array([0.5, 0.5])}},
+    }
     reference = logits(faml, vfa, False)
     assert np.abs(logits(faml, with_fa, False) - reference).max() > 1e-3
     attn = vfa["params"]["attn2"]
-    with_attn = {**vfa, "params": {**vfa["params"], "attn2": {**attn, "project": randomise(attn["project"], jax.random.key(5), 0.1)}}}
+    with_attn = {
+        **vfa,
+        "params": {**vfa["params"], "attn2": {**attn, "project": randomise(attn["project"], jax.random.key(5), 0.1)}},
+    }
     assert np.abs(logits(faml, with_attn, False) - reference).max() > 1e-3
 
 
@@ -143,7 +148,10 @@ def test_fa_branch_only_sees_and_writes_its_region():
 
     # Weighted addition: F = F_main + w1 F_r1 + w2 F_r2.
     conv_main = jax.lax.conv_general_dilated(
-        x, variables["params"]["conv_main"]["kernel"], (2, 2), ((3, 3), (3, 3)),
+        x,
+        variables["params"]["conv_main"]["kernel"],
+        (2, 2),
+        ((3, 3), (3, 3)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
     expected = conv_main + 0.5 * aux["region_upper_face"] + 0.5 * aux["region_lower_face"]
@@ -240,6 +248,7 @@ def test_batchnorm_running_variance_is_biased_where_pytorch_is_unbiased():
     import flax.linen as nn
 
     from faml_jax.models.layers import BN_EPSILON, BN_MOMENTUM
+
     torch = require_torch()
     x = np.random.default_rng(0).normal(1.0, 2.0, (4, 3, 3, 5)).astype(np.float32)
     bn = nn.BatchNorm(use_running_average=False, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)

@@ -16,17 +16,35 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from helpers import program_env, suite_xla_flags
 
 from faml_jax import models, train
 from faml_jax.checkpoint import Checkpoints
 from faml_jax.config import RunConfig, from_dict
-from helpers import program_env, suite_xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 # R18+FAML (its ML loss draws must agree across processes) without the attention blocks, which
 # add compile time and nothing across processes.
-ARGS = ["--widths", "8,16,16,32", "--input-size", "32", "--train-size", "96", "--test-size", "40", "--epochs", "1",
-        "--batch-size", "16", "--threads", "2", "--no-progress", "--seed", "3", "--no-attention"]
+ARGS = [
+    "--widths",
+    "8,16,16,32",
+    "--input-size",
+    "32",
+    "--train-size",
+    "96",
+    "--test-size",
+    "40",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "16",
+    "--threads",
+    "2",
+    "--no-progress",
+    "--seed",
+    "3",
+    "--no-attention",
+]
 
 
 def free_port() -> int:
@@ -37,8 +55,17 @@ def free_port() -> int:
 
 def launch(workdir: Path, data_dir: Path, devices: int, extra=()):
     env = program_env(XLA_FLAGS=suite_xla_flags(devices))
-    command = [sys.executable, "-m", "experiments.train", *ARGS, "--data-dir", str(data_dir), "--workdir", str(workdir),
-               *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        *ARGS,
+        "--data-dir",
+        str(data_dir),
+        "--workdir",
+        str(workdir),
+        *extra,
+    ]
     return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -50,8 +77,11 @@ def finish(process) -> str:
 
 def final_state(workdir: Path):
     config = from_dict(RunConfig, json.loads((workdir / "config.json").read_text()))
-    template = jax.device_get(train.create_train_state(
-        models.ResNet(config.model), train.make_optimizer(config.optim, config.schedule.lr1), jax.random.key(0)))
+    template = jax.device_get(
+        train.create_train_state(
+            models.ResNet(config.model), train.make_optimizer(config.optim, config.schedule.lr1), jax.random.key(0)
+        )
+    )
     checkpoints = Checkpoints(workdir)
     try:
         state, _ = checkpoints.restore(checkpoints.latest_epoch(), template)
@@ -73,16 +103,25 @@ def test_two_processes_take_the_steps_of_one_process_with_all_devices(tmp_path):
     assert train_program.main([*ARGS, "--data-dir", str(data_dir), "--workdir", str(tmp_path / "one")]) == 0
 
     port = free_port()
-    processes = [launch(tmp_path / "two", data_dir, devices=2,
-                        extra=["--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)])
-                 for i in range(2)]
+    processes = [
+        launch(
+            tmp_path / "two",
+            data_dir,
+            devices=2,
+            extra=["--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
+        )
+        for i in range(2)
+    ]
     outputs = [finish(p) for p in processes]
     assert "final (epoch 1)" in outputs[0] and "final (epoch 1)" not in outputs[1]  # process 0 prints
 
     one, two = final_state(tmp_path / "one"), final_state(tmp_path / "two")
     assert int(one.step) == int(two.step) == 6  # 96 images, batch 16
-    for a, b in zip(jax.tree_util.tree_leaves((one.params, one.batch_stats)),
-                    jax.tree_util.tree_leaves((two.params, two.batch_stats)), strict=True):
+    for a, b in zip(
+        jax.tree_util.tree_leaves((one.params, one.batch_stats)),
+        jax.tree_util.tree_leaves((two.params, two.batch_stats)),
+        strict=True,
+    ):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
     assert not (tmp_path / "two.process1" / "checkpoints").exists()  # process 0 alone writes them
     for workdir in (tmp_path / "two", tmp_path / "two.process1"):  # process 1 evaluated on its own
@@ -113,8 +152,12 @@ def test_distributed_auto_needs_a_launcher_and_no_process_flags(tmp_path, monkey
     assert launcher({k: v for k, v in slurm.items() if k != "SLURM_PROCID"}) is None  # salloc's shell: no task
     for name, value in slurm.items():
         monkeypatch.setenv(name, value)
-    assert train_program.main([*ARGS, "--workdir", str(tmp_path / "w"), "--distributed", "auto",
-                               "--coordinator", "localhost:1"]) == 2
+    assert (
+        train_program.main(
+            [*ARGS, "--workdir", str(tmp_path / "w"), "--distributed", "auto", "--coordinator", "localhost:1"]
+        )
+        == 2
+    )
     assert "give no --coordinator" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
 
@@ -122,9 +165,15 @@ def test_distributed_auto_needs_a_launcher_and_no_process_flags(tmp_path, monkey
 def slurm_environment(process_id: int, processes: int, port: int) -> dict:
     """What ``srun --ntasks=<processes>`` on one node sets for task ``process_id`` (the variables
     jax's SLURM detection reads), with the coordinator's port fixed by ``JAX_COORDINATOR_PORT``."""
-    return {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": str(processes),
-            "SLURM_STEP_NUM_NODES": "1", "SLURM_PROCID": str(process_id), "SLURM_LOCALID": str(process_id),
-            "JAX_COORDINATOR_PORT": str(port)}
+    return {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_STEP_NODELIST": "localhost",
+        "SLURM_NTASKS": str(processes),
+        "SLURM_STEP_NUM_NODES": "1",
+        "SLURM_PROCID": str(process_id),
+        "SLURM_LOCALID": str(process_id),
+        "JAX_COORDINATOR_PORT": str(port),
+    }
 
 
 @pytest.mark.slow
@@ -135,13 +184,42 @@ def test_evolution_across_two_processes_keeps_them_in_step(tmp_path):
     record equals process 0's (a process reading only its slice of a batch for the BatchNorm
     recomputation made them differ)."""
     port = free_port()
-    extra = ["--population", "2", "--generations", "1", "--children", "1", "--new-members", "0", "--fixed-epochs",
-             "--recompute-bn", "2", "--distributed", "auto"]
-    processes = [subprocess.Popen(
-        [sys.executable, "-m", "experiments.evolve", *ARGS, "--data-dir", str(tmp_path / "data"),
-         "--workdir", str(tmp_path / "evo"), *extra],
-        env=program_env(XLA_FLAGS=suite_xla_flags(2), **slurm_environment(i, 2, port)),
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    extra = [
+        "--population",
+        "2",
+        "--generations",
+        "1",
+        "--children",
+        "1",
+        "--new-members",
+        "0",
+        "--fixed-epochs",
+        "--recompute-bn",
+        "2",
+        "--distributed",
+        "auto",
+    ]
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "experiments.evolve",
+                *ARGS,
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--workdir",
+                str(tmp_path / "evo"),
+                *extra,
+            ],
+            env=program_env(XLA_FLAGS=suite_xla_flags(2), **slurm_environment(i, 2, port)),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     for p in processes:
         finish(p)
     assert (tmp_path / "evo.process1" / "population.json").exists()  # the launcher made it process 1 of 2

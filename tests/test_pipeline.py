@@ -59,8 +59,13 @@ def test_processes_together_read_the_global_batches_of_one_process():
     """Process i's step-j batch is slice i of the one-process step-j batch: P processes with D
     devices each put every example on the same device position as one process with P*D devices."""
     single = [b["image"][:, 0, 0, 0] for b in TrainLoader(source(51), 12, 8, seed=3).iterate(2)]
-    shards = [[b["image"][:, 0, 0, 0] for b in TrainLoader(source(51), 12, 8, seed=3, process_index=i,
-                                                              process_count=3).iterate(2)] for i in range(3)]
+    shards = [
+        [
+            b["image"][:, 0, 0, 0]
+            for b in TrainLoader(source(51), 12, 8, seed=3, process_index=i, process_count=3).iterate(2)
+        ]
+        for i in range(3)
+    ]
     assert len(single) == 4 and all(len(s) == 4 for s in shards)
     for step, batch in enumerate(single):
         np.testing.assert_array_equal(np.concatenate([s[step] for s in shards]), batch)
@@ -108,6 +113,7 @@ def test_balanced_sampler_draws_classes_equally_with_replacement():
     assert not np.array_equal(epochs[0], epochs[1])
     # The probabilities themselves: example i drawn with (1/n_{y_i}) / sum_j (1/n_{y_j}) = 1/(3 n_{y_i}).
     from faml_jax.data.pipeline import balanced_indices
+
     draws = balanced_indices(src.labels, seed=0, epoch=0, size=300_000)
     freq = np.bincount(draws, minlength=200) / len(draws)
     expected = 1 / (3 * np.bincount(src.labels)[src.labels])

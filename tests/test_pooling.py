@@ -22,10 +22,10 @@ def reference_grad(x, dy, window=3, stride=2, padding=1):
         for i in range(dy.shape[1]):
             for j in range(dy.shape[2]):
                 for k in range(c):
-                    patch = xp[n, i * stride:i * stride + window, j * stride:j * stride + window, k]
+                    patch = xp[n, i * stride : i * stride + window, j * stride : j * stride + window, k]
                     a, bb = np.unravel_index(np.argmax(patch), patch.shape)  # argmax: first maximum
                     dxp[n, i * stride + a, j * stride + bb, k] += dy[n, i, j, k]
-    return dxp[:, padding:padding + h, padding:padding + w]
+    return dxp[:, padding : padding + h, padding : padding + w]
 
 
 @pytest.mark.parametrize("side", [7, 8, 9])
@@ -42,9 +42,12 @@ def test_max_pool_matches_flax_and_routes_gradients_to_the_first_maximum(side):
 
 
 def test_xla_defaults_are_added_unless_the_user_set_them():
-    (name, value), = CPU_FLAGS.items()
+    ((name, value),) = CPU_FLAGS.items()
     assert with_defaults("") == f"--{name}={value}"
-    assert with_defaults("--xla_force_host_platform_device_count=4") == f"--xla_force_host_platform_device_count=4 --{name}={value}"
+    assert (
+        with_defaults("--xla_force_host_platform_device_count=4")
+        == f"--xla_force_host_platform_device_count=4 --{name}={value}"
+    )
     assert with_defaults(f"--{name}=") == f"--{name}="  # the user's choice wins
 
 
@@ -70,8 +73,10 @@ def test_the_suites_compile_shortcuts_only_for_the_measured_jaxlib(monkeypatch):
     monkeypatch.setattr(helpers, "is_measured_jaxlib", lambda: False)
     assert helpers.suite_xla_flags(2) == "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
     monkeypatch.setattr(helpers, "is_measured_jaxlib", lambda: True)
-    assert helpers.suite_xla_flags(2) == ("--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
-                                          " --xla_cpu_use_fusion_emitters=false")
+    assert helpers.suite_xla_flags(2) == (
+        "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
+        " --xla_cpu_use_fusion_emitters=false"
+    )
     monkeypatch.setenv("FAML_JAX_TEST_FAST_COMPILE", "0")
     assert helpers.suite_xla_flags(2) == "--xla_force_host_platform_device_count=2"
 

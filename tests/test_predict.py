@@ -9,13 +9,13 @@ import os
 
 import numpy as np
 import pytest
+from helpers import jittered_variables, tiny_config, write_run
 
 from faml_jax import ensemble, fga, train
 from faml_jax.data.pipeline import resize
 from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.evaluate import EnsembleEvaluator
 from faml_jax.predict import Predictor, predict_photos
-from helpers import jittered_variables, tiny_config, write_run
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image is in the test extra")
 
@@ -40,8 +40,9 @@ def test_logits_equal_the_ensemble_evaluators_with_padding_and_resize(three_runs
     assert predictor.input_size == 32 and predictor.classes[3] == "happiness" and predictor.num_members == 3
     faces = images(7, 32)  # two compiled calls, the second padded
     evaluator = EnsembleEvaluator(predictor.model, 8, devices)
-    expected, _ = evaluator(train.replicate(fga.stack(variables), devices),
-                            [{"image": faces, "label": np.zeros(7, np.int32)}])
+    expected, _ = evaluator(
+        train.replicate(fga.stack(variables), devices), [{"image": faces, "label": np.zeros(7, np.int32)}]
+    )
     np.testing.assert_allclose(predictor.logits(faces), expected, rtol=1e-5, atol=1e-5)
     # Faces of other sizes go through the training pipeline's resize; one face at a time is the same.
     large = [images(1, 57, seed=i)[0] for i in range(3)]
@@ -141,8 +142,23 @@ def test_the_programs_files_equal_the_librarys_output(three_runs, tmp_path, caps
         Image.fromarray(face).save(folder / f"face{i}.png")
     (folder / "broken.jpg").write_bytes(b"not an image")
     out = tmp_path / "out"
-    code = program.main(["--run", str(paths[0]), "--run", str(paths[1]), "--run", str(paths[2]), "--faces", "aligned",
-                         "--out", str(out), "--no-progress", "--explain", str(folder)])
+    code = program.main(
+        [
+            "--run",
+            str(paths[0]),
+            "--run",
+            str(paths[1]),
+            "--run",
+            str(paths[2]),
+            "--faces",
+            "aligned",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--explain",
+            str(folder),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1 and f"cannot decode image {folder / 'broken.jpg'}" in captured.err  # the rest still done
     assert "5 face(s) in 5 image(s)" in captured.out
@@ -242,15 +258,20 @@ def test_photo_files_names_and_orientation(tmp_path):
 
 
 def test_refusals_of_the_explainer_and_of_duplicate_runs(three_runs, tmp_path):
+    from helpers import TINY_MODEL
+
     from faml_jax.config import preset
     from faml_jax.predict import figure_of_maps
-    from helpers import TINY_MODEL
 
     root, config, _, paths = three_runs
     with pytest.raises(ConfigError, match="a member is given twice"):
         Predictor.from_runs([paths[0], paths[0]])
-    r18 = preset("synthetic", "r18", model_options=TINY_MODEL, data=dict(data_dir=str(root / "data"),
-                 synthetic=dict(train_size=96, test_size=40, image_size=32)))
+    r18 = preset(
+        "synthetic",
+        "r18",
+        model_options=TINY_MODEL,
+        data=dict(data_dir=str(root / "data"), synthetic=dict(train_size=96, test_size=40, image_size=32)),
+    )
     plain = Predictor.from_run(write_run(tmp_path / "r18", r18, jittered_variables(r18, 0)))
     with pytest.raises(ConfigError, match="relevancy maps need a model with attention blocks"):
         plain.explain(images(1, 32), "relevancy")

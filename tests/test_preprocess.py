@@ -42,10 +42,10 @@ def test_flip_rate_and_split_invariance():
 import dataclasses  # noqa: E402
 
 import pytest  # noqa: E402
+from helpers import require_torch  # noqa: E402
 
 from faml_jax import preprocess  # noqa: E402
 from faml_jax.config import AUGMENT_PRESETS, AugmentConfig  # noqa: E402
-from helpers import require_torch  # noqa: E402
 
 
 def torchvision_functional():
@@ -60,9 +60,17 @@ def hwc(tensor):
     return tensor.permute(1, 2, 0).numpy()
 
 
-@pytest.mark.parametrize("angle,padding,top,left", [
-    (13.7, 0, 0, 0), (-19.9, 0, 0, 0), (5.123, 6, 2, 9), (-7.5, 6, 12, 0), (0.0, 6, 6, 6), (20.0, 8, 16, 3),
-])
+@pytest.mark.parametrize(
+    "angle,padding,top,left",
+    [
+        (13.7, 0, 0, 0),
+        (-19.9, 0, 0, 0),
+        (5.123, 6, 2, 9),
+        (-7.5, 6, 12, 0),
+        (0.0, 6, 6, 6),
+        (20.0, 8, 16, 3),
+    ],
+)
 def test_rotate_crop_equals_torchvision(angle, padding, top, left):
     """DAN's RandomRotation (nearest, zero fill) then RandomCrop(size, padding): same pixels as
     ``crop(pad(rotate(img, angle), padding), top, left, H, W)``, uint8 in, uint8 out."""
@@ -103,7 +111,7 @@ def test_erase_equals_torchvision_and_numpy():
         expected = hwc(tf.erase(chw(torch, x), top, left, h, w, torch.tensor(0.0)))
         np.testing.assert_array_equal(ours, expected)
         by_hand = x.copy()
-        by_hand[top:top + h, left:left + w] = 0.0
+        by_hand[top : top + h, left : left + w] = 0.0
         np.testing.assert_array_equal(ours, by_hand)
 
 
@@ -133,7 +141,9 @@ def test_augment_with_only_the_flip_is_the_papers_preprocessing():
     flip_key, extra = jax.random.key(5), jax.random.key(6)
     ours = preprocess.augment(flip_key, extra, images, AugmentConfig())
     np.testing.assert_array_equal(ours, normalize(random_flip(flip_key, images)))
-    np.testing.assert_array_equal(preprocess.augment(flip_key, extra, images, AugmentConfig(flip=0.0)), normalize(images))
+    np.testing.assert_array_equal(
+        preprocess.augment(flip_key, extra, images, AugmentConfig(flip=0.0)), normalize(images)
+    )
 
 
 @pytest.mark.parametrize("name", ["dan", "posterpp", "jitter"])
@@ -147,7 +157,7 @@ def test_augment_is_deterministic_and_split_invariant(name):
     run = jax.jit(lambda x, first: preprocess.augment(*keys, x, config, first))
     whole = np.asarray(run(images, 0))
     np.testing.assert_array_equal(whole, np.asarray(run(images, 0)))
-    parts = np.concatenate([np.asarray(run(images[i * 4:(i + 1) * 4], i * 4)) for i in range(4)])
+    parts = np.concatenate([np.asarray(run(images[i * 4 : (i + 1) * 4], i * 4)) for i in range(4)])
     # The same draws; float rounding of the colour arithmetic may differ with the compiled batch size.
     np.testing.assert_allclose(parts, whole, atol=1e-5)
     plain = np.asarray(normalize(random_flip(keys[0], images)))
@@ -159,7 +169,13 @@ def test_augment_is_deterministic_and_split_invariant(name):
 
 
 def test_augment_config_validation():
-    for bad in (dict(erasing_p=1.5), dict(rotate_degrees=-1), dict(erasing_scale=(0.3, 0.1)), dict(crop_padding=1.5),
-                dict(erasing_ratio=(2.0, 1.0)), dict(brightness=-0.1)):
+    for bad in (
+        dict(erasing_p=1.5),
+        dict(rotate_degrees=-1),
+        dict(erasing_scale=(0.3, 0.1)),
+        dict(crop_padding=1.5),
+        dict(erasing_ratio=(2.0, 1.0)),
+        dict(brightness=-0.1),
+    ):
         with pytest.raises(ValueError):
             AugmentConfig(**bad)

@@ -90,8 +90,9 @@ def test_r18_faml_from_the_backbone_with_zero_fusion_weights_matches_too(torch_n
         np.testing.assert_array_equal(stem[name]["kernel"], backbone["params"]["stem"]["conv_main"]["kernel"])
     # Attention blocks, fusion weights and the head keep their fresh initialisation.
     np.testing.assert_array_equal(stem["fusion_weights"], fresh["params"]["stem"]["fusion_weights"])
-    for a, b in zip(jax.tree_util.tree_leaves(variables["params"]["attn1"]),
-                    jax.tree_util.tree_leaves(fresh["params"]["attn1"])):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(variables["params"]["attn1"]), jax.tree_util.tree_leaves(fresh["params"]["attn1"])
+    ):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(variables["params"]["fc"]["kernel"], fresh["params"]["fc"]["kernel"])
     # With the fusion weights zero and torch's head: the same logits and features.
@@ -139,7 +140,9 @@ def test_a_wrong_state_dict_fails_naming_the_keys(torch_net, tmp_path):
     with pytest.raises(pretrained.ConversionError, match=r"unexpected keys: .*layer1\.2\.bn1\.bias"):
         pretrained.torch_to_flax(resnet34)
     narrow = dict(state, **{"layer2.0.conv1.weight": np.zeros((128, 32, 3, 3), np.float32)})
-    with pytest.raises(pretrained.ConversionError, match=r"layer2\.0\.conv1\.weight \(128, 32, 3, 3\) \(ResNet18: \(128, 64, 3, 3\)\)"):
+    with pytest.raises(
+        pretrained.ConversionError, match=r"layer2\.0\.conv1\.weight \(128, 32, 3, 3\) \(ResNet18: \(128, 64, 3, 3\)\)"
+    ):
         pretrained.torch_to_flax(narrow)
     half_fc = {k: v for k, v in state.items() if k != "fc.bias"}
     with pytest.raises(pretrained.ConversionError, match=r"missing keys: fc\.bias"):
@@ -169,8 +172,11 @@ def test_non_finite_weights_are_refused_by_the_converter_and_by_init(torch_net, 
     path = tmp_path / "ok"
     loaded, _, _ = pretrained.load_backbone(path)
     loaded["batch_stats"]["bn1"]["var"][3] = np.inf
-    with pytest.raises(pretrained.ConversionError, match=r"the converted network holds non-finite weights: "
-                                                         r"backbone/batch_stats/bn1/var \(1 of 64 values\)"):
+    with pytest.raises(
+        pretrained.ConversionError,
+        match=r"the converted network holds non-finite weights: "
+        r"backbone/batch_stats/bn1/var \(1 of 64 values\)",
+    ):
         pretrained.save_backbone(loaded, None, tmp_path / "inf")
     assert folder == path.absolute()
 
@@ -184,13 +190,17 @@ def test_a_damaged_or_implausible_backbone_is_refused_in_one_line(torch_net, tmp
     assert (path / "digest.json").is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     damaged = tmp_path / "damaged"
     shutil.copytree(path, damaged)
-    largest = max((p for p in damaged.rglob("*") if p.is_file() and p.name != "digest.json"), key=lambda p: p.stat().st_size)
+    largest = max(
+        (p for p in damaged.rglob("*") if p.is_file() and p.name != "digest.json"), key=lambda p: p.stat().st_size
+    )
     payload = bytearray(largest.read_bytes())
     payload[len(payload) // 2] ^= 0x7F
     payload[len(payload) // 2 + 1] ^= 0x40
     largest.write_bytes(bytes(payload))
-    with pytest.raises(pretrained.ConversionError, match=f"the backbone {damaged} is damaged \\(.*changed since it was "
-                                                         "written\\): convert it again"):
+    with pytest.raises(
+        pretrained.ConversionError,
+        match=f"the backbone {damaged} is damaged \\(.*changed since it was written\\): convert it again",
+    ):
         pretrained.load_backbone(damaged)
     with pytest.raises(pretrained.ConversionError, match=f"backbone {tmp_path / 'absent'} not found"):
         pretrained.load_backbone(tmp_path / "absent")
@@ -200,8 +210,11 @@ def test_a_damaged_or_implausible_backbone_is_refused_in_one_line(torch_net, tmp
     # Finite but implausible: refused when converted, and when read (even with a matching digest).
     big = jax.tree_util.tree_map(np.copy, backbone)
     big["params"]["layer3_0"]["conv2"]["kernel"][0, 0, 0, :2] = 3e37
-    with pytest.raises(pretrained.ConversionError, match=r"implausible weights: backbone/params/layer3_0/conv2/kernel "
-                                                         r"\(\|w\| up to 3e\+37, limit 1e\+04\)"):
+    with pytest.raises(
+        pretrained.ConversionError,
+        match=r"implausible weights: backbone/params/layer3_0/conv2/kernel "
+        r"\(\|w\| up to 3e\+37, limit 1e\+04\)",
+    ):
         pretrained.save_backbone(big, None, tmp_path / "big")
     assert not (tmp_path / "big").exists()
     monkey = pytest.MonkeyPatch()
@@ -211,10 +224,29 @@ def test_a_damaged_or_implausible_backbone_is_refused_in_one_line(torch_net, tmp
     with pytest.raises(pretrained.ConversionError, match="the backbone .*big holds implausible weights"):
         pretrained.load_backbone(tmp_path / "big")
     # The programs: one line each, and nothing left of the refused run.
-    common = ["--train-size", "16", "--test-size", "8", "--input-size", "32", "--batch-size", "8", "--epochs", "1",
-              "--data-dir", str(tmp_path / "data"), "--no-progress", "--widths", "64,128,256,512", "--no-attention"]
-    for init, message in ((damaged, "is damaged"), (tmp_path / "big", "implausible weights"),
-                          (tmp_path / "absent", "not found")):
+    common = [
+        "--train-size",
+        "16",
+        "--test-size",
+        "8",
+        "--input-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--no-progress",
+        "--widths",
+        "64,128,256,512",
+        "--no-attention",
+    ]
+    for init, message in (
+        (damaged, "is damaged"),
+        (tmp_path / "big", "implausible weights"),
+        (tmp_path / "absent", "not found"),
+    ):
         assert train_program.main(common + ["--init", str(init), "--workdir", str(tmp_path / "runs" / "r")]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
@@ -224,7 +256,9 @@ def test_a_damaged_or_implausible_backbone_is_refused_in_one_line(torch_net, tmp
 def test_a_backbone_that_does_not_fit_the_model_names_the_keys(torch_net):
     backbone, _ = pretrained.torch_to_flax(state_dict(torch_net))
     narrow = jax.device_get(models.init(models.build("r18", CLASSES, widths=(16, 32, 64, 128)), jax.random.key(0)))
-    with pytest.raises(pretrained.ConversionError, match=r"params/stem/conv_main/kernel \(7, 7, 3, 64\) \(model: \(7, 7, 3, 16\)\)"):
+    with pytest.raises(
+        pretrained.ConversionError, match=r"params/stem/conv_main/kernel \(7, 7, 3, 64\) \(model: \(7, 7, 3, 16\)\)"
+    ):
         pretrained.init_from_backbone(narrow, backbone)
 
 
@@ -242,9 +276,26 @@ def test_convert_then_train_from_the_backbone(torch_net, tmp_path, capsys):
     assert "exists" in capsys.readouterr().err
 
     # FA's stem without the attention blocks (fresh either way): the conversion is what is tested.
-    common = ["--train-size", "16", "--test-size", "8", "--input-size", "32", "--batch-size", "8", "--epochs", "1",
-              "--data-dir", str(tmp_path / "data"), "--threads", "2", "--no-progress", "--init", str(out),
-              "--no-attention"]
+    common = [
+        "--train-size",
+        "16",
+        "--test-size",
+        "8",
+        "--input-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--threads",
+        "2",
+        "--no-progress",
+        "--init",
+        str(out),
+        "--no-attention",
+    ]
     # The synthetic preset's narrow widths do not fit a ResNet18 backbone: one line naming the keys.
     assert train_program.main(common + ["--workdir", str(tmp_path / "narrow")]) == 2
     err = capsys.readouterr().err
@@ -259,7 +310,9 @@ def test_convert_then_train_from_the_backbone(torch_net, tmp_path, capsys):
     config = read_run_config(workdir)
     assert config.init == str(out)
     start = restore_variables(workdir, config, epoch=0)
-    np.testing.assert_array_equal(start["params"]["stem"]["conv_region1"]["kernel"],
-                                  reference["params"]["stem"]["conv_main"]["kernel"])
-    np.testing.assert_array_equal(start["batch_stats"]["layer4_1"]["bn2"]["var"],
-                                  reference["batch_stats"]["layer4_1"]["bn2"]["var"])
+    np.testing.assert_array_equal(
+        start["params"]["stem"]["conv_region1"]["kernel"], reference["params"]["stem"]["conv_main"]["kernel"]
+    )
+    np.testing.assert_array_equal(
+        start["batch_stats"]["layer4_1"]["bn2"]["var"], reference["batch_stats"]["layer4_1"]["bn2"]["var"]
+    )

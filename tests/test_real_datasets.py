@@ -13,14 +13,25 @@ from PIL import Image
 
 from experiments import prepare as prepare_program
 from experiments import train as train_program
-from faml_jax.trainer import TIMING_FIELDS
 from faml_jax import data
 from faml_jax.data import CorruptImageError, DataError, fixtures, prepared
+from faml_jax.trainer import TIMING_FIELDS
 
 # The releases' label codes, written out from their documentation (METHOD 1), not imported.
 RAFDB_CODES = {1: "surprise", 2: "fear", 3: "disgust", 4: "happiness", 5: "sadness", 6: "anger", 7: "neutral"}
-AFFECTNET_CODES = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt",
-                   "none", "uncertain", "no-face"]
+AFFECTNET_CODES = [
+    "neutral",
+    "happy",
+    "sad",
+    "surprise",
+    "fear",
+    "disgust",
+    "anger",
+    "contempt",
+    "none",
+    "uncertain",
+    "no-face",
+]
 
 RAF_TRAIN = [1, 2, 3, 4, 5, 6, 7, 4, 4, 7, 5, 1]  # 12 images: every code, imbalanced
 RAF_TEST = [7, 6, 5, 4, 3, 2, 1, 4]
@@ -69,8 +80,9 @@ def test_rafdb_split_sizes_and_class_of_every_code(folders, level):
 @pytest.mark.parametrize("classes", [7, 8])
 @pytest.mark.parametrize("header,extra_level", [(True, False), (False, True)])
 def test_affectnet_original_keeps_the_data_sets_codes(tmp_path, classes, header, extra_level):
-    folder = fixtures.write_affectnet_original(tmp_path / "an", AN_TRAIN, AN_TEST, size=48, header=header,
-                                               extra_level=extra_level)
+    folder = fixtures.write_affectnet_original(
+        tmp_path / "an", AN_TRAIN, AN_TEST, size=48, header=header, extra_level=extra_level
+    )
     dataset = data.open_dataset(f"affectnet{classes}", folder)
     for split, codes in (("train", AN_TRAIN), ("test", AN_TEST)):
         kept = [AFFECTNET_CODES[c] for c in codes if c < classes]
@@ -100,7 +112,7 @@ def test_crop_faces_cuts_out_the_csv_box(folders):
     cropped = data.open_dataset("affectnet8", folder)  # METHOD 1 [choice]: the face boxes by default
     for i in (0, 5, len(rows) - 1):
         x, y, w, h = (int(rows[i][k]) for k in ("face_x", "face_y", "face_width", "face_height"))
-        np.testing.assert_array_equal(cropped.train[i]["image"], whole.train[i]["image"][y:y + h, x:x + w])
+        np.testing.assert_array_equal(cropped.train[i]["image"], whole.train[i]["image"][y : y + h, x : x + w])
     assert any("face boxes" in note for note in cropped.notes)
     assert any("whole photographs" in note for note in whole.notes)
     # Layouts of faces (no boxes) are read as they are either way.
@@ -132,8 +144,9 @@ def test_prepared_data_is_identical_to_the_folder(folders, tmp_path, dataset, fo
         np.testing.assert_array_equal(a.labels, [a[i]["label"] for i in range(len(a))])
     # Class counts and weights are stored: weight of c = N / (C n_c) over the training split.
     meta = json.loads((prepared.dataset_dir(dataset, tmp_path) / "metadata.json").read_text())
-    counts = np.bincount([int(from_folder.train[i]["label"]) for i in range(len(from_folder.train))],
-                         minlength=from_folder.num_classes)
+    counts = np.bincount(
+        [int(from_folder.train[i]["label"]) for i in range(len(from_folder.train))], minlength=from_folder.num_classes
+    )
     assert meta["class_counts"]["train"] == counts.tolist()
     assert meta["labels"]["train"] == from_folder.train.labels.tolist()  # for the balanced sampler
     np.testing.assert_allclose(meta["class_weights"], counts.sum() / (len(counts) * counts), rtol=1e-6)
@@ -152,21 +165,41 @@ def test_crop_faces_from_prepared_data(folders, tmp_path):
     assert whole.train[0]["image"].shape != b.train[0]["image"].shape
     quiet_prepare("affectnet8", folders["npy"], tmp_path / "npy", stored_size=None)
     npy = data.open_dataset("affectnet8", tmp_path / "npy")  # already faces: read as they are
-    np.testing.assert_array_equal(npy.train[0]["image"], data.open_dataset("affectnet8", folders["npy"]).train[0]["image"])
+    np.testing.assert_array_equal(
+        npy.train[0]["image"], data.open_dataset("affectnet8", folders["npy"]).train[0]["image"]
+    )
     with pytest.raises(DataError, match="holds prepared affectnet8 but not affectnet7: run experiments.prepare"):
         data.open_dataset("affectnet7", tmp_path / "npy")
 
 
-@pytest.mark.parametrize("dataset,folder,flags", [
-    ("rafdb", "rafdb", []),  # the RAF-DB preset: ML with CE
-    ("affectnet8", "original", []),  # the AffectNet preset: ML with WCE (stored class weights), face boxes
-])
+@pytest.mark.parametrize(
+    "dataset,folder,flags",
+    [
+        ("rafdb", "rafdb", []),  # the RAF-DB preset: ML with CE
+        ("affectnet8", "original", []),  # the AffectNet preset: ML with WCE (stored class weights), face boxes
+    ],
+)
 def test_training_from_the_folder_and_from_prepared_data_is_identical(folders, tmp_path, dataset, folder, flags):
     """One epoch of the training program on each: the same losses and accuracies (original files
     stored; ready-to-train images: test_ready_to_train_batches_are_the_folders_within_jpeg_rounding)."""
     quiet_prepare(dataset, folders[folder], tmp_path / "prepared", stored_size=None)
-    common = ["--dataset", dataset, "--epochs", "1", "--batch-size", "4", "--widths", "4,4,8,8", "--input-size", "32",
-              "--threads", "2", "--no-progress", "--from-scratch", "--no-attention"] + flags  # (the data is tested)
+    common = [
+        "--dataset",
+        dataset,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--widths",
+        "4,4,8,8",
+        "--input-size",
+        "32",
+        "--threads",
+        "2",
+        "--no-progress",
+        "--from-scratch",
+        "--no-attention",
+    ] + flags  # (the data is tested)
     runs = {}
     for kind, path in (("folder", folders[folder]), ("prepared", tmp_path / "prepared")):
         workdir = tmp_path / kind
@@ -254,8 +287,10 @@ def test_missing_or_short_record_files_are_data_errors(folders, tmp_path):
         data.open_dataset("rafdb", tmp_path)
 
 
-@pytest.mark.parametrize("flags,message", [(["--stored-size", "4"], "at least 8 pixels"),
-                                           (["--jpeg-quality", "0"], "JPEG quality must be in 1..100")])
+@pytest.mark.parametrize(
+    "flags,message",
+    [(["--stored-size", "4"], "at least 8 pixels"), (["--jpeg-quality", "0"], "JPEG quality must be in 1..100")],
+)
 def test_prepare_refuses_bad_storage_flags(folders, tmp_path, capsys, flags, message):
     out = tmp_path / "prepared"
     args = ["--dataset", "rafdb", "--data-dir", str(folders["rafdb"]), "--out", str(out), "--no-progress", *flags]
@@ -306,7 +341,9 @@ def test_label_problems_are_counted_and_reported(tmp_path):
     dataset = data.open_dataset("rafdb", tmp_path)
     assert (len(dataset.train), len(dataset.test)) == (8, 7)
     notes = "\n".join(dataset.notes)
-    assert "train: 2 labels out of range (line 17: train_00008.jpg label '0'; line 18: train_00099.jpg label '9')" in notes
+    assert (
+        "train: 2 labels out of range (line 17: train_00008.jpg label '0'; line 18: train_00099.jpg label '9')" in notes
+    )
     assert "train: 1 duplicate entries (line 16: train_00001.jpg)" in notes
     assert f"train: 1 images listed but absent ({basic / 'Image' / 'aligned' / 'train_00100_aligned.jpg'})" in notes
     assert "test: 1 images listed but absent" in notes
@@ -354,8 +391,11 @@ def test_an_affectnet_csv_with_shifted_columns_says_so(tmp_path):
     rows = list(csv.reader(open(train_csv, newline="")))[1:]
     with open(train_csv, "w", newline="") as f:
         csv.writer(f).writerows(row[:5] + row[6:] for row in rows)
-    with pytest.raises(DataError, match=r"training\.csv: 8 of 8 rows have no valid expression code in column 7: the "
-                                        r"columns look shifted \(rows: 8 with 8 fields; no header line, so AffectNet's 9"):
+    with pytest.raises(
+        DataError,
+        match=r"training\.csv: 8 of 8 rows have no valid expression code in column 7: the "
+        r"columns look shifted \(rows: 8 with 8 fields; no header line, so AffectNet's 9",
+    ):
         data.open_dataset("affectnet8", folder)
 
 
@@ -458,10 +498,18 @@ def test_decode_converts_grey_and_rgba_to_rgb():
         assert data.folders.decode_image(buffer.getvalue(), "x.png").shape == (4, 5, 3)
 
 
-@pytest.mark.parametrize("mode,options", [
-    ("RGB", dict(quality=90)), ("RGB", dict(quality=95, subsampling=0)), ("RGB", dict(quality=75, subsampling=1)),
-    ("RGB", dict(quality=85, progressive=True)), ("L", dict(quality=90)), ("CMYK", dict(quality=90)),
-], ids=["420", "444", "422", "progressive", "grey", "cmyk"])
+@pytest.mark.parametrize(
+    "mode,options",
+    [
+        ("RGB", dict(quality=90)),
+        ("RGB", dict(quality=95, subsampling=0)),
+        ("RGB", dict(quality=75, subsampling=1)),
+        ("RGB", dict(quality=85, progressive=True)),
+        ("L", dict(quality=90)),
+        ("CMYK", dict(quality=90)),
+    ],
+    ids=["420", "444", "422", "progressive", "grey", "cmyk"],
+)
 def test_jpeg_decoding_gives_pillows_pixels(mode, options):
     """decode_image's libjpeg-turbo path (simplejpeg) gives exactly what Pillow gives, on a real
     photograph (scikit-image's astronaut) in every JPEG flavour; CMYK goes through Pillow."""
@@ -483,8 +531,9 @@ def test_a_face_box_outside_its_image_is_found_when_preparing(tmp_path):
     """Training cuts AffectNet's face boxes by default, so preparing checks the boxes too: a box
     outside its image stops the preparation naming the image (not an epoch later), or is left
     out and recorded with --skip-bad-images."""
-    folder = fixtures.write_affectnet_original(tmp_path / "an", [0, 1, 2, 3, 4, 5, 6, 7] * 2, [0, 1, 2, 3, 4, 5, 6, 7],
-                                               size=48)
+    folder = fixtures.write_affectnet_original(
+        tmp_path / "an", [0, 1, 2, 3, 4, 5, 6, 7] * 2, [0, 1, 2, 3, 4, 5, 6, 7], size=48
+    )
     csv_path = folder / "Manually_Annotated_file_lists" / "training.csv"
     lines = csv_path.read_text().splitlines()
     cells = lines[1].split(",")
@@ -560,9 +609,11 @@ def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path, monke
     monkeypatch.setenv("FAML_JAX_MAX_PIXELS", "2000")
     for fmt, name in (("JPEG", "big.jpg"), ("PNG", "big.png")):
         Image.new("RGB", (50, 41)).save(tmp_path / name, format=fmt)
-        with pytest.raises(data.folders.ImageTooLargeError,
-                           match=f"image .*{name} is 50x41 pixels \\(0.00205 megapixels\\), over the limit of 0.002 "
-                                 "\\(set FAML_JAX_MAX_PIXELS to raise it\\)"):
+        with pytest.raises(
+            data.folders.ImageTooLargeError,
+            match=f"image .*{name} is 50x41 pixels \\(0.00205 megapixels\\), over the limit of 0.002 "
+            "\\(set FAML_JAX_MAX_PIXELS to raise it\\)",
+        ):
             read_photo(tmp_path / name)
     Image.new("RGB", (50, 40)).save(tmp_path / "ok.png")
     assert read_photo(tmp_path / "ok.png").shape == (40, 50, 3)
@@ -593,7 +644,9 @@ def test_a_large_jpeg_is_decoded_at_reduced_scale_where_the_face_is_small():
     assert face.shape[:2] == (76, 60)  # decoded at 3/8 (2/8 would leave the box 40 x 50: one pixel short)
     photo, scale = data.folders.decode_photo(jpeg, "a.jpg", 150)  # the whole photo at 3/8
     assert scale == 0.375 and photo.shape == (192, 192, 3)
-    np.testing.assert_array_equal(face, photo[round(60 * scale) : round(260 * scale), round(180 * scale) : round(340 * scale)])
+    np.testing.assert_array_equal(
+        face, photo[round(60 * scale) : round(260 * scale), round(180 * scale) : round(340 * scale)]
+    )
     shrunk = np.asarray(Image.fromarray(full).resize((192, 192), Image.BOX), np.float32)
     assert np.abs(photo.astype(np.float32) - shrunk).mean() < 3.0
 
@@ -607,15 +660,26 @@ def test_training_reads_large_jpegs_at_reduced_scale(folders, tmp_path):
     assert data.open_dataset("rafdb", folders["rafdb"], min_size=32).train[0]["image"].shape == (40, 40, 3)
 
 
-@pytest.mark.parametrize("column, value", [("expression", "inf"), ("expression", "1e400"), ("expression", "nan"),
-                                           ("expression", "-inf"), ("face_width", "inf"), ("face_height", "1e30"),
-                                           ("face_x", "nan"), ("face_y", "ten")])
+@pytest.mark.parametrize(
+    "column, value",
+    [
+        ("expression", "inf"),
+        ("expression", "1e400"),
+        ("expression", "nan"),
+        ("expression", "-inf"),
+        ("face_width", "inf"),
+        ("face_height", "1e30"),
+        ("face_x", "nan"),
+        ("face_y", "ten"),
+    ],
+)
 def test_non_finite_or_huge_csv_numbers_are_named_by_file_row_and_column(tmp_path, capsys, column, value):
     """A label that is no whole number is left out and reported like any code out of range; a face
     box number that is not a finite pixel count stops with one line naming the CSV, its line and
     the column (they ended in OverflowError tracebacks)."""
-    folder = fixtures.write_affectnet_original(tmp_path / "an", [0, 1, 2, 3, 4, 5, 6, 7] * 2,
-                                               [0, 1, 2, 3, 4, 5, 6, 7], size=24)
+    folder = fixtures.write_affectnet_original(
+        tmp_path / "an", [0, 1, 2, 3, 4, 5, 6, 7] * 2, [0, 1, 2, 3, 4, 5, 6, 7], size=24
+    )
     train_csv = folder / "Manually_Annotated_file_lists" / "training.csv"
     rows = list(csv.reader(open(train_csv, newline="")))
     rows[3][rows[0].index(column)] = value
@@ -627,8 +691,23 @@ def test_non_finite_or_huge_csv_numbers_are_named_by_file_row_and_column(tmp_pat
         return
     with pytest.raises(DataError, match=f"^{train_csv}:4: column {column} is {value!r}, not a number of pixels$"):
         data.open_dataset("affectnet8", folder)
-    assert train_program.main(["--dataset", "affectnet8", "--data-dir", str(folder), "--from-scratch", "--epochs", "1",
-                               "--workdir", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert (
+        train_program.main(
+            [
+                "--dataset",
+                "affectnet8",
+                "--data-dir",
+                str(folder),
+                "--from-scratch",
+                "--epochs",
+                "1",
+                "--workdir",
+                str(tmp_path / "run"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.strip().endswith(f"{train_csv}:4: column {column} is {value!r}, not a number of pixels")
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

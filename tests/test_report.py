@@ -8,14 +8,14 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import reference_predict, tiny_config
 
 from experiments import ensemble as ensemble_program
 from faml_jax import report as report_module
-from faml_jax.config import EnsembleConfig
 from faml_jax import trainer
+from faml_jax.config import EnsembleConfig
 from faml_jax.errors import WorkdirError
 from faml_jax.runs import population_members
-from helpers import reference_predict, tiny_config
 
 SEEDS = (1, 2, 3)
 quiet = dict(progress=False, log=lambda *_: None)
@@ -71,8 +71,18 @@ def test_report_numbers_match_the_members_own_evaluations(trained):
 def test_report_files(trained):
     root, members, report = trained
     out = root / "report"
-    expected = {"report.md", "report.json", "members.csv", "sizes.csv", "ranks.csv", "logits.npz",
-                "confusion_best_member.csv", "confusion_best_member.png", "confusion_t2v.csv", "confusion_t2v.png"}
+    expected = {
+        "report.md",
+        "report.json",
+        "members.csv",
+        "sizes.csv",
+        "ranks.csv",
+        "logits.npz",
+        "confusion_best_member.csv",
+        "confusion_best_member.png",
+        "confusion_t2v.csv",
+        "confusion_t2v.png",
+    }
     assert {p.name for p in out.iterdir()} == expected
     assert not [p for p in root.iterdir() if p.name.startswith(".report")]  # no temporary folder left
     assert json.loads((out / "report.json").read_text())["ensemble"] == report["ensemble"]
@@ -98,9 +108,10 @@ def test_report_files(trained):
 
 def test_best_checkpoint_and_accuracy_order(trained, tmp_path):
     root, members, _ = trained
-    report = report_module.ensemble_report(members, tmp_path / "best", EnsembleConfig(checkpoint="best", order="accuracy"),
-                                           **quiet)
-    for (name, workdir), evaluated, row in zip(members, report["members_evaluated"], report["members"]):
+    report = report_module.ensemble_report(
+        members, tmp_path / "best", EnsembleConfig(checkpoint="best", order="accuracy"), **quiet
+    )
+    for (_, workdir), evaluated, row in zip(members, report["members_evaluated"], report["members"]):
         summary = json.loads((workdir / "summary.json").read_text())
         history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
         # The best epoch's checkpoint is kept (or one of equal accuracy, when epochs tie).
@@ -117,9 +128,11 @@ def write_evolution(folder, members, generations: int, recorded: int):
     initial population, ``recorded`` generations (the initial one included) finished."""
     folder.mkdir(exist_ok=True)
     survivors = [["net1", "net2", "net3"], ["net3", "net1"], ["net2", "net3"]]
-    lineage = {"members": {name: {"workdir": str(w), "status": "trained"} for name, w in members},
-               "generations": [{"generation": g, "survivors": survivors[g]} for g in range(recorded)],
-               "plans": {str(g): {} for g in range(1, recorded)}}
+    lineage = {
+        "members": {name: {"workdir": str(w), "status": "trained"} for name, w in members},
+        "generations": [{"generation": g, "survivors": survivors[g]} for g in range(recorded)],
+        "plans": {str(g): {} for g in range(1, recorded)},
+    }
     (folder / "population.json").write_text(json.dumps(lineage))
     (folder / "evolve.json").write_text(json.dumps({"run": {}, "fga": {"generations": generations}, "members": []}))
 
@@ -136,8 +149,11 @@ def test_population_members(trained, tmp_path):
     # Killed after generation 0 of 1, or lengthened to 2 generations on resume: not the final population.
     for generations, recorded in ((1, 1), (2, 2)):
         write_evolution(tmp_path, members, generations, recorded)
-        with pytest.raises(WorkdirError, match=f"evolution not finished: {recorded} of {generations + 1} generations "
-                                               "in .*; resume it .*, or pass --generation N to use an earlier one"):
+        with pytest.raises(
+            WorkdirError,
+            match=f"evolution not finished: {recorded} of {generations + 1} generations "
+            "in .*; resume it .*, or pass --generation N to use an earlier one",
+        ):
             population_members(tmp_path)
     assert [n for n, _ in population_members(tmp_path, generation=1)] == ["net3", "net1"]
 
@@ -149,17 +165,27 @@ def test_an_unfinished_evolution_is_refused_by_every_program(trained, tmp_path, 
     root, members, _ = trained
     evolution = tmp_path / "evo"
     write_evolution(evolution, members, generations=1, recorded=1)
-    for program, argv in ((ensemble_program, ["--population", str(evolution), "--out", str(tmp_path / "r")]),
-                          (predict_program, ["--population", str(evolution), str(tmp_path), "--out", str(tmp_path / "p")]),
-                          (export_program, ["--population", str(evolution), str(tmp_path / "x")])):
+    for program, argv in (
+        (ensemble_program, ["--population", str(evolution), "--out", str(tmp_path / "r")]),
+        (predict_program, ["--population", str(evolution), str(tmp_path), "--out", str(tmp_path / "p")]),
+        (export_program, ["--population", str(evolution), str(tmp_path / "x")]),
+    ):
         assert program.main([*argv, "--no-progress"] if program is not export_program else argv) == 2
         err = capsys.readouterr().err
         assert "evolution not finished: 1 of 2 generations" in err and len(err.splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evo"]
     # The explicit choice of an earlier generation is taken.
-    assert ensemble_program.main(["--population", str(evolution), "--generation", "0", "--out", str(tmp_path / "r"),
-                                  "--no-progress"]) == 0
-    assert [m["name"] for m in json.loads((tmp_path / "r" / "report.json").read_text())["members"]] == ["net1", "net2", "net3"]
+    assert (
+        ensemble_program.main(
+            ["--population", str(evolution), "--generation", "0", "--out", str(tmp_path / "r"), "--no-progress"]
+        )
+        == 0
+    )
+    assert [m["name"] for m in json.loads((tmp_path / "r" / "report.json").read_text())["members"]] == [
+        "net1",
+        "net2",
+        "net3",
+    ]
 
 
 def test_a_report_never_replaces_what_it_did_not_write(trained, tmp_path, capsys):

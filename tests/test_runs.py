@@ -8,12 +8,12 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from helpers import TINY_MODEL, tiny_config
 
 from faml_jax import models, runs, train
 from faml_jax.checkpoint import DIGEST, CheckpointMismatch, Checkpoints, stored_shapes
 from faml_jax.config import config_to_json
 from faml_jax.errors import WorkdirError
-from helpers import TINY_MODEL, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,9 @@ def run_folder(tmp_path_factory):
     for epoch, state in states.items():
         checkpoints.save(epoch, state, {"epoch": epoch})
     checkpoints.close()
-    (workdir / "metrics.jsonl").write_text("".join(
-        json.dumps({"epoch": e, "test_accuracy": a, "train_loss": 1.0}) + "\n" for e, a in accuracy.items()))
+    (workdir / "metrics.jsonl").write_text(
+        "".join(json.dumps({"epoch": e, "test_accuracy": a, "train_loss": 1.0}) + "\n" for e, a in accuracy.items())
+    )
     return workdir, config, states
 
 
@@ -45,7 +46,6 @@ def test_load_gives_the_saved_configuration_and_variables(run_folder):
         jax.tree.map(np.testing.assert_array_equal, variables, expected)
     assert runs.last_epoch(workdir)["epoch"] == 2 and runs.checkpoint_epochs(workdir) == [1, 2]
     assert TINY_MODEL["widths"] == config.model.widths
-
 
 
 def test_the_digest_records_the_stored_shapes_and_older_checkpoints_use_orbaxs_metadata(run_folder, tmp_path):
@@ -81,8 +81,9 @@ def test_best_takes_the_earliest_of_equal_accuracies(run_folder, tmp_path):
     for e in (1, 2, 3):
         (copy / "checkpoints" / str(e)).mkdir()
     (copy / "checkpoints" / "4.orbax-checkpoint-tmp-1").mkdir()  # unfinished: not a checkpoint
-    (copy / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "test_accuracy": a}) + "\n"
-                                                for e, a in ((1, 0.3), (2, 0.6), (3, 0.6))))
+    (copy / "metrics.jsonl").write_text(
+        "".join(json.dumps({"epoch": e, "test_accuracy": a}) + "\n" for e, a in ((1, 0.3), (2, 0.6), (3, 0.6)))
+    )
     assert runs.choose_epoch(copy, "best") == 2 and runs.choose_epoch(copy, "final") == 3
     with pytest.raises(ValueError, match="unknown checkpoint 'last'"):
         runs.choose_epoch(copy, "last")
@@ -96,7 +97,7 @@ def test_missing_pieces_are_named(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config_to_json(tiny_config(tmp_path, 1))))
     with pytest.raises(WorkdirError, match=f"no checkpoint in {tmp_path / 'checkpoints'}"):
         runs.load(tmp_path)
-    (tmp_path / "config.json").write_text("{\"model\": 3}")
+    (tmp_path / "config.json").write_text('{"model": 3}')
     with pytest.raises(WorkdirError, match="is not a valid run configuration"):
         runs.read_run_config(tmp_path)
 

@@ -30,8 +30,9 @@ def test_cosine_by_hand():
 def test_switch_happens_exactly_when_the_detector_fires():
     """A scripted run: the loss falls, then flattens. The detector first fires at the end of
     epoch index 6 (window 3: epochs 4, 5, 6 within 0.02), so epoch 7 is the first with Lr2."""
-    config = ScheduleConfig(lr1=3e-4, lr2=1e-5, lr2_step_epochs=2, lr2_gamma=0.1, window=3,
-                            loss_range=0.02, acc_range=0.01)
+    config = ScheduleConfig(
+        lr1=3e-4, lr2=1e-5, lr2_step_epochs=2, lr2_gamma=0.1, window=3, loss_range=0.02, acc_range=0.01
+    )
     losses = [2.0, 1.5, 1.1, 0.9, 0.800, 0.795, 0.790, 0.789, 0.788, 0.787, 0.786]
     accs = [0.2, 0.4, 0.6, 0.7, 0.750, 0.752, 0.754, 0.755, 0.755, 0.756, 0.756]
     state = schedules.LrState()

@@ -9,8 +9,9 @@ import pytest
 
 from faml_jax import signals
 
-pytestmark = pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
-                                reason="signal handlers are set in the main thread only")
+pytestmark = pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="signal handlers are set in the main thread only"
+)
 
 
 def test_outside_the_loop_a_signal_raises_interrupted_with_its_exit_status():

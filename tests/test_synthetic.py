@@ -24,7 +24,9 @@ def test_generation_is_deterministic_by_seed_and_has_the_requested_proportions()
     images2, labels2, _ = synthetic.generate_split(config, "train")
     np.testing.assert_array_equal(images, images2)
     np.testing.assert_array_equal(labels, labels2)
-    other, _, _ = synthetic.generate_split(synthetic.SyntheticConfig(train_size=300, test_size=70, image_size=32, seed=4), "train")
+    other, _, _ = synthetic.generate_split(
+        synthetic.SyntheticConfig(train_size=300, test_size=70, image_size=32, seed=4), "train"
+    )
     assert np.abs(other.astype(int) - images).mean() > 10
 
     assert images.shape == (300, 32, 32, 3) and images.dtype == np.uint8
@@ -34,7 +36,9 @@ def test_generation_is_deterministic_by_seed_and_has_the_requested_proportions()
     assert 0.04 < noisy.mean() < 0.18  # 10% requested, binomial spread on 300
     test_images, test_labels, test_true = synthetic.generate_split(config, "test")
     np.testing.assert_array_equal(test_labels, test_true)  # no label noise on the test split
-    np.testing.assert_array_equal(np.bincount(test_labels, minlength=7), synthetic.class_counts(70, synthetic.RAFDB_TEST_COUNTS))
+    np.testing.assert_array_equal(
+        np.bincount(test_labels, minlength=7), synthetic.class_counts(70, synthetic.RAFDB_TEST_COUNTS)
+    )
     assert not np.array_equal(test_images[:10], images[:10])
 
 

@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import TINY_MODEL, jittered_variables, require_torch
 
 from faml_jax import models
 from faml_jax.config import preset
-from helpers import TINY_MODEL, jittered_variables, require_torch
 
 torch = require_torch()
 
@@ -20,8 +20,9 @@ BATCH = 8
 
 def config_of(model: str):
     # ResNet18's two blocks per stage and two attention layers: every layer of the layout is exercised.
-    return preset("synthetic", model=model, model_options={**TINY_MODEL, "stage_depths": (2, 2, 2, 2), "attn_depth": 2},
-                  seed=0)
+    return preset(
+        "synthetic", model=model, model_options={**TINY_MODEL, "stage_depths": (2, 2, 2, 2), "attn_depth": 2}, seed=0
+    )
 
 
 def batch(size: int, seed: int = 0):
@@ -61,8 +62,9 @@ def test_eval_and_train_mode_logits_equal_the_flax_models(model):
     np.testing.assert_allclose(stats["bn1.running_mean"].numpy(), mean, atol=1e-5, rtol=1e-5)
     n = BATCH * (config.model.input_size // 2) ** 2  # batch x the stem's output positions
     batch_var = (var - 0.9 * var0) / 0.1
-    np.testing.assert_allclose(stats["bn1.running_var"].numpy(), 0.9 * var0 + 0.1 * batch_var * n / (n - 1),
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        stats["bn1.running_var"].numpy(), 0.9 * var0 + 0.1 * batch_var * n / (n - 1), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_one_adam_step_with_cross_entropy_moves_both_alike():
@@ -73,8 +75,9 @@ def test_one_adam_step_with_cross_entropy_moves_both_alike():
     lr = 1e-3
 
     def loss(params):
-        logits, _ = flax_model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
-                                     mutable=["batch_stats"])
+        logits, _ = flax_model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]}, x, train=True, mutable=["batch_stats"]
+        )
         return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(y)).mean()
 
     optimizer = optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)

@@ -6,14 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import TINY_MODEL as SMALL
+from helpers import require_torch
 
 from faml_jax import fga, models, train
 from faml_jax.config import AUGMENT_PRESETS, LossConfig, OptimConfig
 from faml_jax.losses import class_weights
 from faml_jax.models import resnet
 from faml_jax.preprocess import normalize
-from helpers import TINY_MODEL as SMALL
-from helpers import require_torch
 
 
 def small_model(num_classes=7, **kw):
@@ -45,10 +45,19 @@ def max_abs_diff(a, b):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("weighted,augment", [
-    (False, None), (True, dataclasses.replace(AUGMENT_PRESETS["dan"], rotate_p=0.5, crop_padding=0.125,
-                                              brightness=0.3, contrast=0.3, saturation=0.3)),
-], ids=["ml-ce", "ml-wce-augmented"])
+@pytest.mark.parametrize(
+    "weighted,augment",
+    [
+        (False, None),
+        (
+            True,
+            dataclasses.replace(
+                AUGMENT_PRESETS["dan"], rotate_p=0.5, crop_padding=0.125, brightness=0.3, contrast=0.3, saturation=0.3
+            ),
+        ),
+    ],
+    ids=["ml-ce", "ml-wce-augmented"],
+)
 def test_four_devices_equal_one_device_on_the_same_global_batch(devices, weighted, augment):
     """Five steps on 4 devices (4 images each) == five steps on 1 device (16 images): gradients
     averaged, BatchNorm synchronised, the same loss draws, the same flips and augmentations, and
@@ -129,8 +138,12 @@ def test_sgd_optimizer_takes_the_injected_rate():
     new, _ = step(state, batch, 0.1)
 
     def loss(params):
-        logits, _ = model.apply({"params": params, "batch_stats": state.batch_stats}, normalize(batch["image"]),
-                                train=True, mutable=["batch_stats"])
+        logits, _ = model.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            normalize(batch["image"]),
+            train=True,
+            mutable=["batch_stats"],
+        )
         logq = jax.nn.log_softmax(logits)
         return -jnp.mean(logq[jnp.arange(8), batch["label"]])
 
@@ -161,8 +174,9 @@ def test_overfits_a_fixed_batch_of_random_labels():
     model = small_model()
     tx = train.make_optimizer(OptimConfig(), 1e-3)
     state = train.create_train_state(model, tx, jax.random.key(5))
-    step = jax.jit(train.make_train_step(model, tx, LossConfig(kind="ml", p_lsr=0.8), axis_name=None, flip=False),
-                   donate_argnums=0)
+    step = jax.jit(
+        train.make_train_step(model, tx, LossConfig(kind="ml", p_lsr=0.8), axis_name=None, flip=False), donate_argnums=0
+    )
     eval_step = train.make_eval_step(model)
     batch = random_batch(4, 32)
     accuracy = 0.0
@@ -199,8 +213,11 @@ def test_member_parallel_step_equals_each_members_own_step(devices):
         if not active[i]:
             original = jax.device_get(states[i])
             for name in ("step", "params", "batch_stats", "opt_state"):
-                for a, b in zip(jax.tree_util.tree_leaves(getattr(member, name)),
-                                jax.tree_util.tree_leaves(getattr(original, name)), strict=True):
+                for a, b in zip(
+                    jax.tree_util.tree_leaves(getattr(member, name)),
+                    jax.tree_util.tree_leaves(getattr(original, name)),
+                    strict=True,
+                ):
                     np.testing.assert_array_equal(a, b)
             continue
         (s2, m2) = expected2[i]
@@ -249,8 +266,12 @@ def test_reference_loss_is_plain_ce_of_the_steps_own_logits():
     batch = random_batch(3, 8)
     step = jax.jit(train.make_train_step(model, tx, LSR, axis_name=None, flip=False))
     _, metrics = step(state, batch, 1e-3)
-    logits, _ = model.apply({"params": state.params, "batch_stats": state.batch_stats}, normalize(batch["image"]),
-                            train=True, mutable=["batch_stats"])
+    logits, _ = model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        normalize(batch["image"]),
+        train=True,
+        mutable=["batch_stats"],
+    )
     logits = np.asarray(logits, np.float64)
     logq = logits - logits.max(-1, keepdims=True)
     logq -= np.log(np.exp(logq).sum(-1, keepdims=True))
@@ -259,9 +280,14 @@ def test_reference_loss_is_plain_ce_of_the_steps_own_logits():
     assert metrics["lsr"] == 1.0 and abs(float(metrics["loss"]) - ce) > 0.05
 
 
-@pytest.mark.parametrize("name,mode,torch_name", [
-    ("adam", "coupled", "Adam"), ("adam", "decoupled", "AdamW"), ("sgd", "coupled", "SGD"),
-])
+@pytest.mark.parametrize(
+    "name,mode,torch_name",
+    [
+        ("adam", "coupled", "Adam"),
+        ("adam", "decoupled", "AdamW"),
+        ("sgd", "coupled", "SGD"),
+    ],
+)
 def test_weight_decay_modes_match_pytorch_optimizers(name, mode, torch_name):
     """Coupled weight decay = torch.optim.Adam(weight_decay) / SGD(weight_decay) (L2 in the
     gradient); decoupled = torch.optim.AdamW. Five steps on the same gradients of
@@ -310,5 +336,5 @@ def test_torch_head_init_is_nn_linears_uniform():
     bias = np.asarray(inits["bias_init"](jax.random.key(2), (1000,)))
     bound = 1 / np.sqrt(256)
     assert np.abs(kernel).max() <= bound and np.abs(bias).max() <= bound
-    np.testing.assert_allclose(kernel.var(), bound ** 2 / 3, rtol=0.02)
-    np.testing.assert_allclose(bias.var(), bound ** 2 / 3, rtol=0.15)
+    np.testing.assert_allclose(kernel.var(), bound**2 / 3, rtol=0.02)
+    np.testing.assert_allclose(bias.var(), bound**2 / 3, rtol=0.15)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_same_run, program_env, tiny_config
 
 from experiments import train as train_program
 from experiments.cli import resolve_config
@@ -16,7 +17,6 @@ from faml_jax import config as config_module
 from faml_jax import runs, trainer
 from faml_jax.config import config_to_json
 from faml_jax.errors import ConfigError
-from helpers import assert_same_run, program_env, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +84,9 @@ def test_a_run_killed_during_a_save_resumes_from_the_last_complete_checkpoint(un
     workdir = root / "crashed"
     script = CRASHING_RUN.replace("{config}", f"tiny_config({str(data_dir)!r}, 3)")
     env = program_env(CRASH_AT="2")
-    result = subprocess.run([sys.executable, "-c", script, str(workdir)], env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(workdir)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 17, result.stderr[-2000:]
     leftovers = [p.name for p in (workdir / "checkpoints").iterdir()]
     assert "1" in leftovers and "2" not in leftovers
@@ -99,15 +101,18 @@ def run_cli(args, capsys):
     return code, capsys.readouterr().err.strip()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
-    (["--epochs", "x"], "invalid int value: 'x'"),
-    (["--epochs", "0"], "epochs must be >= 1"),
-    (["--batch-size", "0"], "batch size must be >= 1"),
-    (["--widths", "a,b"], "--widths must be comma-separated integers"),
-    (["--p-lsr", "1.5"], "p_lsr must be in [0, 1]"),
-    (["--input-size", "63"], "input_size must be a positive even number"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+        (["--epochs", "x"], "invalid int value: 'x'"),
+        (["--epochs", "0"], "epochs must be >= 1"),
+        (["--batch-size", "0"], "batch size must be >= 1"),
+        (["--widths", "a,b"], "--widths must be comma-separated integers"),
+        (["--p-lsr", "1.5"], "p_lsr must be in [0, 1]"),
+        (["--input-size", "63"], "input_size must be a positive even number"),
+    ],
+)
 def test_bad_flags_exit_non_zero_with_one_line(args, message, capsys, tmp_path):
     try:
         code, err = run_cli(args + ["--workdir", str(tmp_path / "w")], capsys)
@@ -161,8 +166,10 @@ def test_a_configuration_saved_before_a_field_was_added_still_resumes(tmp_path):
     prepare_workdir(workdir, kept, resume=True, overwrite=False)
     (workdir / "config.json").write_text(json.dumps(saved))
     assert runs.read_run_config(workdir) == dataclasses.replace(
-        config, data=dataclasses.replace(config.data, crop_faces=False),
-        schedule=dataclasses.replace(config.schedule, lr1_min=0.0))
+        config,
+        data=dataclasses.replace(config.data, crop_faces=False),
+        schedule=dataclasses.replace(config.schedule, lr1_min=0.0),
+    )
 
 
 @pytest.mark.parametrize("program", ["train", "evolve", "ablation"])
@@ -178,8 +185,14 @@ def test_real_data_sets_refuse_to_start_from_random_weights(program, dataset, ca
     assert main(common) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    for needle in ("pre-trained ResNet18", "--init", "python -m tools.convert_torch_resnet18", "resnet18_msceleb.pth",
-                   "ImageNet", "--from-scratch"):
+    for needle in (
+        "pre-trained ResNet18",
+        "--init",
+        "python -m tools.convert_torch_resnet18",
+        "resnet18_msceleb.pth",
+        "ImageNet",
+        "--from-scratch",
+    ):
         assert needle in err, (needle, err)
     assert not (tmp_path / "w").exists()
     # With --from-scratch it starts (and fails later, on the missing folder, naming it).
@@ -225,15 +238,23 @@ def test_the_detector_reads_the_reference_loss_through_the_loop(tmp_path, monkey
             calls.append(float(learning_rate))
             lsr = float((epoch + i) % 2 == 0)  # alternating draws, shifted per epoch
             # Three LSR batches per epoch: means 0.75 and 0.80 by turns (range 0.05 > 0.02).
-            metrics = {"loss": 0.6 + 0.3 * lsr + 0.05 * (epoch % 2),
-                       "train_ce": ce_by_epoch[epoch], "accuracy": 0.5, "lsr": lsr, "learning_rate": learning_rate}
+            metrics = {
+                "loss": 0.6 + 0.3 * lsr + 0.05 * (epoch % 2),
+                "train_ce": ce_by_epoch[epoch],
+                "accuracy": 0.5,
+                "lsr": lsr,
+                "learning_rate": learning_rate,
+            }
             return state, {k: np.full((1,), v, np.float32) for k, v in metrics.items()}
+
         return step
 
     monkeypatch.setattr(runner.train, "parallel_train_step", scripted_step)
     monkeypatch.setattr(runner, "_COMPILED", {})  # the memo of compiled steps must not hand back the real one
-    config = dataclasses.replace(tiny_config(tmp_path / "data", epochs=len(ce_by_epoch)),
-                                 schedule=config_module.ScheduleConfig(lr1=1e-3, lr2=1e-5, window=3))
+    config = dataclasses.replace(
+        tiny_config(tmp_path / "data", epochs=len(ce_by_epoch)),
+        schedule=config_module.ScheduleConfig(lr1=1e-3, lr2=1e-5, window=3),
+    )
     summary = trainer.fit(config, tmp_path / "run", progress=False, log=lambda *_: None)
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     sampled = [h["train_loss"] for h in history]
@@ -241,8 +262,10 @@ def test_the_detector_reads_the_reference_loss_through_the_loop(tmp_path, monkey
     np.testing.assert_allclose(reference, ce_by_epoch, rtol=1e-6)
     accuracy = [h["train_accuracy"] for h in history]
     # The sampled loss never looks stable over any 3 epochs; the reference does from epochs 4-6 on.
-    assert not any(schedules.is_stable(sampled[:e + 1], accuracy[:e + 1], 3, 0.02, 0.01) for e in range(len(history)))
-    first = next(e for e in range(len(history)) if schedules.is_stable(reference[:e + 1], accuracy[:e + 1], 3, 0.02, 0.01))
+    assert not any(schedules.is_stable(sampled[: e + 1], accuracy[: e + 1], 3, 0.02, 0.01) for e in range(len(history)))
+    first = next(
+        e for e in range(len(history)) if schedules.is_stable(reference[: e + 1], accuracy[: e + 1], 3, 0.02, 0.01)
+    )
     assert first == 6
     assert summary["switch_epoch"] == 7
     assert [h["phase"] for h in history] == [1] * 7 + [2] * 3
@@ -254,9 +277,26 @@ def test_resume_keeps_the_recorded_settings_whose_default_changed(tmp_path, caps
     """A run made before face boxes became the default (crop_faces recorded false) and before
     Lr1's cosine ended at Lr2 (lr1_min 0) resumes with its recorded settings through the
     program; given explicitly, a different setting is a named configuration mismatch."""
-    common = ["--widths", "8,16,16,32", "--input-size", "32", "--train-size", "96", "--test-size", "40",
-              "--batch-size", "16", "--threads", "2", "--no-progress", "--data-dir", str(tmp_path / "data"),
-              "--workdir", str(tmp_path / "run"), "--no-attention"]  # (the blocks: compile time, nothing here)
+    common = [
+        "--widths",
+        "8,16,16,32",
+        "--input-size",
+        "32",
+        "--train-size",
+        "96",
+        "--test-size",
+        "40",
+        "--batch-size",
+        "16",
+        "--threads",
+        "2",
+        "--no-progress",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--workdir",
+        str(tmp_path / "run"),
+        "--no-attention",
+    ]  # (the blocks: compile time, nothing here)
     assert train_program.main(common + ["--epochs", "1"]) == 0
     path = tmp_path / "run" / "config.json"
     saved = json.loads(path.read_text())

@@ -23,8 +23,10 @@ def test_the_lock_names_its_holder_and_is_released(tmp_path):
 
 def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
     folder = tmp_path / "w"
-    script = ("import os, sys; from faml_jax.workdir import WorkdirLock; WorkdirLock(sys.argv[1]).acquire(); "
-              "os._exit(9)")  # dies holding it, the lock file left behind
+    script = (
+        "import os, sys; from faml_jax.workdir import WorkdirLock; WorkdirLock(sys.argv[1]).acquire(); "
+        "os._exit(9)"
+    )  # dies holding it, the lock file left behind
     assert subprocess.run([sys.executable, "-c", script, str(folder)]).returncode == 9
     assert (folder / LOCK_FILE).exists()
     with WorkdirLock(folder):
@@ -41,9 +43,18 @@ def test_a_file_or_an_unwritable_place_is_one_line(tmp_path):
 
 
 def prepare(folder, current, *, resume=False, overwrite=False, write=True):
-    return prepare_directory(folder, config_file="config.json", current=current, outputs=("config.json", "out"),
-                             has_run=lambda d: (d / "out").exists(), resume=resume, overwrite=overwrite,
-                             may_differ=("epochs",), what="run", write=write)
+    return prepare_directory(
+        folder,
+        config_file="config.json",
+        current=current,
+        outputs=("config.json", "out"),
+        has_run=lambda d: (d / "out").exists(),
+        resume=resume,
+        overwrite=overwrite,
+        may_differ=("epochs",),
+        what="run",
+        write=write,
+    )
 
 
 def test_prepare_directory_continues_refuses_replaces_or_starts_afresh(tmp_path):
@@ -69,8 +80,10 @@ def test_prepare_directory_continues_refuses_replaces_or_starts_afresh(tmp_path)
     assert (folder / "config.json").read_text() == '{"not": "json'
 
 
-@pytest.mark.parametrize("marker, kind", [("evolve.json", "an evolution"), ("report.json", "an ensemble report"),
-                                          ("export.json", "an export")])
+@pytest.mark.parametrize(
+    "marker, kind",
+    [("evolve.json", "an evolution"), ("report.json", "an ensemble report"), ("export.json", "an export")],
+)
 def test_another_programs_folder_is_never_written_into(tmp_path, marker, kind):
     folder = tmp_path / "w"
     folder.mkdir()

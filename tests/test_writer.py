@@ -19,8 +19,8 @@ def test_write_atomic_leaves_the_old_file_when_writing_fails(tmp_path):
     class Unserialisable:
         pass
 
-    with pytest.raises(Exception):
-        write_atomic(path, arrays={"x": Unserialisable()})  # np.savez of an object array needs pickle: fails
+    with pytest.raises(AttributeError, match="local object"):
+        write_atomic(path, arrays={"x": Unserialisable()})  # a local class cannot be pickled into the .npz
     assert path.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left
     write_atomic(tmp_path / "a.npz", arrays={"x": np.arange(3)})
@@ -35,8 +35,11 @@ def test_run_writer_mirrors_the_history_then_appends(tmp_path):
     writer.write_summary({"epochs": 3})
     writer.close()
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert lines == [{"epoch": 1, "train_loss": 2.0}, {"epoch": 2, "train_loss": 1.5},
-                     {"epoch": 3, "train_loss": 1.25, "train_ce": 1.0}]
+    assert lines == [
+        {"epoch": 1, "train_loss": 2.0},
+        {"epoch": 2, "train_loss": 1.5},
+        {"epoch": 3, "train_loss": 1.25, "train_ce": 1.0},
+    ]
     assert json.loads((tmp_path / "summary.json").read_text()) == {"epochs": 3}
     assert (tmp_path / "test_logits" / "epoch_0003.npz").exists()
     assert any((tmp_path / "tensorboard").iterdir())

@@ -60,23 +60,43 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     parser.add_argument("--models", nargs="+", default=["r18", "r18_faml"], choices=sorted(models.PRESETS))
-    parser.add_argument("--sizes", nargs="+", type=int, default=[224] if gpu else [112, 224],
-                        help="input sides in pixels (default: 112 224 on CPU, 224 on GPU)")
-    parser.add_argument("--batch", type=int, default=256 if gpu else 16,
-                        help="global batch of every train step (default: 16 on CPU, 256 on GPU)")
-    parser.add_argument("--dtype", default="bfloat16" if gpu else "float32", choices=["float32", "bfloat16"],
-                        help="faml_jax compute dtype (default: bfloat16 on GPU, float32 on CPU); PyTorch uses "
-                             "AMP when bfloat16")
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        type=int,
+        default=[224] if gpu else [112, 224],
+        help="input sides in pixels (default: 112 224 on CPU, 224 on GPU)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=256 if gpu else 16,
+        help="global batch of every train step (default: 16 on CPU, 256 on GPU)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="bfloat16" if gpu else "float32",
+        choices=["float32", "bfloat16"],
+        help="faml_jax compute dtype (default: bfloat16 on GPU, float32 on CPU); PyTorch uses AMP when bfloat16",
+    )
     parser.add_argument("--windows", type=int, default=5, help="timed windows per contender (default 5)")
-    parser.add_argument("--steps", type=int, default=20 if gpu else 2, help="steps per window (default: 2 on CPU, 20 on GPU)")
+    parser.add_argument(
+        "--steps", type=int, default=20 if gpu else 2, help="steps per window (default: 2 on CPU, 20 on GPU)"
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling (default 2)")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
-    parser.add_argument("--no-torch-compile", action="store_true", help="leave out torch.compile (about 40 s per size on our CPU)")
+    parser.add_argument(
+        "--no-torch-compile", action="store_true", help="leave out torch.compile (about 40 s per size on our CPU)"
+    )
     parser.add_argument("--ensemble-size", type=int, default=112, help="ensemble section: input side (default 112)")
     parser.add_argument("--ensemble-batch", type=int, default=64, help="ensemble section: batch (default 64)")
     parser.add_argument("--data-images", type=int, default=1024, help="data section: JPEGs per fixture (default 1024)")
-    parser.add_argument("--data-workdir", default="/tmp/faml_jax-bench-data", help="data section: fixture folders (kept)")
-    parser.add_argument("--out", default="BENCHMARKS.md", help="file the tables are appended to (default BENCHMARKS.md)")
+    parser.add_argument(
+        "--data-workdir", default="/tmp/faml_jax-bench-data", help="data section: fixture folders (kept)"
+    )
+    parser.add_argument(
+        "--out", default="BENCHMARKS.md", help="file the tables are appended to (default BENCHMARKS.md)"
+    )
     parser.add_argument("--no-append", action="store_true", help="print the tables only")
     return parser.parse_args(argv)
 
@@ -101,10 +121,13 @@ class JaxStep:
         tx = train.make_optimizer(OptimConfig(), LEARNING_RATE)
         self.state = train.replicate(train.create_train_state(model, tx, jax.random.key(0)), devices)
         rng = np.random.default_rng(0)
-        self.batch = train.shard({
-            "image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
-            "label": rng.integers(0, NUM_CLASSES, batch).astype(np.int32),
-        }, devices)
+        self.batch = train.shard(
+            {
+                "image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
+                "label": rng.integers(0, NUM_CLASSES, batch).astype(np.int32),
+            },
+            devices,
+        )
         step = train.parallel_train_step(model, tx, LossConfig(kind="ml"), devices=devices)
         start = time.perf_counter()
         self.step = step.lower(self.state, self.batch, LEARNING_RATE).compile()
@@ -149,7 +172,9 @@ class TorchStep:
             model = TorchTwin(config)
             name = f"twin {model_name}"
         model = model.to(self.device).train()
-        self.label = f"PyTorch {name} " + ("torch.compile" if compiled else "eager") + (" AMP channels_last" if amp else "")
+        self.label = (
+            f"PyTorch {name} " + ("torch.compile" if compiled else "eager") + (" AMP channels_last" if amp else "")
+        )
         self.x = torch.randn(batch, 3, size, size, device=self.device)
         if amp:
             model = model.to(memory_format=torch.channels_last)
@@ -201,19 +226,33 @@ def train_results(args, log=log, **overrides) -> list[dict]:
             contenders.append(JaxStep(name, size, args.batch, args.dtype, **overrides))
         if not args.no_torch:
             counterparts = {"r18": None}  # torchvision's resnet18
-            counterparts.update({c.model_name: dataclasses.replace(c.config, dtype="float32")
-                                 for c in contenders if c.model_name != "r18"})
+            counterparts.update(
+                {
+                    c.model_name: dataclasses.replace(c.config, dtype="float32")
+                    for c in contenders
+                    if c.model_name != "r18"
+                }
+            )
             if overrides:  # tiny widths: torchvision's resnet18 has its own, so the twin stands in
-                counterparts["r18"] = next((dataclasses.replace(c.config, dtype="float32") for c in contenders
-                                            if c.model_name == "r18"), None)
+                counterparts["r18"] = next(
+                    (dataclasses.replace(c.config, dtype="float32") for c in contenders if c.model_name == "r18"), None
+                )
             for name, config in counterparts.items():
                 if name not in args.models:
                     continue
                 for compiled in (False,) if args.no_torch_compile else (False, True):
                     log(f"PyTorch {name} {'torch.compile' if compiled else 'eager'} at {size} px ...")
                     try:
-                        contenders.append(TorchStep(size, args.batch, compiled=compiled, amp=args.dtype == "bfloat16",
-                                                    config=config, model_name=name))
+                        contenders.append(
+                            TorchStep(
+                                size,
+                                args.batch,
+                                compiled=compiled,
+                                amp=args.dtype == "bfloat16",
+                                config=config,
+                                model_name=name,
+                            )
+                        )
                     except Exception as error:  # torch.compile is "where it works": report, go on
                         log(f"  left out: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
         for contender in contenders:
@@ -221,22 +260,35 @@ def train_results(args, log=log, **overrides) -> list[dict]:
         for window in range(args.windows):
             for contender in contenders:
                 contender.times.append(contender.run(args.steps))
-            log(f"  window {window + 1}/{args.windows}: " + ", ".join(
-                f"{c.label} {c.times[-1]:.3f} s" for c in contenders))
-        eager = {c.model_name: statistics.median(c.times) for c in contenders
-                 if c.framework == "PyTorch" and not c.compiled}
+            log(
+                f"  window {window + 1}/{args.windows}: "
+                + ", ".join(f"{c.label} {c.times[-1]:.3f} s" for c in contenders)
+            )
+        eager = {
+            c.model_name: statistics.median(c.times) for c in contenders if c.framework == "PyTorch" and not c.compiled
+        }
         for c in contenders:
             median = statistics.median(c.times)
             flops = c.flops_per_image
-            results.append({
-                "label": c.label, "framework": c.framework, "model": c.model_name, "compiled": c.compiled,
-                "size": size, "batch": args.batch, "dtype": args.dtype, "compile_s": c.compile_s, "times": c.times,
-                "median_s": median, "images_per_s": args.batch / median,
-                "flops_per_image": flops if flops == flops else None,
-                "mfu": flops * args.batch / median / peak if peak and flops == flops else None,
-                "vs_torch_eager": median / eager[c.model_name] if c.model_name in eager else None,
-                "torch_threads": c.torch.get_num_threads() if c.framework == "PyTorch" else None,
-            })
+            results.append(
+                {
+                    "label": c.label,
+                    "framework": c.framework,
+                    "model": c.model_name,
+                    "compiled": c.compiled,
+                    "size": size,
+                    "batch": args.batch,
+                    "dtype": args.dtype,
+                    "compile_s": c.compile_s,
+                    "times": c.times,
+                    "median_s": median,
+                    "images_per_s": args.batch / median,
+                    "flops_per_image": flops if flops == flops else None,
+                    "mfu": flops * args.batch / median / peak if peak and flops == flops else None,
+                    "vs_torch_eager": median / eager[c.model_name] if c.model_name in eager else None,
+                    "torch_threads": c.torch.get_num_threads() if c.framework == "PyTorch" else None,
+                }
+            )
     return results
 
 
@@ -260,8 +312,10 @@ def train_table(args, results: list[dict]) -> list[str]:
         for r in rows:
             t = r["times"]
             ratio = f"{r['vs_torch_eager']:.2f}" if r["vs_torch_eager"] is not None else "n/a"
-            row = (f"| {r['label']} | {r['compile_s']:.1f} | {r['median_s']:.4f} | {min(t):.4f} / {max(t):.4f} | "
-                   f"{r['images_per_s']:,.1f} | {ratio} |")
+            row = (
+                f"| {r['label']} | {r['compile_s']:.1f} | {r['median_s']:.4f} | {min(t):.4f} / {max(t):.4f} | "
+                f"{r['images_per_s']:,.1f} | {ratio} |"
+            )
             if gpu:
                 flops, mfu = r["flops_per_image"], r["mfu"]
                 row += f" {flops / 1e9:.2f} |" if flops else " n/a |"
@@ -305,9 +359,14 @@ def versions() -> str:
 
 def append(path: Path, lines: list[str]) -> None:
     """Append ``lines`` to ``path`` atomically (a new file replaces the old one when complete)."""
-    old = path.read_text() if path.exists() else (
-        "# Benchmarks\n\nEach section was appended by `make bench` (`tools/bench.py`) on the machine it names; "
-        "newest last. Rerun it to add yours.\n")
+    old = (
+        path.read_text()
+        if path.exists()
+        else (
+            "# Benchmarks\n\nEach section was appended by `make bench` (`tools/bench.py`) on the machine it names; "
+            "newest last. Rerun it to add yours.\n"
+        )
+    )
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(old.rstrip("\n") + "\n\n" + "\n".join(lines).rstrip("\n") + "\n")
     tmp.replace(path)
@@ -315,7 +374,7 @@ def append(path: Path, lines: list[str]) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = "python -m tools.bench" + ("".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv)))
     lines = [
         f"## {now}: {machine()}",
@@ -328,7 +387,8 @@ def main(argv=None):
     if "ensemble" in args.sections:
         log("ensemble evaluation ...")
         ensemble_args = bench_ensemble.parse_args(
-            ["--full", "--size", str(args.ensemble_size), "--batch", str(args.ensemble_batch), "--rounds", "3"])
+            ["--full", "--size", str(args.ensemble_size), "--batch", str(args.ensemble_batch), "--rounds", "3"]
+        )
         lines += bench_ensemble.measure(ensemble_args) + [""]
     if "data" in args.sections:
         log("input pipeline ...")

@@ -89,11 +89,16 @@ def measure(args, log=print) -> list[str]:
     ]
     for label, dataset, writer, side in CASES:
         folder = fixture(workdir, dataset, writer, side, args.images, args.size, log)
-        for origin, path in (("folder", folder), ("prepared, original files", folder / "prepared-original"),
-                             (f"prepared, ready to train ({args.size} px)", folder / f"prepared-{args.size}")):
+        for origin, path in (
+            ("folder", folder),
+            ("prepared, original files", folder / "prepared-original"),
+            (f"prepared, ready to train ({args.size} px)", folder / f"prepared-{args.size}"),
+        ):
             source = data.open_dataset(dataset, path).train
             rates = [epoch_rate(source, args, epoch) for epoch in range(args.rounds)]
-            lines.append(f"| {label} | {origin} | {statistics.median(rates):,.0f} | {min(rates):,.0f} | {max(rates):,.0f} |")
+            lines.append(
+                f"| {label} | {origin} | {statistics.median(rates):,.0f} | {min(rates):,.0f} | {max(rates):,.0f} |"
+            )
             log(lines[-1])
     return lines
 

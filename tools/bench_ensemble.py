@@ -27,7 +27,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="r18_faml", choices=sorted(models.PRESETS))
     parser.add_argument("--members", type=int, default=6, help="ensemble size (default 6, as the paper)")
-    parser.add_argument("--full", action="store_true", help="full ResNet18 widths (default: the synthetic preset's 16-32-64-128)")
+    parser.add_argument(
+        "--full", action="store_true", help="full ResNet18 widths (default: the synthetic preset's 16-32-64-128)"
+    )
     parser.add_argument("--size", type=int, default=64, help="input side in pixels (default 64)")
     parser.add_argument("--batch", type=int, default=256, help="images per call (default 256)")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
@@ -48,8 +50,10 @@ def measure(args, model_options: dict | None = None) -> list[str]:
     contenders = {}
     start = time.perf_counter()
     eval_step.lower(members[0]["params"], members[0]["batch_stats"], images).compile()
-    contenders["loop"] = (lambda: [eval_step(v["params"], v["batch_stats"], images) for v in members],
-                          time.perf_counter() - start)
+    contenders["loop"] = (
+        lambda: [eval_step(v["params"], v["batch_stats"], images) for v in members],
+        time.perf_counter() - start,
+    )
     for mapping in ("map", "vmap"):
         step = ensemble.make_ensemble_step(model, mapping)
         start = time.perf_counter()
@@ -80,8 +84,10 @@ def measure(args, model_options: dict | None = None) -> list[str]:
         t = times[name]
         median = statistics.median(t)
         label = {"loop": "Python loop of jitted calls", "map": "one call, lax.map", "vmap": "one call, vmap"}[name]
-        lines.append(f"| {label} | {compile_s:.1f} | {median:.3f} | {min(t):.3f} / {max(t):.3f} | "
-                     f"{args.batch / median:.0f} | {loop / median:.2f}x |")
+        lines.append(
+            f"| {label} | {compile_s:.1f} | {median:.3f} | {min(t):.3f} / {max(t):.3f} | "
+            f"{args.batch / median:.0f} | {loop / median:.2f}x |"
+        )
     return lines
 
 

@@ -69,10 +69,14 @@ def measure(args) -> list[str]:
         variables = [models.init(model, jax.random.key(i)) for i in range(members)]
         predictor = predict.Predictor(config, variables, [f"net{i}" for i in range(members)], batch_size=args.batch)
         seconds = timed(lambda: predictor.predict(crops), args.rounds)
-        lines.append(f"| {members} | aligned crops (100 px) | {args.faces} | {seconds:.2f} | {args.faces / seconds:.1f} |")
+        lines.append(
+            f"| {members} | aligned crops (100 px) | {args.faces} | {seconds:.2f} | {args.faces / seconds:.1f} |"
+        )
         seconds = timed(lambda: predict.predict_photos(predictor, photos, faces="detect"), args.rounds)
-        lines.append(f"| {members} | photos 512x512, detect + align | {args.photos} | {seconds:.2f} | "
-                     f"{args.photos / seconds:.1f} |")
+        lines.append(
+            f"| {members} | photos 512x512, detect + align | {args.photos} | {seconds:.2f} | "
+            f"{args.photos / seconds:.1f} |"
+        )
     return lines
 
 

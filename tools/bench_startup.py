@@ -58,22 +58,32 @@ def measure(args) -> list[str]:
     from faml_jax.checkpoint import Checkpoints
     from faml_jax.config import OptimConfig
 
-    writer = [json.loads(subprocess.run([sys.executable, "-c", WRITER], capture_output=True, text=True,
-                                        check=True).stdout) for _ in range(args.repeats)]
-    lines = [f"Start-up costs, {platform.processor() or platform.machine()}, jax {jax.__version__}, median of "
-             f"{args.repeats}", "",
-             f"Run writer in a fresh process: {statistics.median(w['seconds'] for w in writer):.3f} s "
-             f"(torch imported: {writer[0]['torch']})", "",
-             "| network | create_train_state, first (s) | later (s) | checkpoint save (s) | restore (s) | stored_like (s) |",
-             "|---|---|---|---|---|---|"]
+    writer = [
+        json.loads(subprocess.run([sys.executable, "-c", WRITER], capture_output=True, text=True, check=True).stdout)
+        for _ in range(args.repeats)
+    ]
+    lines = [
+        f"Start-up costs, {platform.processor() or platform.machine()}, jax {jax.__version__}, median of "
+        f"{args.repeats}",
+        "",
+        f"Run writer in a fresh process: {statistics.median(w['seconds'] for w in writer):.3f} s "
+        f"(torch imported: {writer[0]['torch']})",
+        "",
+        "| network | create_train_state, first (s) | later (s) | checkpoint save (s) | restore (s) | stored_like (s) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, options in SHAPES.items():
         model = models.build("r18_faml", 7, **options)
         tx = train.make_optimizer(OptimConfig(), 1e-3)
         start = time.perf_counter()
         state = jax.block_until_ready(train.create_train_state(model, tx, jax.random.key(0)))
         first = time.perf_counter() - start
-        later = median_time(lambda i: jax.block_until_ready(train.create_train_state(
-            model, train.make_optimizer(OptimConfig(), 1e-3), jax.random.key(i + 1))), args.repeats)
+        later = median_time(
+            lambda i: jax.block_until_ready(
+                train.create_train_state(model, train.make_optimizer(OptimConfig(), 1e-3), jax.random.key(i + 1))
+            ),
+            args.repeats,
+        )
         host = jax.device_get(state)
         checkpoints = Checkpoints(tempfile.mkdtemp())
         try:

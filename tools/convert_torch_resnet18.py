@@ -29,8 +29,10 @@ def convert(checkpoint, out, log=print):
     backbone, head = pretrained.torch_to_flax(state)
     folder = pretrained.save_backbone(backbone, head, out, info={"source": str(checkpoint)})
     head_text = f"fc with {head['kernel'].shape[1]} classes kept" if head is not None else "no fc in the file"
-    log(f"converted {len(state)} tensors of {checkpoint} into {folder} ({head_text}); "
-        f"train with: python -m experiments.train --init {folder}")
+    log(
+        f"converted {len(state)} tensors of {checkpoint} into {folder} ({head_text}); "
+        f"train with: python -m experiments.train --init {folder}"
+    )
     return folder
 
 

@@ -24,12 +24,23 @@ from faml_jax import export, runs
 def build_parser() -> OneLineErrorParser:
     parser = OneLineErrorParser.for_program("tools.export", __doc__)
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run folder(s), then the output folder")
-    parser.add_argument("--population", metavar="DIR", help="an experiments.evolve workdir: export its final population")
-    parser.add_argument("--generation", type=int, metavar="N",
-                        help="with --population: generation N's survivors (0: the initial population) instead of the final one")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an earlier export in OUT (a folder that is not an export is never replaced)")
-    parser.add_argument("--format", choices=[*export.FORMATS, "both"], default="both", help="what to write (default both)")
+    parser.add_argument(
+        "--population", metavar="DIR", help="an experiments.evolve workdir: export its final population"
+    )
+    parser.add_argument(
+        "--generation",
+        type=int,
+        metavar="N",
+        help="with --population: generation N's survivors (0: the initial population) instead of the final one",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier export in OUT (a folder that is not an export is never replaced)",
+    )
+    parser.add_argument(
+        "--format", choices=[*export.FORMATS, "both"], default="both", help="what to write (default both)"
+    )
     parser.add_argument("--checkpoint", choices=["final", "best"], default="final", help="which checkpoint of each run")
     return parser
 
@@ -45,8 +56,14 @@ def main(argv=None) -> int:
         if not members:
             raise UsageError("give RUN_DIR ... OUT or --population DIR OUT")
         formats = export.FORMATS if args.format == "both" else (args.format,)
-        description = export.export_runs([p for _, p in members], out, formats=formats, checkpoint=args.checkpoint,
-                                         names=[n for n, _ in members], overwrite=args.overwrite)
+        description = export.export_runs(
+            [p for _, p in members],
+            out,
+            formats=formats,
+            checkpoint=args.checkpoint,
+            names=[n for n, _ in members],
+            overwrite=args.overwrite,
+        )
         for name, what in description["files"].items():
             size = (Path(out) / name).stat().st_size
             print(f"{Path(out) / name}  {size / 1e6:.1f} MB  {what}")

@@ -57,8 +57,8 @@ class FAStem(nn.Module):
         fmap = fused.shape[-1]
         for i, (top, left, bottom, right) in enumerate(self.pixels):
             aux = self.conv_regions[i](x[:, :, top:bottom, left:right])
-            t, l = top // 2, left // 2
-            placed = F.pad(aux, (l, fmap - l - aux.shape[-1], t, fmap - t - aux.shape[-2]))
+            dy, dx = top // 2, left // 2
+            placed = F.pad(aux, (dx, fmap - dx - aux.shape[-1], dy, fmap - dy - aux.shape[-2]))
             fused = fused + self.fusion_weights[i] * placed
         return fused
 
@@ -98,8 +98,9 @@ class EncoderLayer(nn.Module):
     def forward(self, tokens):
         b, n, dim = tokens.shape
         y = self.norm1(tokens)
-        q, k, v = (p(y).view(b, n, self.heads, dim // self.heads).transpose(1, 2)
-                   for p in (self.query, self.key, self.value))
+        q, k, v = (
+            p(y).view(b, n, self.heads, dim // self.heads).transpose(1, 2) for p in (self.query, self.key, self.value)
+        )
         y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, dim)
         tokens = tokens + self.out(y)
         return tokens + self.mlp_out(F.gelu(self.mlp_in(self.norm2(tokens)), approximate="tanh"))
@@ -152,8 +153,17 @@ class TorchTwin(nn.Module):
                 inp, fmap = width, fmap // stride
             stages.append(nn.Sequential(*blocks))
             if config.attention and stage < len(widths) - 1:
-                attention.append(AttentionBlock(width, fmap, config.attn_patch_sizes[stage], config.attn_dim,
-                                                config.attn_depth, config.attn_heads, config.attn_mlp_ratio))
+                attention.append(
+                    AttentionBlock(
+                        width,
+                        fmap,
+                        config.attn_patch_sizes[stage],
+                        config.attn_dim,
+                        config.attn_depth,
+                        config.attn_heads,
+                        config.attn_mlp_ratio,
+                    )
+                )
         self.stages = nn.ModuleList(stages)
         self.attention = nn.ModuleList(attention)
         self.fc = nn.Linear(widths[-1], config.num_classes)
@@ -266,8 +276,11 @@ def from_flax(variables: dict, config: ModelConfig) -> TorchTwin:
             raise ValueError(f"{name}: Flax {'/'.join(path)} has {value.size} values, the twin {state[name].numel()}")
         new[name] = torch.from_numpy(np.array(value, np.float32, copy=True)).reshape(state[name].shape)
         used.add((collection, path))
-    flax_leaves = {(c, tuple(k.key for k in p)) for c in ("params", "batch_stats")
-                   for p, _ in jax.tree_util.tree_flatten_with_path(variables.get(c, {}))[0]}
+    flax_leaves = {
+        (c, tuple(k.key for k in p))
+        for c in ("params", "batch_stats")
+        for p, _ in jax.tree_util.tree_flatten_with_path(variables.get(c, {}))[0]
+    }
     if flax_leaves - used:
         raise ValueError(f"Flax variables the twin does not hold: {sorted(flax_leaves - used)[:10]}")
     model.load_state_dict(new, strict=False)

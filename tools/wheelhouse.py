@@ -30,8 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 # What faml_jax imports that the image lacks (the rest of its dependencies come with these).
 WANTED = ("grain", "tensorflow-datasets", "array-record", "tensorboardX", "importlib-resources", "simplejpeg")
 SOURCE_ONLY = ("promise",)  # no wheel on PyPI: built here
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
-             "manylinux2014_x86_64", "manylinux1_x86_64")
+PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_24_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+)
 
 
 def normalise(name: str) -> str:
@@ -50,7 +56,9 @@ def pins(path: Path = ROOT / "constraints.txt") -> dict[str, str]:
 
 
 def image_packages(path: Path = ROOT / "tools" / "gpu_image_packages.txt") -> set[str]:
-    return {normalise(line.strip()) for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}
+    return {
+        normalise(line.strip()) for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")
+    }
 
 
 def wheel_project(filename: str) -> str:
@@ -76,8 +84,21 @@ def build(out: Path, python: str) -> list[Path]:
             pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(built), spec)
         print(f"downloading {', '.join(requirements)} and their dependencies for CPython {python} ...", file=sys.stderr)
         platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
-        pip("download", "--quiet", "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
-            *platforms, "--find-links", str(built), "--dest", str(downloaded), *requirements)
+        pip(
+            "download",
+            "--quiet",
+            "--only-binary=:all:",
+            "--python-version",
+            python,
+            "--implementation",
+            "cp",
+            *platforms,
+            "--find-links",
+            str(built),
+            "--dest",
+            str(downloaded),
+            *requirements,
+        )
         have = image_packages()
         keep = sorted(w for w in downloaded.glob("*.whl") if wheel_project(w.name) not in have)
         left = sorted(w.name for w in downloaded.glob("*.whl") if wheel_project(w.name) in have)
@@ -91,7 +112,8 @@ def build(out: Path, python: str) -> list[Path]:
     (out / "MANIFEST.txt").write_text(
         f"# {len(wheels)} wheels, {total / 2**20:.1f} MiB, for CPython {python} manylinux x86_64 "
         f"(python -m tools.wheelhouse)\n# left out (on the GPU image): {', '.join(left)}\n"
-        + "".join(f"{w.name}\t{w.stat().st_size}\n" for w in wheels))
+        + "".join(f"{w.name}\t{w.stat().st_size}\n" for w in wheels)
+    )
     print(f"{len(wheels)} wheels, {total / 2**20:.1f} MiB in {out} (left out, on the image: {len(left)})")
     return wheels
 

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from faml_jax.data import affectnet, rafdb, synthetic
 from faml_jax.data.folders import (
-    CorruptImageError, DataError, FolderSource, Problems, drop_bad_images, progress_bar,
+    CorruptImageError,
+    DataError,
+    FolderSource,
+    Problems,
+    drop_bad_images,
+    progress_bar,
     training_class_weights,
 )
 from faml_jax.data.pipeline import ArraySource, Source, TrainLoader, eval_batches
@@ -32,13 +37,18 @@ def class_names(name: str) -> tuple[str, ...]:
     if name.startswith("affectnet"):
         return affectnet.classes(int(name[-1]))
     return rafdb.CLASSES if name == "rafdb" else synthetic.CLASSES
+
+
 TITLES = {"synthetic": "synthetic", "rafdb": "RAF-DB", "affectnet7": "AffectNet-7", "affectnet8": "AffectNet-8"}
-PAPER_SIZES = {"rafdb": rafdb.PAPER_SIZES, "affectnet7": affectnet.PAPER_SIZES[7],
-               "affectnet8": affectnet.PAPER_SIZES[8]}
+PAPER_SIZES = {
+    "rafdb": rafdb.PAPER_SIZES,
+    "affectnet7": affectnet.PAPER_SIZES[7],
+    "affectnet8": affectnet.PAPER_SIZES[8],
+}
 DATA_DIR_HELP = {
     "rafdb": "RAF-DB's `basic` folder (EmoLabel/, Image/aligned/) or its parent",
     "affectnet7": "the AffectNet folder (Manually_Annotated_file_lists/ and Manually_Annotated_Images/, "
-                  "or train_set/ and val_set/)",
+    "or train_set/ and val_set/)",
 }
 DATA_DIR_HELP["affectnet8"] = DATA_DIR_HELP["affectnet7"]
 
@@ -73,19 +83,29 @@ class Dataset:
 
     def describe(self) -> str:
         """Split sizes, class counts and the notes, for the log when a data set is opened."""
+
         def per_class(counts):
             return ", ".join(f"{c} {n}" for c, n in zip(self.classes, counts))
 
-        lines = [f"{self.name} ({self.origin}): train {len(self.train)} / test {len(self.test)} images",
-                 f"  train per class: {per_class(self.train_counts)}",
-                 f"  test per class: {per_class(self.test_counts)}"]
+        lines = [
+            f"{self.name} ({self.origin}): train {len(self.train)} / test {len(self.test)} images",
+            f"  train per class: {per_class(self.train_counts)}",
+            f"  test per class: {per_class(self.test_counts)}",
+        ]
         return "\n".join(lines + [f"  {note}" for note in self.notes])
 
 
-def open_dataset(name: str, data_dir: str | os.PathLike | None = None,
-                 synthetic_config: synthetic.SyntheticConfig | None = None, progress: Callable | None = None, *,
-                 crop_faces: bool = True, skip_bad_images: bool = False, num_threads: int = 4,
-                 min_size: int | None = None) -> Dataset:
+def open_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    synthetic_config: synthetic.SyntheticConfig | None = None,
+    progress: Callable | None = None,
+    *,
+    crop_faces: bool = True,
+    skip_bad_images: bool = False,
+    num_threads: int = 4,
+    min_size: int | None = None,
+) -> Dataset:
     """Open a data set by name.
 
     Args:
@@ -111,11 +131,15 @@ def open_dataset(name: str, data_dir: str | os.PathLike | None = None,
     if name == "synthetic":
         return _open_synthetic(synthetic_config or synthetic.SyntheticConfig(), data_dir, progress)
     if data_dir is None:
-        raise DataError(f"{name} is not embedded: give --data-dir, {DATA_DIR_HELP[name]}, "
-                        "or a folder written by experiments.prepare")
+        raise DataError(
+            f"{name} is not embedded: give --data-dir, {DATA_DIR_HELP[name]}, "
+            "or a folder written by experiments.prepare"
+        )
     if os.path.isfile(os.path.expanduser(data_dir)):
-        raise DataError(f"--data-dir {data_dir} is a file, not a folder: give {DATA_DIR_HELP[name]}, "
-                        "or a folder written by experiments.prepare")
+        raise DataError(
+            f"--data-dir {data_dir} is a file, not a folder: give {DATA_DIR_HELP[name]}, "
+            "or a folder written by experiments.prepare"
+        )
     from faml_jax.data import prepared  # imports tensorflow_datasets: only for the real data sets
 
     if prepared.is_prepared(name, data_dir):
@@ -125,19 +149,31 @@ def open_dataset(name: str, data_dir: str | os.PathLike | None = None,
     except DataError:
         unfinished = prepared.unfinished(name, data_dir)
         if unfinished:
-            raise DataError(f"{data_dir} holds only an unfinished preparation of {name} ({unfinished[0]}): "
-                            "run experiments.prepare again") from None
+            raise DataError(
+                f"{data_dir} holds only an unfinished preparation of {name} ({unfinished[0]}): "
+                "run experiments.prepare again"
+            ) from None
         others = [d for d in prepared.BUILDERS if prepared.is_prepared(d, data_dir)]
         if others:
-            raise DataError(f"{data_dir} holds prepared {', '.join(others)} but not {name}: run experiments.prepare "
-                            f"--dataset {name}") from None
+            raise DataError(
+                f"{data_dir} holds prepared {', '.join(others)} but not {name}: run experiments.prepare "
+                f"--dataset {name}"
+            ) from None
         raise
     if skip_bad_images:
         drop_bad_images(index, crop_faces, skip=True, num_threads=num_threads, progress=progress_bar)
     sources = {split: FolderSource(index.splits[split], crop_faces, min_size) for split in index.splits}
     counts = {split: index.splits[split].counts(len(index.classes)) for split in index.splits}
-    return _dataset(name, index.classes, sources, counts, None, f"folder {index.root}", index.problems,
-                    _crop_note(index.has_boxes, crop_faces))
+    return _dataset(
+        name,
+        index.classes,
+        sources,
+        counts,
+        None,
+        f"folder {index.root}",
+        index.problems,
+        _crop_note(index.has_boxes, crop_faces),
+    )
 
 
 def _crop_note(has_boxes: bool, crop_faces: bool) -> tuple[str, ...]:
@@ -164,12 +200,21 @@ def _open_prepared(name, data_dir, crop_faces, min_size) -> Dataset:
     notes = _crop_note(p.has_boxes, crop_faces)
     if p.stored and p.stored.get("size"):
         notes += (f"images stored ready to train: {p.stored['size']} px JPEG, quality {p.stored['quality']}",)
-    return _dataset(name, p.classes, p.sources, p.class_counts, p.class_weights,
-                    f"prepared {p.folder}, from {p.source}", p.problems, notes)
+    return _dataset(
+        name,
+        p.classes,
+        p.sources,
+        p.class_counts,
+        p.class_weights,
+        f"prepared {p.folder}, from {p.source}",
+        p.problems,
+        notes,
+    )
 
 
-def _dataset(name, classes, sources, counts, weights, origin, problems: dict[str, Problems],
-             extra_notes: tuple[str, ...] = ()) -> Dataset:
+def _dataset(
+    name, classes, sources, counts, weights, origin, problems: dict[str, Problems], extra_notes: tuple[str, ...] = ()
+) -> Dataset:
     for split, source in sources.items():
         if len(source) == 0:
             raise DataError(f"{name} ({origin}) has no usable {split} image")
@@ -179,8 +224,17 @@ def _dataset(name, classes, sources, counts, weights, origin, problems: dict[str
     paper = PAPER_SIZES[name]
     if any(len(sources[s]) != paper[s] for s in paper):
         notes.append(f"the paper's {TITLES[name]} has {paper['train']:,} / {paper['test']:,} images")
-    return Dataset(name, tuple(classes), sources["train"], sources["test"], counts["train"], counts["test"],
-                   weights, origin, tuple(notes))
+    return Dataset(
+        name,
+        tuple(classes),
+        sources["train"],
+        sources["test"],
+        counts["train"],
+        counts["test"],
+        weights,
+        origin,
+        tuple(notes),
+    )
 
 
 def _open_synthetic(config: synthetic.SyntheticConfig, data_dir, progress) -> Dataset:
@@ -193,10 +247,27 @@ def _open_synthetic(config: synthetic.SyntheticConfig, data_dir, progress) -> Da
 
     train, test = load("train"), load("test")
     counts = [np.bincount(s.labels, minlength=len(synthetic.CLASSES)) for s in (train, test)]
-    return Dataset("synthetic", synthetic.CLASSES, train, test, counts[0], counts[1],
-                   training_class_weights(synthetic.CLASSES, counts[0], "synthetic"),
-                   f"generated in {folder}")
+    return Dataset(
+        "synthetic",
+        synthetic.CLASSES,
+        train,
+        test,
+        counts[0],
+        counts[1],
+        training_class_weights(synthetic.CLASSES, counts[0], "synthetic"),
+        f"generated in {folder}",
+    )
 
 
-__all__ = ["DATASETS", "ArraySource", "CorruptImageError", "DataError", "Dataset", "Source", "TrainLoader",
-           "eval_batches", "open_dataset", "read_folder"]
+__all__ = [
+    "DATASETS",
+    "ArraySource",
+    "CorruptImageError",
+    "DataError",
+    "Dataset",
+    "Source",
+    "TrainLoader",
+    "eval_batches",
+    "open_dataset",
+    "read_folder",
+]

@@ -41,8 +41,17 @@ LISTS = "Manually_Annotated_file_lists"
 IMAGES = "Manually_Annotated_Images"
 EXTRA_LEVEL = "Manually_Annotated"
 CSV_FILES = {"train": "training.csv", "test": "validation.csv"}
-COLUMNS = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
-           "expression", "valence", "arousal")
+COLUMNS = (
+    "subDirectory_filePath",
+    "face_x",
+    "face_y",
+    "face_width",
+    "face_height",
+    "facial_landmarks",
+    "expression",
+    "valence",
+    "arousal",
+)
 NPY_SPLITS = {"train": "train_set", "test": "val_set"}
 
 
@@ -59,16 +68,22 @@ def read_index(data_dir: str | Path, num_classes: int, progress=None) -> FolderI
     names = classes(num_classes)
     data_dir = Path(data_dir).expanduser()
     if not data_dir.is_dir():
-        raise missing("AffectNet folder", [data_dir], "--data-dir is the folder holding "
-                      f"{LISTS}/ and {IMAGES}/ (original release) or train_set/ and val_set/")
+        raise missing(
+            "AffectNet folder",
+            [data_dir],
+            f"--data-dir is the folder holding {LISTS}/ and {IMAGES}/ (original release) or train_set/ and val_set/",
+        )
     list_dirs = [data_dir / LISTS, data_dir / EXTRA_LEVEL / LISTS]
     lists = next((d for d in list_dirs if d.is_dir()), None)
     if lists is not None:
         return _read_original(data_dir, lists, names)
     if (data_dir / NPY_SPLITS["train"]).is_dir():
         return _read_npy_layout(data_dir, names, progress)
-    raise missing("AffectNet label lists", list_dirs + [data_dir / NPY_SPLITS["train"] / "annotations"],
-                  "--data-dir is the folder of the original release or of train_set/ and val_set/")
+    raise missing(
+        "AffectNet label lists",
+        list_dirs + [data_dir / NPY_SPLITS["train"] / "annotations"],
+        "--data-dir is the folder of the original release or of train_set/ and val_set/",
+    )
 
 
 def _code(value: str) -> int | None:
@@ -142,8 +157,11 @@ def _read_csv(path: Path, images: Path, num_classes: int, seen: set[str]) -> tup
             continue
         if number == 1 and row[0].strip() == COLUMNS[0]:  # the header line
             header = [c.strip() for c in row]
-            lacking = [c for c in ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",
-                                   "expression") if c not in header]
+            lacking = [
+                c
+                for c in ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "expression")
+                if c not in header
+            ]
             if lacking:
                 raise DataError(f"{path}:1: header lacks column(s) {', '.join(lacking)}")
             column = {name: header.index(name) for name in header}
@@ -176,8 +194,13 @@ def _read_csv(path: Path, images: Path, num_classes: int, seen: set[str]) -> tup
         raise DataError(
             f"{path}: {len(problems.out_of_range)} of {problems.listed} rows have no valid expression code in column "
             f"{column['expression'] + 1}: the columns look shifted (rows: {shapes}; "
-            + (f"the header names {expected}" if header else f"no header line, so AffectNet's {expected} columns "
-               f"{', '.join(COLUMNS)} are expected") + ")")
+            + (
+                f"the header names {expected}"
+                if header
+                else f"no header line, so AffectNet's {expected} columns {', '.join(COLUMNS)} are expected"
+            )
+            + ")"
+        )
     problems.excluded = _in_code_order(problems.excluded)
     return SplitIndex(rel, files, labels, np.asarray(boxes, np.int32).reshape(-1, 4)), problems
 
@@ -194,8 +217,9 @@ def _read_npy_layout(data_dir: Path, names: tuple[str, ...], progress) -> Folder
             if not d.is_dir():
                 raise missing(f"AffectNet {split} {d.name}", [d])
         p = problems[split] = Problems()
-        stems = sorted((e.name[: -len("_exp.npy")] for e in os.scandir(annotations) if e.name.endswith("_exp.npy")),
-                       key=_sort_key)
+        stems = sorted(
+            (e.name[: -len("_exp.npy")] for e in os.scandir(annotations) if e.name.endswith("_exp.npy")), key=_sort_key
+        )
         on_disk = {e.name for e in os.scandir(images) if e.is_file()}
         rel, files, labels = [], [], []
         iterable = progress(stems, len(stems), f"reading {split} labels") if progress else stems

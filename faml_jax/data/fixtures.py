@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -18,13 +18,23 @@ from PIL import Image
 from faml_jax.data import affectnet, rafdb, synthetic
 
 # The synthetic renderer's expression for each AffectNet code (none/uncertain/no-face: neutral).
-_AFFECTNET_TO_SYNTHETIC = {"neutral": "neutral", "happy": "happiness", "sad": "sadness", "surprise": "surprise",
-                           "fear": "fear", "disgust": "disgust", "anger": "anger", "contempt": "disgust"}
+_AFFECTNET_TO_SYNTHETIC = {
+    "neutral": "neutral",
+    "happy": "happiness",
+    "sad": "sadness",
+    "surprise": "surprise",
+    "fear": "fear",
+    "disgust": "disgust",
+    "anger": "anger",
+    "contempt": "disgust",
+}
 
 
 def face(expression: str, size: int, rng: np.random.Generator) -> np.ndarray:
     """A (size, size, 3) uint8 face showing one of ``synthetic.CLASSES`` (others: neutral)."""
-    label = synthetic.CLASSES.index(expression) if expression in synthetic.CLASSES else synthetic.CLASSES.index("neutral")
+    label = (
+        synthetic.CLASSES.index(expression) if expression in synthetic.CLASSES else synthetic.CLASSES.index("neutral")
+    )
     geometry = synthetic.CLASS_MEANS[label] + rng.normal(0, 0.2, len(synthetic.FEATURES))
     return synthetic.render_face(geometry, rng, size, occlusion=0.0)
 
@@ -34,8 +44,9 @@ def save_jpeg(pixels: np.ndarray, path: Path, quality: int = 90) -> None:
     Image.fromarray(pixels).save(path, format="JPEG", quality=quality)
 
 
-def write_rafdb(folder: str | Path, train_codes: Sequence[int], test_codes: Sequence[int], size: int = 100,
-                seed: int = 0) -> Path:
+def write_rafdb(
+    folder: str | Path, train_codes: Sequence[int], test_codes: Sequence[int], size: int = 100, seed: int = 0
+) -> Path:
     """RAF-DB basic under ``folder/basic``: ``EmoLabel/list_patition_label.txt`` (codes 1..7)
     and ``Image/aligned/<name>_aligned.jpg``. Returns the ``basic`` folder."""
     basic = Path(folder) / "basic"
@@ -60,12 +71,21 @@ def _photo(code: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, 
     side = int(size * rng.uniform(0.45, 0.7))
     x, y = (int(v) for v in rng.integers(0, size - side + 1, 2))
     photo = photo.copy()
-    photo[y:y + side, x:x + side] = face(_AFFECTNET_TO_SYNTHETIC.get(affectnet.CODE_NAMES[code], "neutral"), side, rng)
+    photo[y : y + side, x : x + side] = face(
+        _AFFECTNET_TO_SYNTHETIC.get(affectnet.CODE_NAMES[code], "neutral"), side, rng
+    )
     return photo, [x, y, side, side]
 
 
-def write_affectnet_original(folder: str | Path, train_codes: Sequence[int], test_codes: Sequence[int],
-                             size: int = 400, seed: int = 0, header: bool = True, extra_level: bool = False) -> Path:
+def write_affectnet_original(
+    folder: str | Path,
+    train_codes: Sequence[int],
+    test_codes: Sequence[int],
+    size: int = 400,
+    seed: int = 0,
+    header: bool = True,
+    extra_level: bool = False,
+) -> Path:
     """AffectNet's original release under ``folder``: ``Manually_Annotated_file_lists/
     {training,validation}.csv`` (the nine columns; the header line when ``header``) and
     ``Manually_Annotated_Images/<dir>/<sha1>.jpg`` (under ``Manually_Annotated/`` when
@@ -92,8 +112,9 @@ def write_affectnet_original(folder: str | Path, train_codes: Sequence[int], tes
     return folder
 
 
-def write_affectnet_npy(folder: str | Path, train_codes: Sequence[int], test_codes: Sequence[int],
-                        size: int = 224, seed: int = 0) -> Path:
+def write_affectnet_npy(
+    folder: str | Path, train_codes: Sequence[int], test_codes: Sequence[int], size: int = 224, seed: int = 0
+) -> Path:
     """AffectNet's cropped layout under ``folder``: ``{train,val}_set/images/<id>.jpg`` and
     ``annotations/<id>_{exp,val,aro,lnd}.npy`` (the expression stored as a string, as released).
     Returns ``folder``."""

@@ -20,8 +20,9 @@ import dataclasses
 import io
 import os
 import re
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import simplejpeg
@@ -45,8 +46,10 @@ def read_text(path: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
-        raise DataError(f"{path} is not UTF-8 text ({'UTF-16, by its byte-order mark' if utf16 else error.reason} "
-                        f"at byte {error.start}): save it as UTF-8") from None
+        raise DataError(
+            f"{path} is not UTF-8 text ({'UTF-16, by its byte-order mark' if utf16 else error.reason} "
+            f"at byte {error.start}): save it as UTF-8"
+        ) from None
 
 
 def missing(what: str, expected: Sequence[Path], hint: str = "") -> DataError:
@@ -81,7 +84,9 @@ def max_pixels() -> int:
     return limit
 
 
-def decode_image(data: bytes, where: str, box: Sequence[int] | None = None, *, min_size: int | None = None) -> np.ndarray:
+def decode_image(
+    data: bytes, where: str, box: Sequence[int] | None = None, *, min_size: int | None = None
+) -> np.ndarray:
     """Decode image file bytes to (H, W, 3) uint8 RGB (grey and RGBA images are converted; 16-bit
     images are scaled to 8 bits by their high byte, as Pillow does for 16-bit colour).
 
@@ -99,16 +104,19 @@ def decode_image(data: bytes, where: str, box: Sequence[int] | None = None, *, m
         return pixels
     x, y, w, h = (int(v) for v in box)
     if w < 2 or h < 2:
-        raise CorruptImageError(f"face box (x={x}, y={y}, w={w}, h={h}) of image {where} is too small: "
-                                "a face box needs a width and height of 2 pixels or more")
+        raise CorruptImageError(
+            f"face box (x={x}, y={y}, w={w}, h={h}) of image {where} is too small: "
+            "a face box needs a width and height of 2 pixels or more"
+        )
     height, width = pixels.shape[:2]
     sx, sy = scale
     x0, y0 = max(round(x * sx), 0), max(round(y * sy), 0)
     x1, y1 = min(round((x + w) * sx), width), min(round((y + h) * sy), height)
     if x1 - x0 < 2 or y1 - y0 < 2:
         full = (round(width / sx), round(height / sy))
-        raise CorruptImageError(f"face box (x={x}, y={y}, w={w}, h={h}) of image {where} lies outside "
-                                f"its {full[0]}x{full[1]} pixels")
+        raise CorruptImageError(
+            f"face box (x={x}, y={y}, w={w}, h={h}) of image {where} lies outside its {full[0]}x{full[1]} pixels"
+        )
     return pixels[y0:y1, x0:x1]
 
 
@@ -126,8 +134,10 @@ def _decode(data: bytes, where: str, box, min_size: int | None) -> tuple[np.ndar
 
 
 def _too_large(where: str, width: int, height: int, limit: int) -> ImageTooLargeError:
-    return ImageTooLargeError(f"image {where} is {width}x{height} pixels ({width * height / 1e6:.4g} megapixels), "
-                              f"over the limit of {limit / 1e6:.4g} (set FAML_JAX_MAX_PIXELS to raise it)")
+    return ImageTooLargeError(
+        f"image {where} is {width}x{height} pixels ({width * height / 1e6:.4g} megapixels), "
+        f"over the limit of {limit / 1e6:.4g} (set FAML_JAX_MAX_PIXELS to raise it)"
+    )
 
 
 def _decode_jpeg(data: bytes, where: str, box, min_size: int | None, limit: int):
@@ -152,8 +162,9 @@ def _decode_jpeg(data: bytes, where: str, box, min_size: int | None, limit: int)
             factor = (min_size + 1) / face  # one pixel spare for the box's rounding
             minimum = dict(min_height=int(np.ceil(height * factor)), min_width=int(np.ceil(width * factor)))
     try:
-        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False, strict=True,
-                                        **minimum)
+        pixels = simplejpeg.decode_jpeg(
+            data, colorspace="RGB", fastdct=False, fastupsample=False, strict=True, **minimum
+        )
     except ValueError:
         return None
     return pixels, (pixels.shape[1] / width, pixels.shape[0] / height)
@@ -169,8 +180,10 @@ def _decode_other(data: bytes, where: str, limit: int) -> np.ndarray:
             if image.mode.startswith("I") or image.mode == "F":
                 grey = np.asarray(image)  # decodes the whole file: truncation fails here
                 if image.mode == "F" or grey.min() < 0 or grey.max() > 65535:
-                    raise CorruptImageError(f"cannot decode image {where}: {image.mode} pixels from {grey.min()} to "
-                                            f"{grey.max()} are not 8- or 16-bit grey levels; save it as an 8-bit image")
+                    raise CorruptImageError(
+                        f"cannot decode image {where}: {image.mode} pixels from {grey.min()} to "
+                        f"{grey.max()} are not 8- or 16-bit grey levels; save it as an 8-bit image"
+                    )
                 grey = (grey.astype(np.uint32) >> 8) if image.mode.startswith("I;16") or grey.max() > 255 else grey
                 return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=-1)
             return np.asarray(image.convert("RGB"))  # decodes the whole file: truncation fails here
@@ -222,12 +235,16 @@ class SplitIndex:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def without(self, indices: Iterable[int]) -> "SplitIndex":
+    def without(self, indices: Iterable[int]) -> SplitIndex:
         """This index without the given positions (order kept)."""
         drop = set(int(i) for i in indices)
         keep = [i for i in range(len(self)) if i not in drop]
-        return SplitIndex([self.names[i] for i in keep], [self.files[i] for i in keep], self.labels[keep],
-                          None if self.boxes is None else self.boxes[keep])
+        return SplitIndex(
+            [self.names[i] for i in keep],
+            [self.files[i] for i in keep],
+            self.labels[keep],
+            None if self.boxes is None else self.boxes[keep],
+        )
 
     def counts(self, num_classes: int) -> np.ndarray:
         return np.bincount(self.labels, minlength=num_classes).astype(np.int64)
@@ -288,7 +305,7 @@ class Problems:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, values: dict[str, Any]) -> "Problems":
+    def from_json(cls, values: dict[str, Any]) -> Problems:
         return cls(**values)
 
 
@@ -329,9 +346,13 @@ def progress_bar(iterable, total: int, description: str):
     return tqdm(iterable, total=total, desc=description, unit="img", disable=None, leave=False)
 
 
-def check_images(index: SplitIndex, crop: bool, num_threads: int = 4,
-                 progress: Callable[[Iterable, int, str], Iterable] | None = None,
-                 description: str = "checking images") -> list[tuple[int, str]]:
+def check_images(
+    index: SplitIndex,
+    crop: bool,
+    num_threads: int = 4,
+    progress: Callable[[Iterable, int, str], Iterable] | None = None,
+    description: str = "checking images",
+) -> list[tuple[int, str]]:
     """Read and decode every image of ``index`` (cropped when ``crop``), on ``num_threads``
     threads (PIL releases the GIL while decoding). Returns ``(position, message)`` for each image
     that fails, in order. ``progress(iterable, total, description)`` wraps the work (a tqdm)."""
@@ -353,14 +374,19 @@ def check_images(index: SplitIndex, crop: bool, num_threads: int = 4,
 def drop_bad_images(index: FolderIndex, crop: bool, skip: bool, num_threads: int = 4, progress=None) -> None:
     """Check every image of every split of ``index``; with ``skip``, leave the bad ones out of
     ``index.splits`` (recorded in ``index.problems``), otherwise fail naming them all."""
-    bad = {split: check_images(index.splits[split], crop, num_threads, progress, f"checking {split} images")
-           for split in index.splits}
+    bad = {
+        split: check_images(index.splits[split], crop, num_threads, progress, f"checking {split} images")
+        for split in index.splits
+    }
     if any(bad.values()) and not skip:
         messages = [message for split in bad for _, message in bad[split]]
         counts = ", ".join(f"{len(b)} {split}" for split, b in bad.items() if b)
-        raise CorruptImageError(f"unreadable or corrupt images ({counts}): " + "; ".join(messages[:EXAMPLES_SHOWN])
-                                + (" ..." if len(messages) > EXAMPLES_SHOWN else "")
-                                + "; remove or replace them, or pass --skip-bad-images to leave them out")
+        raise CorruptImageError(
+            f"unreadable or corrupt images ({counts}): "
+            + "; ".join(messages[:EXAMPLES_SHOWN])
+            + (" ..." if len(messages) > EXAMPLES_SHOWN else "")
+            + "; remove or replace them, or pass --skip-bad-images to leave them out"
+        )
     for split, found in bad.items():
         index.problems[split].bad_images.extend(message for _, message in found)
         index.splits[split] = index.splits[split].without(i for i, _ in found)
@@ -395,6 +421,7 @@ class FolderSource:
         try:
             image = self.index.image(i, self.crop, self.min_size)
         except CorruptImageError as error:
-            raise CorruptImageError(f"{error} (--skip-bad-images checks every image first and leaves out "
-                                    "unreadable ones)") from None
+            raise CorruptImageError(
+                f"{error} (--skip-bad-images checks every image first and leaves out unreadable ones)"
+            ) from None
         return {"image": image, "label": np.int32(self.index.labels[i])}

@@ -12,7 +12,8 @@ steps of one process with all the devices.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Protocol
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import grain
 import numpy as np

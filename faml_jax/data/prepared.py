@@ -43,7 +43,15 @@ from tensorflow_datasets.proto import tf_example_generated_pb2
 
 from faml_jax.data import affectnet, rafdb, read_folder
 from faml_jax.data.folders import (
-    SPLITS, DataError, FolderIndex, Problems, SplitIndex, decode_image, drop_bad_images, progress_bar, read_bytes,
+    SPLITS,
+    DataError,
+    FolderIndex,
+    Problems,
+    SplitIndex,
+    decode_image,
+    drop_bad_images,
+    progress_bar,
+    read_bytes,
     training_class_weights,
 )
 from faml_jax.data.pipeline import resize
@@ -72,11 +80,22 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """A data set prepared from the user's folder (``download_config.manual_dir``)."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Image (ready-to-train JPEG crop, or the original bytes: see the metadata's "
-                              "'stored'), label, name and face box, in label-file order."}
+    RELEASE_NOTES = {
+        "1.0.0": "Image (ready-to-train JPEG crop, or the original bytes: see the metadata's "
+        "'stored'), label, name and face box, in label-file order."
+    }
 
-    def __init__(self, *, skip_bad_images: bool = False, num_threads: int = 4, bars: bool = True,
-                 stored_size: int | None = STORED_SIZE, crop: bool = True, quality: int = JPEG_QUALITY, **kwargs):
+    def __init__(
+        self,
+        *,
+        skip_bad_images: bool = False,
+        num_threads: int = 4,
+        bars: bool = True,
+        stored_size: int | None = STORED_SIZE,
+        crop: bool = True,
+        quality: int = JPEG_QUALITY,
+        **kwargs,
+    ):
         self.skip_bad_images = skip_bad_images
         self.num_threads = num_threads
         self.bars = bars
@@ -107,12 +126,14 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return tfds.core.DatasetInfo(
             builder=self,
             description=self.__doc__,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(), dtype=np.object_),  # the file's bytes
-                "label": tfds.features.ClassLabel(names=list(self.classes)),
-                "name": tfds.features.Text(),
-                "box": tfds.features.Tensor(shape=(4,), dtype=np.int32),  # x, y, w, h; -1: none
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=(), dtype=np.object_),  # the file's bytes
+                    "label": tfds.features.ClassLabel(names=list(self.classes)),
+                    "name": tfds.features.Text(),
+                    "box": tfds.features.Tensor(shape=(4,), dtype=np.int32),  # x, y, w, h; -1: none
+                }
+            ),
             metadata=tfds.core.MetadataDict(),
             disable_shuffling=True,  # the label file's order: prepared and folder examples match by index
         )
@@ -125,8 +146,11 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         # (the whole files and their boxes are stored).
         drop_bad_images(index, crop=True, skip=self.skip_bad_images, num_threads=self.num_threads, progress=progress)
         self.info.metadata.update(metadata(index, where=f"{self.name} in {index.root}"))
-        self.info.metadata["stored"] = {"size": self.stored_size, "crop": bool(self.crop and index.has_boxes),
-                                        "quality": self.quality if self.stored_size else None}
+        self.info.metadata["stored"] = {
+            "size": self.stored_size,
+            "crop": bool(self.crop and index.has_boxes),
+            "quality": self.quality if self.stored_size else None,
+        }
         return {split: self._generate_examples(index.splits[split]) for split in SPLITS}
 
     def _stored_image(self, index: SplitIndex, i: int) -> bytes:
@@ -143,8 +167,15 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 chunk = range(start, min(start + 256, len(index.names)))
                 for i, image in zip(chunk, pool.map(functools.partial(self._stored_image, index), chunk)):
                     box = NO_BOX if index.boxes is None else index.boxes[i]
-                    yield index.names[i], {"image": image, "label": int(index.labels[i]), "name": index.names[i],
-                                           "box": np.asarray(box, np.int32)}
+                    yield (
+                        index.names[i],
+                        {
+                            "image": image,
+                            "label": int(index.labels[i]),
+                            "name": index.names[i],
+                            "box": np.asarray(box, np.int32),
+                        },
+                    )
 
 
 class RafDb(_FolderBuilder):
@@ -159,9 +190,11 @@ class RafDb(_FolderBuilder):
 class Affectnet(_FolderBuilder):
     """AffectNet (configs 7 and 8 classes); the validation set is the test split."""
 
-    MANUAL_DOWNLOAD_INSTRUCTIONS = ("Request AffectNet from its authors; pass the folder holding "
-                                    "Manually_Annotated_file_lists/ and Manually_Annotated_Images/, "
-                                    "or train_set/ and val_set/.")
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Request AffectNet from its authors; pass the folder holding "
+        "Manually_Annotated_file_lists/ and Manually_Annotated_Images/, "
+        "or train_set/ and val_set/."
+    )
     BUILDER_CONFIGS = [
         tfds.core.BuilderConfig(name="7", description="7 classes: codes 0-6 (contempt left out)"),
         tfds.core.BuilderConfig(name="8", description="8 classes: codes 0-7"),
@@ -224,9 +257,19 @@ def unfinished(dataset: str, out_dir) -> list[Path]:
     return sorted(parent.glob(f"incomplete.*_{BUILDERS[dataset][0].VERSION}")) if parent.is_dir() else []
 
 
-def prepare(dataset: str, data_dir, out_dir, *, skip_bad_images: bool = False, num_threads: int = 4,
-            overwrite: bool = False, bars: bool = True, stored_size: int | None = STORED_SIZE, crop: bool = True,
-            quality: int = JPEG_QUALITY) -> Path:
+def prepare(
+    dataset: str,
+    data_dir,
+    out_dir,
+    *,
+    skip_bad_images: bool = False,
+    num_threads: int = 4,
+    overwrite: bool = False,
+    bars: bool = True,
+    stored_size: int | None = STORED_SIZE,
+    crop: bool = True,
+    quality: int = JPEG_QUALITY,
+) -> Path:
     """Prepare ``dataset`` from the user's folder ``data_dir`` into ``out_dir``; returns its folder.
 
     A complete earlier preparation is an error unless ``overwrite`` (it is then replaced only once
@@ -239,27 +282,44 @@ def prepare(dataset: str, data_dir, out_dir, *, skip_bad_images: bool = False, n
     if not Path(data_dir).expanduser().is_dir():
         raise DataError(f"{dataset} folder not found: {data_dir}")
     if stored_size is not None and stored_size < 8:
-        raise DataError(f"the stored image size must be at least 8 pixels (or none: the original files), got {stored_size}")
+        raise DataError(
+            f"the stored image size must be at least 8 pixels (or none: the original files), got {stored_size}"
+        )
     if not 1 <= quality <= 100:
         raise DataError(f"the JPEG quality must be in 1..100, got {quality}")
     from faml_jax.workdir import WorkdirLock
 
     with WorkdirLock(Path(out_dir).expanduser(), "preparation folder"):  # one preparation at a time there
         if is_prepared(dataset, out_dir) and not overwrite:
-            raise DataError(f"{dataset} is already prepared in {dataset_dir(dataset, out_dir)}; "
-                            "pass --overwrite to prepare it again")
+            raise DataError(
+                f"{dataset} is already prepared in {dataset_dir(dataset, out_dir)}; "
+                "pass --overwrite to prepare it again"
+            )
         for leftover in unfinished(dataset, out_dir):  # of a preparation that was killed (it held no lock now)
             shutil.rmtree(leftover, ignore_errors=True)
-        builder = _builder(dataset, out_dir, skip_bad_images=skip_bad_images, num_threads=num_threads, bars=bars,
-                           stored_size=stored_size, crop=crop, quality=quality)
+        builder = _builder(
+            dataset,
+            out_dir,
+            skip_bad_images=skip_bad_images,
+            num_threads=num_threads,
+            bars=bars,
+            stored_size=stored_size,
+            crop=crop,
+            quality=quality,
+        )
         downloads = Path(tempfile.mkdtemp(prefix="faml_jax-prepare-"))
-        mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
-                else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+        mode = (
+            tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
+            if overwrite
+            else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+        )
         try:
             builder.download_and_prepare(
-                download_dir=str(downloads), file_format="array_record",
-                download_config=tfds.download.DownloadConfig(manual_dir=str(Path(data_dir).expanduser()),
-                                                             download_mode=mode),
+                download_dir=str(downloads),
+                file_format="array_record",
+                download_config=tfds.download.DownloadConfig(
+                    manual_dir=str(Path(data_dir).expanduser()), download_mode=mode
+                ),
             )
         finally:
             shutil.rmtree(downloads, ignore_errors=True)
@@ -273,8 +333,12 @@ def parse_example(record: bytes) -> tuple[bytes, int, str, tuple[int, ...]]:
     example = tf_example_generated_pb2.Example()
     example.ParseFromString(record)
     feature = example.features.feature
-    return (feature["image"].bytes_list.value[0], int(feature["label"].int64_list.value[0]),
-            feature["name"].bytes_list.value[0].decode(), tuple(feature["box"].int64_list.value))
+    return (
+        feature["image"].bytes_list.value[0],
+        int(feature["label"].int64_list.value[0]),
+        feature["name"].bytes_list.value[0].decode(),
+        tuple(feature["box"].int64_list.value),
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -302,9 +366,12 @@ class PreparedSource:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         image, label, name, box = parse_example(self.records[int(i)])
-        return {"image": decode_image(image, f"{name} (prepared in {self.where})", box if self.crop else None,
-                                      min_size=self.min_size),
-                "label": np.int32(label)}
+        return {
+            "image": decode_image(
+                image, f"{name} (prepared in {self.where})", box if self.crop else None, min_size=self.min_size
+            ),
+            "label": np.int32(label),
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,8 +399,10 @@ def shards(folder: Path, split: str) -> list[str]:
         raise DataError(f"prepared data in {folder} has no {split} records: run experiments.prepare again")
     total = int(files[0].name.rsplit("-of-", 1)[1])
     if len(files) != total:
-        raise DataError(f"prepared data in {folder} has {len(files)} of the {total} {split} record files: "
-                        "run experiments.prepare again")
+        raise DataError(
+            f"prepared data in {folder} has {len(files)} of the {total} {split} record files: "
+            "run experiments.prepare again"
+        )
     return [str(f) for f in files]
 
 
@@ -349,20 +418,27 @@ def open_prepared(dataset: str, out_dir, crop: bool = False, min_size: int | Non
     ready = bool(stored and stored.get("size"))
     if ready and has_boxes and bool(stored.get("crop")) != bool(crop):
         if stored.get("crop"):
-            raise DataError(f"{folder} stores the face boxes ready to train, not whole photographs: drop "
-                            "--no-crop-faces, or prepare again with experiments.prepare --no-crop-faces --overwrite")
-        raise DataError(f"{folder} stores whole photographs ready to train, not the face boxes: pass "
-                        "--no-crop-faces, or prepare again with experiments.prepare --overwrite (face boxes by default)")
+            raise DataError(
+                f"{folder} stores the face boxes ready to train, not whole photographs: drop "
+                "--no-crop-faces, or prepare again with experiments.prepare --no-crop-faces --overwrite"
+            )
+        raise DataError(
+            f"{folder} stores whole photographs ready to train, not the face boxes: pass "
+            "--no-crop-faces, or prepare again with experiments.prepare --overwrite (face boxes by default)"
+        )
     labels = meta.get("labels", {})
     sources = {}
     for split in SPLITS:
         records = grain.sources.ArrayRecordDataSource(shards(folder, split))
         expected = meta["class_counts"][split]
         if len(records) != sum(expected):
-            raise DataError(f"prepared data in {folder} holds {len(records)} {split} records, its metadata "
-                            f"{sum(expected)}: run experiments.prepare again")
-        sources[split] = PreparedSource(records, str(folder), crop and has_boxes and not ready, labels.get(split),
-                                         min_size)
+            raise DataError(
+                f"prepared data in {folder} holds {len(records)} {split} records, its metadata "
+                f"{sum(expected)}: run experiments.prepare again"
+            )
+        sources[split] = PreparedSource(
+            records, str(folder), crop and has_boxes and not ready, labels.get(split), min_size
+        )
     return Prepared(
         folder=folder,
         classes=tuple(meta["classes"]),

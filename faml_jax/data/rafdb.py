@@ -34,11 +34,11 @@ def find_root(data_dir: str | Path) -> Path:
     for root in candidates:
         if (root / LABEL_FILE).is_file():
             if not (root / IMAGE_DIR).is_dir():
-                raise missing("RAF-DB's aligned images", [root / IMAGE_DIR],
-                              "unpack basic/Image/aligned.zip there")
+                raise missing("RAF-DB's aligned images", [root / IMAGE_DIR], "unpack basic/Image/aligned.zip there")
             return root
-    raise missing("RAF-DB label file", [c / LABEL_FILE for c in candidates],
-                  "--data-dir is RAF-DB's `basic` folder or its parent")
+    raise missing(
+        "RAF-DB label file", [c / LABEL_FILE for c in candidates], "--data-dir is RAF-DB's `basic` folder or its parent"
+    )
 
 
 def image_path(root: Path, name: str) -> Path:

@@ -254,8 +254,10 @@ def materialize(config: SyntheticConfig, cache_dir: str | os.PathLike | None = N
     except OSError as error:
         from faml_jax.errors import DataError
 
-        raise DataError(f"cannot write the synthetic data set into {root} ({error.strerror or error}): "
-                        "give a writable --data-dir or FAML_JAX_CACHE") from None
+        raise DataError(
+            f"cannot write the synthetic data set into {root} ({error.strerror or error}): "
+            "give a writable --data-dir or FAML_JAX_CACHE"
+        ) from None
     if progress:
         progress(f"generating the synthetic data set into {folder} (once)")
     try:

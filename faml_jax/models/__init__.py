@@ -1,8 +1,8 @@
 """Models: ResNet18 and R18+FAML (METHOD 2), built by name.
 
-    >>> model = build("r18_faml", num_classes=7)
-    >>> variables = init(model, jax.random.key(0))
-    >>> logits = model.apply(variables, images)          # (batch, 7)
+>>> model = build("r18_faml", num_classes=7)
+>>> variables = init(model, jax.random.key(0))
+>>> logits = model.apply(variables, images)          # (batch, 7)
 """
 
 from __future__ import annotations
@@ -68,8 +68,10 @@ def with_preset(config: ModelConfig, name: str, *, attention: bool | None = None
     if config.attention:
         return config
     defaults = ModelConfig()
-    return dataclasses.replace(config, **{f.name: getattr(defaults, f.name) for f in dataclasses.fields(ModelConfig)
-                                          if f.name.startswith("attn_")})
+    return dataclasses.replace(
+        config,
+        **{f.name: getattr(defaults, f.name) for f in dataclasses.fields(ModelConfig) if f.name.startswith("attn_")},
+    )
 
 
 @functools.lru_cache(maxsize=32)

@@ -43,16 +43,20 @@ class SelfAttention(nn.Module):
         # One batched product per head: XLA's CPU backend ran "bqhd,bkhd->bhqk" (the head axis
         # between the token axes) about 3x slower than this, forward and backward (BENCHMARKS.md).
         scale = jnp.sqrt(head_dim).astype(jnp.float32)
-        probs = jnp.stack([
-            jax.nn.softmax(jnp.einsum("bqd,bkd->bqk", q[:, :, h], k[:, :, h]).astype(jnp.float32) / scale, axis=-1)
-            for h in range(self.heads)
-        ], axis=1)  # (b, h, n, n), in float32 as jax.nn.dot_product_attention does
+        probs = jnp.stack(
+            [
+                jax.nn.softmax(jnp.einsum("bqd,bkd->bqk", q[:, :, h], k[:, :, h]).astype(jnp.float32) / scale, axis=-1)
+                for h in range(self.heads)
+            ],
+            axis=1,
+        )  # (b, h, n, n), in float32 as jax.nn.dot_product_attention does
         # The attention maps' relevancy (METHOD 6, Chefer et al.) reads the probabilities and their
         # gradient: sown, and perturbable (a no-op unless a "perturbations" collection is given).
         self.sow("intermediates", "probs", probs)
         probs = self.perturb("probs", probs)
-        y = jnp.stack([jnp.einsum("bqk,bkd->bqd", probs[:, h].astype(v.dtype), v[:, :, h]) for h in range(self.heads)],
-                      axis=2)  # (b, n, h, d)
+        y = jnp.stack(
+            [jnp.einsum("bqk,bkd->bqd", probs[:, h].astype(v.dtype), v[:, :, h]) for h in range(self.heads)], axis=2
+        )  # (b, n, h, d)
         return rows(nn.DenseGeneral(self.dim, axis=(-2, -1), dtype=self.dtype, name="out"), y, features_axes=2)
 
 
@@ -117,13 +121,16 @@ class AttentionBlock(nn.Module):
         for i in range(self.depth):
             tokens = EncoderLayer(self.dim, self.heads, self.mlp_ratio, self.dtype, name=f"layer{i}")(tokens)
         tokens = nn.LayerNorm(dtype=self.dtype, name="norm")(tokens)
-        gate = rows(nn.Dense(
-            p * p * ch,
-            dtype=self.dtype,
-            kernel_init=nn.initializers.zeros,
-            bias_init=nn.initializers.zeros,
-            name="project",
-        ), tokens)
+        gate = rows(
+            nn.Dense(
+                p * p * ch,
+                dtype=self.dtype,
+                kernel_init=nn.initializers.zeros,
+                bias_init=nn.initializers.zeros,
+                name="project",
+            ),
+            tokens,
+        )
         # (b, gh*gw, p*p*ch) -> (b, gh, gw, p, p, ch) -> (b, gh, p, gw, p, ch) -> (b, h, w, ch)
         gate = gate.reshape(b, gh, gw, p, p, ch).transpose(0, 1, 3, 2, 4, 5).reshape(b, h, w, ch)
         return x * (2.0 * nn.sigmoid(gate)).astype(x.dtype)

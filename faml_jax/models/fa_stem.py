@@ -73,10 +73,8 @@ class FAStem(nn.Module):
             aux = stem_conv(self.features, self.dtype, f"conv_region{i}")(crop)
             # Even pixel offsets: crop pixel (2i, 2j) is image pixel (top + 2i, left + 2j), which is
             # position (top/2 + i, left/2 + j) of the main feature map.
-            t, l = top // 2, left // 2
-            placed = jnp.pad(
-                aux, ((0, 0), (t, fmap - t - aux.shape[1]), (l, fmap - l - aux.shape[2]), (0, 0))
-            )
+            dy, dx = top // 2, left // 2
+            placed = jnp.pad(aux, ((0, 0), (dy, fmap - dy - aux.shape[1]), (dx, fmap - dx - aux.shape[2]), (0, 0)))
             self.sow("intermediates", f"region_{region.name}", placed)
             fused = fused + weights[i].astype(fused.dtype) * placed
         return fused

@@ -21,5 +21,11 @@ def conv_init():
 def batch_norm(train: bool, dtype: Any, axis_name: str | None = None, momentum: float = BN_MOMENTUM):
     """The network's BatchNorm as one ``partial`` (Flax's ResNet passes it down the same way):
     batch statistics in training (synchronised over ``axis_name``), running averages otherwise."""
-    return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=momentum, epsilon=BN_EPSILON,
-                             dtype=dtype, axis_name=axis_name if train else None)
+    return functools.partial(
+        nn.BatchNorm,
+        use_running_average=not train,
+        momentum=momentum,
+        epsilon=BN_EPSILON,
+        dtype=dtype,
+        axis_name=axis_name if train else None,
+    )

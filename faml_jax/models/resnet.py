@@ -14,12 +14,13 @@ from faml_jax.models.fa_stem import FAStem
 from faml_jax.models.layers import BN_MOMENTUM, batch_norm, conv_init
 from faml_jax.models.pooling import max_pool
 
+
 def head_inits(kind: str, fan_in: int) -> dict:
     """Initialisers of the dense head: "flax" (``nn.Dense``'s defaults: LeCun normal weights,
     zero bias) or "torch" (``torch.nn.Linear``'s: weights and bias uniform in +-1/sqrt(fan_in))."""
     if kind == "flax":
         return {}
-    bound = 1.0 / fan_in ** 0.5
+    bound = 1.0 / fan_in**0.5
 
     def bias_init(key, shape, dtype=jnp.float32):
         return jax.random.uniform(key, shape, dtype, -bound, bound)
@@ -41,8 +42,14 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         conv = lambda kernel, strides, padding, name: nn.Conv(  # noqa: E731
-            self.features, kernel, strides, padding=padding, use_bias=False,
-            dtype=self.dtype, kernel_init=conv_init(), name=name,
+            self.features,
+            kernel,
+            strides,
+            padding=padding,
+            use_bias=False,
+            dtype=self.dtype,
+            kernel_init=conv_init(),
+            name=name,
         )
         s = (self.strides, self.strides)
         y = conv((3, 3), s, ((1, 1), (1, 1)), "conv1")(x)
@@ -101,5 +108,7 @@ class ResNet(nn.Module):
         x = self.perturb("last_stage", x)
         features = jnp.mean(x, axis=(1, 2))
         self.sow("intermediates", "features", features)
-        logits = nn.Dense(cfg.num_classes, dtype=dtype, name="fc", **head_inits(cfg.head_init, features.shape[-1]))(features)
+        logits = nn.Dense(cfg.num_classes, dtype=dtype, name="fc", **head_inits(cfg.head_init, features.shape[-1]))(
+            features
+        )
         return logits.astype(jnp.float32)
