@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from pathlib import Path
@@ -188,7 +187,7 @@ def run(
         for seed in seeds:
             run_dir = workdir / config.model_name / f"seed{seed}"
             summary_path = run_dir / "summary.json"
-            summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+            summary = runs.read_json(summary_path, "the summary") if summary_path.exists() else None
             if summary is not None:
                 check_finished_run(run_dir, dataclasses.replace(config, seed=seed), keep_recorded)
             if summary is None or summary["epochs"] < config.epochs:
@@ -219,7 +218,7 @@ def run(
         log=log,
         keep_recorded=keep_recorded,
     )
-    lineage = json.loads((fga_dir / "population.json").read_text())
+    lineage = runs.read_json(fga_dir / "population.json", "the lineage")
     survivors = result["survivors"]
     table["R18+FAML-FGA"] = single_row(
         survivors,

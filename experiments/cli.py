@@ -16,11 +16,11 @@ import jax
 
 from faml_jax import data, models, signals
 from faml_jax.config import AUGMENT_PRESETS, RUN_PRESETS, AugmentConfig, FGAConfig, RunConfig, preset
-from faml_jax.errors import DiskFullError, is_disk_full, written_path
+from faml_jax.errors import DiskFullError, FamlError, is_disk_full, written_path
 from faml_jax.trainer import start_processes
 
 
-class UsageError(ValueError):
+class UsageError(FamlError):
     """A problem with the command line itself (flags that do not go together): one line, exit 2.
     Problems found by the library arrive as its own errors (``faml_jax.errors``)."""
 
@@ -266,12 +266,13 @@ def kept_on_resume(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def run_cli(parser: argparse.ArgumentParser, argv, body) -> int:
-    """Parse ``argv`` and call ``body(args)``. Every expected failure is one line on stderr: a
-    usage problem, an invalid configuration value or a library error (exit status 2), a file
-    that cannot be read or written (``OSError``, status 1), a stop by Ctrl-C or SIGTERM (status
-    130 or 143, after what the library kept is said; ``faml_jax.signals``). The file system
-    filling up, however a library reports it, is one line naming what was being written
-    (status 1), without the background writers' echoes of it (``quiet_disk_full_echoes``)."""
+    """Parse ``argv`` and call ``body(args)``. Every failure a user can cause is one line on
+    stderr: a usage problem or a library error (``faml_jax.errors.FamlError``: exit status 2), a
+    file that cannot be read or written (``OSError``, status 1), a stop by Ctrl-C or SIGTERM
+    (status 130 or 143, after what the library kept is said; ``faml_jax.signals``). The file
+    system filling up, however a library reports it, is one line naming what was being written
+    (status 1), without the background writers' echoes of it (``quiet_disk_full_echoes``). Any
+    other exception is a bug: it propagates with its traceback."""
     args = parser.parse_args(argv)
     quiet_disk_full_echoes()
     try:
@@ -285,7 +286,7 @@ def run_cli(parser: argparse.ArgumentParser, argv, body) -> int:
                         "no space left on device" + (f" while writing {path}" if path else "")
                     ) from None
                 raise
-    except (UsageError, ValueError) as error:
+    except FamlError as error:
         print(f"{parser.prog}: error: {one_line(error)}", file=sys.stderr)
         return 2
     except OSError as error:

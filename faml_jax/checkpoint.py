@@ -25,10 +25,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from faml_jax.errors import FamlError
+
 DIGEST = "digest.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FamlError):
     """A checkpoint cannot be restored (the subclasses say why)."""
 
 

@@ -37,11 +37,11 @@ class Region:
         for field in ("top", "left", "height", "width"):
             value = getattr(self, field)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"Region {self.name!r}: {field}={value} is not in [0, 1]")
+                raise ConfigError(f"Region {self.name!r}: {field}={value} is not in [0, 1]")
         if self.height <= 0 or self.width <= 0:
-            raise ValueError(f"Region {self.name!r} is empty (height={self.height}, width={self.width})")
+            raise ConfigError(f"Region {self.name!r} is empty (height={self.height}, width={self.width})")
         if self.top + self.height > 1.0 + 1e-9 or self.left + self.width > 1.0 + 1e-9:
-            raise ValueError(f"Region {self.name!r} extends past the face box")
+            raise ConfigError(f"Region {self.name!r} extends past the face box")
 
     def pixels(self, size: int) -> tuple[int, int, int, int]:
         """(top, left, bottom, right) in pixels of a ``size`` x ``size`` image, all even."""
@@ -52,7 +52,7 @@ class Region:
         top, left = even(self.top), even(self.left)
         bottom, right = even(self.top + self.height), even(self.left + self.width)
         if bottom <= top or right <= left:
-            raise ValueError(f"Region {self.name!r} is empty at input size {size}")
+            raise ConfigError(f"Region {self.name!r} is empty at input size {size}")
         return top, left, bottom, right
 
 
@@ -103,28 +103,28 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+            raise ConfigError(f"num_classes must be >= 2, got {self.num_classes}")
         if len(self.widths) != len(self.stage_depths):
-            raise ValueError(f"widths {self.widths} and stage_depths {self.stage_depths} differ in length")
+            raise ConfigError(f"widths {self.widths} and stage_depths {self.stage_depths} differ in length")
         if not all(w >= 1 for w in self.widths) or not all(d >= 1 for d in self.stage_depths):
-            raise ValueError(f"widths and stage_depths must be >= 1, got {self.widths} and {self.stage_depths}")
+            raise ConfigError(f"widths and stage_depths must be >= 1, got {self.widths} and {self.stage_depths}")
         if self.input_size <= 0 or self.input_size % 2:
-            raise ValueError(f"input_size must be a positive even number, got {self.input_size}")
+            raise ConfigError(f"input_size must be a positive even number, got {self.input_size}")
         if self.attention:
             n_blocks = len(self.widths) - 1
             if len(self.attn_patch_sizes) != n_blocks:
-                raise ValueError(
+                raise ConfigError(
                     f"attn_patch_sizes needs one patch size per attention block ({n_blocks}), "
                     f"got {self.attn_patch_sizes}"
                 )
             if self.attn_dim % self.attn_heads:
-                raise ValueError(f"attn_dim {self.attn_dim} is not divisible by attn_heads {self.attn_heads}")
+                raise ConfigError(f"attn_dim {self.attn_dim} is not divisible by attn_heads {self.attn_heads}")
         for region in self.fa_regions:
             region.pixels(self.input_size)  # raises for a region that is empty at this size
         if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+            raise ConfigError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
         if self.head_init not in ("flax", "torch"):
-            raise ValueError(f"head_init must be 'flax' or 'torch', got {self.head_init!r}")
+            raise ConfigError(f"head_init must be 'flax' or 'torch', got {self.head_init!r}")
 
 
 LossKind = Literal["ml", "ce", "lsr", "wce", "mix"]
@@ -150,11 +150,11 @@ class LossConfig:
 
     def __post_init__(self):
         if self.kind not in ("ml", "ce", "lsr", "wce", "mix"):
-            raise ValueError(f"unknown loss kind {self.kind!r}; expected ml, ce, lsr, wce or mix")
+            raise ConfigError(f"unknown loss kind {self.kind!r}; expected ml, ce, lsr, wce or mix")
         if not 0.0 <= self.p_lsr <= 1.0:
-            raise ValueError(f"p_lsr must be in [0, 1], got {self.p_lsr}")
+            raise ConfigError(f"p_lsr must be in [0, 1], got {self.p_lsr}")
         if not 0.0 <= self.eps < 1.0:
-            raise ValueError(f"eps must be in [0, 1), got {self.eps}")
+            raise ConfigError(f"eps must be in [0, 1), got {self.eps}")
 
     @property
     def needs_class_weights(self) -> bool:
@@ -197,15 +197,15 @@ class OptimConfig:
 
     def __post_init__(self):
         if self.name not in ("adam", "sgd"):
-            raise ValueError(f"unknown optimiser {self.name!r}; expected 'adam' or 'sgd'")
+            raise ConfigError(f"unknown optimiser {self.name!r}; expected 'adam' or 'sgd'")
         if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be finite and >= 0, got {self.weight_decay}")
+            raise ConfigError(f"weight_decay must be finite and >= 0, got {self.weight_decay}")
         if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay_mode not in ("decoupled", "coupled"):
-            raise ValueError(f"weight_decay_mode must be 'decoupled' or 'coupled', got {self.weight_decay_mode!r}")
+            raise ConfigError(f"weight_decay_mode must be 'decoupled' or 'coupled', got {self.weight_decay_mode!r}")
         if self.name == "sgd" and self.weight_decay and self.weight_decay_mode != "coupled":
-            raise ValueError(
+            raise ConfigError(
                 "SGD's weight decay is coupled (an L2 term in the gradient, as torch.optim.SGD's): "
                 "give weight_decay_mode='coupled'"
             )
@@ -239,16 +239,16 @@ class ScheduleConfig:
 
     def __post_init__(self):
         if self.window < 2:
-            raise ValueError(f"window must be >= 2 epochs, got {self.window}")
+            raise ConfigError(f"window must be >= 2 epochs, got {self.window}")
         for name in ("lr1", "lr2", "lr2_gamma"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):  # NaN and infinity fail here
-                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+                raise ConfigError(f"{name} must be a finite number > 0, got {value}")
         for name in ("loss_range", "acc_range"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if self.lr1_min is not None and not 0 <= self.lr1_min <= self.lr1:
-            raise ValueError(f"lr1_min must be in [0, lr1={self.lr1}], got {self.lr1_min}")
+            raise ConfigError(f"lr1_min must be in [0, lr1={self.lr1}], got {self.lr1_min}")
 
     @property
     def lr1_floor(self) -> float:
@@ -328,18 +328,18 @@ class AugmentConfig:
     def __post_init__(self):
         for name in ("flip", "rotate_p", "erasing_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
+                raise ConfigError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
         for name in ("rotate_degrees", "brightness", "contrast", "saturation"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.crop_padding <= 1.0:
-            raise ValueError(f"crop_padding is a fraction of the input side in [0, 1], got {self.crop_padding}")
+            raise ConfigError(f"crop_padding is a fraction of the input side in [0, 1], got {self.crop_padding}")
         lo, hi = self.erasing_scale
         if not 0.0 < lo <= hi <= 1.0:
-            raise ValueError(f"erasing_scale must satisfy 0 < low <= high <= 1, got {self.erasing_scale}")
+            raise ConfigError(f"erasing_scale must satisfy 0 < low <= high <= 1, got {self.erasing_scale}")
         lo, hi = self.erasing_ratio
         if not 0.0 < lo <= hi:
-            raise ValueError(f"erasing_ratio must satisfy 0 < low <= high, got {self.erasing_ratio}")
+            raise ConfigError(f"erasing_ratio must satisfy 0 < low <= high, got {self.erasing_ratio}")
 
     def padding_pixels(self, size: int) -> int:
         """The random crop's padding in pixels at input side ``size``."""
@@ -400,11 +400,11 @@ class RunConfig:
 
     def __post_init__(self):
         if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
         if self.keep_checkpoints < 1:
-            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+            raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -447,15 +447,15 @@ class FGAConfig:
 
     def __post_init__(self):
         if self.population < 2:
-            raise ValueError(f"population must be >= 2 networks, got {self.population}")
+            raise ConfigError(f"population must be >= 2 networks, got {self.population}")
         if self.generations < 0 or self.children < 0 or self.new_members < 0 or self.recompute_bn < 0:
-            raise ValueError("generations, children, new_members and recompute_bn must be >= 0")
+            raise ConfigError("generations, children, new_members and recompute_bn must be >= 0")
         if self.generations and self.children + self.new_members == 0:
-            raise ValueError("a generation needs at least one child or new member")
+            raise ConfigError("a generation needs at least one child or new member")
         if not 2 <= self.parents <= self.population:
-            raise ValueError(f"parents must be in [2, population={self.population}], got {self.parents}")
+            raise ConfigError(f"parents must be in [2, population={self.population}], got {self.parents}")
         if self.child_lr not in ("lr1", "lr2"):
-            raise ValueError(f"child_lr must be 'lr1' or 'lr2', got {self.child_lr!r}")
+            raise ConfigError(f"child_lr must be 'lr1' or 'lr2', got {self.child_lr!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -722,7 +722,7 @@ def from_dict(cls, values: dict):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ValueError(f"{cls.__name__} has no field(s) {unknown}")
+        raise ConfigError(f"{cls.__name__} has no field(s) {unknown}")
     return cls(**{name: _from_json(hints[name], value) for name, value in values.items()})
 
 

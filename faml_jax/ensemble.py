@@ -49,7 +49,7 @@ MAPPING_BY_BACKEND: dict[str, Mapping] = {"cpu": "map"}
 def _check_logits(logits: jax.Array) -> None:
     chex.assert_rank(logits, 3)
     if logits.shape[-1] < 2:
-        raise ValueError(f"voting needs at least 2 classes, got logits of shape {logits.shape}")
+        raise ConfigError(f"voting needs at least 2 classes, got logits of shape {logits.shape}")
 
 
 @jax.jit
@@ -136,7 +136,7 @@ def predict(logits: jax.Array, strategy: str = "t2v", alpha: float = ALPHA, beta
         return t1v_predict(logits)
     if strategy == "noi":
         return noi_predict(logits)
-    raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+    raise ConfigError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
 
 
 @jax.jit
@@ -181,7 +181,7 @@ def ensemble_logits(model, stacked_variables: dict, images: jax.Array, mapping: 
         return jax.lax.map(one, stacked_variables)
     if mapping == "vmap":
         return jax.vmap(one)(stacked_variables)
-    raise ValueError(f"unknown mapping {mapping!r}; expected 'map' or 'vmap'")
+    raise ConfigError(f"unknown mapping {mapping!r}; expected 'map' or 'vmap'")
 
 
 def default_mapping(backend: str | None = None) -> Mapping:
@@ -228,7 +228,7 @@ def analyse(
     elif order == "accuracy":
         sequence = sorted(range(m), key=lambda i: (-singles[i]["accuracy"], i))
     else:
-        raise ValueError(f"unknown order {order!r}; expected 'given' or 'accuracy'")
+        raise ConfigError(f"unknown order {order!r}; expected 'given' or 'accuracy'")
     sizes = []
     for k in range(2, m + 1):
         decisions = decide(logits if k == m else logits[sequence[:k]])  # at k = m: the whole ensemble

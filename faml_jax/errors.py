@@ -1,27 +1,34 @@
-"""The library's exceptions: one-line messages a program prints as they are (``experiments/cli.py``
-turns them into "one line, exit status 2"). All are ``ValueError`` subclasses, so code that
-catches ``ValueError`` keeps working, except ``DiskFullError``, an ``OSError`` (exit status 1)."""
+"""The library's exceptions. Every error a user can cause (a configuration, a data set, a folder,
+a file) is a ``FamlError`` with a one-line message, which the programs print as it is with exit
+status 2 (``experiments/cli.py``); ``DiskFullError`` is an ``OSError`` (exit status 1). Any other
+exception is a bug, and the programs show its traceback.
+
+``FamlError`` derives from ``ValueError`` (code that catches ``ValueError`` keeps working)."""
 
 import errno
 import re
 
 
-class ConfigError(ValueError):
+class FamlError(ValueError):
+    """The common base of the errors a user can cause: one line that says what to do."""
+
+
+class ConfigError(FamlError):
     """A run's configuration cannot be used as asked (e.g. a real data set without a pre-trained
     start, a batch that does not divide over the devices, a resumed run with another
     configuration)."""
 
 
-class WorkdirError(ValueError):
+class WorkdirError(FamlError):
     """An output folder cannot be used as asked: not writable, holding an earlier run without
     resume/overwrite, or missing what a finished run leaves there."""
 
 
-class DataError(ValueError):
+class DataError(FamlError):
     """A data set folder is missing, incomplete or not in the expected layout."""
 
 
-class NonFiniteError(ValueError):
+class NonFiniteError(FamlError):
     """Training produced a non-finite loss, gradient or weight (a learning rate too high, a
     non-finite input): the run stopped, keeping its last finite checkpoint."""
 

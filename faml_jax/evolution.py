@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import signal
 from collections.abc import Callable
@@ -40,7 +39,7 @@ from faml_jax import fga, models, pretrained, signals, train
 from faml_jax.config import FGAConfig, RunConfig, config_to_json, structural_differences
 from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.metrics import classification_metrics
-from faml_jax.runs import last_epoch, member_workdir, read_run_config, restore_variables
+from faml_jax.runs import last_epoch, member_workdir, read_json, read_run_config, restore_variables
 from faml_jax.trainer import (
     FETCH_EVERY,
     EpochProgress,
@@ -240,7 +239,7 @@ class Evolution:
         self.setup = Setup(config, log)
         path = workdir / "population.json"
         self.lineage = (
-            json.loads(path.read_text())
+            read_json(path, "the lineage")
             if path.exists()
             else {
                 "dataset": config.data.dataset,
@@ -289,7 +288,7 @@ class Evolution:
             for i, path in enumerate(self.given):
                 name = f"given{i}"
                 last = last_epoch(path)
-                summary = json.loads((path / "summary.json").read_text())
+                summary = read_json(path / "summary.json", "the summary of a given network")
                 self.lineage["members"][name] = {
                     "generation": 0,
                     "origin": "given",

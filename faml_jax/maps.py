@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from faml_jax import ensemble
+from faml_jax.errors import ConfigError
 from faml_jax.preprocess import normalize
 
 KINDS = ("gradcam", "relevancy")
@@ -117,14 +118,14 @@ def make_explainer(model, kind: str = "gradcam") -> Callable:
     every member's ``kind`` map ("gradcam", or "relevancy" for models with attention blocks) of
     the ensemble's decided class ``decision`` (N,), members one after another (``lax.map``)."""
     if kind not in KINDS:
-        raise ValueError(f"unknown map {kind!r}; expected one of {KINDS}")
+        raise ConfigError(f"unknown map {kind!r}; expected one of {KINDS}")
 
     @jax.jit
     def explain(stacked, images, decision):
         def one(variables):
             out = network_maps(model, variables, images, decision)
             if kind not in out:
-                raise ValueError("relevancy maps need a model with attention blocks (r18_faml, r18_fa)")
+                raise ConfigError("relevancy maps need a model with attention blocks (r18_faml, r18_fa)")
             return out[kind], out["logits"]
 
         return jax.lax.map(one, stacked)

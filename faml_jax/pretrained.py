@@ -28,11 +28,13 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from faml_jax.errors import FamlError
+
 RESNET18_WIDTHS = (64, 128, 256, 512)
 RESNET18_DEPTHS = (2, 2, 2, 2)
 
 
-class ConversionError(ValueError):
+class ConversionError(FamlError):
     """A state dict that is not a torchvision ResNet18, or a backbone that does not fit a model."""
 
 

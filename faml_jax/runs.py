@@ -77,13 +77,28 @@ def read_run_config(workdir: Path) -> RunConfig:
         raise WorkdirError(f"{path} is not a valid run configuration: {error}") from None
 
 
+def read_json(path: Path, what: str = "file") -> dict:
+    """A JSON file the programs wrote (``what`` names it in errors): a missing file or one that is
+    not valid JSON (edited, truncated by another tool) is a ``WorkdirError`` naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise WorkdirError(f"{what} {path} not found") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise WorkdirError(f"{what} {path} is not valid JSON ({error})") from None
+
+
 def last_epoch(workdir: Path) -> dict:
     """The last line of a network's metrics.jsonl (its final training loss and test accuracy)."""
     path = workdir / "metrics.jsonl"
     lines = path.read_text().splitlines() if path.exists() else []
     if not lines:
         raise WorkdirError(f"{path} has no trained epoch")
-    return json.loads(lines[-1])
+    try:
+        return json.loads(lines[-1])
+    except ValueError as error:
+        raise WorkdirError(f"the last line of {path} is not valid JSON ({error})") from None
 
 
 # Beside checkpoints/: a checkpoint saved within an epoch when the run stopped on a signal (its
@@ -115,7 +130,7 @@ def choose_epoch(workdir: Path, which: str) -> int:
     highest test accuracy in the run's metrics.jsonl (the earliest of equals; selected on the test
     split, so optimistic)."""
     if which not in CHECKPOINT_CHOICES:
-        raise ValueError(f"unknown checkpoint {which!r}; expected 'final' or 'best'")
+        raise ConfigError(f"unknown checkpoint {which!r}; expected 'final' or 'best'")
     workdir = Path(workdir)
     epochs = checkpoint_epochs(workdir)
     if not epochs:
@@ -192,7 +207,7 @@ def population_members(
     path = evolve_dir / "population.json"
     if not path.exists():
         raise WorkdirError(f"{path} not found (expected the workdir of experiments.evolve)")
-    lineage = json.loads(path.read_text())
+    lineage = read_json(path, "the lineage")
     generations = lineage.get("generations", [])
     if all_networks:
         if generation is not None:
@@ -222,7 +237,7 @@ def configured_generations(evolve_dir: Path) -> int:
     (its evolve.json, as last started or resumed)."""
     path = Path(evolve_dir) / "evolve.json"
     try:
-        return int(json.loads(path.read_text())["fga"]["generations"])
+        return int(read_json(path, "the evolution's configuration")["fga"]["generations"])
     except FileNotFoundError:
         raise WorkdirError(f"{path} not found (expected the workdir of experiments.evolve)") from None
     except (ValueError, KeyError, TypeError) as error:

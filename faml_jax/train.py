@@ -31,6 +31,7 @@ import optax
 
 from faml_jax import models
 from faml_jax.config import AugmentConfig, LossConfig, OptimConfig
+from faml_jax.errors import ConfigError
 from faml_jax.losses import ce_loss, make_loss_fn
 from faml_jax.preprocess import augment as augment_batch
 from faml_jax.preprocess import normalize
@@ -332,7 +333,7 @@ def shard(batch, devices=None):
     def split(x):
         x = np.asarray(x)
         if x.shape[0] % n:
-            raise ValueError(f"global batch {x.shape[0]} is not divisible by {n} devices")
+            raise ConfigError(f"global batch {x.shape[0]} is not divisible by {n} devices")
         return jax.device_put(x.reshape(n, x.shape[0] // n, *x.shape[1:]), sharding)
 
     return jax.tree_util.tree_map(split, batch)

@@ -10,6 +10,7 @@ from helpers import TINY_MODEL, require_torch
 
 from faml_jax import models
 from faml_jax.config import DEFAULT_REGIONS, ModelConfig, Region
+from faml_jax.errors import ConfigError
 from faml_jax.models import AttentionBlock, FAStem
 
 
@@ -46,13 +47,13 @@ def test_r18_faml_adds_stem_and_attention_parameters_only():
 
 
 def test_build_rejects_unknown_names_and_options():
-    with pytest.raises(ValueError, match="unknown model 'r50'"):
+    with pytest.raises(ConfigError, match="unknown model 'r50'"):
         models.build("r50", 7)
-    with pytest.raises(TypeError, match="unknown model option"):
+    with pytest.raises(ConfigError, match="unknown model option"):
         models.build("r18", 7, width=(1, 2))
-    with pytest.raises(ValueError, match="patch"):
+    with pytest.raises(ConfigError, match="patch"):
         models.build("r18_faml", 7, attn_patch_sizes=(4, 2))
-    with pytest.raises(ValueError, match="even"):
+    with pytest.raises(ConfigError, match="even"):
         models.build("r18", 7, input_size=63)
 
 

@@ -26,6 +26,7 @@ from faml_jax.data.folders import (
     training_class_weights,
 )
 from faml_jax.data.pipeline import ArraySource, Source, TrainLoader, eval_batches
+from faml_jax.errors import ConfigError
 
 DATASETS = ("synthetic", "rafdb", "affectnet7", "affectnet8")
 
@@ -33,7 +34,7 @@ DATASETS = ("synthetic", "rafdb", "affectnet7", "affectnet8")
 def class_names(name: str) -> tuple[str, ...]:
     """The class names of data set ``name`` in label order (without opening it)."""
     if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
+        raise ConfigError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
     if name.startswith("affectnet"):
         return affectnet.classes(int(name[-1]))
     return rafdb.CLASSES if name == "rafdb" else synthetic.CLASSES
@@ -127,7 +128,7 @@ def open_dataset(
         (``folders.decode_image``).
     """
     if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
+        raise ConfigError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
     if name == "synthetic":
         return _open_synthetic(synthetic_config or synthetic.SyntheticConfig(), data_dir, progress)
     if data_dir is None:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from faml_jax.data.folders import DataError, FolderIndex, Problems, SplitIndex, missing, read_text
+from faml_jax.errors import ConfigError
 
 CLASSES = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
 CODE_NAMES = CLASSES + ("none", "uncertain", "no-face")
@@ -57,7 +58,7 @@ NPY_SPLITS = {"train": "train_set", "test": "val_set"}
 
 def classes(num_classes: int) -> tuple[str, ...]:
     if num_classes not in (7, 8):
-        raise ValueError(f"AffectNet has 7 or 8 classes, got {num_classes}")
+        raise ConfigError(f"AffectNet has 7 or 8 classes, got {num_classes}")
     return CLASSES[:num_classes]
 
 

@@ -19,6 +19,8 @@ import grain
 import numpy as np
 from PIL import Image
 
+from faml_jax.errors import ConfigError
+
 
 class Source(Protocol):
     """A random-access data source: ``source[i] -> {"image": uint8 (H, W, 3), "label": int}``;
@@ -126,9 +128,9 @@ class TrainLoader:
 
     def __post_init__(self):
         if self.global_batch % self.process_count:
-            raise ValueError(f"batch {self.global_batch} is not divisible by {self.process_count} processes")
+            raise ConfigError(f"batch {self.global_batch} is not divisible by {self.process_count} processes")
         if self.steps_per_epoch < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"the training split has {len(self.source)} examples, fewer than one batch of {self.global_batch}"
             )
 

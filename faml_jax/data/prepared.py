@@ -55,6 +55,7 @@ from faml_jax.data.folders import (
     training_class_weights,
 )
 from faml_jax.data.pipeline import resize
+from faml_jax.errors import ConfigError
 
 NO_BOX = (-1, -1, -1, -1)
 STORED_SIZE = 224  # the paper's input size: stored crops need no resize when training at it
@@ -232,7 +233,7 @@ def metadata(index: FolderIndex, where: str) -> dict[str, Any]:
 
 def _builder(dataset: str, out_dir, **kwargs) -> _FolderBuilder:
     if dataset not in BUILDERS:
-        raise ValueError(f"no prepared form of data set {dataset!r}; available: {', '.join(BUILDERS)}")
+        raise ConfigError(f"no prepared form of data set {dataset!r}; available: {', '.join(BUILDERS)}")
     cls, config = BUILDERS[dataset]
     return cls(data_dir=str(out_dir), config=config, **kwargs)
 
@@ -412,7 +413,10 @@ def open_prepared(dataset: str, out_dir, crop: bool = False, min_size: int | Non
     ``crop``: train on AffectNet's face boxes. Ready-to-train images were cut (or not) when
     prepared: a different request is a ``DataError`` saying to prepare again."""
     folder = dataset_dir(dataset, out_dir)
-    meta = json.loads((folder / "metadata.json").read_text())
+    try:
+        meta = json.loads((folder / "metadata.json").read_text())
+    except (OSError, ValueError) as error:
+        raise DataError(f"{folder / 'metadata.json'} cannot be read ({error}): prepare the data set again") from None
     has_boxes = bool(meta.get("has_boxes"))
     stored = meta.get("stored")
     ready = bool(stored and stored.get("size"))

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from faml_jax.errors import ConfigError
 from faml_jax.writer import temporary_folder
 
 CLASSES = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
@@ -74,11 +75,11 @@ class SyntheticConfig:
 
     def __post_init__(self):
         if self.train_size < len(CLASSES) or self.test_size < len(CLASSES):
-            raise ValueError(f"each split needs at least {len(CLASSES)} images")
+            raise ConfigError(f"each split needs at least {len(CLASSES)} images")
         if self.image_size < 16:
-            raise ValueError(f"image_size must be >= 16, got {self.image_size}")
+            raise ConfigError(f"image_size must be >= 16, got {self.image_size}")
         if not 0.0 <= self.label_noise < 1.0:
-            raise ValueError(f"label_noise must be in [0, 1), got {self.label_noise}")
+            raise ConfigError(f"label_noise must be in [0, 1), got {self.label_noise}")
 
     def key(self) -> str:
         """A short hash of the configuration: the name of its cache folder."""
@@ -213,7 +214,7 @@ def generate_split(config: SyntheticConfig, split: str) -> tuple[np.ndarray, np.
     """Generate one split. Returns ``(images uint8 (n, S, S, 3), labels int32 (n,), true_labels)``;
     ``labels`` carry the label noise (training split only), ``true_labels`` the drawn classes."""
     if split not in ("train", "test"):
-        raise ValueError(f"unknown split {split!r}; expected 'train' or 'test'")
+        raise ConfigError(f"unknown split {split!r}; expected 'train' or 'test'")
     n = config.train_size if split == "train" else config.test_size
     counts = class_counts(n, RAFDB_TRAIN_COUNTS if split == "train" else RAFDB_TEST_COUNTS)
     rng = np.random.default_rng([config.seed, 0 if split == "train" else 1])

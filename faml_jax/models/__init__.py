@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from faml_jax.config import DEFAULT_REGIONS, ModelConfig
+from faml_jax.errors import ConfigError
 from faml_jax.models.attention import AttentionBlock, EncoderLayer
 from faml_jax.models.fa_stem import FAStem
 from faml_jax.models.resnet import BasicBlock, ResNet
@@ -45,11 +46,11 @@ def build(name: str, num_classes: int, *, axis_name: str | None = None, **overri
       A Flax ``ResNet`` module; its ``config`` holds the resolved ``ModelConfig``.
     """
     if name not in PRESETS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(PRESETS))}")
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(PRESETS))}")
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise TypeError(f"unknown model option(s) {unknown}; ModelConfig has {sorted(fields)}")
+        raise ConfigError(f"unknown model option(s) {unknown}; ModelConfig has {sorted(fields)}")
     config = ModelConfig(num_classes=num_classes, **{**PRESETS[name], **overrides})
     return ResNet(config, axis_name=axis_name)
 
@@ -61,7 +62,7 @@ def with_preset(config: ModelConfig, name: str, *, attention: bool | None = None
     go back to their defaults (they would be unused, and a saved configuration should not show
     them)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(PRESETS))}")
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(PRESETS))}")
     config = dataclasses.replace(config, **PRESETS[name])
     if attention is not None:
         config = dataclasses.replace(config, attention=attention)
