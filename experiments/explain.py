@@ -4,7 +4,7 @@ expression, each cell the same test image with the row's attention map as a JET 
 
 Each column's image is the first test image of that expression that every row classifies
 correctly (``--indices`` chooses one test index per expression instead). The map of a network is
-Grad-CAM of its decided class on the last residual stage (``--kind relevancy``: the attention
+Grad-CAM of its decided class on the last residual stage (``--map relevancy``: the attention
 blocks' relevancy of Chefer et al., for models with attention blocks); an ensemble's map is its
 members' maps weighted by their T2V votes for the ensemble's decision (METHOD 6). Writes
 ``--out`` (default figure8.png) and beside it the raw maps, images and indices (.npz).
@@ -38,7 +38,12 @@ def build_parser() -> OneLineErrorParser:
         metavar="DIR",
         help="an evolution's final population: one row (repeatable)",
     )
-    parser.add_argument("--kind", choices=["gradcam", "relevancy"], default="gradcam", help="the map (default gradcam)")
+    parser.add_argument(
+        "--map",
+        choices=["gradcam", "relevancy"],
+        default="gradcam",
+        help="the map: gradcam (every model; default) or relevancy (models with attention blocks), as in experiments.predict",
+    )
     parser.add_argument("--indices", help="one test index per expression, comma-separated")
     parser.add_argument("--checkpoint", choices=["final", "best"], default="final", help="which checkpoint of each run")
     parser.add_argument("--data-dir", help="the data set's folder, if it moved since training")
@@ -61,7 +66,7 @@ def main(argv=None) -> int:
             indices = [int(i) for i in args.indices.split(",")] if args.indices else None
         except ValueError:
             raise UsageError(f"--indices takes integers separated by commas, got {args.indices!r}") from None
-        figure = predict.figure_of_maps(rows, kind=args.kind, indices=indices, data_dir=args.data_dir)
+        figure = predict.figure_of_maps(rows, kind=args.map, indices=indices, data_dir=args.data_dir)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         from PIL import Image
@@ -76,7 +81,8 @@ def main(argv=None) -> int:
             arrays={k: np.asarray(figure[k]) for k in ("maps", "images", "indices", "classes", "rows")},
         )
         print(
-            "test images per expression: " + ", ".join(f"{c} {i}" for c, i in zip(figure["classes"], figure["indices"]))
+            "test-split index of the image shown per expression: "
+            + ", ".join(f"{c} {i}" for c, i in zip(figure["classes"], figure["indices"]))
         )
         print(f"written {out} and {out.with_suffix('.npz')}")
 

@@ -13,7 +13,7 @@ of --jpeg-quality (95); --stored-size 0 stores the original files instead:
   affectnet/8/1.0.0/        AffectNet-8
 
 The folder appears only when complete. Then train from it with
-``python -m experiments.train --dataset rafdb --data-dir <out>`` (the folder's examples in the
+``python -m experiments.train --dataset rafdb --data-dir <out> --init <backbone>`` (the folder's examples in the
 same order: identical with --stored-size 0, within JPEG rounding otherwise). No TensorFlow is needed.
 """
 
@@ -109,7 +109,10 @@ def run(
         quality=quality,
     )
     log(data.open_dataset(dataset, out, crop_faces=crop_faces).describe())
-    log(f"prepared in {folder}; train with: python -m experiments.train --dataset {dataset} --data-dir {out}")
+    log(
+        f"prepared in {folder}; train with: python -m experiments.train --dataset {dataset} --data-dir {out} "
+        "--init BACKBONE (a backbone converted by tools.convert_torch_resnet18; --from-scratch to train without)"
+    )
     return folder
 
 

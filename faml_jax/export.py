@@ -99,13 +99,22 @@ def to_stablehlo(function: Callable, input_size: int) -> tuple[bytes, dict]:
 
 
 def load_stablehlo(path: str | os.PathLike) -> Callable:
-    """A function exported by ``export_runs`` (``model.stablehlo`` and ``model.weights.npz``
-    beside it), callable on uint8 images with jax alone."""
+    """A function exported by ``export_runs``: its ``model.stablehlo`` (``model.weights.npz``
+    beside it) or the export folder holding both; callable on uint8 images with jax alone."""
     from flax import traverse_util
 
     path = Path(path)
+    if path.is_dir():
+        path = path / "model.stablehlo"
+    weights_path = path.with_name(path.stem + ".weights.npz")
+    for needed in (path, weights_path):
+        if not needed.is_file():
+            raise ConfigError(
+                f"{needed} not found: load_stablehlo takes a folder written by tools.export "
+                "--format stablehlo (or its model.stablehlo)"
+            )
     exported = jax.export.deserialize(bytearray(path.read_bytes()))
-    with np.load(path.with_name(path.stem + ".weights.npz")) as saved:
+    with np.load(weights_path) as saved:
         weights = traverse_util.unflatten_dict({k: saved[k] for k in saved.files}, sep="/")
     return lambda images: exported.call(weights, images)
 

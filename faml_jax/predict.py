@@ -342,34 +342,19 @@ def read_photo_scaled(path: str | os.PathLike, min_size: int | None = None) -> t
     (``data.folders.decode_photo``); scale = decoded / the file's pixels."""
     import io
 
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     from faml_jax.data.folders import decode_photo, read_bytes
 
     payload = read_bytes(path)
     pixels, scale = decode_photo(payload, str(path), min_size)
     with Image.open(io.BytesIO(payload)) as image:
-        orientation = image.getexif().get(0x0112, 1)
-    return (_upright(pixels, orientation) if orientation not in (None, 1) else pixels), scale
-
-
-def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
-    """Undo an EXIF orientation (2-8) of decoded pixels."""
-    from PIL import Image
-
-    ops = {
-        2: [Image.Transpose.FLIP_LEFT_RIGHT],
-        3: [Image.Transpose.ROTATE_180],
-        4: [Image.Transpose.FLIP_TOP_BOTTOM],
-        5: [Image.Transpose.TRANSPOSE],
-        6: [Image.Transpose.ROTATE_270],
-        7: [Image.Transpose.TRANSVERSE],
-        8: [Image.Transpose.ROTATE_90],
-    }.get(orientation, [])
-    image = Image.fromarray(pixels)
-    for op in ops:
-        image = image.transpose(op)
-    return np.asarray(image)
+        exif = image.getexif()
+    if exif.get(0x0112, 1) in (None, 1):
+        return pixels, scale
+    decoded = Image.fromarray(pixels)
+    decoded.info["exif"] = exif.tobytes()  # the orientation Pillow's exif_transpose reads and undoes
+    return np.asarray(ImageOps.exif_transpose(decoded)), scale
 
 
 @dataclasses.dataclass

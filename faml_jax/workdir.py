@@ -132,7 +132,8 @@ def prepare_directory(
         _refuse_foreign(workdir, config_file, current, outputs, what)
     if earlier and not (resume or overwrite):
         raise WorkdirError(
-            f"workdir {workdir} holds an earlier {what}: pass --resume to continue it or --overwrite to replace it"
+            f"workdir {workdir} holds an earlier {what}: pass --resume to continue it or --overwrite to replace it "
+            "(resume=True / overwrite=True in Python)"
         )
     if earlier and resume and not overwrite and (workdir / config_file).exists():
         try:

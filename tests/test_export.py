@@ -11,6 +11,7 @@ from helpers import TINY_MODEL, jittered_variables, write_run
 
 from faml_jax import ensemble, export, runs
 from faml_jax.config import preset
+from faml_jax.errors import ConfigError
 
 
 def images(n, seed=0):
@@ -45,7 +46,10 @@ def test_an_ensembles_stablehlo_holds_the_t2v_decision(tmp_path):
     paths = [write_run(tmp_path / f"net{i}", config, jittered_variables(config, i)) for i in range(3)]
     description = export.export_runs(paths, tmp_path / "out", formats=("stablehlo",))
     assert description["t2v"]["alpha"] == 1.9 and "model.stablehlo" in description["files"]
-    probabilities, decision = export.load_stablehlo(tmp_path / "out" / "model.stablehlo")(images(6))
+    probabilities, decision = export.load_stablehlo(tmp_path / "out")(images(6))  # the folder, or its module
+    np.testing.assert_array_equal(export.load_stablehlo(tmp_path / "out" / "model.stablehlo")(images(6))[1], decision)
+    with pytest.raises(ConfigError, match="model.stablehlo not found: load_stablehlo takes a folder written by"):
+        export.load_stablehlo(tmp_path)
     logits = np.stack(
         [np.log(np.asarray(export.inference_function(config, runs.load(p)[1])(images(6)))) for p in paths]
     )

@@ -204,7 +204,12 @@ def test_the_figure_of_maps_takes_images_every_row_gets_right(three_runs, tmp_pa
         assert test.labels[index] == c
         for predictor in rows:
             assert predictor.predict(test[int(index)]["image"]).decision[0] == c
-    assert "test images per expression" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "test-split index of the image shown per expression: anger " in printed
+    # The same map choice as experiments.predict: --map, not another flag name.
+    assert program.build_parser().parse_args(["--map", "relevancy"]).map == "relevancy"
+    with pytest.raises(SystemExit):
+        program.build_parser().parse_args(["--kind", "relevancy"])
 
 
 def test_one_line_errors(three_runs, tmp_path, capsys):
