@@ -55,7 +55,7 @@ SECTIONS = ("train", "ensemble", "data")
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     gpu = jax.default_backend() == "gpu"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
@@ -98,7 +98,11 @@ def parse_args(argv=None):
         "--out", default="BENCHMARKS.md", help="file the tables are appended to (default BENCHMARKS.md)"
     )
     parser.add_argument("--no-append", action="store_true", help="print the tables only")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def log(message: str) -> None:

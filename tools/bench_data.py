@@ -35,7 +35,7 @@ CASES = (  # (label, data set, writer, image side)
 )
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="/tmp/faml_jax-bench-data", help="fixture folders (kept for reuse)")
     parser.add_argument("--images", type=int, default=2048, help="training images per fixture (default 2048)")
@@ -43,7 +43,11 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
     parser.add_argument("--threads", type=int, default=4, help="grain host threads (default 4)")
     parser.add_argument("--rounds", type=int, default=3, help="timed epochs per case (default 3)")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def fixture(workdir: Path, dataset: str, writer, side: int, images: int, stored_size: int, log=print) -> Path:

@@ -23,7 +23,7 @@ import numpy as np
 from faml_jax import ensemble, fga, models, train
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="r18_faml", choices=sorted(models.PRESETS))
     parser.add_argument("--members", type=int, default=6, help="ensemble size (default 6, as the paper)")
@@ -33,7 +33,11 @@ def parse_args(argv=None):
     parser.add_argument("--size", type=int, default=64, help="input side in pixels (default 64)")
     parser.add_argument("--batch", type=int, default=256, help="images per call (default 256)")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def measure(args, model_options: dict | None = None) -> list[str]:

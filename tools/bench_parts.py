@@ -243,7 +243,7 @@ def backbone_convolutions(args, config, rng, torch) -> list[tuple[str, float, fl
     return rows
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16, help="batch (default 16)")
     parser.add_argument(
@@ -253,6 +253,11 @@ def main(argv=None):
         help="input side, a multiple of 16: the attention blocks' patches (default 224)",
     )
     parser.add_argument("--calls", type=int, default=7, help="timed calls per part (default 7)")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.batch < 1 or args.calls < 1:
         parser.error(f"--batch and --calls must be >= 1, got {args.batch} and {args.calls}")

@@ -26,13 +26,17 @@ from faml_jax import models, predict
 from faml_jax.config import preset
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--faces", type=int, default=64, help="aligned crops per round (default 64)")
     parser.add_argument("--photos", type=int, default=8, help="photos per round with detection (default 8)")
     parser.add_argument("--batch", type=int, default=32, help="faces per compiled call (default 32)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (default 3)")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def timed(fn, rounds: int) -> float:

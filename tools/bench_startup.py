@@ -36,10 +36,14 @@ print(json.dumps({"seconds": time.perf_counter() - start, "torch": "torch" in sy
 """
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each (default 5; the median is shown)")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def median_time(fn, repeats: int) -> float:

@@ -67,7 +67,7 @@ GPU_TEST_FILES = ("tests/test_train.py", "tests/test_models.py", "tests/test_ens
 TINY = dict(widths=(8, 16, 16, 32), stage_depths=(1, 1, 1, 1), attn_dim=16, attn_heads=2, attn_depth=1)
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder for gpu_check.json and gpu_check.md (created)")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on any backend: checks the script (CI)")
@@ -82,7 +82,11 @@ def parse_args(argv=None):
         default=420.0,
         help="seconds: sections not started by then are skipped and recorded so (default 420)",
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def log(message: str) -> None:

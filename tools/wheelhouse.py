@@ -118,11 +118,15 @@ def build(out: Path, python: str) -> list[Path]:
     return wheels
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ROOT / "wheelhouse"), help="folder for the wheels (default wheelhouse/)")
     parser.add_argument("--python", default="3.12", help="the GPU machine's Python version (default 3.12)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     build(Path(args.out), args.python)
     return 0
 

@@ -1,0 +1,109 @@
+"""Every command the documents show is one the programs accept: each ``python -m <program> ...``
+line of a shell block in README.md and docs/*.md is parsed by that program's own argument parser
+(not run), so a renamed or mistyped flag breaks the suite, not the reader. Links between the
+documents point at files that exist."""
+
+import importlib
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SHELL = {"bash", "sh", "shell", "console"}
+NOT_OURS = {"pip", "pytest", "venv", "ruff"}  # python -m of other tools
+
+
+def shell_blocks(text: str):
+    """(first line number, lines) of each fenced shell block."""
+    lines = text.splitlines()
+    block, start, language = None, 0, ""
+    for number, line in enumerate(lines, 1):
+        fence = re.match(r"^\s*```\s*(\w*)", line)
+        if fence and block is None:
+            block, start, language = [], number + 1, fence.group(1).lower()
+        elif fence:
+            if language in SHELL:
+                yield start, block
+            block = None
+        elif block is not None:
+            block.append(line)
+
+
+def commands(path: Path):
+    """(where, module, arguments) of every ``python -m`` command in ``path``'s shell blocks
+    (continuation lines joined, comments and leading variable assignments dropped)."""
+    for start, lines in shell_blocks(path.read_text()):
+        joined, first = "", start
+        for offset, line in enumerate(lines):
+            if not joined:
+                first = start + offset
+            if line.rstrip().endswith("\\"):
+                joined += line.rstrip()[:-1] + " "
+                continue
+            joined += line
+            text, joined = joined, ""
+            for part in re.split(r"&&|\|\||;|\||&", text):
+                try:
+                    words = shlex.split(part, comments=True)
+                except ValueError:
+                    continue
+                while words and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]):
+                    words = words[1:]
+                words = ["0" if w.startswith("$") else w for w in words]  # a shell variable: some value
+                if len(words) >= 3 and words[0].endswith(("python", "python3")) and words[1] == "-m":
+                    module = words[2]
+                    if module.split(".")[0] not in NOT_OURS:
+                        yield f"{path.name}:{first}", module, words[3:]
+
+
+ALL = [c for path in DOCUMENTS for c in commands(path)]
+
+
+def parse(module: str, arguments: list[str]) -> None:
+    """Parse ``arguments`` with ``module``'s own parser (``build_parser``): a refused command
+    raises AssertionError with the parser's message; ``--help`` is accepted."""
+    program = importlib.import_module(module)
+    parser = program.build_parser()
+    parser.allow_abbrev = False  # documents spell flags out: a prefix that works today may not tomorrow
+    messages = []
+    parser.exit = lambda status=0, message=None: (_ for _ in ()).throw(SystemExit(status, message))
+    parser.error = lambda message: messages.append(message) or (_ for _ in ()).throw(SystemExit(2, message))
+    try:
+        parser.parse_args(arguments)
+    except SystemExit as stop:
+        if stop.args and stop.args[0] not in (0, None):
+            raise AssertionError(f"{module} refuses {shlex.join(arguments)!r}: {messages or stop.args}") from None
+
+
+def test_the_documents_show_commands():
+    assert len(ALL) >= 20, ALL  # the README and the guides show the programs
+    modules = {module for _, module, _ in ALL}
+    assert {"experiments.train", "experiments.evolve", "experiments.ensemble", "experiments.predict"} <= modules
+
+
+@pytest.mark.parametrize("where, module, arguments", ALL, ids=[f"{w} {m}" for w, m, _ in ALL])
+def test_every_documented_command_parses(where, module, arguments, capsys):
+    parse(module, arguments)
+
+
+def test_a_wrong_flag_is_caught():
+    """The check itself: a flag the program does not have, and a value it refuses, fail."""
+    with pytest.raises(AssertionError, match="unrecognized arguments: --epoch 3"):
+        parse("experiments.train", ["--epoch", "3"])
+    with pytest.raises(AssertionError, match="invalid choice"):
+        parse("experiments.ensemble", ["--members", "a", "b", "--checkpoint", "last"])
+    parse("tools.export", ["--help"])
+
+
+def test_links_between_the_documents_exist():
+    missing = []
+    for path in DOCUMENTS:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
+            if re.match(r"^[a-z]+://|^mailto:", target):
+                continue
+            if not (path.parent / target).exists():
+                missing.append(f"{path.relative_to(ROOT)} -> {target}")
+    assert not missing, missing
