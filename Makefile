@@ -1,10 +1,13 @@
-# faml_jax developer commands. `make test` works on a fresh machine: it creates .venv, installs
-# the package with its test extras (versions pinned by constraints.txt) and runs the test suite.
+# faml_jax developer commands. `make install` creates .venv with the package and its pinned
+# dependencies (constraints.txt); `make demo` needs nothing more. `make test` adds the test and
+# torch extras and runs the lint and the test suite; `make predict-demo` adds the demo extra.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+DEMO_STAMP := $(VENV)/.installed-demo
 TORCH_STAMP := $(VENV)/.installed-torch
 
 .PHONY: install test lint format test-torch demo evolve-demo ensemble-demo predict-demo bench bench-ensemble bench-data bench-predict wheelhouse gpu-install gpu-check clean
@@ -13,12 +16,21 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(TEST_STAMP)
+
+# Faces in photos (dlib and its landmark model) and scikit-image's sample photographs.
+$(DEMO_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[demo]'
+	touch $(DEMO_STAMP)
 
 # The torch extra (torch 2.14.1 + torchvision 0.29.1, about 5.5 GB, from this machine's disk) is
 # installed for the conversion tests, which must run, not skip, here (FAML_JAX_REQUIRE_TORCH).
-$(TORCH_STAMP): $(STAMP)
+$(TORCH_STAMP): $(TEST_STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,torch]'
 	touch $(TORCH_STAMP)
 
@@ -30,11 +42,11 @@ test: lint $(TORCH_STAMP)
 	FAML_JAX_REQUIRE_TORCH=1 $(PY) -m pytest -q -n auto --maxprocesses $(TEST_WORKERS) --dist loadfile
 
 # ruff's lint rules and format check (configured in pyproject.toml); `make format` applies both.
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-format: $(STAMP)
+format: $(TEST_STAMP)
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
@@ -57,7 +69,7 @@ ensemble-demo: $(STAMP)
 # The demo model (runs/demo; trained by `make demo` first if missing) on a real photograph that
 # ships with scikit-image: the face found, its expression, the annotated photo and its attention
 # map in runs/predict-demo (a model trained on synthetic faces says little about a real face).
-predict-demo: $(STAMP) runs/demo/summary.json
+predict-demo: $(DEMO_STAMP) runs/demo/summary.json
 	$(PY) -c "from PIL import Image; from skimage import data; Image.fromarray(data.astronaut()).save('runs/astronaut.png')"
 	$(PY) -m experiments.predict --run runs/demo runs/astronaut.png --out runs/predict-demo --explain
 
@@ -70,21 +82,21 @@ bench: $(TORCH_STAMP)
 	$(PY) -m tools.bench
 
 # A 6-member ensemble evaluated by a loop of jitted calls, lax.map and vmap (tools/bench_ensemble.py).
-bench-ensemble: $(STAMP)
+bench-ensemble: $(TEST_STAMP)
 	$(PY) -m tools.bench_ensemble
 
 # Data loading into the train step: 100 px and 400 px JPEG folders, direct and prepared (tools/bench_data.py).
-bench-data: $(STAMP)
+bench-data: $(TEST_STAMP)
 	$(PY) -m tools.bench_data
 
 # Predictions per second: one network and a 6-network ensemble at 224 px, crops and photos (tools/bench_predict.py).
-bench-predict: $(STAMP)
+bench-predict: $(TEST_STAMP)
 	$(PY) -m tools.bench_predict
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
 
-# ---- The offline GPU kit (README "GPU machines without internet") ---------------------------
+# ---- The offline GPU kit (docs/gpu.md) ---------------------------------------------------
 # Here, with internet: the Python 3.12 manylinux wheels a GPU image with jax, flax, optax, orbax,
 # chex, torch preinstalled lacks (grain, tensorflow-datasets, array_record, tensorboardX and
 # their dependencies; about 10 MiB) into wheelhouse/.

@@ -2,7 +2,7 @@
 
 Trains three single-network variants with the same budget (the preset's epochs, schedule and
 batch) and the same seeds (``--seed`` .. ``--seed + networks - 1``), as the paper defines its rows
-(METHOD 2):
+(docs/method.md 2):
 
   R18        plain ResNet18 (``--model r18``), plain CE on every data set
   R18+FA     FA = the fusion stem and the attention blocks (``r18_fa``), plain CE
@@ -66,7 +66,7 @@ VARIANTS = {  # row name: model preset
     "R18+FAML": "r18_faml",
 }
 ROWS = ("R18", "R18+FA", "R18+FAML", "R18+FAML-FGA", "R18+FAML-T2V", "R18+FAML-FGA-T2V")
-# METHOD 5 / paper Table 2 (accuracy %); the FGA-T2V row is the paper's 6-network ensemble.
+# docs/method.md 5 / paper Table 2 (accuracy %); the FGA-T2V row is the paper's 6-network ensemble.
 PAPER = {
     "rafdb": {
         "R18": 88.62,
@@ -95,7 +95,7 @@ PAPER = {
 }
 
 
-# Paper section 4 (METHOD 5): R18+FAML-FGA-T2V by ensemble size (RAF-DB, AffectNet-8; AffectNet-7
+# Paper section 4 (docs/method.md 5): R18+FAML-FGA-T2V by ensemble size (RAF-DB, AffectNet-8; AffectNet-7
 # reports only its 6-network ensemble).
 PAPER_ENSEMBLE_SIZES = {
     "rafdb": {2: 90.58, 3: 90.84, 4: 91.30, 5: 91.46, 6: 91.59, 8: 91.75},
@@ -113,7 +113,7 @@ def paper_accuracy(dataset: str, row: str, networks: int) -> float | None:
 
 
 def variant_config(base: RunConfig, row: str) -> RunConfig:
-    """The configuration of one single-network row (METHOD 2): ``base`` (an R18+FAML run with the
+    """The configuration of one single-network row (docs/method.md 2): ``base`` (an R18+FAML run with the
     preset's ML loss) with the row's network and loss; R18 and R18+FA train with plain CE on every
     data set. ``base``'s attention setting (``--no-attention``) carries over to R18+FA."""
     name = VARIANTS[row]
@@ -266,7 +266,7 @@ def markdown(result: dict) -> str:
         f"# Table 2 on `{dataset}`\n",
         f"{result['networks']} networks per single-network row (seeds {result['seeds'][0]}.."
         f"{result['seeds'][-1]}), at most {result['epochs']} epochs each; test accuracy %.\n",
-        "Rows as the paper defines them (METHOD 2): R18 = plain ResNet18, CE; R18+FA = FA stem and "
+        "Rows as the paper defines them (docs/method.md 2): R18 = plain ResNet18, CE; R18+FA = FA stem and "
         "attention blocks, CE; R18+FAML = R18+FA trained with the ML loss.\n",
         f"| model | accuracy | best network | T1V / NOI | paper ({dataset}) | what |",
         "|---|---|---|---|---|---|",

@@ -46,7 +46,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, epochs_help: str, workdir
     parser.add_argument(
         "--data-dir",
         help="data set folder: for rafdb/affectnet7/affectnet8 the folder as "
-        "distributed (see README) or the output of experiments.prepare; for synthetic its cache "
+        "distributed (see docs/data.md) or the output of experiments.prepare; for synthetic its cache "
         "(default ~/.cache/faml_jax)",
     )
     parser.add_argument(
@@ -125,7 +125,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, epochs_help: str, workdir
         "on a GPU, float32 on the CPU)",
     )
     aug = parser.add_argument_group(
-        "augmentation and sampling (METHOD 1; on the device, in the train step)",
+        "augmentation and sampling (docs/method.md 1; on the device, in the train step)",
         "The paper flips only. --augment dan|posterpp takes the settings of those PyTorch code bases; the "
         "flags below override single values.",
     )
@@ -162,7 +162,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, epochs_help: str, workdir
     parser.add_argument("--threads", type=int, default=4, help="host threads reading images (default 4)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
     hosts = parser.add_argument_group(
-        "several processes (jax.distributed; see README)",
+        "several processes (jax.distributed; see docs/gpu.md)",
         "Run the same command once per process (e.g. one per machine), each with its --process-id; together "
         "they take the steps of one process with all their devices. Process 0 writes to --workdir and prints, "
         "process i > 0 keeps an identical copy of the outputs in <workdir>.process<i>.",
@@ -207,7 +207,7 @@ def resolve_augment(args: argparse.Namespace) -> AugmentConfig:
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
     """The run's configuration: ``faml_jax.config.preset`` of the data set and model, overridden
-    by the flags given (R18 and R18+FA train with plain CE unless ``--loss`` is given; METHOD 2)."""
+    by the flags given (R18 and R18+FA train with plain CE unless ``--loss`` is given; docs/method.md 2)."""
     model_options = {"head_init": args.head_init}
     if args.widths:
         try:
@@ -364,7 +364,7 @@ def stop(prog: str, error: KeyboardInterrupt) -> None:
 
 def add_fga_arguments(parser: argparse.ArgumentParser, population: bool) -> argparse._ArgumentGroup:
     """The flags of ``FGAConfig`` (``--population`` only where ``population``); returns their group."""
-    group = parser.add_argument_group("FGA (METHOD 3)")
+    group = parser.add_argument_group("FGA (docs/method.md 3)")
     if population:
         group.add_argument(
             "--population", type=int, default=FGAConfig.population, help="networks per generation (default 4)"

@@ -5,7 +5,7 @@ The members (workdirs of ``experiments.train``, or the final population of an
 ``experiments.evolve`` run) must share model, optimiser and data set. Their checkpoints
 (``--checkpoint final``, the default, or ``best``: selected on the test split, optimistic) are
 stacked and evaluated in one compiled call per batch; their decisions are combined by T1V
-(majority vote), NOI (summed softmax, Eq. 13) and T2V (top-two voting, Eq. 10-12; METHOD 4).
+(majority vote), NOI (summed softmax, Eq. 13) and T2V (top-two voting, Eq. 10-12; docs/method.md 4).
 The report folder (``--out``) holds:
 
   report.md                     the tables below, for a person to read

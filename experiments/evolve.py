@@ -1,6 +1,6 @@
 """Evolve a population with FGA: ``python -m experiments.evolve [--dataset synthetic] ...``.
 
-Runs Algorithm 1 (METHOD 3) for ``--generations`` generations. The initial population is either
+Runs Algorithm 1 (docs/method.md 3) for ``--generations`` generations. The initial population is either
 trained here (``--population`` networks with their own seeds) or read from the workdirs of
 networks trained by ``experiments.train`` (``--members DIR ...``). In each generation:
 

@@ -6,7 +6,7 @@ Each column's image is the first test image of that expression that every row cl
 correctly (``--indices`` chooses one test index per expression instead). The map of a network is
 Grad-CAM of its decided class on the last residual stage (``--map relevancy``: the attention
 blocks' relevancy of Chefer et al., for models with attention blocks); an ensemble's map is its
-members' maps weighted by their T2V votes for the ensemble's decision (METHOD 6). Writes
+members' maps weighted by their T2V votes for the ensemble's decision (docs/method.md 6). Writes
 ``--out`` (default figure8.png) and beside it the raw maps, images and indices (.npz).
 """
 

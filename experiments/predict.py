@@ -81,7 +81,7 @@ def build_parser():
     parser.add_argument(
         "--explain",
         action="store_true",
-        help="also write where the networks look (maps/); ensembles: weighted by the members' T2V votes (METHOD 6)",
+        help="also write where the networks look (maps/); ensembles: weighted by the members' T2V votes (docs/method.md 6)",
     )
     parser.add_argument(
         "--map",

@@ -1,6 +1,6 @@
 """Prepare a real data set once: ``python -m experiments.prepare --dataset rafdb --data-dir PATH``.
 
-Reads RAF-DB or AffectNet from the folder as distributed (see README, "Real data sets"), decodes
+Reads RAF-DB or AffectNet from the folder as distributed (see docs/data.md), decodes
 every image once (an unreadable one stops the preparation, naming it, unless --skip-bad-images
 leaves it out), and writes TFDS array_record files with the training class counts and weights to
 --out (default ~/.cache/faml_jax/prepared, or $FAML_JAX_CACHE/prepared). Each image is stored

@@ -1,6 +1,6 @@
 """Train one network: ``python -m experiments.train [--dataset synthetic] [--model r18_faml] ...``.
 
-Trains with the data set's preset (METHOD 2.3-2.4; a CPU-sized demo for ``synthetic``),
+Trains with the data set's preset (docs/method.md 2.3-2.4; a CPU-sized demo for ``synthetic``),
 evaluates on the test split after every epoch, and writes to the workdir:
 
   config.json              the resolved configuration
@@ -12,7 +12,7 @@ evaluates on the test split after every epoch, and writes to the workdir:
 
 ``--resume`` continues an interrupted run from its last complete checkpoint, bit for bit. Ctrl-C
 or SIGTERM while training saves where the run is (``preempted/``) and exits (130 / 143): resume
-continues with the next batch. The workdir is locked while a run uses it. See README, "Faults".
+continues with the next batch. The workdir is locked while a run uses it. See docs/faults.md.
 """
 
 from __future__ import annotations

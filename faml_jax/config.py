@@ -20,7 +20,7 @@ from faml_jax.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class Region:
-    """A facial region as fractions of the (aligned) face box, for the FA stem (METHOD 2.1).
+    """A facial region as fractions of the (aligned) face box, for the FA stem (docs/method.md 2.1).
 
     ``top``/``left`` are the region's upper-left corner and ``height``/``width`` its size, all
     in [0, 1] relative to the input image. The pixel rectangle is rounded to even coordinates so
@@ -56,7 +56,7 @@ class Region:
         return top, left, bottom, right
 
 
-# [choice] METHOD 2.1: default regions from the proportions of an aligned face (RAF-DB's aligned
+# [choice] docs/method.md 2.1: default regions from the proportions of an aligned face (RAF-DB's aligned
 # crops: brows at about 30% of the height, eyes at about 40%, nose tip at 60%, mouth at 75-80%).
 UPPER_FACE = Region("upper_face", top=0.15, left=0.05, height=0.40, width=0.90)
 LOWER_FACE = Region("lower_face", top=0.50, left=0.20, height=0.45, width=0.60)
@@ -65,7 +65,7 @@ DEFAULT_REGIONS = (UPPER_FACE, LOWER_FACE)
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """ResNet18 with the optional FA stem and attention blocks (METHOD 2.1-2.2).
+    """ResNet18 with the optional FA stem and attention blocks (docs/method.md 2.1-2.2).
 
     Attributes:
       num_classes: number of expression classes C (logits per image).
@@ -74,8 +74,8 @@ class ModelConfig:
       stage_depths: BasicBlocks per stage (ResNet18: 2, 2, 2, 2).
       input_size: side of the square input image in pixels (even); used to initialise.
       fa_regions: facial regions of the auxiliary stem convolutions; empty = plain ResNet stem.
-      fa_init: initial value of the learnable fusion weights w1, w2 ([choice], METHOD 2.1).
-      attention: insert an attention block after each of stages 1-3 (METHOD 2.2).
+      fa_init: initial value of the learnable fusion weights w1, w2 ([choice], docs/method.md 2.1).
+      attention: insert an attention block after each of stages 1-3 (docs/method.md 2.2).
       attn_patch_sizes: patch side per attention block ([choice]: about 14x14 tokens at 224 px).
       attn_dim, attn_depth, attn_heads, attn_mlp_ratio: width, number of pre-norm encoder layers,
         heads and MLP expansion of each attention block's small ViT.
@@ -132,7 +132,7 @@ LossKind = Literal["ml", "ce", "lsr", "wce", "mix"]
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """Training loss (METHOD 2.3).
+    """Training loss (docs/method.md 2.3).
 
     Attributes:
       kind: "ml" draws LSR with probability ``p_lsr`` else CE/WCE, once per batch; "mix" is the
@@ -161,7 +161,7 @@ class LossConfig:
         return self.kind == "wce" or (self.kind in ("ml", "mix") and self.weighted)
 
 
-# METHOD 2.3 presets: RAF-DB p = 0.8 with CE; AffectNet p = 0.2 with WCE.
+# docs/method.md 2.3 presets: RAF-DB p = 0.8 with CE; AffectNet p = 0.2 with WCE.
 LOSS_PRESETS = {
     "rafdb": LossConfig(kind="ml", p_lsr=0.8, weighted=False),
     "affectnet7": LossConfig(kind="ml", p_lsr=0.2, weighted=True),
@@ -171,7 +171,7 @@ LOSS_PRESETS = {
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """Optimiser (METHOD 2.4). Its learning rate is not here: the schedule (``ScheduleConfig``,
+    """Optimiser (docs/method.md 2.4). Its learning rate is not here: the schedule (``ScheduleConfig``,
     Lr1 and Lr2) owns it and the train step takes the current value as an argument, so schedules
     and the Lr1 -> Lr2 switch need no recompilation.
 
@@ -215,7 +215,7 @@ class OptimConfig:
 class ScheduleConfig:
     """Attributes:
     lr1: initial learning rate of the first regime (Lr1).
-    lr1_min: floor of its cosine annealing; None (default, [choice] METHOD 2.4): Lr2, so the
+    lr1_min: floor of its cosine annealing; None (default, [choice] docs/method.md 2.4): Lr2, so the
       cosine ends where Lr2 starts and the switch never raises the learning rate.
     lr1_epochs: length of the cosine period in epochs (None: the run's epochs).
     lr2: learning rate after the switch (Lr2).
@@ -267,14 +267,14 @@ class DataConfig:
       synthetic: size and difficulty of the synthetic set.
       num_threads: grain host threads that read and resize images.
       crop_faces: AffectNet's original release (whole photographs with a face box per CSV row):
-        train and test on the face boxes ([choice] METHOD 1: the paper's "aligned" faces are those
+        train and test on the face boxes ([choice] docs/method.md 1: the paper's "aligned" faces are those
         boxes; default on). Layouts whose images are already faces (RAF-DB's aligned crops,
         AffectNet's re-distributed crops) are read as they are either way.
       skip_bad_images: reading a folder directly: check every image when opening and leave out
         the unreadable ones (reported) instead of failing when one is read.
       balanced: draw each epoch's training examples with replacement, with probability inversely
         proportional to their class's size (every class equally likely per draw; DAN's
-        imbalanced-data sampler on AffectNet; METHOD 1 [choice]: off in the paper presets).
+        imbalanced-data sampler on AffectNet; docs/method.md 1 [choice]: off in the paper presets).
         Deterministic per seed and epoch; an epoch has as many draws as the split has examples.
     """
 
@@ -293,8 +293,8 @@ class AugmentConfig:
     batch (``faml_jax.preprocess.augment``); the host only decodes and resizes. Every draw comes
     from the step's key and the image's index in the global batch, so N devices equal 1 device.
 
-    The paper's only augmentation is the horizontal flip (METHOD 1); the others are what the
-    PyTorch code bases people compare with add ([choice] METHOD 1: options, off in the paper
+    The paper's only augmentation is the horizontal flip (docs/method.md 1); the others are what the
+    PyTorch code bases people compare with add ([choice] docs/method.md 1: options, off in the paper
     presets; ``AUGMENT_PRESETS`` has DAN's and POSTER++'s settings).
 
     Attributes:
@@ -350,7 +350,7 @@ class AugmentConfig:
         return bool(self.brightness or self.contrast or self.saturation)
 
 
-# The augmentations of the code bases people compare with (METHOD 1), for ``--augment``:
+# The augmentations of the code bases people compare with (docs/method.md 1), for ``--augment``:
 # DAN (RAF-DB): RandomApply([RandomRotation(20), RandomCrop(224, padding=32)], p=0.2), then
 # RandomErasing(scale=(0.02, 0.25)); POSTER++: RandomErasing(scale=(0.02, 0.1)). Both keep the flip.
 # RandomErasing's other arguments are torchvision's defaults (p 0.5, ratio 0.3-3.3).
@@ -378,7 +378,7 @@ class RunConfig:
       keep_checkpoints: the last N checkpoints are kept (plus the best by test accuracy).
       init: a converted pre-trained backbone (``tools.convert_torch_resnet18``) the network starts
         from: its ResNet weights and BatchNorm statistics, the FA auxiliary convolutions as copies
-        of conv1 (METHOD 2.1); attention blocks, fusion weights and the head fresh. None: random
+        of conv1 (docs/method.md 2.1); attention blocks, fusion weights and the head fresh. None: random
         initialisation from ``seed`` (for the real data sets only when asked for: see
         ``check_pretrained_start``).
       augment: training augmentations (flip only in the paper presets).
@@ -409,7 +409,7 @@ class RunConfig:
 
 @dataclasses.dataclass(frozen=True)
 class FGAConfig:
-    """FGA's genetic algorithm (METHOD 3, Algorithm 1).
+    """FGA's genetic algorithm (docs/method.md 3, Algorithm 1).
 
     Attributes:
       population: networks kept from generation to generation ([choice]: the size is constant).
@@ -418,15 +418,14 @@ class FGAConfig:
       new_members: fresh networks added per generation (Algorithm 1, step 3).
       parents: k, parents drawn (without replacement) for each child.
       until_trained: train each network until the stability detector says "well trained"
-        (METHOD 2.4), at the latest for the run's ``epochs``; False: always the run's ``epochs``.
-      child_lr: [our choice, METHOD is silent] "lr1" (default): a child is retrained from the
+        (docs/method.md 2.4), at the latest for the run's ``epochs``; False: always the run's ``epochs``.
+      child_lr: [our choice; the paper is silent] "lr1" (default): a child is retrained from the
         start of the Lr1 cosine regime, like a new network; "lr2": directly with Lr2, only
         fine-tuning the fused kernels. On the synthetic set, children fused from networks trained
-        from scratch recovered with Lr1 and not with Lr2 (the measurement is in the README's FGA
-        section).
+        from scratch recovered with Lr1 and not with Lr2 (the measurement is in BENCHMARKS.md).
       shared_start: every initial and new network starts from one shared initialisation (the
-        stand-in for METHOD's common pre-trained start; members then differ in their heads,
-        data order, loss draws and flips, as in METHOD 3). Averaging kernels presumes networks
+        stand-in for the paper's common pre-trained start, docs/method.md 3; members then differ in their heads,
+        data order, loss draws and flips, as in docs/method.md 3). Averaging kernels presumes networks
         from one start; False gives each network its own random initialisation.
       recompute_bn: 0 (default): a child keeps its fittest parent's BatchNorm statistics; N > 0:
         they are recomputed on N training batches before the child is retrained. This changes
@@ -460,7 +459,7 @@ class FGAConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EnsembleConfig:
-    """How an ensemble is evaluated and reported (METHOD 4).
+    """How an ensemble is evaluated and reported (docs/method.md 4).
 
     Attributes:
       alpha, beta: T2V's weights of a member's top-1 and top-2 vote (Eq. 10-11; paper 1.9, 1.0).
@@ -484,7 +483,7 @@ class EnsembleConfig:
             raise ConfigError(f"order must be 'given' or 'accuracy', got {self.order!r}")
 
 
-# Per data set: the paper's settings (METHOD 2.3-2.4) for the real data sets, and a CPU-sized
+# Per data set: the paper's settings (docs/method.md 2.3-2.4) for the real data sets, and a CPU-sized
 # demo for the synthetic one. Values are RunConfig fields; "model" and "schedule" hold overrides
 # of ModelConfig and ScheduleConfig fields.
 RUN_PRESETS: dict[str, dict] = {
@@ -507,14 +506,14 @@ RUN_PRESETS: dict[str, dict] = {
 
 
 # The paper's setting on the real data sets starts every network from a pre-trained ResNet18
-# (METHOD 2); the synthetic demo trains from scratch.
+# (docs/method.md 2); the synthetic demo trains from scratch.
 PRETRAINED_DATASETS = ("rafdb", "affectnet7", "affectnet8")
-# Models of the paper's ablation rows trained with plain CE (METHOD 2 [choice], every data set).
+# Models of the paper's ablation rows trained with plain CE (docs/method.md 2 [choice], every data set).
 CE_MODELS = ("r18", "r18_fa")
 
 
 def model_loss(dataset: str, model_name: str) -> LossConfig:
-    """The training loss of ``model_name`` on ``dataset`` (METHOD 2): R18 and R18+FA plain CE on
+    """The training loss of ``model_name`` on ``dataset`` (docs/method.md 2): R18 and R18+FA plain CE on
     every data set; R18+FAML the data set's ML loss (``LOSS_PRESETS``)."""
     if model_name in CE_MODELS:
         return LossConfig(kind="ce")
@@ -523,7 +522,7 @@ def model_loss(dataset: str, model_name: str) -> LossConfig:
 
 def check_pretrained_start(config: RunConfig, from_scratch: bool = False) -> None:
     """Refuse a run on a real data set that would start from random weights unless
-    ``from_scratch`` says that is meant (METHOD 2: every model of the paper starts from a
+    ``from_scratch`` says that is meant (docs/method.md 2: every model of the paper starts from a
     pre-trained ResNet18; from scratch a RAF-DB run lands tens of points below the paper).
     Raises ``ConfigError`` with a one-line message naming the way to a backbone."""
     dataset = config.data.dataset
@@ -555,7 +554,7 @@ def preset(
 
     It owns everything a preset decides: the number of classes, the model (``model``: a
     ``faml_jax.models.PRESETS`` name; default the data set's, R18+FAML), its loss (R18 and R18+FA
-    plain CE, R18+FAML the data set's ML loss; METHOD 2), batch size, epochs, schedule, the
+    plain CE, R18+FAML the data set's ML loss; docs/method.md 2), batch size, epochs, schedule, the
     optimiser's learning rate (Lr1; SGD: the paper's 0.005), the compute dtype of ``backend``
     (default ``jax.default_backend()``: bfloat16 on accelerators, float32 on the CPU) and the
     pre-trained start: on the real data sets a config without ``init`` raises ``ConfigError``

@@ -1,4 +1,4 @@
-"""Ensemble decisions (METHOD 4): T2V, top-two voting (Eq. 10-12), and its baselines T1V (majority
+"""Ensemble decisions (docs/method.md 4): T2V, top-two voting (Eq. 10-12), and its baselines T1V (majority
 vote) and NOI (summed softmax, Eq. 13); the rank statistics of paper Table 1; and the logits of all
 members in one compiled call over their stacked variables.
 
@@ -15,7 +15,7 @@ classes' scores (e.g. alpha 0.7, beta 0.3: 6 and 0 votes against 3 and 7) into a
 Ties. A member's top-1 and top-2 classes are its largest and second-largest logits, equal logits
 going to the lower class index (as ``argmax`` does). Votes are counted as integers before they
 are weighted, so members voting alike give bit-equal scores; a tie in the ensemble score is broken
-by NOI, then by the lowest class index (METHOD 4 [choice]).
+by NOI, then by the lowest class index (docs/method.md 4 [choice]).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""FGA over trained networks (METHOD 3, Algorithm 1): the population, its lineage
+"""FGA over trained networks (docs/method.md 3, Algorithm 1): the population, its lineage
 (population.json) and the generations, as ``evolve(config, fga_config, workdir)``; what
 ``python -m experiments.evolve`` runs.
 
@@ -272,7 +272,7 @@ class Evolution:
 
     def loss(self, name: str) -> float:
         """A network's fitness: its final reference loss (plain CE of the training batches,
-        METHOD 2.4 [choice]), not the sampled ML loss; records made before it was logged give
+        docs/method.md 2.4 [choice]), not the sampled ML loss; records made before it was logged give
         their sampled loss."""
         return reference_loss(self.record(name))
 

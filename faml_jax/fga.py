@@ -1,4 +1,4 @@
-"""FGA: feature fusion among networks by a genetic algorithm (METHOD 3, Algorithm 1).
+"""FGA: feature fusion among networks by a genetic algorithm (docs/method.md 3, Algorithm 1).
 
 Networks of one architecture are the population; their convolution kernels are the genes. A
 child's kernels are the mean of its parents' kernels (Eq. 9: by the distributive law of
@@ -95,7 +95,7 @@ def _check_losses(losses) -> None:
 
 
 def selection_probs(losses) -> jax.Array:
-    """Roulette probabilities on inverse training loss (METHOD 3, [choice]):
+    """Roulette probabilities on inverse training loss (docs/method.md 3, [choice]):
     ``p_m = (1 / L_m) / sum_k (1 / L_k)``; lower loss, more likely.
 
     losses: (members,) positive, finite. Returns (members,) float32 summing to 1.

@@ -1,4 +1,4 @@
-"""Losses of R18+FAML (METHOD 2.3): CE, LSR, WCE and the per-batch random choice ML.
+"""Losses of R18+FAML (docs/method.md 2.3): CE, LSR, WCE and the per-batch random choice ML.
 
 All losses take ``logits: (batch, C)`` and integer ``labels: (batch,)`` and return a scalar mean
 over the batch. Under ``pmap`` each device computes its local batch's loss; gradients averaged
@@ -35,7 +35,7 @@ def lsr_loss(logits: jax.Array, labels: jax.Array, eps: float = 0.1) -> jax.Arra
 
 
 def wce_loss(logits: jax.Array, labels: jax.Array, class_weights: jax.Array, axis_name: str | None = None) -> jax.Array:
-    """Weighted cross-entropy (METHOD 1, [choice]): ``sum_b w_{y_b} CE_b / sum_b w_{y_b}``.
+    """Weighted cross-entropy (docs/method.md 1, [choice]): ``sum_b w_{y_b} CE_b / sum_b w_{y_b}``.
 
     With ``axis_name`` (inside pmap), the weight sum runs over the global batch and the local
     value is scaled so that its mean over devices is the global batch's loss.
@@ -50,7 +50,7 @@ def wce_loss(logits: jax.Array, labels: jax.Array, class_weights: jax.Array, axi
 
 
 def class_weights(counts) -> np.ndarray:
-    """Class weights ``N / (C * n_c)`` from per-class training counts (METHOD 1, [choice]).
+    """Class weights ``N / (C * n_c)`` from per-class training counts (docs/method.md 1, [choice]).
 
     A class with no training example has no defined weight: that is an error, not an infinity.
     """
@@ -86,7 +86,7 @@ def ml_loss(
     class_weights: jax.Array | None = None,
     axis_name: str | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Multiple losses, one per batch (METHOD 2.3): LSR with probability ``p_lsr``, else CE (or
+    """Multiple losses, one per batch (docs/method.md 2.3): LSR with probability ``p_lsr``, else CE (or
     WCE when ``class_weights`` is given), chosen by ``jax.lax.cond`` so only one is computed.
 
     Returns ``(loss, used_lsr)``, ``used_lsr`` a bool scalar.

@@ -1,4 +1,4 @@
-"""Where a network looks (METHOD 6, paper Fig. 8): Grad-CAM on the last residual stage for every
+"""Where a network looks (docs/method.md 6, paper Fig. 8): Grad-CAM on the last residual stage for every
 model, the gradient-weighted attention relevancy of Chefer et al. (CVPR 2021) for models with
 attention blocks, and an ensemble's map weighted by its members' T2V votes (Eq. 12).
 
@@ -100,7 +100,7 @@ def network_maps(model, variables: dict, images: jax.Array, targets: jax.Array |
 def vote_weighted(
     maps: jax.Array, logits: jax.Array, decision: jax.Array, alpha: float = ensemble.ALPHA, beta: float = ensemble.BETA
 ) -> jax.Array:
-    """The ensemble's map (METHOD 6 [choice]): ``sum_l V^l_k map_l / sum_l V^l_k`` for the decided
+    """The ensemble's map (docs/method.md 6 [choice]): ``sum_l V^l_k map_l / sum_l V^l_k`` for the decided
     class k of each image, ``V^l_k`` member l's T2V vote for k (alpha for its top-1, beta for its
     top-2, else 0: Eq. 10-12), divided by its maximum; a class without votes takes the plain
     mean. ``maps`` (M, N, S, S), ``logits`` (M, N, C), ``decision`` (N,)."""

@@ -73,7 +73,7 @@ class Predictor:
       config: the (first) run's configuration (all members share model and data set).
       variables: the members' ``{"params", "batch_stats"}``.
       names: a name per member (its run folder's name).
-      strategy: how an ensemble decides (METHOD 4): "t2v" (default), "t1v" or "noi".
+      strategy: how an ensemble decides (docs/method.md 4): "t2v" (default), "t1v" or "noi".
       ensemble_config: T2V's weights (``EnsembleConfig``: alpha 1.9, beta 1.0).
       batch_size: at most this many faces per compiled call (the last batch is padded to it;
         fewer faces in all are one call of their own number).
@@ -244,7 +244,7 @@ class Predictor:
     def explain(
         self, faces, kind: str = "gradcam", strategy: str | None = None
     ) -> tuple[np.ndarray, np.ndarray, Prediction]:
-        """Where the networks look (METHOD 6): ``(map (N, S, S), member maps (M, N, S, S),
+        """Where the networks look (docs/method.md 6): ``(map (N, S, S), member maps (M, N, S, S),
         prediction)`` for ``faces`` at the model's input size, each member's ``kind`` map
         ("gradcam" or "relevancy") of the decided class; for an ensemble the map is the members'
         maps weighted by their T2V votes for it (Eq. 12, ``maps.vote_weighted``)."""
@@ -555,11 +555,15 @@ def unique_stems(files: Sequence[str]) -> list[str]:
     return names
 
 
+MAP_PANEL = 256  # the least height of a face and its map in maps/*.png
+
+
 def write_maps(
     out: str | os.PathLike, results: PhotoResults, predictor: Predictor, kind: str = "gradcam"
 ) -> list[Path]:
     """maps/<file>_face<i>.png in ``out``: each face as the networks saw it beside its map as a
-    JET overlay (``Predictor.explain``), and maps.npz with the raw maps (N, S, S) in record order."""
+    JET overlay (``Predictor.explain``), each at least ``MAP_PANEL`` pixels high (small inputs
+    are enlarged, pixel for pixel), and maps.npz with the raw maps (N, S, S) in record order."""
     from faml_jax.maps import overlay
     from faml_jax.writer import write_atomic
 
@@ -578,7 +582,9 @@ def write_maps(
     written = []
     for record, face, heat in zip(results.records, seen, combined):
         path = folder / f"{stems[record['file']]}_face{record['face']}.png"
-        save_png(path, np.concatenate([face, overlay(face, heat)], axis=1))
+        panel = np.concatenate([face, overlay(face, heat)], axis=1)
+        zoom = -(-MAP_PANEL // panel.shape[0])  # whole-pixel enlargement: the network's pixels stay visible
+        save_png(path, np.repeat(np.repeat(panel, zoom, axis=0), zoom, axis=1))
         written.append(path)
     write_atomic(folder / "maps.npz", arrays={"maps": combined, "member_maps": members, "kind": np.asarray(kind)})
     return written

@@ -29,7 +29,7 @@ def _image_keys(key: jax.Array, count: int, first_index) -> jax.Array:
 
 
 def random_flip(key: jax.Array, images: jax.Array, first_index: jax.Array | int = 0, p: float = 0.5):
-    """Flip each image left-right with probability ``p`` (METHOD 1: p = 0.5).
+    """Flip each image left-right with probability ``p`` (docs/method.md 1: p = 0.5).
 
     The decision for an image depends only on ``key`` and its index in the *global* batch
     (``first_index`` + position), so a batch split across devices is flipped exactly as the same
@@ -47,7 +47,7 @@ def random_flip(key: jax.Array, images: jax.Array, first_index: jax.Array | int 
 
 
 # ---------------------------------------------------------------------------------------------
-# Augmentations of the PyTorch code bases (METHOD 1 [choice]: options, off in the paper presets).
+# Augmentations of the PyTorch code bases (docs/method.md 1 [choice]: options, off in the paper presets).
 # Each is a pure function of (key, image, parameters); ``augment`` draws every image's parameters
 # from ``fold_in(key, global index)``, so a batch split over devices is augmented exactly as on one
 # device. Parameters are drawn as torchvision draws them, and applying given parameters matches

@@ -1,4 +1,4 @@
-"""Pre-trained ResNet18 backbones (MS-Celeb-1M, ImageNet) from PyTorch checkpoints (METHOD 2).
+"""Pre-trained ResNet18 backbones (MS-Celeb-1M, ImageNet) from PyTorch checkpoints (docs/method.md 2).
 
 The paper starts R18+FAML from a ResNet18 pre-trained on MS-Celeb-1M, distributed as PyTorch files
 whose state dict loads into torchvision's ``resnet18``. This module:
@@ -12,7 +12,7 @@ whose state dict loads into torchvision's ``resnet18``. This module:
   nested under ``state_dict``, ``module.``-prefixed keys (DataParallel), with or without ``fc``.
 * ``save_backbone`` / ``load_backbone``: the converted variables as an orbax checkpoint.
 * ``init_from_backbone``: a freshly initialised model's variables with the backbone copied in;
-  the FA stem's auxiliary convolutions start as copies of conv1 (METHOD 2.1); attention blocks,
+  the FA stem's auxiliary convolutions start as copies of conv1 (docs/method.md 2.1); attention blocks,
   fusion weights and the head keep their fresh initialisation (the head has the data set's
   classes).
 """
@@ -275,7 +275,7 @@ def load_backbone(path: str | os.PathLike) -> tuple[dict, dict | None, dict]:
 def init_from_backbone(variables: Mapping, backbone: Mapping) -> dict:
     """``variables`` (a fresh ``{"params", "batch_stats"}`` of any preset) with every backbone
     tensor copied in; each FA auxiliary convolution ``stem/conv_region<i>`` starts as a copy of
-    conv1 (METHOD 2.1). Everything else (attention blocks, fusion weights, the head) stays as
+    conv1 (docs/method.md 2.1). Everything else (attention blocks, fusion weights, the head) stays as
     initialised. A backbone tensor the model lacks, a backbone tensor of another shape, or a
     ResNet tensor of the model the backbone lacks is a ``ConversionError`` naming the keys."""
     result = {}

@@ -1,4 +1,4 @@
-"""Ensemble reports (METHOD 4): the files of ``ensemble.analyse`` of the members' test logits
+"""Ensemble reports (docs/method.md 4): the files of ``ensemble.analyse`` of the members' test logits
 (``evaluate.evaluate_members``), their decisions combined by T1V, NOI and T2V; what
 ``python -m experiments.ensemble`` runs.
 

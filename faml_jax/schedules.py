@@ -1,9 +1,9 @@
-"""Learning-rate regimes and the stability detector (METHOD 2.4).
+"""Learning-rate regimes and the stability detector (docs/method.md 2.4).
 
 Training starts with Lr1 (3e-4, cosine annealing) and switches to Lr2 (1e-5, step decay) once the
 training loss is stable: over the last K epochs the range (max - min) of the training loss and of
 the training accuracy are both under thresholds. The loss the detector reads is the *reference*
-loss, plain CE of every training batch (METHOD 2.4 [choice]; ``train_ce`` in the train step's
+loss, plain CE of every training batch (docs/method.md 2.4 [choice]; ``train_ce`` in the train step's
 metrics), not the sampled ML loss, whose LSR/CE draws alone move an epoch's mean by about 0.01. The same detector decides when a network is
 "well trained" for FGA. Everything here is plain host-side Python on per-epoch numbers; the
 learning rate reaches the compiled step as an argument.
@@ -52,7 +52,7 @@ def learning_rate(
 ) -> float:
     """The learning rate of one step (``epoch`` counted from 0).
 
-    Lr1: cosine from ``lr1`` at the first step to ``lr1_floor`` (Lr2 by default, METHOD 2.4
+    Lr1: cosine from ``lr1`` at the first step to ``lr1_floor`` (Lr2 by default, docs/method.md 2.4
     [choice]) at the end of the planned epochs, so switching to Lr2 never raises the rate; Lr2:
     ``lr2 * lr2_gamma ** (epochs since the switch // lr2_step_epochs)``."""
     if state.switch_epoch is None:
@@ -79,7 +79,7 @@ def after_epoch(
 def is_well_trained(
     config: ScheduleConfig, state: LrState, losses: Sequence[float], accuracies: Sequence[float]
 ) -> bool:
-    """Whether a network is "well trained" (METHOD 2.4, ready for FGA): the detector fires in the
+    """Whether a network is "well trained" (docs/method.md 2.4, ready for FGA): the detector fires in the
     final regime. With the Lr1 -> Lr2 switch, that means ``window`` epochs trained with Lr2 that
     are stable (the firing in Lr1 only triggers the switch); without it, a stable Lr1 window."""
     if config.switch:

@@ -1,11 +1,11 @@
-"""Train state, optimiser, and the data-parallel train step of R18+FAML (METHOD 2.3-2.4).
+"""Train state, optimiser, and the data-parallel train step of R18+FAML (docs/method.md 2.3-2.4).
 
 The step is a pure function ``(state, batch, learning_rate) -> (state, metrics)``:
 
 * inputs arrive as uint8 NHWC; the random horizontal flip, the optional augmentations
   (``AugmentConfig``) and the normalisation run inside the compiled step;
 * beside the sampled training loss (ML draws LSR or CE per batch) the step computes the reference
-  loss ``train_ce``, plain CE of the same logits (METHOD 2.4 [choice]: what the stability detector
+  loss ``train_ce``, plain CE of the same logits (docs/method.md 2.4 [choice]: what the stability detector
   and FGA read);
 * the ML loss is drawn from a key derived from ``(state.rng, state.step)``, identical on every
   device, so all devices take the same loss branch;

@@ -309,7 +309,7 @@ class Setup:
 
 
 def reference_loss(entry: dict) -> float:
-    """An epoch's reference loss (``train_ce``, METHOD 2.4 [choice]) from its metrics.jsonl entry;
+    """An epoch's reference loss (``train_ce``, docs/method.md 2.4 [choice]) from its metrics.jsonl entry;
     entries written before it was logged give their sampled ``train_loss``."""
     return entry.get("train_ce", entry["train_loss"])
 
@@ -487,7 +487,7 @@ class Member:
     @property
     def losses(self) -> list[float]:
         """The reference loss of every epoch (``train_ce``: plain CE of the training batches,
-        METHOD 2.4 [choice]), what the stability detector reads; epochs logged before it existed
+        docs/method.md 2.4 [choice]), what the stability detector reads; epochs logged before it existed
         give their sampled loss."""
         return [reference_loss(h) for h in self.history]
 

@@ -11,7 +11,7 @@ from faml_jax.errors import ConfigError
 
 
 def test_presets_hold_the_papers_settings():
-    """METHOD 2.3-2.4: RAF-DB batch 128, ML p 0.8 with CE; AffectNet batch 256, ML p 0.2 with
+    """docs/method.md 2.3-2.4: RAF-DB batch 128, ML p 0.8 with CE; AffectNet batch 256, ML p 0.2 with
     WCE, 8 classes for AffectNet-8; Lr1 3e-4 (the optimiser's rate follows it), Lr2 1e-5; SGD's
     rate 0.005; float32 on the CPU, bfloat16 on accelerators."""
     raf = preset("rafdb", init="/b", backend="cpu")
@@ -55,10 +55,10 @@ def test_a_preset_round_trips_through_its_json():
 
 
 def test_the_readmes_preset_snippet_runs():
-    """The README's `preset` example, run as written (paths need not exist to build a config)."""
+    """docs/training.md's `preset` example, run as written (paths need not exist to build a config)."""
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
     start = readme.index("  from faml_jax.config import preset\n")
     snippet = "\n".join(line[2:] for line in readme[start : readme.index("  ```", start)].splitlines())
     namespace = {}

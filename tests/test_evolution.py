@@ -60,7 +60,7 @@ def test_lineage_follows_algorithm_1(evolved):
         assert members[name]["train_loss"] == last["train_loss"]
         assert members[name]["train_ce"] == last["train_ce"]
         assert members[name]["test_accuracy"] == last["test_accuracy"]
-    # FGA's fitness is the reference loss (plain CE), not the sampled ML loss (METHOD 2.4).
+    # FGA's fitness is the reference loss (plain CE), not the sampled ML loss (docs/method.md 2.4).
     assert all(members[n]["train_ce"] != members[n]["train_loss"] for n in NAMES)
     assert len({members[n]["seed"] for n in NAMES}) == 4
 

@@ -27,7 +27,7 @@ def ablated(tmp_path_factory):
 def test_single_network_rows_share_seeds_and_budget(ablated):
     workdir, base, result, _ = ablated
     assert result["seeds"] == [7, 8]
-    # METHOD 2: R18 and R18+FA plain CE on every data set (base weights classes: not these rows).
+    # docs/method.md 2: R18 and R18+FA plain CE on every data set (base weights classes: not these rows).
     for row, model, loss in [("R18", "r18", "ce"), ("R18+FA", "r18_fa", "ce"), ("R18+FAML", "r18_faml", "ml")]:
         accuracies = []
         for seed in (7, 8):
@@ -89,7 +89,7 @@ def test_cli_rejects_model_and_loss(capsys):
 
 
 def test_paper_column_takes_the_ensemble_size_that_was_run():
-    """METHOD 5: the FGA-T2V row by ensemble size; the paper's T2V rows use 6 networks."""
+    """docs/method.md 5: the FGA-T2V row by ensemble size; the paper's T2V rows use 6 networks."""
     assert ablation.build_parser().parse_args([]).networks == 6
     assert ablation.paper_accuracy("rafdb", "R18+FAML-FGA-T2V", 6) == 91.59
     assert ablation.paper_accuracy("rafdb", "R18+FAML-FGA-T2V", 4) == 91.30

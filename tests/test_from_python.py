@@ -14,7 +14,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_the_from_python_snippet_runs(tmp_path, monkeypatch, capsys):
     text = README.read_text()
-    section = text[text.index("## From Python") : text.index("## Several processes")]
+    section = text[text.index("## From Python") : text.index("## Guides")]
     snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert "import experiments" not in snippet and "from experiments" not in snippet
     monkeypatch.chdir(tmp_path)
@@ -31,3 +31,6 @@ def test_the_from_python_snippet_runs(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out.splitlines()
     assert len([line for line in printed if line and line[0].isdigit()]) >= 2
     assert os.path.isdir(tmp_path / "cache")
+    # Run again as a user would: every call replaces what the first run wrote (overwrite=True).
+    exec(compile(snippet, "README.md (From Python)", "exec"), {})
+    assert (tmp_path / "runs" / "py-export" / "model.stablehlo").exists()

@@ -1,4 +1,4 @@
-"""Tests of faml_jax.losses against numpy computations of METHOD 2.3's formulas."""
+"""Tests of faml_jax.losses against numpy computations of docs/method.md 2.3's formulas."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Tests of faml_jax.maps (METHOD 6): Grad-CAM puts the map where a network provably reads;
+"""Tests of faml_jax.maps (docs/method.md 6): Grad-CAM puts the map where a network provably reads;
 the attention relevancy equals a NumPy transcription of Chefer et al.'s rule; the ensemble's map
 is the T2V-vote-weighted mean by hand; JET colours by hand; the maps of R18 and R18+FAML."""
 

@@ -1,4 +1,4 @@
-"""Tests of faml_jax.models: ResNet18's size, the FA stem and the attention blocks (METHOD 2)."""
+"""Tests of faml_jax.models: ResNet18's size, the FA stem and the attention blocks (docs/method.md 2)."""
 
 import dataclasses
 

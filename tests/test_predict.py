@@ -181,7 +181,7 @@ def test_the_programs_files_equal_the_librarys_output(three_runs, tmp_path, caps
     with np.load(out / "maps" / "maps.npz") as saved_maps:
         np.testing.assert_allclose(saved_maps["maps"], combined, rtol=1e-5, atol=1e-6)
         assert saved_maps["member_maps"].shape == (3, 5, 32, 32)
-    assert Image.open(out / "maps" / "face0_face0.png").size == (64, 32)
+    assert Image.open(out / "maps" / "face0_face0.png").size == (512, 256)  # 32 px faces enlarged 8x
 
 
 def test_the_figure_of_maps_takes_images_every_row_gets_right(three_runs, tmp_path, capsys):

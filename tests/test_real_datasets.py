@@ -17,7 +17,7 @@ from faml_jax import data
 from faml_jax.data import CorruptImageError, DataError, fixtures, prepared
 from faml_jax.trainer import TIMING_FIELDS
 
-# The releases' label codes, written out from their documentation (METHOD 1), not imported.
+# The releases' label codes, written out from their documentation (docs/method.md 1), not imported.
 RAFDB_CODES = {1: "surprise", 2: "fear", 3: "disgust", 4: "happiness", 5: "sadness", 6: "anger", 7: "neutral"}
 AFFECTNET_CODES = [
     "neutral",
@@ -109,7 +109,7 @@ def test_crop_faces_cuts_out_the_csv_box(folders):
     with open(folder / "Manually_Annotated_file_lists" / "training.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if int(r["expression"]) < 8]
     whole = data.open_dataset("affectnet8", folder, crop_faces=False)
-    cropped = data.open_dataset("affectnet8", folder)  # METHOD 1 [choice]: the face boxes by default
+    cropped = data.open_dataset("affectnet8", folder)  # docs/method.md 1 [choice]: the face boxes by default
     for i in (0, 5, len(rows) - 1):
         x, y, w, h = (int(rows[i][k]) for k in ("face_x", "face_y", "face_width", "face_height"))
         np.testing.assert_array_equal(cropped.train[i]["image"], whole.train[i]["image"][y : y + h, x : x + w])

@@ -81,7 +81,7 @@ def test_well_trained_means_stable_in_the_final_regime():
 
 
 def test_lr1_cosine_ends_at_lr2_so_the_switch_never_raises_the_rate():
-    """METHOD 2.4 [choice]: the cosine over the planned epochs ends at Lr2. By hand, 10 epochs of
+    """docs/method.md 2.4 [choice]: the cosine over the planned epochs ends at Lr2. By hand, 10 epochs of
     5 steps (50 steps): step 0 is Lr1; step t is lr2 + (lr1 - lr2) (1 + cos(pi t / 50)) / 2."""
     config = ScheduleConfig(lr1=3e-4, lr2=1e-5)
     state = schedules.LrState()

@@ -175,7 +175,7 @@ def test_a_configuration_saved_before_a_field_was_added_still_resumes(tmp_path):
 @pytest.mark.parametrize("program", ["train", "evolve", "ablation"])
 @pytest.mark.parametrize("dataset", ["rafdb", "affectnet7", "affectnet8"])
 def test_real_data_sets_refuse_to_start_from_random_weights(program, dataset, capsys, tmp_path):
-    """METHOD 2: every model of the paper starts pre-trained; without --init a real data set run
+    """docs/method.md 2: every model of the paper starts pre-trained; without --init a real data set run
     is refused in one line that names the converter and the usual sources, before any data is
     read (the data folder does not even exist here)."""
     import importlib
@@ -202,7 +202,7 @@ def test_real_data_sets_refuse_to_start_from_random_weights(program, dataset, ca
 
 
 def test_model_presets_follow_the_papers_rows():
-    """METHOD 2: R18 and R18+FA train with plain CE (every data set), R18+FAML with ML; FA is
+    """docs/method.md 2: R18 and R18+FA train with plain CE (every data set), R18+FAML with ML; FA is
     the fusion stem and the attention blocks; --no-attention keeps the stem only."""
     parse = lambda *a: resolve_config(train_program.build_parser().parse_args(list(a)))  # noqa: E731
     for dataset in ("synthetic", "affectnet8"):
@@ -220,7 +220,7 @@ def test_model_presets_follow_the_papers_rows():
 
 
 def test_the_detector_reads_the_reference_loss_through_the_loop(tmp_path, monkeypatch):
-    """METHOD 2.4 [choice]: a scripted run through the real training loop (the step replaced by
+    """docs/method.md 2.4 [choice]: a scripted run through the real training loop (the step replaced by
     one that reports scripted per-batch metrics). The sampled ML loss jumps by 0.05 between
     epochs (LSR/CE draws) and never looks stable; the reference loss train_ce settles from epoch
     index 4 on. With K = 3 the detector fires at the end of epoch index 6 (epochs 4-6), so Lr2

@@ -1,4 +1,4 @@
-"""A PyTorch twin of faml_jax's network (R18, R18+FA, R18+FAML; METHOD 2), for like-for-like
+"""A PyTorch twin of faml_jax's network (R18, R18+FA, R18+FAML; docs/method.md 2), for like-for-like
 benchmarks and as an independent check of the Flax model.
 
 ``TorchTwin(config)`` is written the way a PyTorch user would write the same network (NCHW,

@@ -1,7 +1,7 @@
 """Data sets by name, as random-access train and test sources (see ``pipeline`` for batching).
 
 * ``synthetic``: embedded, generated once into a cache folder (no download).
-* ``rafdb``, ``affectnet7``, ``affectnet8``: the user's own copies (METHOD 1), read either
+* ``rafdb``, ``affectnet7``, ``affectnet8``: the user's own copies (docs/method.md 1), read either
   directly from the folder as distributed (``rafdb``, ``affectnet``) or from data prepared once
   with ``python -m experiments.prepare`` (``prepared``): ``data_dir`` may be either; prepared data
   is recognised by its ``<name>/[<config>/]<version>/dataset_info.json``.
@@ -63,7 +63,7 @@ class Dataset:
       classes: class names in label order.
       train, test: the splits' sources.
       train_counts, test_counts: examples per class.
-      class_weights: ``N / (C n_c)`` over the training split (METHOD 1; stored with prepared data).
+      class_weights: ``N / (C n_c)`` over the training split (docs/method.md 1; stored with prepared data).
       origin: where it was read from.
       notes: what was left out and other remarks, one line each (printed by ``describe``).
     """
@@ -117,7 +117,7 @@ def open_dataset(
       synthetic_config: size and difficulty of the synthetic set.
       progress: optional callable receiving one-line status messages.
       crop_faces: AffectNet's original release: cut out the CSV's face box from each image
-        (default, METHOD 1 [choice]); layouts without boxes (RAF-DB, AffectNet's cropped
+        (default, docs/method.md 1 [choice]); layouts without boxes (RAF-DB, AffectNet's cropped
         re-distribution) are read as they are either way.
       skip_bad_images: reading a folder directly: decode every image once now and leave out the
         unreadable ones (reported); without it, a corrupt image fails training when it is read.

@@ -1,4 +1,4 @@
-"""AffectNet-7 and AffectNet-8, read from the folder as distributed (METHOD 1).
+"""AffectNet-7 and AffectNet-8, read from the folder as distributed (docs/method.md 1).
 
 Two layouts are recognised:
 

@@ -325,7 +325,7 @@ class FolderIndex:
 
 
 def training_class_weights(classes: Sequence[str], counts, where: str) -> np.ndarray:
-    """The class weights of METHOD 1 from the training split's class counts; a class without a
+    """The class weights of docs/method.md 1 from the training split's class counts; a class without a
     training image is an error naming it (it could neither be learnt nor weighted)."""
     from faml_jax.losses import class_weights
 

@@ -83,7 +83,7 @@ class _Indexed:
 
 
 def balanced_indices(labels: np.ndarray, seed: int, epoch: int, size: int | None = None) -> np.ndarray:
-    """One epoch of the class-balanced sampler (METHOD 1 [choice], DAN's imbalanced-data sampler):
+    """One epoch of the class-balanced sampler (docs/method.md 1 [choice], DAN's imbalanced-data sampler):
     ``size`` (default: all) example indices drawn with replacement, example i with probability
     ``(1 / n_{y_i}) / sum_j (1 / n_{y_j})``, so each draw's class is uniform over the classes
     present. Deterministic in ``(seed, epoch)``."""

@@ -5,12 +5,12 @@ read back as random-access TFDS data sources (no TensorFlow at any point).
 it reads the label files (``rafdb`` / ``affectnet``), decodes every image once (a corrupt one fails
 the preparation naming it, or is left out under ``skip_bad_images``), then stores each example
 with its label, name and face box, in the label file's order. By default the example is stored
-ready to train: the face crop (AffectNet's box, METHOD 1; ``crop=False``: the whole photograph)
+ready to train: the face crop (AffectNet's box, docs/method.md 1; ``crop=False``: the whole photograph)
 resized to ``stored_size`` (224, the paper's input size) by the training pipeline's own resize
 (``pipeline.resize``) and JPEG-encoded at ``quality`` 95, so training decodes a small JPEG and
 neither crops nor resizes a large photograph. ``stored_size=None`` stores the original file bytes
 instead (reading them is then identical to reading the folder). The training class counts, the
-class weights (METHOD 1), what was left out and the stored form go into the data set's metadata.
+class weights (docs/method.md 1), what was left out and the stored form go into the data set's metadata.
 TFDS writes into an ``incomplete.*`` folder renamed when complete, so an interrupted preparation
 never looks finished.
 
@@ -216,7 +216,7 @@ BUILDERS = {"rafdb": (RafDb, None), "affectnet7": (Affectnet, "7"), "affectnet8"
 
 def metadata(index: FolderIndex, where: str) -> dict[str, Any]:
     """What is stored beside the records: class counts and weights (from the training split,
-    METHOD 1), what the reader left out, and where the data came from."""
+    docs/method.md 1), what the reader left out, and where the data came from."""
     counts = {split: index.splits[split].counts(len(index.classes)).tolist() for split in SPLITS}
     return {
         "classes": list(index.classes),
@@ -277,7 +277,7 @@ def prepare(
     the new one is complete). Every image is decoded once first: corrupt ones fail the
     preparation (naming them) or, with ``skip_bad_images``, are left out and recorded.
     ``stored_size``: the side of the stored ready-to-train images (None: the original files);
-    ``crop``: store AffectNet's face boxes (METHOD 1) rather than whole photographs; ``quality``:
+    ``crop``: store AffectNet's face boxes (docs/method.md 1) rather than whole photographs; ``quality``:
     their JPEG quality.
     """
     if not Path(data_dir).expanduser().is_dir():

@@ -1,4 +1,4 @@
-"""RAF-DB (basic), read from the folder as distributed (METHOD 1).
+"""RAF-DB (basic), read from the folder as distributed (docs/method.md 1).
 
 Layout::
 

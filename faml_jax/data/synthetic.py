@@ -29,7 +29,7 @@ from faml_jax.writer import temporary_folder
 
 CLASSES = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
 
-# RAF-DB basic, per class in CLASSES order (METHOD 1; train 12,271, test 3,068 images).
+# RAF-DB basic, per class in CLASSES order (docs/method.md 1; train 12,271, test 3,068 images).
 RAFDB_TRAIN_COUNTS = (705, 717, 281, 4772, 2524, 1982, 1290)
 RAFDB_TEST_COUNTS = (162, 160, 74, 1185, 680, 478, 329)
 

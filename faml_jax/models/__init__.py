@@ -1,4 +1,4 @@
-"""Models: ResNet18 and R18+FAML (METHOD 2), built by name.
+"""Models: ResNet18 and R18+FAML (docs/method.md 2), built by name.
 
 >>> model = build("r18_faml", num_classes=7)
 >>> variables = init(model, jax.random.key(0))
@@ -23,7 +23,7 @@ from faml_jax.models.resnet import BasicBlock, ResNet
 PRESETS: dict[str, dict] = {
     # Plain ResNet18 (the paper's R18 / RI18 baselines).
     "r18": dict(fa_regions=(), attention=False),
-    # R18+FA (the paper's ablation row, METHOD 2): FA = the fusion stem *and* the attention blocks.
+    # R18+FA (the paper's ablation row, docs/method.md 2): FA = the fusion stem *and* the attention blocks.
     "r18_fa": dict(fa_regions=DEFAULT_REGIONS, attention=True),
     # R18+FAML: the same network as R18+FA; ML is its training loss (faml_jax.config.preset
     # trains r18 and r18_fa with plain CE, r18_faml with the data set's ML loss).
@@ -58,7 +58,7 @@ def build(name: str, num_classes: int, *, axis_name: str | None = None, **overri
 def with_preset(config: ModelConfig, name: str, *, attention: bool | None = None) -> ModelConfig:
     """``config`` made into the named architecture: the preset's fields set, every other field
     kept; ``attention=False`` switches the attention blocks off (the paper's remark that FA
-    reaches the same accuracy without them; METHOD 2.2). Without attention, the attention sizes
+    reaches the same accuracy without them; docs/method.md 2.2). Without attention, the attention sizes
     go back to their defaults (they would be unused, and a saved configuration should not show
     them)."""
     if name not in PRESETS:

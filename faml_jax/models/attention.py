@@ -1,4 +1,4 @@
-"""Attention blocks: a small ViT that re-weights local regions of a feature map (METHOD 2.2)."""
+"""Attention blocks: a small ViT that re-weights local regions of a feature map (docs/method.md 2.2)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class SelfAttention(nn.Module):
             ],
             axis=1,
         )  # (b, h, n, n), in float32 as jax.nn.dot_product_attention does
-        # The attention maps' relevancy (METHOD 6, Chefer et al.) reads the probabilities and their
+        # The attention maps' relevancy (docs/method.md 6, Chefer et al.) reads the probabilities and their
         # gradient: sown, and perturbable (a no-op unless a "perturbations" collection is given).
         self.sow("intermediates", "probs", probs)
         probs = self.perturb("probs", probs)
@@ -82,7 +82,7 @@ class EncoderLayer(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Gate a stage's feature map by a ViT over its patches (METHOD 2.2).
+    """Gate a stage's feature map by a ViT over its patches (docs/method.md 2.2).
 
     The map (H, W, Ch) is cut into ``patch`` x ``patch`` patches, each embedded as a token with a
     learned position embedding; ``depth`` pre-norm encoder layers mix the tokens; a linear

@@ -1,4 +1,4 @@
-"""The FA stem: internal feature fusion in ResNet18's first layer (METHOD 2.1)."""
+"""The FA stem: internal feature fusion in ResNet18's first layer (docs/method.md 2.1)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class FAStem(nn.Module):
     Each auxiliary convolution sees only its region of the input (the crop, zero-padded at the
     crop's border like the main convolution at the image's border), and its output is placed at
     the region's position in the main feature map, zero elsewhere. The maps are fused by weighted
-    addition, ``F = F_main + w1 * F_r1 + w2 * F_r2`` (METHOD 2.1), with learnable weights
+    addition, ``F = F_main + w1 * F_r1 + w2 * F_r2`` (docs/method.md 2.1), with learnable weights
     ``fusion_weights`` initialised to ``fa_init`` ([choice]).
 
     With no regions this is exactly ResNet18's ``conv1``. The auxiliary maps are sown into the

@@ -1,4 +1,4 @@
-"""ResNet18 with the FA stem and attention blocks: R18, R18+FA and R18+FAML (METHOD 2)."""
+"""ResNet18 with the FA stem and attention blocks: R18, R18+FA and R18+FAML (docs/method.md 2)."""
 
 from __future__ import annotations
 
@@ -63,8 +63,8 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """ResNet18 (widths and depths from ``config``) with the optional FA stem (METHOD 2.1) and
-    attention blocks after stages 1-3 (METHOD 2.2); global average pooling and a dense head.
+    """ResNet18 (widths and depths from ``config``) with the optional FA stem (docs/method.md 2.1) and
+    attention blocks after stages 1-3 (docs/method.md 2.2); global average pooling and a dense head.
 
     ``axis_name`` names the pmap axis over which BatchNorm statistics are synchronised in
     training (None: no synchronisation). ``bn_momentum`` is the running statistics' decay
@@ -102,7 +102,7 @@ class ResNet(nn.Module):
                     dtype=dtype,
                     name=f"attn{stage + 1}",
                 )(x)
-        # The last stage's map, for Grad-CAM (METHOD 6): sown, and perturbable (a no-op unless a
+        # The last stage's map, for Grad-CAM (docs/method.md 6): sown, and perturbable (a no-op unless a
         # "perturbations" collection is given).
         self.sow("intermediates", "last_stage", x)
         x = self.perturb("last_stage", x)
