@@ -69,13 +69,9 @@ def main(argv=None) -> int:
         figure = predict.figure_of_maps(rows, kind=args.map, indices=indices, data_dir=args.data_dir)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        from PIL import Image
-
         from faml_jax.writer import write_atomic
 
-        tmp = out.with_name(f".{out.name}.tmp")
-        Image.fromarray(figure["grid"]).save(tmp, format="PNG")
-        tmp.replace(out)
+        write_atomic(out, png=figure["grid"])
         write_atomic(
             out.with_suffix(".npz"),
             arrays={k: np.asarray(figure[k]) for k in ("maps", "images", "indices", "classes", "rows")},

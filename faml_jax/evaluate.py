@@ -12,8 +12,17 @@ import jax
 import numpy as np
 
 from faml_jax import data, ensemble, fga, models, runs, train
-from faml_jax.config import RunConfig, config_to_json, structural_differences
+from faml_jax.config import config_to_json, structural_differences
 from faml_jax.errors import ConfigError, DataError
+
+
+def pad_batch(chunk: np.ndarray, size: int) -> tuple[np.ndarray, int]:
+    """``chunk`` with zero rows appended up to ``size`` rows (one compiled shape for a short last
+    batch), and how many were appended (drop that many results)."""
+    pad = size - len(chunk)
+    if pad <= 0:
+        return chunk, 0
+    return np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)]), pad
 
 
 class Evaluator:
@@ -54,9 +63,7 @@ class Evaluator:
             size = size or self._call_size(max(count, 1))
             for start in range(0, count, size):
                 chunk = images[start : start + size]
-                pad = size - len(chunk)
-                if pad:
-                    chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+                chunk, pad = pad_batch(chunk, size)
                 out = self._gather(self._step(variables, train.shard(chunk, self.devices)), size)
                 logits.append(out[..., : size - pad, :])
             labels.append(np.asarray(batch["label"], np.int32))
@@ -87,26 +94,6 @@ class EnsembleEvaluator(Evaluator):
 
 # ---------------------------------------------------------------------------------------------
 # Finished runs evaluated together
-
-
-def open_run_dataset(config: RunConfig, log=print) -> data.Dataset:
-    """The data set a run was configured with (``config.data``), checked against its model's
-    number of classes."""
-    d = config.data
-    dataset = data.open_dataset(
-        d.dataset,
-        d.data_dir,
-        d.synthetic,
-        progress=log,
-        crop_faces=d.crop_faces,
-        skip_bad_images=d.skip_bad_images,
-        num_threads=d.num_threads,
-        min_size=config.model.input_size,
-    )
-    log(dataset.describe())
-    if dataset.num_classes != config.model.num_classes:
-        raise ConfigError(f"{dataset.name} has {dataset.num_classes} classes, the model {config.model.num_classes}")
-    return dataset
 
 
 def named_members(paths: list[Path]) -> list[tuple[str, Path]]:
@@ -162,7 +149,7 @@ def evaluate_members(
                 **({"num_threads": num_threads} if num_threads is not None else {}),
             ),
         )
-    dataset = open_run_dataset(config, log)
+    dataset = runs.open_dataset(config, log)
     records, variables = [], []
     for name, path in members:
         epoch = runs.choose_epoch(path, checkpoint)

@@ -458,7 +458,7 @@ def _write_export(out: Path, names, paths, loaded, formats, checkpoint: str, ens
     if "onnx" in formats:
         for name, (_, variables, _) in zip(names, loaded):
             model = to_onnx(inference_function(config, variables), size, name=name)
-            write_atomic_bytes(out / f"{name}.onnx", model.SerializeToString())
+            write_atomic(out / f"{name}.onnx", payload=model.SerializeToString())
             description["files"][f"{name}.onnx"] = "images -> probabilities (batch, classes) of one network"
     if "stablehlo" in formats:
         if len(loaded) == 1:
@@ -469,7 +469,7 @@ def _write_export(out: Path, names, paths, loaded, formats, checkpoint: str, ens
             what = "images -> (probabilities (members, batch, classes), T2V decision (batch,))"
         module, weights = to_stablehlo(function, size)
         write_atomic(out / "model.weights.npz", arrays=weights)  # the weights first: a module never
-        write_atomic_bytes(out / "model.stablehlo", module)  # stands beside another module's weights
+        write_atomic(out / "model.stablehlo", payload=module)  # stands beside another module's weights
         description["files"]["model.stablehlo"] = (
             what + "; a jax.export function of (weights, images): load both with faml_jax.export.load_stablehlo"
         )
@@ -484,13 +484,3 @@ def _write_export(out: Path, names, paths, loaded, formats, checkpoint: str, ens
         }
     write_json(out / "export.json", description)
     return description
-
-
-def write_atomic_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` under a temporary name, then rename: never half-written."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(payload)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

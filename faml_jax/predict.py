@@ -28,7 +28,7 @@ from faml_jax import data, ensemble, fga, models, runs
 from faml_jax.config import EnsembleConfig, RunConfig
 from faml_jax.data.pipeline import resize
 from faml_jax.errors import ConfigError, DataError
-from faml_jax.evaluate import check_compatible, named_members
+from faml_jax.evaluate import check_compatible, named_members, pad_batch
 
 STRATEGIES = ensemble.STRATEGIES
 # One compiled call per shape of logits (eagerly, softmax is several small compiled calls).
@@ -194,9 +194,7 @@ class Predictor:
         chunks = []
         for start in range(0, n, b):
             chunk = images[start : start + b]
-            pad = b - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.uint8)])
+            chunk, pad = pad_batch(chunk, b)
             chunks.append(np.asarray(self._step(self.variables, chunk))[:, : b - pad])
         if not chunks:
             return np.zeros((self.num_members, 0, self.config.model.num_classes), np.float32)
@@ -263,10 +261,8 @@ class Predictor:
         member_maps = []
         for start in range(0, len(images), b):
             chunk, decided = images[start : start + b], prediction.decision[start : start + b]
-            pad = b - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.uint8)])
-                decided = np.concatenate([decided, np.zeros(pad, np.int32)])
+            chunk, pad = pad_batch(chunk, b)
+            decided, _ = pad_batch(np.asarray(decided, np.int32), b)
             member_maps.append(np.asarray(explainer(self.variables, chunk, decided)[0])[:, : b - pad])
         size = self.input_size
         member_maps = np.concatenate(member_maps, 1) if member_maps else np.zeros((self.num_members, 0, size, size))
@@ -530,15 +526,10 @@ def write_predictions(
 
 
 def save_png(path: Path, pixels: np.ndarray) -> None:
-    """Write a PNG under a temporary name, then rename: never half-written."""
-    from PIL import Image
+    """Write a PNG atomically (``writer.write_atomic``)."""
+    from faml_jax.writer import write_atomic
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        Image.fromarray(pixels).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, png=np.asarray(pixels))
 
 
 def unique_stems(files: Sequence[str]) -> list[str]:
@@ -607,13 +598,12 @@ def figure_of_maps(
     correctly, or ``indices`` (one test index per class). Returns ``{"grid": (H, W, 3) uint8,
     "maps": (rows, classes, S, S), "images": (classes, S, S, 3), "indices", "classes", "rows"}``;
     a class without such an image gets an empty column (index -1)."""
-    from faml_jax.evaluate import open_run_dataset
 
     first = rows[0][1]
     config = first.config
     if data_dir is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=data_dir))
-    test = open_run_dataset(config, log).test
+    test = runs.open_dataset(config, log).test
     labels = np.asarray(test.labels)
     classes = first.classes
     for label, predictor in rows[1:]:

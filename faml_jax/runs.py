@@ -25,7 +25,7 @@ from pathlib import Path
 
 import jax
 
-from faml_jax import models, train
+from faml_jax import data, models, train
 from faml_jax.checkpoint import CheckpointError, Checkpoints
 from faml_jax.config import ModelConfig, OptimConfig, RunConfig, run_config_from_json
 from faml_jax.errors import ConfigError, WorkdirError
@@ -64,6 +64,26 @@ def primary_workdir(workdir: Path) -> Path:
 
 # ---------------------------------------------------------------------------------------------
 # What a finished run holds
+
+
+def open_dataset(config: RunConfig, log=print) -> data.Dataset:
+    """The data set a run was configured with (``config.data``), checked against its model's
+    number of classes."""
+    d = config.data
+    dataset = data.open_dataset(
+        d.dataset,
+        d.data_dir,
+        d.synthetic,
+        progress=log,
+        crop_faces=d.crop_faces,
+        skip_bad_images=d.skip_bad_images,
+        num_threads=d.num_threads,
+        min_size=config.model.input_size,
+    )
+    log(dataset.describe())
+    if dataset.num_classes != config.model.num_classes:
+        raise ConfigError(f"{dataset.name} has {dataset.num_classes} classes, the model {config.model.num_classes}")
+    return dataset
 
 
 def read_run_config(workdir: Path) -> RunConfig:

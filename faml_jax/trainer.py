@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from faml_jax import data, models, pretrained, schedules, signals, train
+from faml_jax import data, models, pretrained, runs, schedules, signals, train
 from faml_jax.checkpoint import CheckpointDamaged, CheckpointError, Checkpoints, sync_processes
 from faml_jax.config import RunConfig, config_to_json, from_dict, run_config_from_json
 from faml_jax.errors import (
@@ -41,7 +41,7 @@ from faml_jax.errors import (
     requested_bytes,
     written_path,
 )
-from faml_jax.evaluate import Evaluator, open_run_dataset
+from faml_jax.evaluate import Evaluator
 from faml_jax.metrics import classification_metrics
 from faml_jax.runs import DAMAGED, PREEMPTED, checkpoint_epochs, checkpoints_of, has_checkpoint, primary_workdir
 from faml_jax.workdir import WorkdirLock, new_folders, prepare_directory, undo_new_run, undone_if_it_fails
@@ -223,7 +223,7 @@ class Setup:
         self.config = config
         self.devices = jax.local_devices()
         self.check_batch(config)
-        self.dataset = open_run_dataset(config, log)
+        self.dataset = runs.open_dataset(config, log)
         self.model = models.ResNet(config.model)
         self.tx = train.make_optimizer(config.optim, config.schedule.lr1)
         self.class_weights = self.dataset.class_weights if config.loss.needs_class_weights else None

@@ -71,9 +71,18 @@ def write_json(path: Path, value) -> None:
     write_atomic(path, to_json(value) + "\n")
 
 
-def write_atomic(path: Path, text: str | None = None, arrays: dict | None = None) -> None:
-    """Write a text or .npz file under a temporary name, then rename: never half-written. A
-    failed write (a full disk) is an ``OSError`` naming ``path``."""
+def write_atomic(
+    path: Path,
+    text: str | None = None,
+    arrays: dict | None = None,
+    *,
+    payload: bytes | None = None,
+    png: np.ndarray | None = None,
+) -> None:
+    """Write one file under a temporary name, then rename: never half-written. The content is
+    ``text``, ``arrays`` (an .npz), raw bytes (``payload``) or an (H, W[, C]) uint8 image
+    (``png``). The one place the project writes a file atomically; a failed write (a full disk)
+    is an ``OSError`` naming ``path``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -81,6 +90,12 @@ def write_atomic(path: Path, text: str | None = None, arrays: dict | None = None
         with os.fdopen(fd, "wb") as f:
             if arrays is not None:
                 np.savez(f, **arrays)
+            elif payload is not None:
+                f.write(payload)
+            elif png is not None:
+                from PIL import Image
+
+                Image.fromarray(png).save(f, format="PNG")
             else:
                 f.write(text.encode())
         os.replace(tmp, path)

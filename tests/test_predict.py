@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import jittered_variables, tiny_config, write_run
 
-from faml_jax import ensemble, fga, train
+from faml_jax import ensemble, fga, runs, train
 from faml_jax.data.pipeline import resize
 from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.evaluate import EnsembleEvaluator
@@ -194,9 +194,8 @@ def test_the_figure_of_maps_takes_images_every_row_gets_right(three_runs, tmp_pa
     with np.load(out.with_suffix(".npz")) as figure:
         indices, grid_maps = figure["indices"], figure["maps"]
     assert grid_maps.shape == (2, 7, 32, 32) and float(grid_maps.max()) <= 1.0
-    from faml_jax.evaluate import open_run_dataset
 
-    test = open_run_dataset(config, log=lambda *_: None).test
+    test = runs.open_dataset(config, log=lambda *_: None).test
     rows = [Predictor.from_run(paths[0]), Predictor.from_runs(paths)]
     for c, index in enumerate(indices):
         if index < 0:  # no test image of this class that both rows get right

@@ -45,6 +45,7 @@ import numpy as np
 
 from faml_jax import models, train
 from faml_jax.config import LossConfig, OptimConfig
+from faml_jax.writer import write_atomic
 from tools import bench_data, bench_ensemble
 
 LEARNING_RATE = 3e-4
@@ -371,9 +372,7 @@ def append(path: Path, lines: list[str]) -> None:
             "newest last. Rerun it to add yours.\n"
         )
     )
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(old.rstrip("\n") + "\n\n" + "\n".join(lines).rstrip("\n") + "\n")
-    tmp.replace(path)
+    write_atomic(path, old.rstrip("\n") + "\n\n" + "\n".join(lines).rstrip("\n") + "\n")
 
 
 def main(argv=None):

@@ -297,9 +297,9 @@ def write(out: Path, report: dict) -> None:
         ("gpu_check.json", json.dumps(report, indent=1, default=str)),
         ("gpu_check.md", markdown(report)),
     ):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out / name)
+        from faml_jax.writer import write_atomic
+
+        write_atomic(out / name, text)
 
 
 def main(argv=None) -> int:
