@@ -16,7 +16,7 @@ import jax
 
 from faml_jax import data, models, signals
 from faml_jax.config import AUGMENT_PRESETS, RUN_PRESETS, AugmentConfig, FGAConfig, RunConfig, preset
-from faml_jax.errors import DiskFullError, FamlError, is_disk_full, written_path
+from faml_jax.errors import FULL_DISK_TEXTS, DiskFullError, FamlError, disk_full_phrase, is_disk_full, written_path
 from faml_jax.trainer import start_processes
 
 
@@ -282,9 +282,7 @@ def run_cli(parser: argparse.ArgumentParser, argv, body) -> int:
             except Exception as error:
                 if is_disk_full(error) and not isinstance(error, DiskFullError):
                     path = written_path(error)
-                    raise DiskFullError(
-                        "no space left on device" + (f" while writing {path}" if path else "")
-                    ) from None
+                    raise DiskFullError(disk_full_phrase(error) + (f" while writing {path}" if path else "")) from None
                 raise
     except FamlError as error:
         print(f"{parser.prog}: error: {one_line(error)}", file=sys.stderr)
@@ -319,7 +317,8 @@ class _DropDiskFull(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return "No space left on device" not in record.getMessage() and not (error and is_disk_full(error))
+        message = record.getMessage()
+        return not any(text in message for text in FULL_DISK_TEXTS) and not (error and is_disk_full(error))
 
 
 def quiet_disk_full_echoes() -> None:

@@ -119,6 +119,15 @@ class ModelConfig:
                 )
             if self.attn_dim % self.attn_heads:
                 raise ConfigError(f"attn_dim {self.attn_dim} is not divisible by attn_heads {self.attn_heads}")
+            side = math.ceil(math.ceil(self.input_size / 2) / 2)  # after the stem's stride-2 conv and max pooling
+            for stage, patch in enumerate(self.attn_patch_sizes, 1):
+                if side % patch:
+                    raise ConfigError(
+                        f"input_size {self.input_size} gives a {side}x{side} feature map after stage {stage}, "
+                        f"which attention patches of {patch} do not tile: choose an input size divisible by "
+                        f"{4 * 2 ** (stage - 1) * patch} (or other attn_patch_sizes)"
+                    )
+                side = math.ceil(side / 2)
         for region in self.fa_regions:
             region.pixels(self.input_size)  # raises for a region that is empty at this size
         if self.dtype not in ("float32", "bfloat16"):

@@ -42,19 +42,34 @@ class DiskFullError(OSError):
         super().__init__(errno.ENOSPC, message)
 
 
+FULL_DISK_TEXTS = ("No space left on device", "Disk quota exceeded")
+
+
 def is_disk_full(error: BaseException) -> bool:
-    """Whether ``error`` (or an exception it was raised from) is the file system being full:
-    ``OSError`` ENOSPC, or the same reported in another library's message (tensorstore, under
+    """Whether ``error`` (or an exception it was raised from) is the file system being full, or
+    the user's quota on it used up: ``OSError`` ENOSPC or EDQUOT, or the same reported in another library's message (tensorstore, under
     orbax's checkpoints, raises ``ValueError("RESOURCE_EXHAUSTED: ... No space left on device")``)."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if "No space left on device" in str(error):
+        if any(text in str(error) for text in FULL_DISK_TEXTS):
             return True
         error = error.__cause__ or error.__context__
     return False
+
+
+def disk_full_phrase(error: BaseException) -> str:
+    """How to name the fault ``is_disk_full`` found: "disk quota exceeded" or "no space left on
+    device"."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if (isinstance(error, OSError) and error.errno == errno.EDQUOT) or "Disk quota exceeded" in str(error):
+            return "disk quota exceeded"
+        error = error.__cause__ or error.__context__
+    return "no space left on device"
 
 
 def written_path(error: BaseException) -> str | None:

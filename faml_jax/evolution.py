@@ -544,16 +544,28 @@ class Evolution:
 EVOLVE_OUTPUTS = ("members", "evolve.json", "population.json")
 
 
-def prepare_evolve_workdir(
-    workdir: Path, config: RunConfig, fga_config: FGAConfig, given: list[Path], resume: bool, overwrite: bool
-) -> bool:
-    """Make an evolution's workdir ready (``workdir.prepare_directory`` with its evolve.json);
-    returns whether it continues an earlier evolution."""
-    current = {
+def evolve_record(config: RunConfig, fga_config: FGAConfig, given: list[Path]) -> dict:
+    """What an evolution's evolve.json holds: its run and FGA configurations and given members."""
+    return {
         "run": config_to_json(config),
         "fga": config_to_json(fga_config),
         "members": [str(p.resolve()) for p in given],
     }
+
+
+def prepare_evolve_workdir(
+    workdir: Path,
+    config: RunConfig,
+    fga_config: FGAConfig,
+    given: list[Path],
+    resume: bool,
+    overwrite: bool,
+    *,
+    write: bool = True,
+) -> bool:
+    """Make an evolution's workdir ready (``workdir.prepare_directory`` with its evolve.json,
+    written only with ``write``); returns whether it continues an earlier evolution."""
+    current = evolve_record(config, fga_config, given)
     return prepare_directory(
         workdir,
         config_file="evolve.json",
@@ -565,6 +577,7 @@ def prepare_evolve_workdir(
         may_differ=MAY_DIFFER,
         what="evolution",
         complete=complete_evolve_config,
+        write=write,
     )
 
 
@@ -617,10 +630,12 @@ def evolve(
         WorkdirLock(workdir, "workdir"),
     ):
         with undone_if_it_fails(workdir, "evolve.json", made):
-            continues = prepare_evolve_workdir(workdir, config, fga_config, given, resume, overwrite)
+            continues = prepare_evolve_workdir(workdir, config, fga_config, given, resume, overwrite, write=False)
             if resume and not continues:
                 log(f"no earlier evolution to resume in {workdir.absolute()}: starting a new one there")
             evolution = Evolution(
                 config, fga_config, workdir, given=given, member_parallel=member_parallel, progress=progress, log=log
             )
+            # Only once the data set and everything else opened: a refused resume changes nothing.
+            write_json(workdir / "evolve.json", evolve_record(config, fga_config, given))
         return evolution.run()

@@ -7,12 +7,15 @@ the run's input size in, class probabilities out, so a deployment cannot normali
   holds every member and the T2V decision (``ensemble.t2v_predict``): it returns the members'
   probabilities (M, N, C) and the decided class (N,).
 * ONNX: one graph per network, written by ``to_onnx``, a converter of the inference function's
-  jaxpr into ONNX operators (opset 17), batch dimension symbolic. **[choice]** Not jax2onnx:
-  its releases that install beside our orbax pin (0.13) wrote graphs that onnxruntime rejects
-  for this model; the inference path uses 28 jax primitives, each mapped here and checked against
-  JAX by the tests. An ensemble is exported as one graph per member plus ``ensemble.json``
-  (member order, T2V's alpha and beta, the tie rule): each graph is checked against its own run,
-  and the vote (Eq. 10-12) is a few lines in any runtime.
+  jaxpr into ONNX operators (opset 17; one small function per primitive, ``_CONVERTERS``), batch
+  dimension symbolic. **[choice]** Not jax2onnx: no maintained JAX-to-ONNX route works with our
+  pins (checked 2026-11-28: jax2onnx 0.17.1, the newest, requires orbax-checkpoint < 0.11.37
+  where we pin 0.12.8, and in a separate environment its graph of our r18 was refused by
+  onnxruntime at the first residual add, NHWC against NCHW); the inference path's jax
+  primitives are each mapped here and checked against JAX by the tests. An ensemble is exported
+  as one graph per member, with ``export.json`` naming the member order, T2V's alpha and beta and
+  the tie rule: each graph is checked against its own run, and the vote (Eq. 10-12) is a few
+  lines in any runtime.
 
     >>> export.export_runs(["runs/rafdb-r18_faml-seed0"], "exported", formats=("onnx", "stablehlo"))
 """
@@ -223,111 +226,173 @@ def _convert(g: _Graph, jaxpr, consts, inputs: list[str]) -> list[str]:
             outs = _convert(g, inner[0], inner[1], args)
         elif name in _ELEMENTWISE:
             outs = [g.one(_ELEMENTWISE[name], args)]
-        elif name == "rsqrt":
-            outs = [g.one("Reciprocal", [g.one("Sqrt", args)])]
-        elif name == "square":
-            outs = [g.one("Mul", [args[0], args[0]])]
-        elif name == "integer_pow":
-            outs = [g.one("Pow", [args[0], g.const(float(p["y"]), out_aval.dtype)])]
-        elif name in ("stop_gradient", "copy", "copy_p"):
-            outs = [g.one("Identity", args)]
-        elif name == "optimization_barrier":
-            outs = list(args)
-        elif name == "convert_element_type":
-            if np.dtype(p["new_dtype"]) not in _ONNX_DTYPES:
-                raise ConfigError(f"ONNX export: no conversion to {np.dtype(p['new_dtype'])}")
-            outs = [g.one("Cast", args, to=_ONNX_DTYPES[np.dtype(p["new_dtype"])])]
-        elif name == "reshape":
-            sizes = [int(d) for d in p["new_sizes"]]
-            if sizes and sizes[0] != g.batch and sizes[0] % g.batch == 0 and avals[0].shape[:1] == (g.batch,):
-                # (batch, tokens, ...) flattened to rows: the leading size is batch x tokens, -1 here.
-                outs = [g.one("Reshape", [args[0], g.const([-1] + sizes[1:], np.int64)])]
-            else:
-                outs = [g.one("Reshape", [args[0], g.shape(sizes)])]
-        elif name == "squeeze":
-            outs = [g.one("Squeeze", [args[0], g.const(list(p["dimensions"]), np.int64)])]
-        elif name == "expand_dims":
-            outs = [g.one("Unsqueeze", [args[0], g.const(list(p["dimensions"]), np.int64)])]
-        elif name == "transpose":
-            outs = [g.one("Transpose", args, perm=list(p["permutation"]))]
-        elif name == "broadcast_in_dim":
-            shape, dims = p["shape"], p["broadcast_dimensions"]
-            x = args[0]
-            new_axes = [i for i in range(len(shape)) if i not in dims]
-            if new_axes:
-                x = g.one("Unsqueeze", [x, g.const(new_axes, np.int64)])
-            operand_shape = [1] * len(shape)
-            for i, d in enumerate(dims):
-                operand_shape[d] = avals[0].shape[i]
-            target = [1 if (s == g.batch and i == 0 and operand_shape[0] == s) else s for i, s in enumerate(shape)]
-            outs = [g.one("Expand", [x, g.shape(target)])]
-        elif name in ("reduce_sum", "reduce_max", "reduce_min"):
-            axes = list(p["axes"])
-            if name == "reduce_sum":
-                outs = [g.one("ReduceSum", [args[0], g.const(axes, np.int64)], keepdims=0)]
-            else:
-                outs = [g.one("ReduceMax" if name == "reduce_max" else "ReduceMin", [args[0]], axes=axes, keepdims=0)]
-        elif name == "slice":
-            start, limit = list(p["start_indices"]), list(p["limit_indices"])
-            strides = list(p["strides"] or [1] * len(start))
-            if avals[0].shape[0] == g.batch and start[0] == 0 and limit[0] == g.batch:
-                limit[0] = np.iinfo(np.int64).max
-            outs = [
-                g.one(
-                    "Slice",
-                    [
-                        args[0],
-                        g.const(start, np.int64),
-                        g.const(limit, np.int64),
-                        g.const(list(range(len(start))), np.int64),
-                        g.const(strides, np.int64),
-                    ],
-                )
-            ]
-        elif name == "stack":
-            axis = g.const([int(p["axis"])], np.int64)
-            outs = [g.one("Concat", [g.one("Unsqueeze", [a, axis]) for a in args], axis=int(p["axis"]))]
-        elif name == "concatenate":
-            outs = [g.one("Concat", args, axis=int(p["dimension"]))]
-        elif name == "pad":
-            config = p["padding_config"]
-            if any(interior for _, _, interior in config) or any(lo < 0 or hi < 0 for lo, hi, _ in config):
-                raise ConfigError("ONNX export: pad with interior or negative padding")
-            pads = [lo for lo, _, _ in config] + [hi for _, hi, _ in config]
-            outs = [g.one("Pad", [args[0], g.const(pads, np.int64), args[1]], mode="constant")]
-        elif name == "dot_general":
-            (lc, rc), (lb, rb) = p["dimension_numbers"]
-            letters = iter("abcdefghijklmnopqrstuvwxyz")
-            left = [next(letters) for _ in avals[0].shape]
-            right = [None] * len(avals[1].shape)
-            for i, j in zip(lc, rc):
-                right[j] = left[i]
-            for i, j in zip(lb, rb):
-                right[j] = left[i]
-            right = [r or next(letters) for r in right]
-            out = [left[i] for i in lb] + [left[i] for i in range(len(left)) if i not in lc and i not in lb]
-            out += [right[j] for j in range(len(right)) if j not in rc and j not in rb]
-            equation = f"{''.join(left)},{''.join(right)}->{''.join(out)}"
-            outs = [g.one("Einsum", args, equation=equation)]
-        elif name == "conv_general_dilated":
-            outs = [_conv(g, args, avals, p)]
-        elif name == "select_n":
-            if len(args) != 3:
-                raise ConfigError("ONNX export: select_n with more than two cases")
-            outs = [g.one("Where", [g.one("Cast", [args[0]], to=9), args[2], args[1]])]
-        elif name == "argmax":
-            outs = [
-                g.one(
-                    "Cast",
-                    [g.one("ArgMax", [args[0]], axis=int(p["axes"][0]), keepdims=0)],
-                    to=_ONNX_DTYPES[np.dtype(p["index_dtype"])],
-                )
-            ]
+        elif name in _CONVERTERS:
+            outs = _CONVERTERS[name](g, args, avals, out_aval, p)
         else:
             raise ConfigError(f"ONNX export: no ONNX conversion for jax primitive {name!r}")
         for var, out in zip(eqn.outvars, outs):
             env[var] = out
     return [read(v) for v in jaxpr.outvars]
+
+
+# One small function per jax primitive (beyond ``_ELEMENTWISE``): (graph, argument names, their
+# abstract values, the output's abstract value, the primitive's parameters) -> output names.
+
+
+def _rsqrt(g, args, avals, out_aval, p):
+    return [g.one("Reciprocal", [g.one("Sqrt", args)])]
+
+
+def _square(g, args, avals, out_aval, p):
+    return [g.one("Mul", [args[0], args[0]])]
+
+
+def _integer_pow(g, args, avals, out_aval, p):
+    return [g.one("Pow", [args[0], g.const(float(p["y"]), out_aval.dtype)])]
+
+
+def _identity(g, args, avals, out_aval, p):
+    return [g.one("Identity", args)]
+
+
+def _passthrough(g, args, avals, out_aval, p):
+    return list(args)
+
+
+def _convert_element_type(g, args, avals, out_aval, p):
+    if np.dtype(p["new_dtype"]) not in _ONNX_DTYPES:
+        raise ConfigError(f"ONNX export: no conversion to {np.dtype(p['new_dtype'])}")
+    return [g.one("Cast", args, to=_ONNX_DTYPES[np.dtype(p["new_dtype"])])]
+
+
+def _reshape(g, args, avals, out_aval, p):
+    sizes = [int(d) for d in p["new_sizes"]]
+    if sizes and sizes[0] != g.batch and sizes[0] % g.batch == 0 and avals[0].shape[:1] == (g.batch,):
+        # (batch, tokens, ...) flattened to rows: the leading size is batch x tokens, -1 here.
+        return [g.one("Reshape", [args[0], g.const([-1] + sizes[1:], np.int64)])]
+    return [g.one("Reshape", [args[0], g.shape(sizes)])]
+
+
+def _squeeze(g, args, avals, out_aval, p):
+    return [g.one("Squeeze", [args[0], g.const(list(p["dimensions"]), np.int64)])]
+
+
+def _expand_dims(g, args, avals, out_aval, p):
+    return [g.one("Unsqueeze", [args[0], g.const(list(p["dimensions"]), np.int64)])]
+
+
+def _transpose(g, args, avals, out_aval, p):
+    return [g.one("Transpose", args, perm=list(p["permutation"]))]
+
+
+def _broadcast_in_dim(g, args, avals, out_aval, p):
+    shape, dims = p["shape"], p["broadcast_dimensions"]
+    x = args[0]
+    new_axes = [i for i in range(len(shape)) if i not in dims]
+    if new_axes:
+        x = g.one("Unsqueeze", [x, g.const(new_axes, np.int64)])
+    operand_shape = [1] * len(shape)
+    for i, d in enumerate(dims):
+        operand_shape[d] = avals[0].shape[i]
+    target = [1 if (s == g.batch and i == 0 and operand_shape[0] == s) else s for i, s in enumerate(shape)]
+    return [g.one("Expand", [x, g.shape(target)])]
+
+
+def _reduce_sum(g, args, avals, out_aval, p):
+    return [g.one("ReduceSum", [args[0], g.const(list(p["axes"]), np.int64)], keepdims=0)]
+
+
+def _reduce_max(g, args, avals, out_aval, p):
+    return [g.one("ReduceMax", [args[0]], axes=list(p["axes"]), keepdims=0)]
+
+
+def _reduce_min(g, args, avals, out_aval, p):
+    return [g.one("ReduceMin", [args[0]], axes=list(p["axes"]), keepdims=0)]
+
+
+def _slice(g, args, avals, out_aval, p):
+    start, limit = list(p["start_indices"]), list(p["limit_indices"])
+    strides = list(p["strides"] or [1] * len(start))
+    if avals[0].shape[0] == g.batch and start[0] == 0 and limit[0] == g.batch:
+        limit[0] = np.iinfo(np.int64).max
+    inputs = [args[0], g.const(start, np.int64), g.const(limit, np.int64)]
+    inputs += [g.const(list(range(len(start))), np.int64), g.const(strides, np.int64)]
+    return [g.one("Slice", inputs)]
+
+
+def _stack(g, args, avals, out_aval, p):
+    axis = g.const([int(p["axis"])], np.int64)
+    return [g.one("Concat", [g.one("Unsqueeze", [a, axis]) for a in args], axis=int(p["axis"]))]
+
+
+def _concatenate(g, args, avals, out_aval, p):
+    return [g.one("Concat", args, axis=int(p["dimension"]))]
+
+
+def _pad(g, args, avals, out_aval, p):
+    config = p["padding_config"]
+    if any(interior for _, _, interior in config) or any(lo < 0 or hi < 0 for lo, hi, _ in config):
+        raise ConfigError("ONNX export: pad with interior or negative padding")
+    pads = [lo for lo, _, _ in config] + [hi for _, hi, _ in config]
+    return [g.one("Pad", [args[0], g.const(pads, np.int64), args[1]], mode="constant")]
+
+
+def _dot_general(g, args, avals, out_aval, p):
+    (lc, rc), (lb, rb) = p["dimension_numbers"]
+    letters = iter("abcdefghijklmnopqrstuvwxyz")
+    left = [next(letters) for _ in avals[0].shape]
+    right = [None] * len(avals[1].shape)
+    for i, j in zip(lc, rc):
+        right[j] = left[i]
+    for i, j in zip(lb, rb):
+        right[j] = left[i]
+    right = [r or next(letters) for r in right]
+    out = [left[i] for i in lb] + [left[i] for i in range(len(left)) if i not in lc and i not in lb]
+    out += [right[j] for j in range(len(right)) if j not in rc and j not in rb]
+    return [g.one("Einsum", args, equation=f"{''.join(left)},{''.join(right)}->{''.join(out)}")]
+
+
+def _conv_general_dilated(g, args, avals, out_aval, p):
+    return [_conv(g, args, avals, p)]
+
+
+def _select_n(g, args, avals, out_aval, p):
+    if len(args) != 3:
+        raise ConfigError("ONNX export: select_n with more than two cases")
+    return [g.one("Where", [g.one("Cast", [args[0]], to=9), args[2], args[1]])]
+
+
+def _argmax(g, args, avals, out_aval, p):
+    index = g.one("ArgMax", [args[0]], axis=int(p["axes"][0]), keepdims=0)
+    return [g.one("Cast", [index], to=_ONNX_DTYPES[np.dtype(p["index_dtype"])])]
+
+
+_CONVERTERS = {
+    "rsqrt": _rsqrt,
+    "square": _square,
+    "integer_pow": _integer_pow,
+    "stop_gradient": _identity,
+    "copy": _identity,
+    "copy_p": _identity,
+    "optimization_barrier": _passthrough,
+    "convert_element_type": _convert_element_type,
+    "reshape": _reshape,
+    "squeeze": _squeeze,
+    "expand_dims": _expand_dims,
+    "transpose": _transpose,
+    "broadcast_in_dim": _broadcast_in_dim,
+    "reduce_sum": _reduce_sum,
+    "reduce_max": _reduce_max,
+    "reduce_min": _reduce_min,
+    "slice": _slice,
+    "stack": _stack,
+    "concatenate": _concatenate,
+    "pad": _pad,
+    "dot_general": _dot_general,
+    "conv_general_dilated": _conv_general_dilated,
+    "select_n": _select_n,
+    "argmax": _argmax,
+}
 
 
 def _conv(g: _Graph, args, avals, p) -> str:

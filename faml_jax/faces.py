@@ -204,16 +204,25 @@ class Finder:
         shape = self._landmarks(image, self._rectangle(*(int(v) for v in box)))
         return np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], np.float64)
 
-    def find(self, image: np.ndarray) -> list[Face]:
-        """Every face in ``image`` ((H, W, 3) uint8 RGB), best score first."""
+    def find(self, image: np.ndarray, full: np.ndarray | None = None) -> list[Face]:
+        """Every face in ``image`` ((H, W, 3) uint8 RGB), best score first. ``full``: the same
+        photo at a higher resolution (``image`` a reduced copy to search quickly): boxes and
+        landmarks are then given, and the faces cut, in ``full``'s pixels."""
         image = np.ascontiguousarray(image)
+        source = image if full is None else full
+        scale = source.shape[1] / image.shape[1]
         rects, scores, _ = self._detector.run(image, self.upsample, 0.0)
         faces = []
         for rect, score in sorted(zip(rects, scores), key=lambda rs: -rs[1]):
             if score < self.min_score:
                 continue
-            box = (rect.left(), rect.top(), rect.right(), rect.bottom())
-            points = self.landmarks(image, box)
-            crop = align(image, points, self.size)[0] if self.mode == "align" else box_crop(image, box, self.margin)
+            found = (rect.left(), rect.top(), rect.right(), rect.bottom())
+            points = self.landmarks(image, found)
+            if scale != 1:  # pixel centres map as (x + 0.5) * scale - 0.5, box edges as x * scale
+                box = tuple(int(round(v * scale)) for v in found)
+                points = (points + 0.5) * scale - 0.5
+            else:
+                box = found
+            crop = align(source, points, self.size)[0] if self.mode == "align" else box_crop(source, box, self.margin)
             faces.append(Face(box, float(score), points, crop))
         return faces

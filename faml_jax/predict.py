@@ -319,10 +319,20 @@ def image_files(inputs: Sequence[str | os.PathLike], exclude: str | os.PathLike 
     return list(dict.fromkeys(found))  # each file once, in the order given
 
 
-# Photos in which faces are detected are decoded at reduced scale (libjpeg's DCT scaling) when their
-# shorter side is at least twice this: a face small enough to be lost is below what the detector
-# finds anyway, and an 8000 x 8000 photo is decoded and searched at 2000 x 2000.
+# Photos whose shorter side is at least twice this are searched for faces in a copy reduced by a
+# whole factor to at least this side (a face small enough to be lost there is below what the
+# detector finds anyway: an 8000 x 8000 photo is searched at 2000 x 2000); the faces found are cut
+# from the photo at full resolution. Annotated photos are drawn at the same reduced scale.
 PHOTO_MIN_SIDE = 1600
+
+
+def search_copy(photo: np.ndarray) -> np.ndarray:
+    """``photo`` reduced by the largest whole factor that keeps its shorter side at least
+    ``PHOTO_MIN_SIDE`` (box filter, Pillow's ``reduce``), or ``photo`` itself."""
+    from PIL import Image
+
+    factor = min(photo.shape[:2]) // PHOTO_MIN_SIDE
+    return np.asarray(Image.fromarray(photo).reduce(factor)) if factor >= 2 else photo
 
 
 def read_photo(path: str | os.PathLike, min_size: int | None = None) -> np.ndarray:
@@ -392,23 +402,25 @@ def predict_photos(
         list(files), desc="reading photos", unit="file", disable=not progress, leave=False, dynamic_ncols=True
     ):
         try:
-            photo, scale = read_photo_scaled(path, predictor.input_size if faces == "aligned" else PHOTO_MIN_SIDE)
+            # A face file is needed at the input size (a large JPEG is decoded at reduced scale); a
+            # photo is searched at reduced scale if large, its faces cut at full resolution.
+            photo, _ = read_photo_scaled(path, predictor.input_size if faces == "aligned" else None)
         except DataError as error:
             failures.append((str(path), str(error)))
             continue
         if faces == "aligned":
             found = [face_module.Face((0, 0, photo.shape[1], photo.shape[0]), 1.0, np.zeros((0, 2)), photo)]
         else:
-            found = finder.find(photo)
+            found = finder.find(search_copy(photo), full=photo)
             if not found:
                 no_face.append(str(path))
         for i, face in enumerate(found):
             records.append(
                 {
                     "file": str(path),
-                    "face": i,  # in the file's pixels, whatever the decoding scale
-                    "box": [round(v / scale) for v in face.box] if faces == "detect" else None,
-                    "landmarks": np.round(face.landmarks / scale, 1).tolist() if faces == "detect" else None,
+                    "face": i,  # in the (upright) photo's pixels
+                    "box": [int(v) for v in face.box] if faces == "detect" else None,
+                    "landmarks": np.round(face.landmarks, 1).tolist() if faces == "detect" else None,
                 }
             )
             crops.append(face.crop)

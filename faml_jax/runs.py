@@ -158,11 +158,13 @@ def choose_epoch(workdir: Path, which: str) -> int:
     if which == "final":
         return max(epochs)
     path = workdir / "metrics.jsonl"
-    accuracy = (
-        {h["epoch"]: h["test_accuracy"] for h in map(json.loads, path.read_text().splitlines())}
-        if path.exists()
-        else {}
-    )
+    accuracy = {}
+    for number, line in enumerate(path.read_text().splitlines() if path.exists() else [], 1):
+        try:
+            record = json.loads(line)
+            accuracy[record["epoch"]] = record["test_accuracy"]
+        except (ValueError, KeyError, TypeError):
+            raise WorkdirError(f"{path}:{number} is not a line of metrics (truncated?): {line[:60]!r}") from None
     ranked = [e for e in epochs if e in accuracy]
     if not ranked:
         raise WorkdirError(f"{path} has no test accuracy for the checkpoints {sorted(epochs)}")
@@ -256,9 +258,10 @@ def configured_generations(evolve_dir: Path) -> int:
     """The number of generations (after the initial population) an evolution is configured to run
     (its evolve.json, as last started or resumed)."""
     path = Path(evolve_dir) / "evolve.json"
+    if not path.exists():
+        raise WorkdirError(f"{path} not found (expected the workdir of experiments.evolve)")
+    recorded = read_json(path, "the evolution's configuration")
     try:
-        return int(read_json(path, "the evolution's configuration")["fga"]["generations"])
-    except FileNotFoundError:
-        raise WorkdirError(f"{path} not found (expected the workdir of experiments.evolve)") from None
+        return int(recorded["fga"]["generations"])
     except (ValueError, KeyError, TypeError) as error:
-        raise WorkdirError(f"{path} is not an evolution's configuration ({error!r})") from None
+        raise WorkdirError(f"{path} is not an evolution's configuration (no fga.generations: {error!r})") from None

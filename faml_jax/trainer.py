@@ -36,6 +36,7 @@ from faml_jax.errors import (
     NonFiniteError,
     OutOfMemoryError,
     WorkdirError,
+    disk_full_phrase,
     is_disk_full,
     is_out_of_memory,
     requested_bytes,
@@ -833,7 +834,7 @@ def disk_full_named(workdir: Path, networks: str = ""):
         else:
             epochs = checkpoint_epochs(workdir)
             kept = f"the last complete checkpoint is epoch {epochs[-1]}" if epochs else "no checkpoint is complete yet"
-        raise DiskFullError(f"no space left on device while writing {path}; {kept}") from None
+        raise DiskFullError(f"{disk_full_phrase(error)} while writing {path}; {kept}") from None
 
 
 @contextlib.contextmanager
@@ -908,7 +909,7 @@ def fit(
             raise
         finally:
             member.close()
-            if failed and not member.resumed and not has_run(workdir):
+            if failed and not member.resumed and jax.process_count() == 1 and not has_run(workdir):
                 undo_new_run(workdir, OUTPUTS, made)  # e.g. out of memory at the first step: nothing half-made
     log(
         f"final (epoch {summary['epochs']}): test accuracy {summary['final_test_accuracy']:.4f}, mean class accuracy "

@@ -128,7 +128,7 @@ def prepare_directory(
     ensure_writable(workdir)
     earlier = has_run(workdir)
     _refuse_other_kind(workdir, config_file, what)
-    if not earlier or overwrite:
+    if not earlier:  # (a folder with this program's checkpoints is its own, even if its config is damaged)
         _refuse_foreign(workdir, config_file, current, outputs, what)
     if earlier and not (resume or overwrite):
         raise WorkdirError(
@@ -281,10 +281,13 @@ def undo_new_run(workdir: Path, outputs: tuple[str, ...], made: list[Path]) -> N
 
 
 def _remove_empty(made: list[Path]) -> None:
-    """The folders ``made`` (innermost first) while they hold nothing but this process's lock."""
-    for folder in made:
-        if not folder.is_dir() or any(p.name != LOCK_FILE for p in folder.iterdir()):
+    """The folders ``made`` (innermost first, the first one the locked workdir) while they are
+    empty: the workdir may hold this process's lock, its parents nothing at all (a lock there is
+    another process's)."""
+    for i, folder in enumerate(made):
+        if not folder.is_dir() or any(i > 0 or p.name != LOCK_FILE for p in folder.iterdir()):
             break
-        (folder / LOCK_FILE).unlink(missing_ok=True)  # the lock is held by this process
+        if i == 0:
+            (folder / LOCK_FILE).unlink(missing_ok=True)  # the lock is held by this process
         with contextlib.suppress(OSError):  # another process came in meanwhile: leave it
             folder.rmdir()

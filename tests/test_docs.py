@@ -50,13 +50,37 @@ def commands(path: Path):
                     words = shlex.split(part, comments=True)
                 except ValueError:
                     continue
-                while words and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]):
-                    words = words[1:]
-                words = ["0" if w.startswith("$") else w for w in words]  # a shell variable: some value
-                if len(words) >= 3 and words[0].endswith(("python", "python3")) and words[1] == "-m":
-                    module = words[2]
-                    if module.split(".")[0] not in NOT_OURS:
-                        yield f"{path.name}:{first}", module, words[3:]
+                # python -m after a launcher (srun, mpirun, time, env X=1, ...) or variable assignments
+                starts = [
+                    i
+                    for i in range(len(words) - 2)
+                    if re.search(r"(^|/)python[0-9.]*$", words[i]) and words[i + 1] == "-m"
+                ]
+                if not starts:
+                    continue
+                module, arguments = words[starts[0] + 2], clean(words[starts[0] + 3 :])
+                if module.split(".")[0] not in NOT_OURS:
+                    yield f"{path.name}:{first}", module, arguments
+
+
+def clean(words: list[str]) -> list[str]:
+    """A command's arguments without the shell's redirections (``> log 2>&1``), and with a flag
+    whose value is a shell variable (``--dataset $DS``) left out (its value is not known here)."""
+    out, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+            continue
+        redirect = re.match(r"^\d*(>>?|<)(&\d+)?(.*)$", word)
+        if redirect:
+            skip = not redirect.group(2) and not redirect.group(3)  # the target is the next word
+            continue
+        if word.startswith("$"):
+            if out and out[-1].startswith("--"):
+                out.pop()
+            continue
+        out.append(word)
+    return out
 
 
 ALL = [c for path in DOCUMENTS for c in commands(path)]
@@ -87,6 +111,25 @@ def test_the_documents_show_commands():
 @pytest.mark.parametrize("where, module, arguments", ALL, ids=[f"{w} {m}" for w, m, _ in ALL])
 def test_every_documented_command_parses(where, module, arguments, capsys):
     parse(module, arguments)
+
+
+def test_the_extraction_reads_commands_as_a_shell_would(tmp_path):
+    text = "\n".join(
+        [
+            "```bash",
+            "srun python -m experiments.train --dataset rafdb \\",
+            "    --epochs 3 > train.log 2>&1   # a comment",
+            "FOO=1 .venv/bin/python -m experiments.ensemble --members a b --out $OUT && echo done",
+            "python -m pip install -e .",
+            "```",
+        ]
+    )
+    (tmp_path / "doc.md").write_text(text)
+    found = list(commands(tmp_path / "doc.md"))
+    assert found == [
+        ("doc.md:2", "experiments.train", ["--dataset", "rafdb", "--epochs", "3"]),
+        ("doc.md:4", "experiments.ensemble", ["--members", "a", "b"]),
+    ]
 
 
 def test_a_wrong_flag_is_caught():

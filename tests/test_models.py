@@ -58,9 +58,21 @@ def test_build_rejects_unknown_names_and_options():
 
 
 def test_attention_patch_sizes_must_divide_the_feature_map():
-    model = models.build("r18_faml", 7, widths=(8, 8, 8, 8), input_size=40, attn_dim=8, attn_heads=2)
+    """Refused when the configuration is built (one line from the programs), with the size to
+    choose; the blocks' own check stays for modules built by hand."""
+    with pytest.raises(
+        ConfigError,
+        match="input_size 40 gives a 10x10 feature map after stage 1, which attention "
+        "patches of 4 do not tile: choose an input size divisible by 16",
+    ):
+        models.build("r18_faml", 7, widths=(8, 8, 8, 8), input_size=40, attn_dim=8, attn_heads=2)
+    with pytest.raises(ConfigError, match="a 5x5 feature map after stage 2, which attention patches of 4 do not tile"):
+        models.build(
+            "r18_faml", 7, widths=(8, 8, 8, 8), input_size=40, attn_dim=8, attn_heads=2, attn_patch_sizes=(2, 4, 1)
+        )
+    block = models.AttentionBlock(patch=4, dim=8, depth=1, heads=2)
     with pytest.raises(ValueError, match="not divisible by patch size 4"):
-        models.init(model, jax.random.key(0))  # stage 1 is 10x10
+        block.init(jax.random.key(0), jnp.zeros((1, 10, 10, 8)))
 
 
 def copy_into(target, source):

@@ -100,9 +100,10 @@ def test_lfw_crops_and_the_astronaut_photo_go_through(three_runs):
 
 
 def test_a_large_photo_is_searched_at_reduced_scale_and_its_boxes_are_the_files(three_runs, tmp_path, monkeypatch):
-    """A JPEG photo much larger than PHOTO_MIN_SIDE is decoded at reduced scale for detection;
-    the face's box and landmarks are still given in the file's pixels (those found at full scale,
-    within the reduction's resolution) and the annotated photo is drawn at the reduced scale."""
+    """A photo much larger than PHOTO_MIN_SIDE is searched for faces in a reduced copy; the face's
+    box and landmarks are still given in the photo's pixels (those found at full scale, within
+    the reduction's resolution), the face is cut at full resolution, and the annotated photo is
+    drawn at the reduced scale."""
     from PIL import Image
 
     from faml_jax import predict
@@ -110,12 +111,15 @@ def test_a_large_photo_is_searched_at_reduced_scale_and_its_boxes_are_the_files(
     _, _, _, paths = three_runs
     predictor = Predictor.from_runs(paths[:1])
     Image.fromarray(skimage_data.astronaut()).save(tmp_path / "astronaut.jpg", quality=95)
-    (full,) = predict_photos(predictor, [tmp_path / "astronaut.jpg"]).records
-    monkeypatch.setattr(predict, "PHOTO_MIN_SIDE", 200)  # 512 px decoded at 4/8 (256 px)
+    at_full = predict_photos(predictor, [tmp_path / "astronaut.jpg"])
+    (full,) = at_full.records
+    monkeypatch.setattr(predict, "PHOTO_MIN_SIDE", 200)  # 512 px searched at 256 px, decoded at 4/8 to annotate
     results = predict_photos(predictor, [tmp_path / "astronaut.jpg"])
     (reduced,) = results.records
     np.testing.assert_allclose(reduced["box"], full["box"], atol=8)
     np.testing.assert_allclose(reduced["landmarks"], full["landmarks"], atol=8)
+    (crop,), (crop_at_full,) = results.crops, at_full.crops  # cut from the 512 px photo, not the 256 px copy
+    assert abs(crop.shape[0] - crop_at_full.shape[0]) <= 0.1 * crop_at_full.shape[0]
     predict.write_predictions(tmp_path / "out", results, predictor)
     with Image.open(tmp_path / "out" / "annotated" / "astronaut.png") as annotated:
         assert annotated.size == (256, 256)

@@ -78,6 +78,26 @@ def test_prepare_directory_continues_refuses_replaces_or_starts_afresh(tmp_path)
         with pytest.raises(WorkdirError, match="holds config.json but no run of faml_jax: it is never replaced"):
             prepare(folder, {"epochs": 1, "lr": 3}, **kwargs)
     assert (folder / "config.json").read_text() == '{"not": "json'
+    # A run of this program (its checkpoints) whose config.json was damaged: --resume says to pass
+    # --overwrite, and --overwrite replaces it.
+    (folder / "out").write_text("a run")
+    with pytest.raises(WorkdirError, match="is not valid JSON .*--overwrite replaces it"):
+        prepare(folder, {"epochs": 1, "lr": 3}, resume=True)
+    assert prepare(folder, {"epochs": 1, "lr": 3}, overwrite=True) is False
+    assert not (folder / "out").exists()
+
+
+def test_a_failed_start_leaves_a_parent_folders_lock_alone(tmp_path):
+    """Undoing a failed start removes the folders it made while empty, but never another
+    process's lock in a parent folder (it holds only its own workdir's)."""
+    workdir = tmp_path / "runs" / "a"
+    made = new_folders(workdir)
+    with WorkdirLock(workdir):
+        with WorkdirLock(tmp_path / "runs", "report folder"):  # another program's lock on the parent
+            with pytest.raises(RuntimeError), undone_if_it_fails(workdir, "config.json", made):
+                (workdir / "config.json").write_text("{}")
+                raise RuntimeError("the data set is missing")
+            assert not workdir.exists() and (tmp_path / "runs" / ".lock").exists()
 
 
 @pytest.mark.parametrize(

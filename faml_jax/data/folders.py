@@ -157,7 +157,11 @@ def _decode_jpeg(data: bytes, where: str, box, min_size: int | None, limit: int)
         raise _too_large(where, width, height, limit)
     minimum = {}
     if min_size:
-        face = min(width, height) if box is None else max(min(int(box[2]), int(box[3])), 1)
+        if box is None:
+            face = min(width, height)
+        else:  # the part of the box inside the image: what is cut out
+            x, y, w, h = (int(v) for v in box)
+            face = max(min(min(x + w, width) - max(x, 0), min(y + h, height) - max(y, 0)), 1)
         if face >= REDUCE_FROM * min_size:
             factor = (min_size + 1) / face  # one pixel spare for the box's rounding
             minimum = dict(min_height=int(np.ceil(height * factor)), min_width=int(np.ceil(width * factor)))
@@ -171,8 +175,9 @@ def _decode_jpeg(data: bytes, where: str, box, min_size: int | None, limit: int)
 
 
 def _decode_other(data: bytes, where: str, limit: int) -> np.ndarray:
-    """Any image Pillow reads, as (H, W, 3) uint8 RGB; 16-bit greyscale by its high byte (Pillow's
-    own conversion clips it to white), 32-bit integer images only when their values fit 16 bits."""
+    """Any image Pillow reads, as (H, W, 3) uint8 RGB; 16-bit greyscale (modes "I;16" and "I") by
+    its high byte (Pillow's own conversion clips it to white); 32-bit integer images only when
+    their values fit 16 bits."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.width * image.height > limit:
@@ -184,7 +189,7 @@ def _decode_other(data: bytes, where: str, limit: int) -> np.ndarray:
                         f"cannot decode image {where}: {image.mode} pixels from {grey.min()} to "
                         f"{grey.max()} are not 8- or 16-bit grey levels; save it as an 8-bit image"
                     )
-                grey = (grey.astype(np.uint32) >> 8) if image.mode.startswith("I;16") or grey.max() > 255 else grey
+                grey = grey.astype(np.uint32) >> 8  # 16-bit levels (Pillow's "I" holds them too: 16-bit PGM)
                 return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=-1)
             return np.asarray(image.convert("RGB"))  # decodes the whole file: truncation fails here
     except CorruptImageError:
