@@ -218,7 +218,7 @@ def run(
         log=log,
         keep_recorded=keep_recorded,
     )
-    lineage = runs.read_json(fga_dir / "population.json", "the lineage")
+    lineage = runs.read_lineage(fga_dir)
     survivors = result["survivors"]
     table["R18+FAML-FGA"] = single_row(
         survivors,

@@ -25,7 +25,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from faml_jax.errors import FamlError
+from faml_jax.errors import FamlError, WorkdirError
+from faml_jax.versions import checked, stamped
 
 DIGEST = "digest.json"
 
@@ -108,7 +109,7 @@ class Checkpoints:
             stored = _keys_to_data(state)
             self.manager.save(
                 epoch,
-                args=ocp.args.Composite(state=ocp.args.StandardSave(stored), record=ocp.args.JsonSave(record)),
+                args=ocp.args.Composite(state=ocp.args.StandardSave(stored), record=ocp.args.JsonSave(stamped(record))),
                 force=True,
             )
             self.manager.wait_until_finished()
@@ -165,6 +166,9 @@ class Checkpoints:
         problem = verify(path)
         if problem:
             raise CheckpointDamaged(f"checkpoint {path} is damaged: {problem}")
+        version = version_problem(path)
+        if version:
+            raise CheckpointUnreadable(version)
         template = self.stored_like(epoch, like)
         abstract = jax.tree_util.tree_map(_abstract_leaf, template, like)
         try:
@@ -181,29 +185,27 @@ class Checkpoints:
                     f"checkpoint {path} is intact but cannot be read: {first_line(error)}"
                 ) from None
             raise CheckpointDamaged(f"checkpoint {path} cannot be read: {first_line(error)}") from None
-        state = restored["state"]
-        if template is not like:
-            state = _data_to_keys(state, like)
-        return state, restored["record"]
+        state = _data_to_keys(restored["state"], like)
+        record = restored["record"]
+        return state, {k: v for k, v in record.items() if k != "format_version"} if isinstance(record, dict) else record
 
     def stored_like(self, epoch: int, like: Any) -> Any:
-        """``like`` in the form checkpoint ``epoch`` stores it: PRNG keys as key data (or, written
-        before keys were stored so, as keys). A checkpoint whose stored arrays have other names
-        or shapes is a ``CheckpointMismatch``; one whose metadata cannot be read,
-        ``CheckpointDamaged``."""
+        """``like`` in the form checkpoint ``epoch`` stores it: PRNG keys as key data. A
+        checkpoint whose stored arrays have other names or shapes is a ``CheckpointMismatch``;
+        one whose metadata cannot be read, ``CheckpointDamaged``."""
         path = self.directory / str(epoch)
         shapes = stored_shapes(path)
-        if shapes is None:  # written before the digest recorded them: orbax's metadata (slower)
+        if shapes is None:  # no digest (a save interrupted before it): orbax's metadata (slower)
             try:
                 with contextlib.redirect_stderr(io.StringIO()), quiet_orbax():
                     stored = self.manager.item_metadata(epoch)["state"]
                 shapes = {k: tuple(v.shape) for k, v in _flat_paths(stored).items()}
             except Exception as error:  # noqa: BLE001
                 raise CheckpointDamaged(f"checkpoint {path} cannot be read: {first_line(error)}") from None
-        for template in (_keys_to_data(like), like):
-            wanted = {k: tuple(np.shape(v)) for k, v in _flat_paths(template).items()}
-            if wanted == shapes:
-                return template
+        template = _keys_to_data(like)
+        wanted = {k: tuple(np.shape(v)) for k, v in _flat_paths(template).items()}
+        if wanted == shapes:
+            return template
         differing = sorted(set(wanted) ^ set(shapes)) or sorted(k for k in wanted if wanted[k] != shapes[k])
         name = differing[0]
         where = (
@@ -267,7 +269,22 @@ def write_digest(checkpoint: Path, shapes: dict[str, list[int]] | None = None) -
         for p in sorted(checkpoint.rglob("*"))
         if p.is_file() and p.name != DIGEST
     }
-    write_json(checkpoint / DIGEST, {"files": files, **({"shapes": shapes} if shapes is not None else {})})
+    record = {"files": files, **({"shapes": shapes} if shapes is not None else {})}
+    write_json(checkpoint / DIGEST, stamped(record))
+
+
+def version_problem(checkpoint: Path) -> str | None:
+    """None when ``checkpoint``'s digest is of this format version (or it has none: a save
+    interrupted before its digest, judged by reading it), else what to say."""
+    try:
+        record = json.loads((Path(checkpoint) / DIGEST).read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        checked(record, f"checkpoint {checkpoint}")
+    except WorkdirError as error:
+        return str(error)
+    return None
 
 
 def stored_shapes(checkpoint: Path) -> dict[str, tuple[int, ...]] | None:
@@ -284,7 +301,8 @@ def stored_shapes(checkpoint: Path) -> dict[str, tuple[int, ...]] | None:
 
 def verify(checkpoint: Path) -> str | None:
     """What is wrong with a checkpoint's files (None: they are those its digest lists, or it has
-    no digest: written by an earlier version, judged by reading it)."""
+    no digest: a save interrupted after orbax completed it but before its digest was written,
+    judged by reading it)."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
         return "it is missing"

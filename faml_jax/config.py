@@ -16,6 +16,7 @@ from typing import Literal
 
 from faml_jax.data.synthetic import SyntheticConfig
 from faml_jax.errors import ConfigError
+from faml_jax.versions import checked
 
 
 @dataclasses.dataclass(frozen=True)
@@ -644,7 +645,7 @@ def default_compute_dtype(backend: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Saved configurations: JSON form, comparison, earlier versions
+# Saved configurations: JSON form, comparison
 
 
 def config_to_json(config) -> dict:
@@ -691,35 +692,11 @@ def structural_differences(
     ]
 
 
-# A run's config.json written by an earlier version: fields whose default changed since (a saved
-# configuration without one was made with the value here: AffectNet's whole photographs before
-# face boxes became the default) and fields removed since (dropped on reading: the optimiser's
-# initial learning rate duplicated ``schedule.lr1``, which the train step always used).
-LEGACY_DEFAULTS = {"data.crop_faces": False}
-RETIRED_FIELDS = ("optim.learning_rate",)
-
-
-def upgrade_saved(saved: dict) -> dict:
-    """A saved ``RunConfig`` JSON (``config.json``) in this version's form: retired fields
-    dropped, ``LEGACY_DEFAULTS`` filled in where missing. Anything else is returned as it is."""
-    if not isinstance(saved, dict):
-        return saved
-    saved = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
-    for name in RETIRED_FIELDS:
-        group, field = name.split(".")
-        if isinstance(saved.get(group), dict):
-            saved[group].pop(field, None)
-    for name, value in LEGACY_DEFAULTS.items():
-        group, field = name.split(".")
-        if isinstance(saved.get(group), dict):
-            saved[group].setdefault(field, value)
-    return saved
-
-
-def run_config_from_json(saved: dict) -> RunConfig:
-    """The ``RunConfig`` of a saved ``config.json`` (of this or an earlier version,
-    ``upgrade_saved``); a ValueError/TypeError when it is not one."""
-    return from_dict(RunConfig, upgrade_saved(saved))
+def run_config_from_json(saved: dict, where: str = "config.json") -> RunConfig:
+    """The ``RunConfig`` of a saved ``config.json`` (``where`` names it in errors): a file of
+    another format version is a ``WorkdirError`` (``versions.checked``), one that is not a run
+    configuration a ``ConfigError``/``TypeError``."""
+    return from_dict(RunConfig, checked(saved, where))
 
 
 def from_dict(cls, values: dict):

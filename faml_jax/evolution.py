@@ -39,7 +39,7 @@ from faml_jax import fga, models, pretrained, signals, train
 from faml_jax.config import FGAConfig, RunConfig, config_to_json, structural_differences
 from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.metrics import classification_metrics
-from faml_jax.runs import last_epoch, member_workdir, read_json, read_run_config, restore_variables
+from faml_jax.runs import last_epoch, member_workdir, read_json, read_lineage, read_run_config, restore_variables
 from faml_jax.trainer import (
     FETCH_EVERY,
     EpochProgress,
@@ -47,9 +47,9 @@ from faml_jax.trainer import (
     Setup,
     adopt_recorded,
     compiled,
-    complete_run_config,
     disk_full_named,
     has_run,
+    normalised_run_config,
     out_of_memory_named,
     prepare_workdir,
     recorded_config,
@@ -57,6 +57,7 @@ from faml_jax.trainer import (
     stop_signal,
     train_member,
 )
+from faml_jax.versions import stamped
 from faml_jax.workdir import WorkdirLock, new_folders, prepare_directory, undone_if_it_fails
 from faml_jax.writer import write_json
 
@@ -197,10 +198,11 @@ def member_seed(seed: int, serial: int) -> int:
 
 
 def complete_evolve_config(saved: dict) -> dict:
-    """A saved ``evolve.json`` with the fields added since it was written at their defaults."""
-    completed = dict(saved)
-    if isinstance(saved.get("run"), dict):
-        completed["run"] = complete_run_config(saved["run"])
+    """A saved ``evolve.json`` (its format version checked by ``prepare_directory``) ready to
+    compare: its run configuration with every field (``trainer.normalised_run_config``)."""
+    completed = {k: v for k, v in saved.items() if k != "format_version"}
+    if isinstance(completed.get("run"), dict):
+        completed["run"] = normalised_run_config(completed["run"])
     return completed
 
 
@@ -239,7 +241,7 @@ class Evolution:
         self.setup = Setup(config, log)
         path = workdir / "population.json"
         self.lineage = (
-            read_json(path, "the lineage")
+            read_lineage(workdir)
             if path.exists()
             else {
                 "dataset": config.data.dataset,
@@ -262,7 +264,7 @@ class Evolution:
     # -- bookkeeping ---------------------------------------------------------------------------
 
     def save(self) -> None:
-        write_json(self.workdir / "population.json", self.lineage)
+        write_json(self.workdir / "population.json", stamped(self.lineage))
 
     def record(self, name: str) -> dict:
         return self.lineage["members"][name]
@@ -637,5 +639,5 @@ def evolve(
                 config, fga_config, workdir, given=given, member_parallel=member_parallel, progress=progress, log=log
             )
             # Only once the data set and everything else opened: a refused resume changes nothing.
-            write_json(workdir / "evolve.json", evolve_record(config, fga_config, given))
+            write_json(workdir / "evolve.json", stamped(evolve_record(config, fga_config, given)))
         return evolution.run()

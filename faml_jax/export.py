@@ -37,6 +37,7 @@ from faml_jax.config import EnsembleConfig, RunConfig
 from faml_jax.errors import ConfigError
 from faml_jax.evaluate import check_compatible, named_members
 from faml_jax.preprocess import normalize
+from faml_jax.versions import stamped
 from faml_jax.workdir import WorkdirLock, check_replaceable, recognise_listed
 from faml_jax.writer import replace_folder, temporary_folder, write_atomic, write_json
 
@@ -547,5 +548,5 @@ def _write_export(out: Path, names, paths, loaded, formats, checkpoint: str, ens
             "top-2]; decision argmax V, ties broken by the summed probabilities, then "
             "by the lowest class index (Eq. 10-12)",
         }
-    write_json(out / "export.json", description)
+    write_json(out / "export.json", stamped(description))
     return description

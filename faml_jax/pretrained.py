@@ -244,7 +244,7 @@ def load_backbone(path: str | os.PathLike) -> tuple[dict, dict | None, dict]:
     or implausible are each a ``ConversionError`` naming them."""
     import orbax.checkpoint as ocp
 
-    from faml_jax.checkpoint import DIGEST, verify
+    from faml_jax.checkpoint import DIGEST, verify, version_problem
 
     path = Path(path).absolute()
     if not path.exists():
@@ -259,6 +259,9 @@ def load_backbone(path: str | os.PathLike) -> tuple[dict, dict | None, dict]:
     damage = verify(path)
     if damage:
         raise ConversionError(f"the backbone {path} is damaged ({damage}): convert it again")
+    version = version_problem(path)
+    if version:
+        raise ConversionError(version.replace(f"checkpoint {path}", f"the backbone {path}"))
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         restored = checkpointer.restore(
             path, args=ocp.args.Composite(variables=ocp.args.StandardRestore(), info=ocp.args.JsonRestore())

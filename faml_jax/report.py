@@ -24,6 +24,7 @@ from faml_jax import ensemble
 from faml_jax.config import EnsembleConfig
 from faml_jax.ensemble import analyse
 from faml_jax.evaluate import evaluate_members
+from faml_jax.versions import stamped
 from faml_jax.workdir import WorkdirLock, check_replaceable, recognise_listed
 from faml_jax.writer import replace_folder, temporary_folder, to_json
 
@@ -163,7 +164,7 @@ def write_report(out: Path, report: dict, info: dict, logits: np.ndarray, labels
     tmp = temporary_folder(out.parent, f".{out.name}.", ".tmp")
     try:
         classes = report["classes"]
-        (tmp / "report.json").write_text(to_json({"kind": REPORT_KIND, **info, **report}) + "\n")
+        (tmp / "report.json").write_text(to_json(stamped({"kind": REPORT_KIND, **info, **report})) + "\n")
         (tmp / "report.md").write_text(markdown(report, info))
         (tmp / "members.csv").write_text(csv_text(["", "accuracy", "mean_class_accuracy"], member_rows(report)))
         (tmp / "sizes.csv").write_text(csv_text(["size", "member_added", *ensemble.STRATEGIES], size_rows(report)))

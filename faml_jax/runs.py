@@ -29,6 +29,7 @@ from faml_jax import data, models, train
 from faml_jax.checkpoint import CheckpointError, Checkpoints
 from faml_jax.config import ModelConfig, OptimConfig, RunConfig, run_config_from_json
 from faml_jax.errors import ConfigError, WorkdirError
+from faml_jax.versions import checked
 
 CHECKPOINT_CHOICES = ("final", "best")
 
@@ -92,7 +93,7 @@ def read_run_config(workdir: Path) -> RunConfig:
     if not path.exists():
         raise WorkdirError(f"{path} not found (expected the workdir of a network trained by experiments.train)")
     try:
-        return run_config_from_json(json.loads(path.read_text()))
+        return run_config_from_json(json.loads(path.read_text()), str(path))
     except (ValueError, TypeError) as error:
         raise WorkdirError(f"{path} is not a valid run configuration: {error}") from None
 
@@ -229,7 +230,7 @@ def population_members(
     path = evolve_dir / "population.json"
     if not path.exists():
         raise WorkdirError(f"{path} not found (expected the workdir of experiments.evolve)")
-    lineage = read_json(path, "the lineage")
+    lineage = read_lineage(evolve_dir)
     generations = lineage.get("generations", [])
     if all_networks:
         if generation is not None:
@@ -254,13 +255,19 @@ def population_members(
     return [(name, member_workdir(evolve_dir, lineage["members"][name])) for name in names]
 
 
+def read_lineage(evolve_dir: str | os.PathLike) -> dict:
+    """An evolution's population.json (its lineage), its format version checked."""
+    path = Path(evolve_dir) / "population.json"
+    return checked(read_json(path, "the lineage"), str(path))
+
+
 def configured_generations(evolve_dir: Path) -> int:
     """The number of generations (after the initial population) an evolution is configured to run
     (its evolve.json, as last started or resumed)."""
     path = Path(evolve_dir) / "evolve.json"
     if not path.exists():
         raise WorkdirError(f"{path} not found (expected the workdir of experiments.evolve)")
-    recorded = read_json(path, "the evolution's configuration")
+    recorded = checked(read_json(path, "the evolution's configuration"), str(path))
     try:
         return int(recorded["fga"]["generations"])
     except (ValueError, KeyError, TypeError) as error:

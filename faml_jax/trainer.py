@@ -29,7 +29,7 @@ from flax import traverse_util
 
 from faml_jax import data, models, pretrained, runs, schedules, signals, train
 from faml_jax.checkpoint import CheckpointDamaged, CheckpointError, Checkpoints, sync_processes
-from faml_jax.config import RunConfig, config_to_json, from_dict, run_config_from_json
+from faml_jax.config import RunConfig, config_to_json, from_dict
 from faml_jax.errors import (
     ConfigError,
     DiskFullError,
@@ -45,6 +45,7 @@ from faml_jax.errors import (
 from faml_jax.evaluate import Evaluator
 from faml_jax.metrics import classification_metrics
 from faml_jax.runs import DAMAGED, PREEMPTED, checkpoint_epochs, checkpoints_of, has_checkpoint, primary_workdir
+from faml_jax.versions import checked, stamped
 from faml_jax.workdir import WorkdirLock, new_folders, prepare_directory, undo_new_run, undone_if_it_fails
 from faml_jax.writer import RunWriter, write_atomic, write_json
 
@@ -95,7 +96,7 @@ def prepare_workdir(workdir: Path, config: RunConfig, resume: bool, overwrite: b
         overwrite=overwrite,
         may_differ=MAY_DIFFER,
         what="run",
-        complete=complete_run_config,
+        complete=_completed,
         write=write,
     )
 
@@ -108,16 +109,29 @@ def _nested(flat: dict) -> dict:
     return traverse_util.unflatten_dict(flat, sep=".")
 
 
-def complete_run_config(saved: dict) -> dict:
-    """A saved ``config.json`` with the fields added since it was written at their defaults (at
-    ``config.LEGACY_DEFAULTS`` for the fields whose default changed since) and retired fields
-    dropped (``config.upgrade_saved``)."""
+def normalised_run_config(saved: dict) -> dict:
+    """A saved run configuration (a config.json's without its version, or evolve.json's "run")
+    with every field, as ``config_to_json`` writes it; as it is when it is not one."""
     if not isinstance(saved, dict):
         return saved
+    saved = {k: v for k, v in saved.items() if k != "format_version"}
     try:
-        return config_to_json(run_config_from_json(saved))
+        return config_to_json(from_dict(RunConfig, saved))
     except (ValueError, TypeError):
-        return saved  # not a configuration of this version: compared as it is
+        return saved  # not a run configuration: compared as it is
+
+
+def complete_run_config(saved: dict | None, where: str = "the run's config.json") -> dict:
+    """A saved ``config.json`` ready to compare with ``config_to_json`` of a configuration: its
+    format version checked (``versions.checked``: another version is refused) and dropped."""
+    if not saved:
+        return {}
+    return normalised_run_config(checked(saved, where))
+
+
+def _completed(saved: dict) -> dict:
+    """``prepare_directory``'s ``complete`` for config.json (the version is checked there)."""
+    return normalised_run_config(saved)
 
 
 def adopt_recorded(config: RunConfig, saved: dict | None, fields: tuple[str, ...]) -> RunConfig:
@@ -127,7 +141,7 @@ def adopt_recorded(config: RunConfig, saved: dict | None, fields: tuple[str, ...
     Nothing saved: ``config`` as it is."""
     if not saved:
         return config
-    saved, current = _flat(complete_run_config(saved)), _flat(config_to_json(config))
+    saved, current = _flat(normalised_run_config(saved)), _flat(config_to_json(config))
     current.update({name: saved[name] for name in fields if name in saved})
     return from_dict(RunConfig, _nested(current))
 
@@ -900,7 +914,7 @@ def fit(
                 )
             with undone_if_it_fails(workdir, "config.json", made):
                 init = setup.start_variables(config.seed) if config.init and not member.resumed else None
-                write_json(workdir / "config.json", config_to_json(config))  # every check passed
+                write_json(workdir / "config.json", stamped(config_to_json(config)))  # every check passed
             member.begin(init)
             train_member(setup, member, progress=progress, stop_after=stop_after)
             summary = member.summary()

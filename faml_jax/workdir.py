@@ -25,6 +25,7 @@ from faml_jax.checkpoint import sync_processes
 from faml_jax.config import config_differences
 from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.runs import primary_workdir
+from faml_jax.versions import checked, stamped
 from faml_jax.writer import file_mode, write_json
 
 LOCK_FILE = ".lock"
@@ -137,7 +138,7 @@ def prepare_directory(
         )
     if earlier and resume and not overwrite and (workdir / config_file).exists():
         try:
-            saved = complete(json.loads((workdir / config_file).read_text()))
+            saved = complete(checked(json.loads((workdir / config_file).read_text()), workdir / config_file))
         except json.JSONDecodeError as error:
             raise WorkdirError(
                 f"{workdir / config_file} is not valid JSON ({error}): the earlier {what} cannot be "
@@ -152,7 +153,7 @@ def prepare_directory(
             path = workdir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     if write:
-        write_json(workdir / config_file, current)
+        write_json(workdir / config_file, stamped(current))
     sync_processes(f"prepared {primary_workdir(workdir)}")  # process 0 may have deleted checkpoints
     return earlier and not overwrite
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from faml_jax.config import RunConfig, preset
+from faml_jax.versions import stamped
 from faml_jax.xla_flags import is_measured_jaxlib
 from tools.gpu_check import TINY
 
@@ -136,7 +137,7 @@ def write_run(workdir, config: RunConfig, variables: dict, epoch: int = 1, test_
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(json.dumps(config_to_json(config)))
+    (workdir / "config.json").write_text(json.dumps(stamped(config_to_json(config))))
     from faml_jax import models
 
     state = train.create_train_state(

@@ -20,7 +20,7 @@ from helpers import program_env, suite_xla_flags
 
 from faml_jax import models, train
 from faml_jax.checkpoint import Checkpoints
-from faml_jax.config import RunConfig, from_dict
+from faml_jax.config import run_config_from_json
 
 ROOT = Path(__file__).resolve().parents[1]
 # R18+FAML (its ML loss draws must agree across processes) without the attention blocks, which
@@ -76,7 +76,7 @@ def finish(process) -> str:
 
 
 def final_state(workdir: Path):
-    config = from_dict(RunConfig, json.loads((workdir / "config.json").read_text()))
+    config = run_config_from_json(json.loads((workdir / "config.json").read_text()))
     template = jax.device_get(
         train.create_train_state(
             models.ResNet(config.model), train.make_optimizer(config.optim, config.schedule.lr1), jax.random.key(0)

@@ -16,6 +16,7 @@ from faml_jax import trainer
 from faml_jax.config import EnsembleConfig
 from faml_jax.errors import WorkdirError
 from faml_jax.runs import population_members
+from faml_jax.versions import stamped
 
 SEEDS = (1, 2, 3)
 quiet = dict(progress=False, log=lambda *_: None)
@@ -133,8 +134,10 @@ def write_evolution(folder, members, generations: int, recorded: int):
         "generations": [{"generation": g, "survivors": survivors[g]} for g in range(recorded)],
         "plans": {str(g): {} for g in range(1, recorded)},
     }
-    (folder / "population.json").write_text(json.dumps(lineage))
-    (folder / "evolve.json").write_text(json.dumps({"run": {}, "fga": {"generations": generations}, "members": []}))
+    (folder / "population.json").write_text(json.dumps(stamped(lineage)))
+    (folder / "evolve.json").write_text(
+        json.dumps(stamped({"run": {}, "fga": {"generations": generations}, "members": []}))
+    )
 
 
 def test_population_members(trained, tmp_path):

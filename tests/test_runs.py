@@ -11,9 +11,10 @@ import pytest
 from helpers import TINY_MODEL, tiny_config
 
 from faml_jax import models, runs, train
-from faml_jax.checkpoint import DIGEST, CheckpointMismatch, Checkpoints, stored_shapes
+from faml_jax.checkpoint import DIGEST, CheckpointMismatch, Checkpoints, CheckpointUnreadable, stored_shapes
 from faml_jax.config import config_to_json
 from faml_jax.errors import WorkdirError
+from faml_jax.versions import stamped
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def run_folder(tmp_path_factory):
     accuracy, so "best" is 1 and "final" is 2."""
     workdir = tmp_path_factory.mktemp("run")
     config = tiny_config(workdir / "data", 2)
-    (workdir / "config.json").write_text(json.dumps(config_to_json(config)))
+    (workdir / "config.json").write_text(json.dumps(stamped(config_to_json(config))))
     model = models.ResNet(config.model)
     tx = train.make_optimizer(config.optim, config.schedule.lr1)
     states = {e: train.create_train_state(model, tx, jax.random.key(e)) for e in (1, 2)}
@@ -48,18 +49,21 @@ def test_load_gives_the_saved_configuration_and_variables(run_folder):
     assert TINY_MODEL["widths"] == config.model.widths
 
 
-def test_the_digest_records_the_stored_shapes_and_older_checkpoints_use_orbaxs_metadata(run_folder, tmp_path):
+def test_the_digest_records_the_stored_shapes_and_its_format_version(run_folder, tmp_path):
     """The shapes ``stored_like`` compares come from digest.json (the key as its two uint32 words);
-    a checkpoint whose digest lacks them (written by an earlier version) is judged by orbax's
-    metadata: it restores, and another model's template is still a mismatch."""
+    a checkpoint without a digest (a save interrupted before it was written) is judged by orbax's
+    metadata: it restores, and another model's template is still a mismatch. A digest of another
+    format version is refused, not read, and the checkpoint is left where it is."""
     workdir, config, states = run_folder
     shapes = stored_shapes(workdir / "checkpoints" / "2")
     assert shapes["params/fc/kernel"] == (config.model.widths[-1], config.model.num_classes)
     assert shapes["rng"] == (2,) and len(shapes) == len(jax.tree_util.tree_leaves(states[2]))
-    copy = tmp_path / "older"
+    copy = tmp_path / "interrupted"
     shutil.copytree(workdir, copy)
     digest = copy / "checkpoints" / "2" / DIGEST
-    digest.write_text(json.dumps({"files": json.loads(digest.read_text())["files"]}))
+    recorded = json.loads(digest.read_text())
+    assert recorded["format_version"] == 1
+    digest.unlink()
     assert stored_shapes(copy / "checkpoints" / "2") is None
     checkpoints = Checkpoints(copy)
     try:
@@ -70,6 +74,10 @@ def test_the_digest_records_the_stored_shapes_and_older_checkpoints_use_orbaxs_m
         other = dataclasses.replace(config.model, widths=(8, 16, 16, 64))
         with pytest.raises(CheckpointMismatch, match="layer4_0/bn1/mean is \\(32,\\) there, \\(64,\\) here"):
             checkpoints.restore(2, runs.state_template(other, config.optim))
+        digest.write_text(json.dumps({**recorded, "format_version": 2}))
+        with pytest.raises(CheckpointUnreadable, match="has format version 2; this faml_jax reads format version 1"):
+            checkpoints.restore(2, like)
+        assert digest.exists()
     finally:
         checkpoints.close()
 
@@ -94,10 +102,10 @@ def test_missing_pieces_are_named(tmp_path):
         runs.load(tmp_path / "absent")
     with pytest.raises(WorkdirError, match="config.json not found"):
         runs.load(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps(config_to_json(tiny_config(tmp_path, 1))))
+    (tmp_path / "config.json").write_text(json.dumps(stamped(config_to_json(tiny_config(tmp_path, 1)))))
     with pytest.raises(WorkdirError, match=f"no checkpoint in {tmp_path / 'checkpoints'}"):
         runs.load(tmp_path)
-    (tmp_path / "config.json").write_text('{"model": 3}')
+    (tmp_path / "config.json").write_text('{"format_version": 1, "model": 3}')
     with pytest.raises(WorkdirError, match="is not a valid run configuration"):
         runs.read_run_config(tmp_path)
 

@@ -16,7 +16,8 @@ from experiments.cli import resolve_config
 from faml_jax import config as config_module
 from faml_jax import runs, trainer
 from faml_jax.config import config_to_json
-from faml_jax.errors import ConfigError
+from faml_jax.errors import WorkdirError
+from faml_jax.versions import stamped
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +37,7 @@ def test_run_writes_its_outputs(uninterrupted):
     full = root / "full"
     written = set(trainer.OUTPUTS) - {runs.PREEMPTED, runs.DAMAGED}  # those only after a stop or a damage
     assert sorted(p.name for p in full.iterdir()) == sorted(written)
-    assert json.loads((full / "config.json").read_text()) == config_to_json(config)
+    assert json.loads((full / "config.json").read_text()) == {"format_version": 1, **config_to_json(config)}
     history = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert [h["phase"] for h in history] == [1, 1, 2]  # the detector (window 2) fired after epoch 2
@@ -139,37 +140,36 @@ def test_existing_run_needs_resume_and_a_matching_configuration(uninterrupted, c
     assert code == 2 and "another configuration" in err and "loss.kind ('ml' in the checkpoint, 'ce' now)" in err
 
 
-def test_a_configuration_saved_before_a_field_was_added_still_resumes(tmp_path):
-    """config.json written by an earlier version (without the fields added since) compares equal
-    to the same configuration now: missing fields take their defaults, except those whose
-    default changed since (``LEGACY_DEFAULTS``: AffectNet's face boxes were off); fields retired
-    since (``optim.learning_rate``, a copy of ``schedule.lr1``) are dropped."""
+def test_a_configuration_of_another_format_version_is_refused(tmp_path):
+    """config.json carries format_version: a file without one (a development version wrote it
+    before files were versioned) or of another version is refused in one line, by --resume and
+    by every reader. The programs keep a resumed run's recorded settings (``adopt_recorded``)."""
     from faml_jax.trainer import prepare_workdir
 
     config = tiny_config(tmp_path / "data", epochs=2)
     workdir = tmp_path / "run"
     (workdir / "checkpoints" / "1").mkdir(parents=True)  # a run to continue (prepare_workdir looks no further)
-    saved = config_to_json(config)
-    del saved["data"]["skip_bad_images"], saved["data"]["balanced"], saved["augment"], saved["model"]["head_init"]
-    saved["optim"]["learning_rate"] = config.schedule.lr1
+    saved = stamped(config_to_json(config))
     (workdir / "config.json").write_text(json.dumps(saved))
-    prepare_workdir(workdir, config, resume=True, overwrite=False)  # no "another configuration" error
-    del saved["data"]["crop_faces"]
-    (workdir / "config.json").write_text(json.dumps(saved))
-    with pytest.raises(ConfigError, match=r"data.crop_faces \(False in the checkpoint, True now\)"):
-        prepare_workdir(workdir, config, resume=True, overwrite=False)
+    prepare_workdir(workdir, config, resume=True, overwrite=False)  # this version: it continues
+    for version, said in ((None, "no format version"), (2, "format version 2")):
+        other = {k: v for k, v in saved.items() if k != "format_version"}
+        if version is not None:
+            other["format_version"] = version
+        (workdir / "config.json").write_text(json.dumps(other))
+        message = f"config.json has {said}.*; this faml_jax reads format version 1: make it again with this version"
+        with pytest.raises(WorkdirError, match=message):
+            prepare_workdir(workdir, config, resume=True, overwrite=False)
+        with pytest.raises(WorkdirError, match=message):
+            runs.read_run_config(workdir)
     # The programs keep a resumed run's recorded setting (unless the flag is given again).
+    saved["data"]["crop_faces"] = False
+    saved["schedule"]["lr1_min"] = 0.0
     kept = trainer.adopt_recorded(config, saved, ("data.crop_faces", "schedule.lr1_min"))
-    assert kept.data.crop_faces is False and kept.schedule.lr1_min is None
-    saved["schedule"]["lr1_min"] = 0.0  # a run made when Lr1's cosine ended at 0
-    assert trainer.adopt_recorded(config, saved, ("schedule.lr1_min",)).schedule.lr1_min == 0.0
-    prepare_workdir(workdir, kept, resume=True, overwrite=False)
+    assert kept.data.crop_faces is False and kept.schedule.lr1_min == 0.0
     (workdir / "config.json").write_text(json.dumps(saved))
-    assert runs.read_run_config(workdir) == dataclasses.replace(
-        config,
-        data=dataclasses.replace(config.data, crop_faces=False),
-        schedule=dataclasses.replace(config.schedule, lr1_min=0.0),
-    )
+    prepare_workdir(workdir, kept, resume=True, overwrite=False)
+    assert runs.read_run_config(workdir) == kept
 
 
 @pytest.mark.parametrize("program", ["train", "evolve", "ablation"])

@@ -28,6 +28,7 @@ import jax
 
 from faml_jax import data
 from faml_jax.data import fixtures, prepared
+from faml_jax.versions import FORMAT_VERSION
 
 CASES = (  # (label, data set, writer, image side)
     ("RAF-DB style, 100x100 JPEG", "rafdb", fixtures.write_rafdb, 100),
@@ -51,8 +52,8 @@ def parse_args(argv=None):
 
 
 def fixture(workdir: Path, dataset: str, writer, side: int, images: int, stored_size: int, log=print) -> Path:
-    """The fixture folder (written once) with its two preparations: ``prepared-original`` and
-    ``prepared-<stored_size>``."""
+    """The fixture folder (written once) with its two preparations, of this format version:
+    ``prepared-original-v<N>`` and ``prepared-<stored_size>-v<N>``."""
     folder = workdir / f"{dataset}-{side}px-{images}"
     if not (folder / "complete").exists():
         log(f"writing {images} {side}x{side} JPEGs into {folder} (once)")
@@ -60,7 +61,10 @@ def fixture(workdir: Path, dataset: str, writer, side: int, images: int, stored_
         train = [list(codes)[i % len(codes)] for i in range(images)]
         writer(folder, train, list(codes), size=side)
         (folder / "complete").touch()
-    for name, size in (("prepared-original", None), (f"prepared-{stored_size}", stored_size)):
+    for name, size in (
+        (f"prepared-original-v{FORMAT_VERSION}", None),
+        (f"prepared-{stored_size}-v{FORMAT_VERSION}", stored_size),
+    ):
         if not prepared.is_prepared(dataset, folder / name):
             log(f"preparing {folder / name}")
             prepared.prepare(dataset, folder, folder / name, bars=False, stored_size=size)
@@ -95,8 +99,8 @@ def measure(args, log=print) -> list[str]:
         folder = fixture(workdir, dataset, writer, side, args.images, args.size, log)
         for origin, path in (
             ("folder", folder),
-            ("prepared, original files", folder / "prepared-original"),
-            (f"prepared, ready to train ({args.size} px)", folder / f"prepared-{args.size}"),
+            ("prepared, original files", folder / f"prepared-original-v{FORMAT_VERSION}"),
+            (f"prepared, ready to train ({args.size} px)", folder / f"prepared-{args.size}-v{FORMAT_VERSION}"),
         ):
             source = data.open_dataset(dataset, path).train
             rates = [epoch_rate(source, args, epoch) for epoch in range(args.rounds)]

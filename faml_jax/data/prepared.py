@@ -16,8 +16,8 @@ never looks finished.
 
 Reading (``open_prepared``) goes around TFDS's per-record feature decoding (measured 0.17 ms
 per record, against 0.04 ms here): grain's ``ArrayRecordDataSource`` reads the records and each
-one is parsed as the ``tf.train.Example`` it is, with protobuf's C parser. Preparations made
-before the stored form existed (no ``stored`` in their metadata: original bytes) still read.
+one is parsed as the ``tf.train.Example`` it is, with protobuf's C parser. The metadata carries
+``format_version``: a preparation of another version is refused, with what to do.
 
 Layout under ``out_dir``: ``raf_db/1.0.0/`` and ``affectnet/{7,8}/1.0.0/``.
 """
@@ -56,6 +56,7 @@ from faml_jax.data.folders import (
 )
 from faml_jax.data.pipeline import resize
 from faml_jax.errors import ConfigError
+from faml_jax.versions import FORMAT_VERSION
 
 NO_BOX = (-1, -1, -1, -1)
 STORED_SIZE = 224  # the paper's input size: stored crops need no resize when training at it
@@ -219,6 +220,7 @@ def metadata(index: FolderIndex, where: str) -> dict[str, Any]:
     docs/method.md 1), what the reader left out, and where the data came from."""
     counts = {split: index.splits[split].counts(len(index.classes)).tolist() for split in SPLITS}
     return {
+        "format_version": FORMAT_VERSION,
         "classes": list(index.classes),
         "class_counts": counts,
         "class_weights": training_class_weights(index.classes, counts["train"], where).tolist(),
@@ -350,8 +352,8 @@ class PreparedSource:
 
     records: Any  # grain.sources.ArrayRecordDataSource over the split's shards
     where: str
-    crop: bool = False
-    stored_labels: Any = None  # the labels stored in the metadata (None: prepared before they were)
+    crop: bool
+    stored_labels: Any  # every example's label, stored in the metadata
     min_size: int | None = None  # as ``FolderSource.min_size``
 
     def __len__(self) -> int:
@@ -359,11 +361,8 @@ class PreparedSource:
 
     @functools.cached_property
     def labels(self) -> np.ndarray:
-        """Every example's label (int32), for the balanced sampler: stored in the metadata (data
-        prepared before they were: read from every record once)."""
-        if self.stored_labels is not None:
-            return np.asarray(self.stored_labels, np.int32)
-        return np.asarray([parse_example(self.records[i])[1] for i in range(len(self.records))], np.int32)
+        """Every example's label (int32), for the balanced sampler, as stored in the metadata."""
+        return np.asarray(self.stored_labels, np.int32)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         image, label, name, box = parse_example(self.records[int(i)])
@@ -378,8 +377,7 @@ class PreparedSource:
 @dataclasses.dataclass(frozen=True)
 class Prepared:
     """An opened preparation: its sources and stored metadata (``stored``: ``{"size": side of the
-    stored ready-to-train images or None for original files, "crop", "quality"}``; None for a
-    preparation made before the stored form was recorded: original files)."""
+    stored ready-to-train images or None for original files, "crop", "quality"}``)."""
 
     folder: Path
     classes: tuple[str, ...]
@@ -417,9 +415,15 @@ def open_prepared(dataset: str, out_dir, crop: bool = False, min_size: int | Non
         meta = json.loads((folder / "metadata.json").read_text())
     except (OSError, ValueError) as error:
         raise DataError(f"{folder / 'metadata.json'} cannot be read ({error}): prepare the data set again") from None
-    has_boxes = bool(meta.get("has_boxes"))
-    stored = meta.get("stored")
-    ready = bool(stored and stored.get("size"))
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise DataError(
+            f"{folder} was prepared in format version {version} (this faml_jax reads {FORMAT_VERSION}): "
+            "prepare it again with experiments.prepare --overwrite"
+        )
+    has_boxes = bool(meta["has_boxes"])
+    stored = meta["stored"]
+    ready = bool(stored["size"])
     if ready and has_boxes and bool(stored.get("crop")) != bool(crop):
         if stored.get("crop"):
             raise DataError(
@@ -430,7 +434,7 @@ def open_prepared(dataset: str, out_dir, crop: bool = False, min_size: int | Non
             f"{folder} stores whole photographs ready to train, not the face boxes: pass "
             "--no-crop-faces, or prepare again with experiments.prepare --overwrite (face boxes by default)"
         )
-    labels = meta.get("labels", {})
+    labels = meta["labels"]
     sources = {}
     for split in SPLITS:
         records = grain.sources.ArrayRecordDataSource(shards(folder, split))
@@ -440,9 +444,7 @@ def open_prepared(dataset: str, out_dir, crop: bool = False, min_size: int | Non
                 f"prepared data in {folder} holds {len(records)} {split} records, its metadata "
                 f"{sum(expected)}: run experiments.prepare again"
             )
-        sources[split] = PreparedSource(
-            records, str(folder), crop and has_boxes and not ready, labels.get(split), min_size
-        )
+        sources[split] = PreparedSource(records, str(folder), crop and has_boxes and not ready, labels[split], min_size)
     return Prepared(
         folder=folder,
         classes=tuple(meta["classes"]),
