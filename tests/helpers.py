@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -205,10 +206,8 @@ def assert_same_run(workdir, reference_dir, config, epochs: int = 3):
     assert without_timings(lines) == without_timings(ref_lines)
     state, record = final_params(workdir, config)
     ref_state, ref_record = _reference_params(reference_dir, config)
-    for a, b in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(ref_state.params), strict=True):
-        np.testing.assert_array_equal(a, b)
-    for a, b in zip(jax.tree_util.tree_leaves(state.batch_stats), jax.tree_util.tree_leaves(ref_state.batch_stats)):
-        np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(state.params, ref_state.params)
+    chex.assert_trees_all_equal(state.batch_stats, ref_state.batch_stats)
     assert record["switch_epoch"] == ref_record["switch_epoch"] == 2  # 0-based: the third epoch
     np.testing.assert_array_equal(
         np.load(workdir / "test_logits" / f"epoch_{epochs:04d}.npz")["logits"],

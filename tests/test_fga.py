@@ -3,6 +3,7 @@ recomputation, checked against numpy and hand-computed values."""
 
 import itertools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,8 +83,7 @@ def test_fuse_averages_conv_kernels_and_copies_the_fittest_parent(members, paren
 
 def test_fusing_identical_parents_returns_the_parent(members):
     child = fga.fuse(fga.stack([members[1], members[1]]), jnp.array([0, 1]))
-    for a, b in zip(jax.tree_util.tree_leaves(child), jax.tree_util.tree_leaves(members[1]), strict=True):
-        np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(child, members[1])
 
 
 def test_a_custom_predicate_chooses_the_genes(members):
@@ -98,8 +98,7 @@ def test_stack_and_unstack_round_trip(members):
     population = fga.stack(members)
     assert fga.population_size(population) == 4
     for original, back in zip(members, fga.unstack(population), strict=True):
-        for a, b in zip(jax.tree_util.tree_leaves(original), jax.tree_util.tree_leaves(back), strict=True):
-            np.testing.assert_array_equal(a, b)
+        chex.assert_trees_all_equal(original, back)
     with pytest.raises(ValueError, match="empty population"):
         fga.stack([])
 
@@ -163,8 +162,7 @@ def test_breed_makes_each_child_from_the_parents_it_reports(members):
     for child, chosen in zip(fga.unstack(children), np.asarray(parents)):
         assert losses[chosen[0]] <= losses[chosen[1]]
         expected = fga.fuse(population, jnp.asarray(chosen))
-        for a, b in zip(jax.tree_util.tree_leaves(child), jax.tree_util.tree_leaves(expected), strict=True):
-            np.testing.assert_array_equal(a, b)
+        chex.assert_trees_all_equal(child, expected)
 
 
 def test_survivors_are_the_lowest_losses_in_order():
@@ -178,8 +176,7 @@ def test_recomputed_batch_stats_pool_every_batch(model, members):
     images = rng.integers(0, 256, (3, 8, 32, 32, 3), dtype=np.uint8)
     result = jax.jit(lambda v, x: fga.recompute_batch_stats(model, v, x))(members[0], images)
     # Only batch_stats change.
-    for a, b in zip(jax.tree_util.tree_leaves(result["params"]), jax.tree_util.tree_leaves(members[0]["params"])):
-        np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(result["params"], members[0]["params"])
 
     # The first BatchNorm's input (the stem output) does not depend on any BatchNorm: its pooled
     # statistics are the mean and (biased) variance over all 24 images and positions.
@@ -199,8 +196,7 @@ def test_recomputed_batch_stats_pool_every_batch(model, members):
     # The same batch three times pools to that batch's own statistics (no between-batch term).
     once = fga.recompute_batch_stats(model, members[0], images[:1])
     thrice = fga.recompute_batch_stats(model, members[0], np.repeat(images[:1], 3, axis=0))
-    for a, b in zip(jax.tree_util.tree_leaves(once), jax.tree_util.tree_leaves(thrice), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(once, thrice, rtol=1e-5, atol=1e-6)
     # ... and they differ from the inherited (randomised) statistics.
     assert not np.allclose(
         once["batch_stats"]["layer2_0"]["bn1"]["var"], members[0]["batch_stats"]["layer2_0"]["bn1"]["var"]

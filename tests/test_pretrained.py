@@ -6,6 +6,7 @@ state dict converts, and a wrong one fails naming its keys. Needs the ``torch`` 
 import os
 import shutil
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -124,8 +125,7 @@ def test_each_state_dict_variant_converts(torch_net, tmp_path, wrapping):
     torch.save(saved, path)
     backbone, head = pretrained.torch_to_flax(pretrained.read_torch_state_dict(path))
     reference, reference_head = pretrained.torch_to_flax(state_dict(torch_net))
-    for a, b in zip(jax.tree_util.tree_leaves(backbone), jax.tree_util.tree_leaves(reference)):
-        np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(backbone, reference)
     assert (head is None) == (wrapping == "no_fc")
     if head is not None:
         np.testing.assert_array_equal(head["kernel"], reference_head["kernel"])
@@ -269,8 +269,7 @@ def test_convert_then_train_from_the_backbone(torch_net, tmp_path, capsys):
     assert "fc with 7 classes kept" in capsys.readouterr().out
     backbone, head, info = pretrained.load_backbone(out)
     reference, _ = pretrained.torch_to_flax(state_dict(torch_net))
-    for a, b in zip(jax.tree_util.tree_leaves(backbone), jax.tree_util.tree_leaves(reference)):
-        np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(backbone, reference)
     assert head["kernel"].shape == (512, CLASSES) and info["source"].endswith("r18.pth")
     assert convert_torch_resnet18.main([str(tmp_path / "r18.pth"), str(out)]) == 2  # never overwrites
     assert "exists" in capsys.readouterr().err

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import shutil
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -44,7 +45,7 @@ def test_load_gives_the_saved_configuration_and_variables(run_folder):
         loaded, variables, chosen = runs.load(workdir, which)
         assert loaded == config and chosen == epoch
         expected = {"params": states[epoch].params, "batch_stats": states[epoch].batch_stats}
-        jax.tree.map(np.testing.assert_array_equal, variables, expected)
+        chex.assert_trees_all_equal(variables, expected)
     assert runs.last_epoch(workdir)["epoch"] == 2 and runs.checkpoint_epochs(workdir) == [1, 2]
     assert TINY_MODEL["widths"] == config.model.widths
 
@@ -70,7 +71,7 @@ def test_the_digest_records_the_stored_shapes_and_its_format_version(run_folder,
         like = runs.state_template(config.model, config.optim)
         state, record = checkpoints.restore(2, like)
         assert record == {"epoch": 2}
-        jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), jax.device_get(states[2].params))
+        chex.assert_trees_all_equal(jax.device_get(state.params), jax.device_get(states[2].params))
         other = dataclasses.replace(config.model, widths=(8, 16, 16, 64))
         with pytest.raises(CheckpointMismatch, match="layer4_0/bn1/mean is \\(32,\\) there, \\(64,\\) here"):
             checkpoints.restore(2, runs.state_template(other, config.optim))
