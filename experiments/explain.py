@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.cli import OneLineErrorParser, UsageError, run_cli
-from faml_jax import predict
+from faml_jax import figures, predict
 
 
 def build_parser() -> OneLineErrorParser:
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
             indices = [int(i) for i in args.indices.split(",")] if args.indices else None
         except ValueError:
             raise UsageError(f"--indices takes integers separated by commas, got {args.indices!r}") from None
-        figure = predict.figure_of_maps(rows, kind=args.map, indices=indices, data_dir=args.data_dir)
+        figure = figures.figure_of_maps(rows, kind=args.map, indices=indices, data_dir=args.data_dir)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         from faml_jax.writer import write_atomic

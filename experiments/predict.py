@@ -28,7 +28,7 @@ from __future__ import annotations
 import sys
 
 from experiments.cli import OneLineErrorParser, UsageError, run_cli
-from faml_jax import faces, predict
+from faml_jax import faces, photos, predict
 from faml_jax.config import EnsembleConfig
 
 
@@ -66,7 +66,7 @@ def build_parser():
     )
     parser.add_argument(
         "--faces",
-        choices=list(predict.FACE_SOURCES),
+        choices=list(photos.FACE_SOURCES),
         default="detect",
         help="detect faces in photos (default) or take each image as one face already cut out",
     )
@@ -109,14 +109,14 @@ def main(argv=None) -> int:
             )
         else:
             predictor = predict.Predictor.from_runs(args.run, args.checkpoint, **kwargs)
-        files = predict.image_files(args.inputs, exclude=args.out)
-        results = predict.predict_photos(
+        files = photos.image_files(args.inputs, exclude=args.out)
+        results = photos.predict_photos(
             predictor, files, faces=args.faces, mode=args.crop, progress=not args.no_progress
         )
         command = "python -m experiments.predict " + " ".join(sys.argv[1:] if argv is None else argv)
-        predict.write_predictions(args.out, results, predictor, annotated=not args.no_annotated, command=command)
+        photos.write_predictions(args.out, results, predictor, annotated=not args.no_annotated, command=command)
         if args.explain:
-            predict.write_maps(args.out, results, predictor, args.map)
+            photos.write_maps(args.out, results, predictor, args.map)
         print(
             f"{len(predictor.names)} network(s) ({', '.join(predictor.names)}), {predictor.dataset}, "
             f"{predictor.input_size} px, strategy {predictor.strategy}"

@@ -15,7 +15,8 @@ from faml_jax import ensemble, fga, runs, train
 from faml_jax.data.pipeline import resize
 from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.evaluate import EnsembleEvaluator
-from faml_jax.predict import Predictor, predict_photos
+from faml_jax.photos import predict_photos
+from faml_jax.predict import Predictor
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image is in the test extra")
 
@@ -106,21 +107,21 @@ def test_a_large_photo_is_searched_at_reduced_scale_and_its_boxes_are_the_files(
     drawn at the reduced scale."""
     from PIL import Image
 
-    from faml_jax import predict
+    from faml_jax import photos
 
     _, _, _, paths = three_runs
     predictor = Predictor.from_runs(paths[:1])
     Image.fromarray(skimage_data.astronaut()).save(tmp_path / "astronaut.jpg", quality=95)
     at_full = predict_photos(predictor, [tmp_path / "astronaut.jpg"])
     (full,) = at_full.records
-    monkeypatch.setattr(predict, "PHOTO_MIN_SIDE", 200)  # 512 px searched at 256 px, decoded at 4/8 to annotate
+    monkeypatch.setattr(photos, "PHOTO_MIN_SIDE", 200)  # 512 px searched at 256 px, decoded at 4/8 to annotate
     results = predict_photos(predictor, [tmp_path / "astronaut.jpg"])
     (reduced,) = results.records
     np.testing.assert_allclose(reduced["box"], full["box"], atol=8)
     np.testing.assert_allclose(reduced["landmarks"], full["landmarks"], atol=8)
     (crop,), (crop_at_full,) = results.crops, at_full.crops  # cut from the 512 px photo, not the 256 px copy
     assert abs(crop.shape[0] - crop_at_full.shape[0]) <= 0.1 * crop_at_full.shape[0]
-    predict.write_predictions(tmp_path / "out", results, predictor)
+    photos.write_predictions(tmp_path / "out", results, predictor)
     with Image.open(tmp_path / "out" / "annotated" / "astronaut.png") as annotated:
         assert annotated.size == (256, 256)
 
@@ -243,7 +244,7 @@ def test_photo_files_names_and_orientation(tmp_path):
 
     from faml_jax.data.folders import CorruptImageError
     from faml_jax.errors import DataError
-    from faml_jax.predict import image_files, read_photo, unique_stems
+    from faml_jax.photos import image_files, read_photo, unique_stems
 
     assert unique_stems(["x/a.jpg", "y/a.jpg", "z/a_2.jpg"]) == ["a", "a_2", "a_2_2"]
     upright = np.zeros((20, 10, 3), np.uint8)
@@ -269,7 +270,7 @@ def test_refusals_of_the_explainer_and_of_duplicate_runs(three_runs, tmp_path):
     from helpers import TINY_MODEL
 
     from faml_jax.config import preset
-    from faml_jax.predict import figure_of_maps
+    from faml_jax.figures import figure_of_maps
 
     root, config, _, paths = three_runs
     with pytest.raises(ConfigError, match="a member is given twice"):

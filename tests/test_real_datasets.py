@@ -592,7 +592,7 @@ def test_16_bit_images_are_their_8_bit_levels():
 
 
 def test_a_16_bit_photo_is_predicted_as_its_8_bit_version(tmp_path):
-    from faml_jax.predict import read_photo
+    from faml_jax.photos import read_photo
 
     reference = np.random.default_rng(1).integers(0, 256, (9, 7, 3), dtype=np.uint8)
     (tmp_path / "grey16.png").write_bytes(png16(reference[..., 1].astype(np.uint16) * 257))
@@ -610,7 +610,7 @@ def test_decode_errors_name_the_file_not_a_buffer():
 
 
 def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path, monkeypatch):
-    from faml_jax.predict import read_photo
+    from faml_jax.photos import read_photo
 
     monkeypatch.setenv("FAML_JAX_MAX_PIXELS", "2000")
     for fmt, name in (("JPEG", "big.jpg"), ("PNG", "big.png")):

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from faml_jax import models, predict
+from faml_jax import photos as photos_module
 from faml_jax.config import preset
 
 
@@ -76,7 +77,7 @@ def measure(args) -> list[str]:
         lines.append(
             f"| {members} | aligned crops (100 px) | {args.faces} | {seconds:.2f} | {args.faces / seconds:.1f} |"
         )
-        seconds = timed(lambda: predict.predict_photos(predictor, photos, faces="detect"), args.rounds)
+        seconds = timed(lambda: photos_module.predict_photos(predictor, photos, faces="detect"), args.rounds)
         lines.append(
             f"| {members} | photos 512x512, detect + align | {args.photos} | {seconds:.2f} | "
             f"{args.photos / seconds:.1f} |"

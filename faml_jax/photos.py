@@ -1,0 +1,331 @@
+"""Photos and folders in, predictions out: what ``python -m experiments.predict`` runs on top of a
+``predict.Predictor``. Image files, folders and globs are found (``image_files``), read upright
+(``read_photo``: EXIF orientation undone), their faces found and cut as the run's data set shows
+faces (``predict_photos``, ``faml_jax.faces``), and the records written as CSV, JSON, annotated
+photos and attention maps (``write_predictions``, ``write_maps``).
+
+    >>> results = photos.predict_photos(predictor, photos.image_files(["photos/"]))
+    >>> photos.write_predictions("predictions", results, predictor)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from faml_jax.errors import ConfigError, DataError
+from faml_jax.predict import Prediction, Predictor
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+FACE_SOURCES = ("detect", "aligned")
+
+
+def image_files(inputs: Sequence[str | os.PathLike], exclude: str | os.PathLike | None = None) -> list[Path]:
+    """The image files named by ``inputs``: files, folders (their images, recursively, sorted;
+    none under ``exclude``, e.g. the output folder of an earlier prediction) and glob patterns.
+    An input that names nothing is a ``DataError`` naming it."""
+    import glob
+
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found: list[Path] = []
+    for given in map(str, inputs):
+        path = Path(given)
+        if path.is_dir():
+            images = sorted(
+                p
+                for p in path.rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES
+                and p.is_file()
+                and not (skip is not None and p.resolve().is_relative_to(skip))
+            )
+            if not images:
+                raise DataError(f"no image ({', '.join(IMAGE_SUFFIXES)}) in {given}")
+            found += images
+        elif path.is_file():
+            found.append(path)
+        elif any(ch in given for ch in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(given, recursive=True) if Path(p).is_file())
+            if not matches:
+                raise DataError(f"no file matches {given}")
+            found += matches
+        else:
+            raise DataError(f"{given} not found")
+    return list(dict.fromkeys(found))  # each file once, in the order given
+
+
+# Photos whose shorter side is at least twice this are searched for faces in a copy reduced by a
+# whole factor to at least this side (a face small enough to be lost there is below what the
+# detector finds anyway: an 8000 x 8000 photo is searched at 2000 x 2000); the faces found are cut
+# from the photo at full resolution. Annotated photos are drawn at the same reduced scale.
+PHOTO_MIN_SIDE = 1600
+
+
+def search_copy(photo: np.ndarray) -> np.ndarray:
+    """``photo`` reduced by the largest whole factor that keeps its shorter side at least
+    ``PHOTO_MIN_SIDE`` (box filter, Pillow's ``reduce``), or ``photo`` itself."""
+    from PIL import Image
+
+    factor = min(photo.shape[:2]) // PHOTO_MIN_SIDE
+    return np.asarray(Image.fromarray(photo).reduce(factor)) if factor >= 2 else photo
+
+
+def read_photo(path: str | os.PathLike, min_size: int | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an image file, upright as its EXIF orientation says (phone photos);
+    ``data.folders.CorruptImageError`` naming an unreadable one. ``min_size``: see
+    ``read_photo_scaled``."""
+    return read_photo_scaled(path, min_size)[0]
+
+
+def read_photo_scaled(path: str | os.PathLike, min_size: int | None = None) -> tuple[np.ndarray, float]:
+    """``read_photo`` and the scale it was decoded at: a JPEG whose shorter side is at least
+    twice ``min_size`` is decoded at reduced scale, its shorter side still at least ``min_size``
+    (``data.folders.decode_photo``); scale = decoded / the file's pixels."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    from faml_jax.data.folders import decode_photo, read_bytes
+
+    payload = read_bytes(path)
+    pixels, scale = decode_photo(payload, str(path), min_size)
+    with Image.open(io.BytesIO(payload)) as image:
+        exif = image.getexif()
+    if exif.get(0x0112, 1) in (None, 1):
+        return pixels, scale
+    decoded = Image.fromarray(pixels)
+    decoded.info["exif"] = exif.tobytes()  # the orientation Pillow's exif_transpose reads and undoes
+    return np.asarray(ImageOps.exif_transpose(decoded)), scale
+
+
+@dataclasses.dataclass
+class PhotoResults:
+    """What ``predict_photos`` found: one record per face (file, face index, box, landmarks, the
+    decision, its confidence, every class's score, every network's top-1), the crops the
+    networks saw (in record order), the files without a face and the unreadable files."""
+
+    records: list[dict]
+    crops: list[np.ndarray]
+    no_face: list[str]
+    failures: list[tuple[str, str]]
+    prediction: Prediction | None
+
+
+def predict_photos(
+    predictor: Predictor,
+    files: Sequence[str | os.PathLike],
+    *,
+    faces: str = "detect",
+    mode: str | None = None,
+    finder=None,
+    progress: bool = False,
+) -> PhotoResults:
+    """Find the faces in ``files`` and predict them (``faces="detect"``), or take every file as
+    one face already cut out (``"aligned"``). ``mode``: how detected faces are cut ("align" or
+    "box"; default: as the run's data set, ``faces.mode_for``). Unreadable files are listed in
+    ``failures`` (the others are still processed); files without a face in ``no_face``."""
+    from tqdm import tqdm
+
+    from faml_jax import faces as face_module
+
+    if faces not in FACE_SOURCES:
+        raise ConfigError(f"unknown face source {faces!r}; expected one of {', '.join(FACE_SOURCES)}")
+    if faces == "detect" and finder is None:
+        finder = face_module.Finder(mode or face_module.mode_for(predictor.dataset))
+    records, crops, no_face, failures = [], [], [], []
+    for path in tqdm(
+        list(files), desc="reading photos", unit="file", disable=not progress, leave=False, dynamic_ncols=True
+    ):
+        try:
+            # A face file is needed at the input size (a large JPEG is decoded at reduced scale); a
+            # photo is searched at reduced scale if large, its faces cut at full resolution.
+            photo, _ = read_photo_scaled(path, predictor.input_size if faces == "aligned" else None)
+        except DataError as error:
+            failures.append((str(path), str(error)))
+            continue
+        if faces == "aligned":
+            found = [face_module.Face((0, 0, photo.shape[1], photo.shape[0]), 1.0, np.zeros((0, 2)), photo)]
+        else:
+            found = finder.find(search_copy(photo), full=photo)
+            if not found:
+                no_face.append(str(path))
+        for i, face in enumerate(found):
+            records.append(
+                {
+                    "file": str(path),
+                    "face": i,  # in the (upright) photo's pixels
+                    "box": [int(v) for v in face.box] if faces == "detect" else None,
+                    "landmarks": np.round(face.landmarks, 1).tolist() if faces == "detect" else None,
+                }
+            )
+            crops.append(face.crop)
+    prediction = predictor.predict(crops) if crops else None
+    if prediction is not None:
+        for i, record in enumerate(records):
+            k = int(prediction.decision[i])
+            record.update(
+                {
+                    "class": prediction.classes[k],
+                    "confidence": round(float(prediction.confidence[i]), 6),
+                    "scores": {c: round(float(s), 6) for c, s in zip(prediction.classes, prediction.scores[i])},
+                    "networks": {
+                        n: prediction.classes[int(t)] for n, t in zip(predictor.names, prediction.member_top1[:, i])
+                    },
+                }
+            )
+    return PhotoResults(records, crops, no_face, failures, prediction)
+
+
+def csv_rows(results: PhotoResults, classes: Sequence[str], names: Sequence[str]) -> tuple[list[str], list[list]]:
+    """The header and rows of predictions.csv: one row per face."""
+    header = [
+        "file",
+        "face",
+        "box_x0",
+        "box_y0",
+        "box_x1",
+        "box_y1",
+        "landmarks",
+        "class",
+        "confidence",
+        *[f"score_{c}" for c in classes],
+        *[f"top1_{n}" for n in names],
+    ]
+    rows = []
+    for r in results.records:
+        box = r["box"] or [""] * 4
+        marks = " ".join(f"{x:g},{y:g}" for x, y in r["landmarks"]) if r["landmarks"] else ""
+        rows.append(
+            [
+                r["file"],
+                r["face"],
+                *box,
+                marks,
+                r["class"],
+                r["confidence"],
+                *[r["scores"][c] for c in classes],
+                *[r["networks"][n] for n in names],
+            ]
+        )
+    return header, rows
+
+
+def annotate(photo: np.ndarray, records: list[dict], scale: float = 1.0) -> np.ndarray:
+    """``photo`` (decoded at ``scale`` of its file's pixels) with each face's box and "class
+    confidence" drawn on it."""
+    from PIL import Image, ImageDraw
+
+    picture = Image.fromarray(photo)
+    draw = ImageDraw.Draw(picture)
+    width = max(2, round(max(photo.shape[:2]) / 250))
+    for r in records:
+        x0, y0, x1, y1 = (
+            [round(v * scale) for v in r["box"]] if r["box"] else (0, 0, photo.shape[1] - 1, photo.shape[0] - 1)
+        )
+        draw.rectangle((x0, y0, x1, y1), outline=(255, 64, 64), width=width)
+        text = f"{r['class']} {r['confidence']:.2f}"
+        tx, ty = x0, max(y0 - 14, 0)
+        draw.rectangle(draw.textbbox((tx, ty), text), fill=(255, 64, 64))
+        draw.text((tx, ty), text, fill=(255, 255, 255))
+    return np.asarray(picture)
+
+
+def write_predictions(
+    out: str | os.PathLike, results: PhotoResults, predictor: Predictor, *, annotated: bool = True, command: str = ""
+) -> None:
+    """predictions.csv, predictions.json and (``annotated``) annotated/<file>.png in ``out``;
+    each file written whole or not at all."""
+    import csv
+    import io
+
+    from faml_jax.writer import write_atomic, write_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    header, rows = csv_rows(results, predictor.classes, predictor.names)
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows([header, *rows])
+    write_atomic(out / "predictions.csv", text.getvalue())
+    summary = {
+        "command": command,
+        "networks": list(predictor.names),
+        "runs": [str(p) for p in predictor.paths],
+        "checkpoint": predictor.checkpoint,
+        "epochs": predictor.epochs,
+        "dataset": predictor.dataset,
+        "classes": list(predictor.classes),
+        "input_size": predictor.input_size,
+        "strategy": predictor.strategy,
+        "faces": results.records,
+        "no_face": results.no_face,
+        "failures": [{"file": f, "error": e} for f, e in results.failures],
+    }
+    write_json(out / "predictions.json", summary)
+    if not annotated:
+        return
+    (out / "annotated").mkdir(exist_ok=True)
+    by_file: dict[str, list[dict]] = {}
+    for r in results.records:
+        by_file.setdefault(r["file"], []).append(r)
+    for name, (file, records) in zip(unique_stems(list(by_file)), by_file.items()):
+        photo, scale = read_photo_scaled(file, PHOTO_MIN_SIDE)
+        save_png(out / "annotated" / f"{name}.png", annotate(photo, records, scale))
+
+
+def save_png(path: Path, pixels: np.ndarray) -> None:
+    """Write a PNG atomically (``writer.write_atomic``)."""
+    from faml_jax.writer import write_atomic
+
+    write_atomic(path, png=np.asarray(pixels))
+
+
+def unique_stems(files: Sequence[str]) -> list[str]:
+    """A distinct output name per file: its stem, or stem_2, stem_3 ... when stems repeat."""
+    used: set[str] = set()
+    names = []
+    for f in files:
+        stem, name, k = Path(f).stem, Path(f).stem, 1
+        while name in used:
+            k += 1
+            name = f"{stem}_{k}"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+MAP_PANEL = 256  # the least height of a face and its map in maps/*.png
+
+
+def write_maps(
+    out: str | os.PathLike, results: PhotoResults, predictor: Predictor, kind: str = "gradcam"
+) -> list[Path]:
+    """maps/<file>_face<i>.png in ``out``: each face as the networks saw it beside its map as a
+    JET overlay (``Predictor.explain``), each at least ``MAP_PANEL`` pixels high (small inputs
+    are enlarged, pixel for pixel), and maps.npz with the raw maps (N, S, S) in record order."""
+    from faml_jax.maps import overlay
+    from faml_jax.writer import write_atomic
+
+    folder = Path(out) / "maps"
+    folder.mkdir(parents=True, exist_ok=True)
+    if not results.crops:
+        return []
+    combined, members, _ = predictor.explain(results.crops, kind)
+    seen = predictor.preprocess(results.crops)
+    stems = dict(
+        zip(
+            dict.fromkeys(r["file"] for r in results.records),
+            unique_stems(list(dict.fromkeys(r["file"] for r in results.records))),
+        )
+    )
+    written = []
+    for record, face, heat in zip(results.records, seen, combined):
+        path = folder / f"{stems[record['file']]}_face{record['face']}.png"
+        panel = np.concatenate([face, overlay(face, heat)], axis=1)
+        zoom = -(-MAP_PANEL // panel.shape[0])  # whole-pixel enlargement: the network's pixels stay visible
+        save_png(path, np.repeat(np.repeat(panel, zoom, axis=0), zoom, axis=1))
+        written.append(path)
+    write_atomic(folder / "maps.npz", arrays={"maps": combined, "member_maps": members, "kind": np.asarray(kind)})
+    return written
