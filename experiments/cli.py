@@ -17,7 +17,7 @@ import jax
 from faml_jax import data, models, signals
 from faml_jax.config import AUGMENT_PRESETS, RUN_PRESETS, AugmentConfig, FGAConfig, RunConfig, preset
 from faml_jax.errors import FULL_DISK_TEXTS, DiskFullError, FamlError, disk_full_phrase, is_disk_full, written_path
-from faml_jax.trainer import start_processes
+from faml_jax.launch import start_processes
 
 
 class UsageError(FamlError):

@@ -139,7 +139,7 @@ def test_process_flags_go_together(tmp_path):
 
 def test_distributed_auto_needs_a_launcher_and_no_process_flags(tmp_path, monkeypatch, capsys):
     from experiments import train as train_program
-    from faml_jax.trainer import LAUNCHERS, launcher
+    from faml_jax.launch import LAUNCHERS, launcher
 
     for names in LAUNCHERS.values():
         for name in names:
