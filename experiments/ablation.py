@@ -54,8 +54,8 @@ from experiments.cli import (
     resolve_config,
     run_cli,
 )
-from faml_jax import evolution, models, report, runs, trainer
-from faml_jax.config import FGAConfig, LossConfig, RunConfig, config_differences, config_to_json
+from faml_jax import evolution, report, runs, trainer
+from faml_jax.config import FGAConfig, LossConfig, RunConfig, config_differences, config_to_json, with_preset
 from faml_jax.runs import process_workdir
 from faml_jax.trainer import adopt_recorded, complete_run_config, recorded_config
 from faml_jax.writer import write_atomic, write_json
@@ -120,7 +120,7 @@ def variant_config(base: RunConfig, row: str) -> RunConfig:
     loss = base.loss if name == "r18_faml" else LossConfig(kind="ce")
     attention = base.model.attention if name != "r18" else None
     return dataclasses.replace(
-        base, model_name=name, model=models.with_preset(base.model, name, attention=attention), loss=loss
+        base, model_name=name, model=with_preset(base.model, name, attention=attention), loss=loss
     )
 
 

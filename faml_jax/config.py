@@ -137,6 +137,39 @@ class ModelConfig:
             raise ConfigError(f"head_init must be 'flax' or 'torch', got {self.head_init!r}")
 
 
+# Named architectures: each is a set of ModelConfig fields (``models.build`` applies a user's
+# overrides on top; ``models.PRESETS`` is this table).
+MODEL_PRESETS: dict[str, dict] = {
+    # Plain ResNet18 (the paper's R18 / RI18 baselines).
+    "r18": dict(fa_regions=(), attention=False),
+    # R18+FA (the paper's ablation row, docs/method.md 2): FA = the fusion stem *and* the attention blocks.
+    "r18_fa": dict(fa_regions=DEFAULT_REGIONS, attention=True),
+    # R18+FAML: the same network as R18+FA; ML is its training loss (faml_jax.config.preset
+    # trains r18 and r18_fa with plain CE, r18_faml with the data set's ML loss).
+    "r18_faml": dict(fa_regions=DEFAULT_REGIONS, attention=True),
+}
+
+
+def with_preset(config: ModelConfig, name: str, *, attention: bool | None = None) -> ModelConfig:
+    """``config`` made into the named architecture: the preset's fields set, every other field
+    kept; ``attention=False`` switches the attention blocks off (the paper's remark that FA
+    reaches the same accuracy without them; docs/method.md 2.2). Without attention, the attention sizes
+    go back to their defaults (they would be unused, and a saved configuration should not show
+    them)."""
+    if name not in MODEL_PRESETS:
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(MODEL_PRESETS))}")
+    config = dataclasses.replace(config, **MODEL_PRESETS[name])
+    if attention is not None:
+        config = dataclasses.replace(config, attention=attention)
+    if config.attention:
+        return config
+    defaults = ModelConfig()
+    return dataclasses.replace(
+        config,
+        **{f.name: getattr(defaults, f.name) for f in dataclasses.fields(ModelConfig) if f.name.startswith("attn_")},
+    )
+
+
 LossKind = Literal["ml", "ce", "lsr", "wce", "mix"]
 
 
@@ -576,14 +609,12 @@ def preset(
     a config object or a dict of the fields to change (``data`` may hold ``synthetic`` as a dict). ``optim={"name": "sgd"}`` takes SGD's
     learning rate (``schedule.lr1`` 0.005) unless ``schedule`` sets ``lr1``.
     """
-    from faml_jax import models  # models imports config: import here, not at module level
-
     if dataset not in RUN_PRESETS:
         raise ConfigError(f"unknown data set {dataset!r}; available: {', '.join(RUN_PRESETS)}")
     base = RUN_PRESETS[dataset]
     model_name = model or base["model_name"]
-    if model_name not in models.PRESETS:
-        raise ConfigError(f"unknown model {model_name!r}; available: {', '.join(sorted(models.PRESETS))}")
+    if model_name not in MODEL_PRESETS:
+        raise ConfigError(f"unknown model {model_name!r}; available: {', '.join(sorted(MODEL_PRESETS))}")
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(RunConfig)} - {"model_name", "model"})
     if unknown:
         raise ConfigError(f"RunConfig has no field(s) {unknown}")
@@ -603,7 +634,7 @@ def preset(
     model_fields = dict(base["model"], dtype=default_compute_dtype(backend))
     given_model = dict(model_options or {})
     attention = given_model.pop("attention", None)
-    model_config = models.with_preset(
+    model_config = with_preset(
         ModelConfig(num_classes=8 if dataset == "affectnet8" else 7, **{**model_fields, **given_model}),
         model_name,
         attention=attention,

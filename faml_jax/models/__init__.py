@@ -13,22 +13,12 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from faml_jax.config import DEFAULT_REGIONS, ModelConfig
+from faml_jax.config import MODEL_PRESETS as PRESETS
+from faml_jax.config import ModelConfig
 from faml_jax.errors import ConfigError
 from faml_jax.models.attention import AttentionBlock, EncoderLayer
 from faml_jax.models.fa_stem import FAStem
 from faml_jax.models.resnet import BasicBlock, ResNet
-
-# Named architectures: each is a set of ModelConfig fields; `build` applies user overrides on top.
-PRESETS: dict[str, dict] = {
-    # Plain ResNet18 (the paper's R18 / RI18 baselines).
-    "r18": dict(fa_regions=(), attention=False),
-    # R18+FA (the paper's ablation row, docs/method.md 2): FA = the fusion stem *and* the attention blocks.
-    "r18_fa": dict(fa_regions=DEFAULT_REGIONS, attention=True),
-    # R18+FAML: the same network as R18+FA; ML is its training loss (faml_jax.config.preset
-    # trains r18 and r18_fa with plain CE, r18_faml with the data set's ML loss).
-    "r18_faml": dict(fa_regions=DEFAULT_REGIONS, attention=True),
-}
 
 
 def build(name: str, num_classes: int, *, axis_name: str | None = None, **overrides) -> ResNet:
@@ -53,26 +43,6 @@ def build(name: str, num_classes: int, *, axis_name: str | None = None, **overri
         raise ConfigError(f"unknown model option(s) {unknown}; ModelConfig has {sorted(fields)}")
     config = ModelConfig(num_classes=num_classes, **{**PRESETS[name], **overrides})
     return ResNet(config, axis_name=axis_name)
-
-
-def with_preset(config: ModelConfig, name: str, *, attention: bool | None = None) -> ModelConfig:
-    """``config`` made into the named architecture: the preset's fields set, every other field
-    kept; ``attention=False`` switches the attention blocks off (the paper's remark that FA
-    reaches the same accuracy without them; docs/method.md 2.2). Without attention, the attention sizes
-    go back to their defaults (they would be unused, and a saved configuration should not show
-    them)."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(PRESETS))}")
-    config = dataclasses.replace(config, **PRESETS[name])
-    if attention is not None:
-        config = dataclasses.replace(config, attention=attention)
-    if config.attention:
-        return config
-    defaults = ModelConfig()
-    return dataclasses.replace(
-        config,
-        **{f.name: getattr(defaults, f.name) for f in dataclasses.fields(ModelConfig) if f.name.startswith("attn_")},
-    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -112,5 +82,4 @@ __all__ = [
     "build",
     "count_params",
     "init",
-    "with_preset",
 ]
