@@ -16,7 +16,7 @@ import jax
 
 from faml_jax import data, models, signals
 from faml_jax.config import AUGMENT_PRESETS, RUN_PRESETS, AugmentConfig, FGAConfig, RunConfig, preset
-from faml_jax.errors import FULL_DISK_TEXTS, DiskFullError, FamlError, disk_full_phrase, is_disk_full, written_path
+from faml_jax.errors import FULL_DISK_TEXTS, FamlError, disk_full_phrase, is_disk_full, written_path
 from faml_jax.launch import start_processes
 
 
@@ -277,22 +277,25 @@ def run_cli(parser: argparse.ArgumentParser, argv, body) -> int:
     quiet_disk_full_echoes()
     try:
         with signals.installed():
-            try:
-                run_body(args, body)
-            except Exception as error:
-                if is_disk_full(error) and not isinstance(error, DiskFullError):
-                    path = written_path(error)
-                    raise DiskFullError(disk_full_phrase(error) + (f" while writing {path}" if path else "")) from None
-                raise
+            run_body(args, body)
     except FamlError as error:
         print(f"{parser.prog}: error: {one_line(error)}", file=sys.stderr)
         return 2
-    except OSError as error:
+    except OSError as error:  # DiskFullError included: its message names the file and the checkpoint
         where = f": {error.filename}" if error.filename else ""
         print(f"{parser.prog}: error: {error.strerror or one_line(error)}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM (signals.Interrupted)
         stop(parser.prog, error)
+    except Exception as error:  # a full disk as another library reports it; anything else is a bug
+        if not is_disk_full(error):
+            raise
+        path = written_path(error)
+        print(
+            f"{parser.prog}: error: {disk_full_phrase(error)}" + (f" while writing {path}" if path else ""),
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

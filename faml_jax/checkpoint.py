@@ -26,7 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from faml_jax.errors import FamlError, WorkdirError
-from faml_jax.versions import checked, stamped
+from faml_jax.versions import checked, stamped, unstamped
 
 DIGEST = "digest.json"
 
@@ -186,8 +186,7 @@ class Checkpoints:
                 ) from None
             raise CheckpointDamaged(f"checkpoint {path} cannot be read: {first_line(error)}") from None
         state = _data_to_keys(restored["state"], like)
-        record = restored["record"]
-        return state, {k: v for k, v in record.items() if k != "format_version"} if isinstance(record, dict) else record
+        return state, unstamped(restored["record"])
 
     def stored_like(self, epoch: int, like: Any) -> Any:
         """``like`` in the form checkpoint ``epoch`` stores it: PRNG keys as key data. A
@@ -273,15 +272,16 @@ def write_digest(checkpoint: Path, shapes: dict[str, list[int]] | None = None) -
     write_json(checkpoint / DIGEST, stamped(record))
 
 
-def version_problem(checkpoint: Path) -> str | None:
+def version_problem(checkpoint: Path, what: str | None = None) -> str | None:
     """None when ``checkpoint``'s digest is of this format version (or it has none: a save
-    interrupted before its digest, judged by reading it), else what to say."""
+    interrupted before its digest, judged by reading it), else what to say of it (``what``
+    names it; default "checkpoint <path>")."""
     try:
         record = json.loads((Path(checkpoint) / DIGEST).read_text())
     except (OSError, ValueError):
         return None
     try:
-        checked(record, f"checkpoint {checkpoint}")
+        checked(record, what or f"checkpoint {checkpoint}")
     except WorkdirError as error:
         return str(error)
     return None

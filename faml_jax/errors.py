@@ -45,42 +45,46 @@ class DiskFullError(OSError):
 FULL_DISK_TEXTS = ("No space left on device", "Disk quota exceeded")
 
 
-def is_disk_full(error: BaseException) -> bool:
-    """Whether ``error`` (or an exception it was raised from) is the file system being full, or
-    the user's quota on it used up: ``OSError`` ENOSPC or EDQUOT, or the same reported in another library's message (tensorstore, under
-    orbax's checkpoints, raises ``ValueError("RESOURCE_EXHAUSTED: ... No space left on device")``)."""
+def causes(error: BaseException | None):
+    """``error`` and the exceptions it was raised from (``__cause__``, else ``__context__``)."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if any(text in str(error) for text in FULL_DISK_TEXTS):
-            return True
+        yield error
         error = error.__cause__ or error.__context__
-    return False
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or an exception it was raised from) is the file system being full, or
+    the user's quota on it used up: ``OSError`` ENOSPC or EDQUOT, or the same reported in another
+    library's message (tensorstore, under orbax's checkpoints, raises
+    ``ValueError("RESOURCE_EXHAUSTED: ... No space left on device")``)."""
+    return any(
+        (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
+        or any(text in str(e) for text in FULL_DISK_TEXTS)
+        for e in causes(error)
+    )
 
 
 def disk_full_phrase(error: BaseException) -> str:
     """How to name the fault ``is_disk_full`` found: "disk quota exceeded" or "no space left on
     device"."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if (isinstance(error, OSError) and error.errno == errno.EDQUOT) or "Disk quota exceeded" in str(error):
-            return "disk quota exceeded"
-        error = error.__cause__ or error.__context__
-    return "no space left on device"
+    quota = any(
+        (isinstance(e, OSError) and e.errno == errno.EDQUOT) or "Disk quota exceeded" in str(e) for e in causes(error)
+    )
+    return "disk quota exceeded" if quota else "no space left on device"
 
 
 def written_path(error: BaseException) -> str | None:
-    """The file a failed write was writing, as ``error`` names it (None when it does not)."""
-    if isinstance(error, OSError) and error.filename:
-        return str(error.filename)
-    match = re.search(r'Failed writing: "([^"]+)"', str(error)) or re.search(r'local file "([^"]+)"', str(error))
-    if match:
-        return match.group(1)
-    cause = error.__cause__ or error.__context__
-    return written_path(cause) if cause is not None and cause is not error else None
+    """The file a failed write was writing, as ``error`` (or an exception it was raised from)
+    names it; None when none does."""
+    for e in causes(error):
+        if isinstance(e, OSError) and e.filename:
+            return str(e.filename)
+        match = re.search(r'Failed writing: "([^"]+)"', str(e)) or re.search(r'local file "([^"]+)"', str(e))
+        if match:
+            return match.group(1)
+    return None
 
 
 class OutOfMemoryError(ConfigError):

@@ -57,7 +57,7 @@ from faml_jax.trainer import (
     stop_signal,
     train_member,
 )
-from faml_jax.versions import stamped
+from faml_jax.versions import stamped, unstamped
 from faml_jax.workdir import WorkdirLock, new_folders, prepare_directory, undone_if_it_fails
 from faml_jax.writer import write_json
 
@@ -200,7 +200,7 @@ def member_seed(seed: int, serial: int) -> int:
 def complete_evolve_config(saved: dict) -> dict:
     """A saved ``evolve.json`` (its format version checked by ``prepare_directory``) ready to
     compare: its run configuration with every field (``trainer.normalised_run_config``)."""
-    completed = {k: v for k, v in saved.items() if k != "format_version"}
+    completed = unstamped(saved)
     if isinstance(completed.get("run"), dict):
         completed["run"] = normalised_run_config(completed["run"])
     return completed

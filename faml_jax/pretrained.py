@@ -259,9 +259,9 @@ def load_backbone(path: str | os.PathLike) -> tuple[dict, dict | None, dict]:
     damage = verify(path)
     if damage:
         raise ConversionError(f"the backbone {path} is damaged ({damage}): convert it again")
-    version = version_problem(path)
+    version = version_problem(path, f"the backbone {path}")
     if version:
-        raise ConversionError(version.replace(f"checkpoint {path}", f"the backbone {path}"))
+        raise ConversionError(version)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         restored = checkpointer.restore(
             path, args=ocp.args.Composite(variables=ocp.args.StandardRestore(), info=ocp.args.JsonRestore())

@@ -213,10 +213,9 @@ def ensemble_report(
     the report (also in ``out/report.json``). ``data_dir``, ``num_threads``: where the data set is
     now and how it is read, if not as in training; ``batch_size``, ``mapping``: the evaluation."""
     out = Path(out).absolute()
-    check_replaceable(out, "report", recognise_report, overwrite)
     # The report folder is replaced whole (``write_report``): its lock lies beside it.
     with WorkdirLock(out.parent, f"report folder {out.name} in", name=f".{out.name}.lock"):
-        check_replaceable(out, "report", recognise_report, overwrite)  # as it is now the lock is held
+        check_replaceable(out, "report", recognise_report, overwrite)
         checkpoint, order, alpha, beta = config.checkpoint, config.order, config.alpha, config.beta
         logits, labels, classes, info = evaluate_members(
             members,

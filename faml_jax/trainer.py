@@ -45,7 +45,7 @@ from faml_jax.errors import (
 from faml_jax.evaluate import Evaluator
 from faml_jax.metrics import classification_metrics
 from faml_jax.runs import DAMAGED, PREEMPTED, checkpoint_epochs, checkpoints_of, has_checkpoint, primary_workdir
-from faml_jax.versions import checked, stamped
+from faml_jax.versions import checked, stamped, unstamped
 from faml_jax.workdir import WorkdirLock, new_folders, prepare_directory, undo_new_run, undone_if_it_fails
 from faml_jax.writer import RunWriter, write_atomic, write_json
 
@@ -114,7 +114,7 @@ def normalised_run_config(saved: dict) -> dict:
     with every field, as ``config_to_json`` writes it; as it is when it is not one."""
     if not isinstance(saved, dict):
         return saved
-    saved = {k: v for k, v in saved.items() if k != "format_version"}
+    saved = unstamped(saved)
     try:
         return config_to_json(from_dict(RunConfig, saved))
     except (ValueError, TypeError):
@@ -851,25 +851,22 @@ def fit(
                 log(f"no earlier run to resume in {workdir.absolute()}: starting a new run there")
             setup = Setup(config, log)  # opens the data set
             member = Member(setup, config, workdir, log=log)
-        failed = False
         try:
-            if member.done:
-                raise ConfigError(
-                    f"nothing to do: the run in {workdir} already has {member.epoch} epochs; raise --epochs"
-                )
-            with undone_if_it_fails(workdir, "config.json", made):
-                init = setup.start_variables(config.seed) if config.init and not member.resumed else None
-                write_json(workdir / "config.json", stamped(config_to_json(config)))  # every check passed
-            member.begin(init)
-            train_member(setup, member, progress=progress, stop_after=stop_after)
-            summary = member.summary()
-        except Exception:
-            failed = True
+            with contextlib.closing(member):
+                if member.done:
+                    raise ConfigError(
+                        f"nothing to do: the run in {workdir} already has {member.epoch} epochs; raise --epochs"
+                    )
+                with undone_if_it_fails(workdir, "config.json", made):
+                    init = setup.start_variables(config.seed) if config.init and not member.resumed else None
+                    write_json(workdir / "config.json", stamped(config_to_json(config)))  # every check passed
+                member.begin(init)
+                train_member(setup, member, progress=progress, stop_after=stop_after)
+                summary = member.summary()
+        except Exception:  # e.g. out of memory at the first step: a new run leaves nothing half-made
+            if not member.resumed and jax.process_count() == 1 and not has_run(workdir):
+                undo_new_run(workdir, OUTPUTS, made)
             raise
-        finally:
-            member.close()
-            if failed and not member.resumed and jax.process_count() == 1 and not has_run(workdir):
-                undo_new_run(workdir, OUTPUTS, made)  # e.g. out of memory at the first step: nothing half-made
     log(
         f"final (epoch {summary['epochs']}): test accuracy {summary['final_test_accuracy']:.4f}, mean class accuracy "
         f"{summary['final_test_mean_class_accuracy']:.4f} (majority-class rate {summary['majority_class_rate']:.4f})"

@@ -18,7 +18,12 @@ FORMAT_VERSION = 1
 
 def stamped(record: dict) -> dict:
     """``record`` with this version's ``format_version`` first."""
-    return {"format_version": FORMAT_VERSION, **{k: v for k, v in record.items() if k != "format_version"}}
+    return {"format_version": FORMAT_VERSION, **unstamped(record)}
+
+
+def unstamped(record: dict) -> dict:
+    """``record`` without its ``format_version`` (checked elsewhere, or not needed)."""
+    return {k: v for k, v in record.items() if k != "format_version"}
 
 
 def checked(record, where) -> dict:
@@ -34,4 +39,4 @@ def checked(record, where) -> dict:
         raise WorkdirError(
             f"{where} has {written}; this faml_jax reads format version {FORMAT_VERSION}: make it again with this version"
         )
-    return {k: v for k, v in record.items() if k != "format_version"}
+    return unstamped(record)

@@ -293,12 +293,12 @@ def markdown(report: dict) -> str:
 
 
 def write(out: Path, report: dict) -> None:
+    from faml_jax.writer import write_atomic
+
     for name, text in (
         ("gpu_check.json", json.dumps(report, indent=1, default=str)),
         ("gpu_check.md", markdown(report)),
     ):
-        from faml_jax.writer import write_atomic
-
         write_atomic(out / name, text)
 
 
