@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from faml_jax.evaluate import check_compatible, named_members
 from faml_jax.preprocess import normalize
 from faml_jax.versions import stamped
 from faml_jax.workdir import WorkdirLock, check_replaceable, recognise_listed
-from faml_jax.writer import replace_folder, temporary_folder, write_atomic, write_json
+from faml_jax.writer import folder_written_whole, write_atomic, write_json
 
 FORMATS = ("onnx", "stablehlo")
 OPSET = 17
@@ -488,17 +487,10 @@ def export_runs(
     loaded = [runs.load(p, checkpoint) for p in paths]
     check_compatible(list(zip(names, paths)), [c for c, _, _ in loaded])
     out = Path(out).absolute()
-    check_replaceable(out, "export", recognise_export, overwrite)
     with WorkdirLock(out.parent, f"export folder {out.name} in", name=f".{out.name}.lock"):
         check_replaceable(out, "export", recognise_export, overwrite)
-        tmp = temporary_folder(out.parent, f".{out.name}.", ".tmp")
-        try:
-            description = _write_export(tmp, names, paths, loaded, formats, checkpoint, ensemble_config)
-            replace_folder(tmp, out)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-    return description
+        with folder_written_whole(out) as tmp:
+            return _write_export(tmp, names, paths, loaded, formats, checkpoint, ensemble_config)
 
 
 def _write_export(out: Path, names, paths, loaded, formats, checkpoint: str, ensemble_config: EnsembleConfig) -> dict:

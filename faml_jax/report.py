@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from faml_jax.ensemble import analyse
 from faml_jax.evaluate import evaluate_members
 from faml_jax.versions import stamped
 from faml_jax.workdir import WorkdirLock, check_replaceable, recognise_listed
-from faml_jax.writer import replace_folder, temporary_folder, to_json
+from faml_jax.writer import folder_written_whole, to_json
 
 STRATEGY_NAMES = {
     "t1v": "T1V (majority vote)",
@@ -160,9 +159,7 @@ def recognise_report(folder: Path) -> str | None:
 def write_report(out: Path, report: dict, info: dict, logits: np.ndarray, labels: np.ndarray) -> None:
     """Write the report folder under a temporary name, then rename it to ``out`` (replacing an
     earlier report only once the new one is complete)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_folder(out.parent, f".{out.name}.", ".tmp")
-    try:
+    with folder_written_whole(out) as tmp:
         classes = report["classes"]
         (tmp / "report.json").write_text(to_json(stamped({"kind": REPORT_KIND, **info, **report})) + "\n")
         (tmp / "report.md").write_text(markdown(report, info))
@@ -184,10 +181,6 @@ def write_report(out: Path, report: dict, info: dict, logits: np.ndarray, labels
             )
             confusion_png(tmp / f"confusion_{which}.png", matrix, classes, f"{title}, % of true class")
         np.savez(tmp / "logits.npz", logits=logits, labels=labels)
-        replace_folder(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 # ---------------------------------------------------------------------------------------------

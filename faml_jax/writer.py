@@ -6,6 +6,7 @@ modes the umask allows, as ``open`` would give them (not ``mkstemp``'s 0600)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -49,16 +50,25 @@ def temporary_folder(parent: Path, prefix: str, suffix: str = "") -> Path:
     return folder
 
 
-def replace_folder(complete: Path, out: Path) -> None:
-    """Put the folder ``complete`` (written under a temporary name beside ``out``) in ``out``'s
-    place; an earlier ``out`` is removed only once the new one is there."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
-        os.replace(out, old / out.name)
-    os.replace(complete, out)
-    if old is not None:
-        shutil.rmtree(old)
+@contextlib.contextmanager
+def folder_written_whole(out: Path):
+    """Write the folder ``out`` whole: the block writes into the new temporary folder it is
+    given, beside ``out``; when the block ends without error that folder takes ``out``'s place
+    (an earlier ``out`` is removed only once the new one is there), otherwise it is removed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_folder(out.parent, f".{out.name}.", ".tmp")
+    try:
+        yield tmp
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+            os.replace(out, old / out.name)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 def to_json(value, indent: int | None = 2) -> str:
