@@ -364,6 +364,24 @@ def stop(prog: str, error: KeyboardInterrupt) -> None:
     os._exit(status)
 
 
+def add_generation_argument(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    """``--generation N``: with ``--population``, that generation's survivors instead of the
+    final population (``runs.population_members``); ``check_generation`` refuses it alone."""
+    group.add_argument(
+        "--generation",
+        type=int,
+        metavar="N",
+        help="with --population: generation N's survivors (0: the initial population) instead of the final "
+        "population; also of an unfinished evolution",
+    )
+
+
+def check_generation(args: argparse.Namespace) -> None:
+    """``--generation`` given without ``--population``: a usage error."""
+    if args.generation is not None and not args.population:
+        raise UsageError("--generation needs --population")
+
+
 def add_fga_arguments(parser: argparse.ArgumentParser, population: bool) -> argparse._ArgumentGroup:
     """The flags of ``FGAConfig`` (``--population`` only where ``population``); returns their group."""
     group = parser.add_argument_group("FGA (docs/method.md 3)")

@@ -29,7 +29,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from experiments.cli import OneLineErrorParser, UsageError, run_cli
+from experiments.cli import OneLineErrorParser, UsageError, add_generation_argument, check_generation, run_cli
 from faml_jax import ensemble
 from faml_jax.config import EnsembleConfig
 from faml_jax.evaluate import named_members
@@ -44,12 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--population", metavar="DIR", help="an experiments.evolve workdir: its final population joins the members"
     )
-    source.add_argument(
-        "--generation",
-        type=int,
-        metavar="N",
-        help="with --population: generation N's survivors (0: the initial population) instead of the final population; also of an unfinished evolution",
-    )
+    add_generation_argument(source)
     source.add_argument(
         "--all-networks",
         action="store_true",
@@ -85,11 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     def body(args):
+        check_generation(args)
         members = named_members([Path(p) for p in args.members])
         if args.population:
             members = population_members(Path(args.population), args.all_networks, args.generation) + members
-        elif args.all_networks or args.generation is not None:
-            raise UsageError(f"--{'all-networks' if args.all_networks else 'generation'} needs --population")
+        elif args.all_networks:
+            raise UsageError("--all-networks needs --population")
         if len({name for name, _ in members}) != len(members):
             raise UsageError("two members have the same name: " + ", ".join(name for name, _ in members))
         out = args.out or (str(Path(args.population) / "ensemble") if args.population else "runs/ensemble")

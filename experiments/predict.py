@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import sys
 
-from experiments.cli import OneLineErrorParser, UsageError, run_cli
+from experiments.cli import OneLineErrorParser, UsageError, add_generation_argument, check_generation, run_cli
 from faml_jax import faces, photos, predict
 from faml_jax.config import EnsembleConfig
 
@@ -46,12 +46,7 @@ def build_parser():
         help="an experiments.train run folder (repeat for an ensemble)",
     )
     source.add_argument("--population", metavar="DIR", help="an experiments.evolve workdir: its final population")
-    source.add_argument(
-        "--generation",
-        type=int,
-        metavar="N",
-        help="with --population: generation N's survivors (0: the initial population) instead of the final population; also of an unfinished evolution",
-    )
+    add_generation_argument(source)
     parser.add_argument(
         "--checkpoint",
         choices=["final", "best"],
@@ -100,8 +95,7 @@ def main(argv=None) -> int:
     def body(args):
         if bool(args.run) == bool(args.population):
             raise UsageError("give --run DIR (one or more) or --population DIR")
-        if args.generation is not None and not args.population:
-            raise UsageError("--generation needs --population")
+        check_generation(args)
         kwargs = dict(strategy=args.strategy, ensemble_config=EnsembleConfig(), batch_size=args.batch_size)
         if args.population:
             predictor = predict.Predictor.from_population(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from experiments.cli import OneLineErrorParser, UsageError, run_cli
+from experiments.cli import OneLineErrorParser, UsageError, add_generation_argument, check_generation, run_cli
 from faml_jax import export, runs
 
 
@@ -27,12 +27,7 @@ def build_parser() -> OneLineErrorParser:
     parser.add_argument(
         "--population", metavar="DIR", help="an experiments.evolve workdir: export its final population"
     )
-    parser.add_argument(
-        "--generation",
-        type=int,
-        metavar="N",
-        help="with --population: generation N's survivors (0: the initial population) instead of the final one",
-    )
+    add_generation_argument(parser)
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -47,12 +42,11 @@ def build_parser() -> OneLineErrorParser:
 
 def main(argv=None) -> int:
     def body(args):
+        check_generation(args)
         *run_dirs, out = args.paths
         members = [(Path(p).name, Path(p)) for p in run_dirs]
         if args.population:
             members = runs.population_members(args.population, generation=args.generation) + members
-        elif args.generation is not None:
-            raise UsageError("--generation needs --population")
         if not members:
             raise UsageError("give RUN_DIR ... OUT or --population DIR OUT")
         formats = export.FORMATS if args.format == "both" else (args.format,)
