@@ -3,7 +3,9 @@ line of a shell block in README.md and docs/*.md is parsed by that program's own
 (not run), so a renamed or mistyped flag breaks the suite, not the reader. Links between the
 documents point at files that exist."""
 
+import contextlib
 import importlib
+import io
 import re
 import shlex
 from pathlib import Path
@@ -89,17 +91,15 @@ ALL = [c for path in DOCUMENTS for c in commands(path)]
 def parse(module: str, arguments: list[str]) -> None:
     """Parse ``arguments`` with ``module``'s own parser (``build_parser``): a refused command
     raises AssertionError with the parser's message; ``--help`` is accepted."""
-    program = importlib.import_module(module)
-    parser = program.build_parser()
+    parser = importlib.import_module(module).build_parser()
     parser.allow_abbrev = False  # documents spell flags out: a prefix that works today may not tomorrow
-    messages = []
-    parser.exit = lambda status=0, message=None: (_ for _ in ()).throw(SystemExit(status, message))
-    parser.error = lambda message: messages.append(message) or (_ for _ in ()).throw(SystemExit(2, message))
+    printed = io.StringIO()
     try:
-        parser.parse_args(arguments)
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            parser.parse_args(arguments)
     except SystemExit as stop:
-        if stop.args and stop.args[0] not in (0, None):
-            raise AssertionError(f"{module} refuses {shlex.join(arguments)!r}: {messages or stop.args}") from None
+        if stop.code not in (0, None):
+            raise AssertionError(f"{module} refuses {shlex.join(arguments)!r}: {printed.getvalue().strip()}") from None
 
 
 def test_the_documents_show_commands():

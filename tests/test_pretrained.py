@@ -181,6 +181,15 @@ def test_non_finite_weights_are_refused_by_the_converter_and_by_init(torch_net, 
     assert folder == path.absolute()
 
 
+def tiny_train_args(data_dir, *extra: str) -> list[str]:
+    """experiments.train's flags for one epoch of R18+FAML without attention blocks on 16
+    synthetic images of 32 px, plus ``extra``."""
+    return [
+        *("--train-size", "16", "--test-size", "8", "--input-size", "32", "--batch-size", "8", "--epochs", "1"),
+        *("--data-dir", str(data_dir), "--no-progress", "--no-attention", *extra),
+    ]
+
+
 def test_a_damaged_or_implausible_backbone_is_refused_in_one_line(torch_net, tmp_path, capsys):
     """Two flipped bytes of a converted backbone were read as weights up to 3e37 and trained into
     a non-finite loss: the converter's digest is verified by --init, implausible magnitudes are
@@ -224,24 +233,7 @@ def test_a_damaged_or_implausible_backbone_is_refused_in_one_line(torch_net, tmp
     with pytest.raises(pretrained.ConversionError, match="the backbone .*big holds implausible weights"):
         pretrained.load_backbone(tmp_path / "big")
     # The programs: one line each, and nothing left of the refused run.
-    common = [
-        "--train-size",
-        "16",
-        "--test-size",
-        "8",
-        "--input-size",
-        "32",
-        "--batch-size",
-        "8",
-        "--epochs",
-        "1",
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--no-progress",
-        "--widths",
-        "64,128,256,512",
-        "--no-attention",
-    ]
+    common = tiny_train_args(tmp_path / "data", "--widths", "64,128,256,512")
     for init, message in (
         (damaged, "is damaged"),
         (tmp_path / "big", "implausible weights"),
@@ -275,26 +267,7 @@ def test_convert_then_train_from_the_backbone(torch_net, tmp_path, capsys):
     assert "exists" in capsys.readouterr().err
 
     # FA's stem without the attention blocks (fresh either way): the conversion is what is tested.
-    common = [
-        "--train-size",
-        "16",
-        "--test-size",
-        "8",
-        "--input-size",
-        "32",
-        "--batch-size",
-        "8",
-        "--epochs",
-        "1",
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--threads",
-        "2",
-        "--no-progress",
-        "--init",
-        str(out),
-        "--no-attention",
-    ]
+    common = tiny_train_args(tmp_path / "data", "--threads", "2", "--init", str(out))
     # The synthetic preset's narrow widths do not fit a ResNet18 backbone: one line naming the keys.
     assert train_program.main(common + ["--workdir", str(tmp_path / "narrow")]) == 2
     err = capsys.readouterr().err
