@@ -16,6 +16,13 @@ from faml_jax.config import config_to_json, structural_differences
 from faml_jax.errors import ConfigError, DataError
 
 
+def call_size(batch_size: int, count: int, multiple: int = 1) -> int:
+    """Examples per compiled call for ``count`` examples: ``batch_size``, or ``count`` (at least
+    1) rounded up to ``multiple`` (the device count) when fewer: a short input is never padded up
+    to a large batch."""
+    return min(batch_size, -(-max(count, 1) // multiple) * multiple)
+
+
 def pad_batch(chunk: np.ndarray, size: int) -> tuple[np.ndarray, int]:
     """``chunk`` with zero rows appended up to ``size`` rows (one compiled shape for a short last
     batch), and how many were appended (drop that many results)."""
@@ -49,18 +56,13 @@ class Evaluator:
         """The pmapped step's output (devices, per-device batch, C) -> (size, C) on the host."""
         return np.asarray(out).reshape(size, -1)
 
-    def _call_size(self, count: int) -> int:
-        """The batch of one call: ``batch_size``, or ``count`` rounded up to the device count."""
-        n = len(self.devices)
-        return min(self.batch_size, -(-count // n) * n)
-
     def __call__(self, variables: dict, batches: Iterable[dict]) -> tuple[np.ndarray, np.ndarray]:
         """``variables``: {"params", "batch_stats"} replicated over the devices (``train.replicate``).
         Returns ``(logits float32 (n, C), labels int32 (n,))`` in the order of ``batches``."""
         logits, labels, size = [], [], None
         for batch in batches:
             images, count = batch["image"], len(batch["label"])
-            size = size or self._call_size(max(count, 1))
+            size = size or call_size(self.batch_size, count, len(self.devices))
             for start in range(0, count, size):
                 chunk = images[start : start + size]
                 chunk, pad = pad_batch(chunk, size)

@@ -526,8 +526,8 @@ def _write_export(out: Path, names, paths, loaded, formats, checkpoint: str, ens
             function = ensemble_function(config, [v for _, v, _ in loaded], ensemble_config)
             what = "images -> (probabilities (members, batch, classes), T2V decision (batch,))"
         module, weights = to_stablehlo(function, size)
-        write_atomic(out / "model.weights.npz", arrays=weights)  # the weights first: a module never
-        write_atomic(out / "model.stablehlo", payload=module)  # stands beside another module's weights
+        write_atomic(out / "model.weights.npz", arrays=weights)
+        write_atomic(out / "model.stablehlo", payload=module)
         description["files"]["model.stablehlo"] = (
             what + "; a jax.export function of (weights, images): load both with faml_jax.export.load_stablehlo"
         )

@@ -142,7 +142,7 @@ def predict_photos(
         try:
             # A face file is needed at the input size (a large JPEG is decoded at reduced scale); a
             # photo is searched at reduced scale if large, its faces cut at full resolution.
-            photo, _ = read_photo_scaled(path, predictor.input_size if faces == "aligned" else None)
+            photo = read_photo(path, predictor.input_size if faces == "aligned" else None)
         except DataError as error:
             failures.append((str(path), str(error)))
             continue

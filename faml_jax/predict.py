@@ -28,7 +28,7 @@ from faml_jax import data, ensemble, fga, models, runs
 from faml_jax.config import EnsembleConfig, RunConfig
 from faml_jax.data.pipeline import resize
 from faml_jax.errors import ConfigError, DataError
-from faml_jax.evaluate import check_compatible, named_members, pad_batch
+from faml_jax.evaluate import call_size, check_compatible, named_members, pad_batch
 
 STRATEGIES = ensemble.STRATEGIES
 # One compiled call per shape of logits (eagerly, softmax is several small compiled calls).
@@ -75,8 +75,8 @@ class Predictor:
       names: a name per member (its run folder's name).
       strategy: how an ensemble decides (docs/method.md 4): "t2v" (default), "t1v" or "noi".
       ensemble_config: T2V's weights (``EnsembleConfig``: alpha 1.9, beta 1.0).
-      batch_size: at most this many faces per compiled call (the last batch is padded to it;
-        fewer faces in all are one call of their own number).
+      batch_size: at most this many faces per compiled call (``evaluate.call_size``: the last
+        batch is padded to it; fewer faces in all are one call of their own number).
     """
 
     def __init__(
@@ -181,16 +181,11 @@ class Predictor:
         size = self.input_size
         return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
 
-    def call_size(self, count: int) -> int:
-        """Faces per compiled call for ``count`` faces: ``batch_size``, or ``count`` when fewer (a
-        short input is never padded up to a large batch)."""
-        return max(1, min(self.batch_size, count))
-
     def logits(self, faces) -> np.ndarray:
         """(M, N, C) float32 logits of every member for ``faces`` (see ``preprocess``), in
         compiled calls of ``call_size`` faces (the last one padded)."""
         images = self.preprocess(faces)
-        n, b = len(images), self.call_size(len(images))
+        n, b = len(images), call_size(self.batch_size, len(images))
         chunks = []
         for start in range(0, n, b):
             chunk = images[start : start + b]
@@ -257,7 +252,7 @@ class Predictor:
         key = kind
         if key not in self._explainers:
             self._explainers[key] = maps.make_explainer(self.model, kind)
-        explainer, b = self._explainers[key], self.call_size(len(images))
+        explainer, b = self._explainers[key], call_size(self.batch_size, len(images))
         member_maps = []
         for start in range(0, len(images), b):
             chunk, decided = images[start : start + b], prediction.decision[start : start + b]
