@@ -28,7 +28,6 @@ import dataclasses
 import functools
 import os
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -38,143 +37,23 @@ import numpy as np
 from faml_jax import fga, models, pretrained, signals, train
 from faml_jax.config import FGAConfig, RunConfig, config_to_json, structural_differences
 from faml_jax.errors import ConfigError, WorkdirError
+from faml_jax.loop import MemberParallel, stop_signal, train_member, train_side_by_side
+from faml_jax.member import Member
 from faml_jax.metrics import classification_metrics
-from faml_jax.runs import last_epoch, member_workdir, read_json, read_lineage, read_run_config, restore_variables
+from faml_jax.runs import member_workdir, read_json, read_lineage, read_run_config, restore_variables
 from faml_jax.trainer import (
-    FETCH_EVERY,
-    EpochProgress,
-    Member,
     Setup,
     adopt_recorded,
-    compiled,
     disk_full_named,
     has_run,
     normalised_run_config,
     out_of_memory_named,
     prepare_workdir,
     recorded_config,
-    reference_loss,
-    stop_signal,
-    train_member,
 )
 from faml_jax.versions import stamped, unstamped
 from faml_jax.workdir import WorkdirLock, new_folders, prepare_directory, undone_if_it_fails
 from faml_jax.writer import write_json
-
-# ---------------------------------------------------------------------------------------------
-# Networks side by side (one per device), as the paper trained its population on several GPUs
-
-
-class MemberParallel:
-    """One member per device (``train.member_parallel_train_step``); a group smaller than the
-    device count is padded with inactive copies."""
-
-    def __init__(self, setup: Setup):
-        if jax.process_count() > 1:
-            raise ConfigError("--member-parallel trains in one process; several processes train data-parallel")
-        self.devices = setup.devices
-        self.width = len(self.devices)
-        self.step = compiled(
-            setup.step_key("member-parallel", self.devices),
-            lambda: train.member_parallel_train_step(
-                setup.model,
-                setup.tx,
-                setup.config.loss,
-                setup.class_weights,
-                devices=self.devices,
-                augment=setup.config.augment,
-            ),
-        )
-
-    def load(self, states):
-        padded = list(states) + [states[0]] * (self.width - len(states))
-        self.state = train.to_devices(fga.stack(jax.device_get(padded)), self.devices)
-
-    def place(self, batches):
-        """The step's input on the devices: one member's batch per device (zeros for a pad)."""
-        n = self.width
-        template = next(b for b in batches if b is not None)
-        full = [b if b is not None else jax.tree_util.tree_map(np.zeros_like, template) for b in batches]
-        full += [jax.tree_util.tree_map(np.zeros_like, template)] * (n - len(full))
-        return train.to_devices(jax.tree_util.tree_map(lambda *xs: np.stack(xs), *full), self.devices)
-
-    def __call__(self, stacked, learning_rates, active):
-        n = self.width
-        lrs = np.asarray(list(learning_rates) + [0.0] * (n - len(learning_rates)), np.float32)
-        mask = np.asarray(list(active) + [False] * (n - len(active)))
-        self.state, metrics = self.step(self.state, stacked, lrs, mask)
-        return metrics
-
-    def member_metrics(self, metrics, i: int) -> dict:
-        return {k: float(v[i]) for k, v in metrics.items()}
-
-    def host_states(self, count: int) -> list:
-        """The first ``count`` members' states on the host (one transfer for all)."""
-        stacked = jax.device_get(self.state)
-        return [jax.tree_util.tree_map(lambda x: x[i], stacked) for i in range(count)]
-
-    def eval_variables(self, i: int, host_state):
-        return train.replicate({"params": host_state.params, "batch_stats": host_state.batch_stats}, self.devices)
-
-
-def train_side_by_side(
-    setup: Setup,
-    placement: MemberParallel,
-    members: list[Member],
-    *,
-    progress: bool = True,
-    on_done: Callable[[Member], None] | None = None,
-) -> None:
-    """Train ``members`` until each is ``done``, in groups of one member per device, each member
-    with its own batches, loss draws and flips (``MemberParallel``). ``on_done(member)`` is
-    called as soon as a member finishes (e.g. to record it)."""
-    steps = setup.steps_per_epoch()
-    batch_size = setup.config.batch_size
-    pending_members = [m for m in members if not m.done]
-    within = [m.name for m in pending_members if m.run.step_in_epoch]
-    if within:
-        raise ConfigError(
-            f"{', '.join(within)} stopped within an epoch: continue without side_by_side (--member-parallel) first"
-        )
-    for start in range(0, len(pending_members), placement.width):
-        group = pending_members[start : start + placement.width]
-        placement.load([m.state for m in group])
-        while any(not m.done for m in group):
-            active = [not m.done for m in group]
-            iterators = [iter(m.loader.iterate(m.epoch)) if a else None for m, a in zip(group, active)]
-            first = active.index(True)
-            desc = ", ".join(f"{m.prefix}epoch {m.epoch + 1}/{m.config.epochs}" for m, a in zip(group, active) if a)
-            # Every member's sums; the bar shows the first active member's (and all members' images/s).
-            epochs = [
-                EpochProgress(desc, steps, batch_size * sum(active), progress and j == first, member=m)
-                for j, m in enumerate(group)
-            ]
-            pending, lrs = [], [0.0] * len(group)
-            host_batches = ([next(it) if it is not None else None for it in iterators] for _ in range(steps))
-            # Batches go to the devices ahead of their step (transfers overlap the running step).
-            for i, placed in enumerate(train.prefetch_to_device(host_batches, placement.place)):
-                lrs = [m.learning_rate(i, steps) if a else 0.0 for m, a in zip(group, active)]
-                pending.append(placement(placed, lrs, active))
-                if len(pending) == FETCH_EVERY or i == steps - 1:  # fetch in groups: fewer host syncs
-                    for k, metrics in enumerate(jax.device_get(pending)):
-                        for j, a in enumerate(active):
-                            if a:
-                                epochs[j].add(
-                                    placement.member_metrics(metrics, j),
-                                    f"epoch {group[j].epoch + 1}, step {i + 2 - len(pending) + k}/{steps}",
-                                )
-                    epochs[first].show(i + 1, len(pending), lrs[first])
-                    pending = []
-            elapsed = [epoch.close() for epoch in epochs][first]
-            states = placement.host_states(len(group))
-            for j, (member, a) in enumerate(zip(group, active)):
-                if a:
-                    member.end_epoch(
-                        states[j], placement.eval_variables(j, states[j]), epochs[j].sums, steps, lrs[j], elapsed
-                    )
-                    if member.done and on_done is not None:
-                        on_done(member)
-
 
 # ---------------------------------------------------------------------------------------------
 # The evolution
@@ -219,6 +98,73 @@ def check_given_member(workdir: Path, config: RunConfig) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# A network's record in the lineage (population.json's "members")
+
+
+@dataclasses.dataclass
+class MemberRecord:
+    """One network of an evolution as population.json records it: where it comes from, where it
+    is, and (``status`` "trained") its final training loss and accuracies (``trained``); a child
+    also its parents, their selection probabilities and its accuracy as fused."""
+
+    generation: int
+    origin: str  # "initial", "given", "child" or "new"
+    workdir: str  # relative: inside the evolution's workdir
+    seed: int | None  # None: a given network
+    status: str = "planned"
+    parents: list[str] | None = None
+    parent_probs: list[float] | None = None
+    epochs: int | None = None
+    train_loss: float | None = None  # the sampled ML loss of the last epoch
+    train_ce: float | None = None  # the reference loss: the fitness (docs/method.md 2.4 [choice])
+    train_accuracy: float | None = None
+    test_accuracy: float | None = None
+    well_trained: bool | None = None
+    switch_epoch: int | None = None
+    initial_test_accuracy: float | None = None  # the starting weights' (a child's: as trained from)
+    fused_test_accuracy: float | None = None
+    fused_recomputed_bn_test_accuracy: float | None = None
+    recompute_bn_batches: int | None = None
+    parent_test_accuracies: list[float] | None = None
+
+    ALWAYS = ("generation", "origin", "workdir", "seed", "status")
+    WHEN_TRAINED = (
+        "epochs",
+        "train_loss",
+        "train_ce",
+        "train_accuracy",
+        "test_accuracy",
+        "well_trained",
+        "switch_epoch",
+    )
+
+    def trained(self, summary: dict) -> None:
+        """Record a finished network from its summary (``Member.summary``, summary.json)."""
+        self.status = "trained"
+        self.epochs = summary["epochs"]
+        self.train_loss = summary["final_train_loss"]
+        self.train_ce = summary["final_train_ce"]
+        self.train_accuracy = summary["final_train_accuracy"]
+        self.test_accuracy = summary["final_test_accuracy"]
+        self.well_trained = summary["well_trained"]
+        self.switch_epoch = summary["switch_epoch"]
+        self.initial_test_accuracy = summary.get("initial_test_accuracy")
+
+    def to_json(self) -> dict:
+        """Its population.json entry: unset fields left out (a trained network's results always
+        written)."""
+        keep = self.ALWAYS + (self.WHEN_TRAINED if self.status == "trained" else ())
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None or k in keep}
+
+    @classmethod
+    def from_json(cls, name: str, entry: dict, where: str) -> MemberRecord:
+        unknown = sorted(set(entry) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise WorkdirError(f"{where}: network {name} has fields this version does not know: {', '.join(unknown)}")
+        return cls(**entry)
+
+
+# ---------------------------------------------------------------------------------------------
 # The evolution
 
 
@@ -243,13 +189,11 @@ class Evolution:
         self.lineage = (
             read_lineage(workdir)
             if path.exists()
-            else {
-                "dataset": config.data.dataset,
-                "model": config.model_name,
-                "members": {},
-                "generations": [],
-            }
+            else {"dataset": config.data.dataset, "model": config.model_name, "members": {}, "generations": []}
         )
+        self.lineage["members"] = {
+            name: MemberRecord.from_json(name, entry, str(path)) for name, entry in self.lineage["members"].items()
+        }
         self.start = models.init(self.setup.model, jax.random.fold_in(jax.random.key(config.seed), START_TAG))
         if self.setup.backbone is not None:  # the paper's common pre-trained start
             self.start = pretrained.init_from_backbone(jax.device_get(self.start), self.setup.backbone)
@@ -264,19 +208,19 @@ class Evolution:
     # -- bookkeeping ---------------------------------------------------------------------------
 
     def save(self) -> None:
-        write_json(self.workdir / "population.json", stamped(self.lineage))
+        members = {name: record.to_json() for name, record in self.lineage["members"].items()}
+        write_json(self.workdir / "population.json", stamped({**self.lineage, "members": members}))
 
-    def record(self, name: str) -> dict:
+    def record(self, name: str) -> MemberRecord:
         return self.lineage["members"][name]
 
     def member_dir(self, name: str) -> Path:
-        return member_workdir(self.workdir, self.record(name))
+        return member_workdir(self.workdir, self.record(name).workdir)
 
     def loss(self, name: str) -> float:
         """A network's fitness: its final reference loss (plain CE of the training batches,
-        docs/method.md 2.4 [choice]), not the sampled ML loss; records made before it was logged give
-        their sampled loss."""
-        return reference_loss(self.record(name))
+        docs/method.md 2.4 [choice]), not the sampled ML loss."""
+        return self.record(name).train_ce
 
     def test_accuracy(self, variables: dict) -> float:
         logits, labels = self.setup.test_logits(train.replicate(variables, self.setup.devices))
@@ -289,34 +233,15 @@ class Evolution:
             names = []
             for i, path in enumerate(self.given):
                 name = f"given{i}"
-                last = last_epoch(path)
-                summary = read_json(path / "summary.json", "the summary of a given network")
-                self.lineage["members"][name] = {
-                    "generation": 0,
-                    "origin": "given",
-                    "workdir": str(path.resolve()),
-                    "seed": None,
-                    "status": "trained",
-                    "epochs": last["epoch"],
-                    "train_loss": last["train_loss"],
-                    "train_ce": reference_loss(last),
-                    "train_accuracy": last["train_accuracy"],
-                    "test_accuracy": last["test_accuracy"],
-                    "well_trained": summary.get("well_trained"),
-                }
+                record = MemberRecord(generation=0, origin="given", workdir=str(path.resolve()), seed=None)
+                record.trained(read_json(path / "summary.json", "the summary of a given network"))
+                self.lineage["members"][name] = record
                 names.append(name)
             return names
         names = [f"g0-m{i}" for i in range(self.fga.population)]
         for i, name in enumerate(names):
             self.lineage["members"].setdefault(
-                name,
-                {
-                    "generation": 0,
-                    "origin": "initial",
-                    "workdir": f"members/{name}",
-                    "seed": member_seed(self.config.seed, i),
-                    "status": "planned",
-                },
+                name, MemberRecord(0, "initial", f"members/{name}", member_seed(self.config.seed, i))
             )
         self.save()
         self.train(names)
@@ -333,25 +258,23 @@ class Evolution:
         for c in range(self.fga.children):
             parents = np.asarray(fga.select_parents(jax.random.fold_in(key, c), losses, self.fga.parents))
             name = f"g{generation}-c{c}"
-            self.lineage["members"][name] = {
-                "generation": generation,
-                "origin": "child",
-                "workdir": f"members/{name}",
-                "seed": member_seed(self.config.seed, first_serial + c),
-                "status": "planned",
-                "parents": [population[p] for p in parents],
-                "parent_probs": [float(probs[p]) for p in parents],
-            }
+            self.lineage["members"][name] = MemberRecord(
+                generation,
+                "child",
+                f"members/{name}",
+                member_seed(self.config.seed, first_serial + c),
+                parents=[population[p] for p in parents],
+                parent_probs=[float(probs[p]) for p in parents],
+            )
             children.append(name)
         for i in range(self.fga.new_members):
             name = f"g{generation}-n{i}"
-            self.lineage["members"][name] = {
-                "generation": generation,
-                "origin": "new",
-                "workdir": f"members/{name}",
-                "seed": member_seed(self.config.seed, first_serial + self.fga.children + i),
-                "status": "planned",
-            }
+            self.lineage["members"][name] = MemberRecord(
+                generation,
+                "new",
+                f"members/{name}",
+                member_seed(self.config.seed, first_serial + self.fga.children + i),
+            )
             new.append(name)
         entry = {
             "generation": generation,
@@ -369,20 +292,20 @@ class Evolution:
         """Fuse a child from its parents' final weights (Eq. 9); report its test accuracy as fused
         and with recomputed BatchNorm statistics; return the variables it starts from."""
         record = self.record(name)
-        parents = [restore_variables(self.member_dir(p), self.config) for p in record["parents"]]
+        parents = [restore_variables(self.member_dir(p), self.config) for p in record.parents]
         child = self._fuse(fga.stack(parents), jnp.arange(len(parents)))
         batches = self.fga.recompute_bn or DIAGNOSTIC_BN_BATCHES
         # The same batches in every process, so that all processes start the child alike.
-        iterator = iter(self.setup.loader(record["seed"], whole_batches=True).iterate(0))
+        iterator = iter(self.setup.loader(record.seed, whole_batches=True).iterate(0))
         images = np.stack([next(iterator)["image"] for _ in range(min(batches, self.setup.steps_per_epoch()))])
         recomputed = self._recompute(child, images)
-        record["fused_test_accuracy"] = self.test_accuracy(child)
-        record["fused_recomputed_bn_test_accuracy"] = self.test_accuracy(recomputed)
-        record["recompute_bn_batches"] = len(images)
-        record["parent_test_accuracies"] = [self.record(p)["test_accuracy"] for p in record["parents"]]
+        record.fused_test_accuracy = self.test_accuracy(child)
+        record.fused_recomputed_bn_test_accuracy = self.test_accuracy(recomputed)
+        record.recompute_bn_batches = len(images)
+        record.parent_test_accuracies = [self.record(p).test_accuracy for p in record.parents]
         self.log(
-            f"{name}: fused from {', '.join(record['parents'])}: test acc {record['fused_test_accuracy']:.4f} "
-            f"(BatchNorm recomputed on {len(images)} batches: {record['fused_recomputed_bn_test_accuracy']:.4f})"
+            f"{name}: fused from {', '.join(record.parents)}: test acc {record.fused_test_accuracy:.4f} "
+            f"(BatchNorm recomputed on {len(images)} batches: {record.fused_recomputed_bn_test_accuracy:.4f})"
         )
         self.save()
         return jax.device_get(recomputed if self.fga.recompute_bn else child)
@@ -401,28 +324,24 @@ class Evolution:
         try:
             for name in names:
                 record = self.record(name)
-                if record["status"] == "trained":
+                if record.status == "trained":
                     continue
                 workdir = self.member_dir(name)
-                config = dataclasses.replace(self.config, seed=record["seed"])
+                config = dataclasses.replace(self.config, seed=record.seed)
                 prepare_workdir(workdir, config, resume=True, overwrite=False)
                 member = Member(
                     self.setup,
                     config,
                     workdir,
                     until_trained=self.fga.until_trained,
-                    start_lr=self.fga.child_lr if record["origin"] == "child" else "lr1",
+                    start_lr=self.fga.child_lr if record.origin == "child" else "lr1",
                     name=name,
                     log=self.log,
                 )
                 members.append(member)
                 init = None
                 if not member.resumed:
-                    init = (
-                        self.child_variables(name)
-                        if record["origin"] == "child"
-                        else self.start_variables(record["seed"])
-                    )
+                    init = self.child_variables(name) if record.origin == "child" else self.start_variables(record.seed)
                 member.begin(init)
             pending = [m for m in members if not m.done]
             if self.member_parallel:
@@ -440,7 +359,7 @@ class Evolution:
                                 f"{member.name} (trained and recorded); continue with --resume",
                             )
             for member in members:  # those already done when this call began
-                if self.record(member.name)["status"] != "trained":
+                if self.record(member.name).status != "trained":
                     self.finish(member)
         finally:
             for member in members:
@@ -448,24 +367,7 @@ class Evolution:
 
     def finish(self, member: Member) -> None:
         """Record a trained network in the lineage (saved at once: resumable per network)."""
-        summary = member.summary()
-        self.record(member.name).update(
-            {
-                "status": "trained",
-                "epochs": summary["epochs"],
-                "train_loss": summary["final_train_loss"],
-                "train_ce": summary["final_train_ce"],
-                "train_accuracy": summary["final_train_accuracy"],
-                "test_accuracy": summary["final_test_accuracy"],
-                "well_trained": summary["well_trained"],
-                "switch_epoch": summary["switch_epoch"],
-                **(
-                    {"initial_test_accuracy": summary["initial_test_accuracy"]}
-                    if "initial_test_accuracy" in summary
-                    else {}
-                ),
-            }
-        )
+        self.record(member.name).trained(member.summary())
         self.save()
 
     def generation(self, generation: int, population: list[str]) -> list[str]:
@@ -477,20 +379,20 @@ class Evolution:
         return self.close_generation({**plan, "candidates": candidates, "candidate_losses": losses}, kept)
 
     def close_generation(self, entry: dict, survivors: list[str]) -> list[str]:
-        best = max(survivors, key=lambda n: self.record(n)["test_accuracy"])
+        best = max(survivors, key=lambda n: self.record(n).test_accuracy)
         self.lineage["generations"].append(
             {
                 **entry,
                 "survivors": survivors,
-                "best": {"name": best, "test_accuracy": self.record(best)["test_accuracy"]},
-                "mean_test_accuracy": float(np.mean([self.record(n)["test_accuracy"] for n in survivors])),
+                "best": {"name": best, "test_accuracy": self.record(best).test_accuracy},
+                "mean_test_accuracy": float(np.mean([self.record(n).test_accuracy for n in survivors])),
             }
         )
         self.save()
         g = entry["generation"]
         self.log(
             f"generation {g}: survivors {', '.join(survivors)}; best {best} "
-            f"(test acc {self.record(best)['test_accuracy']:.4f})"
+            f"(test acc {self.record(best).test_accuracy:.4f})"
         )
         return survivors
 
@@ -508,18 +410,18 @@ class Evolution:
         """Log a table of every network, and the best network before and after evolution."""
         rows = [("name", "origin", "parents", "epochs", "well trained", "train CE", "fused acc", "test acc")]
         for name, r in self.lineage["members"].items():
-            if r.get("status") != "trained":
+            if r.status != "trained":
                 continue
             rows.append(
                 (
                     name,
-                    r["origin"],
-                    "+".join(r.get("parents", [])) or "-",
-                    str(r["epochs"]),
-                    {True: "yes", False: "no", None: "?"}[r.get("well_trained")],
-                    f"{self.loss(name):.4f}",
-                    f"{r['fused_test_accuracy']:.4f}" if "fused_test_accuracy" in r else "-",
-                    f"{r['test_accuracy']:.4f}",
+                    r.origin,
+                    "+".join(r.parents or []) or "-",
+                    str(r.epochs),
+                    {True: "yes", False: "no", None: "?"}[r.well_trained],
+                    f"{r.train_ce:.4f}",
+                    f"{r.fused_test_accuracy:.4f}" if r.fused_test_accuracy is not None else "-",
+                    f"{r.test_accuracy:.4f}",
                 )
             )
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -211,9 +211,9 @@ def load(workdir: str | Path, checkpoint: str = "final") -> tuple[RunConfig, dic
 # An evolution's networks (``faml_jax.evolution`` writes population.json)
 
 
-def member_workdir(evolve_dir: Path, record: dict) -> Path:
-    """A network's workdir from its lineage record (relative paths are inside the evolution's)."""
-    path = Path(record["workdir"])
+def member_workdir(evolve_dir: Path, workdir: str) -> Path:
+    """A network's workdir as its lineage record names it (relative: inside the evolution's)."""
+    path = Path(workdir)
     return path if path.is_absolute() else evolve_dir / path
 
 
@@ -236,7 +236,7 @@ def population_members(
         if generation is not None:
             raise ConfigError("choose all networks or one generation, not both")
         names = [n for n, r in lineage["members"].items() if r.get("status") == "trained"]
-        return [(name, member_workdir(evolve_dir, lineage["members"][name])) for name in names]
+        return [(name, member_workdir(evolve_dir, lineage["members"][name]["workdir"])) for name in names]
     if generation is not None:
         if not 0 <= generation < len(generations):
             raise WorkdirError(
@@ -252,7 +252,7 @@ def population_members(
                 "resume it (experiments.evolve --resume), or pass --generation N to use an earlier one"
             )
         names = generations[-1]["survivors"]
-    return [(name, member_workdir(evolve_dir, lineage["members"][name])) for name in names]
+    return [(name, member_workdir(evolve_dir, lineage["members"][name]["workdir"])) for name in names]
 
 
 def read_lineage(evolve_dir: str | os.PathLike) -> dict:

@@ -16,8 +16,8 @@ from faml_jax.config import FGAConfig
 from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.evolution import Evolution
 from faml_jax.evolution import evolve as run_evolution
+from faml_jax.member import Member
 from faml_jax.preprocess import normalize
-from faml_jax.trainer import Member
 
 # Two networks, one child (both as parents) and one new network per generation. With the tiny
 # run's detector (window 2, huge ranges) a fresh network switches to Lr2 after 2 epochs and is

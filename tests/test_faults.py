@@ -26,7 +26,7 @@ from experiments import ensemble as ensemble_program
 from experiments import evolve as evolve_program
 from experiments import prepare as prepare_program
 from experiments import train as train_program
-from faml_jax import runs, trainer
+from faml_jax import loop, runs, trainer
 from faml_jax.checkpoint import CheckpointDamaged, CheckpointMismatch, Checkpoints
 from faml_jax.config import FGAConfig, config_to_json
 from faml_jax.data import fixtures
@@ -50,7 +50,7 @@ FAULTY = textwrap.dedent("""
     import os, signal, threading
     from helpers import tiny_config
     from experiments.cli import OneLineErrorParser, run_cli
-    from faml_jax import trainer
+    from faml_jax import loop, member, trainer
     from faml_jax.config import FGAConfig
 
     parser = OneLineErrorParser.for_program("faulty", "")
@@ -70,13 +70,13 @@ FAULTY = textwrap.dedent("""
 
     if args.at_step:
         calls = [0]
-        original = trainer.DataParallel.__call__
-        def counted(self, placed, learning_rate):
+        original = loop.DataParallel.__call__
+        def counted(self, placed, learning_rates, active):
             calls[0] += 1
             if calls[0] == args.at_step:
                 send()
-            return original(self, placed, learning_rate)
-        trainer.DataParallel.__call__ = counted
+            return original(self, placed, learning_rates, active)
+        loop.DataParallel.__call__ = counted
     if args.in_save:
         from orbax.checkpoint._src.path import atomicity
         for cls in (atomicity.AtomicRenameTemporaryPath, atomicity.CommitFileTemporaryPath):
@@ -284,9 +284,9 @@ def test_a_second_signal_stops_at_once_keeping_the_last_checkpoint(reference):
     # The second signal comes while the first one's checkpoint is about to be written.
     script = patched(
         FAULTY,
-        "original_save = trainer.Member.save_within_epoch\n"
+        "original_save = member.Member.save_within_epoch\n"
         "def save_within_epoch(*a, **k):\n    send()\n    return original_save(*a, **k)\n"
-        "trainer.Member.save_within_epoch = save_within_epoch\n",
+        "member.Member.save_within_epoch = save_within_epoch\n",
     )
     env = program_env()
     result = subprocess.run(
@@ -430,8 +430,8 @@ def test_a_workdir_in_use_refuses_a_second_run_and_an_overwrite(reference, capsy
     env = program_env()
     slow = patched(
         FAULTY,
-        "import time\ntrainer.Member.end_epoch = (lambda f: lambda *a, **k: "
-        "(time.sleep(1.0), f(*a, **k))[1])(trainer.Member.end_epoch)\n",
+        "import time\nmember.Member.end_epoch = (lambda f: lambda *a, **k: "
+        "(time.sleep(1.0), f(*a, **k))[1])(member.Member.end_epoch)\n",
     )
     first = subprocess.Popen(
         [sys.executable, "-c", slow, "train", str(data_dir), str(workdir)],
@@ -477,13 +477,13 @@ def test_non_finite_weights_stop_the_run_at_the_step_keeping_the_finite_checkpoi
     step's loss is NaN, and the run stops there, with checkpoint 1 and nothing non-finite."""
     root, _, config = reference
     calls = [0]
-    original = trainer.DataParallel.__call__
+    original = loop.DataParallel.__call__
 
-    def poisoned(self, placed, learning_rate):
+    def poisoned(self, placed, learning_rates, active):
         calls[0] += 1
-        return original(self, placed, float("nan") if calls[0] == 8 else learning_rate)
+        return original(self, placed, [float("nan")] if calls[0] == 8 else learning_rates, active)
 
-    monkeypatch.setattr(trainer.DataParallel, "__call__", poisoned)
+    monkeypatch.setattr(loop.DataParallel, "__call__", poisoned)
     workdir = tmp_path / "poisoned"
     with pytest.raises(
         NonFiniteError,
@@ -495,7 +495,7 @@ def test_non_finite_weights_stop_the_run_at_the_step_keeping_the_finite_checkpoi
     assert runs.checkpoint_epochs(workdir) == [1] and not (workdir / "summary.json").exists()
     assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 1
     assert_strict_json(workdir)
-    monkeypatch.setattr(trainer.DataParallel, "__call__", original)
+    monkeypatch.setattr(loop.DataParallel, "__call__", original)
     trainer.fit(config, workdir, resume=True, **quiet)  # continues from the finite checkpoint
     assert_same_run(workdir, root / "full", config)
 
@@ -601,10 +601,10 @@ def test_out_of_memory_is_one_line_and_leaves_nothing(reference, capsys, tmp_pat
     line naming the batch sizes, the devices and the allocation; the new run's folder is gone."""
     root, data_dir, _ = reference
 
-    def exhausted(self, placed, learning_rate):
+    def exhausted(self, placed, learning_rates, active):
         raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 9585684864 bytes.")
 
-    monkeypatch.setattr(trainer.DataParallel, "__call__", exhausted)
+    monkeypatch.setattr(loop.DataParallel, "__call__", exhausted)
     workdir = tmp_path / "runs" / "big"
     args = [
         "--workdir",
@@ -636,7 +636,7 @@ def test_out_of_memory_is_one_line_and_leaves_nothing(reference, capsys, tmp_pat
     assert not (tmp_path / "runs").exists()
     # A GPU's allocator words it otherwise (the library call: the same error, nothing left).
     monkeypatch.setattr(
-        trainer.DataParallel,
+        loop.DataParallel,
         "__call__",
         lambda *a: (_ for _ in ()).throw(
             RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 12.50GiB.")

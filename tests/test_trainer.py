@@ -225,6 +225,7 @@ def test_the_detector_reads_the_reference_loss_through_the_loop(tmp_path, monkey
     epochs (LSR/CE draws) and never looks stable; the reference loss train_ce settles from epoch
     index 4 on. With K = 3 the detector fires at the end of epoch index 6 (epochs 4-6), so Lr2
     starts at epoch 7: exactly when the reference settles, never on the sampled loss."""
+    import faml_jax.compiled as compiled_module
     import faml_jax.trainer as runner
     from faml_jax import schedules
 
@@ -250,7 +251,7 @@ def test_the_detector_reads_the_reference_loss_through_the_loop(tmp_path, monkey
         return step
 
     monkeypatch.setattr(runner.train, "parallel_train_step", scripted_step)
-    monkeypatch.setattr(runner, "_COMPILED", {})  # the memo of compiled steps must not hand back the real one
+    monkeypatch.setattr(compiled_module, "_COMPILED", {})  # the memo of compiled steps must not hand back the real one
     config = dataclasses.replace(
         tiny_config(tmp_path / "data", epochs=len(ce_by_epoch)),
         schedule=config_module.ScheduleConfig(lr1=1e-3, lr2=1e-5, window=3),
