@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
 from pathlib import Path
@@ -59,6 +60,8 @@ from faml_jax.config import FGAConfig, LossConfig, RunConfig, config_differences
 from faml_jax.runs import process_workdir
 from faml_jax.trainer import adopt_recorded, complete_run_config, recorded_config
 from faml_jax.writer import write_atomic, write_json
+
+logger = logging.getLogger("experiments.ablation")
 
 VARIANTS = {  # row name: model preset
     "R18": "r18",
@@ -166,7 +169,6 @@ def run(
     resume: bool = False,
     member_parallel: bool = False,
     progress: bool = True,
-    log=print,
     keep_recorded: tuple[str, ...] = (),
 ) -> dict:
     """Train and combine everything Table 2 needs in ``workdir``; returns the table (also in
@@ -191,13 +193,12 @@ def run(
             if summary is not None:
                 check_finished_run(run_dir, dataclasses.replace(config, seed=seed), keep_recorded)
             if summary is None or summary["epochs"] < config.epochs:
-                log(f"== {row}, seed {seed} ({run_dir})")
+                logger.info(f"== {row}, seed {seed} ({run_dir})")
                 summary = trainer.fit(
                     dataclasses.replace(config, seed=seed),
                     run_dir,
                     resume=True,
                     progress=progress,
-                    log=log,
                     keep_recorded=keep_recorded,
                 )
             names.append(f"seed{seed}")
@@ -205,7 +206,7 @@ def run(
             if row == "R18+FAML":
                 faml_dirs.append(run_dir)
         table[row] = single_row(names, accuracies, f"mean ± sd of {networks} networks (seeds {seeds[0]}..{seeds[-1]})")
-    log("== R18+FAML-FGA")
+    logger.info("== R18+FAML-FGA")
     fga_dir = workdir / "fga"
     result = evolution.evolve(
         base,
@@ -215,7 +216,6 @@ def run(
         resume=True,
         side_by_side=member_parallel,
         progress=progress,
-        log=log,
         keep_recorded=keep_recorded,
     )
     lineage = runs.read_lineage(fga_dir)
@@ -230,10 +230,10 @@ def run(
         ("R18+FAML-T2V", [(f"seed{s}", d) for s, d in zip(seeds, faml_dirs)], "faml-t2v"),
         ("R18+FAML-FGA-T2V", runs.population_members(fga_dir), "faml-fga-t2v"),
     ]:
-        log(f"== {row}")
+        logger.info(f"== {row}")
         out = workdir / "reports" / folder
         result_ = report.ensemble_report(
-            members, out, overwrite=True, progress=progress, log=log, command=f"experiments.ablation ({row})"
+            members, out, overwrite=True, progress=progress, command=f"experiments.ablation ({row})"
         )
         reports[row] = result_
         table[row] = {
@@ -256,7 +256,7 @@ def run(
     }
     write_json(workdir / "table2.json", result)
     write_atomic(workdir / "table2.md", markdown(result))
-    log(markdown(result))
+    logger.info(markdown(result))
     return result
 
 

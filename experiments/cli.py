@@ -14,7 +14,7 @@ from pathlib import Path
 
 import jax
 
-from faml_jax import data, models, signals
+from faml_jax import data, logs, models, signals
 from faml_jax.config import AUGMENT_PRESETS, RUN_PRESETS, AugmentConfig, FGAConfig, RunConfig, preset
 from faml_jax.errors import FULL_DISK_TEXTS, FamlError, disk_full_phrase, is_disk_full, written_path
 from faml_jax.launch import start_processes
@@ -307,10 +307,10 @@ def run_body(args: argparse.Namespace, body) -> None:
         getattr(args, "process_id", None),
         getattr(args, "distributed", "off"),
     )
-    if jax.process_index() > 0:  # process 0 prints for all; errors still reach stderr
-        sys.stdout = open(os.devnull, "w")
-        if hasattr(args, "no_progress"):
-            args.no_progress = True
+    primary = jax.process_index() == 0  # process 0 reports for all; errors still reach stderr
+    logs.show(logging.INFO if primary else logging.WARNING)
+    if not primary and hasattr(args, "no_progress"):
+        args.no_progress = True
     body(args)
     signals.raise_if_pending()  # a signal whose exception Python dropped: still a stop
 

@@ -12,6 +12,7 @@ members' maps weighted by their T2V votes for the ensemble's decision (docs/meth
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -19,6 +20,8 @@ import numpy as np
 
 from experiments.cli import OneLineErrorParser, UsageError, run_cli
 from faml_jax import figures, predict
+
+logger = logging.getLogger("experiments.explain")
 
 
 def build_parser() -> OneLineErrorParser:
@@ -76,11 +79,11 @@ def main(argv=None) -> int:
             out.with_suffix(".npz"),
             arrays={k: np.asarray(figure[k]) for k in ("maps", "images", "indices", "classes", "rows")},
         )
-        print(
+        logger.info(
             "test-split index of the image shown per expression: "
             + ", ".join(f"{c} {i}" for c, i in zip(figure["classes"], figure["indices"]))
         )
-        print(f"written {out} and {out.with_suffix('.npz')}")
+        logger.info(f"written {out} and {out.with_suffix('.npz')}")
 
     return run_cli(build_parser(), argv, body)
 

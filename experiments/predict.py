@@ -25,11 +25,14 @@ without a face is reported, not an error.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from experiments.cli import OneLineErrorParser, UsageError, add_generation_argument, check_generation, run_cli
 from faml_jax import faces, photos, predict
 from faml_jax.config import EnsembleConfig
+
+logger = logging.getLogger("experiments.predict")
 
 
 def build_parser():
@@ -111,19 +114,21 @@ def main(argv=None) -> int:
         photos.write_predictions(args.out, results, predictor, annotated=not args.no_annotated, command=command)
         if args.explain:
             photos.write_maps(args.out, results, predictor, args.map)
-        print(
+        logger.info(
             f"{len(predictor.names)} network(s) ({', '.join(predictor.names)}), {predictor.dataset}, "
             f"{predictor.input_size} px, strategy {predictor.strategy}"
         )
         width = max([len(r["file"]) for r in results.records] + [4])
-        print(f"{'file':<{width}}  face  class        confidence")
+        logger.info(f"{'file':<{width}}  face  class        confidence")
         for r in results.records:
-            print(f"{r['file']:<{width}}  {r['face']:>4}  {r['class']:<12} {r['confidence']:.3f}")
+            logger.info(f"{r['file']:<{width}}  {r['face']:>4}  {r['class']:<12} {r['confidence']:.3f}")
         for f in results.no_face:
-            print(f"no face found: {f}")
+            logger.info(f"no face found: {f}")
         for _, error in results.failures:
-            print(f"unreadable: {error}", file=sys.stderr)
-        print(f"{len(results.records)} face(s) in {len(files) - len(results.failures)} image(s); written to {args.out}")
+            logger.warning(f"unreadable: {error}")
+        logger.info(
+            f"{len(results.records)} face(s) in {len(files) - len(results.failures)} image(s); written to {args.out}"
+        )
         failed.extend(results.failures)
 
     code = run_cli(build_parser(), argv, body)

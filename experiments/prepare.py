@@ -20,6 +20,7 @@ same order: identical with --stored-size 0, within JPEG rounding otherwise). No 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from experiments.cli import OneLineErrorParser, run_cli
 from faml_jax import data
 from faml_jax.data import prepared
 from faml_jax.data.synthetic import default_cache_dir
+
+logger = logging.getLogger("experiments.prepare")
 
 REAL_DATASETS = tuple(d for d in data.DATASETS if d != "synthetic")
 
@@ -87,7 +90,6 @@ def run(
     stored_size: int | None = prepared.STORED_SIZE,
     crop_faces: bool = True,
     quality: int = prepared.JPEG_QUALITY,
-    log=print,
 ) -> Path:
     """Prepare ``dataset`` from ``data_dir`` into ``out``; logs what was opened; returns its folder."""
     out = Path(out).expanduser() if out is not None else default_out()
@@ -95,7 +97,7 @@ def run(
         import tensorflow_datasets as tfds
 
         tfds.disable_progress_bar()
-    log(f"preparing {dataset} from {data_dir} into {out}")
+    logger.info(f"preparing {dataset} from {data_dir} into {out}")
     folder = prepared.prepare(
         dataset,
         data_dir,
@@ -108,8 +110,8 @@ def run(
         crop=crop_faces,
         quality=quality,
     )
-    log(data.open_dataset(dataset, out, crop_faces=crop_faces).describe())
-    log(
+    logger.info(data.open_dataset(dataset, out, crop_faces=crop_faces).describe())
+    logger.info(
         f"prepared in {folder}; train with: python -m experiments.train --dataset {dataset} --data-dir {out} "
         "--init BACKBONE (a backbone converted by tools.convert_torch_resnet18; --from-scratch to train without)"
     )

@@ -127,7 +127,6 @@ def evaluate_members(
     mapping: str | None = None,
     num_threads: int | None = None,
     progress: bool = True,
-    log=print,
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], dict]:
     """Restore the members' checkpoints (``(name, run folder)`` pairs; ``checkpoint`` "final" or
     "best") and evaluate them together on their test split, in one compiled call per batch.
@@ -151,7 +150,7 @@ def evaluate_members(
                 **({"num_threads": num_threads} if num_threads is not None else {}),
             ),
         )
-    dataset = runs.open_dataset(config, log)
+    dataset = runs.open_dataset(config)
     records, variables = [], []
     for name, path in members:
         epoch = runs.choose_epoch(path, checkpoint)

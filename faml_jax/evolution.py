@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import signal
 from pathlib import Path
@@ -54,6 +55,8 @@ from faml_jax.trainer import (
 from faml_jax.versions import stamped, unstamped
 from faml_jax.workdir import WorkdirLock, new_folders, prepare_directory, undone_if_it_fails
 from faml_jax.writer import write_json
+
+logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # The evolution
@@ -180,11 +183,10 @@ class Evolution:
         given: list[Path],
         member_parallel: bool,
         progress: bool,
-        log,
     ):
         self.config, self.fga, self.workdir = config, fga_config, workdir
-        self.given, self.member_parallel, self.progress, self.log = given, member_parallel, progress, log
-        self.setup = Setup(config, log)
+        self.given, self.member_parallel, self.progress = given, member_parallel, progress
+        self.setup = Setup(config)
         path = workdir / "population.json"
         self.lineage = (
             read_lineage(workdir)
@@ -303,7 +305,7 @@ class Evolution:
         record.fused_recomputed_bn_test_accuracy = self.test_accuracy(recomputed)
         record.recompute_bn_batches = len(images)
         record.parent_test_accuracies = [self.record(p).test_accuracy for p in record.parents]
-        self.log(
+        logger.info(
             f"{name}: fused from {', '.join(record.parents)}: test acc {record.fused_test_accuracy:.4f} "
             f"(BatchNorm recomputed on {len(images)} batches: {record.fused_recomputed_bn_test_accuracy:.4f})"
         )
@@ -336,7 +338,6 @@ class Evolution:
                     until_trained=self.fga.until_trained,
                     start_lr=self.fga.child_lr if record.origin == "child" else "lr1",
                     name=name,
-                    log=self.log,
                 )
                 members.append(member)
                 init = None
@@ -390,7 +391,7 @@ class Evolution:
         )
         self.save()
         g = entry["generation"]
-        self.log(
+        logger.info(
             f"generation {g}: survivors {', '.join(survivors)}; best {best} "
             f"(test acc {self.record(best).test_accuracy:.4f})"
         )
@@ -426,7 +427,7 @@ class Evolution:
             )
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
-            self.log("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+            logger.info("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
         first, last = self.lineage["generations"][0], self.lineage["generations"][-1]
         result = {
             "best_before": first["best"],
@@ -437,7 +438,7 @@ class Evolution:
         }
         self.lineage["result"] = result
         self.save()
-        self.log(
+        logger.info(
             f"best network before: {first['best']['name']} {first['best']['test_accuracy']:.4f}; after "
             f"{last['generation']} generation(s): {last['best']['name']} {last['best']['test_accuracy']:.4f} "
             f"(population mean {first['mean_test_accuracy']:.4f} -> {last['mean_test_accuracy']:.4f})"
@@ -502,7 +503,6 @@ def evolve(
     overwrite: bool = False,
     side_by_side: bool = False,
     progress: bool = True,
-    log=print,
     keep_recorded: tuple[str, ...] = (),
 ) -> dict:
     """Run (or continue) an evolution (Algorithm 1) in ``workdir``; returns the best network
@@ -536,9 +536,9 @@ def evolve(
         with undone_if_it_fails(workdir, "evolve.json", made):
             continues = prepare_evolve_workdir(workdir, config, fga_config, given, resume, overwrite, write=False)
             if resume and not continues:
-                log(f"no earlier evolution to resume in {workdir.absolute()}: starting a new one there")
+                logger.info(f"no earlier evolution to resume in {workdir.absolute()}: starting a new one there")
             evolution = Evolution(
-                config, fga_config, workdir, given=given, member_parallel=member_parallel, progress=progress, log=log
+                config, fga_config, workdir, given=given, member_parallel=member_parallel, progress=progress
             )
             # Only once the data set and everything else opened: a refused resume changes nothing.
             write_json(workdir / "evolve.json", stamped(evolve_record(config, fga_config, given)))

@@ -21,7 +21,6 @@ def figure_of_maps(
     kind: str = "gradcam",
     indices: Sequence[int] | None = None,
     data_dir: str | None = None,
-    log=print,
 ) -> dict:
     """The maps of every model in ``rows`` ((label, predictor): a run or an ensemble each) on one
     test image per expression: the first test image of that class that every row classifies
@@ -33,7 +32,7 @@ def figure_of_maps(
     config = first.config
     if data_dir is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=data_dir))
-    test = runs.open_dataset(config, log).test
+    test = runs.open_dataset(config).test
     labels = np.asarray(test.labels)
     classes = first.classes
     for label, predictor in rows[1:]:

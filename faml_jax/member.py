@@ -7,10 +7,10 @@ population).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import signal
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,7 +28,8 @@ from faml_jax.writer import RunWriter, write_atomic
 if TYPE_CHECKING:
     from faml_jax.trainer import Setup
 
-Log = Callable[[str], None]
+
+logger = logging.getLogger(__name__)
 
 
 def reference_loss(entry: dict) -> float:
@@ -113,12 +114,11 @@ class Member:
         until_trained: bool = False,
         start_lr: str = "lr1",
         name: str = "",
-        log: Log = print,
     ):
         if start_lr not in ("lr1", "lr2"):
             raise ValueError(f"start_lr must be 'lr1' or 'lr2', got {start_lr!r}")
         self.setup, self.config, self.workdir = setup, config, Path(workdir)
-        self.until_trained, self.name, self.log = until_trained, name, log
+        self.until_trained, self.name = until_trained, name
         self.checkpoints = checkpoints_of(self.workdir)
         self.loader = setup.loader(config.seed)
         self.writer: RunWriter | None = None
@@ -149,7 +149,7 @@ class Member:
                 state, record = store.restore(number, like.train_state)
             except CheckpointDamaged as error:
                 moved = store.set_aside(number, primary_workdir(self.workdir) / DAMAGED / store.directory.name)
-                self.log(f"{self.prefix}{error}; moved to {moved}, trying the checkpoint before it")
+                logger.warning(f"{self.prefix}{error}; moved to {moved}, trying the checkpoint before it")
                 damaged.append(number)
                 continue
             except CheckpointError as error:  # another model's, or intact but unreadable now: left alone
@@ -158,7 +158,7 @@ class Member:
             where = f"epoch {run.epoch}" + (
                 f", step {run.step_in_epoch}/{steps} of epoch {run.epoch + 1}" if run.step_in_epoch else ""
             )
-            self.log(
+            logger.info(
                 f"{self.prefix}resuming from {store.directory.name} {number} ({where}; at most "
                 f"{self.config.epochs} epochs)"
             )
@@ -183,7 +183,7 @@ class Member:
             (self.workdir / "test_logits").mkdir(exist_ok=True)
             write_atomic(self.workdir / "test_logits" / "epoch_0000.npz", arrays={"logits": logits, "labels": labels})
             self.checkpoints.save(0, jax.device_get(self.state), self.run.record(test))
-            self.log(f"{self.prefix}starting weights: test acc {test['accuracy']:.4f}")
+            logger.info(f"{self.prefix}starting weights: test acc {test['accuracy']:.4f}")
         self.writer = RunWriter(self.workdir, self.run.history)
 
     @property
@@ -269,7 +269,7 @@ class Member:
         self.writer.write(epoch + 1, entry)
         switched = " | stable: switching to Lr2" if lr_state.switch_epoch == epoch + 1 else ""
         trained = " | well trained" if self.until_trained and self.well_trained else ""
-        self.log(
+        logger.info(
             f"{self.prefix}epoch {epoch + 1}/{self.config.epochs}: train loss {entry['train_loss']:.4f} "
             f"(CE {entry['train_ce']:.4f}) acc "
             f"{entry['train_accuracy']:.4f} | test acc {test['accuracy']:.4f} mean-class "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from faml_jax.evaluate import evaluate_members
 from faml_jax.versions import stamped
 from faml_jax.workdir import WorkdirLock, check_replaceable, recognise_listed
 from faml_jax.writer import folder_written_whole, to_json
+
+logger = logging.getLogger(__name__)
 
 STRATEGY_NAMES = {
     "t1v": "T1V (majority vote)",
@@ -199,7 +202,6 @@ def ensemble_report(
     num_threads: int | None = None,
     progress: bool = True,
     command: str = "",
-    log=print,
 ) -> dict:
     """Evaluate ``members`` ((name, workdir) pairs) as an ensemble (``config``: T2V's weights,
     which checkpoint, the order of the size table) and write the report folder ``out``; returns
@@ -218,16 +220,15 @@ def ensemble_report(
             mapping=mapping,
             num_threads=num_threads,
             progress=progress,
-            log=log,
         )
         names = [name for name, _ in members]
         report = analyse(logits, labels, names, classes, order=order, alpha=alpha, beta=beta)
         info["command"] = command
         write_report(out, report, info, logits, labels)
-    log(table(["", "accuracy %", "mean class accuracy %"], member_rows(report)).rstrip())
-    log(
+    logger.info(table(["", "accuracy %", "mean class accuracy %"], member_rows(report)).rstrip())
+    logger.info(
         f"ensemble size ({'given order' if order == 'given' else 'best first'}): "
         + "; ".join(f"{s['size']}: T2V {s['t2v']:.2f}" for s in report["sizes"])
     )
-    log(f"report written to {out}")
+    logger.info(f"report written to {out}")
     return {**info, **report}

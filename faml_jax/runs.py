@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from faml_jax.checkpoint import CheckpointError, Checkpoints
 from faml_jax.config import ModelConfig, OptimConfig, RunConfig, run_config_from_json
 from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.versions import checked
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_CHOICES = ("final", "best")
 
@@ -67,7 +70,7 @@ def primary_workdir(workdir: Path) -> Path:
 # What a finished run holds
 
 
-def open_dataset(config: RunConfig, log=print) -> data.Dataset:
+def open_dataset(config: RunConfig) -> data.Dataset:
     """The data set a run was configured with (``config.data``), checked against its model's
     number of classes."""
     d = config.data
@@ -75,13 +78,13 @@ def open_dataset(config: RunConfig, log=print) -> data.Dataset:
         d.dataset,
         d.data_dir,
         d.synthetic,
-        progress=log,
+        progress=logger.info,
         crop_faces=d.crop_faces,
         skip_bad_images=d.skip_bad_images,
         num_threads=d.num_threads,
         min_size=config.model.input_size,
     )
-    log(dataset.describe())
+    logger.info(dataset.describe())
     if dataset.num_classes != config.model.num_classes:
         raise ConfigError(f"{dataset.name} has {dataset.num_classes} classes, the model {config.model.num_classes}")
     return dataset

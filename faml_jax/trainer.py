@@ -16,8 +16,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -62,8 +62,8 @@ OUTPUTS = (
 # keeps, how many threads read its images.
 MAY_DIFFER = ("epochs", "keep_checkpoints", "data.num_threads")
 
-Log = Callable[[str], None]
 
+logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # Files
@@ -159,11 +159,11 @@ class Setup:
     """The data set, model, optimiser and evaluator shared by every member of one configuration
     (members differ only in seed and starting weights)."""
 
-    def __init__(self, config: RunConfig, log: Log = print):
+    def __init__(self, config: RunConfig):
         self.config = config
         self.devices = jax.local_devices()
         self.check_batch(config)
-        self.dataset = runs.open_dataset(config, log)
+        self.dataset = runs.open_dataset(config)
         self.model = models.ResNet(config.model)
         self.tx = train.make_optimizer(config.optim, config.schedule.lr1)
         self.class_weights = self.dataset.class_weights if config.loss.needs_class_weights else None
@@ -298,7 +298,6 @@ def fit(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    log: Log = print,
     stop_after: int | None = None,
     keep_recorded: tuple[str, ...] = (),
 ) -> dict:
@@ -323,9 +322,9 @@ def fit(
         with undone_if_it_fails(workdir, "config.json", made):
             continues = prepare_workdir(workdir, config, resume, overwrite, write=False)
             if resume and not continues:
-                log(f"no earlier run to resume in {workdir.absolute()}: starting a new run there")
-            setup = Setup(config, log)  # opens the data set
-            member = Member(setup, config, workdir, log=log)
+                logger.info(f"no earlier run to resume in {workdir.absolute()}: starting a new run there")
+            setup = Setup(config)  # opens the data set
+            member = Member(setup, config, workdir)
         try:
             with contextlib.closing(member):
                 if member.done:
@@ -342,11 +341,11 @@ def fit(
             if not member.resumed and jax.process_count() == 1 and not has_run(workdir):
                 undo_new_run(workdir, OUTPUTS, made)
             raise
-    log(
+    logger.info(
         f"final (epoch {summary['epochs']}): test accuracy {summary['final_test_accuracy']:.4f}, mean class accuracy "
         f"{summary['final_test_mean_class_accuracy']:.4f} (majority-class rate {summary['majority_class_rate']:.4f})"
     )
-    log(
+    logger.info(
         f"best epoch {summary['best_epoch']} (selected on the test split, optimistic): test accuracy "
         f"{summary['best_epoch_test_accuracy']:.4f}"
     )

@@ -44,6 +44,28 @@ gc.freeze()
 gc.set_threshold(10_000, 20, 100)
 
 
+@pytest.fixture
+def logged():
+    """The messages faml_jax and its programs log (INFO and above) during a test, in order."""
+    import logging
+
+    messages = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler, loggers = Collect(), [logging.getLogger(name) for name in ("faml_jax", "experiments")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    yield messages
+    for logger, level in zip(loggers, levels):
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def devices():
     """The devices data-parallel tests spread over: the four forced CPU devices, or on an

@@ -25,7 +25,7 @@ from faml_jax.preprocess import normalize
 FGA = FGAConfig(population=2, generations=1, children=1, new_members=1, parents=2, child_lr="lr2")
 CAP = 6
 NAMES = ["g0-m0", "g0-m1", "g1-c0", "g1-n0"]
-quiet = dict(progress=False, log=lambda *_: None)
+quiet = dict(progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,12 @@ FGA = FGAConfig(population=2, generations=1, children=1, new_members=0, parents=
 def ablated(tmp_path_factory):
     root = tmp_path_factory.mktemp("ablation")
     base = tiny_config(root / "data", 2)  # seed 7, ML loss with WCE; FA without its blocks (compile time)
-    lines = []
-    result = ablation.run(base, FGA, 2, root / "ab", progress=False, log=lines.append)
-    return root / "ab", base, result, lines
+    result = ablation.run(base, FGA, 2, root / "ab", progress=False)
+    return root / "ab", base, result
 
 
 def test_single_network_rows_share_seeds_and_budget(ablated):
-    workdir, base, result, _ = ablated
+    workdir, base, result = ablated
     assert result["seeds"] == [7, 8]
     # docs/method.md 2: R18 and R18+FA plain CE on every data set (base weights classes: not these rows).
     for row, model, loss in [("R18", "r18", "ce"), ("R18+FA", "r18_fa", "ce"), ("R18+FAML", "r18_faml", "ml")]:
@@ -47,7 +46,7 @@ def test_single_network_rows_share_seeds_and_budget(ablated):
 
 
 def test_fga_and_t2v_rows(ablated):
-    workdir, _, result, _ = ablated
+    workdir, _, result = ablated
     lineage = json.loads((workdir / "fga" / "population.json").read_text())
     given = [m["workdir"] for n, m in lineage["members"].items() if m["origin"] == "given"]
     assert given == [str((workdir / "r18_faml" / f"seed{s}").resolve()) for s in (7, 8)]
@@ -71,14 +70,14 @@ def test_fga_and_t2v_rows(ablated):
     assert json.loads((workdir / "table2.json").read_text())["rows"] == result["rows"]
 
 
-def test_resume_trains_nothing_again(ablated):
-    workdir, base, result, _ = ablated
-    lines = []
-    again = ablation.run(base, FGA, 2, workdir, resume=True, progress=False, log=lines.append)
+def test_resume_trains_nothing_again(ablated, logged):
+    workdir, base, result = ablated
+    again = ablation.run(base, FGA, 2, workdir, resume=True, progress=False)
     assert again["rows"] == result["rows"]
-    assert not [line for line in lines if "epoch 1/" in line or line.startswith("== R18,")]
+    assert "== R18+FAML-FGA" in logged and "== R18+FAML-T2V" in logged  # the messages are seen
+    assert not [line for line in logged if "epoch 1/" in line or line.startswith("== R18,")]
     with pytest.raises(ablation.UsageError, match="--resume"):
-        ablation.run(base, FGA, 2, workdir, progress=False, log=lines.append)
+        ablation.run(base, FGA, 2, workdir, progress=False)
 
 
 def test_cli_rejects_model_and_loss(capsys):
@@ -114,7 +113,7 @@ def test_resume_refuses_a_finished_run_of_another_row_definition(ablated, tmp_pa
     other way, as when R18+FA was the FA stem alone) is not silently reused."""
     import shutil
 
-    workdir, base, _, _ = ablated
+    workdir, base, _ = ablated
     copy = tmp_path / "ab"
     shutil.copytree(workdir, copy)
     path = copy / "r18_fa" / "seed7" / "config.json"
@@ -122,4 +121,4 @@ def test_resume_refuses_a_finished_run_of_another_row_definition(ablated, tmp_pa
     saved["model"]["attention"] = not saved["model"]["attention"]
     path.write_text(json.dumps(saved))
     with pytest.raises(ablation.UsageError, match=r"r18_fa/seed7 was made with another configuration.*model.attention"):
-        ablation.run(base, FGA, 2, copy, resume=True, progress=False, log=lambda *_: None)
+        ablation.run(base, FGA, 2, copy, resume=True, progress=False)

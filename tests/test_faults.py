@@ -36,7 +36,7 @@ from faml_jax.evolution import evolve
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-quiet = dict(progress=False, log=lambda *_: None)
+quiet = dict(progress=False)
 FGA = FGAConfig(population=2, generations=1, children=1, new_members=0, parents=2, until_trained=False)
 
 # A program as the experiments are (flags, library, run_cli), on the tiny configuration, with a
@@ -146,7 +146,9 @@ def reference(tmp_path_factory):
 
 
 @pytest.mark.parametrize("signame, status", [("SIGTERM", 143), ("SIGINT", 130)])
-def test_a_signal_within_an_epoch_saves_there_and_the_resumed_run_is_the_uninterrupted_one(reference, signame, status):
+def test_a_signal_within_an_epoch_saves_there_and_the_resumed_run_is_the_uninterrupted_one(
+    reference, signame, status, logged
+):
     root, data_dir, config = reference
     steps = 96 // 16
     step = random.Random(f"{signame} 19").randrange(steps + 2, 2 * steps)  # within epoch 2 (not its first step)
@@ -158,8 +160,7 @@ def test_a_signal_within_an_epoch_saves_there_and_the_resumed_run_is_the_uninter
     assert runs.checkpoint_epochs(workdir) == [1]
     assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 1
 
-    logged = []
-    trainer.fit(config, workdir, resume=True, progress=False, log=logged.append)
+    trainer.fit(config, workdir, resume=True, progress=False)
     assert any(f"step {done - steps}/{steps} of epoch 2" in m for m in logged), logged
     assert_same_run(workdir, root / "full", config)
     assert not runs.checkpoint_epochs(workdir, runs.PREEMPTED)  # done with once the epoch ended
@@ -378,13 +379,12 @@ DAMAGES = {
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
-def test_resume_passes_over_a_damaged_checkpoint_to_the_newest_intact_one(reference, damage):
+def test_resume_passes_over_a_damaged_checkpoint_to_the_newest_intact_one(reference, damage, logged):
     root, _, config = reference
     workdir = root / f"damaged-{damage.replace(' ', '-')}"
     shutil.copytree(root / "full", workdir)
     DAMAGES[damage](workdir / "checkpoints" / "3")
-    logged = []
-    trainer.fit(config, workdir, resume=True, progress=False, log=logged.append)  # epoch 3 again
+    trainer.fit(config, workdir, resume=True, progress=False)  # epoch 3 again
     told = [m for m in logged if "damaged" in m or "cannot be read" in m]
     assert len(told) == 1 and "checkpoint" in told[0] and str(workdir / "checkpoints" / "3") in told[0], logged
     assert len(told[0].splitlines()) == 1 and len(told[0]) < 600
@@ -585,14 +585,13 @@ def test_output_files_honour_the_umask(reference, tmp_path):
         assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o640, name
 
 
-def test_resume_of_a_folder_without_a_run_says_it_starts_anew(reference, tmp_path):
+def test_resume_of_a_folder_without_a_run_says_it_starts_anew(reference, tmp_path, logged):
     """A mistyped --resume workdir: one line says no earlier run was found, then it trains."""
     root, data_dir, config = reference
-    logged = []
-    trainer.fit(config, tmp_path / "typo", resume=True, stop_after=1, progress=False, log=logged.append)
+    trainer.fit(config, tmp_path / "typo", resume=True, stop_after=1, progress=False)
     assert logged[0] == f"no earlier run to resume in {tmp_path / 'typo'}: starting a new run there"
     logged.clear()
-    trainer.fit(config, tmp_path / "typo", resume=True, stop_after=2, progress=False, log=logged.append)
+    trainer.fit(config, tmp_path / "typo", resume=True, stop_after=2, progress=False)
     assert not any("no earlier run" in m for m in logged)
 
 

@@ -200,7 +200,7 @@ def test_the_figure_of_maps_takes_images_every_row_gets_right(three_runs, tmp_pa
         indices, grid_maps = figure["indices"], figure["maps"]
     assert grid_maps.shape == (2, 7, 32, 32) and float(grid_maps.max()) <= 1.0
 
-    test = runs.open_dataset(config, log=lambda *_: None).test
+    test = runs.open_dataset(config).test
     rows = [Predictor.from_run(paths[0]), Predictor.from_runs(paths)]
     for c, index in enumerate(indices):
         if index < 0:  # no test image of this class that both rows get right
@@ -285,4 +285,4 @@ def test_refusals_of_the_explainer_and_of_duplicate_runs(three_runs, tmp_path):
     with pytest.raises(ConfigError, match="relevancy maps need a model with attention blocks"):
         plain.explain(images(1, 32), "relevancy")
     with pytest.raises(ConfigError, match="outside the test split"):
-        figure_of_maps([("a", plain)], indices=[10**6] * 7, log=lambda *_: None)
+        figure_of_maps([("a", plain)], indices=[10**6] * 7)

@@ -19,7 +19,7 @@ from faml_jax.runs import population_members
 from faml_jax.versions import stamped
 
 SEEDS = (1, 2, 3)
-quiet = dict(progress=False, log=lambda *_: None)
+quiet = dict(progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ def uninterrupted(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     data_dir = root / "data"
     config = tiny_config(data_dir, 3)
-    summary = trainer.fit(config, root / "full", progress=False, log=lambda *_: None)
+    summary = trainer.fit(config, root / "full", progress=False)
     return root, data_dir, config, summary
 
 
@@ -55,9 +55,9 @@ def test_run_writes_its_outputs(uninterrupted):
 def test_resume_reproduces_the_uninterrupted_run(uninterrupted):
     root, data_dir, config, _ = uninterrupted
     workdir = root / "resumed"
-    trainer.fit(config, workdir, progress=False, log=lambda *_: None, stop_after=2)
+    trainer.fit(config, workdir, progress=False, stop_after=2)
     assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 2
-    trainer.fit(config, workdir, resume=True, progress=False, log=lambda *_: None)
+    trainer.fit(config, workdir, resume=True, progress=False)
     assert_same_run(workdir, root / "full", config)
 
 
@@ -93,7 +93,7 @@ def test_a_run_killed_during_a_save_resumes_from_the_last_complete_checkpoint(un
     assert "1" in leftovers and "2" not in leftovers
     assert any(name.startswith("2.orbax-checkpoint-tmp") for name in leftovers), leftovers
 
-    trainer.fit(config, workdir, resume=True, progress=False, log=lambda *_: None)
+    trainer.fit(config, workdir, resume=True, progress=False)
     assert_same_run(workdir, root / "full", config)
 
 
@@ -256,7 +256,7 @@ def test_the_detector_reads_the_reference_loss_through_the_loop(tmp_path, monkey
         tiny_config(tmp_path / "data", epochs=len(ce_by_epoch)),
         schedule=config_module.ScheduleConfig(lr1=1e-3, lr2=1e-5, window=3),
     )
-    summary = trainer.fit(config, tmp_path / "run", progress=False, log=lambda *_: None)
+    summary = trainer.fit(config, tmp_path / "run", progress=False)
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     sampled = [h["train_loss"] for h in history]
     reference = [h["train_ce"] for h in history]
