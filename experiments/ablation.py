@@ -108,11 +108,13 @@ PAPER_ENSEMBLE_SIZES = {
 
 
 def paper_accuracy(dataset: str, row: str, networks: int) -> float | None:
-    """The paper's number for ``row`` on ``dataset``; for R18+FAML-FGA-T2V the ensemble of
-    ``networks`` networks (None where the paper reports none)."""
+    """The paper's number for ``row`` on ``dataset`` as a fraction (it prints percentages); for
+    R18+FAML-FGA-T2V the ensemble of ``networks`` networks (None where the paper reports none)."""
     if row == "R18+FAML-FGA-T2V":
-        return PAPER_ENSEMBLE_SIZES.get(dataset, {}).get(networks)
-    return PAPER.get(dataset, {}).get(row)
+        percent = PAPER_ENSEMBLE_SIZES.get(dataset, {}).get(networks)
+    else:
+        percent = PAPER.get(dataset, {}).get(row)
+    return None if percent is None else percent / 100
 
 
 def variant_config(base: RunConfig, row: str) -> RunConfig:
@@ -148,14 +150,16 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def single_row(names: list[str], accuracies: list[float], what: str) -> dict:
-    mean, sd = mean_sd([100 * a for a in accuracies])
+    """A single-network row: the mean and standard deviation of the networks' test accuracies
+    (fractions), the best network and each network's."""
+    mean, sd = mean_sd(accuracies)
     best = int(np.argmax(accuracies))
     return {
-        "accuracy": round(mean, 2),
-        "sd": round(sd, 2),
-        "best": round(100 * accuracies[best], 2),
+        "accuracy": mean,
+        "sd": sd,
+        "best": accuracies[best],
         "best_network": names[best],
-        "networks": dict(zip(names, [round(100 * a, 2) for a in accuracies])),
+        "networks": dict(zip(names, accuracies)),
         "what": what,
     }
 
@@ -265,7 +269,8 @@ def markdown(result: dict) -> str:
     lines = [
         f"# Table 2 on `{dataset}`\n",
         f"{result['networks']} networks per single-network row (seeds {result['seeds'][0]}.."
-        f"{result['seeds'][-1]}), at most {result['epochs']} epochs each; test accuracy %.\n",
+        f"{result['seeds'][-1]}), at most {result['epochs']} epochs each; test accuracy % (table2.json: "
+        "fractions).\n",
         "Rows as the paper defines them (docs/method.md 2): R18 = plain ResNet18, CE; R18+FA = FA stem and "
         "attention blocks, CE; R18+FAML = R18+FA trained with the ML loss.\n",
         f"| model | accuracy | best network | T1V / NOI | paper ({dataset}) | what |",
@@ -273,10 +278,11 @@ def markdown(result: dict) -> str:
     ]
     for row in ROWS:
         r = result["rows"][row]
-        paper = "-" if r["paper"] is None else f"{r['paper']:.2f}"
+        paper = "-" if r["paper"] is None else f"{100 * r['paper']:.2f}"
         if "sd" in r:
             lines.append(
-                f"| {row} | {r['accuracy']:.2f} ± {r['sd']:.2f} | {r['best']:.2f} ({r['best_network']}) | "
+                f"| {row} | {100 * r['accuracy']:.2f} ± {100 * r['sd']:.2f} | {100 * r['best']:.2f} "
+                f"({r['best_network']}) | "
                 f"| {paper} | {r['what']} |"
             )
         else:
@@ -284,8 +290,8 @@ def markdown(result: dict) -> str:
             if row == "R18+FAML-T2V" and r["paper"] is not None:
                 paper += " (size not stated)"
             lines.append(
-                f"| {label} | {r['accuracy']:.2f} | {r['best_member']:.2f} (best member) | "
-                f"{r['t1v']:.2f} / {r['noi']:.2f} | {paper} | {r['what']} |"
+                f"| {label} | {100 * r['accuracy']:.2f} | {100 * r['best_member']:.2f} (best member) | "
+                f"{100 * r['t1v']:.2f} / {100 * r['noi']:.2f} | {paper} | {r['what']} |"
             )
     return "\n".join(lines) + "\n"
 

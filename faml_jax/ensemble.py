@@ -30,7 +30,7 @@ import numpy as np
 
 from faml_jax.config import EnsembleConfig
 from faml_jax.errors import ConfigError
-from faml_jax.metrics import classification_metrics, decision_metrics, percent, row_normalised
+from faml_jax.metrics import classification_metrics, decision_metrics, row_normalised
 from faml_jax.preprocess import normalize
 
 # T2V's weights (paper: 1.9 for a member's top-1 vote, 1.0 for its top-2 vote: two second places
@@ -232,9 +232,7 @@ def analyse(
     sizes = []
     for k in range(2, m + 1):
         decisions = decide(logits if k == m else logits[sequence[:k]])  # at k = m: the whole ensemble
-        sizes.append(
-            {"size": k, "added": names[sequence[k - 1]], **{s: percent(decisions[s]["accuracy"]) for s in STRATEGIES}}
-        )
+        sizes.append({"size": k, "added": names[sequence[k - 1]], **{s: decisions[s]["accuracy"] for s in STRATEGIES}})
     ranks = np.asarray(rank_distribution(logits, labels), np.float64)
     wrong = 1.0 - ranks[:, 0]
     second_of_wrong = np.divide(ranks[:, 1], wrong, out=np.zeros(m), where=wrong > 0)
@@ -244,13 +242,13 @@ def analyse(
         "alpha": alpha,
         "beta": beta,
         "members": [
-            {"name": n, "accuracy": percent(s["accuracy"]), "mean_class_accuracy": percent(s["mean_class_accuracy"])}
+            {"name": n, "accuracy": s["accuracy"], "mean_class_accuracy": s["mean_class_accuracy"]}
             for n, s in zip(names, singles)
         ],
         "best_member": names[best],
-        "mean_member_accuracy": percent(np.mean([s["accuracy"] for s in singles])),
+        "mean_member_accuracy": float(np.mean([s["accuracy"] for s in singles])),
         "ensemble": {
-            s: {"accuracy": percent(d["accuracy"]), "mean_class_accuracy": percent(d["mean_class_accuracy"])}
+            s: {"accuracy": d["accuracy"], "mean_class_accuracy": d["mean_class_accuracy"]}
             for s, d in decisions.items()
         },
         "order": order,
@@ -260,9 +258,9 @@ def analyse(
             "mean": [round(float(r), 4) for r in ranks.mean(axis=0)],
             "second_among_wrong": {n: round(float(v), 4) for n, v in zip(names, second_of_wrong)},
         },
-        "confusion_percent": {
-            "best_member": row_normalised(singles[best]["confusion"]).round(2).tolist(),
-            "t2v": row_normalised(decisions["t2v"]["confusion"]).round(2).tolist(),
+        "confusion_rates": {
+            "best_member": row_normalised(singles[best]["confusion"]).tolist(),
+            "t2v": row_normalised(decisions["t2v"]["confusion"]).tolist(),
         },
         "confusion_counts": {"best_member": singles[best]["confusion"], "t2v": decisions["t2v"]["confusion"]},
     }

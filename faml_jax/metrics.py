@@ -1,6 +1,6 @@
 """Classification statistics of logits and decisions, in plain NumPy: accuracy, mean class
-accuracy, confusion matrices (counts and row-normalised) and percentages as the reports print
-them."""
+accuracy, confusion matrices (counts and row-normalised). Accuracies are fractions in [0, 1]
+everywhere the project stores them; only what people read shows percentages."""
 
 from __future__ import annotations
 
@@ -35,11 +35,7 @@ def decision_metrics(predictions: np.ndarray, labels: np.ndarray, num_classes: i
 
 
 def row_normalised(confusion: np.ndarray) -> np.ndarray:
-    """Confusion counts -> % of each true class (rows without samples stay 0)."""
+    """Confusion counts -> the fraction of each true class (rows without samples stay 0)."""
     confusion = np.asarray(confusion, np.float64)
     support = confusion.sum(axis=1, keepdims=True)
-    return np.divide(100.0 * confusion, support, out=np.zeros_like(confusion), where=support > 0)
-
-
-def percent(x: float) -> float:
-    return round(100.0 * float(x), 2)
+    return np.divide(confusion, support, out=np.zeros_like(confusion), where=support > 0)

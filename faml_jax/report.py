@@ -60,36 +60,48 @@ def ordinal(k: int) -> str:
     return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
 
 
-def member_rows(report: dict) -> list[list]:
-    rows = [[m["name"], f"{m['accuracy']:.2f}", f"{m['mean_class_accuracy']:.2f}"] for m in report["members"]]
-    rows.append([f"mean of {len(report['members'])} members", f"{report['mean_member_accuracy']:.2f}", ""])
+# The report's numbers are fractions (report.json, the CSV files); people read percentages
+# (report.md, the printed table, the figures).
+
+
+def shown(fraction: float, percent: bool) -> str:
+    """A fraction as a table cell: a percentage with two decimals, or the fraction with four."""
+    return f"{100 * fraction:.2f}" if percent else f"{fraction:.4f}"
+
+
+def member_rows(report: dict, percent: bool = True) -> list[list]:
+    rows = [
+        [m["name"], shown(m["accuracy"], percent), shown(m["mean_class_accuracy"], percent)] for m in report["members"]
+    ]
+    rows.append([f"mean of {len(report['members'])} members", shown(report["mean_member_accuracy"], percent), ""])
     for s in ensemble.STRATEGIES:
         e = report["ensemble"][s]
-        rows.append([STRATEGY_NAMES[s], f"{e['accuracy']:.2f}", f"{e['mean_class_accuracy']:.2f}"])
+        rows.append([STRATEGY_NAMES[s], shown(e["accuracy"], percent), shown(e["mean_class_accuracy"], percent)])
     return rows
 
 
-def size_rows(report: dict) -> list[list]:
-    return [[s["size"], s["added"], *(f"{s[k]:.2f}" for k in ensemble.STRATEGIES)] for s in report["sizes"]]
+def size_rows(report: dict, percent: bool = True) -> list[list]:
+    return [[s["size"], s["added"], *(shown(s[k], percent) for k in ensemble.STRATEGIES)] for s in report["sizes"]]
 
 
-def rank_rows(report: dict) -> list[list]:
+def rank_rows(report: dict, percent: bool = True) -> list[list]:
     r = report["ranks"]
     rows = [
-        [n, *(f"{100 * v:.2f}" for v in row), f"{100 * r['second_among_wrong'][n]:.2f}"]
+        [n, *(shown(v, percent) for v in row), shown(r["second_among_wrong"][n], percent)]
         for n, row in r["members"].items()
     ]
-    rows.append(["mean", *(f"{100 * v:.2f}" for v in r["mean"]), ""])
+    rows.append(["mean", *(shown(v, percent) for v in r["mean"]), ""])
     return rows
 
 
 def confusion_png(path: Path, matrix: np.ndarray, classes: list[str], title: str) -> None:
-    """A row-normalised confusion matrix (%) as a PNG image, with its values printed."""
+    """A row-normalised confusion matrix (fractions) as a PNG image in %, with its values printed."""
     from matplotlib.figure import Figure
 
     c = len(classes)
     fig = Figure(figsize=(1.0 + 0.8 * c, 0.6 + 0.8 * c), dpi=100, layout="constrained")
     ax = fig.add_subplot()
+    matrix = 100 * np.asarray(matrix)  # fractions of the true class, shown as percentages
     image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=100)
     for i in range(c):
         for j in range(c):
@@ -166,20 +178,25 @@ def write_report(out: Path, report: dict, info: dict, logits: np.ndarray, labels
         classes = report["classes"]
         (tmp / "report.json").write_text(to_json(stamped({"kind": REPORT_KIND, **info, **report})) + "\n")
         (tmp / "report.md").write_text(markdown(report, info))
-        (tmp / "members.csv").write_text(csv_text(["", "accuracy", "mean_class_accuracy"], member_rows(report)))
-        (tmp / "sizes.csv").write_text(csv_text(["size", "member_added", *ensemble.STRATEGIES], size_rows(report)))
+        (tmp / "members.csv").write_text(
+            csv_text(["", "accuracy", "mean_class_accuracy"], member_rows(report, percent=False))
+        )
+        (tmp / "sizes.csv").write_text(
+            csv_text(["size", "member_added", *ensemble.STRATEGIES], size_rows(report, percent=False))
+        )
         (tmp / "ranks.csv").write_text(
             csv_text(
-                ["member", *(ordinal(k) for k in range(1, len(classes) + 1)), "second_among_wrong"], rank_rows(report)
+                ["member", *(ordinal(k) for k in range(1, len(classes) + 1)), "second_among_wrong"],
+                rank_rows(report, percent=False),
             )
         )
         titles = {"best_member": f"best member ({report['best_member']})", "t2v": "T2V ensemble"}
         for which, title in titles.items():
-            matrix = np.asarray(report["confusion_percent"][which])
+            matrix = np.asarray(report["confusion_rates"][which])
             (tmp / f"confusion_{which}.csv").write_text(
                 csv_text(
                     ["true \\ predicted", *classes],
-                    [[name, *(f"{v:.2f}" for v in row)] for name, row in zip(classes, matrix)],
+                    [[name, *(f"{v:.4f}" for v in row)] for name, row in zip(classes, matrix)],
                 )
             )
             confusion_png(tmp / f"confusion_{which}.png", matrix, classes, f"{title}, % of true class")
@@ -228,7 +245,7 @@ def ensemble_report(
     logger.info(table(["", "accuracy %", "mean class accuracy %"], member_rows(report)).rstrip())
     logger.info(
         f"ensemble size ({'given order' if order == 'given' else 'best first'}): "
-        + "; ".join(f"{s['size']}: T2V {s['t2v']:.2f}" for s in report["sizes"])
+        + "; ".join(f"{s['size']}: T2V {100 * s['t2v']:.2f} %" for s in report["sizes"])
     )
     logger.info(f"report written to {out}")
     return {**info, **report}

@@ -37,9 +37,9 @@ def test_single_network_rows_share_seeds_and_budget(ablated):
             assert config["schedule"] == json.loads((workdir / "r18" / "seed7" / "config.json").read_text())["schedule"]
             assert not config["model"]["attention"]  # the base's choice (with the blocks: the test below)
             assert bool(config["model"]["fa_regions"]) == (model != "r18")
-            accuracies.append(100 * json.loads((run_dir / "summary.json").read_text())["final_test_accuracy"])
+            accuracies.append(json.loads((run_dir / "summary.json").read_text())["final_test_accuracy"])
         r = result["rows"][row]
-        assert r["accuracy"] == pytest.approx(np.mean(accuracies), abs=0.006)
+        assert r["accuracy"] == pytest.approx(np.mean(accuracies), abs=1e-12)
         assert r["sd"] == pytest.approx(np.std(accuracies, ddof=1), abs=0.006)
         assert r["best"] == pytest.approx(max(accuracies), abs=0.006)
         assert r["paper"] is None  # no paper number for the synthetic set
@@ -51,8 +51,8 @@ def test_fga_and_t2v_rows(ablated):
     given = [m["workdir"] for n, m in lineage["members"].items() if m["origin"] == "given"]
     assert given == [str((workdir / "r18_faml" / f"seed{s}").resolve()) for s in (7, 8)]
     survivors = lineage["generations"][-1]["survivors"]
-    mean = np.mean([100 * lineage["members"][n]["test_accuracy"] for n in survivors])
-    assert result["rows"]["R18+FAML-FGA"]["accuracy"] == pytest.approx(mean, abs=0.006)
+    mean = np.mean([lineage["members"][n]["test_accuracy"] for n in survivors])
+    assert result["rows"]["R18+FAML-FGA"]["accuracy"] == pytest.approx(mean, abs=1e-12)
     # T2V of the R18+FAML networks, recomputed from their own final test logits.
     logits, labels = [], None
     for s in (7, 8):
@@ -61,7 +61,7 @@ def test_fga_and_t2v_rows(ablated):
             labels = f["labels"]
     predictions, ambiguous = reference_predict(np.stack(logits), "t2v")
     assert not ambiguous.any()
-    assert result["rows"]["R18+FAML-T2V"]["accuracy"] == round(100 * float(np.mean(predictions == labels)), 2)
+    assert result["rows"]["R18+FAML-T2V"]["accuracy"] == float(np.mean(predictions == labels))
     report = json.loads((workdir / "reports" / "faml-fga-t2v" / "report.json").read_text())
     assert [m["name"] for m in report["members"]] == survivors
     assert result["rows"]["R18+FAML-FGA-T2V"]["accuracy"] == report["ensemble"]["t2v"]["accuracy"]
@@ -90,11 +90,11 @@ def test_cli_rejects_model_and_loss(capsys):
 def test_paper_column_takes_the_ensemble_size_that_was_run():
     """docs/method.md 5: the FGA-T2V row by ensemble size; the paper's T2V rows use 6 networks."""
     assert ablation.build_parser().parse_args([]).networks == 6
-    assert ablation.paper_accuracy("rafdb", "R18+FAML-FGA-T2V", 6) == 91.59
-    assert ablation.paper_accuracy("rafdb", "R18+FAML-FGA-T2V", 4) == 91.30
-    assert ablation.paper_accuracy("affectnet8", "R18+FAML-FGA-T2V", 5) == 62.99
+    assert ablation.paper_accuracy("rafdb", "R18+FAML-FGA-T2V", 6) == pytest.approx(0.9159)
+    assert ablation.paper_accuracy("rafdb", "R18+FAML-FGA-T2V", 4) == pytest.approx(0.9130)
+    assert ablation.paper_accuracy("affectnet8", "R18+FAML-FGA-T2V", 5) == pytest.approx(0.6299)
     assert ablation.paper_accuracy("affectnet7", "R18+FAML-FGA-T2V", 4) is None  # not reported
-    assert ablation.paper_accuracy("rafdb", "R18+FA", 4) == 88.72
+    assert ablation.paper_accuracy("rafdb", "R18+FA", 4) == pytest.approx(0.8872)
 
 
 def test_variant_rows_are_fa_with_its_blocks_or_keep_them_off_when_asked():

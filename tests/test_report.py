@@ -48,13 +48,13 @@ def test_report_numbers_match_the_members_own_evaluations(trained):
     for (name, workdir), row, evaluated in zip(members, report["members"], report["members_evaluated"]):
         summary = json.loads((workdir / "summary.json").read_text())
         assert row["name"] == name and evaluated["epoch"] == 3
-        assert row["accuracy"] == round(100 * summary["final_test_accuracy"], 2)
+        assert row["accuracy"] == summary["final_test_accuracy"]  # one unit: fractions
         assert evaluated["stored_logits_max_abs_diff"] < 1e-4
     for strategy in ("t1v", "noi", "t2v"):
         predictions, ambiguous = reference_predict(logits, strategy)
         # A sample whose decision rests on two NOI sums equal up to rounding may go either way.
         sure = int(np.sum((predictions == labels) & ~ambiguous))
-        low, high = (round(100 * n / len(labels), 2) for n in (sure, sure + int(ambiguous.sum())))
+        low, high = (n / len(labels) for n in (sure, sure + int(ambiguous.sum())))
         assert low <= report["ensemble"][strategy]["accuracy"] <= high
         assert ambiguous.sum() <= 2
     # Ensemble sizes 2..3 in the given order; the full size equals the whole ensemble.
@@ -62,10 +62,10 @@ def test_report_numbers_match_the_members_own_evaluations(trained):
     assert [s["added"] for s in report["sizes"]] == ["net2", "net3"]
     assert report["sizes"][-1]["t2v"] == report["ensemble"]["t2v"]["accuracy"]
     pair, _ = reference_predict(logits[:2], "t2v")
-    assert report["sizes"][0]["t2v"] == round(100 * float(np.mean(pair == labels)), 2)
+    assert report["sizes"][0]["t2v"] == float(np.mean(pair == labels))
     # Table 1: the first rank is each member's accuracy, every row sums to 1.
     for row, ranks in zip(report["members"], report["ranks"]["members"].values()):
-        assert ranks[0] * 100 == pytest.approx(row["accuracy"], abs=0.01)
+        assert ranks[0] == pytest.approx(row["accuracy"], abs=1e-4)
         assert sum(ranks) == pytest.approx(1.0, abs=1e-3)
 
 
@@ -99,8 +99,8 @@ def test_report_files(trained):
     for row, count in zip(rows[1:], counts):
         values = np.asarray(row[1:], float)
         if count.sum():
-            assert values.sum() == pytest.approx(100, abs=0.05)
-            np.testing.assert_allclose(values, 100 * count / count.sum(), atol=0.006)
+            assert values.sum() == pytest.approx(1, abs=5e-4)
+            np.testing.assert_allclose(values, count / count.sum(), atol=6e-5)
     import matplotlib.image
 
     image = matplotlib.image.imread(out / "confusion_t2v.png")
@@ -117,7 +117,7 @@ def test_best_checkpoint_and_accuracy_order(trained, tmp_path):
         history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
         # The best epoch's checkpoint is kept (or one of equal accuracy, when epochs tie).
         assert history[evaluated["epoch"] - 1]["test_accuracy"] == summary["best_epoch_test_accuracy"]
-        assert row["accuracy"] == round(100 * summary["best_epoch_test_accuracy"], 2)
+        assert row["accuracy"] == summary["best_epoch_test_accuracy"]
     accuracies = {m["name"]: m["accuracy"] for m in report["members"]}
     order = sorted(accuracies, key=lambda n: (-accuracies[n], [m[0] for m in members].index(n)))
     assert [s["added"] for s in report["sizes"]] == order[1:]

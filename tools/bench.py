@@ -33,11 +33,9 @@ import argparse
 import dataclasses
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 import jax
@@ -47,6 +45,7 @@ from faml_jax import models, train
 from faml_jax.config import LossConfig, OptimConfig
 from faml_jax.writer import write_atomic
 from tools import bench_data, bench_ensemble
+from tools.benchmarking import machine, versions
 
 LEARNING_RATE = 3e-4
 NUM_CLASSES = 7
@@ -332,34 +331,6 @@ def train_table(args, results: list[dict]) -> list[str]:
 
 def train_section(args) -> list[str]:
     return train_table(args, train_results(args))
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    memory = ""
-    try:
-        kib = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
-        memory = f", {kib / 2**20:.0f} GiB"
-    except (OSError, StopIteration):
-        pass
-    device = jax.devices()[0]
-    accelerator = "no GPU" if device.platform == "cpu" else f"{len(jax.devices())} x {device.device_kind}"
-    return f"{os.cpu_count()}-core {cpu}{memory}, {accelerator}"
-
-
-def versions() -> str:
-    names = ["jax", "jaxlib", "flax", "optax", "grain", "torch", "torchvision"]
-    found = []
-    for name in names:
-        try:
-            found.append(f"{name} {metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            pass
-    return f"Python {platform.python_version()}, " + ", ".join(found)
 
 
 def append(path: Path, lines: list[str]) -> None:

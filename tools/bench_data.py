@@ -18,7 +18,6 @@ is the rate the input pipeline can feed it.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -29,6 +28,7 @@ import jax
 from faml_jax import data
 from faml_jax.data import fixtures, prepared
 from faml_jax.versions import FORMAT_VERSION
+from tools import benchmarking
 
 CASES = (  # (label, data set, writer, image side)
     ("RAF-DB style, 100x100 JPEG", "rafdb", fixtures.write_rafdb, 100),
@@ -89,7 +89,7 @@ def measure(args, log=print) -> list[str]:
     lines = [
         f"Input pipeline (decode + resize to {args.size} px on {args.threads} grain threads, uint8 batches of "
         f"{args.batch} put on the device; flip and normalisation run in the train step): "
-        f"{platform.processor() or platform.machine()}, {jax.devices()[0].platform}, jax {jax.__version__}, "
+        f"{benchmarking.device()}, "
         f"{args.images} images, median of {args.rounds} epochs",
         "",
         "| images | read from | images/s | min | max |",

@@ -13,7 +13,6 @@ machine noise hits all of them; and checks that they agree. This measurement cho
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -21,6 +20,7 @@ import jax
 import numpy as np
 
 from faml_jax import ensemble, fga, models, train
+from tools import benchmarking
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,11 +74,10 @@ def measure(args, model_options: dict | None = None) -> list[str]:
             jax.block_until_ready(fn())
             times[name].append(time.perf_counter() - start)
 
-    device = jax.devices()[0]
     lines = [
         f"Ensemble evaluation: {args.members} x {args.model} ({'full widths' if args.full and not model_options else 'widths ' + '-'.join(map(str, model.config.widths))}), "
-        f"batch {args.batch}, {args.size}x{args.size}, {device.device_kind} ({platform.processor() or platform.machine()}), "
-        f"jax {jax.__version__}, median of {args.rounds} rounds after one warm-up",
+        f"batch {args.batch}, {args.size}x{args.size}, {benchmarking.device()}, median of {args.rounds} rounds "
+        "after one warm-up",
         "",
         "| contender | compile (s) | batch median (s) | min / max (s) | images/s (all members) | vs loop |",
         "|---|---|---|---|---|---|",

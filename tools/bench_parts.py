@@ -32,7 +32,7 @@ import jax.numpy as jnp  # noqa: E402
 from faml_jax import models  # noqa: E402
 from faml_jax.models.attention import AttentionBlock  # noqa: E402
 from faml_jax.models.fa_stem import FAStem  # noqa: E402
-from tools.bench_predict import timed  # noqa: E402  (median of calls after an untimed first one)
+from tools.benchmarking import median_seconds as timed  # noqa: E402  (after an untimed first call)
 
 CONV_PRODUCTS = ("forward", "input gradient", "weight gradient")
 

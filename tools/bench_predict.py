@@ -13,10 +13,7 @@ warm-up call (which compiles); measurements, never test assertions.
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import jax
@@ -25,6 +22,8 @@ import numpy as np
 from faml_jax import models, predict
 from faml_jax import photos as photos_module
 from faml_jax.config import preset
+from tools import benchmarking
+from tools.benchmarking import median_seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,16 +39,6 @@ def parse_args(argv=None):
     return build_parser().parse_args(argv)
 
 
-def timed(fn, rounds: int) -> float:
-    fn()  # compiles
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure(args) -> list[str]:
     from PIL import Image
     from skimage import data as skimage_data
@@ -63,8 +52,8 @@ def measure(args) -> list[str]:
     Image.fromarray(skimage_data.astronaut()).save(photo)
     photos = [photo] * args.photos
     lines = [
-        f"Prediction: R18+FAML (full widths, 224 px), batch {args.batch}, {jax.devices()[0].device_kind} "
-        f"({platform.processor() or platform.machine()}), jax {jax.__version__}, median of {args.rounds} rounds "
+        f"Prediction: R18+FAML (full widths, 224 px), batch {args.batch}, {benchmarking.device()}, median of "
+        f"{args.rounds} rounds "
         "after one warm-up",
         "",
         "| networks | input | faces per round | seconds per round | faces/s |",
@@ -73,11 +62,11 @@ def measure(args) -> list[str]:
     for members in (1, 6):
         variables = [models.init(model, jax.random.key(i)) for i in range(members)]
         predictor = predict.Predictor(config, variables, [f"net{i}" for i in range(members)], batch_size=args.batch)
-        seconds = timed(lambda: predictor.predict(crops), args.rounds)
+        seconds = median_seconds(lambda: predictor.predict(crops), args.rounds)
         lines.append(
             f"| {members} | aligned crops (100 px) | {args.faces} | {seconds:.2f} | {args.faces / seconds:.1f} |"
         )
-        seconds = timed(lambda: photos_module.predict_photos(predictor, photos, faces="detect"), args.rounds)
+        seconds = median_seconds(lambda: photos_module.predict_photos(predictor, photos, faces="detect"), args.rounds)
         lines.append(
             f"| {members} | photos 512x512, detect + align | {args.photos} | {seconds:.2f} | "
             f"{args.photos / seconds:.1f} |"

@@ -12,8 +12,8 @@ BENCHMARKS.md were taken so). Timings are measurements, never test assertions.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -47,12 +47,11 @@ def parse_args(argv=None):
 
 
 def median_time(fn, repeats: int) -> float:
-    times = []
-    for i in range(repeats):
-        start = time.perf_counter()
-        fn(i)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """The median seconds of ``fn(0)``, ..., ``fn(repeats - 1)`` (no warm-up: start-up costs)."""
+    from tools.benchmarking import median_seconds  # imports jax: not before the writer's fresh process
+
+    calls = itertools.count()
+    return median_seconds(lambda: fn(next(calls)), repeats, warm_up=False)
 
 
 def measure(args) -> list[str]:
@@ -61,14 +60,14 @@ def measure(args) -> list[str]:
     from faml_jax import models, train
     from faml_jax.checkpoint import Checkpoints
     from faml_jax.config import OptimConfig
+    from tools.benchmarking import device
 
     writer = [
         json.loads(subprocess.run([sys.executable, "-c", WRITER], capture_output=True, text=True, check=True).stdout)
         for _ in range(args.repeats)
     ]
     lines = [
-        f"Start-up costs, {platform.processor() or platform.machine()}, jax {jax.__version__}, median of "
-        f"{args.repeats}",
+        f"Start-up costs, {device()}, median of {args.repeats}",
         "",
         f"Run writer in a fresh process: {statistics.median(w['seconds'] for w in writer):.3f} s "
         f"(torch imported: {writer[0]['torch']})",
