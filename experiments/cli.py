@@ -256,9 +256,9 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
 
 
 def kept_on_resume(args: argparse.Namespace) -> tuple[str, ...]:
-    """Fields whose recorded value a resumed run keeps (``adopt_recorded``): settings whose
-    default changed since earlier runs were made, unless the flag is given now."""
-    return ("schedule.lr1_min",) + (("data.crop_faces",) if args.crop_faces is None else ())
+    """Fields whose recorded value a resumed run keeps (``adopt_recorded``): settings whose flag
+    is not given now."""
+    return ("data.crop_faces",) if args.crop_faces is None else ()
 
 
 # ---------------------------------------------------------------------------------------------

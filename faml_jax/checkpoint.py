@@ -159,7 +159,7 @@ class Checkpoints:
     def restore(self, epoch: int, like: Any) -> tuple[Any, dict]:
         """Restore checkpoint ``epoch`` into the structure (and dtypes) of ``like``, an
         unreplicated train state. Raises ``CheckpointDamaged`` when its files are not those
-        written (``verify``; a checkpoint without a digest, written by an earlier version, is
+        written (``verify``; a checkpoint whose save stopped before its digest was written is
         judged by whether orbax can read it) and ``CheckpointMismatch`` when it is intact but
         holds arrays of other names or shapes than ``like``'s."""
         path = self.directory / str(epoch)

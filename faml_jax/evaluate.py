@@ -33,7 +33,7 @@ def pad_batch(chunk: np.ndarray, size: int) -> tuple[np.ndarray, int]:
 
 
 class Evaluator:
-    """Logits of a whole split: ``Evaluator(model, batch_size)(params, batch_stats, batches)``.
+    """Logits of a whole split: ``Evaluator(model, batch_size)(variables, batches)``.
 
     The eval step is ``pmap``-ed over the local devices with one batch per call of ``__call__``:
     ``batch_size``, or the first batch rounded up to the device count if that is smaller (a split

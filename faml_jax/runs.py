@@ -1,6 +1,6 @@
 """A trained run's folder, read the same way by everything that uses finished networks (the
 trainer on resume, evolution, ensemble evaluation, prediction): its configuration (config.json,
-of this or an earlier version), its checkpoints, the variables of a chosen checkpoint, its
+its format version checked), its checkpoints, the variables of a chosen checkpoint, its
 metrics, and where each process of a multi-process run reads and writes.
 
     >>> config, variables, epoch = runs.load("runs/rafdb-r18_faml-seed0", checkpoint="best")

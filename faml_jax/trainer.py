@@ -132,9 +132,8 @@ def _completed(saved: dict) -> dict:
 
 def adopt_recorded(config: RunConfig, saved: dict | None, fields: tuple[str, ...]) -> RunConfig:
     """``config`` with the dotted ``fields`` set to their values in ``saved`` (a run's saved
-    configuration, completed by ``complete_run_config``), so that resuming a run made before a
-    default changed keeps its recorded setting (e.g. ``data.crop_faces``, ``schedule.lr1_min``).
-    Nothing saved: ``config`` as it is."""
+    configuration), so that a resumed run keeps the recorded value of a setting whose flag was
+    not given again (``data.crop_faces``: ``--no-crop-faces``). Nothing saved: ``config`` as it is."""
     if not saved:
         return config
     saved, current = _flat(normalised_run_config(saved)), _flat(config_to_json(config))

@@ -274,10 +274,9 @@ def test_the_detector_reads_the_reference_loss_through_the_loop(tmp_path, monkey
     assert summary["final_train_ce"] == pytest.approx(0.699)
 
 
-def test_resume_keeps_the_recorded_settings_whose_default_changed(tmp_path, capsys):
-    """A run made before face boxes became the default (crop_faces recorded false) and before
-    Lr1's cosine ended at Lr2 (lr1_min 0) resumes with its recorded settings through the
-    program; given explicitly, a different setting is a named configuration mismatch."""
+def test_resume_keeps_the_recorded_setting_of_a_flag_not_given_again(tmp_path, capsys):
+    """A run made with --no-crop-faces resumes without the flag with its recorded setting;
+    given explicitly, a different setting is a named configuration mismatch."""
     common = [
         "--widths",
         "8,16,16,32",
@@ -298,15 +297,11 @@ def test_resume_keeps_the_recorded_settings_whose_default_changed(tmp_path, caps
         str(tmp_path / "run"),
         "--no-attention",
     ]  # (the blocks: compile time, nothing here)
-    assert train_program.main(common + ["--epochs", "1"]) == 0
+    assert train_program.main(common + ["--epochs", "1", "--no-crop-faces"]) == 0
     path = tmp_path / "run" / "config.json"
-    saved = json.loads(path.read_text())
-    assert saved["data"]["crop_faces"] is True and saved["schedule"]["lr1_min"] is None
-    saved["data"]["crop_faces"], saved["schedule"]["lr1_min"] = False, 0.0
-    path.write_text(json.dumps(saved))
-    assert train_program.main(common + ["--epochs", "2", "--resume"]) == 0
-    resumed = json.loads(path.read_text())
-    assert resumed["data"]["crop_faces"] is False and resumed["schedule"]["lr1_min"] == 0.0
+    assert json.loads(path.read_text())["data"]["crop_faces"] is False
+    assert train_program.main(common + ["--epochs", "2", "--resume"]) == 0  # the flag not given again
+    assert json.loads(path.read_text())["data"]["crop_faces"] is False
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
     capsys.readouterr()
     assert train_program.main(common + ["--epochs", "3", "--resume", "--crop-faces"]) == 2

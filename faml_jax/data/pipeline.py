@@ -3,8 +3,8 @@ ordered evaluation batches, all uint8 (normalisation and flips happen on the dev
 
 Per epoch the training order is a permutation drawn from ``(seed, epoch)`` (or, with the
 class-balanced sampler, draws with replacement from ``(seed, epoch)``), so any epoch can be
-rebuilt exactly; within an epoch, the grain iterator's state (saved with each checkpoint) says
-which batch comes next. In a multi-process run process i reads the i-th slice of every global
+rebuilt exactly; a run stopped within an epoch records how many steps of it were done, and the
+epoch is rebuilt from that step on (``start_step``). In a multi-process run process i reads the i-th slice of every global
 batch (``global_batch / process_count`` examples per step), so the processes together take the
 steps of one process with all the devices.
 """
