@@ -121,8 +121,21 @@ def add_run_arguments(parser: argparse.ArgumentParser, epochs_help: str, workdir
     parser.add_argument(
         "--dtype",
         choices=["float32", "bfloat16"],
-        help="compute dtype; parameters and BatchNorm statistics stay float32 (default: bfloat16 "
-        "on a GPU, float32 on the CPU)",
+        help="training compute dtype; parameters, BatchNorm statistics, the head, logits and losses stay "
+        "float32, and evaluation is always float32 (default: bfloat16 on a GPU, float32 on the CPU)",
+    )
+    parser.add_argument(
+        "--matmul-precision",
+        choices=["highest", "high", "default"],
+        help="float32 matrix products and convolutions in training: highest = full float32, as the paper "
+        "(default); high or default allow an accelerator's faster modes (TF32 on NVIDIA GPUs)",
+    )
+    parser.add_argument(
+        "--fusion-init",
+        type=float,
+        metavar="W",
+        help="initial FA fusion weights w1, w2 (default: 0 with --init, so the network starts as the "
+        "pre-trained one; 0.5 from scratch)",
     )
     aug = parser.add_argument_group(
         "augmentation and sampling (docs/method.md 1; on the device, in the train step)",
@@ -214,7 +227,12 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
             model_options["widths"] = tuple(int(w) for w in args.widths.split(","))
         except ValueError:
             raise UsageError(f"--widths must be comma-separated integers, got {args.widths!r}") from None
-    for name, value in (("input_size", args.input_size), ("dtype", args.dtype)):
+    for name, value in (
+        ("input_size", args.input_size),
+        ("dtype", args.dtype),
+        ("matmul_precision", args.matmul_precision),
+        ("fa_init_pretrained" if args.init else "fa_init", args.fusion_init),
+    ):
         if value is not None:
             model_options[name] = value
     if args.no_attention:

@@ -75,13 +75,22 @@ class ModelConfig:
       stage_depths: BasicBlocks per stage (ResNet18: 2, 2, 2, 2).
       input_size: side of the square input image in pixels (even); used to initialise.
       fa_regions: facial regions of the auxiliary stem convolutions; empty = plain ResNet stem.
-      fa_init: initial value of the learnable fusion weights w1, w2 ([choice], docs/method.md 2.1).
+      fa_init: initial value of the learnable fusion weights w1, w2 from random initialisation
+        ([choice] 0.5, docs/method.md 2.1).
+      fa_init_pretrained: their initial value when the network starts from a pre-trained backbone
+        (``RunConfig.init``): [choice] 0, so that the stem starts as the backbone's conv1 and
+        R18+FAML as the pre-trained network (docs/method.md 2.1).
       attention: insert an attention block after each of stages 1-3 (docs/method.md 2.2).
       attn_patch_sizes: patch side per attention block ([choice]: about 14x14 tokens at 224 px).
       attn_dim, attn_depth, attn_heads, attn_mlp_ratio: width, number of pre-norm encoder layers,
         heads and MLP expansion of each attention block's small ViT.
-      dtype: compute dtype ("float32" or "bfloat16"); parameters and BatchNorm statistics stay
-        float32.
+      dtype: compute dtype of training ("float32" or "bfloat16": mixed precision); parameters,
+        BatchNorm statistics, the head (last dense layer), the logits and the losses stay float32,
+        and evaluation is always float32 (``evaluation_model``; docs/method.md 2.4 [choice]).
+      matmul_precision: the precision of float32 matrix products and convolutions: "highest"
+        (default: full float32, as the paper trained), "high" or "default" (an accelerator's
+        faster modes, e.g. TF32 on NVIDIA GPUs; the same on a CPU). Applies where the compute
+        dtype is float32; evaluation always uses "highest".
       head_init: initialisation of the dense head: "flax" (LeCun normal weights, zero bias: Flax's
         ``nn.Dense`` default) or "torch" (PyTorch's ``nn.Linear`` default: weights and bias uniform
         in +-1/sqrt(fan_in)), to match a PyTorch baseline's fresh head.
@@ -93,6 +102,7 @@ class ModelConfig:
     input_size: int = 224
     fa_regions: tuple[Region, ...] = ()
     fa_init: float = 0.5
+    fa_init_pretrained: float = 0.0
     attention: bool = False
     attn_patch_sizes: tuple[int, ...] = (4, 2, 1)
     attn_dim: int = 128
@@ -100,6 +110,7 @@ class ModelConfig:
     attn_heads: int = 4
     attn_mlp_ratio: float = 2.0
     dtype: Literal["float32", "bfloat16"] = "float32"
+    matmul_precision: Literal["highest", "high", "default"] = "highest"
     head_init: Literal["flax", "torch"] = "flax"
 
     def __post_init__(self):
@@ -135,6 +146,22 @@ class ModelConfig:
             raise ConfigError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
         if self.head_init not in ("flax", "torch"):
             raise ConfigError(f"head_init must be 'flax' or 'torch', got {self.head_init!r}")
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ConfigError(
+                f"matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}, got {self.matmul_precision!r}"
+            )
+
+
+MATMUL_PRECISIONS = ("highest", "high", "default")
+EVAL_DTYPE = "float32"  # every evaluation, whatever the training dtype (docs/method.md 2.4 [choice])
+
+
+def evaluation_model(model: ModelConfig) -> ModelConfig:
+    """The model configuration every evaluation uses (test accuracy, ensembles, prediction, maps,
+    export): ``model`` in float32 with full-precision products, whatever it was trained in, so
+    that T2V, NOI and the rank table read logits whose top-2 order bfloat16 rounding has not
+    changed (docs/method.md 2.4 [choice]). The weights are the same (always stored in float32)."""
+    return dataclasses.replace(model, dtype=EVAL_DTYPE, matmul_precision="highest")
 
 
 # Named architectures: each is a set of ModelConfig fields (``models.build`` applies a user's
@@ -425,6 +452,8 @@ class RunConfig:
         initialisation from ``seed`` (for the real data sets only when asked for: see
         ``check_pretrained_start``).
       augment: training augmentations (flip only in the paper presets).
+      eval_dtype: the dtype of every evaluation: always float32 (``evaluation_model``), recorded
+        so that a run's config.json says so beside the training ``model.dtype``.
     """
 
     model_name: str
@@ -440,8 +469,11 @@ class RunConfig:
     keep_checkpoints: int = 3
     init: str | None = None
     augment: AugmentConfig = AugmentConfig()
+    eval_dtype: Literal["float32"] = EVAL_DTYPE
 
     def __post_init__(self):
+        if self.eval_dtype != EVAL_DTYPE:
+            raise ConfigError(f"eval_dtype is always {EVAL_DTYPE} (docs/method.md 2.4), got {self.eval_dtype!r}")
         if self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:

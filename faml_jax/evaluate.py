@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from faml_jax import data, ensemble, fga, models, runs, train
-from faml_jax.config import config_to_json, structural_differences
+from faml_jax.config import config_to_json, evaluation_model, structural_differences
 from faml_jax.errors import ConfigError, DataError
 
 
@@ -157,7 +157,9 @@ def evaluate_members(
         variables.append(runs.restore_variables(path, config, epoch))
         records.append({"name": name, "workdir": str(path.resolve()), "epoch": epoch})
     devices = jax.local_devices()
-    evaluator = EnsembleEvaluator(models.ResNet(config.model), batch_size or config.eval_batch_size, devices, mapping)
+    evaluator = EnsembleEvaluator(
+        models.ResNet(evaluation_model(config.model)), batch_size or config.eval_batch_size, devices, mapping
+    )
     test = dataset.test
     batches = data.eval_batches(test, evaluator.batch_size, config.model.input_size, config.data.num_threads)
     bar = tqdm(

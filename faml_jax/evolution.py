@@ -198,7 +198,9 @@ class Evolution:
         }
         self.start = models.init(self.setup.model, jax.random.fold_in(jax.random.key(config.seed), START_TAG))
         if self.setup.backbone is not None:  # the paper's common pre-trained start
-            self.start = pretrained.init_from_backbone(jax.device_get(self.start), self.setup.backbone)
+            self.start = pretrained.init_from_backbone(
+                jax.device_get(self.start), self.setup.backbone, config.model.fa_init_pretrained
+            )
         self._fuse = jax.jit(fga.fuse)
         self._recompute = jax.jit(lambda v, x: fga.recompute_batch_stats(self.setup.model, v, x))
 

@@ -22,7 +22,6 @@ the run's input size in, class probabilities out, so a deployment cannot normali
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from faml_jax import data, ensemble, fga, models, runs
-from faml_jax.config import EnsembleConfig, RunConfig
+from faml_jax.config import EnsembleConfig, RunConfig, evaluation_model
 from faml_jax.errors import ConfigError
 from faml_jax.evaluate import check_compatible, named_members
 from faml_jax.preprocess import normalize
@@ -49,7 +48,7 @@ def inference_function(config: RunConfig, variables: dict) -> Callable[[jax.Arra
     """``images (N, S, S, 3) uint8 -> probabilities (N, C) float32`` of one network, its
     variables closed over (normalisation as in training and evaluation). Computed in float32
     whatever the run's compute dtype (its parameters are float32; bfloat16 has no ONNX CPU kernels)."""
-    model = models.ResNet(dataclasses.replace(config.model, dtype="float32"))
+    model = models.ResNet(evaluation_model(config.model))
     variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
     def infer(images):
@@ -64,7 +63,7 @@ def inference_function(config: RunConfig, variables: dict) -> Callable[[jax.Arra
 
 def ensemble_function(config: RunConfig, variables: Sequence[dict], ensemble_config: EnsembleConfig = EnsembleConfig()):
     """``images -> (probabilities (M, N, C), T2V decision (N,))`` of several networks (float32)."""
-    model = models.ResNet(dataclasses.replace(config.model, dtype="float32"))
+    model = models.ResNet(evaluation_model(config.model))
     stacked = fga.stack([{"params": v["params"], "batch_stats": v["batch_stats"]} for v in variables])
     alpha, beta = ensemble_config.alpha, ensemble_config.beta
 

@@ -41,7 +41,8 @@ def reference_loss(entry: dict) -> float:
 @dataclasses.dataclass
 class RunState:
     """Everything a run continues from, what one checkpoint holds: the train state and, as the
-    checkpoint's JSON record, the epochs' history, the learning-rate regime, the starting weights'
+    checkpoint's JSON record, the epochs' history, the learning-rate regime and the epochs it was
+    planned for (a resume with more epochs goes on from the rate reached), the starting weights'
     test metrics (a member started from given weights) and, for a checkpoint saved within an
     epoch (the run stopped on a signal), how many steps of the next epoch are done and that
     epoch's metric sums so far (so the resumed epoch is the uninterrupted one, bit for bit)."""
@@ -49,6 +50,7 @@ class RunState:
     train_state: train.TrainState
     history: list[dict]
     lr_state: schedules.LrState
+    planned_epochs: int
     initial_test: dict | None = None
     step_in_epoch: int = 0
     sums: dict | None = None
@@ -63,7 +65,8 @@ class RunState:
         return {
             "epoch": self.epoch,
             "history": self.history,
-            "switch_epoch": self.lr_state.switch_epoch,
+            "lr_state": dataclasses.asdict(self.lr_state),
+            "planned_epochs": self.planned_epochs,
             "test": test,
             "initial_test": self.initial_test,
             "step_in_epoch": self.step_in_epoch,
@@ -75,7 +78,8 @@ class RunState:
         return cls(
             train_state,
             record["history"],
-            schedules.LrState(record["switch_epoch"]),
+            schedules.LrState(**record["lr_state"]),
+            record["planned_epochs"],
             record["initial_test"],
             record["step_in_epoch"],
             record["sums"],
@@ -123,10 +127,23 @@ class Member:
         self.loader = setup.loader(config.seed)
         self.writer: RunWriter | None = None
         self.preempted: Checkpoints | None = None  # opened when a checkpoint within an epoch exists
-        fresh = RunState(setup.initial_state(config.seed), [], schedules.LrState(0 if start_lr == "lr2" else None))
+        fresh = RunState(
+            setup.initial_state(config.seed), [], schedules.LrState(0 if start_lr == "lr2" else None), config.epochs
+        )
         restored = self.restore(fresh)
         self.resumed = restored is not None
         self.run = restored or fresh
+        if self.run.planned_epochs != config.epochs:  # resumed with another --epochs
+            lr_state = schedules.lengthened(
+                config.schedule,
+                self.run.lr_state,
+                self.run.epoch,
+                self.run.step_in_epoch,
+                setup.steps_per_epoch(),
+                self.run.planned_epochs,
+                config.epochs,
+            )
+            self.run = dataclasses.replace(self.run, lr_state=lr_state, planned_epochs=config.epochs)
 
     @property
     def state(self) -> train.TrainState:
@@ -262,7 +279,7 @@ class Member:
             self.losses + [reference_loss(entry)],
             self.accuracies + [entry["train_accuracy"]],
         )
-        self.run = RunState(state, self.history + [entry], lr_state, self.run.initial_test)
+        self.run = RunState(state, self.history + [entry], lr_state, self.config.epochs, self.run.initial_test)
         self.writer.write_logits(epoch + 1, logits, labels)
         self.checkpoints.save(epoch + 1, state, self.run.record(test))
         self.prune()
@@ -335,6 +352,8 @@ class Member:
             "majority_class_rate": float(np.bincount(labels).max() / len(labels)),
             "well_trained": self.well_trained,
             "switch_epoch": self.run.lr_state.switch_epoch,
+            "dtype": self.config.model.dtype,  # of training
+            "eval_dtype": self.config.eval_dtype,  # of every evaluation: float32 (docs/method.md 2.4)
         }
         if self.run.initial_test is not None:
             summary["initial_test_accuracy"] = self.run.initial_test["accuracy"]

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from faml_jax import data, ensemble, fga, models, runs
-from faml_jax.config import EnsembleConfig, RunConfig
+from faml_jax.config import EnsembleConfig, RunConfig, evaluation_model
 from faml_jax.data.pipeline import resize
 from faml_jax.errors import ConfigError, DataError
 from faml_jax.evaluate import call_size, check_compatible, named_members, pad_batch
@@ -101,7 +101,7 @@ class Predictor:
         self.epochs = list(epochs) if epochs is not None else None
         self.alpha, self.beta = ensemble_config.alpha, ensemble_config.beta
         self.batch_size = batch_size
-        self.model = models.ResNet(config.model)
+        self.model = models.ResNet(evaluation_model(config.model))  # float32 whatever it trained in
         self.variables = jax.device_put(fga.stack(jax.device_get(list(variables))))
         self._step = ensemble.make_ensemble_step(self.model)
         self._explainers: dict = {}

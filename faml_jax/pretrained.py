@@ -275,11 +275,12 @@ def load_backbone(path: str | os.PathLike) -> tuple[dict, dict | None, dict]:
 # Starting a model from a backbone
 
 
-def init_from_backbone(variables: Mapping, backbone: Mapping) -> dict:
+def init_from_backbone(variables: Mapping, backbone: Mapping, fusion_init: float | None = None) -> dict:
     """``variables`` (a fresh ``{"params", "batch_stats"}`` of any preset) with every backbone
     tensor copied in; each FA auxiliary convolution ``stem/conv_region<i>`` starts as a copy of
-    conv1 (docs/method.md 2.1). Everything else (attention blocks, fusion weights, the head) stays as
-    initialised. A backbone tensor the model lacks, a backbone tensor of another shape, or a
+    conv1 and, given ``fusion_init`` (``ModelConfig.fa_init_pretrained``, [choice] 0), the fusion
+    weights at that value, so that the stem starts as the backbone's conv1 (docs/method.md 2.1).
+    Everything else (attention blocks, the head) stays as initialised. A backbone tensor the model lacks, a backbone tensor of another shape, or a
     ResNet tensor of the model the backbone lacks is a ``ConversionError`` naming the keys."""
     result = {}
     problems = []
@@ -305,6 +306,9 @@ def init_from_backbone(variables: Mapping, backbone: Mapping) -> dict:
             if p not in source and not p[0].startswith(fresh_only) and p[-1] != "fusion_weights"
         ]
         problems += [f"{name} (not in the backbone)" for name in lacking]
+        if fusion_init is not None:
+            for path in [p for p in target if p[-1] == "fusion_weights"]:
+                target[path] = np.full(np.shape(target[path]), fusion_init, np.asarray(target[path]).dtype)
         result[collection] = traverse_util.unflatten_dict(target)
     if problems:
         raise ConversionError(f"the backbone does not fit the model: {_list(problems, sort=False)}")

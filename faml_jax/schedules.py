@@ -37,14 +37,27 @@ def cosine_lr(progress: float, lr: float, lr_min: float) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class LrState:
-    """Where the run is in the two regimes: ``switch_epoch`` is the first epoch trained with Lr2
-    (None while in Lr1). Saved with each checkpoint."""
+    """Where the run is in the two regimes; saved with each checkpoint. ``switch_epoch`` is the
+    first epoch trained with Lr2 (None while in Lr1). Lr1's cosine runs from ``cosine_start``
+    (epochs, fractional) at ``cosine_lr`` (None: ``lr1``) to the floor at ``cosine_end`` epochs
+    (None: the run's epochs, or ``lr1_epochs``); a run lengthened while in Lr1 continues from
+    where it is (``lengthened``)."""
 
     switch_epoch: int | None = None
+    cosine_start: float = 0.0
+    cosine_lr: float | None = None
+    cosine_end: float | None = None
 
     @property
     def phase(self) -> int:
         return 1 if self.switch_epoch is None else 2
+
+
+def cosine_end(config: ScheduleConfig, state: LrState, total_epochs: int) -> float:
+    """Where Lr1's cosine reaches its floor, in epochs."""
+    if state.cosine_end is not None:
+        return state.cosine_end
+    return config.lr1_epochs or total_epochs
 
 
 def learning_rate(
@@ -56,10 +69,32 @@ def learning_rate(
     [choice]) at the end of the planned epochs, so switching to Lr2 never raises the rate; Lr2:
     ``lr2 * lr2_gamma ** (epochs since the switch // lr2_step_epochs)``."""
     if state.switch_epoch is None:
-        period = (config.lr1_epochs or total_epochs) * steps_per_epoch
-        return cosine_lr((epoch * steps_per_epoch + step_in_epoch) / max(period, 1), config.lr1, config.lr1_floor)
+        start, end = state.cosine_start, cosine_end(config, state, total_epochs)
+        at = epoch + step_in_epoch / steps_per_epoch
+        progress = (at - start) / (end - start) if end > start else 1.0
+        return cosine_lr(progress, config.lr1 if state.cosine_lr is None else state.cosine_lr, config.lr1_floor)
     decays = (epoch - state.switch_epoch) // config.lr2_step_epochs
     return config.lr2 * config.lr2_gamma ** max(decays, 0)
+
+
+def lengthened(
+    config: ScheduleConfig,
+    state: LrState,
+    epoch: int,
+    step_in_epoch: int,
+    steps_per_epoch: int,
+    planned_epochs: int,
+    total_epochs: int,
+) -> LrState:
+    """The regime of a run planned for ``planned_epochs`` and resumed at (``epoch``,
+    ``step_in_epoch``) for ``total_epochs`` instead. In Lr1 (with the cosine over the run's
+    epochs) the cosine goes on from the rate reached there to the floor at the new end: the rate
+    never jumps at the resume point (docs/method.md 2.4). Otherwise the regime is unchanged."""
+    if state.switch_epoch is not None or config.lr1_epochs or planned_epochs == total_epochs:
+        return state
+    at = epoch + step_in_epoch / steps_per_epoch
+    rate = learning_rate(config, state, epoch, step_in_epoch, steps_per_epoch, planned_epochs)
+    return dataclasses.replace(state, cosine_start=at, cosine_lr=rate, cosine_end=float(total_epochs))
 
 
 def after_epoch(
@@ -72,7 +107,7 @@ def after_epoch(
         and config.switch
         and is_stable(losses, accuracies, config.window, config.loss_range, config.acc_range)
     ):
-        return LrState(switch_epoch=epoch + 1)
+        return dataclasses.replace(state, switch_epoch=epoch + 1)
     return state
 
 

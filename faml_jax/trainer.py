@@ -26,7 +26,7 @@ from flax import traverse_util
 
 from faml_jax import data, models, pretrained, runs, train
 from faml_jax.compiled import compiled
-from faml_jax.config import RunConfig, config_to_json, from_dict
+from faml_jax.config import RunConfig, config_to_json, evaluation_model, from_dict
 from faml_jax.errors import (
     ConfigError,
     DiskFullError,
@@ -154,6 +154,17 @@ def recorded_config(workdir: Path, config_file: str = "config.json") -> dict | N
 # What the members of one configuration share
 
 
+def double_correction_warning(config: RunConfig) -> str:
+    """What a run told to correct the class imbalance twice is warned (``--balanced`` with a
+    class-weighted loss): it trains, as asked, but says so in one line."""
+    loss = "wce" if config.loss.kind == "wce" else f"{config.loss.kind} with WCE (--weighted)"
+    return (
+        f"warning: --balanced with the class-weighted loss ({loss}) corrects the class imbalance twice: the "
+        "sampler draws every class equally often and the loss weights the rare classes up again; drop one of "
+        "them (--balanced, or --loss ce / --no-weighted) unless that is what you want"
+    )
+
+
 class Setup:
     """The data set, model, optimiser and evaluator shared by every member of one configuration
     (members differ only in seed and starting weights)."""
@@ -163,12 +174,15 @@ class Setup:
         self.devices = jax.local_devices()
         self.check_batch(config)
         self.dataset = runs.open_dataset(config)
-        self.model = models.ResNet(config.model)
+        self.model = models.ResNet(config.model)  # training: in config.model.dtype
+        eval_model = evaluation_model(config.model)  # evaluation: always float32 (docs/method.md 2.4)
         self.tx = train.make_optimizer(config.optim, config.schedule.lr1)
         self.class_weights = self.dataset.class_weights if config.loss.needs_class_weights else None
+        if config.data.balanced and config.loss.needs_class_weights:
+            logger.warning(double_correction_warning(config))
         self.evaluator = compiled(
-            ("evaluator", config.model, config.eval_batch_size, tuple(self.devices)),
-            lambda: Evaluator(self.model, config.eval_batch_size, self.devices),
+            ("evaluator", eval_model, config.eval_batch_size, tuple(self.devices)),
+            lambda: Evaluator(models.ResNet(eval_model), config.eval_batch_size, self.devices),
         )
 
     def step_key(self, kind: str, devices) -> tuple:
@@ -237,7 +251,11 @@ class Setup:
         if self.backbone is None:
             return None
         fresh = jax.device_get(self.initial_state(seed))
-        return pretrained.init_from_backbone({"params": fresh.params, "batch_stats": fresh.batch_stats}, self.backbone)
+        return pretrained.init_from_backbone(
+            {"params": fresh.params, "batch_stats": fresh.batch_stats},
+            self.backbone,
+            self.config.model.fa_init_pretrained,
+        )
 
     def test_logits(self, variables) -> tuple[np.ndarray, np.ndarray]:
         """Logits and labels of the test split; ``variables`` replicated (``train.replicate``)."""

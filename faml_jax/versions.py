@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from faml_jax.errors import WorkdirError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def stamped(record: dict) -> dict:

@@ -37,3 +37,42 @@ def test_a_split_smaller_than_the_batch_is_padded_to_the_device_count_only(devic
     assert calls == [(n, -(-5 // n), 16, 16, 3)]
     expected = train.make_eval_step(model)(variables["params"], variables["batch_stats"], images)
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_evaluation_is_float32_whatever_the_training_dtype(tmp_path, devices):
+    """docs/method.md 2.4: a run trained in bfloat16 is evaluated in float32, by the trainer's
+    evaluator, the predictor and the export alike: each equals a float32 forward of its weights
+    (to float32 rounding), and a bfloat16 forward would not."""
+    import dataclasses
+
+    from helpers import jittered_variables, tiny_config, write_run
+
+    from faml_jax import data, export
+    from faml_jax.config import evaluation_model
+    from faml_jax.predict import Predictor
+    from faml_jax.preprocess import normalize
+    from faml_jax.trainer import Setup
+
+    config = tiny_config(tmp_path / "data", 1, attention=True)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype="bfloat16"))
+    assert config.eval_dtype == "float32" and evaluation_model(config.model).dtype == "float32"
+    variables = jittered_variables(config, 0)
+    path = write_run(tmp_path / "run", config, variables)
+    float32 = models.ResNet(evaluation_model(config.model))
+    bfloat16 = models.ResNet(config.model)
+
+    def forward(model, images):
+        return np.asarray(model.apply(variables, normalize(images), train=False))
+
+    setup = Setup(config)
+    logits, _ = setup.test_logits(train.replicate(variables, setup.devices))
+    test_images = np.stack([np.asarray(d["image"]) for d in data.eval_batches(setup.dataset.test, 40, 32, 1)][0])
+    assert test_images.shape == (40, 32, 32, 3)
+    np.testing.assert_allclose(logits, forward(float32, test_images), rtol=1e-5, atol=1e-5)
+    assert np.max(np.abs(forward(bfloat16, test_images) - logits)) > 1e-3  # the check can tell them apart
+
+    faces = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    predicted = Predictor.from_runs([path], batch_size=4).logits(faces)[0]
+    np.testing.assert_allclose(predicted, forward(float32, faces), rtol=1e-5, atol=1e-5)
+    exported = np.asarray(export.inference_function(config, variables)(faces))
+    np.testing.assert_allclose(exported, jax.nn.softmax(forward(float32, faces), axis=-1), rtol=1e-5, atol=1e-6)

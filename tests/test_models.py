@@ -274,3 +274,53 @@ def test_batchnorm_running_variance_is_biased_where_pytorch_is_unbiased():
     np.testing.assert_allclose(stats["mean"], tbn.running_mean.numpy(), rtol=1e-5)
     ratio = (tbn.running_var.numpy() - 0.9) / (np.asarray(stats["var"]) - 0.9)
     np.testing.assert_allclose(ratio, 36 / 35, rtol=1e-4)
+
+
+def products(model, variables, size: int = 32) -> list:
+    """The dtypes and precision of every convolution and matrix product in a forward pass, in
+    order: ``(primitive, operand dtypes, precision)``."""
+    jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, jnp.zeros((2, size, size, 3)))
+    found = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+                found.append(
+                    (eqn.primitive.name, tuple(str(v.aval.dtype) for v in eqn.invars), str(eqn.params["precision"]))
+                )
+            for param in eqn.params.values():  # the jaxprs of pjit, custom_vjp, remat, ...
+                for sub in param if isinstance(param, (tuple, list)) else (param,):
+                    if isinstance(sub, (jax.extend.core.Jaxpr, jax.extend.core.ClosedJaxpr)):
+                        walk(getattr(sub, "jaxpr", sub))
+
+    walk(jaxpr.jaxpr)
+    return found
+
+
+def test_bfloat16_training_keeps_the_head_and_the_logits_float32():
+    """docs/method.md 2.4: convolutions and attention in bfloat16, the pooled features, the head
+    (last dense layer) and the logits in float32."""
+    model = models.build("r18_faml", 7, **TINY_MODEL, dtype="bfloat16")
+    variables = models.init(model, jax.random.key(0))
+    found = products(model, variables)
+    *body, head = found
+    assert head[0] == "dot_general" and head[1] == ("float32", "float32")
+    assert all(dtypes == ("bfloat16", "bfloat16") for _, dtypes, _ in body) and len(body) > 20
+    out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, jnp.zeros((2, 32, 32, 3)))
+    assert out.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("precision", ["highest", "high", "default"])
+def test_the_matmul_precision_of_float32_products_is_applied(precision):
+    """``matmul_precision`` reaches every float32 convolution and product (full float32 by
+    default: no TF32 on GPUs that have it); evaluation always uses the highest."""
+    from faml_jax.config import evaluation_model
+
+    model = models.build("r18_faml", 7, **TINY_MODEL, matmul_precision=precision)
+    variables = models.init(model, jax.random.key(0))
+    expected = str((jax.lax.Precision[precision.upper()],) * 2)
+    assert {p for _, _, p in products(model, variables)} == {expected}
+    evaluated = models.ResNet(evaluation_model(model.config))
+    assert {p for _, _, p in products(evaluated, variables)} == {str((jax.lax.Precision.HIGHEST,) * 2)}
+    with pytest.raises(ConfigError, match="matmul_precision must be one of"):
+        ModelConfig(matmul_precision="tf32")

@@ -79,29 +79,32 @@ def test_converted_r18_gives_torchvisions_logits_and_features(torch_net, torch_o
     assert np.max(np.abs(logits - torch_outputs[0])) <= TOLERANCE
 
 
-def test_r18_faml_from_the_backbone_with_zero_fusion_weights_matches_too(torch_net, torch_outputs, images):
-    """FA auxiliary convolutions start as copies of conv1; with the fusion weights at zero and the
-    attention blocks at their identity initialisation, R18+FAML computes torchvision's ResNet18."""
+def test_r18_faml_started_from_the_backbone_is_torchvisions_resnet18(torch_net, torch_outputs, images):
+    """docs/method.md 2.1: started from a backbone (--init), the FA auxiliary convolutions are
+    copies of conv1 and the fusion weights start at ``fa_init_pretrained`` (0), and the attention
+    blocks are the identity, so R18+FAML with both parts present computes torchvision's ResNet18
+    (the penultimate features; the logits too with torch's head). From scratch's 0.5 it does not."""
     backbone, head = pretrained.torch_to_flax(state_dict(torch_net))
     model = models.build("r18_faml", CLASSES)
+    assert model.config.attention and model.config.fa_regions and model.config.fa_init_pretrained == 0.0
     fresh = jax.device_get(models.init(model, jax.random.key(3)))
-    variables = pretrained.init_from_backbone(fresh, backbone)
+    variables = pretrained.init_from_backbone(fresh, backbone, model.config.fa_init_pretrained)
     stem = variables["params"]["stem"]
     for name in ("conv_region0", "conv_region1"):
         np.testing.assert_array_equal(stem[name]["kernel"], backbone["params"]["stem"]["conv_main"]["kernel"])
-    # Attention blocks, fusion weights and the head keep their fresh initialisation.
-    np.testing.assert_array_equal(stem["fusion_weights"], fresh["params"]["stem"]["fusion_weights"])
-    for a, b in zip(
-        jax.tree_util.tree_leaves(variables["params"]["attn1"]), jax.tree_util.tree_leaves(fresh["params"]["attn1"])
-    ):
-        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(stem["fusion_weights"], [0.0, 0.0])
+    np.testing.assert_array_equal(fresh["params"]["stem"]["fusion_weights"], [0.5, 0.5])
+    # Attention blocks and the head keep their fresh initialisation.
+    chex.assert_trees_all_equal(variables["params"]["attn1"], fresh["params"]["attn1"])
     np.testing.assert_array_equal(variables["params"]["fc"]["kernel"], fresh["params"]["fc"]["kernel"])
-    # With the fusion weights zero and torch's head: the same logits and features.
-    variables["params"]["stem"]["fusion_weights"] = np.zeros_like(stem["fusion_weights"])
-    variables["params"]["fc"] = head
-    logits, features = flax_outputs(model, variables, images)
+    _, features = flax_outputs(model, variables, images)
     assert np.max(np.abs(features - torch_outputs[1])) <= TOLERANCE
+    logits, _ = flax_outputs(model, {**variables, "params": {**variables["params"], "fc": head}}, images)
     assert np.max(np.abs(logits - torch_outputs[0])) <= TOLERANCE
+    # The fusion weights at 0.5 (the from-scratch default) add the regions' maps: not the backbone.
+    half = pretrained.init_from_backbone(fresh, backbone, 0.5)
+    _, features = flax_outputs(model, half, images)
+    assert np.max(np.abs(features - torch_outputs[1])) > 100 * TOLERANCE
 
 
 class NotWeights:

@@ -15,7 +15,7 @@ from faml_jax import models, runs, train
 from faml_jax.checkpoint import DIGEST, CheckpointMismatch, Checkpoints, CheckpointUnreadable, stored_shapes
 from faml_jax.config import config_to_json
 from faml_jax.errors import WorkdirError
-from faml_jax.versions import stamped
+from faml_jax.versions import FORMAT_VERSION, stamped
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_the_digest_records_the_stored_shapes_and_its_format_version(run_folder,
     shutil.copytree(workdir, copy)
     digest = copy / "checkpoints" / "2" / DIGEST
     recorded = json.loads(digest.read_text())
-    assert recorded["format_version"] == 1
+    assert recorded["format_version"] == FORMAT_VERSION
     digest.unlink()
     assert stored_shapes(copy / "checkpoints" / "2") is None
     checkpoints = Checkpoints(copy)
@@ -75,8 +75,11 @@ def test_the_digest_records_the_stored_shapes_and_its_format_version(run_folder,
         other = dataclasses.replace(config.model, widths=(8, 16, 16, 64))
         with pytest.raises(CheckpointMismatch, match="layer4_0/bn1/mean is \\(32,\\) there, \\(64,\\) here"):
             checkpoints.restore(2, runs.state_template(other, config.optim))
-        digest.write_text(json.dumps({**recorded, "format_version": 2}))
-        with pytest.raises(CheckpointUnreadable, match="has format version 2; this faml_jax reads format version 1"):
+        digest.write_text(json.dumps({**recorded, "format_version": FORMAT_VERSION + 1}))
+        with pytest.raises(
+            CheckpointUnreadable,
+            match=f"has format version {FORMAT_VERSION + 1}; this faml_jax reads format version {FORMAT_VERSION}",
+        ):
             checkpoints.restore(2, like)
         assert digest.exists()
     finally:
@@ -106,7 +109,7 @@ def test_missing_pieces_are_named(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(stamped(config_to_json(tiny_config(tmp_path, 1)))))
     with pytest.raises(WorkdirError, match=f"no checkpoint in {tmp_path / 'checkpoints'}"):
         runs.load(tmp_path)
-    (tmp_path / "config.json").write_text('{"format_version": 1, "model": 3}')
+    (tmp_path / "config.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "model": 3}))
     with pytest.raises(WorkdirError, match="is not a valid run configuration"):
         runs.read_run_config(tmp_path)
 

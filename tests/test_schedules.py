@@ -99,3 +99,36 @@ def test_lr1_cosine_ends_at_lr2_so_the_switch_never_raises_the_rate():
     assert schedules.learning_rate(ScheduleConfig(lr1=3e-4, lr1_min=0.0), state, 9, 4, 5, 10) < 1e-5
     with pytest.raises(ValueError, match="lr1_min"):
         ScheduleConfig(lr1=1e-4, lr1_min=2e-4)
+
+
+def test_a_lengthened_run_goes_on_from_the_rate_it_reached():
+    """A run planned for 10 epochs, resumed at epoch 4 step 3 (of 8) with 20: the cosine goes on
+    from the rate reached there (no jump) and reaches the floor at the new end, decreasing all
+    the way; by hand: lr(t) = floor + (r0 - floor) (1 + cos(pi (t - t0) / (20 - t0))) / 2."""
+    config = ScheduleConfig(lr1=3e-4, lr2=1e-5)
+    steps, planned = 8, 10
+    before = schedules.LrState()
+    state = schedules.lengthened(config, before, 4, 3, steps, planned, 20)
+    r0 = schedules.learning_rate(config, before, 4, 3, steps, planned)
+    assert (state.cosine_start, state.cosine_lr, state.cosine_end) == (4 + 3 / 8, r0, 20.0)
+    assert schedules.learning_rate(config, state, 4, 3, steps, 20) == pytest.approx(r0, rel=1e-12)
+    t = 12 + 5 / 8
+    expected = 1e-5 + (r0 - 1e-5) * 0.5 * (1 + math.cos(math.pi * (t - 4.375) / (20 - 4.375)))
+    assert schedules.learning_rate(config, state, 12, 5, steps, 20) == pytest.approx(expected, rel=1e-12)
+    assert schedules.learning_rate(config, state, 20, 0, steps, 20) == pytest.approx(1e-5)
+    rates = [schedules.learning_rate(config, before, e, s, steps, planned) for e in range(4) for s in range(steps)]
+    rates += [schedules.learning_rate(config, before, 4, s, steps, planned) for s in range(3)]
+    rates += [schedules.learning_rate(config, state, 4, s, steps, 20) for s in range(3, steps)]
+    rates += [schedules.learning_rate(config, state, e, s, steps, 20) for e in range(5, 20) for s in range(steps)]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    # The old plan at the same point (the rate a plain re-planned cosine would jump to is higher).
+    assert schedules.learning_rate(config, before, 4, 3, steps, 20) > 1.4 * r0
+    # Lengthened again: the new segment starts from the second one's rate.
+    again = schedules.lengthened(config, state, 15, 0, steps, 20, 30)
+    assert again.cosine_lr == pytest.approx(schedules.learning_rate(config, state, 15, 0, steps, 20))
+    # Nothing changes in Lr2, with a fixed cosine length (lr1_epochs), or with the same epochs.
+    in_lr2 = schedules.LrState(switch_epoch=3)
+    assert schedules.lengthened(config, in_lr2, 4, 0, steps, planned, 20) == in_lr2
+    fixed = ScheduleConfig(lr1=3e-4, lr2=1e-5, lr1_epochs=10)
+    assert schedules.lengthened(fixed, before, 4, 0, steps, planned, 20) == before
+    assert schedules.lengthened(config, before, 4, 0, steps, planned, planned) == before

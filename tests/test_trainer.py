@@ -17,7 +17,7 @@ from faml_jax import config as config_module
 from faml_jax import runs, trainer
 from faml_jax.config import config_to_json
 from faml_jax.errors import WorkdirError
-from faml_jax.versions import stamped
+from faml_jax.versions import FORMAT_VERSION, stamped
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,10 @@ def test_run_writes_its_outputs(uninterrupted):
     full = root / "full"
     written = set(trainer.OUTPUTS) - {runs.PREEMPTED, runs.DAMAGED}  # those only after a stop or a damage
     assert sorted(p.name for p in full.iterdir()) == sorted(written)
-    assert json.loads((full / "config.json").read_text()) == {"format_version": 1, **config_to_json(config)}
+    assert json.loads((full / "config.json").read_text()) == {
+        "format_version": FORMAT_VERSION,
+        **config_to_json(config),
+    }
     history = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert [h["phase"] for h in history] == [1, 1, 2]  # the detector (window 2) fired after epoch 2
@@ -152,12 +155,15 @@ def test_a_configuration_of_another_format_version_is_refused(tmp_path):
     saved = stamped(config_to_json(config))
     (workdir / "config.json").write_text(json.dumps(saved))
     prepare_workdir(workdir, config, resume=True, overwrite=False)  # this version: it continues
-    for version, said in ((None, "no format version"), (2, "format version 2")):
+    for version, said in ((None, "no format version"), (FORMAT_VERSION + 1, f"format version {FORMAT_VERSION + 1}")):
         other = {k: v for k, v in saved.items() if k != "format_version"}
         if version is not None:
             other["format_version"] = version
         (workdir / "config.json").write_text(json.dumps(other))
-        message = f"config.json has {said}.*; this faml_jax reads format version 1: make it again with this version"
+        message = (
+            f"config.json has {said}.*; this faml_jax reads format version {FORMAT_VERSION}: make it again with "
+            "this version"
+        )
         with pytest.raises(WorkdirError, match=message):
             prepare_workdir(workdir, config, resume=True, overwrite=False)
         with pytest.raises(WorkdirError, match=message):
@@ -217,6 +223,23 @@ def test_model_presets_follow_the_papers_rows():
     stem_only = parse("--model", "r18_fa", "--no-attention")
     assert stem_only.model.fa_regions and not stem_only.model.attention
     assert parse("--model", "r18", "--loss", "ml").loss.kind == "ml"  # an explicit --loss wins
+
+
+def test_numerics_and_fusion_flags_reach_the_configuration():
+    """--matmul-precision and --fusion-init (the weight of a pre-trained start with --init, of a
+    random one without) are recorded in the run's configuration; evaluation is float32."""
+    parse = lambda *a: resolve_config(train_program.build_parser().parse_args(list(a)))  # noqa: E731
+    default = parse()
+    assert (default.model.matmul_precision, default.model.fa_init, default.model.fa_init_pretrained) == (
+        "highest",
+        0.5,
+        0.0,
+    )
+    assert default.eval_dtype == "float32" and config_to_json(default)["eval_dtype"] == "float32"
+    assert parse("--matmul-precision", "high").model.matmul_precision == "high"
+    assert parse("--fusion-init", "0.25").model.fa_init == 0.25
+    pretrained = parse("--fusion-init", "0.25", "--init", "/backbone")
+    assert (pretrained.model.fa_init, pretrained.model.fa_init_pretrained) == (0.5, 0.25)
 
 
 def test_the_detector_reads_the_reference_loss_through_the_loop(tmp_path, monkeypatch):
@@ -306,3 +329,65 @@ def test_resume_keeps_the_recorded_setting_of_a_flag_not_given_again(tmp_path, c
     capsys.readouterr()
     assert train_program.main(common + ["--epochs", "3", "--resume", "--crop-faces"]) == 2
     assert "data.crop_faces (False in the checkpoint, True now)" in capsys.readouterr().err
+
+
+def test_a_run_resumed_with_more_epochs_goes_on_from_its_learning_rate(uninterrupted, tmp_path):
+    """--resume with a larger --epochs (docs/training.md): the cosine goes on from the rate the run
+    had reached and ends at the floor at the new end, instead of being re-planned over the new
+    length (a jump up at the resume point). 2 epochs planned, resumed after 1 with 4."""
+    from helpers import final_params
+
+    from faml_jax import schedules
+
+    _, data_dir, config, _ = uninterrupted
+    config = dataclasses.replace(
+        config, epochs=2, schedule=dataclasses.replace(config.schedule, window=5)
+    )  # no switch to Lr2 here
+    workdir = tmp_path / "run"
+    trainer.fit(config, workdir, progress=False, stop_after=1)
+    longer = dataclasses.replace(config, epochs=4)
+    trainer.fit(longer, workdir, resume=True, progress=False, stop_after=1)
+    steps = 96 // 16
+    reached = schedules.learning_rate(config.schedule, schedules.LrState(), 1, 0, steps, 2)
+    expected = schedules.LrState(cosine_start=1.0, cosine_lr=reached, cosine_end=4.0)
+    _, record = final_params(workdir, longer)
+    assert record["lr_state"] == dataclasses.asdict(expected) and record["planned_epochs"] == 4
+    rates = [json.loads(line)["learning_rate"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert rates[1] == pytest.approx(schedules.learning_rate(config.schedule, expected, 1, steps - 1, steps, 4))
+    assert rates[0] > rates[1]
+    assert json.loads((workdir / "config.json").read_text())["epochs"] == 4
+    # Resumed again with the same epochs: the segment stays as recorded.
+    trainer.fit(longer, workdir, resume=True, progress=False)
+    _, record = final_params(workdir, longer)
+    assert record["lr_state"] == dataclasses.asdict(expected)
+    rates = [json.loads(line)["learning_rate"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert rates == sorted(rates, reverse=True)
+    assert rates[-1] == pytest.approx(schedules.learning_rate(config.schedule, expected, 3, steps - 1, steps, 4))
+
+
+def test_a_pretrained_start_has_zero_fusion_weights_and_balanced_wce_is_warned(tmp_path, logged):
+    """With --init the FA fusion weights start at fa_init_pretrained (0: the stem starts as the
+    backbone's conv1; docs/method.md 2.1), set by --fusion-init; --balanced with a class-weighted
+    loss is said in one warning line (the imbalance corrected twice)."""
+    import jax
+
+    from faml_jax import models, pretrained
+    from faml_jax.trainer import Setup
+
+    config = tiny_config(tmp_path / "data", 1)
+    fresh = jax.device_get(models.init(models.ResNet(config.model), jax.random.key(0)))
+    backbone = {
+        "params": {k: v for k, v in fresh["params"].items() if k != "fc"},
+        "batch_stats": fresh["batch_stats"],
+    }
+    backbone["params"]["stem"] = {"conv_main": backbone["params"]["stem"]["conv_main"]}
+    path = pretrained.save_backbone(backbone, None, tmp_path / "backbone")
+    started = Setup(dataclasses.replace(config, init=str(path))).start_variables(3)
+    np.testing.assert_array_equal(started["params"]["stem"]["fusion_weights"], [0.0, 0.0])
+    assert config.model.fa_init == 0.5 and not [m for m in logged if "twice" in m]
+    half = dataclasses.replace(config, init=str(path), model=dataclasses.replace(config.model, fa_init_pretrained=0.5))
+    np.testing.assert_array_equal(Setup(half).start_variables(3)["params"]["stem"]["fusion_weights"], [0.5, 0.5])
+    assert config.loss.needs_class_weights  # the tiny run's ML with WCE
+    Setup(dataclasses.replace(config, data=dataclasses.replace(config.data, balanced=True)))
+    (warning,) = [m for m in logged if "twice" in m]
+    assert warning.startswith("warning: --balanced with the class-weighted loss (ml with WCE (--weighted))")

@@ -79,7 +79,18 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        """x: (batch, H, W, 3) normalised float image -> logits (batch, num_classes) float32."""
+        """x: (batch, H, W, 3) normalised float image -> logits (batch, num_classes) float32.
+
+        Convolutions and attention compute in ``config.dtype``; float32 products use
+        ``config.matmul_precision``. The global average pooling, the head (last dense layer) and
+        the logits are float32 in every dtype (docs/method.md 2.4 [choice])."""
+        cfg = self.config
+        if jnp.dtype(cfg.dtype) == jnp.float32:
+            with jax.default_matmul_precision(cfg.matmul_precision):
+                return self._forward(x, train)
+        return self._forward(x, train)
+
+    def _forward(self, x, train: bool):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         x = x.astype(dtype)
@@ -106,9 +117,7 @@ class ResNet(nn.Module):
         # "perturbations" collection is given).
         self.sow("intermediates", "last_stage", x)
         x = self.perturb("last_stage", x)
-        features = jnp.mean(x, axis=(1, 2))
+        features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         self.sow("intermediates", "features", features)
-        logits = nn.Dense(cfg.num_classes, dtype=dtype, name="fc", **head_inits(cfg.head_init, features.shape[-1]))(
-            features
-        )
-        return logits.astype(jnp.float32)
+        head = nn.Dense(cfg.num_classes, dtype=jnp.float32, name="fc", **head_inits(cfg.head_init, features.shape[-1]))
+        return head(features)
