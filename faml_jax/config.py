@@ -66,13 +66,23 @@ DEFAULT_REGIONS = (UPPER_FACE, LOWER_FACE)
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """ResNet18 with the optional FA stem and attention blocks (docs/method.md 2.1-2.2).
+    """A network: ResNet18 with the optional FA stem and attention blocks (docs/method.md 2.1-2.2),
+    or another of Table 6's architectures (docs/method.md 7).
 
     Attributes:
+      architecture: "resnet" (R18, R18+FA, R18+FAML, ResNet34), "vgg" (VGG16, VGG16-BN) or
+        "densenet" (DenseNet-121), as torchvision defines them.
       num_classes: number of expression classes C (logits per image).
-      widths: channels of the four residual stages (ResNet18: 64, 128, 256, 512); the stem has
-        ``widths[0]`` channels.
-      stage_depths: BasicBlocks per stage (ResNet18: 2, 2, 2, 2).
+      widths: channels of the stages. ResNet: the four residual stages (ResNet18: 64, 128, 256,
+        512; the stem has ``widths[0]`` channels); VGG: the five convolution stages (64, 128, 256,
+        512, 512); DenseNet: one number, the first convolution's channels (64).
+      stage_depths: ResNet: BasicBlocks per stage (ResNet18: 2, 2, 2, 2; ResNet34: 3, 4, 6, 3);
+        VGG: convolutions per stage (VGG16: 2, 2, 3, 3, 3); DenseNet: layers per dense block
+        (DenseNet-121: 6, 12, 24, 16).
+      batch_norm: VGG with BatchNorm after every convolution (torchvision's ``vgg16_bn``).
+      classifier_width, dropout: VGG's two hidden dense layers (4096) and their dropout (0.5, in
+        training only).
+      growth_rate, bn_size: DenseNet's growth rate (32) and bottleneck factor (4).
       input_size: side of the square input image in pixels (even); used to initialise.
       fa_regions: facial regions of the auxiliary stem convolutions; empty = plain ResNet stem.
       fa_init: initial value of the learnable fusion weights w1, w2 from random initialisation
@@ -97,6 +107,7 @@ class ModelConfig:
     """
 
     num_classes: int = 7
+    architecture: Literal["resnet", "vgg", "densenet"] = "resnet"
     widths: tuple[int, ...] = (64, 128, 256, 512)
     stage_depths: tuple[int, ...] = (2, 2, 2, 2)
     input_size: int = 224
@@ -112,11 +123,23 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"
     matmul_precision: Literal["highest", "high", "default"] = "highest"
     head_init: Literal["flax", "torch"] = "flax"
+    batch_norm: bool = False
+    classifier_width: int = 4096
+    dropout: float = 0.5
+    growth_rate: int = 32
+    bn_size: int = 4
 
     def __post_init__(self):
         if self.num_classes < 2:
             raise ConfigError(f"num_classes must be >= 2, got {self.num_classes}")
-        if len(self.widths) != len(self.stage_depths):
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
+        if self.architecture != "resnet" and (self.fa_regions or self.attention):
+            raise ConfigError(f"the FA stem and the attention blocks are ResNet's; {self.architecture} has neither")
+        if self.architecture == "densenet":
+            if len(self.widths) != 1:
+                raise ConfigError(f"densenet takes one width (its first convolution's channels), got {self.widths}")
+        elif len(self.widths) != len(self.stage_depths):
             raise ConfigError(f"widths {self.widths} and stage_depths {self.stage_depths} differ in length")
         if not all(w >= 1 for w in self.widths) or not all(d >= 1 for d in self.stage_depths):
             raise ConfigError(f"widths and stage_depths must be >= 1, got {self.widths} and {self.stage_depths}")
@@ -153,6 +176,7 @@ class ModelConfig:
 
 
 MATMUL_PRECISIONS = ("highest", "high", "default")
+ARCHITECTURES = ("resnet", "vgg", "densenet")
 EVAL_DTYPE = "float32"  # every evaluation, whatever the training dtype (docs/method.md 2.4 [choice])
 
 
@@ -174,6 +198,26 @@ MODEL_PRESETS: dict[str, dict] = {
     # R18+FAML: the same network as R18+FA; ML is its training loss (faml_jax.config.preset
     # trains r18 and r18_fa with plain CE, r18_faml with the data set's ML loss).
     "r18_faml": dict(fa_regions=DEFAULT_REGIONS, attention=True),
+    # Table 6's other basic networks (docs/method.md 7), as torchvision defines them.
+    "resnet34": dict(fa_regions=(), attention=False, stage_depths=(3, 4, 6, 3)),
+    "vgg16": dict(
+        architecture="vgg",
+        fa_regions=(),
+        attention=False,
+        widths=(64, 128, 256, 512, 512),
+        stage_depths=(2, 2, 3, 3, 3),
+    ),
+    "vgg16_bn": dict(
+        architecture="vgg",
+        fa_regions=(),
+        attention=False,
+        widths=(64, 128, 256, 512, 512),
+        stage_depths=(2, 2, 3, 3, 3),
+        batch_norm=True,
+    ),
+    "densenet121": dict(
+        architecture="densenet", fa_regions=(), attention=False, widths=(64,), stage_depths=(6, 12, 24, 16)
+    ),
 }
 
 
@@ -188,6 +232,11 @@ def with_preset(config: ModelConfig, name: str, *, attention: bool | None = None
     config = dataclasses.replace(config, **MODEL_PRESETS[name])
     if attention is not None:
         config = dataclasses.replace(config, attention=attention)
+    return without_unused_attention(config)
+
+
+def without_unused_attention(config: ModelConfig) -> ModelConfig:
+    """``config`` with the attention sizes at their defaults when it has no attention blocks."""
     if config.attention:
         return config
     defaults = ModelConfig()
@@ -564,7 +613,12 @@ class EnsembleConfig:
 RUN_PRESETS: dict[str, dict] = {
     "synthetic": dict(
         model_name="r18_faml",
-        model=dict(widths=(16, 32, 64, 128), input_size=64, attn_dim=32, attn_heads=2, attn_depth=1),
+        # Per architecture: CPU-sized versions (the real data sets' networks are torchvision's).
+        model=dict(
+            resnet=dict(widths=(16, 32, 64, 128), input_size=64, attn_dim=32, attn_heads=2, attn_depth=1),
+            vgg=dict(widths=(16, 32, 64, 128, 128), classifier_width=256, input_size=64),
+            densenet=dict(widths=(16,), growth_rate=8, stage_depths=(2, 2, 2, 2), input_size=64),
+        ),
         loss=LossConfig(kind="ml", p_lsr=0.8, weighted=False),
         schedule=dict(lr1=1e-3),
         batch_size=64,
@@ -584,7 +638,7 @@ RUN_PRESETS: dict[str, dict] = {
 # (docs/method.md 2); the synthetic demo trains from scratch.
 PRETRAINED_DATASETS = ("rafdb", "affectnet7", "affectnet8")
 # Models of the paper's ablation rows trained with plain CE (docs/method.md 2 [choice], every data set).
-CE_MODELS = ("r18", "r18_fa")
+CE_MODELS = ("r18", "r18_fa", "resnet34", "vgg16", "vgg16_bn", "densenet121")  # every model but R18+FAML
 
 
 def model_loss(dataset: str, model_name: str) -> LossConfig:
@@ -663,14 +717,19 @@ def preset(
         import jax
 
         backend = jax.default_backend()
-    model_fields = dict(base["model"], dtype=default_compute_dtype(backend))
+    if model_name not in MODEL_PRESETS:
+        raise ConfigError(f"unknown model {model_name!r}; available: {', '.join(sorted(MODEL_PRESETS))}")
+    architecture = MODEL_PRESETS[model_name].get("architecture", "resnet")
     given_model = dict(model_options or {})
     attention = given_model.pop("attention", None)
-    model_config = with_preset(
-        ModelConfig(num_classes=8 if dataset == "affectnet8" else 7, **{**model_fields, **given_model}),
-        model_name,
-        attention=attention,
-    )
+    fields = {
+        "dtype": default_compute_dtype(backend),
+        **MODEL_PRESETS[model_name],
+        **base["model"].get(architecture, {}),
+        **given_model,
+        **({} if attention is None else {"attention": attention}),
+    }
+    model_config = without_unused_attention(ModelConfig(num_classes=8 if dataset == "affectnet8" else 7, **fields))
     loss = nested("loss", model_loss(dataset, model_name))
     optim_given = overrides.get("optim")
     optim_name = optim_given.get("name", "adam") if isinstance(optim_given, dict) else "adam"

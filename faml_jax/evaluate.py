@@ -158,7 +158,7 @@ def evaluate_members(
         records.append({"name": name, "workdir": str(path.resolve()), "epoch": epoch})
     devices = jax.local_devices()
     evaluator = EnsembleEvaluator(
-        models.ResNet(evaluation_model(config.model)), batch_size or config.eval_batch_size, devices, mapping
+        models.network(evaluation_model(config.model)), batch_size or config.eval_batch_size, devices, mapping
     )
     test = dataset.test
     batches = data.eval_batches(test, evaluator.batch_size, config.model.input_size, config.data.num_threads)

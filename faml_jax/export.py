@@ -48,7 +48,7 @@ def inference_function(config: RunConfig, variables: dict) -> Callable[[jax.Arra
     """``images (N, S, S, 3) uint8 -> probabilities (N, C) float32`` of one network, its
     variables closed over (normalisation as in training and evaluation). Computed in float32
     whatever the run's compute dtype (its parameters are float32; bfloat16 has no ONNX CPU kernels)."""
-    model = models.ResNet(evaluation_model(config.model))
+    model = models.network(evaluation_model(config.model))
     variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
     def infer(images):
@@ -63,7 +63,7 @@ def inference_function(config: RunConfig, variables: dict) -> Callable[[jax.Arra
 
 def ensemble_function(config: RunConfig, variables: Sequence[dict], ensemble_config: EnsembleConfig = EnsembleConfig()):
     """``images -> (probabilities (M, N, C), T2V decision (N,))`` of several networks (float32)."""
-    model = models.ResNet(evaluation_model(config.model))
+    model = models.network(evaluation_model(config.model))
     stacked = fga.stack([{"params": v["params"], "batch_stats": v["batch_stats"]} for v in variables])
     alpha, beta = ensemble_config.alpha, ensemble_config.beta
 

@@ -182,8 +182,10 @@ def recompute_batch_stats(model, variables: PyTree, images: jax.Array) -> PyTree
     probe = model.clone(axis_name=None, bn_momentum=0.0)
 
     def batch_stats_of(x):
-        _, mutated = probe.apply(variables, normalize(x), train=True, mutable=["batch_stats"])
-        return mutated["batch_stats"]
+        # Dropout (VGG's classifier) does not reach the statistics, which all come before it.
+        rngs = {"dropout": jax.random.key(0)}
+        _, mutated = probe.apply(variables, normalize(x), train=True, mutable=["batch_stats"], rngs=rngs)
+        return mutated.get("batch_stats", {})
 
     per_batch = jax.lax.map(batch_stats_of, jnp.asarray(images))  # leaves: (num_batches, ...)
 

@@ -101,7 +101,7 @@ class Predictor:
         self.epochs = list(epochs) if epochs is not None else None
         self.alpha, self.beta = ensemble_config.alpha, ensemble_config.beta
         self.batch_size = batch_size
-        self.model = models.ResNet(evaluation_model(config.model))  # float32 whatever it trained in
+        self.model = models.network(evaluation_model(config.model))  # float32 whatever it trained in
         self.variables = jax.device_put(fga.stack(jax.device_get(list(variables))))
         self._step = ensemble.make_ensemble_step(self.model)
         self._explainers: dict = {}

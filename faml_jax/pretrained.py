@@ -60,6 +60,31 @@ def _conv(torch_key: str, flax_path: tuple[str, ...], out: int, inp: int, k: int
     return {torch_key: ("params", flax_path + ("kernel",), (out, inp, k, k), (2, 3, 1, 0))}
 
 
+def _conv_bias(torch_prefix: str, flax_path: tuple[str, ...], out: int, inp: int, k: int) -> dict[str, tuple]:
+    return {
+        **_conv(f"{torch_prefix}.weight", flax_path, out, inp, k),
+        f"{torch_prefix}.bias": ("params", flax_path + ("bias",), (out,), None),
+    }
+
+
+def _dense(torch_prefix: str, flax_path: tuple[str, ...], out: int, inp: int, transform=(1, 0)) -> dict[str, tuple]:
+    return {
+        f"{torch_prefix}.weight": ("params", flax_path + ("kernel",), (out, inp), transform),
+        f"{torch_prefix}.bias": ("params", flax_path + ("bias",), (out,), None),
+    }
+
+
+def _nchw_flattened(pooled: int, channels: int):
+    """torchvision flattens VGG's (C, 7, 7) pooled map channel-first, faml_jax (7, 7, C)
+    channel-last: the first dense layer's (out, C*49) weight becomes a (49*C, out) kernel."""
+
+    def transform(weight: np.ndarray) -> np.ndarray:
+        out = weight.shape[0]
+        return weight.reshape(out, channels, pooled, pooled).transpose(2, 3, 1, 0).reshape(-1, out)
+
+    return transform
+
+
 def resnet18_layout(widths=RESNET18_WIDTHS, depths=RESNET18_DEPTHS) -> dict[str, tuple]:
     """torch key -> (collection, Flax path, torch shape, transpose) for every backbone tensor of
     torchvision's ResNet18 (``fc`` excluded; ``num_batches_tracked`` carries nothing)."""
@@ -80,6 +105,97 @@ def resnet18_layout(widths=RESNET18_WIDTHS, depths=RESNET18_DEPTHS) -> dict[str,
     return layout
 
 
+def vgg_layout(widths=(64, 128, 256, 512, 512), depths=(2, 2, 3, 3, 3), batch_norm=False, hidden=4096):
+    """torchvision's ``vgg16`` (``vgg16_bn`` with ``batch_norm``): ``features.<i>`` in the order
+    of its Sequential (convolution, [BatchNorm,] ReLU per convolution, a max pool per stage) and
+    the classifier's first two dense layers (``classifier.0``, ``classifier.3``)."""
+    layout, index, inp = {}, 0, 3
+    for stage, (width, depth) in enumerate(zip(widths, depths), 1):
+        for i in range(1, depth + 1):
+            layout.update(_conv_bias(f"features.{index}", (f"conv{stage}_{i}",), width, inp, 3))
+            if batch_norm:
+                layout.update(_bn(f"features.{index + 1}", (f"bn{stage}_{i}",), width))
+            index += 3 if batch_norm else 2
+            inp = width
+        index += 1  # the stage's max pool
+    layout.update(_dense("classifier.0", ("fc1",), hidden, inp * 49, _nchw_flattened(7, inp)))
+    layout.update(_dense("classifier.3", ("fc2",), hidden, hidden))
+    return layout
+
+
+def densenet_layout(init=64, growth=32, blocks=(6, 12, 24, 16), bn_size=4) -> dict[str, tuple]:
+    """torchvision's ``densenet121``: ``features.conv0``, ``norm0``, each dense block's layers
+    (``norm1``, ``conv1``, ``norm2``, ``conv2``), the transitions and ``norm5``."""
+    layout = {**_conv("features.conv0.weight", ("conv0",), init, 3, 7), **_bn("features.norm0", ("norm0",), init)}
+    channels = init
+    for b, layers in enumerate(blocks, 1):
+        for i in range(1, layers + 1):
+            t, f = f"features.denseblock{b}.denselayer{i}", f"denseblock{b}_layer{i}"
+            layout.update(_bn(f"{t}.norm1", (f"{f}_norm1",), channels))
+            layout.update(_conv(f"{t}.conv1.weight", (f"{f}_conv1",), bn_size * growth, channels, 1))
+            layout.update(_bn(f"{t}.norm2", (f"{f}_norm2",), bn_size * growth))
+            layout.update(_conv(f"{t}.conv2.weight", (f"{f}_conv2",), growth, bn_size * growth, 3))
+            channels += growth
+        if b < len(blocks):
+            t = f"features.transition{b}"
+            layout.update(_bn(f"{t}.norm", (f"transition{b}_norm",), channels))
+            layout.update(_conv(f"{t}.conv.weight", (f"transition{b}_conv",), channels // 2, channels, 1))
+            channels //= 2
+    layout.update(_bn("features.norm5", ("norm5",), channels))
+    return layout
+
+
+# Each architecture torchvision defines that faml_jax converts: the backbone's layout, the head's
+# torch prefix and the head's input width, and the faml_jax model it becomes (docs/method.md 7).
+ARCHITECTURES = {
+    "resnet18": (resnet18_layout, "fc", 512, "r18"),
+    "resnet34": (lambda: resnet18_layout(depths=(3, 4, 6, 3)), "fc", 512, "resnet34"),
+    "vgg16": (vgg_layout, "classifier.6", 4096, "vgg16"),
+    "vgg16_bn": (lambda: vgg_layout(batch_norm=True), "classifier.6", 4096, "vgg16_bn"),
+    "densenet121": (densenet_layout, "classifier", 1024, "densenet121"),
+}
+
+
+def _legacy_densenet_keys(state: Mapping[str, Any]) -> dict[str, Any]:
+    """torchvision's published DenseNet weights name a layer's parts ``norm.1`` and ``conv.2``
+    (its loader renames them to ``norm1``, ``conv2``): the same renaming here."""
+    import re
+
+    pattern = re.compile(
+        r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+    )
+    renamed = {}
+    for key, value in state.items():
+        match = pattern.match(key)
+        renamed[match.group(1) + match.group(2) if match else key] = value
+    return renamed
+
+
+def closest_architecture(keys) -> str:
+    """The architecture of ``ARCHITECTURES`` whose tensor names overlap ``keys`` most."""
+    keys = set(keys)
+
+    def overlap(name):
+        layout_fn, head, _, _ = ARCHITECTURES[name]
+        names = set(layout_fn()) | {f"{head}.weight", f"{head}.bias"}
+        return len(names & keys) / len(names | keys)
+
+    return max(ARCHITECTURES, key=overlap)
+
+
+def check_backbone_fits(info: Mapping, model_name: str, where) -> None:
+    """Refuse, in one line, a backbone converted from another architecture than ``model_name``'s
+    (a ResNet18 backbone starts r18, r18_fa and r18_faml; every other its own model)."""
+    architecture = info.get("architecture")
+    if architecture not in ARCHITECTURES:
+        return  # not recorded: the tensors' names and shapes are checked when it is copied in
+    fits = ("r18", "r18_fa", "r18_faml") if architecture == "resnet18" else (ARCHITECTURES[architecture][3],)
+    if model_name not in fits:
+        raise ConversionError(
+            f"--init {where} is a {architecture} backbone: it starts --model {' / '.join(fits)}, not {model_name}"
+        )
+
+
 def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     """The state dict inside a loaded checkpoint: itself, or its ``state_dict`` (or ``model``)
     entry; a ``module.`` prefix on every key (DataParallel) is removed."""
@@ -97,45 +213,63 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     return dict(state)
 
 
-def torch_to_flax(state: Mapping[str, np.ndarray]) -> tuple[dict, dict | None]:
-    """Convert a torchvision ResNet18 state dict (values: numpy arrays) to Flax.
+def torch_to_flax(state: Mapping[str, np.ndarray], architecture: str = "resnet18") -> tuple[dict, dict | None]:
+    """Convert a torchvision state dict of ``architecture`` (a key of ``ARCHITECTURES``; values:
+    numpy arrays) to Flax.
 
-    Returns ``(backbone, head)``: backbone = ``{"params", "batch_stats"}`` of ``"r18"`` without
-    ``fc``; head = ``{"kernel", "bias"}`` of ``fc`` (None when the state dict has no ``fc``).
-    Missing keys, keys that are not ResNet18's and wrong shapes are a ``ConversionError`` that
-    names them.
+    Returns ``(backbone, head)``: backbone = ``{"params", "batch_stats"}`` of the faml_jax model
+    (``ARCHITECTURES[architecture][3]``) without its head ``fc``; head = ``{"kernel", "bias"}`` of
+    the last linear layer (None when the state dict has none). Missing keys, keys that are not the
+    architecture's and wrong shapes are a ``ConversionError`` that names them (and the
+    architecture the keys look like).
     """
-    layout = resnet18_layout()
+    if architecture not in ARCHITECTURES:
+        raise ConversionError(f"unknown architecture {architecture!r}; available: {', '.join(ARCHITECTURES)}")
+    layout_fn, head_prefix, head_width, _ = ARCHITECTURES[architecture]
+    layout = layout_fn()
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    head_keys = {"fc.weight", "fc.bias"}
+    if architecture == "densenet121":
+        state = _legacy_densenet_keys(state)
+    head_keys = {f"{head_prefix}.weight", f"{head_prefix}.bias"}
     missing = set(layout) - set(state)
     unexpected = set(state) - set(layout) - head_keys
     if missing or unexpected:
         parts = ([f"missing keys: {_list(missing)}"] if missing else []) + (
             [f"unexpected keys: {_list(unexpected)}"] if unexpected else []
         )
-        raise ConversionError("not a torchvision ResNet18 state dict: " + "; ".join(parts))
+        closest = closest_architecture(state)
+        looks = f" (its keys look like {closest}'s: --arch {closest})" if closest != architecture else ""
+        raise ConversionError(f"not a torchvision {architecture} state dict{looks}: " + "; ".join(parts))
     present_head = head_keys & set(state)
     if present_head and present_head != head_keys:
-        raise ConversionError(f"missing keys: {_list(head_keys - present_head)} (fc needs weight and bias)")
+        raise ConversionError(f"missing keys: {_list(head_keys - present_head)} ({head_prefix} needs weight and bias)")
     wrong = []
     flat: dict[tuple[str, ...], np.ndarray] = {}
-    for key, (collection, path, shape, transpose) in layout.items():
+    for key, (collection, path, shape, transform) in layout.items():
         value = np.asarray(state[key], np.float32)
         if value.shape != shape:
-            wrong.append(f"{key} {tuple(value.shape)} (ResNet18: {shape})")
+            wrong.append(f"{key} {tuple(value.shape)} ({architecture}: {shape})")
             continue
-        flat[(collection,) + path] = value.transpose(transpose) if transpose else value
+        if callable(transform):
+            value = transform(value)
+        elif transform:
+            value = value.transpose(transform)
+        flat[(collection,) + path] = np.ascontiguousarray(value)
     backbone = traverse_util.unflatten_dict(flat)
+    backbone.setdefault("batch_stats", {})  # VGG16 without BatchNorm has none
     head = None
     if present_head:
-        weight, bias = np.asarray(state["fc.weight"], np.float32), np.asarray(state["fc.bias"], np.float32)
-        if weight.ndim != 2 or weight.shape[1] != RESNET18_WIDTHS[-1] or bias.shape != (weight.shape[0],):
-            wrong.append(f"fc.weight {tuple(weight.shape)} / fc.bias {tuple(bias.shape)} (ResNet18: (C, 512) / (C,))")
+        weight = np.asarray(state[f"{head_prefix}.weight"], np.float32)
+        bias = np.asarray(state[f"{head_prefix}.bias"], np.float32)
+        if weight.ndim != 2 or weight.shape[1] != head_width or bias.shape != (weight.shape[0],):
+            wrong.append(
+                f"{head_prefix}.weight {tuple(weight.shape)} / {head_prefix}.bias {tuple(bias.shape)} "
+                f"({architecture}: (C, {head_width}) / (C,))"
+            )
         else:
             head = {"kernel": weight.T.copy(), "bias": bias}
     if wrong:
-        raise ConversionError(f"shapes that are not ResNet18's: {_list(wrong)}")
+        raise ConversionError(f"shapes that are not {architecture}'s: {_list(wrong)}")
     return backbone, head
 
 

@@ -179,7 +179,7 @@ def choose_epoch(workdir: Path, which: str) -> int:
 def state_template(model: ModelConfig, optim: OptimConfig) -> train.TrainState:
     """A train state whose structure and dtypes the checkpoints of runs with this model and
     optimiser restore into (built once per configuration)."""
-    return train.create_train_state(models.ResNet(model), train.make_optimizer(optim, 1e-3), jax.random.key(0))
+    return train.create_train_state(models.network(model), train.make_optimizer(optim, 1e-3), jax.random.key(0))
 
 
 def restore_variables(workdir: Path, config: RunConfig, epoch: int | None = None) -> dict:

@@ -39,6 +39,7 @@ from faml_jax.preprocess import normalize
 # Folded into the step's key for the augmentations other than the flip (a run without them draws
 # its loss and flips exactly as before they existed).
 AUGMENT_TAG = 0xA06
+DROPOUT_TAG = 0xD40  # folded into a step's key for dropout (VGG's classifier; docs/method.md 7)
 
 AXIS = "batch"  # the pmap axis name of the data-parallel step
 MEMBER_AXIS = "member"  # the pmap axis name of the member-parallel step (one network per device)
@@ -180,12 +181,20 @@ def make_train_step(
         first = 0 if axis_name is None else jax.lax.axis_index(axis_name) * images.shape[0]
         x = augment_batch(flip_key, jax.random.fold_in(step_key, AUGMENT_TAG), images, augment, first)
 
+        dropout_key = jax.random.fold_in(step_key, DROPOUT_TAG)
+        if axis_name is not None:  # each device's examples draw their own masks
+            dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
+
         def objective(params):
             logits, mutated = net.apply(
-                {"params": params, "batch_stats": state.batch_stats}, x, train=True, mutable=["batch_stats"]
+                {"params": params, "batch_stats": state.batch_stats},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": dropout_key},
             )
             loss, lsr = loss_fn(loss_key, logits, labels)
-            return loss, (logits, mutated["batch_stats"], lsr)
+            return loss, (logits, mutated.get("batch_stats", {}), lsr)
 
         (loss, (logits, batch_stats, lsr)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
         if sync is not None:

@@ -174,7 +174,7 @@ class Setup:
         self.devices = jax.local_devices()
         self.check_batch(config)
         self.dataset = runs.open_dataset(config)
-        self.model = models.ResNet(config.model)  # training: in config.model.dtype
+        self.model = models.network(config.model)  # training: in config.model.dtype
         eval_model = evaluation_model(config.model)  # evaluation: always float32 (docs/method.md 2.4)
         self.tx = train.make_optimizer(config.optim, config.schedule.lr1)
         self.class_weights = self.dataset.class_weights if config.loss.needs_class_weights else None
@@ -182,7 +182,7 @@ class Setup:
             logger.warning(double_correction_warning(config))
         self.evaluator = compiled(
             ("evaluator", eval_model, config.eval_batch_size, tuple(self.devices)),
-            lambda: Evaluator(models.ResNet(eval_model), config.eval_batch_size, self.devices),
+            lambda: Evaluator(models.network(eval_model), config.eval_batch_size, self.devices),
         )
 
     def step_key(self, kind: str, devices) -> tuple:
@@ -241,7 +241,8 @@ class Setup:
         """The pre-trained backbone of ``config.init`` (read once), or None."""
         if self.config.init is None:
             return None
-        backbone, _, _ = pretrained.load_backbone(self.config.init)
+        backbone, _, info = pretrained.load_backbone(self.config.init)
+        pretrained.check_backbone_fits(info, self.config.model_name, self.config.init)
         return backbone
 
     def start_variables(self, seed: int) -> dict | None:

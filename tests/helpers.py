@@ -117,7 +117,7 @@ def jittered_variables(config: RunConfig, seed: int) -> dict:
 
     from faml_jax import models
 
-    variables = models.init(models.ResNet(config.model), jax.random.key(seed))
+    variables = models.init(models.network(config.model), jax.random.key(seed))
     leaves, tree = jax.tree.flatten(variables["params"])
     keys = jax.random.split(jax.random.key(seed + 1000), len(leaves))
     moved = [leaf + 0.05 * jax.random.normal(k, leaf.shape, leaf.dtype) for leaf, k in zip(leaves, keys)]
@@ -142,7 +142,7 @@ def write_run(workdir, config: RunConfig, variables: dict, epoch: int = 1, test_
     from faml_jax import models
 
     state = train.create_train_state(
-        models.ResNet(config.model), train.make_optimizer(config.optim, 1e-3), jax.random.key(0)
+        models.network(config.model), train.make_optimizer(config.optim, 1e-3), jax.random.key(0)
     )
     state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
     checkpoints = Checkpoints(workdir)
@@ -166,7 +166,7 @@ def final_params(workdir, config):
     from faml_jax import models, train
     from faml_jax.checkpoint import Checkpoints
 
-    model = models.ResNet(config.model)
+    model = models.network(config.model)
     tx = train.make_optimizer(config.optim, config.schedule.lr1)
     like = train.create_train_state(model, tx, jax.random.key(0))
     ckpt = Checkpoints(workdir)

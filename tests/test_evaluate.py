@@ -58,8 +58,8 @@ def test_evaluation_is_float32_whatever_the_training_dtype(tmp_path, devices):
     assert config.eval_dtype == "float32" and evaluation_model(config.model).dtype == "float32"
     variables = jittered_variables(config, 0)
     path = write_run(tmp_path / "run", config, variables)
-    float32 = models.ResNet(evaluation_model(config.model))
-    bfloat16 = models.ResNet(config.model)
+    float32 = models.network(evaluation_model(config.model))
+    bfloat16 = models.network(config.model)
 
     def forward(model, images):
         return np.asarray(model.apply(variables, normalize(images), train=False))

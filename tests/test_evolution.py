@@ -38,7 +38,7 @@ def evolved(tmp_path_factory):
 
 
 def restore_variables(workdir, config, epoch=None):
-    model = models.ResNet(config.model)
+    model = models.network(config.model)
     like = train.create_train_state(model, train.make_optimizer(config.optim, config.schedule.lr1), jax.random.key(0))
     checkpoints = Checkpoints(workdir)
     state, _ = checkpoints.restore(checkpoints.latest_epoch() if epoch is None else epoch, like)
@@ -99,7 +99,7 @@ def test_a_child_starts_from_its_parents_averaged_kernels(evolved):
     expected = jax.tree_util.tree_map_with_path(fuse, *parents)
     dataset = data.open_dataset("synthetic", config.data.data_dir, config.data.synthetic)
     images = np.stack([dataset.test[i]["image"] for i in range(len(dataset.test))])
-    model = models.ResNet(config.model)
+    model = models.network(config.model)
     logits = np.asarray(model.apply(expected, normalize(images)))
     saved = np.load(root / "evo" / "members" / "g1-c0" / "test_logits" / "epoch_0000.npz")
     np.testing.assert_allclose(saved["logits"], logits, rtol=1e-4, atol=1e-4)
@@ -119,7 +119,7 @@ def test_fresh_networks_share_one_start_but_not_their_heads(evolved):
         else:
             np.testing.assert_array_equal(x, y)
     # ... and that is where g0-m0 started (its epoch-0 test logits).
-    model = models.ResNet(config.model)
+    model = models.network(config.model)
     dataset = data.open_dataset("synthetic", config.data.data_dir, config.data.synthetic)
     images = np.stack([dataset.test[i]["image"] for i in range(len(dataset.test))])
     saved = np.load(root / "evo" / "members" / "g0-m0" / "test_logits" / "epoch_0000.npz")

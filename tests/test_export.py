@@ -70,11 +70,11 @@ def test_a_full_width_r18_faml_at_initialisation_exports_exactly(tmp_path):
     from faml_jax.preprocess import normalize
 
     config = preset("rafdb", "r18_faml", from_scratch=True, model_options={"input_size": 112})
-    variables = models.init(models.ResNet(config.model), jax.random.key(0))
+    variables = models.init(models.network(config.model), jax.random.key(0))
     run = write_run(tmp_path / "run", config, variables)
     export.export_runs([run], tmp_path / "out", formats=("stablehlo",))
     x = np.random.default_rng(0).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)
-    expected = jax.nn.softmax(models.ResNet(config.model).apply(variables, normalize(x), train=False), axis=-1)
+    expected = jax.nn.softmax(models.network(config.model).apply(variables, normalize(x), train=False), axis=-1)
     got = export.load_stablehlo(tmp_path / "out" / "model.stablehlo")(x)
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-4, rtol=0)
 

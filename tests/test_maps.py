@@ -99,7 +99,7 @@ def test_jet_colours_and_overlay_by_hand():
 @pytest.mark.parametrize("name", ["r18", "r18_faml"])
 def test_maps_of_the_papers_models(name):
     config = preset("synthetic", name, model_options=TINY_MODEL)
-    model = models.ResNet(config.model)
+    model = models.network(config.model)
     variables = jittered_variables(config, 0)
     images = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     network_maps = jax.jit(lambda v, x, targets=None: maps.network_maps(model, v, x, targets))  # as a user would

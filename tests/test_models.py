@@ -320,7 +320,7 @@ def test_the_matmul_precision_of_float32_products_is_applied(precision):
     variables = models.init(model, jax.random.key(0))
     expected = str((jax.lax.Precision[precision.upper()],) * 2)
     assert {p for _, _, p in products(model, variables)} == {expected}
-    evaluated = models.ResNet(evaluation_model(model.config))
+    evaluated = models.network(evaluation_model(model.config))
     assert {p for _, _, p in products(evaluated, variables)} == {str((jax.lax.Precision.HIGHEST,) * 2)}
     with pytest.raises(ConfigError, match="matmul_precision must be one of"):
         ModelConfig(matmul_precision="tf32")

@@ -79,7 +79,7 @@ def final_state(workdir: Path):
     config = run_config_from_json(json.loads((workdir / "config.json").read_text()))
     template = jax.device_get(
         train.create_train_state(
-            models.ResNet(config.model), train.make_optimizer(config.optim, config.schedule.lr1), jax.random.key(0)
+            models.network(config.model), train.make_optimizer(config.optim, config.schedule.lr1), jax.random.key(0)
         )
     )
     checkpoints = Checkpoints(workdir)

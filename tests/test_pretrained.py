@@ -144,7 +144,7 @@ def test_a_wrong_state_dict_fails_naming_the_keys(torch_net, tmp_path):
         pretrained.torch_to_flax(resnet34)
     narrow = dict(state, **{"layer2.0.conv1.weight": np.zeros((128, 32, 3, 3), np.float32)})
     with pytest.raises(
-        pretrained.ConversionError, match=r"layer2\.0\.conv1\.weight \(128, 32, 3, 3\) \(ResNet18: \(128, 64, 3, 3\)\)"
+        pretrained.ConversionError, match=r"layer2\.0\.conv1\.weight \(128, 32, 3, 3\) \(resnet18: \(128, 64, 3, 3\)\)"
     ):
         pretrained.torch_to_flax(narrow)
     half_fc = {k: v for k, v in state.items() if k != "fc.bias"}
@@ -261,7 +261,7 @@ def test_convert_then_train_from_the_backbone(torch_net, tmp_path, capsys):
     torch.save({"state_dict": {f"module.{k}": v for k, v in torch_net.state_dict().items()}}, tmp_path / "r18.pth")
     out = tmp_path / "backbone"
     assert convert_torch_resnet18.main([str(tmp_path / "r18.pth"), str(out)]) == 0
-    assert "fc with 7 classes kept" in capsys.readouterr().out
+    assert "last layer with 7 classes kept" in capsys.readouterr().out
     backbone, head, info = pretrained.load_backbone(out)
     reference, _ = pretrained.torch_to_flax(state_dict(torch_net))
     chex.assert_trees_all_equal(backbone, reference)

@@ -25,7 +25,7 @@ def run_folder(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
     config = tiny_config(workdir / "data", 2)
     (workdir / "config.json").write_text(json.dumps(stamped(config_to_json(config))))
-    model = models.ResNet(config.model)
+    model = models.network(config.model)
     tx = train.make_optimizer(config.optim, config.schedule.lr1)
     states = {e: train.create_train_state(model, tx, jax.random.key(e)) for e in (1, 2)}
     accuracy = {1: 0.5, 2: 0.25}

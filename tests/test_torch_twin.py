@@ -40,7 +40,7 @@ def to_torch(x):
 def test_eval_and_train_mode_logits_equal_the_flax_models(model):
     config = config_of(model)
     variables = jittered_variables(config, seed=3)
-    flax_model = models.ResNet(config.model)
+    flax_model = models.network(config.model)
     twin = from_flax(variables, config.model)
     x, _ = batch(config.model.input_size)
 
@@ -70,7 +70,7 @@ def test_eval_and_train_mode_logits_equal_the_flax_models(model):
 def test_one_adam_step_with_cross_entropy_moves_both_alike():
     config = config_of("r18_faml")
     variables = jittered_variables(config, seed=4)
-    flax_model = models.ResNet(config.model)
+    flax_model = models.network(config.model)
     x, y = batch(config.model.input_size, seed=1)
     lr = 1e-3
 

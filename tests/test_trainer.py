@@ -375,7 +375,7 @@ def test_a_pretrained_start_has_zero_fusion_weights_and_balanced_wce_is_warned(t
     from faml_jax.trainer import Setup
 
     config = tiny_config(tmp_path / "data", 1)
-    fresh = jax.device_get(models.init(models.ResNet(config.model), jax.random.key(0)))
+    fresh = jax.device_get(models.init(models.network(config.model), jax.random.key(0)))
     backbone = {
         "params": {k: v for k, v in fresh["params"].items() if k != "fc"},
         "batch_stats": fresh["batch_stats"],

@@ -44,7 +44,7 @@ def measure(args) -> list[str]:
     from skimage import data as skimage_data
 
     config = preset("rafdb", from_scratch=True)  # R18+FAML, 224 px, the paper's widths and blocks
-    model = models.ResNet(config.model)
+    model = models.network(config.model)
     rng = np.random.default_rng(0)
     crops = list(rng.integers(0, 256, (args.faces, 100, 100, 3), dtype=np.uint8))  # RAF-DB's aligned size
     folder = Path(tempfile.mkdtemp())

@@ -1,5 +1,7 @@
 """Convert a PyTorch ResNet18 checkpoint to a faml_jax backbone:
-``python -m tools.convert_torch_resnet18 resnet18_msceleb.pth backbones/msceleb``.
+``python -m tools.convert_torch_resnet18 resnet18_msceleb.pth backbones/msceleb``; the same as
+``python -m tools.convert_torch --arch resnet18`` (which also converts resnet34, vgg16, vgg16_bn and
+densenet121).
 
 Reads a torchvision-layout ResNet18 state dict (plain, under ``state_dict``, ``module.``-prefixed,
 with or without ``fc``) with ``torch.load(weights_only=True)`` (no pickled code runs), converts
@@ -13,7 +15,7 @@ from __future__ import annotations
 import sys
 
 from experiments.cli import OneLineErrorParser, run_cli
-from faml_jax import pretrained
+from tools import convert_torch
 
 
 def build_parser() -> OneLineErrorParser:
@@ -23,17 +25,10 @@ def build_parser() -> OneLineErrorParser:
     return parser
 
 
-def convert(checkpoint, out, log=print):
-    """Convert ``checkpoint`` into the new folder ``out``; returns the folder."""
-    state = pretrained.read_torch_state_dict(checkpoint)
-    backbone, head = pretrained.torch_to_flax(state)
-    folder = pretrained.save_backbone(backbone, head, out, info={"source": str(checkpoint)})
-    head_text = f"fc with {head['kernel'].shape[1]} classes kept" if head is not None else "no fc in the file"
-    log(
-        f"converted {len(state)} tensors of {checkpoint} into {folder} ({head_text}); "
-        f"train with: python -m experiments.train --init {folder}"
-    )
-    return folder
+def convert(checkpoint, out):
+    """Convert ``checkpoint`` (a torchvision ResNet18) into the new folder ``out``; returns the
+    folder (``tools.convert_torch.convert`` with ``--arch resnet18``)."""
+    return convert_torch.convert(checkpoint, out, "resnet18")
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,6 @@
-"""Models: ResNet18 and R18+FAML (docs/method.md 2), built by name.
+"""Models: ResNet18 and R18+FAML (docs/method.md 2), and Table 6's other basic networks
+(ResNet34, VGG16, VGG16-BN, DenseNet-121; docs/method.md 7), built by name or from a
+``ModelConfig`` (``network``).
 
 >>> model = build("r18_faml", num_classes=7)
 >>> variables = init(model, jax.random.key(0))
@@ -17,15 +19,25 @@ from faml_jax.config import MODEL_PRESETS as PRESETS
 from faml_jax.config import ModelConfig
 from faml_jax.errors import ConfigError
 from faml_jax.models.attention import AttentionBlock, EncoderLayer
+from faml_jax.models.densenet import DenseNet
 from faml_jax.models.fa_stem import FAStem
 from faml_jax.models.resnet import BasicBlock, ResNet
+from faml_jax.models.vgg import VGG
+
+MODULES = {"resnet": ResNet, "vgg": VGG, "densenet": DenseNet}
+
+
+def network(config: ModelConfig, *, axis_name: str | None = None):
+    """The Flax module of ``config``'s architecture (``ResNet``, ``VGG`` or ``DenseNet``)."""
+    return MODULES[config.architecture](config, axis_name=axis_name)
 
 
 def build(name: str, num_classes: int, *, axis_name: str | None = None, **overrides) -> ResNet:
     """Build a named model.
 
     Args:
-      name: one of ``PRESETS`` ("r18", "r18_fa", "r18_faml").
+      name: one of ``PRESETS`` ("r18", "r18_fa", "r18_faml", "resnet34", "vgg16", "vgg16_bn",
+        "densenet121").
       num_classes: number of classes C.
       axis_name: pmap axis over which BatchNorm statistics are synchronised in training.
       **overrides: any ``ModelConfig`` field (``widths``, ``input_size``, ``attention``,
@@ -42,20 +54,20 @@ def build(name: str, num_classes: int, *, axis_name: str | None = None, **overri
     if unknown:
         raise ConfigError(f"unknown model option(s) {unknown}; ModelConfig has {sorted(fields)}")
     config = ModelConfig(num_classes=num_classes, **{**PRESETS[name], **overrides})
-    return ResNet(config, axis_name=axis_name)
+    return network(config, axis_name=axis_name)
 
 
 @functools.lru_cache(maxsize=32)
 def _jitted_init(config: ModelConfig, batch_size: int):
     """One compiled initialiser per configuration (compiling it takes seconds; a population
     initialises many networks of one configuration)."""
-    model = ResNet(config)
+    model = network(config)
     size = config.input_size
 
     @jax.jit
     def init_fn(key):
         variables = model.init(key, jnp.zeros((batch_size, size, size, 3), jnp.float32), train=False)
-        return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+        return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
     return init_fn
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from faml_jax.config import ModelConfig
 from faml_jax.models.attention import AttentionBlock
 from faml_jax.models.fa_stem import FAStem
-from faml_jax.models.layers import BN_MOMENTUM, batch_norm, conv_init
+from faml_jax.models.layers import BN_MOMENTUM, batch_norm, conv_init, precision_of
 from faml_jax.models.pooling import max_pool
 
 
@@ -84,11 +84,8 @@ class ResNet(nn.Module):
         Convolutions and attention compute in ``config.dtype``; float32 products use
         ``config.matmul_precision``. The global average pooling, the head (last dense layer) and
         the logits are float32 in every dtype (docs/method.md 2.4 [choice])."""
-        cfg = self.config
-        if jnp.dtype(cfg.dtype) == jnp.float32:
-            with jax.default_matmul_precision(cfg.matmul_precision):
-                return self._forward(x, train)
-        return self._forward(x, train)
+        with precision_of(self.config):
+            return self._forward(x, train)
 
     def _forward(self, x, train: bool):
         cfg = self.config

@@ -1,0 +1,168 @@
+"""Table 6's basic networks (docs/method.md 7): ResNet34, VGG16, VGG16-BN and DenseNet-121 as
+torchvision defines them. Converted torchvision weights give torchvision's logits (eval mode, and
+training mode where the network has BatchNorm), a state dict of another architecture is refused,
+the full-size networks have torchvision's parameter counts, and each trains on the synthetic data
+at small width. Needs the ``torch`` extra (``make test`` installs it)."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+if os.environ.get("FAML_JAX_REQUIRE_TORCH") == "1":
+    import torch
+    import torchvision
+else:
+    torch = pytest.importorskip("torch", reason="the torch extra is not installed (pip install -e '.[torch]')")
+    torchvision = pytest.importorskip("torchvision")
+
+from faml_jax import models, pretrained  # noqa: E402
+from faml_jax.errors import ConfigError  # noqa: E402
+from faml_jax.pretrained import ConversionError  # noqa: E402
+
+CLASSES = 7
+SIZE = 96  # small enough for the CPU; VGG's 3x3 map then goes through the 7x7 adaptive pool
+TOLERANCE = 1e-4
+TORCHVISION = {
+    "resnet34": torchvision.models.resnet34,
+    "vgg16": torchvision.models.vgg16,
+    "vgg16_bn": torchvision.models.vgg16_bn,
+    "densenet121": torchvision.models.densenet121,
+}
+
+
+def torch_network(name: str, dropout: float = 0.5):
+    """torchvision's network with random weights and randomised BatchNorm statistics."""
+    torch.manual_seed(0)
+    net = TORCHVISION[name](num_classes=CLASSES, **({"dropout": dropout} if name.startswith("vgg") else {}))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                n = module.num_features
+                module.weight.copy_(1 + 0.2 * torch.randn(n, generator=generator))
+                module.bias.copy_(0.2 * torch.randn(n, generator=generator))
+                module.running_mean.copy_(0.2 * torch.randn(n, generator=generator))
+                module.running_var.copy_(0.5 + torch.rand(n, generator=generator))
+    return net
+
+
+def converted(name: str, net, **overrides):
+    state = {k: v.numpy() for k, v in net.state_dict().items()}
+    backbone, head = pretrained.torch_to_flax(state, name)
+    model = models.build(pretrained.ARCHITECTURES[name][3], CLASSES, input_size=SIZE, **overrides)
+    variables = {"params": {**backbone["params"], "fc": head}, "batch_stats": backbone["batch_stats"]}
+    fresh = jax.device_get(models.init(model, jax.random.key(0)))
+    assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(fresh)
+    return model, variables
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TORCHVISION))
+def test_converted_weights_give_torchvisions_logits(name):
+    images = np.random.default_rng(0).normal(size=(2, SIZE, SIZE, 3)).astype(np.float32)
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    net = torch_network(name, dropout=0.0)  # training mode below: no random masks to compare
+    model, variables = converted(name, net, dropout=0.0) if name.startswith("vgg") else converted(name, net)
+    with torch.no_grad():
+        expected = net.eval()(x).numpy()
+    logits = np.asarray(jax.jit(lambda v, x: model.apply(v, x))(variables, images))
+    assert np.max(np.abs(logits - expected)) <= TOLERANCE, np.max(np.abs(logits - expected))
+    if not variables["batch_stats"]:
+        return  # VGG16 without BatchNorm: training mode differs only by dropout
+    # Training mode: BatchNorm normalises with the batch's statistics, as torch's does.
+    with torch.no_grad():
+        expected = net.train()(x).numpy()
+    logits, _ = model.apply(variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+    assert np.max(np.abs(np.asarray(logits) - expected)) <= 1e-3
+    eval_logits = np.asarray(model.apply(variables, images))
+    assert np.max(np.abs(eval_logits - np.asarray(logits))) > 1e-2  # batch statistics were used
+
+
+def test_a_state_dict_of_another_architecture_is_refused_naming_it():
+    net = torchvision.models.resnet34(num_classes=CLASSES)
+    state = {k: v.numpy() for k, v in net.state_dict().items()}
+    with pytest.raises(
+        ConversionError, match=r"not a torchvision densenet121 state dict \(its keys look like resnet34's"
+    ):
+        pretrained.torch_to_flax(state, "densenet121")
+    with pytest.raises(ConversionError, match=r"not a torchvision resnet18 state dict .*unexpected keys: layer1.2"):
+        pretrained.torch_to_flax(state, "resnet18")
+    with pytest.raises(ConversionError, match="unknown architecture 'alexnet'"):
+        pretrained.torch_to_flax(state, "alexnet")
+
+
+def test_densenet_weights_published_with_the_old_key_names_convert():
+    """torchvision's published DenseNet files name a layer's parts ``norm.1``, ``conv.2``."""
+    state = {k: v.numpy() for k, v in torchvision.models.densenet121(num_classes=CLASSES).state_dict().items()}
+    old = {k.replace(".norm1.", ".norm.1.").replace(".conv2.", ".conv.2."): v for k, v in state.items()}
+    assert old != state
+    new_backbone, _ = pretrained.torch_to_flax(state, "densenet121")
+    old_backbone, _ = pretrained.torch_to_flax(old, "densenet121")
+    jax.tree_util.tree_map(np.testing.assert_array_equal, new_backbone, old_backbone)
+
+
+def test_full_size_networks_have_torchvisions_parameter_counts():
+    for name, build in TORCHVISION.items():
+        expected = sum(p.numel() for p in build(num_classes=1000).parameters())
+        model = models.build(pretrained.ARCHITECTURES[name][3], 1000)
+        shapes = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 224, 224, 3))), jax.random.key(0))
+        assert models.count_params(shapes["params"]) == expected, name
+
+
+def test_the_fa_parts_are_resnets_only():
+    with pytest.raises(ConfigError, match="the FA stem and the attention blocks are ResNet's; vgg has neither"):
+        models.build("vgg16", CLASSES, attention=True)
+    with pytest.raises(ConfigError, match="densenet takes one width"):
+        models.build("densenet121", CLASSES, widths=(16, 32))
+
+
+SMALL = {
+    "resnet34": dict(widths=(8, 8, 16, 16)),
+    "vgg16": dict(widths=(8, 8, 16, 16, 16), classifier_width=32),
+    "densenet121": dict(widths=(8,), growth_rate=4, stage_depths=(2, 2, 2, 2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_each_network_trains_on_the_synthetic_data_and_resumes(name, tmp_path):
+    """A small version of each trains an epoch through trainer.fit (checkpoint, evaluation,
+    summary; VGG16's empty BatchNorm collection and dropout included) and resumes."""
+    from faml_jax import runs, trainer
+    from faml_jax.config import preset
+
+    config = preset(
+        "synthetic",
+        name,
+        model_options={**SMALL[name], "input_size": 32},
+        data=dict(data_dir=str(tmp_path / "data"), synthetic=dict(train_size=96, test_size=40, image_size=32)),
+        epochs=2,
+        batch_size=16,
+        eval_batch_size=32,
+    )
+    assert config.loss.kind == "ce" and config.model_name == name  # the R18 row's recipe
+    trainer.fit(config, tmp_path / "run", progress=False, stop_after=1)
+    summary = trainer.fit(config, tmp_path / "run", resume=True, progress=False)
+    assert summary["epochs"] == 2 and summary["model"] == name
+    loaded, variables, epoch = runs.load(tmp_path / "run")
+    assert loaded == config and epoch == 2
+    assert bool(variables["batch_stats"]) == (name != "vgg16")
+
+
+def test_a_backbone_of_another_architecture_is_refused_by_the_run(tmp_path):
+    """--init names a backbone converted from another architecture than --model's: one line."""
+    from faml_jax.config import preset
+    from faml_jax.trainer import Setup
+    from tools import convert_torch
+
+    path = tmp_path / "densenet121.pth"
+    torch.save(torchvision.models.densenet121(num_classes=CLASSES).state_dict(), path)
+    folder = convert_torch.convert(path, tmp_path / "backbone", "densenet121")
+    data = dict(data_dir=str(tmp_path / "data"), synthetic=dict(train_size=96, test_size=40, image_size=32))
+    config = preset("synthetic", "resnet34", init=str(folder), data=data)
+    with pytest.raises(
+        ConversionError, match=r"is a densenet121 backbone: it starts --model densenet121, not resnet34"
+    ):
+        _ = Setup(config).backbone
