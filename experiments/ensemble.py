@@ -2,9 +2,11 @@
 ``python -m experiments.ensemble --members DIR DIR ...`` or ``--population EVOLVE_DIR``.
 
 The members (workdirs of ``experiments.train``, or the final population of an
-``experiments.evolve`` run) must share model, optimiser and data set. Their checkpoints
-(``--checkpoint final``, the default, or ``best``: selected on the test split, optimistic) are
-stacked and evaluated in one compiled call per batch; their decisions are combined by T1V
+``experiments.evolve`` run) must share the data set; they may be of different architectures or
+input sizes (a mixed ensemble). One member is a report of that run alone (its rank table, paper
+Table 1). Their checkpoints (``--checkpoint final``, the default, or ``best``: selected on the test
+split, optimistic) are stacked and evaluated in one compiled call per batch and architecture;
+their decisions are combined by T1V
 (majority vote), NOI (summed softmax, Eq. 13) and T2V (top-two voting, Eq. 10-12; docs/method.md 4).
 The report folder (``--out``) holds:
 

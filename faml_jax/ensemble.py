@@ -215,8 +215,8 @@ def analyse(
     or "accuracy" (best single member first; chosen on the test split)."""
     logits, labels = np.asarray(logits, np.float32), np.asarray(labels, np.int32)
     m, _, c = logits.shape
-    if m < 2:
-        raise ConfigError(f"an ensemble needs at least 2 members, got {m}")
+    if m < 1:
+        raise ConfigError("no member's logits to analyse")
     singles = [classification_metrics(logits[i], labels) for i in range(m)]
     best = int(np.argmax([s["accuracy"] for s in singles]))  # first of equals
 
@@ -230,9 +230,10 @@ def analyse(
     else:
         raise ConfigError(f"unknown order {order!r}; expected 'given' or 'accuracy'")
     sizes = []
+    decisions = decide(logits)  # the whole ensemble (one member: its own argmax, by every rule)
     for k in range(2, m + 1):
-        decisions = decide(logits if k == m else logits[sequence[:k]])  # at k = m: the whole ensemble
-        sizes.append({"size": k, "added": names[sequence[k - 1]], **{s: decisions[s]["accuracy"] for s in STRATEGIES}})
+        subset = decisions if k == m else decide(logits[sequence[:k]])
+        sizes.append({"size": k, "added": names[sequence[k - 1]], **{s: subset[s]["accuracy"] for s in STRATEGIES}})
     ranks = np.asarray(rank_distribution(logits, labels), np.float64)
     wrong = 1.0 - ranks[:, 0]
     second_of_wrong = np.divide(ranks[:, 1], wrong, out=np.zeros(m), where=wrong > 0)

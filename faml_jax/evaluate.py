@@ -109,13 +109,27 @@ def named_members(paths: list[Path]) -> list[tuple[str, Path]]:
     return [(p.name if names.count(p.name) == 1 else str(p), p) for p in paths]
 
 
+SAME_TEST_SPLIT = ("data.dataset", "data.synthetic", "data.crop_faces", "model.num_classes")
+
+
 def check_compatible(members: list[tuple[str, Path]], configs: list) -> None:
-    """Members evaluated together must share model, optimiser and data set (``SAME_NETWORK``)."""
+    """Members evaluated together must share the data set (its test split and classes); their
+    architectures and input sizes may differ (a mixed ensemble, docs/method.md 7)."""
     first = config_to_json(configs[0])
     for (name, _), config in zip(members[1:], configs[1:]):
-        diffs = structural_differences(first, config_to_json(config), labels=(f"in {members[0][0]}", f"in {name}"))
+        diffs = structural_differences(
+            first, config_to_json(config), labels=(f"in {members[0][0]}", f"in {name}"), fields=SAME_TEST_SPLIT
+        )
         if diffs:
             raise ConfigError(f"member {name} differs from {members[0][0]} in: {'; '.join(diffs)}")
+
+
+def model_groups(configs: list) -> list[tuple[list[int], object]]:
+    """The members' positions grouped by the network they evaluate with (architecture, widths,
+    input size: ``evaluation_model``), in order of first appearance: each group is one compiled
+    call."""
+    keys = [evaluation_model(c.model) for c in configs]
+    return [([i for i, k in enumerate(keys) if k == key], key) for key in dict.fromkeys(keys)]
 
 
 def evaluate_members(
@@ -129,15 +143,17 @@ def evaluate_members(
     progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], dict]:
     """Restore the members' checkpoints (``(name, run folder)`` pairs; ``checkpoint`` "final" or
-    "best") and evaluate them together on their test split, in one compiled call per batch.
+    "best") and evaluate them on their test split: the members of one architecture and input size
+    together, in one compiled call per batch (``model_groups``). One member gives its Table 1 rank
+    statistics; members of several architectures make a mixed ensemble (docs/method.md 7).
 
     Returns ``(logits (M, N, C), labels (N,), class names, info)``; ``info``: what was evaluated
-    (data set, model, checkpoint per member, and how far each member's logits are from those its
+    (data set, models, checkpoint per member, and how far each member's logits are from those its
     training run stored for the same checkpoint)."""
     from tqdm import tqdm
 
-    if len(members) < 2:
-        raise ConfigError(f"an ensemble needs at least 2 members, got {len(members)}")
+    if not members:
+        raise ConfigError("no member to evaluate")
     configs = [runs.read_run_config(path) for _, path in members]
     check_compatible(members, configs)
     config = configs[0]
@@ -152,26 +168,36 @@ def evaluate_members(
         )
     dataset = runs.open_dataset(config)
     records, variables = [], []
-    for name, path in members:
+    for (name, path), member_config in zip(members, configs):
         epoch = runs.choose_epoch(path, checkpoint)
-        variables.append(runs.restore_variables(path, config, epoch))
-        records.append({"name": name, "workdir": str(path.resolve()), "epoch": epoch})
+        variables.append(runs.restore_variables(path, member_config, epoch))
+        records.append(
+            {"name": name, "workdir": str(path.resolve()), "epoch": epoch, "model": member_config.model_name}
+        )
     devices = jax.local_devices()
-    evaluator = EnsembleEvaluator(
-        models.network(evaluation_model(config.model)), batch_size or config.eval_batch_size, devices, mapping
-    )
     test = dataset.test
-    batches = data.eval_batches(test, evaluator.batch_size, config.model.input_size, config.data.num_threads)
-    bar = tqdm(
-        batches,
-        total=-(-len(test) // evaluator.batch_size),
-        desc=f"evaluating {len(members)} members",
-        unit="batch",
-        disable=not progress,
-        leave=False,
-        dynamic_ncols=True,
-    )
-    logits, labels = evaluator(train.replicate(fga.stack(jax.device_get(variables)), devices), bar)
+    logits, labels, mappings = None, None, set()
+    for positions, model_config in model_groups(configs):
+        evaluator = EnsembleEvaluator(
+            models.network(model_config), batch_size or config.eval_batch_size, devices, mapping
+        )
+        mappings.add(evaluator.mapping)
+        batches = data.eval_batches(test, evaluator.batch_size, model_config.input_size, config.data.num_threads)
+        bar = tqdm(
+            batches,
+            total=-(-len(test) // evaluator.batch_size),
+            desc=f"evaluating {len(positions)} {configs[positions[0]].model_name} member(s)",
+            unit="batch",
+            disable=not progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        stacked = train.replicate(fga.stack(jax.device_get([variables[i] for i in positions])), devices)
+        group_logits, group_labels = evaluator(stacked, bar)
+        if logits is None:
+            logits = np.zeros((len(members), *group_logits.shape[1:]), np.float32)
+            labels = group_labels
+        logits[positions] = group_logits
     # The members' own evaluation of the same checkpoint, from training: same test split?
     for i, (record, (name, path)) in enumerate(zip(records, members)):
         stored = path / "test_logits" / f"epoch_{record['epoch']:04d}.npz"
@@ -183,11 +209,12 @@ def evaluate_members(
                         f"(the labels in {stored} differ from the data set's)"
                     )
                 record["stored_logits_max_abs_diff"] = float(np.max(np.abs(saved["logits"] - logits[i])))
+    names = list(dict.fromkeys(c.model_name for c in configs))
     info = {
         "dataset": config.data.dataset,
-        "model": config.model_name,
+        "model": names[0] if len(names) == 1 else "mixed: " + ", ".join(names),
         "checkpoint": checkpoint,
-        "mapping": evaluator.mapping,
+        "mapping": ", ".join(sorted(mappings)),
         "members_evaluated": records,
     }
     return logits, labels, dataset.classes, info

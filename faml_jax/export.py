@@ -33,7 +33,7 @@ import numpy as np
 from faml_jax import data, ensemble, fga, models, runs
 from faml_jax.config import EnsembleConfig, RunConfig, evaluation_model
 from faml_jax.errors import ConfigError
-from faml_jax.evaluate import check_compatible, named_members
+from faml_jax.evaluate import check_compatible, model_groups, named_members
 from faml_jax.preprocess import normalize
 from faml_jax.versions import stamped
 from faml_jax.workdir import WorkdirLock, check_replaceable, recognise_listed
@@ -485,6 +485,11 @@ def export_runs(
         raise ConfigError(f"two networks have the same name: {', '.join(names)}")
     loaded = [runs.load(p, checkpoint) for p in paths]
     check_compatible(list(zip(names, paths)), [c for c, _, _ in loaded])
+    if len(model_groups([c for c, _, _ in loaded])) > 1:
+        raise ConfigError(
+            "the networks are of several architectures or input sizes: export one architecture's networks at a time "
+            "(each export takes one input size)"
+        )
     out = Path(out).absolute()
     with WorkdirLock(out.parent, f"export folder {out.name} in", name=f".{out.name}.lock"):
         check_replaceable(out, "export", recognise_export, overwrite)

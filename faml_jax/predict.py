@@ -20,6 +20,7 @@ import functools
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -66,11 +67,29 @@ class Prediction:
         return [self.classes[k] for k in self.decision]
 
 
+@dataclasses.dataclass
+class Group:
+    """Members of one architecture and input size, evaluated together in one compiled call."""
+
+    members: list[int]  # their positions in the ensemble
+    config: RunConfig
+    model: Any
+    variables: Any  # stacked (``fga.stack``), on the device
+    step: Any  # ``ensemble.make_ensemble_step(model)``
+
+    @property
+    def input_size(self) -> int:
+        return self.config.model.input_size
+
+
 class Predictor:
-    """One trained network or an ensemble of networks of one configuration, ready for faces.
+    """One trained network or an ensemble of networks, ready for faces. The members share the
+    data set (its classes); they may differ in architecture and input size (a mixed ensemble,
+    beyond the paper: docs/method.md 7): members of one architecture are evaluated in one
+    compiled call, each group at its own input size.
 
     Args:
-      config: the (first) run's configuration (all members share model and data set).
+      config: the (first) run's configuration.
       variables: the members' ``{"params", "batch_stats"}``.
       names: a name per member (its run folder's name).
       strategy: how an ensemble decides (docs/method.md 4): "t2v" (default), "t1v" or "noi".
@@ -89,6 +108,7 @@ class Predictor:
         ensemble_config: EnsembleConfig = EnsembleConfig(),
         batch_size: int = 32,
         epochs: Sequence[int] | None = None,
+        configs: Sequence[RunConfig] | None = None,
     ):
         if strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
@@ -101,9 +121,16 @@ class Predictor:
         self.epochs = list(epochs) if epochs is not None else None
         self.alpha, self.beta = ensemble_config.alpha, ensemble_config.beta
         self.batch_size = batch_size
-        self.model = models.network(evaluation_model(config.model))  # float32 whatever it trained in
-        self.variables = jax.device_put(fga.stack(jax.device_get(list(variables))))
-        self._step = ensemble.make_ensemble_step(self.model)
+        configs = list(configs) if configs is not None else [config] * len(variables)
+        self.configs = configs
+        self.groups: list[Group] = []
+        for model_config in dict.fromkeys(evaluation_model(c.model) for c in configs):
+            members = [i for i, c in enumerate(configs) if evaluation_model(c.model) == model_config]
+            model = models.network(model_config)  # float32 whatever it trained in
+            stacked = jax.device_put(fga.stack(jax.device_get([variables[i] for i in members])))
+            group_config = configs[members[0]]
+            self.groups.append(Group(members, group_config, model, stacked, ensemble.make_ensemble_step(model)))
+        self.model, self.variables = self.groups[0].model, self.groups[0].variables
         self._explainers: dict = {}
 
     # -- loading -----------------------------------------------------------------------------------
@@ -141,7 +168,12 @@ class Predictor:
         loaded = [runs.load(path, checkpoint) for _, path in members]
         check_compatible(members, [c for c, _, _ in loaded])
         predictor = cls(
-            loaded[0][0], [v for _, v, _ in loaded], [n for n, _ in members], epochs=[e for _, _, e in loaded], **kwargs
+            loaded[0][0],
+            [v for _, v, _ in loaded],
+            [n for n, _ in members],
+            epochs=[e for _, _, e in loaded],
+            configs=[c for c, _, _ in loaded],
+            **kwargs,
         )
         predictor.paths, predictor.checkpoint = [p for _, p in members], checkpoint
         return predictor
@@ -150,7 +182,13 @@ class Predictor:
 
     @property
     def input_size(self) -> int:
-        return self.config.model.input_size
+        """The input side faces are cut at: the largest of the members' (each resizes from it)."""
+        return max(group.input_size for group in self.groups)
+
+    @property
+    def mixed(self) -> bool:
+        """Whether the members are of more than one architecture or input size."""
+        return len(self.groups) > 1
 
     @property
     def dataset(self) -> str:
@@ -166,10 +204,11 @@ class Predictor:
 
     # -- prediction --------------------------------------------------------------------------------
 
-    def preprocess(self, faces) -> np.ndarray:
+    def preprocess(self, faces, size: int | None = None) -> np.ndarray:
         """Face crops (one (H, W, 3) uint8 RGB image, a list of them of any sizes, or an
-        (N, H, W, 3) array) -> (N, S, S, 3) uint8 at the model's input size, resized exactly as the
-        training pipeline resizes (``data.pipeline.resize``)."""
+        (N, H, W, 3) array) -> (N, S, S, 3) uint8 at ``size`` (default: the input size), resized
+        exactly as the training pipeline resizes (``data.pipeline.resize``)."""
+        size = size or self.input_size
         if isinstance(faces, np.ndarray) and faces.ndim == 3:
             faces = [faces]
         out = []
@@ -177,23 +216,25 @@ class Predictor:
             face = np.asarray(face)
             if face.ndim != 3 or face.shape[-1] != 3 or face.dtype != np.uint8:
                 raise DataError(f"face {i}: expected an (H, W, 3) uint8 RGB image, got {face.dtype} {face.shape}")
-            out.append(resize(np.ascontiguousarray(face), self.input_size))
-        size = self.input_size
+            out.append(resize(np.ascontiguousarray(face), size))
         return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
 
     def logits(self, faces) -> np.ndarray:
-        """(M, N, C) float32 logits of every member for ``faces`` (see ``preprocess``), in
-        compiled calls of ``call_size`` faces (the last one padded)."""
-        images = self.preprocess(faces)
-        n, b = len(images), call_size(self.batch_size, len(images))
-        chunks = []
-        for start in range(0, n, b):
-            chunk = images[start : start + b]
-            chunk, pad = pad_batch(chunk, b)
-            chunks.append(np.asarray(self._step(self.variables, chunk))[:, : b - pad])
-        if not chunks:
-            return np.zeros((self.num_members, 0, self.config.model.num_classes), np.float32)
-        return np.concatenate(chunks, axis=1)
+        """(M, N, C) float32 logits of every member for ``faces`` (see ``preprocess``), each group
+        of one architecture in compiled calls of ``call_size`` faces (the last one padded)."""
+        if isinstance(faces, np.ndarray) and faces.ndim == 3:
+            faces = [faces]
+        n = len(faces)
+        out = np.zeros((self.num_members, n, self.config.model.num_classes), np.float32)
+        for group in self.groups:
+            images = self.preprocess(faces, group.input_size)
+            b = call_size(self.batch_size, n)
+            for start in range(0, n, b):
+                chunk, pad = pad_batch(images[start : start + b], b)
+                out[group.members, start : start + b - pad] = np.asarray(group.step(group.variables, chunk))[
+                    :, : b - pad
+                ]
+        return out
 
     def decide(self, logits: np.ndarray, strategy: str | None = None) -> Prediction:
         """The ``Prediction`` of members' logits (M, N, C) (pure: no network is run)."""
@@ -243,6 +284,11 @@ class Predictor:
         maps weighted by their T2V votes for it (Eq. 12, ``maps.vote_weighted``)."""
         from faml_jax import maps
 
+        if self.mixed:
+            raise ConfigError(
+                "maps of a mixed ensemble (members of several architectures or input sizes) are not combined: "
+                "explain one architecture's members"
+            )
         if kind == "relevancy" and not self.config.model.attention:
             raise ConfigError(
                 f"relevancy maps need a model with attention blocks; {self.config.model_name} has none (use gradcam)"

@@ -130,7 +130,7 @@ def markdown(report: dict, info: dict) -> str:
     lines = [
         "# Ensemble report\n",
         f"Data set `{info['dataset']}`, test split: {report['num_test_images']} images, {c} classes. "
-        f"{len(report['members'])} members of model `{info['model']}`, each at its {info['checkpoint']} "
+        f"{len(report['members'])} member(s) of model `{info['model']}`, each at its {info['checkpoint']} "
         f"checkpoint{' (selected on the test split: optimistic)' if info['checkpoint'] == 'best' else ''}. "
         f"T2V: alpha = {report['alpha']}, beta = {report['beta']}; ties broken by NOI, then the lowest class.\n",
         f"Command: `{info['command']}`\n",
@@ -140,7 +140,9 @@ def markdown(report: dict, info: dict) -> str:
         f"Best single member: {best}.\n",
         "## Accuracy against ensemble size (paper Table 4)\n",
         f"Members join in {'the order given' if report['order'] == 'given' else 'order of single accuracy, best first (chosen on the test split)'}; accuracy %.\n",
-        table(["size", "member added", "T1V", "NOI", "T2V"], size_rows(report)),
+        table(["size", "member added", "T1V", "NOI", "T2V"], size_rows(report))
+        if report["sizes"]
+        else "One member: no ensemble (its T1V, NOI and T2V are its own decisions).\n",
         "## Rank of the true label (paper Table 1)\n",
         "Share (%) of test images whose true label each member ranks 1st, 2nd, ...; the last column is "
         "the share ranked 2nd among the images the member gets wrong.\n",

@@ -58,8 +58,9 @@ def test_a_short_input_is_not_padded_up_to_a_large_batch(three_runs):
     _, _, _, paths = three_runs
     large, small = Predictor.from_runs(paths, batch_size=5000), Predictor.from_runs(paths, batch_size=2)
     seen = []
-    step = large._step
-    large._step = lambda variables, chunk: (seen.append(chunk.shape[0]), step(variables, chunk))[1]
+    (group,) = large.groups
+    step = group.step
+    group.step = lambda variables, chunk: (seen.append(chunk.shape[0]), step(variables, chunk))[1]
     faces = images(3, 32, seed=5)
     np.testing.assert_allclose(large.logits(faces), small.logits(faces), rtol=1e-5, atol=1e-5)
     assert seen == [3]
