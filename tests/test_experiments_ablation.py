@@ -8,7 +8,9 @@ import pytest
 from helpers import reference_predict, tiny_config
 
 from experiments import ablation
+from faml_jax import paper
 from faml_jax.config import FGAConfig
+from faml_jax.errors import ConfigError
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +21,7 @@ FGA = FGAConfig(population=2, generations=1, children=1, new_members=0, parents=
 def ablated(tmp_path_factory):
     root = tmp_path_factory.mktemp("ablation")
     base = tiny_config(root / "data", 2)  # seed 7, ML loss with WCE; FA without its blocks (compile time)
-    result = ablation.run(base, FGA, 2, root / "ab", progress=False)
+    result = paper.table2(base, FGA, 2, root / "ab", progress=False)
     return root / "ab", base, result
 
 
@@ -66,18 +68,18 @@ def test_fga_and_t2v_rows(ablated):
     assert [m["name"] for m in report["members"]] == survivors
     assert result["rows"]["R18+FAML-FGA-T2V"]["accuracy"] == report["ensemble"]["t2v"]["accuracy"]
     table = (workdir / "table2.md").read_text()
-    assert all(f"| {row} |" in table or f"| {row} (2 nets) |" in table for row in ablation.ROWS)
+    assert all(f"| {row} |" in table or f"| {row} (2 nets) |" in table for row in paper.ROWS)
     assert json.loads((workdir / "table2.json").read_text())["rows"] == result["rows"]
 
 
 def test_resume_trains_nothing_again(ablated, logged):
     workdir, base, result = ablated
-    again = ablation.run(base, FGA, 2, workdir, resume=True, progress=False)
+    again = paper.table2(base, FGA, 2, workdir, resume=True, progress=False)
     assert again["rows"] == result["rows"]
     assert "== R18+FAML-FGA" in logged and "== R18+FAML-T2V" in logged  # the messages are seen
     assert not [line for line in logged if "epoch 1/" in line or line.startswith("== R18,")]
-    with pytest.raises(ablation.UsageError, match="--resume"):
-        ablation.run(base, FGA, 2, workdir, progress=False)
+    with pytest.raises(ConfigError, match="--resume"):
+        paper.table2(base, FGA, 2, workdir, progress=False)
 
 
 def test_cli_rejects_model_and_loss(capsys):
@@ -90,18 +92,18 @@ def test_cli_rejects_model_and_loss(capsys):
 def test_paper_column_takes_the_ensemble_size_that_was_run():
     """docs/method.md 5: the FGA-T2V row by ensemble size; the paper's T2V rows use 6 networks."""
     assert ablation.build_parser().parse_args([]).networks == 6
-    assert ablation.paper_accuracy("rafdb", "R18+FAML-FGA-T2V", 6) == pytest.approx(0.9159)
-    assert ablation.paper_accuracy("rafdb", "R18+FAML-FGA-T2V", 4) == pytest.approx(0.9130)
-    assert ablation.paper_accuracy("affectnet8", "R18+FAML-FGA-T2V", 5) == pytest.approx(0.6299)
-    assert ablation.paper_accuracy("affectnet7", "R18+FAML-FGA-T2V", 4) is None  # not reported
-    assert ablation.paper_accuracy("rafdb", "R18+FA", 4) == pytest.approx(0.8872)
+    assert paper.paper_accuracy("rafdb", "R18+FAML-FGA-T2V", 6) == pytest.approx(0.9159)
+    assert paper.paper_accuracy("rafdb", "R18+FAML-FGA-T2V", 4) == pytest.approx(0.9130)
+    assert paper.paper_accuracy("affectnet8", "R18+FAML-FGA-T2V", 5) == pytest.approx(0.6299)
+    assert paper.paper_accuracy("affectnet7", "R18+FAML-FGA-T2V", 4) is None  # not reported
+    assert paper.paper_accuracy("rafdb", "R18+FA", 4) == pytest.approx(0.8872)
 
 
 def test_variant_rows_are_fa_with_its_blocks_or_keep_them_off_when_asked():
     for attention in (True, False):
         base = tiny_config("/tmp/unused", 1, attention=attention)
-        for row, model in ablation.VARIANTS.items():
-            config = ablation.variant_config(base, row)
+        for row, model in paper.VARIANTS.items():
+            config = paper.variant_config(base, row)
             assert config.model.attention == (attention and model != "r18")  # FA = fusion stem + attention blocks
             assert bool(config.model.fa_regions) == (model != "r18")
             assert config.loss.kind == ("ml" if model == "r18_faml" else "ce")
@@ -120,5 +122,5 @@ def test_resume_refuses_a_finished_run_of_another_row_definition(ablated, tmp_pa
     saved = json.loads(path.read_text())
     saved["model"]["attention"] = not saved["model"]["attention"]
     path.write_text(json.dumps(saved))
-    with pytest.raises(ablation.UsageError, match=r"r18_fa/seed7 was made with another configuration.*model.attention"):
-        ablation.run(base, FGA, 2, copy, resume=True, progress=False)
+    with pytest.raises(ConfigError, match=r"r18_fa/seed7 was made with another configuration.*model.attention"):
+        paper.table2(base, FGA, 2, copy, resume=True, progress=False)
