@@ -118,6 +118,7 @@ def load_stablehlo(path: str | os.PathLike) -> Callable:
     exported = jax.export.deserialize(bytearray(path.read_bytes()))
     with np.load(weights_path) as saved:
         weights = traverse_util.unflatten_dict({k: saved[k] for k in saved.files}, sep="/")
+    weights.setdefault("batch_stats", {})  # a network without BatchNorm (VGG16) stores none
     return lambda images: exported.call(weights, images)
 
 

@@ -166,3 +166,23 @@ def test_a_backbone_of_another_architecture_is_refused_by_the_run(tmp_path):
         ConversionError, match=r"is a densenet121 backbone: it starts --model densenet121, not resnet34"
     ):
         _ = Setup(config).backbone
+
+
+@pytest.mark.parametrize("name", ["vgg16", "densenet121"])
+def test_grad_cam_maps_of_the_other_networks(name, tmp_path):
+    """Grad-CAM (docs/method.md 6) reads each network's last map: a map per face at the input
+    size, not constant, and the relevancy map (attention blocks only) refused in one line."""
+    from helpers import jittered_variables, write_run
+
+    from faml_jax.config import preset
+    from faml_jax.predict import Predictor
+
+    config = preset("synthetic", name, model_options={**SMALL[name], "input_size": 64})  # last maps 2x2
+    run = write_run(tmp_path / name, config, jittered_variables(config, 0))
+    predictor = Predictor.from_runs([run], batch_size=4)
+    faces = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    combined, member_maps, prediction = predictor.explain(faces)
+    assert combined.shape == (3, 64, 64) and member_maps.shape == (1, 3, 64, 64)
+    assert np.all(np.isfinite(combined)) and np.ptp(combined) > 0
+    with pytest.raises(ConfigError, match="relevancy maps need a model with attention blocks"):
+        predictor.explain(faces, kind="relevancy")

@@ -18,12 +18,20 @@ def images(n, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
 
 
+# Small versions of Table 6's other networks (docs/method.md 7) at the tiny run's input size.
+OTHER_MODELS = {
+    "resnet34": dict(widths=(8, 8, 16, 16), input_size=32),
+    "vgg16": dict(widths=(8, 8, 16, 16, 16), classifier_width=32, input_size=32),
+    "densenet121": dict(widths=(8,), growth_rate=4, stage_depths=(2, 2, 2, 2), input_size=32),
+}
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["r18", "r18_faml"])
+@pytest.mark.parametrize("name", ["r18", "r18_faml", *OTHER_MODELS])
 def test_onnx_and_stablehlo_equal_jax(name, tmp_path, capsys):
     from tools import export as program
 
-    config = preset("synthetic", name, model_options=TINY_MODEL)
+    config = preset("synthetic", name, model_options=OTHER_MODELS.get(name, TINY_MODEL))
     run = write_run(tmp_path / name, config, jittered_variables(config, 0))
     assert program.main([str(run), str(tmp_path / "out")]) == 0
     assert f"{name}.onnx" in capsys.readouterr().out

@@ -16,6 +16,15 @@ def densenet_conv_init():
     return nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
+def avg_pool_2x2(x):
+    """2x2 average pooling with stride 2 (PyTorch's ``AvgPool2d(2, 2)``: an odd last row or
+    column is dropped), as a reshape and a mean: no ``reduce_window`` (which the ONNX converter
+    and XLA's CPU backend handle less well)."""
+    b, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
 class DenseNet(nn.Module):
     """DenseNet: a 7x7/2 convolution of ``widths[0]`` channels, BatchNorm, ReLU, 3x3/2 max
     pooling; dense blocks of ``stage_depths[i]`` layers (BatchNorm-ReLU-1x1 convolution to
@@ -77,7 +86,7 @@ class DenseNet(nn.Module):
                 if block < len(cfg.stage_depths):
                     x = nn.relu(norm(name=f"transition{block}_norm")(x))
                     x = conv(x.shape[-1] // 2, 1, f"transition{block}_conv")(x)
-                    x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+                    x = avg_pool_2x2(x)
             x = nn.relu(norm(name="norm5")(x))
             self.sow("intermediates", "last_stage", x)
             x = self.perturb("last_stage", x)
