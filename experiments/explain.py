@@ -1,6 +1,7 @@
 """Draw where models look, as the paper's Fig. 8: one row per run or ensemble, one column per
 expression, each cell the same test image with the row's attention map as a JET overlay:
-``python -m experiments.explain --run DIR --run DIR --ensemble DIR,DIR,... --population EVOLVE_DIR``.
+``python -m experiments.explain --run DIR --run DIR --ensemble DIR,DIR,... --population EVOLVE_DIR``, or
+the five rows of Table 2 from an ablation: ``python -m experiments.explain --ablation ABLATION_DIR``.
 
 Each column's image is the first test image of that expression that every row classifies
 correctly (``--indices`` chooses one test index per expression instead). The map of a network is
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.cli import OneLineErrorParser, UsageError, run_cli
-from faml_jax import figures, predict
+from faml_jax import figures, paper, predict
 
 logger = logging.getLogger("experiments.explain")
 
@@ -42,6 +43,12 @@ def build_parser() -> OneLineErrorParser:
         help="an evolution's final population: one row (repeatable)",
     )
     parser.add_argument(
+        "--ablation",
+        metavar="DIR",
+        help="a finished experiments.ablation workdir: the five rows of Table 2 (R18, R18+FA, R18+FAML, "
+        "R18+FAML-FGA, R18+FAML-FGA-T2V), before any other rows",
+    )
+    parser.add_argument(
         "--map",
         choices=["gradcam", "relevancy"],
         default="gradcam",
@@ -56,7 +63,8 @@ def build_parser() -> OneLineErrorParser:
 
 def main(argv=None) -> int:
     def body(args):
-        rows = [(Path(d).name, predict.Predictor.from_run(d, args.checkpoint)) for d in args.run]
+        rows = paper.figure8_rows(args.ablation, args.checkpoint) if args.ablation else []
+        rows += [(Path(d).name, predict.Predictor.from_run(d, args.checkpoint)) for d in args.run]
         for group in args.ensemble:
             dirs = [d for d in group.split(",") if d]
             rows.append((f"T2V of {len(dirs)}", predict.Predictor.from_runs(dirs, args.checkpoint)))
@@ -64,7 +72,7 @@ def main(argv=None) -> int:
             (f"{Path(d).name} (T2V)", predict.Predictor.from_population(d, args.checkpoint)) for d in args.population
         ]
         if not rows:
-            raise UsageError("give at least one --run, --ensemble or --population")
+            raise UsageError("give --ablation or at least one --run, --ensemble or --population")
         try:
             indices = [int(i) for i in args.indices.split(",")] if args.indices else None
         except ValueError:

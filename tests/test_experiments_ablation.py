@@ -124,3 +124,17 @@ def test_resume_refuses_a_finished_run_of_another_row_definition(ablated, tmp_pa
     path.write_text(json.dumps(saved))
     with pytest.raises(ConfigError, match=r"r18_fa/seed7 was made with another configuration.*model.attention"):
         paper.table2(base, FGA, 2, copy, resume=True, progress=False)
+
+
+def test_figure8_of_the_five_rows_in_one_command(ablated, tmp_path):
+    """experiments.explain --ablation draws Table 2's five rows (docs/method.md 6)."""
+    from experiments import explain
+
+    workdir, _, result = ablated
+    out = tmp_path / "figure8.png"
+    assert explain.main(["--ablation", str(workdir), "--out", str(out)]) == 0
+    with np.load(out.with_suffix(".npz")) as saved:
+        rows, maps = list(saved["rows"]), saved["maps"]
+    best = result["rows"]["R18+FAML-FGA"]["best_network"]
+    assert rows == ["R18", "R18+FA", "R18+FAML", f"R18+FAML-FGA ({best})", "R18+FAML-FGA-T2V"]
+    assert maps.shape[:2] == (5, 7)
