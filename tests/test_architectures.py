@@ -45,7 +45,7 @@ def torch_network(name: str, dropout: float = 0.5):
                 module.weight.copy_(1 + 0.2 * torch.randn(n, generator=generator))
                 module.bias.copy_(0.2 * torch.randn(n, generator=generator))
                 module.running_mean.copy_(0.2 * torch.randn(n, generator=generator))
-                module.running_var.copy_(0.5 + torch.rand(n, generator=generator))
+                module.running_var.copy_(1.0 + torch.rand(n, generator=generator))
     return net
 
 
