@@ -56,6 +56,11 @@ def main(argv=None) -> int:
     def body(args):
         if args.model is not None or args.loss is not None or args.init is not None:
             raise UsageError("each row chooses its --model and --loss, and --backbones its starting weights")
+        if args.widths or args.fusion_init is not None or args.no_attention:
+            raise UsageError(
+                "--widths, --fusion-init and --no-attention would apply to one architecture only: each row "
+                "takes its network as torchvision (or the paper) defines it"
+            )
         if args.overwrite:
             raise UsageError("--overwrite is not supported here: delete the workdir to start again")
         if args.backbones is not None and not Path(args.backbones).is_dir():

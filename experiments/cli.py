@@ -97,7 +97,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, epochs_help: str, workdir
     parser.add_argument(
         "--init",
         metavar="BACKBONE",
-        help="start from a pre-trained backbone converted by tools.convert_torch_resnet18 (attention "
+        help="start from a pre-trained backbone converted by tools.convert_torch (attention "
         "blocks and head fresh); required on rafdb/affectnet7/affectnet8 unless --from-scratch",
     )
     parser.add_argument(

@@ -113,7 +113,7 @@ def run(
     logger.info(data.open_dataset(dataset, out, crop_faces=crop_faces).describe())
     logger.info(
         f"prepared in {folder}; train with: python -m experiments.train --dataset {dataset} --data-dir {out} "
-        "--init BACKBONE (a backbone converted by tools.convert_torch_resnet18; --from-scratch to train without)"
+        "--init BACKBONE (a backbone converted by tools.convert_torch; --from-scratch to train without)"
     )
     return folder
 

@@ -26,7 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from faml_jax.errors import FamlError, WorkdirError
-from faml_jax.versions import checked, stamped, unstamped
+from faml_jax.versions import FORMAT_VERSION, checked, stamped, unstamped
 
 DIGEST = "digest.json"
 
@@ -257,7 +257,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_digest(checkpoint: Path, shapes: dict[str, list[int]] | None = None) -> None:
+def write_digest(checkpoint: Path, shapes: dict[str, list[int]] | None = None, version: int = FORMAT_VERSION) -> None:
     """Record the size and SHA-256 of every file of a complete checkpoint in its digest.json, and
     the shape of each stored array (``"a/b/c"`` paths), which ``stored_like`` compares without
     asking orbax for the checkpoint's metadata."""
@@ -269,10 +269,10 @@ def write_digest(checkpoint: Path, shapes: dict[str, list[int]] | None = None) -
         if p.is_file() and p.name != DIGEST
     }
     record = {"files": files, **({"shapes": shapes} if shapes is not None else {})}
-    write_json(checkpoint / DIGEST, stamped(record))
+    write_json(checkpoint / DIGEST, stamped(record, version))
 
 
-def version_problem(checkpoint: Path, what: str | None = None) -> str | None:
+def version_problem(checkpoint: Path, what: str | None = None, expected: int = FORMAT_VERSION) -> str | None:
     """None when ``checkpoint``'s digest is of this format version (or it has none: a save
     interrupted before its digest, judged by reading it), else what to say of it (``what``
     names it; default "checkpoint <path>")."""
@@ -281,7 +281,7 @@ def version_problem(checkpoint: Path, what: str | None = None) -> str | None:
     except (OSError, ValueError):
         return None
     try:
-        checked(record, what or f"checkpoint {checkpoint}")
+        checked(record, what or f"checkpoint {checkpoint}", expected)
     except WorkdirError as error:
         return str(error)
     return None

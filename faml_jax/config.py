@@ -185,7 +185,18 @@ def evaluation_model(model: ModelConfig) -> ModelConfig:
     export): ``model`` in float32 with full-precision products, whatever it was trained in, so
     that T2V, NOI and the rank table read logits whose top-2 order bfloat16 rounding has not
     changed (docs/method.md 2.4 [choice]). The weights are the same (always stored in float32)."""
-    return dataclasses.replace(model, dtype=EVAL_DTYPE, matmul_precision="highest")
+    # Fields that do not change the forward pass (how a network was initialised, dropout) are set
+    # to their defaults, so that networks of one architecture are evaluated together.
+    defaults = ModelConfig()
+    return dataclasses.replace(
+        model,
+        dtype=EVAL_DTYPE,
+        matmul_precision="highest",
+        fa_init=defaults.fa_init,
+        fa_init_pretrained=defaults.fa_init_pretrained,
+        head_init=defaults.head_init,
+        dropout=defaults.dropout,
+    )
 
 
 # Named architectures: each is a set of ModelConfig fields (``models.build`` applies a user's
@@ -495,7 +506,7 @@ class RunConfig:
       seed: seeds initialisation, data order, loss draws and flips.
       eval_batch_size: batch of the test-split evaluation after each epoch.
       keep_checkpoints: the last N checkpoints are kept (plus the best by test accuracy).
-      init: a converted pre-trained backbone (``tools.convert_torch_resnet18``) the network starts
+      init: a converted pre-trained backbone (``tools.convert_torch``) the network starts
         from: its ResNet weights and BatchNorm statistics, the FA auxiliary convolutions as copies
         of conv1 (docs/method.md 2.1); attention blocks, fusion weights and the head fresh. None: random
         initialisation from ``seed`` (for the real data sets only when asked for: see
@@ -656,6 +667,12 @@ def check_pretrained_start(config: RunConfig, from_scratch: bool = False) -> Non
     Raises ``ConfigError`` with a one-line message naming the way to a backbone."""
     dataset = config.data.dataset
     if dataset in PRETRAINED_DATASETS and config.init is None and not from_scratch:
+        if config.model_name not in ("r18", "r18_fa", "r18_faml"):
+            raise ConfigError(
+                f"{dataset} runs start from pre-trained weights (the paper's setting): give --init BACKBONE, "
+                f"torchvision's ImageNet {config.model_name} weights converted by `python -m tools.convert_torch "
+                f"--arch {config.model_name}`, or pass --from-scratch to train from random weights knowingly"
+            )
         raise ConfigError(
             f"{dataset} runs start from a pre-trained ResNet18 (the paper's setting; from random weights they land "
             "far below it): give --init BACKBONE, converted by `python -m tools.convert_torch_resnet18` from the "

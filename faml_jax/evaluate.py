@@ -166,7 +166,11 @@ def evaluate_members(
                 **({"num_threads": num_threads} if num_threads is not None else {}),
             ),
         )
-    dataset = runs.open_dataset(config)
+    # Decoded for the largest input size among the members (each group resizes from it).
+    largest = max(c.model.input_size for c in configs)
+    dataset = runs.open_dataset(
+        dataclasses.replace(config, model=dataclasses.replace(config.model, input_size=largest))
+    )
     records, variables = [], []
     for (name, path), member_config in zip(members, configs):
         epoch = runs.choose_epoch(path, checkpoint)

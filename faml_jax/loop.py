@@ -276,7 +276,9 @@ def train_epoch(
                 member.save_within_epoch(states[j], i + 1, epochs[j].sums, stop)
     for j, (member, a) in enumerate(zip(group, active)):
         if a:
-            member.end_epoch(states[j], placement.eval_variables(j, states[j]), epochs[j].sums, steps, lrs[j], elapsed)
+            member.end_epoch(
+                states[j], placement.eval_variables(j, states[j]), epochs[j].sums, steps, lrs[j], elapsed, steps - start
+            )
             if member.done and on_done is not None:
                 on_done(member)
     return (stop or stop_signal(True)) if stoppable else None

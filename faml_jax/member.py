@@ -252,9 +252,20 @@ class Member:
             + " (lower the learning rate, --lr, or check the data)"
         )
 
-    def end_epoch(self, state: train.TrainState, variables, sums: dict, steps: int, lr: float, elapsed: float) -> dict:
+    def end_epoch(
+        self,
+        state: train.TrainState,
+        variables,
+        sums: dict,
+        steps: int,
+        lr: float,
+        elapsed: float,
+        steps_run: int | None = None,
+    ) -> dict:
         """Book one trained epoch: evaluate ``variables`` (replicated) on the test split, save the
-        (host) ``state``, metrics, logits and TensorBoard scalars; returns the epoch's entry."""
+        (host) ``state``, metrics, logits and TensorBoard scalars; returns the epoch's entry.
+        ``steps_run``: the steps this session trained of it (fewer when resumed within it), for
+        the images/s."""
         epoch = self.epoch
         self.check_finite(state, f"the end of epoch {epoch + 1}")
         logits, labels = self.setup.test_logits(variables)
@@ -269,7 +280,7 @@ class Member:
             "phase": self.run.lr_state.phase,
             "test_accuracy": test["accuracy"],
             "test_mean_class_accuracy": test["mean_class_accuracy"],
-            "images_per_s": steps * self.config.batch_size / elapsed,
+            "images_per_s": (steps if steps_run is None else steps_run) * self.config.batch_size / elapsed,
             "epoch_s": elapsed,
         }
         lr_state = schedules.after_epoch(

@@ -349,9 +349,7 @@ def table6_config(base: RunConfig, row: str, backbones: str | os.PathLike | None
     random start without ``backbones``)."""
     model, backbone = TABLE6_ROWS[row]
     fresh = preset(base.data.dataset, model, from_scratch=True, data={"data_dir": base.data.data_dir})
-    kept = {k: getattr(base.model, k) for k in ("dtype", "matmul_precision", "head_init")}
-    if base.data.dataset == "synthetic":  # the CPU-sized versions: keep a user's input size
-        kept["input_size"] = base.model.input_size
+    kept = {k: getattr(base.model, k) for k in ("dtype", "matmul_precision", "head_init", "input_size")}
     return dataclasses.replace(
         base,
         model_name=model,
@@ -407,6 +405,11 @@ def table6(
     ensemble_config = EnsembleConfig()
     result_rows: dict[str, dict] = {}
     trained_by_config: dict[str, tuple[str, list]] = {}
+    # Rows of one configuration train in the folder of the first of them in TABLE6_ROWS' order,
+    # whatever the order of ``rows`` (so a later call finds them there).
+    folders: dict[str, str] = {}
+    for row in TABLE6_ROWS:
+        folders.setdefault(repr(config_to_json(table6_config(base, row, backbones))), row.lower().replace("+", "_"))
     for row in rows:
         if row == FGA_ROW:
             members = runs.population_members(fga_workdir)
@@ -418,8 +421,7 @@ def table6(
                 earlier, trained = trained_by_config[key]
                 what = f"the networks of row {earlier} (the same configuration)"
             else:
-                slug = row.lower().replace("+", "_")
-                trained = train_networks(config, seeds, workdir / slug, row, progress, keep_recorded)
+                trained = train_networks(config, seeds, workdir / folders[key], row, progress, keep_recorded)
                 trained_by_config[key] = (row, trained)
                 start = "random start" if config.init is None else f"backbone {Path(config.init).name}"
                 what = f"{config.model_name}, {start}, seeds {seeds[0]}..{seeds[-1]}"

@@ -29,6 +29,7 @@ import numpy as np
 from flax import traverse_util
 
 from faml_jax.errors import FamlError
+from faml_jax.versions import BACKBONE_VERSION
 
 RESNET18_WIDTHS = (64, 128, 256, 512)
 RESNET18_DEPTHS = (2, 2, 2, 2)
@@ -357,7 +358,7 @@ def save_backbone(backbone: dict, head: dict | None, out: str | os.PathLike, inf
     refuse_non_finite({"backbone": backbone, **({"head": head} if head is not None else {})}, "the converted network")
     ensure_writable(out.parent, "output folder")
     tree = {"backbone": backbone, **({"head": head} if head is not None else {})}
-    info = {**(info or {}), "has_head": head is not None, "format": "faml_jax resnet18 backbone 1"}
+    info = {**(info or {}), "has_head": head is not None, "format": f"faml_jax backbone {BACKBONE_VERSION}"}
     tmp = temporary_folder(out.parent, f".{out.name}.", ".tmp")
     try:
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
@@ -365,7 +366,7 @@ def save_backbone(backbone: dict, head: dict | None, out: str | os.PathLike, inf
                 tmp / "backbone",
                 args=ocp.args.Composite(variables=ocp.args.StandardSave(tree), info=ocp.args.JsonSave(info)),
             )
-        write_digest(tmp / "backbone")
+        write_digest(tmp / "backbone", version=BACKBONE_VERSION)
         os.replace(tmp / "backbone", out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -382,18 +383,17 @@ def load_backbone(path: str | os.PathLike) -> tuple[dict, dict | None, dict]:
 
     path = Path(path).absolute()
     if not path.exists():
-        raise ConversionError(f"backbone {path} not found (convert one with python -m tools.convert_torch_resnet18)")
+        raise ConversionError(f"backbone {path} not found (convert one with python -m tools.convert_torch)")
     if not (path / "info").is_dir() or not (path / "variables").is_dir():
         raise ConversionError(
-            f"{path} is not a converted backbone (expected the folder written by "
-            "python -m tools.convert_torch_resnet18)"
+            f"{path} is not a converted backbone (expected the folder written by python -m tools.convert_torch)"
         )
     if not (path / DIGEST).is_file():
         raise ConversionError(f"the backbone {path} has no {DIGEST}: it cannot be checked; convert it again")
     damage = verify(path)
     if damage:
         raise ConversionError(f"the backbone {path} is damaged ({damage}): convert it again")
-    version = version_problem(path, f"the backbone {path}")
+    version = version_problem(path, f"the backbone {path}", BACKBONE_VERSION)
     if version:
         raise ConversionError(version)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:

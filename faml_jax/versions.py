@@ -13,12 +13,18 @@ from __future__ import annotations
 
 from faml_jax.errors import WorkdirError
 
+# Runs, their checkpoints, evolutions, reports and exports (2: checkpoint records hold the
+# learning-rate segment and the planned epochs, config.json the numerics and the fusion start).
 FORMAT_VERSION = 2
+# Files whose format has not changed since version 1 keep it, so that nothing long to make
+# (a prepared data set, a converted backbone) has to be made again.
+PREPARED_VERSION = 1  # experiments.prepare's metadata.json
+BACKBONE_VERSION = 1  # a converted backbone's digest
 
 
-def stamped(record: dict) -> dict:
-    """``record`` with this version's ``format_version`` first."""
-    return {"format_version": FORMAT_VERSION, **unstamped(record)}
+def stamped(record: dict, version: int = FORMAT_VERSION) -> dict:
+    """``record`` with ``format_version`` first."""
+    return {"format_version": version, **unstamped(record)}
 
 
 def unstamped(record: dict) -> dict:
@@ -26,17 +32,17 @@ def unstamped(record: dict) -> dict:
     return {k: v for k, v in record.items() if k != "format_version"}
 
 
-def checked(record, where) -> dict:
+def checked(record, where, expected: int = FORMAT_VERSION) -> dict:
     """``record`` (read from ``where``) without its ``format_version``, or a ``WorkdirError``
-    when it was written in another format."""
+    when it was written in another format than ``expected``."""
     version = record.get("format_version") if isinstance(record, dict) else None
-    if version != FORMAT_VERSION:
+    if version != expected:
         written = (
             f"format version {version}"
             if version is not None
             else "no format version (a development version of faml_jax wrote it before files were versioned)"
         )
         raise WorkdirError(
-            f"{where} has {written}; this faml_jax reads format version {FORMAT_VERSION}: make it again with this version"
+            f"{where} has {written}; this faml_jax reads format version {expected}: make it again with this version"
         )
     return unstamped(record)

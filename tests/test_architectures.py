@@ -4,6 +4,7 @@ training mode where the network has BatchNorm), a state dict of another architec
 the full-size networks have torchvision's parameter counts, and each trains on the synthetic data
 at small width. Needs the ``torch`` extra (``make test`` installs it)."""
 
+import json
 import os
 
 import jax
@@ -160,6 +161,8 @@ def test_a_backbone_of_another_architecture_is_refused_by_the_run(tmp_path):
     path = tmp_path / "densenet121.pth"
     torch.save(torchvision.models.densenet121(num_classes=CLASSES).state_dict(), path)
     folder = convert_torch.convert(path, tmp_path / "backbone", "densenet121")
+    # A backbone's format is its own (version 1): converted backbones stay usable across run formats.
+    assert json.loads((folder / "digest.json").read_text())["format_version"] == 1
     data = dict(data_dir=str(tmp_path / "data"), synthetic=dict(train_size=96, test_size=40, image_size=32))
     config = preset("synthetic", "resnet34", init=str(folder), data=data)
     with pytest.raises(

@@ -58,6 +58,9 @@ def test_a_mixed_ensemble_decides_as_the_numpy_vote_over_its_members(mixed):
     root, configs, paths = mixed
     members = [(p.name, p) for p in paths]
     assert [positions for positions, _ in model_groups(configs)] == [[0, 2], [1], [3]]
+    # How a network was initialised does not split a group (the forward pass is the same).
+    other_start = dataclasses.replace(configs[2], model=dataclasses.replace(configs[2].model, fa_init=0.1))
+    assert [p for p, _ in model_groups([configs[0], other_start])] == [[0, 1]]
     logits, labels, _, info = evaluate_members(members, progress=False)
     assert info["model"] == "mixed: r18_faml, vgg16, densenet121"
     assert [r["model"] for r in info["members_evaluated"]] == ["r18_faml", "vgg16", "r18_faml", "densenet121"]

@@ -45,12 +45,14 @@ def test_the_program_writes_table6_and_fig7(tmp_path, capsys):
     data = base.data
     args = [
         "--workdir", str(tmp_path / "t6"), "--networks", "2", "--rows", "R18,VGG16", "--epochs", "1",
-        "--widths", "8,16,16,32", "--input-size", "32", "--train-size", "96", "--test-size", "40",
+        "--input-size", "32", "--train-size", "96", "--test-size", "40",
         "--batch-size", "16", "--data-dir", data.data_dir, "--threads", "2", "--no-progress",
     ]  # fmt: skip
     assert architectures.main(args) == 0
     result = json.loads((tmp_path / "t6" / "table6.json").read_text())
     assert list(result["rows"]) == ["R18", "VGG16"] and result["networks"] == 2
+    # Without backbones R18 is RI18's configuration: its networks live in RI18's folder, whatever --rows says.
+    assert (tmp_path / "t6" / "ri18" / "seed0" / "summary.json").exists() and not (tmp_path / "t6" / "r18").exists()
     for row, folder in (("R18", "r18"), ("VGG16", "vgg16")):
         report = json.loads((tmp_path / "t6" / "reports" / folder / "report.json").read_text())
         r = result["rows"][row]
@@ -78,6 +80,8 @@ def test_refusals_are_one_line(tmp_path, capsys):
     assert code == 2 and "unknown Table 6 row(s) AlexNet" in err and len(err.splitlines()) == 1
     code, err = run("--model", "vgg16")
     assert code == 2 and "each row chooses its --model" in err
+    code, err = run("--widths", "8,16,16,32")
+    assert code == 2 and "would apply to one architecture only" in err
     (tmp_path / "backbones" / "ri18").mkdir(parents=True)
     code, err = run("--backbones", str(tmp_path / "backbones"), "--rows", "RI18,VGG16")
     assert code == 2 and "has no vgg16: convert each with python -m tools.convert_torch" in err

@@ -16,7 +16,7 @@ from experiments import train as train_program
 from faml_jax import data
 from faml_jax.data import CorruptImageError, DataError, fixtures, prepared
 from faml_jax.trainer import TIMING_FIELDS
-from faml_jax.versions import FORMAT_VERSION
+from faml_jax.versions import PREPARED_VERSION
 
 # The releases' label codes, written out from their documentation (docs/method.md 1), not imported.
 RAFDB_CODES = {1: "surprise", 2: "fear", 3: "disgust", 4: "happiness", 5: "sadness", 6: "anger", 7: "neutral"}
@@ -269,12 +269,12 @@ def test_a_preparation_of_another_format_version_is_refused(folders, tmp_path, c
     quiet_prepare("affectnet8", folders["original"], tmp_path, stored_size=None)
     info = prepared.dataset_dir("affectnet8", tmp_path) / "metadata.json"
     meta = json.loads(info.read_text())
-    assert meta["format_version"] == FORMAT_VERSION and len(data.open_dataset("affectnet8", tmp_path).train) > 0
-    for version in (None, FORMAT_VERSION + 1):
+    assert meta["format_version"] == PREPARED_VERSION and len(data.open_dataset("affectnet8", tmp_path).train) > 0
+    for version in (None, PREPARED_VERSION + 1):
         info.write_text(json.dumps({**meta, "format_version": version}))
         with pytest.raises(
             DataError,
-            match=f"was prepared in format version {version} \\(this faml_jax reads {FORMAT_VERSION}\\): "
+            match=f"was prepared in format version {version} \\(this faml_jax reads {PREPARED_VERSION}\\): "
             "prepare it again with experiments.prepare --overwrite",
         ):
             data.open_dataset("affectnet8", tmp_path)

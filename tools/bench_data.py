@@ -27,7 +27,7 @@ import jax
 
 from faml_jax import data
 from faml_jax.data import fixtures, prepared
-from faml_jax.versions import FORMAT_VERSION
+from faml_jax.versions import PREPARED_VERSION
 from tools import benchmarking
 
 CASES = (  # (label, data set, writer, image side)
@@ -62,8 +62,8 @@ def fixture(workdir: Path, dataset: str, writer, side: int, images: int, stored_
         writer(folder, train, list(codes), size=side)
         (folder / "complete").touch()
     for name, size in (
-        (f"prepared-original-v{FORMAT_VERSION}", None),
-        (f"prepared-{stored_size}-v{FORMAT_VERSION}", stored_size),
+        (f"prepared-original-v{PREPARED_VERSION}", None),
+        (f"prepared-{stored_size}-v{PREPARED_VERSION}", stored_size),
     ):
         if not prepared.is_prepared(dataset, folder / name):
             log(f"preparing {folder / name}")
@@ -99,8 +99,8 @@ def measure(args, log=print) -> list[str]:
         folder = fixture(workdir, dataset, writer, side, args.images, args.size, log)
         for origin, path in (
             ("folder", folder),
-            ("prepared, original files", folder / f"prepared-original-v{FORMAT_VERSION}"),
-            (f"prepared, ready to train ({args.size} px)", folder / f"prepared-{args.size}-v{FORMAT_VERSION}"),
+            ("prepared, original files", folder / f"prepared-original-v{PREPARED_VERSION}"),
+            (f"prepared, ready to train ({args.size} px)", folder / f"prepared-{args.size}-v{PREPARED_VERSION}"),
         ):
             source = data.open_dataset(dataset, path).train
             rates = [epoch_rate(source, args, epoch) for epoch in range(args.rounds)]

@@ -56,7 +56,7 @@ from faml_jax.data.folders import (
 )
 from faml_jax.data.pipeline import resize
 from faml_jax.errors import ConfigError
-from faml_jax.versions import FORMAT_VERSION
+from faml_jax.versions import PREPARED_VERSION
 
 NO_BOX = (-1, -1, -1, -1)
 STORED_SIZE = 224  # the paper's input size: stored crops need no resize when training at it
@@ -220,7 +220,7 @@ def metadata(index: FolderIndex, where: str) -> dict[str, Any]:
     docs/method.md 1), what the reader left out, and where the data came from."""
     counts = {split: index.splits[split].counts(len(index.classes)).tolist() for split in SPLITS}
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": PREPARED_VERSION,
         "classes": list(index.classes),
         "class_counts": counts,
         "class_weights": training_class_weights(index.classes, counts["train"], where).tolist(),
@@ -415,10 +415,10 @@ def open_prepared(dataset: str, out_dir, crop: bool = False, min_size: int | Non
         meta = json.loads((folder / "metadata.json").read_text())
     except (OSError, ValueError) as error:
         raise DataError(f"{folder / 'metadata.json'} cannot be read ({error}): prepare the data set again") from None
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+    if not isinstance(meta, dict) or meta.get("format_version") != PREPARED_VERSION:
         version = meta.get("format_version") if isinstance(meta, dict) else None
         raise DataError(
-            f"{folder} was prepared in format version {version} (this faml_jax reads {FORMAT_VERSION}): "
+            f"{folder} was prepared in format version {version} (this faml_jax reads {PREPARED_VERSION}): "
             "prepare it again with experiments.prepare --overwrite"
         )
     has_boxes = bool(meta["has_boxes"])
