@@ -12,7 +12,7 @@ from helpers import require_torch
 from faml_jax import fga, models, train
 from faml_jax.config import AUGMENT_PRESETS, LossConfig, OptimConfig
 from faml_jax.losses import class_weights
-from faml_jax.models import resnet
+from faml_jax.models.network import head_inits
 from faml_jax.preprocess import normalize
 
 
@@ -331,7 +331,7 @@ def test_torch_head_init_is_nn_linears_uniform():
     flax_fc = models.init(small_model(), jax.random.key(0))["params"]["fc"]
     assert not np.any(np.asarray(flax_fc["bias"]))
 
-    inits = resnet.head_inits("torch", 256)
+    inits = head_inits("torch", 256)
     kernel = np.asarray(inits["kernel_init"](jax.random.key(1), (256, 1000)))
     bias = np.asarray(inits["bias_init"](jax.random.key(2), (1000,)))
     bound = 1 / np.sqrt(256)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from faml_jax.config import ModelConfig
 from faml_jax.models.fa_stem import STEM_KERNEL, STEM_PADDING, STEM_STRIDE
-from faml_jax.models.layers import BN_MOMENTUM, batch_norm, precision_of
+from faml_jax.models.layers import batch_norm
+from faml_jax.models.network import Network
 from faml_jax.models.pooling import max_pool
 
 
@@ -25,7 +25,7 @@ def avg_pool_2x2(x):
     return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
 
 
-class DenseNet(nn.Module):
+class DenseNet(Network):
     """DenseNet: a 7x7/2 convolution of ``widths[0]`` channels, BatchNorm, ReLU, 3x3/2 max
     pooling; dense blocks of ``stage_depths[i]`` layers (BatchNorm-ReLU-1x1 convolution to
     ``bn_size * growth_rate`` channels, BatchNorm-ReLU-3x3 convolution to ``growth_rate``, the
@@ -37,60 +37,37 @@ class DenseNet(nn.Module):
     The final map (after the last BatchNorm and ReLU) is sown and perturbable as ``last_stage``,
     for Grad-CAM (docs/method.md 6)."""
 
-    config: ModelConfig
-    axis_name: str | None = None
-    bn_momentum: float = BN_MOMENTUM
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        """x: (batch, H, W, 3) normalised float image -> logits (batch, num_classes) float32."""
-        from faml_jax.models.resnet import head_inits
-
+    def forward(self, x, train: bool):
         cfg = self.config
-        with precision_of(cfg):
-            dtype = jnp.dtype(cfg.dtype)
-            norm = batch_norm(train, dtype, self.axis_name, self.bn_momentum)
+        dtype = jnp.dtype(cfg.dtype)
+        norm = batch_norm(train, dtype, self.axis_name, self.bn_momentum)
 
-            def conv(features, kernel, name, padding=0):
-                return nn.Conv(
-                    features,
-                    (kernel, kernel),
-                    padding=((padding, padding),) * 2,
-                    use_bias=False,
-                    dtype=dtype,
-                    kernel_init=densenet_conv_init(),
-                    name=name,
-                )
-
-            x = x.astype(dtype)
-            x = nn.Conv(
-                cfg.widths[0],
-                (STEM_KERNEL, STEM_KERNEL),
-                strides=(STEM_STRIDE, STEM_STRIDE),
-                padding=STEM_PADDING,
+        def conv(features, kernel, name, strides=1, padding=0):
+            return nn.Conv(
+                features,
+                (kernel, kernel),
+                strides=(strides, strides),
+                padding=((padding, padding),) * 2,
                 use_bias=False,
                 dtype=dtype,
                 kernel_init=densenet_conv_init(),
-                name="conv0",
-            )(x)
-            x = nn.relu(norm(name="norm0")(x))
-            x = max_pool(x, window=3, stride=2, padding=1)
-            for block, layers in enumerate(cfg.stage_depths, 1):
-                for layer in range(1, layers + 1):
-                    name = f"denseblock{block}_layer{layer}"
-                    y = nn.relu(norm(name=f"{name}_norm1")(x))
-                    y = conv(cfg.bn_size * cfg.growth_rate, 1, f"{name}_conv1")(y)
-                    y = nn.relu(norm(name=f"{name}_norm2")(y))
-                    y = conv(cfg.growth_rate, 3, f"{name}_conv2", padding=1)(y)
-                    x = jnp.concatenate([x, y], axis=-1)
-                if block < len(cfg.stage_depths):
-                    x = nn.relu(norm(name=f"transition{block}_norm")(x))
-                    x = conv(x.shape[-1] // 2, 1, f"transition{block}_conv")(x)
-                    x = avg_pool_2x2(x)
-            x = nn.relu(norm(name="norm5")(x))
-            self.sow("intermediates", "last_stage", x)
-            x = self.perturb("last_stage", x)
-            features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-            self.sow("intermediates", "features", features)
-            head = nn.Dense(cfg.num_classes, dtype=jnp.float32, name="fc", **head_inits(cfg.head_init, x.shape[-1]))
-            return head(features)
+                name=name,
+            )
+
+        x = conv(cfg.widths[0], STEM_KERNEL, "conv0", STEM_STRIDE, STEM_PADDING[0][0])(x.astype(dtype))
+        x = nn.relu(norm(name="norm0")(x))
+        x = max_pool(x, window=3, stride=2, padding=1)
+        for block, layers in enumerate(cfg.stage_depths, 1):
+            for layer in range(1, layers + 1):
+                name = f"denseblock{block}_layer{layer}"
+                y = nn.relu(norm(name=f"{name}_norm1")(x))
+                y = conv(cfg.bn_size * cfg.growth_rate, 1, f"{name}_conv1")(y)
+                y = nn.relu(norm(name=f"{name}_norm2")(y))
+                y = conv(cfg.growth_rate, 3, f"{name}_conv2", padding=1)(y)
+                x = jnp.concatenate([x, y], axis=-1)
+            if block < len(cfg.stage_depths):
+                x = nn.relu(norm(name=f"transition{block}_norm")(x))
+                x = conv(x.shape[-1] // 2, 1, f"transition{block}_conv")(x)
+                x = avg_pool_2x2(x)
+        x = self.last_stage(nn.relu(norm(name="norm5")(x)))
+        return self.head(jnp.mean(x.astype(jnp.float32), axis=(1, 2)))

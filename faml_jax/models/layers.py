@@ -3,13 +3,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import Any
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
 
 # PyTorch BatchNorm2d defaults (momentum 0.1 = flax 0.9, eps 1e-5), so converted weights match.
 BN_MOMENTUM = 0.9
@@ -19,15 +16,6 @@ BN_EPSILON = 1e-5
 def conv_init():
     """torchvision's ResNet initialisation: kaiming normal, fan_out, ReLU gain."""
     return nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def precision_of(config) -> contextlib.AbstractContextManager:
-    """Where a network's compute dtype is float32, its products and convolutions take
-    ``config.matmul_precision`` (traced inside this context); bfloat16 products are what they
-    are (docs/method.md 2.4)."""
-    if jnp.dtype(config.dtype) == jnp.float32:
-        return jax.default_matmul_precision(config.matmul_precision)
-    return contextlib.nullcontext()
 
 
 def batch_norm(train: bool, dtype: Any, axis_name: str | None = None, momentum: float = BN_MOMENTUM):

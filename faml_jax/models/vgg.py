@@ -5,8 +5,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from faml_jax.config import ModelConfig
-from faml_jax.models.layers import BN_MOMENTUM, batch_norm, conv_init, precision_of
+from faml_jax.models.layers import batch_norm, conv_init
+from faml_jax.models.network import Network
 from faml_jax.models.pooling import max_pool
 
 POOLED = 7  # torchvision's AdaptiveAvgPool2d((7, 7)) before the classifier
@@ -31,7 +31,7 @@ def linear_init():
     return nn.initializers.normal(0.01)
 
 
-class VGG(nn.Module):
+class VGG(Network):
     """VGG: ``stage_depths[i]`` 3x3 convolutions (with bias; with BatchNorm when
     ``config.batch_norm``) of ``widths[i]`` channels and ReLU per stage, 2x2 max pooling after each
     stage, adaptive average pooling to 7x7, then the classifier: two dense layers of
@@ -42,43 +42,31 @@ class VGG(nn.Module):
     The last stage's map (before the last pooling) is sown and perturbable as ``last_stage``, for
     Grad-CAM (docs/method.md 6)."""
 
-    config: ModelConfig
-    axis_name: str | None = None
-    bn_momentum: float = BN_MOMENTUM
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        """x: (batch, H, W, 3) normalised float image -> logits (batch, num_classes) float32."""
-        from faml_jax.models.resnet import head_inits
-
+    def forward(self, x, train: bool):
         cfg = self.config
-        with precision_of(cfg):
-            dtype = jnp.dtype(cfg.dtype)
-            x = x.astype(dtype)
-            norm = batch_norm(train, dtype, self.axis_name, self.bn_momentum)
-            for stage, (width, depth) in enumerate(zip(cfg.widths, cfg.stage_depths), 1):
-                for i in range(1, depth + 1):
-                    x = nn.Conv(
-                        width,
-                        (3, 3),
-                        padding=((1, 1), (1, 1)),
-                        dtype=dtype,
-                        kernel_init=conv_init(),
-                        name=f"conv{stage}_{i}",
-                    )(x)
-                    if cfg.batch_norm:
-                        x = norm(name=f"bn{stage}_{i}")(x)
-                    x = nn.relu(x)
-                if stage == len(cfg.widths):
-                    self.sow("intermediates", "last_stage", x)
-                    x = self.perturb("last_stage", x)
-                x = max_pool(x, window=2, stride=2, padding=0)
-            x = adaptive_avg_pool(x, POOLED)
-            x = x.reshape(x.shape[0], -1)  # NHWC order (the converter permutes torchvision's NCHW weights)
-            for i in (1, 2):
-                x = nn.Dense(cfg.classifier_width, dtype=dtype, kernel_init=linear_init(), name=f"fc{i}")(x)
-                x = nn.Dropout(cfg.dropout, deterministic=not train)(nn.relu(x))
-            features = x.astype(jnp.float32)
-            self.sow("intermediates", "features", features)
-            head = nn.Dense(cfg.num_classes, dtype=jnp.float32, name="fc", **head_inits(cfg.head_init, x.shape[-1]))
-            return head(features)
+        dtype = jnp.dtype(cfg.dtype)
+        x = x.astype(dtype)
+        norm = batch_norm(train, dtype, self.axis_name, self.bn_momentum)
+        for stage, (width, depth) in enumerate(zip(cfg.widths, cfg.stage_depths), 1):
+            for i in range(1, depth + 1):
+                conv = nn.Conv(
+                    width,
+                    (3, 3),
+                    padding=((1, 1), (1, 1)),
+                    dtype=dtype,
+                    kernel_init=conv_init(),
+                    name=f"conv{stage}_{i}",
+                )
+                x = conv(x)
+                if cfg.batch_norm:
+                    x = norm(name=f"bn{stage}_{i}")(x)
+                x = nn.relu(x)
+            if stage == len(cfg.widths):
+                x = self.last_stage(x)
+            x = max_pool(x, window=2, stride=2, padding=0)
+        x = adaptive_avg_pool(x, POOLED)
+        x = x.reshape(x.shape[0], -1)  # NHWC order (the converter permutes torchvision's NCHW weights)
+        for i in (1, 2):
+            x = nn.Dense(cfg.classifier_width, dtype=dtype, kernel_init=linear_init(), name=f"fc{i}")(x)
+            x = nn.Dropout(cfg.dropout, deterministic=not train)(nn.relu(x))
+        return self.head(x)
