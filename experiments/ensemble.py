@@ -41,7 +41,7 @@ from faml_jax.runs import population_members
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser.for_program("experiments.ensemble", __doc__)
-    source = parser.add_argument_group("members (at least 2 in all)")
+    source = parser.add_argument_group("members (one run, or several voting together)")
     source.add_argument("--members", nargs="+", metavar="DIR", default=[], help="workdirs of experiments.train runs")
     source.add_argument(
         "--population", metavar="DIR", help="an experiments.evolve workdir: its final population joins the members"

@@ -201,6 +201,10 @@ def evaluation_model(model: ModelConfig) -> ModelConfig:
 
 # Named architectures: each is a set of ModelConfig fields (``models.build`` applies a user's
 # overrides on top; ``models.PRESETS`` is this table).
+# torchvision's vgg16 (docs/method.md 7); vgg16_bn adds BatchNorm after every convolution.
+VGG16 = dict(
+    architecture="vgg", fa_regions=(), attention=False, widths=(64, 128, 256, 512, 512), stage_depths=(2, 2, 3, 3, 3)
+)
 MODEL_PRESETS: dict[str, dict] = {
     # Plain ResNet18 (the paper's R18 / RI18 baselines).
     "r18": dict(fa_regions=(), attention=False),
@@ -211,21 +215,8 @@ MODEL_PRESETS: dict[str, dict] = {
     "r18_faml": dict(fa_regions=DEFAULT_REGIONS, attention=True),
     # Table 6's other basic networks (docs/method.md 7), as torchvision defines them.
     "resnet34": dict(fa_regions=(), attention=False, stage_depths=(3, 4, 6, 3)),
-    "vgg16": dict(
-        architecture="vgg",
-        fa_regions=(),
-        attention=False,
-        widths=(64, 128, 256, 512, 512),
-        stage_depths=(2, 2, 3, 3, 3),
-    ),
-    "vgg16_bn": dict(
-        architecture="vgg",
-        fa_regions=(),
-        attention=False,
-        widths=(64, 128, 256, 512, 512),
-        stage_depths=(2, 2, 3, 3, 3),
-        batch_norm=True,
-    ),
+    "vgg16": VGG16,
+    "vgg16_bn": {**VGG16, "batch_norm": True},
     "densenet121": dict(
         architecture="densenet", fa_regions=(), attention=False, widths=(64,), stage_depths=(6, 12, 24, 16)
     ),

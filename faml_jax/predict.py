@@ -130,7 +130,6 @@ class Predictor:
             stacked = jax.device_put(fga.stack(jax.device_get([variables[i] for i in members])))
             group_config = configs[members[0]]
             self.groups.append(Group(members, group_config, model, stacked, ensemble.make_ensemble_step(model)))
-        self.model, self.variables = self.groups[0].model, self.groups[0].variables
         self._explainers: dict = {}
 
     # -- loading -----------------------------------------------------------------------------------
@@ -184,6 +183,16 @@ class Predictor:
     def input_size(self) -> int:
         """The input side faces are cut at: the largest of the members' (each resizes from it)."""
         return max(group.input_size for group in self.groups)
+
+    @property
+    def model(self):
+        """The network of the first (for maps and export: the only) architecture."""
+        return self.groups[0].model
+
+    @property
+    def variables(self):
+        """The first architecture's members' stacked variables (on the device)."""
+        return self.groups[0].variables
 
     @property
     def mixed(self) -> bool:

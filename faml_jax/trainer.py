@@ -222,6 +222,10 @@ class Setup:
         )
 
     def steps_per_epoch(self) -> int:
+        return self._steps_per_epoch
+
+    @functools.cached_property
+    def _steps_per_epoch(self) -> int:  # asked every epoch; building a loader for it each time is waste
         return self.loader(0).steps_per_epoch
 
     def initial_state(self, seed: int, variables: dict | None = None) -> train.TrainState:

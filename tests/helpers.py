@@ -67,6 +67,31 @@ def require_torch(module: str = "torch"):
 TINY_MODEL = {**TINY, "input_size": 32}
 
 
+# The tiny run as program flags (``tiny_config``'s network and data set, without attention
+# blocks, one epoch unless given): the programs' runs in the tests share its compiled step.
+TINY_FLAGS = [
+    *("--widths", "8,16,16,32", "--input-size", "32", "--train-size", "96", "--test-size", "40"),
+    *("--batch-size", "16", "--threads", "2", "--no-progress", "--no-attention"),
+]
+
+
+def randomise_batch_norm(net, min_var: float = 0.5):
+    """A torch network's BatchNorm weights, biases and running statistics drawn at random
+    (seeded; running variances in [min_var, min_var + 1)), so that converted statistics matter."""
+    import torch
+
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                n = module.num_features
+                module.weight.copy_(1 + 0.2 * torch.randn(n, generator=generator))
+                module.bias.copy_(0.2 * torch.randn(n, generator=generator))
+                module.running_mean.copy_(0.2 * torch.randn(n, generator=generator))
+                module.running_var.copy_(min_var + torch.rand(n, generator=generator))
+    return net
+
+
 def tiny_config(data_dir, epochs: int, attention: bool = False, **overrides) -> RunConfig:
     """R18+FAML with ML (p 0.5, WCE) on a 96/40-image synthetic set of 32 px, seed 7.
 

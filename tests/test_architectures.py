@@ -19,6 +19,8 @@ else:
     torch = pytest.importorskip("torch", reason="the torch extra is not installed (pip install -e '.[torch]')")
     torchvision = pytest.importorskip("torchvision")
 
+from helpers import randomise_batch_norm  # noqa: E402
+
 from faml_jax import models, pretrained  # noqa: E402
 from faml_jax.errors import ConfigError  # noqa: E402
 from faml_jax.pretrained import ConversionError  # noqa: E402
@@ -38,16 +40,7 @@ def torch_network(name: str, dropout: float = 0.5):
     """torchvision's network with random weights and randomised BatchNorm statistics."""
     torch.manual_seed(0)
     net = TORCHVISION[name](num_classes=CLASSES, **({"dropout": dropout} if name.startswith("vgg") else {}))
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                n = module.num_features
-                module.weight.copy_(1 + 0.2 * torch.randn(n, generator=generator))
-                module.bias.copy_(0.2 * torch.randn(n, generator=generator))
-                module.running_mean.copy_(0.2 * torch.randn(n, generator=generator))
-                module.running_var.copy_(1.0 + torch.rand(n, generator=generator))
-    return net
+    return randomise_batch_norm(net, min_var=1.0)  # variances >= 1: ResNet34's random logits stay of order 1
 
 
 def converted(name: str, net, **overrides):

@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from helpers import program_env, suite_xla_flags
+from helpers import TINY_FLAGS, program_env, suite_xla_flags
 
 from faml_jax import models, train
 from faml_jax.checkpoint import Checkpoints
@@ -25,26 +25,7 @@ from faml_jax.config import run_config_from_json
 ROOT = Path(__file__).resolve().parents[1]
 # R18+FAML (its ML loss draws must agree across processes) without the attention blocks, which
 # add compile time and nothing across processes.
-ARGS = [
-    "--widths",
-    "8,16,16,32",
-    "--input-size",
-    "32",
-    "--train-size",
-    "96",
-    "--test-size",
-    "40",
-    "--epochs",
-    "1",
-    "--batch-size",
-    "16",
-    "--threads",
-    "2",
-    "--no-progress",
-    "--seed",
-    "3",
-    "--no-attention",
-]
+ARGS = [*TINY_FLAGS, "--epochs", "1", "--seed", "3"]
 
 
 def free_port() -> int:

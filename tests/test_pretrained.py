@@ -18,6 +18,8 @@ else:
     torch = pytest.importorskip("torch", reason="the torch extra is not installed (pip install -e '.[torch]')")
     torchvision = pytest.importorskip("torchvision")
 
+from helpers import randomise_batch_norm  # noqa: E402
+
 from experiments import train as train_program  # noqa: E402
 from faml_jax import models, pretrained  # noqa: E402
 from tools import convert_torch_resnet18  # noqa: E402
@@ -30,17 +32,7 @@ TOLERANCE = 1e-4  # max abs difference of logits and features (float32, 224 px)
 def torch_net():
     """torchvision's resnet18 with random weights and randomised BatchNorm statistics, eval mode."""
     torch.manual_seed(0)
-    net = torchvision.models.resnet18(num_classes=CLASSES)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                n = module.num_features
-                module.weight.copy_(1 + 0.2 * torch.randn(n, generator=generator))
-                module.bias.copy_(0.2 * torch.randn(n, generator=generator))
-                module.running_mean.copy_(0.2 * torch.randn(n, generator=generator))
-                module.running_var.copy_(0.5 + torch.rand(n, generator=generator))
-    return net.eval()
+    return randomise_batch_norm(torchvision.models.resnet18(num_classes=CLASSES)).eval()
 
 
 @pytest.fixture(scope="module")

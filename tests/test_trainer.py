@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_same_run, program_env, tiny_config
+from helpers import TINY_FLAGS, assert_same_run, program_env, tiny_config
 
 from experiments import train as train_program
 from experiments.cli import resolve_config
@@ -300,26 +300,7 @@ def test_the_detector_reads_the_reference_loss_through_the_loop(tmp_path, monkey
 def test_resume_keeps_the_recorded_setting_of_a_flag_not_given_again(tmp_path, capsys):
     """A run made with --no-crop-faces resumes without the flag with its recorded setting;
     given explicitly, a different setting is a named configuration mismatch."""
-    common = [
-        "--widths",
-        "8,16,16,32",
-        "--input-size",
-        "32",
-        "--train-size",
-        "96",
-        "--test-size",
-        "40",
-        "--batch-size",
-        "16",
-        "--threads",
-        "2",
-        "--no-progress",
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--workdir",
-        str(tmp_path / "run"),
-        "--no-attention",
-    ]  # (the blocks: compile time, nothing here)
+    common = [*TINY_FLAGS, "--data-dir", str(tmp_path / "data"), "--workdir", str(tmp_path / "run")]
     assert train_program.main(common + ["--epochs", "1", "--no-crop-faces"]) == 0
     path = tmp_path / "run" / "config.json"
     assert json.loads(path.read_text())["data"]["crop_faces"] is False
