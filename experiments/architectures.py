@@ -54,8 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     def body(args):
-        if args.model is not None or args.loss is not None or args.init is not None:
-            raise UsageError("each row chooses its --model and --loss, and --backbones its starting weights")
+        if args.model is not None or args.loss is not None:
+            raise UsageError("each row chooses its --model and --loss (--rows picks the rows)")
+        if args.init is not None:
+            raise UsageError("--init is not taken here: --backbones DIR holds one backbone per row (docs/tables.md)")
         if args.widths or args.fusion_init is not None or args.no_attention:
             raise UsageError(
                 "--widths, --fusion-init and --no-attention would apply to one architecture only: each row "

@@ -15,7 +15,15 @@ from pathlib import Path
 import jax
 
 from faml_jax import data, logs, models, signals
-from faml_jax.config import AUGMENT_PRESETS, RUN_PRESETS, AugmentConfig, FGAConfig, RunConfig, preset
+from faml_jax.config import (
+    AUGMENT_PRESETS,
+    MODEL_PRESETS,
+    RUN_PRESETS,
+    AugmentConfig,
+    FGAConfig,
+    RunConfig,
+    preset,
+)
 from faml_jax.errors import FULL_DISK_TEXTS, FamlError, disk_full_phrase, is_disk_full, written_path
 from faml_jax.launch import start_processes
 
@@ -116,7 +124,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, epochs_help: str, workdir
         help="decoupled: AdamW (torch.optim.AdamW; Adam's default); coupled: L2 added to the "
         "gradient (torch.optim.Adam(weight_decay=...); SGD's only mode, as torch.optim.SGD)",
     )
-    parser.add_argument("--widths", help="stage widths, e.g. 16,32,64,128 (preset)")
+    parser.add_argument(
+        "--widths",
+        help="channels per stage (preset): ResNets 4, e.g. 16,32,64,128; VGG 5; DenseNet 1 (its first convolution's)",
+    )
     parser.add_argument("--input-size", type=int, help="input side in pixels (preset)")
     parser.add_argument(
         "--dtype",
@@ -245,6 +256,11 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         schedule["switch"] = False
     synthetic = {k: v for k, v in dict(train_size=args.train_size, test_size=args.test_size).items() if v is not None}
     sizes = {k: v for k, v in dict(epochs=args.epochs, batch_size=args.batch_size).items() if v is not None}
+    chosen = MODEL_PRESETS.get(args.model, {})  # --model given: flags its network lacks are refused
+    if args.fusion_init is not None and args.model is not None and not chosen.get("fa_regions"):
+        raise UsageError(f"--fusion-init: {args.model} has no FA stem")
+    if args.no_attention and chosen.get("architecture", "resnet") != "resnet":
+        raise UsageError(f"--no-attention: {args.model} has no attention blocks")
     return preset(
         args.dataset,
         args.model,

@@ -106,6 +106,8 @@ def main(argv=None) -> int:
             )
         else:
             predictor = predict.Predictor.from_runs(args.run, args.checkpoint, **kwargs)
+        if args.explain:
+            predictor.check_explainable(args.map)  # before anything is written
         files = photos.image_files(args.inputs, exclude=args.out)
         results = photos.predict_photos(
             predictor, files, faces=args.faces, mode=args.crop, progress=not args.no_progress

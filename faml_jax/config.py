@@ -140,11 +140,19 @@ class ModelConfig:
             if len(self.widths) != 1:
                 raise ConfigError(f"densenet takes one width (its first convolution's channels), got {self.widths}")
         elif len(self.widths) != len(self.stage_depths):
-            raise ConfigError(f"widths {self.widths} and stage_depths {self.stage_depths} differ in length")
+            raise ConfigError(
+                f"{self.architecture} takes {len(self.stage_depths)} widths, one per stage "
+                f"(stage_depths {self.stage_depths}), got {self.widths}"
+            )
         if not all(w >= 1 for w in self.widths) or not all(d >= 1 for d in self.stage_depths):
             raise ConfigError(f"widths and stage_depths must be >= 1, got {self.widths} and {self.stage_depths}")
         if self.input_size <= 0 or self.input_size % 2:
             raise ConfigError(f"input_size must be a positive even number, got {self.input_size}")
+        smallest = self.smallest_input()
+        if self.input_size < smallest:
+            raise ConfigError(
+                f"input_size {self.input_size} is too small for {self.architecture}'s poolings: at least {smallest}"
+            )
         if self.attention:
             n_blocks = len(self.widths) - 1
             if len(self.attn_patch_sizes) != n_blocks:
@@ -173,6 +181,16 @@ class ModelConfig:
             raise ConfigError(
                 f"matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}, got {self.matmul_precision!r}"
             )
+
+    def smallest_input(self) -> int:
+        """The smallest input side whose last feature map is not empty: VGG halves it after each
+        stage; DenseNet by its stem (4x) and its transitions; ResNet's strided convolutions round
+        up (any even side works)."""
+        if self.architecture == "vgg":
+            return 2 ** len(self.stage_depths)
+        if self.architecture == "densenet":
+            return 4 * 2 ** (len(self.stage_depths) - 1)
+        return 2
 
 
 MATMUL_PRECISIONS = ("highest", "high", "default")

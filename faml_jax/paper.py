@@ -455,7 +455,7 @@ def table6_markdown(result: dict) -> str:
     lines = [
         f"# Table 6 on `{dataset}`: T2V on other basic networks\n",
         f"{result['networks']} networks per row (seeds {result['seeds'][0]}..{result['seeds'][-1]}), at most "
-        f"{result['epochs']} epochs each; test accuracy % (table6.json: fractions). Origin: the networks' mean ± sd "
+        f"{result['epochs']} epoch(s) each; test accuracy % (table6.json: fractions). Origin: the networks' mean ± sd "
         "(the first network's); T2V, T1V and NOI: the ensemble of all of them, with the gain over the mean origin. "
         "Fig. 7: fig7.png.\n",
         "| basic network | origin | T2V | T1V | NOI | paper (RAF-DB): origin / T2V / T1V / NOI | what |",

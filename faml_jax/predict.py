@@ -284,15 +284,10 @@ class Predictor:
             strategy,
         )
 
-    def explain(
-        self, faces, kind: str = "gradcam", strategy: str | None = None
-    ) -> tuple[np.ndarray, np.ndarray, Prediction]:
-        """Where the networks look (docs/method.md 6): ``(map (N, S, S), member maps (M, N, S, S),
-        prediction)`` for ``faces`` at the model's input size, each member's ``kind`` map
-        ("gradcam" or "relevancy") of the decided class; for an ensemble the map is the members'
-        maps weighted by their T2V votes for it (Eq. 12, ``maps.vote_weighted``)."""
-        from faml_jax import maps
-
+    def check_explainable(self, kind: str = "gradcam") -> None:
+        """Raise ``ConfigError`` (one line) when ``explain`` cannot draw ``kind`` maps for these
+        networks: a mixed ensemble, or relevancy without attention blocks. Programs ask before
+        writing anything."""
         if self.mixed:
             raise ConfigError(
                 "maps of a mixed ensemble (members of several architectures or input sizes) are not combined: "
@@ -302,6 +297,17 @@ class Predictor:
             raise ConfigError(
                 f"relevancy maps need a model with attention blocks; {self.config.model_name} has none (use gradcam)"
             )
+
+    def explain(
+        self, faces, kind: str = "gradcam", strategy: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray, Prediction]:
+        """Where the networks look (docs/method.md 6): ``(map (N, S, S), member maps (M, N, S, S),
+        prediction)`` for ``faces`` at the model's input size, each member's ``kind`` map
+        ("gradcam" or "relevancy") of the decided class; for an ensemble the map is the members'
+        maps weighted by their T2V votes for it (Eq. 12, ``maps.vote_weighted``)."""
+        from faml_jax import maps
+
+        self.check_explainable(kind)
         images = self.preprocess(faces)
         prediction = self.predict(images, strategy)
         key = kind

@@ -277,13 +277,13 @@ def torch_to_flax(state: Mapping[str, np.ndarray], architecture: str = "resnet18
 def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Load a PyTorch checkpoint without executing pickled code and return its (unwrapped) state
     dict as numpy arrays. Needs torch (``pip install -e '.[torch]'``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"PyTorch checkpoint not found: {path}")
     try:
         import torch
     except ImportError:
         raise ConversionError("reading a PyTorch checkpoint needs torch: pip install -e '.[torch]'") from None
-    path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"PyTorch checkpoint not found: {path}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, ... for bad files

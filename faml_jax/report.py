@@ -245,9 +245,10 @@ def ensemble_report(
         info["command"] = command
         write_report(out, report, info, logits, labels)
     logger.info(table(["", "accuracy %", "mean class accuracy %"], member_rows(report)).rstrip())
-    logger.info(
-        f"ensemble size ({'given order' if order == 'given' else 'best first'}): "
-        + "; ".join(f"{s['size']}: T2V {100 * s['t2v']:.2f} %" for s in report["sizes"])
-    )
+    if report["sizes"]:  # (one member: no ensemble sizes)
+        logger.info(
+            f"ensemble size ({'given order' if order == 'given' else 'best first'}): "
+            + "; ".join(f"{s['size']}: T2V {100 * s['t2v']:.2f} %" for s in report["sizes"])
+        )
     logger.info(f"report written to {out}")
     return {**info, **report}

@@ -182,3 +182,22 @@ def test_grad_cam_maps_of_the_other_networks(name, tmp_path):
     assert np.all(np.isfinite(combined)) and np.ptp(combined) > 0
     with pytest.raises(ConfigError, match="relevancy maps need a model with attention blocks"):
         predictor.explain(faces, kind="relevancy")
+
+
+def test_inputs_too_small_and_flags_of_other_networks_are_one_line(capsys):
+    """VGG's five poolings and DenseNet's stem and transitions need 32 px (smaller gave a
+    traceback or a non-finite loss); flags of the FA parts are refused for networks without them."""
+    from experiments import train as train_program
+
+    with pytest.raises(ConfigError, match="input_size 16 is too small for vgg's poolings: at least 32"):
+        models.build("vgg16", CLASSES, input_size=16)
+    with pytest.raises(ConfigError, match="input_size 16 is too small for densenet's poolings: at least 32"):
+        models.build("densenet121", CLASSES, input_size=16)
+    with pytest.raises(ConfigError, match=r"vgg takes 5 widths, one per stage"):
+        models.build("vgg16", CLASSES, widths=(8, 16))
+    for flags, said in (
+        (["--model", "vgg16", "--fusion-init", "0.3"], "--fusion-init: vgg16 has no FA stem"),
+        (["--model", "densenet121", "--no-attention"], "--no-attention: densenet121 has no attention blocks"),
+    ):
+        assert train_program.main([*flags, "--workdir", "/nonexistent/x"]) == 2
+        assert said in capsys.readouterr().err

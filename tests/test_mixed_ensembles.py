@@ -108,3 +108,24 @@ def test_the_report_of_one_run_is_its_rank_table(mixed):
     ranks = report["ranks"]["members"]["vgg"]
     assert ranks[0] == pytest.approx(member["accuracy"], abs=1e-4) and sum(ranks) == pytest.approx(1.0, abs=1e-3)
     assert "One member: no ensemble" in (root / "one" / "report.md").read_text()
+
+
+def test_predict_refuses_maps_it_cannot_draw_before_writing(mixed, tmp_path, capsys):
+    """--explain of a mixed ensemble (or relevancy without attention blocks) is refused in one
+    line before any prediction is written."""
+    from PIL import Image
+
+    from experiments import predict as predict_program
+
+    _, _, paths = mixed
+    face = tmp_path / "face.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(face)
+    for runs_given, extra, said in (
+        ([paths[0], paths[1]], [], "maps of a mixed ensemble"),
+        ([paths[1]], ["--map", "relevancy"], "relevancy maps need a model with attention blocks; vgg16 has none"),
+    ):
+        out = tmp_path / "out"
+        args = [arg for p in runs_given for arg in ("--run", str(p))]
+        code = predict_program.main([*args, "--faces", "aligned", str(face), "--explain", *extra, "--out", str(out)])
+        assert code == 2 and said in capsys.readouterr().err
+        assert not out.exists()
