@@ -19,6 +19,10 @@ The output folder (``--out``) holds:
   maps/              with --explain: each face as the networks saw it beside its attention map
                      (JET overlay), and maps.npz with the raw maps
 
+predictions.json lists every file written: an earlier prediction is replaced whole with
+``--overwrite`` (its old annotated/ and maps/ files go); a folder that is not a prediction is
+never written into.
+
 Unreadable images are named and skipped (listed at the end; exit status 1 if any); a photo
 without a face is reported, not an error.
 """
@@ -74,6 +78,11 @@ def build_parser():
         help="how detected faces are cut (default: as the run's data set: align for RAF-DB, box otherwise)",
     )
     parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier prediction in --out (a folder that is not one is never replaced)",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="faces per compiled call (default 32)")
     parser.add_argument("--no-annotated", action="store_true", help="do not write annotated photos")
     parser.add_argument(
@@ -108,14 +117,21 @@ def main(argv=None) -> int:
             predictor = predict.Predictor.from_runs(args.run, args.checkpoint, **kwargs)
         if args.explain:
             predictor.check_explainable(args.map)  # before anything is written
+        photos.check_output(args.out, args.overwrite)  # before predicting (asked again when writing)
         files = photos.image_files(args.inputs, exclude=args.out)
         results = photos.predict_photos(
             predictor, files, faces=args.faces, mode=args.crop, progress=not args.no_progress
         )
         command = "python -m experiments.predict " + " ".join(sys.argv[1:] if argv is None else argv)
-        photos.write_predictions(args.out, results, predictor, annotated=not args.no_annotated, command=command)
-        if args.explain:
-            photos.write_maps(args.out, results, predictor, args.map)
+        photos.write_predictions(
+            args.out,
+            results,
+            predictor,
+            annotated=not args.no_annotated,
+            command=command,
+            explain=args.map if args.explain else None,
+            overwrite=args.overwrite,
+        )
         logger.info(
             f"{len(predictor.names)} network(s) ({', '.join(predictor.names)}), {predictor.dataset}, "
             f"{predictor.input_size} px, strategy {predictor.strategy}"

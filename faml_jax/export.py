@@ -35,6 +35,7 @@ from faml_jax.config import EnsembleConfig, RunConfig, evaluation_model
 from faml_jax.errors import ConfigError
 from faml_jax.evaluate import check_compatible, model_groups, named_members
 from faml_jax.preprocess import normalize
+from faml_jax.safenames import plain_name
 from faml_jax.versions import stamped
 from faml_jax.workdir import WorkdirLock, check_replaceable, recognise_listed
 from faml_jax.writer import folder_written_whole, write_atomic, write_json
@@ -482,6 +483,8 @@ def export_runs(
         raise ConfigError(f"unknown export format(s) {unknown}; expected some of {', '.join(FORMATS)}")
     paths = [Path(p) for p in workdirs]
     names = list(names) if names is not None else [n for n, _ in named_members(paths)]
+    for name in names:  # each becomes <name>.onnx in the folder: never a path out of it
+        plain_name(name, "the export", "network name", "each network's name becomes a file name in the export")
     if len(set(names)) != len(names):
         raise ConfigError(f"two networks have the same name: {', '.join(names)}")
     loaded = [runs.load(p, checkpoint) for p in paths]

@@ -5,7 +5,7 @@ faces (``predict_photos``, ``faml_jax.faces``), and the records written as CSV, 
 photos and attention maps (``write_predictions``, ``write_maps``).
 
     >>> results = photos.predict_photos(predictor, photos.image_files(["photos/"]))
-    >>> photos.write_predictions("predictions", results, predictor)
+    >>> photos.write_predictions("predictions", results, predictor, overwrite=True)
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ import numpy as np
 
 from faml_jax.errors import ConfigError, DataError
 from faml_jax.predict import Prediction, Predictor
+from faml_jax.versions import stamped
+from faml_jax.workdir import WorkdirLock, check_replaceable, recognise_listed
+from faml_jax.writer import folder_written_whole, write_atomic, write_json
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 FACE_SOURCES = ("detect", "aligned")
@@ -233,23 +236,53 @@ def annotate(photo: np.ndarray, records: list[dict], scale: float = 1.0) -> np.n
     return np.asarray(picture)
 
 
+PREDICTIONS_KIND = "faml_jax.predictions"  # predictions.json's "kind": how a prediction folder is recognised
+
+
+def recognise_predictions(folder: Path) -> str | None:
+    """None for a folder ``write_predictions`` wrote (everything in it listed by its
+    predictions.json), else what in ``folder`` is not its own."""
+    return recognise_listed(folder, "predictions.json", PREDICTIONS_KIND, lambda index: set(index.get("files", [])))
+
+
+def check_output(out: str | os.PathLike, overwrite: bool = False) -> None:
+    """Whether ``write_predictions`` may write ``out``: absent or empty, or (with ``overwrite``)
+    an earlier prediction; anything else is refused in one line naming what is there. Programs
+    ask before predicting; ``write_predictions`` asks again under the folder's lock."""
+    check_replaceable(Path(out), "prediction", recognise_predictions, overwrite)
+
+
 def write_predictions(
-    out: str | os.PathLike, results: PhotoResults, predictor: Predictor, *, annotated: bool = True, command: str = ""
-) -> None:
-    """predictions.csv, predictions.json and (``annotated``) annotated/<file>.png in ``out``;
-    each file written whole or not at all."""
-    import csv
-    import io
+    out: str | os.PathLike,
+    results: PhotoResults,
+    predictor: Predictor,
+    *,
+    annotated: bool = True,
+    command: str = "",
+    explain: str | None = None,
+    overwrite: bool = False,
+) -> list[str]:
+    """The folder ``out``: predictions.csv, predictions.json, (``annotated``) annotated/<file>.png
+    and (``explain``: "gradcam" or "relevancy") maps/ (``write_maps``). Written whole under a
+    temporary name, then renamed: an earlier prediction there is replaced (only with
+    ``overwrite``: its annotated/ and maps/ files go with it), a folder that is not one never is
+    (``check_output``). predictions.json lists every file, so the next prediction recognises the
+    folder as its own. Returns those files ("/"-joined paths inside ``out``)."""
+    out = Path(out).absolute()
+    with WorkdirLock(out.parent, f"prediction folder {out.name} in", name=f".{out.name}.lock"):
+        check_output(out, overwrite)
+        with folder_written_whole(out) as tmp:
+            _write_tables(tmp, results, predictor, annotated)
+            if explain is not None:
+                write_maps(tmp, results, predictor, explain)
+            files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*"))
+            write_json(tmp / "predictions.json", stamped(_summary(results, predictor, command, files)))
+    return files
 
-    from faml_jax.writer import write_atomic, write_json
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    header, rows = csv_rows(results, predictor.classes, predictor.names)
-    text = io.StringIO()
-    csv.writer(text, lineterminator="\n").writerows([header, *rows])
-    write_atomic(out / "predictions.csv", text.getvalue())
-    summary = {
+def _summary(results: PhotoResults, predictor: Predictor, command: str, files: list[str]) -> dict:
+    return {
+        "kind": PREDICTIONS_KIND,
         "command": command,
         "networks": list(predictor.names),
         "runs": [str(p) for p in predictor.paths],
@@ -262,8 +295,19 @@ def write_predictions(
         "faces": results.records,
         "no_face": results.no_face,
         "failures": [{"file": f, "error": e} for f, e in results.failures],
+        "files": files,
     }
-    write_json(out / "predictions.json", summary)
+
+
+def _write_tables(out: Path, results: PhotoResults, predictor: Predictor, annotated: bool) -> None:
+    """predictions.csv and (``annotated``) annotated/<file>.png in the folder ``out``."""
+    import csv
+    import io
+
+    header, rows = csv_rows(results, predictor.classes, predictor.names)
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows([header, *rows])
+    write_atomic(out / "predictions.csv", text.getvalue())
     if not annotated:
         return
     (out / "annotated").mkdir(exist_ok=True)
@@ -277,8 +321,6 @@ def write_predictions(
 
 def save_png(path: Path, pixels: np.ndarray) -> None:
     """Write a PNG atomically (``writer.write_atomic``)."""
-    from faml_jax.writer import write_atomic
-
     write_atomic(path, png=np.asarray(pixels))
 
 
@@ -302,11 +344,11 @@ MAP_PANEL = 256  # the least height of a face and its map in maps/*.png
 def write_maps(
     out: str | os.PathLike, results: PhotoResults, predictor: Predictor, kind: str = "gradcam"
 ) -> list[Path]:
-    """maps/<file>_face<i>.png in ``out``: each face as the networks saw it beside its map as a
+    """maps/<file>_face<i>.png in the folder ``out`` (``write_predictions(explain=kind)`` writes
+    them into its prediction folder): each face as the networks saw it beside its map as a
     JET overlay (``Predictor.explain``), each at least ``MAP_PANEL`` pixels high (small inputs
     are enlarged, pixel for pixel), and maps.npz with the raw maps (N, S, S) in record order."""
     from faml_jax.maps import overlay
-    from faml_jax.writer import write_atomic
 
     folder = Path(out) / "maps"
     folder.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import shutil
 import sys
@@ -25,8 +26,9 @@ from faml_jax.checkpoint import sync_processes
 from faml_jax.config import config_differences
 from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.runs import primary_workdir
+from faml_jax.safenames import name_problem
 from faml_jax.versions import checked, stamped
-from faml_jax.writer import file_mode, write_json
+from faml_jax.writer import file_mode, remove_stale_temporaries, write_json
 
 LOCK_FILE = ".lock"
 
@@ -85,6 +87,8 @@ class WorkdirLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()} ({command}, started {started})\n".encode(), 0)
         self._fd = fd
+        if self.path.name == LOCK_FILE:  # the folder's own lock: what its killed writers left is stale
+            _remove_stale_in(self.folder)
         return self
 
     def release(self) -> None:
@@ -100,6 +104,49 @@ class WorkdirLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _remove_stale_in(folder: Path) -> None:
+    """The temporary files (``writer.write_atomic``'s) that a writer of ``folder`` killed before
+    its rename left in it and in its folders (test_logits/), once its lock is held: their writer
+    is gone."""
+    remove_stale_temporaries(folder)
+    with contextlib.suppress(OSError):
+        for sub in folder.iterdir():
+            if sub.is_dir() and not sub.is_symlink():
+                remove_stale_temporaries(sub)
+
+
+def remove_outputs(folder: Path, names: tuple[str, ...] | list[str], what: str = "workdir") -> None:
+    """Delete the outputs ``names`` of ``folder``: the one place outputs are deleted. Everything
+    is checked before anything is deleted: a symbolic link among them (an output itself or
+    anything inside one) is refused in one line naming it, so a link is never followed out of the
+    folder and a refusal leaves the folder as it was."""
+    folder = Path(folder)
+    for name in names:
+        link = _first_link(folder / name)
+        if link is not None:
+            raise WorkdirError(
+                f"{link} is a symbolic link ({what} {folder}): faml_jax replaces only what it wrote there and "
+                "never follows a link; nothing was deleted: remove the link (or move what it points to) first"
+            )
+    for name in names:
+        path = folder / name
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _first_link(path: Path) -> Path | None:
+    """The first symbolic link at or under ``path`` (walked without following links), or None."""
+    if path.is_symlink():
+        return path
+    if not path.is_dir():
+        return None
+    for root, dirs, files in os.walk(path):
+        for name in sorted(dirs + files):
+            if os.path.islink(os.path.join(root, name)):
+                return Path(root) / name
+    return None
 
 
 def prepare_directory(
@@ -149,9 +196,7 @@ def prepare_directory(
             raise ConfigError(f"the {what} in {workdir} was made with another configuration: {'; '.join(diffs)}")
     if overwrite or not earlier:  # an earlier run replaced, or the leftovers of a start that failed
         sync_processes(f"delete {primary_workdir(workdir)}")  # no process still reads the old run
-        for name in outputs:
-            path = workdir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        remove_outputs(workdir, outputs)
     if write:
         write_json(workdir / config_file, stamped(current))
     sync_processes(f"prepared {primary_workdir(workdir)}")  # process 0 may have deleted checkpoints
@@ -165,6 +210,11 @@ def check_replaceable(folder: Path, what: str, recognise: Callable[[Path], str |
     even with ``overwrite``, naming what is there, so a program never deletes what it did not
     write (a training run, a user's notes)."""
     folder = Path(folder)
+    if folder.is_symlink():
+        raise WorkdirError(
+            f"cannot write the {what} to {folder}: it is a symbolic link (to {os.readlink(folder)}); "
+            "give the folder itself"
+        )
     if folder.exists() and not folder.is_dir():
         raise WorkdirError(f"cannot write the {what} to {folder}: it is a file, not a folder")
     if not folder.is_dir() or not any(folder.iterdir()):
@@ -182,17 +232,42 @@ def check_replaceable(folder: Path, what: str, recognise: Callable[[Path], str |
 def recognise_listed(folder: Path, index_file: str, kind: str, listed: Callable[[dict], set[str]]) -> str | None:
     """``check_replaceable``'s test for a folder described by its ``index_file`` (JSON whose
     ``kind`` is ``kind``): None when that file is there and every entry is one it lists
-    (``listed(index)``), else a short description of what is not."""
-    names = sorted(p.name for p in Path(folder).iterdir())
+    (``listed(index)``: names, or "/"-joined paths inside the folder, e.g. ``annotated/a.png``,
+    whose folders then hold only what is listed), else a short description of what is not. A
+    listed name is only compared with what is there, never followed; a symbolic link or a hidden
+    entry is never the program's own."""
+    folder = Path(folder)
+    names = sorted(p.name for p in folder.iterdir())
     try:
-        index = json.loads((Path(folder) / index_file).read_text())
-        own = isinstance(index, dict) and index.get("kind") == kind
-    except (OSError, ValueError):
+        index = json.loads((folder / index_file).read_text())
+        own = isinstance(index, dict) and index.get("kind") == kind and not (folder / index_file).is_symlink()
+        wanted = listed(index) if own else set()
+    except (OSError, ValueError, TypeError, AttributeError):
         own = False
     if not own:
         return _listing(names)
-    others = [n for n in names if n not in listed(index) | {index_file}]
+    wanted = {w for w in wanted if isinstance(w, str) and all(name_problem(p) is None for p in w.split("/"))}
+    others = _unlisted(folder, "", wanted | {index_file})
     return _listing(others) if others else None
+
+
+def _unlisted(folder: Path, prefix: str, wanted: set[str]) -> list[str]:
+    """The entries of ``folder`` (its path inside the recognised folder: ``prefix``) that
+    ``wanted`` does not list; a folder is looked into (all it holds must be listed), and an empty
+    one must be listed itself."""
+    others = []
+    for path in sorted(folder.iterdir()):
+        name = prefix + path.name
+        if path.is_symlink() or name_problem(path.name) is not None:
+            others.append(name)
+        elif not path.is_dir():
+            if name not in wanted:
+                others.append(name)
+        elif any(path.iterdir()):
+            others += _unlisted(path, name + "/", wanted)
+        elif name not in wanted:
+            others.append(name)
+    return others
 
 
 def _a(noun: str) -> str:
@@ -274,10 +349,11 @@ def undo_new_run(workdir: Path, outputs: tuple[str, ...], made: list[Path]) -> N
     """Remove what a new run wrote (its ``outputs``: it left nothing to continue from) and the
     folders made for it (``new_folders``) once empty, so a failed start leaves nothing behind."""
     workdir = Path(workdir).absolute()
-    for name in outputs:
-        path = workdir / name
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    try:
+        remove_outputs(workdir, outputs)
+    except WorkdirError as error:  # (while another error is raised: it is the one to show)
+        logging.getLogger(__name__).warning(f"a failed start left its outputs: {error}")
+        return
     _remove_empty(made)
 
 

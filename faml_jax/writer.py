@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -50,12 +51,45 @@ def temporary_folder(parent: Path, prefix: str, suffix: str = "") -> Path:
     return folder
 
 
+# The names of what ``write_atomic`` and ``folder_written_whole`` write before the rename:
+# ``.<name>.<8 random characters of tempfile's>.tmp`` (or ``.old``: an earlier folder being replaced).
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.(tmp|old)")
+
+
+def stale_temporaries(folder: Path, name: str | None = None) -> list[Path]:
+    """The temporary files and folders in ``folder`` (of ``name`` only, if given) that a writer
+    killed before its rename left behind. Only the holder of the lock under which they were
+    written (``workdir.WorkdirLock``) may remove them: holding it, it knows their writer is gone."""
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return []
+    found = []
+    for path in entries:
+        match = _TEMPORARY.fullmatch(path.name)
+        if match and (name is None or match["name"] == name):
+            found.append(path)
+    return sorted(found)
+
+
+def remove_stale_temporaries(folder: Path, name: str | None = None) -> list[Path]:
+    """Remove ``stale_temporaries(folder, name)`` (a link is removed, never followed); returns them."""
+    found = stale_temporaries(folder, name)
+    for path in found:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    return found
+
+
 @contextlib.contextmanager
 def folder_written_whole(out: Path):
     """Write the folder ``out`` whole: the block writes into the new temporary folder it is
     given, beside ``out``; when the block ends without error that folder takes ``out``'s place
-    (an earlier ``out`` is removed only once the new one is there), otherwise it is removed."""
+    (an earlier ``out`` is removed only once the new one is there), otherwise it is removed.
+    The caller holds ``out``'s lock (a ``WorkdirLock`` beside it): the temporary folders of an
+    earlier writer of ``out`` that was killed are removed first."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out.parent, out.name)
     tmp = temporary_folder(out.parent, f".{out.name}.", ".tmp")
     try:
         yield tmp

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from experiments.cli import OneLineErrorParser, UsageError, add_generation_argument, check_generation, run_cli
 from faml_jax import export, runs
+from faml_jax.safenames import plain_name
 
 
 def build_parser() -> OneLineErrorParser:
@@ -46,7 +47,9 @@ def main(argv=None) -> int:
         *run_dirs, out = args.paths
         members = [(Path(p).name, Path(p)) for p in run_dirs]
         if args.population:
-            members = runs.population_members(args.population, generation=args.generation) + members
+            record = Path(args.population) / "population.json"
+            population = runs.population_members(args.population, generation=args.generation)
+            members = [(plain_name(n, record, "member name"), p) for n, p in population] + members
         if not members:
             raise UsageError("give RUN_DIR ... OUT or --population DIR OUT")
         formats = export.FORMATS if args.format == "both" else (args.format,)
