@@ -19,7 +19,7 @@ MAX_NAME_BYTES = 200  # file systems take 255; room for a suffix (.onnx) and a t
 def name_problem(name) -> str | None:
     """Why ``name`` is not a plain file-name component, or None when it is one."""
     if not isinstance(name, str):
-        return f"a {type(name).__name__}, not a name"
+        return "not a string"
     if not name or not name.strip():
         return "empty"
     if "\0" in name:

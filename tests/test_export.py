@@ -125,3 +125,31 @@ def test_the_export_folder_replaces_only_an_earlier_export(tmp_path, capsys):
     assert (out / "notes.txt").read_text() == "mine"
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net", "out"]  # no temporary folder or lock left
+
+
+def test_an_export_killed_mid_write_leaves_nothing_after_the_next(tmp_path, capsys):
+    """tools.export killed while writing left .OUT.<random>.tmp/ and .OUT.lock beside OUT, and
+    later exports never removed them: the next export, holding OUT's lock (so their writer is
+    gone), removes them."""
+    import subprocess
+    import sys
+
+    from helpers import program_env
+
+    from tools import export as program
+
+    config = preset("synthetic", "r18", model_options=TINY_MODEL)
+    run = write_run(tmp_path / "net", config, jittered_variables(config, 0))
+    out = tmp_path / "out"
+    script = (
+        "import os, sys; from pathlib import Path; from faml_jax.workdir import WorkdirLock; "
+        "from faml_jax.writer import folder_written_whole; out = Path(sys.argv[1]); "
+        "WorkdirLock(out.parent, name='.out.lock').acquire(); whole = folder_written_whole(out); tmp = whole.__enter__(); "
+        "(tmp / 'net.onnx').write_text('half'); os._exit(9)"
+    )  # killed mid-write, holding the lock
+    assert subprocess.run([sys.executable, "-c", script, str(out)], env=program_env()).returncode == 9
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out."))
+    assert len(left) == 2 and left[0] == ".out.lock" and left[1].endswith(".tmp")
+    assert program.main([str(run), str(out), "--format", "onnx"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net", "out"]
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "net.onnx"]

@@ -287,3 +287,53 @@ def test_refusals_of_the_explainer_and_of_duplicate_runs(three_runs, tmp_path):
         plain.explain(images(1, 32), "relevancy")
     with pytest.raises(ConfigError, match="outside the test split"):
         figure_of_maps([("a", plain)], indices=[10**6] * 7)
+
+
+def test_the_output_folder_is_replaced_only_when_it_is_an_earlier_prediction(three_runs, tmp_path, capsys):
+    """--out replaced a user's predictions.csv and annotated/ files (exit 0), and a second
+    prediction left the first one's annotated/ and maps/ files beside a CSV that no longer listed
+    them. Now: a folder that is not a prediction is refused in one line naming what is there
+    (also with --overwrite); an earlier prediction is replaced whole, only with --overwrite."""
+    from PIL import Image
+
+    from experiments import predict as program
+
+    _, _, _, paths = three_runs
+    for i, face in enumerate(images(2, 32, seed=4)):
+        Image.fromarray(face).save(tmp_path / f"face{i}.png")
+    mine = tmp_path / "mine"
+    (mine / "annotated").mkdir(parents=True)
+    (mine / "predictions.csv").write_text("mine")
+    (mine / "annotated" / "face0.png").write_text("mine")
+
+    def predict(out, *inputs, flags=()):
+        args = ["--run", str(paths[0]), "--faces", "aligned", "--out", str(out), "--no-progress", *flags]
+        code = program.main(args + [str(tmp_path / name) for name in inputs])
+        return code, capsys.readouterr().err.strip()
+
+    for flags in ((), ("--overwrite",)):
+        code, err = predict(mine, "face0.png", flags=flags)
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert f"{mine} is not a prediction written by faml_jax (it holds annotated, predictions.csv)" in err
+    assert (mine / "predictions.csv").read_text() == "mine" and (mine / "annotated" / "face0.png").read_text() == "mine"
+
+    out = tmp_path / "out"
+    assert predict(out, "face0.png", "face1.png", flags=["--explain"]) == (0, "")
+    listed = json.loads((out / "predictions.json").read_text())["files"]
+    assert "annotated/face1.png" in listed and "maps/face1_face0.png" in listed
+    code, err = predict(out, "face0.png")
+    assert code == 2 and "holds an earlier prediction: pass --overwrite to replace it" in err
+    assert predict(out, "face0.png", flags=["--overwrite"]) == (0, "")
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert written == ["annotated", "annotated/face0.png", "predictions.csv", "predictions.json"]
+    assert json.loads((out / "predictions.json").read_text())["files"] == [
+        "annotated",
+        "annotated/face0.png",
+        "predictions.csv",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "face0.png",
+        "face1.png",
+        "mine",
+        "out",
+    ]  # no lock, no temporary

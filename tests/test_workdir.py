@@ -2,6 +2,7 @@
 failed start."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -124,3 +125,55 @@ def test_a_failed_start_removes_what_it_made(tmp_path):
                 (workdir / "config.json").write_text("{}")
                 raise RuntimeError("the data set is missing")
     assert not (tmp_path / "a").exists()
+
+
+def test_overwrite_refuses_a_symbolic_link_among_the_outputs_before_deleting_anything(tmp_path):
+    """A run's tensorboard/ as a link: --overwrite deleted checkpoints/ first, then failed with
+    "Cannot call rmtree on a symbolic link" naming no path. Every output is checked first; a link
+    (an output, or inside one) is refused in one line naming it, and nothing is deleted."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "events").write_text("kept")
+    folder = tmp_path / "w"
+    outputs = ("checkpoints", "tensorboard", "config.json")
+    for linked in ("tensorboard", "checkpoints/7"):
+        if folder.exists():
+            shutil.rmtree(folder)
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "checkpoints" / "1").write_text("a checkpoint")
+        (folder / linked).symlink_to(elsewhere, target_is_directory=True)
+        (folder / "config.json").write_text('{"epochs": 1}')
+        before = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+        with pytest.raises(WorkdirError) as caught:
+            prepare_directory(
+                folder,
+                config_file="config.json",
+                current={"epochs": 1},
+                outputs=outputs,
+                has_run=lambda d: (d / "checkpoints" / "1").exists(),
+                resume=False,
+                overwrite=True,
+                may_differ=(),
+                what="run",
+            )
+        message = str(caught.value)
+        assert f"{folder / linked} is a symbolic link" in message and len(message.splitlines()) == 1
+        assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == before  # nothing deleted
+        assert (elsewhere / "events").read_text() == "kept"
+
+
+def test_a_lock_taken_removes_what_a_killed_writer_left(tmp_path):
+    """write_atomic's temporaries (.NAME.<8 random>.tmp) left by a killed writer are removed by
+    the next holder of the folder's lock (it knows their writer is gone), in the folder and its
+    folders; other hidden files stay."""
+    folder = tmp_path / "w"
+    (folder / "test_logits").mkdir(parents=True)
+    stale = [folder / ".summary.json.ab3_x9zq.tmp", folder / "test_logits" / ".epoch_0001.npz.k2j4h5g6.tmp"]
+    for path in stale:
+        path.write_text("half")
+    kept = [folder / ".mine.tmp", folder / "notes.tmp", folder / ".summary.json.toolong123.tmp"]
+    for path in kept:
+        path.write_text("mine")
+    with WorkdirLock(folder):
+        assert not any(p.exists() for p in stale)
+    assert all(p.read_text() == "mine" for p in kept)
