@@ -149,7 +149,7 @@ def test_an_export_killed_mid_write_leaves_nothing_after_the_next(tmp_path, caps
     )  # killed mid-write, holding the lock
     assert subprocess.run([sys.executable, "-c", script, str(out)], env=program_env()).returncode == 9
     left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out."))
-    assert len(left) == 2 and left[0] == ".out.lock" and left[1].endswith(".tmp")
+    assert len(left) == 2 and ".out.lock" in left and any(name.endswith(".tmp") for name in left)
     assert program.main([str(run), str(out), "--format", "onnx"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net", "out"]
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "net.onnx"]
