@@ -71,7 +71,7 @@ ensemble-demo: $(STAMP)
 # map in runs/predict-demo (a model trained on synthetic faces says little about a real face).
 predict-demo: $(DEMO_STAMP) runs/demo/summary.json
 	$(PY) -c "from PIL import Image; from skimage import data; Image.fromarray(data.astronaut()).save('runs/astronaut.png')"
-	$(PY) -m experiments.predict --run runs/demo runs/astronaut.png --out runs/predict-demo --explain
+	$(PY) -m experiments.predict --run runs/demo runs/astronaut.png --out runs/predict-demo --explain --overwrite
 
 runs/demo/summary.json:
 	$(MAKE) demo
