@@ -32,6 +32,8 @@ from faml_jax.writer import file_mode, remove_stale_temporaries, write_json
 
 LOCK_FILE = ".lock"
 
+logger = logging.getLogger(__name__)
+
 
 def ensure_writable(directory: Path, what: str = "workdir") -> None:
     """Create ``directory`` (and its parents) and check a file can be written there."""
@@ -352,7 +354,7 @@ def undo_new_run(workdir: Path, outputs: tuple[str, ...], made: list[Path]) -> N
     try:
         remove_outputs(workdir, outputs)
     except WorkdirError as error:  # (while another error is raised: it is the one to show)
-        logging.getLogger(__name__).warning(f"a failed start left its outputs: {error}")
+        logger.warning(f"a failed start left its outputs: {error}")
         return
     _remove_empty(made)
 
