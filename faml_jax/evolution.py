@@ -268,6 +268,10 @@ class Evolution:
             self.start = pretrained.init_from_backbone(
                 jax.device_get(self.start), self.setup.backbone, config.model.fa_init_pretrained
             )
+        # A resumed evolution's survivors are the next children's parents: a given network among
+        # them must still be the one recorded, refused before anything is written.
+        for name in self.lineage["generations"][-1]["survivors"] if self.lineage["generations"] else ():
+            self.network(name)
         self._fuse = jax.jit(fga.fuse)
         self._recompute = jax.jit(lambda v, x: fga.recompute_batch_stats(self.setup.model, v, x))
 

@@ -2,7 +2,7 @@
 record may have been written elsewhere or edited, so every value's type is checked and every
 number is bounded before any configuration is built, hence before anything is allocated (a width
 of 1e9 or an input of a million pixels is refused in one line, not an abort or a machine out of
-memory). The bounds (``BOUNDS``) are far above every preset and real use; docs/training.md lists
+memory). The bounds (``BOUNDS``) are far above every preset and real use; docs/faults.md lists
 them.
 
     >>> config = from_dict(RunConfig, saved, "runs/a/config.json")

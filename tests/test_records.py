@@ -15,7 +15,7 @@ from experiments import predict as predict_program
 from faml_jax import export, runs
 from faml_jax.config import FGAConfig, config_to_json, run_config_from_json
 from faml_jax.errors import ConfigError, WorkdirError
-from faml_jax.evolution import evolve
+from faml_jax.evolution import Evolution, evolve
 from faml_jax.predict import Predictor
 from faml_jax.versions import FORMAT_VERSION, stamped
 from tools import export as export_program
@@ -74,6 +74,9 @@ def test_a_given_network_swapped_or_moved_is_refused_by_every_reader(runs_by_han
     ):
         assert program.main(argv) == 2
         assert message in one_line(capsys)
+    # The evolution read back to go on (given1 is a survivor, so a parent of the next children).
+    with pytest.raises(WorkdirError, match=message):
+        Evolution(config, FGAConfig(population=2), evo, given=given, member_parallel=False, progress=False)
     # The same network copied back (cp -a keeps its files): accepted again.
     shutil.rmtree(given[1])
     shutil.copytree(b, given[1])
@@ -100,7 +103,9 @@ def test_a_lineage_of_the_previous_version_or_crafted_is_refused(runs_by_hand, t
     lineage = {"members": {"given0": entry}, "generations": [{"generation": 0, "survivors": ["given0"]}]}
     path = tmp_path / "population.json"
     path.write_text(json.dumps(stamped(lineage, 2)))  # before digests were recorded
-    with pytest.raises(WorkdirError, match="population.json has format version 2; this faml_jax reads format version 3"):
+    with pytest.raises(
+        WorkdirError, match="population.json has format version 2; this faml_jax reads format version 3"
+    ):
         runs.population_members(tmp_path)
     path.write_text(json.dumps(stamped(lineage, 3)))
     with pytest.raises(WorkdirError, match="network given0 .given with --members. has no valid checkpoint_epoch"):
@@ -194,7 +199,7 @@ def test_the_presets_are_within_the_bounds():
 
 
 def damaged_object_array(path):
-    np.savez(path, logits=np.array([{"a": 1}, None], dtype=object), labels=np.zeros(2, np.int32))
+    np.savez(path, logits=np.zeros((40, 7), np.float32), labels=np.array([{"a": 1}, None], dtype=object))
 
 
 def damaged_truncated(path):
