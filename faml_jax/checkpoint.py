@@ -287,6 +287,23 @@ def version_problem(checkpoint: Path, what: str | None = None, expected: int = F
     return None
 
 
+def content_digest(checkpoint: Path) -> str:
+    """What identifies a checkpoint's content: the SHA-256 of its digest's list of files (each
+    file's name, size and SHA-256). A copy of the checkpoint has the same; a network trained
+    again, or another run put in its place, another. ``CheckpointDamaged`` when it has no valid
+    digest (the files themselves are checked against it when the checkpoint is restored)."""
+    path = Path(checkpoint) / DIGEST
+    try:
+        files = json.loads(path.read_text())["files"]
+        if not isinstance(files, dict):
+            raise TypeError
+    except FileNotFoundError:
+        raise CheckpointDamaged(f"checkpoint {checkpoint} has no {DIGEST}") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CheckpointDamaged(f"checkpoint {checkpoint}: its {DIGEST} is not valid") from None
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
 def stored_shapes(checkpoint: Path) -> dict[str, tuple[int, ...]] | None:
     """The stored arrays' shapes as the digest records them (None: no digest, or one written
     before it recorded shapes)."""
@@ -296,7 +313,10 @@ def stored_shapes(checkpoint: Path) -> dict[str, tuple[int, ...]] | None:
         return None
     if not isinstance(shapes, dict):
         return None
-    return {str(k): tuple(int(n) for n in v) for k, v in shapes.items()}
+    try:
+        return {str(k): tuple(int(n) for n in v) for k, v in shapes.items()}
+    except (ValueError, TypeError):  # an edited digest: orbax's own metadata decides
+        return None
 
 
 def verify(checkpoint: Path) -> str | None:
@@ -314,8 +334,10 @@ def verify(checkpoint: Path) -> str | None:
             str(name): (int(size), str(sha256))
             for name, (size, sha256) in json.loads(digest_path.read_text())["files"].items()
         }
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return f"its {DIGEST} is not valid"
+    if any(Path(name).is_absolute() or ".." in Path(name).parts for name in files):
+        return f"its {DIGEST} names files outside it"
     for name, (size, sha256) in files.items():
         path = checkpoint / name
         if not path.is_file():

@@ -10,12 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import types
-import typing
 from typing import Literal
 
 from faml_jax.data.synthetic import SyntheticConfig
 from faml_jax.errors import ConfigError
+from faml_jax.records import from_dict
 from faml_jax.versions import checked
 
 
@@ -842,32 +841,15 @@ def structural_differences(
 
 def run_config_from_json(saved: dict, where: str = "config.json") -> RunConfig:
     """The ``RunConfig`` of a saved ``config.json`` (``where`` names it in errors): a file of
-    another format version is a ``WorkdirError`` (``versions.checked``), one that is not a run
-    configuration a ``ConfigError``/``TypeError``."""
-    return from_dict(RunConfig, checked(saved, where))
-
-
-def from_dict(cls, values: dict):
-    """Rebuild a (nested) config dataclass from its ``dataclasses.asdict`` / JSON form, e.g. a
-    run's saved ``config.json``: ``from_dict(RunConfig, json.load(f))``. Lists become tuples;
-    missing fields take their defaults; an unknown field is a ValueError naming it."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"{cls.__name__} has no field(s) {unknown}")
-    return cls(**{name: _from_json(hints[name], value) for name, value in values.items()})
-
-
-def _from_json(tp, value):
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value)
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        return _from_json(next(a for a in args if a is not type(None)), value)
-    if origin is tuple:
-        element = args[0]  # tuple[X, ...]
-        return tuple(_from_json(element, v) for v in value)
-    return value
+    another format version is a ``WorkdirError`` (``versions.checked``); one that is not a run
+    configuration, or holds a value of the wrong type or out of bounds (``records.BOUNDS``), a
+    one-line ``ConfigError`` naming ``where`` (and the field), before anything is built from it."""
+    values = checked(saved, where)
+    try:
+        return from_dict(RunConfig, values, where)
+    except ConfigError as error:  # a configuration's own check (its message does not name the file)
+        if str(error).startswith(f"{where}: "):
+            raise
+        raise ConfigError(f"{where}: {error}") from None
+    except TypeError as error:  # a required field missing
+        raise ConfigError(f"{where} is not a run configuration: {error}") from None

@@ -13,7 +13,7 @@ import numpy as np
 
 from faml_jax import data, ensemble, fga, models, runs, train
 from faml_jax.config import config_to_json, evaluation_model, structural_differences
-from faml_jax.errors import ConfigError, DataError
+from faml_jax.errors import ConfigError, DataError, WorkdirError
 
 
 def call_size(batch_size: int, count: int, multiple: int = 1) -> int:
@@ -109,6 +109,8 @@ def named_members(paths: list[Path]) -> list[tuple[str, Path]]:
     return [(p.name if names.count(p.name) == 1 else str(p), p) for p in paths]
 
 
+# What a run's test_logits/epoch_<e>.npz holds: float logits (N, C) and integer labels (N,).
+STORED_LOGITS = {"logits": ("f", 2), "labels": ("iu", 1)}
 SAME_TEST_SPLIT = ("data.dataset", "data.synthetic", "data.crop_faces", "model.num_classes")
 
 
@@ -206,13 +208,17 @@ def evaluate_members(
     for i, (record, (name, path)) in enumerate(zip(records, members)):
         stored = path / "test_logits" / f"epoch_{record['epoch']:04d}.npz"
         if stored.exists():
-            with np.load(stored) as saved:
-                if not np.array_equal(saved["labels"], labels):
-                    raise DataError(
-                        f"member {name} was evaluated on another test split during training "
-                        f"(the labels in {stored} differ from the data set's)"
-                    )
-                record["stored_logits_max_abs_diff"] = float(np.max(np.abs(saved["logits"] - logits[i])))
+            saved = runs.read_arrays(stored, STORED_LOGITS, "the test logits")
+            if not np.array_equal(saved["labels"], labels):
+                raise DataError(
+                    f"member {name} was evaluated on another test split during training "
+                    f"(the labels in {stored} differ from the data set's)"
+                )
+            if saved["logits"].shape != logits[i].shape:
+                raise WorkdirError(
+                    f"the test logits {stored} are {saved['logits'].shape}, not {logits[i].shape} (damaged?)"
+                )
+            record["stored_logits_max_abs_diff"] = float(np.max(np.abs(saved["logits"] - logits[i])))
     names = list(dict.fromkeys(c.model_name for c in configs))
     info = {
         "dataset": config.data.dataset,

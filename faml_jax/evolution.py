@@ -29,6 +29,8 @@ import functools
 import logging
 import os
 import signal
+import types
+import typing
 from pathlib import Path
 
 import jax
@@ -41,7 +43,15 @@ from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.loop import MemberParallel, stop_signal, train_member, train_side_by_side
 from faml_jax.member import Member
 from faml_jax.metrics import classification_metrics
-from faml_jax.runs import member_workdir, read_json, read_lineage, read_run_config, restore_variables
+from faml_jax.runs import (
+    check_network,
+    final_checkpoint,
+    member_workdir,
+    read_json,
+    read_lineage,
+    read_run_config,
+    restore_variables,
+)
 from faml_jax.trainer import (
     Setup,
     adopt_recorded,
@@ -52,7 +62,7 @@ from faml_jax.trainer import (
     prepare_workdir,
     recorded_config,
 )
-from faml_jax.versions import stamped, unstamped
+from faml_jax.versions import EVOLUTION_VERSION, stamped, unstamped
 from faml_jax.workdir import WorkdirLock, new_folders, prepare_directory, undone_if_it_fails
 from faml_jax.writer import write_json
 
@@ -129,6 +139,10 @@ class MemberRecord:
     fused_recomputed_bn_test_accuracy: float | None = None
     recompute_bn_batches: int | None = None
     parent_test_accuracies: list[float] | None = None
+    # A given network (--members) is identified by its final checkpoint, not by its path
+    # (``runs.check_network``): the epoch and content digest the evolution used.
+    checkpoint_epoch: int | None = None
+    checkpoint_digest: str | None = None
 
     ALWAYS = ("generation", "origin", "workdir", "seed", "status")
     WHEN_TRAINED = (
@@ -161,10 +175,63 @@ class MemberRecord:
 
     @classmethod
     def from_json(cls, name: str, entry: dict, where: str) -> MemberRecord:
+        """The record of network ``name`` in ``where`` (population.json, its shape checked by
+        ``runs.read_lineage``): every field of the type written, else a ``WorkdirError``."""
         unknown = sorted(set(entry) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise WorkdirError(f"{where}: network {name} has fields this version does not know: {', '.join(unknown)}")
+        hints = typing.get_type_hints(cls)
+        for field in cls.ALWAYS:
+            if field not in entry:
+                raise WorkdirError(f"{where}: network {name} has no {field}")
+        for field, value in entry.items():
+            if not _of_type(hints[field], value):
+                raise WorkdirError(f"{where}: network {name}'s {field} is {str(value)[:40]!r}, not {hints[field]}")
         return cls(**entry)
+
+
+def _of_type(tp, value) -> bool:
+    """Whether a JSON value is of a record field's type (``int``, ``float``, ``str``, ``bool``,
+    ``list[...]``, ``... | None``)."""
+    if isinstance(tp, types.UnionType):
+        return any(_of_type(t, value) for t in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if typing.get_origin(tp) is list:
+        return isinstance(value, list) and all(_of_type(typing.get_args(tp)[0], v) for v in value)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+# What a given network's summary.json must hold, as the MemberRecord fields they become.
+SUMMARY_FIELDS = {
+    "epochs": "epochs",
+    "final_train_loss": "train_loss",
+    "final_train_ce": "train_ce",
+    "final_train_accuracy": "train_accuracy",
+    "final_test_accuracy": "test_accuracy",
+    "well_trained": "well_trained",
+    "switch_epoch": "switch_epoch",
+}
+
+
+def given_summary(workdir: Path) -> dict:
+    """The summary.json of a network given with --members, each value the lineage records from
+    it of the type recorded (else a one-line ``WorkdirError`` naming the file and the field)."""
+    path = Path(workdir) / "summary.json"
+    summary = read_json(path, "the summary of a given network")
+    hints = typing.get_type_hints(MemberRecord)
+    for key, field in {**SUMMARY_FIELDS, "initial_test_accuracy": "initial_test_accuracy"}.items():
+        if key not in summary and key in SUMMARY_FIELDS:
+            raise WorkdirError(f"{path} has no {key} (expected a finished experiments.train workdir)")
+        if key in summary and not _of_type(hints[field], summary[key]):
+            raise WorkdirError(f"{path}: {key} is {str(summary[key])[:40]!r}, not {hints[field]}")
+    if not isinstance(summary["final_train_ce"], (int, float)):
+        raise WorkdirError(f"{path}: final_train_ce is missing, and it is the network's fitness")
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,6 +268,10 @@ class Evolution:
             self.start = pretrained.init_from_backbone(
                 jax.device_get(self.start), self.setup.backbone, config.model.fa_init_pretrained
             )
+        # A resumed evolution's survivors are the next children's parents: a given network among
+        # them must still be the one recorded, refused before anything is written.
+        for name in self.lineage["generations"][-1]["survivors"] if self.lineage["generations"] else ():
+            self.network(name)
         self._fuse = jax.jit(fga.fuse)
         self._recompute = jax.jit(lambda v, x: fga.recompute_batch_stats(self.setup.model, v, x))
 
@@ -213,13 +284,19 @@ class Evolution:
 
     def save(self) -> None:
         members = {name: record.to_json() for name, record in self.lineage["members"].items()}
-        write_json(self.workdir / "population.json", stamped({**self.lineage, "members": members}))
+        write_json(self.workdir / "population.json", stamped({**self.lineage, "members": members}, EVOLUTION_VERSION))
 
     def record(self, name: str) -> MemberRecord:
         return self.lineage["members"][name]
 
     def member_dir(self, name: str) -> Path:
         return member_workdir(self.workdir, self.record(name).workdir)
+
+    def network(self, name: str) -> tuple[Path, int | None]:
+        """A trained network's workdir and the checkpoint to use (None: its latest), a given
+        network checked to be the one recorded (``runs.check_network``)."""
+        record = self.record(name)
+        return check_network(self.workdir, name, record.to_json()), record.checkpoint_epoch
 
     def loss(self, name: str) -> float:
         """A network's fitness: its final reference loss (plain CE of the training batches,
@@ -238,7 +315,8 @@ class Evolution:
             for i, path in enumerate(self.given):
                 name = f"given{i}"
                 record = MemberRecord(generation=0, origin="given", workdir=str(path.resolve()), seed=None)
-                record.trained(read_json(path / "summary.json", "the summary of a given network"))
+                record.trained(given_summary(path))
+                record.checkpoint_epoch, record.checkpoint_digest = final_checkpoint(path)
                 self.lineage["members"][name] = record
                 names.append(name)
             return names
@@ -296,7 +374,10 @@ class Evolution:
         """Fuse a child from its parents' final weights (Eq. 9); report its test accuracy as fused
         and with recomputed BatchNorm statistics; return the variables it starts from."""
         record = self.record(name)
-        parents = [restore_variables(self.member_dir(p), self.config) for p in record.parents]
+        parents = []
+        for parent in record.parents:
+            path, epoch = self.network(parent)
+            parents.append(restore_variables(path, self.config, epoch))
         child = self._fuse(fga.stack(parents), jnp.arange(len(parents)))
         batches = self.fga.recompute_bn or DIAGNOSTIC_BN_BATCHES
         # The same batches in every process, so that all processes start the child alike.

@@ -18,6 +18,9 @@ from faml_jax.errors import WorkdirError
 FORMAT_VERSION = 2
 # Files whose format has not changed since version 1 keep it, so that nothing long to make
 # (a prepared data set, a converted backbone) has to be made again.
+# An evolution's population.json (3: each network given with --members is recorded with its final
+# checkpoint's epoch and digest; a lineage of version 2 cannot say which network it meant).
+EVOLUTION_VERSION = 3
 PREPARED_VERSION = 1  # experiments.prepare's metadata.json
 BACKBONE_VERSION = 1  # a converted backbone's digest
 

@@ -15,8 +15,8 @@ from faml_jax import report as report_module
 from faml_jax import trainer
 from faml_jax.config import EnsembleConfig
 from faml_jax.errors import WorkdirError
-from faml_jax.runs import population_members
-from faml_jax.versions import stamped
+from faml_jax.runs import final_checkpoint, population_members
+from faml_jax.versions import EVOLUTION_VERSION, stamped
 
 SEEDS = (1, 2, 3)
 quiet = dict(progress=False)
@@ -124,17 +124,24 @@ def test_best_checkpoint_and_accuracy_order(trained, tmp_path):
     assert "checkpoint (selected on the test split: optimistic)" in (tmp_path / "best" / "report.md").read_text()
 
 
+def given_record(workdir) -> dict:
+    """A network given to an evolution as population.json records it (its final checkpoint)."""
+    epoch, digest = final_checkpoint(workdir)
+    record = {"generation": 0, "origin": "given", "workdir": str(workdir), "seed": None, "status": "trained"}
+    return {**record, "checkpoint_epoch": epoch, "checkpoint_digest": digest}
+
+
 def write_evolution(folder, members, generations: int, recorded: int):
     """An evolution's population.json and evolve.json: ``generations`` configured after the
     initial population, ``recorded`` generations (the initial one included) finished."""
     folder.mkdir(exist_ok=True)
     survivors = [["net1", "net2", "net3"], ["net3", "net1"], ["net2", "net3"]]
     lineage = {
-        "members": {name: {"workdir": str(w), "status": "trained"} for name, w in members},
+        "members": {name: given_record(w) for name, w in members},
         "generations": [{"generation": g, "survivors": survivors[g]} for g in range(recorded)],
         "plans": {str(g): {} for g in range(1, recorded)},
     }
-    (folder / "population.json").write_text(json.dumps(stamped(lineage)))
+    (folder / "population.json").write_text(json.dumps(stamped(lineage, EVOLUTION_VERSION)))
     (folder / "evolve.json").write_text(
         json.dumps(stamped({"run": {}, "fga": {"generations": generations}, "members": []}))
     )

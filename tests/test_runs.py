@@ -14,7 +14,7 @@ from helpers import TINY_MODEL, tiny_config
 from faml_jax import models, runs, train
 from faml_jax.checkpoint import DIGEST, CheckpointMismatch, Checkpoints, CheckpointUnreadable, stored_shapes
 from faml_jax.config import config_to_json
-from faml_jax.errors import WorkdirError
+from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.versions import FORMAT_VERSION, stamped
 
 
@@ -110,7 +110,10 @@ def test_missing_pieces_are_named(tmp_path):
     with pytest.raises(WorkdirError, match=f"no checkpoint in {tmp_path / 'checkpoints'}"):
         runs.load(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "model": 3}))
-    with pytest.raises(WorkdirError, match="is not a valid run configuration"):
+    with pytest.raises(ConfigError, match=f"{tmp_path / 'config.json'}: model is not an object"):
+        runs.read_run_config(tmp_path)
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(WorkdirError, match="config.json is not a JSON object"):
         runs.read_run_config(tmp_path)
 
 
