@@ -610,6 +610,43 @@ def test_decode_errors_name_the_file_not_a_buffer():
         data.folders.decode_image(buffer.getvalue(), "x.png", (3, 3, 0, 10))
 
 
+def float_rgba_tiff(width: int, height: int) -> bytes:
+    """A little-endian TIFF of 32-bit float RGBA pixels (one strip), written by hand: a layout
+    Pillow has no mode for."""
+    import struct
+
+    pixels = np.full((height, width, 4), 0.5, "<f4").tobytes()
+    tags = [  # (tag, type 3 SHORT / 4 LONG, count, value; None: the 4 values written after the directory)
+        (256, 3, 1, width), (257, 3, 1, height), (258, 3, 4, None), (259, 3, 1, 1), (262, 3, 1, 2),
+        (273, 4, 1, None), (277, 3, 1, 4), (278, 3, 1, height), (279, 4, 1, len(pixels)),
+        (338, 3, 1, 2), (339, 3, 4, None),
+    ]  # fmt: skip
+    extra = 8 + 2 + 12 * len(tags) + 4  # the 8 bytes of BitsPerSample, then SampleFormat's, then pixels
+    offsets = {258: extra, 339: extra + 8, 273: extra + 16}
+
+    def entry(tag, kind, count, value):
+        if value is None:
+            return struct.pack("<HHII", tag, kind, count, offsets[tag])
+        return struct.pack("<HHIHH" if kind == 3 else "<HHII", tag, kind, count, value, *([0] if kind == 3 else []))
+
+    directory = b"".join(entry(*tag) for tag in tags)
+    head = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(tags)) + directory + struct.pack("<I", 0)
+    return head + struct.pack("<4H", *[32] * 4) + struct.pack("<4H", *[3] * 4) + pixels
+
+
+def test_a_float_rgba_tiff_is_refused_saying_what_it_holds(tmp_path):
+    """Pillow cannot identify it: the refusal says what the file holds, not 'not an image format'."""
+    from faml_jax.photos import read_photo
+
+    (tmp_path / "float.tif").write_bytes(float_rgba_tiff(5, 4))
+    with pytest.raises(CorruptImageError) as caught:
+        read_photo(tmp_path / "float.tif")
+    assert str(caught.value) == (
+        f"cannot decode image {tmp_path / 'float.tif'}: a TIFF of 32-bit floating-point RGBA pixels (4 samples "
+        "each), a layout Pillow cannot read; save it as 8-bit RGB or grey"
+    )
+
+
 def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path, monkeypatch):
     from faml_jax.photos import read_photo
 
