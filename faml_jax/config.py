@@ -621,6 +621,11 @@ class EnsembleConfig:
     def __post_init__(self):
         if not (math.isfinite(self.alpha) and self.alpha > 0 and math.isfinite(self.beta) and self.beta >= 0):
             raise ConfigError(f"T2V needs finite alpha > 0 and beta >= 0, got alpha={self.alpha}, beta={self.beta}")
+        if self.alpha < self.beta:  # equal weights tie a first and a second choice (NOI decides): allowed
+            raise ConfigError(
+                f"T2V's alpha={self.alpha} is below beta={self.beta}: every member's second choice would count more "
+                "than its first; give alpha >= beta (the paper: 1.9 and 1.0)"
+            )
         if self.checkpoint not in ("final", "best"):
             raise ConfigError(f"checkpoint must be 'final' or 'best', got {self.checkpoint!r}")
         if self.order not in ("given", "accuracy"):
