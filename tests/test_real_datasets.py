@@ -340,25 +340,30 @@ def test_label_problems_are_counted_and_reported(tmp_path):
     basic = fixtures.write_rafdb(tmp_path, [1, 2, 3, 4, 5, 6, 7, 1], [1, 2, 3, 4, 5, 6, 7], size=24)
     label_file = basic / "EmoLabel" / "list_patition_label.txt"
     with open(label_file, "a") as f:  # after lines 1-15 (8 train, 7 test)
-        f.write("train_00001.jpg 3\n")  # a duplicate entry
+        f.write("train_00001.jpg 3\n")  # listed again with a conflicting label (line 1: 1, surprise)
         f.write("train_00008.jpg 0\n")  # duplicate name too, but first: its label is out of range
         f.write("train_00099.jpg 9\n")  # out of range (no image either: the label is checked first)
         f.write("train_00100.jpg 4\n")  # listed, absent
         f.write("test_0099.jpg 2\n")  # listed, absent
+        f.write("test_0002.jpg 2\n")  # a duplicate entry, the same label as line 10's
     dataset = data.open_dataset("rafdb", tmp_path)
     assert (len(dataset.train), len(dataset.test)) == (8, 7)
     notes = "\n".join(dataset.notes)
     assert (
         "train: 2 labels out of range (line 17: train_00008.jpg label '0'; line 18: train_00099.jpg label '9')" in notes
     )
-    assert "train: 1 duplicate entries (line 16: train_00001.jpg)" in notes
+    assert (
+        "train: 1 images listed again with a conflicting label, the first kept "
+        f"({label_file}:16: train_00001.jpg labelled 3 (disgust), but 1 (surprise) on line 1)"
+    ) in notes
+    assert "train: 1 duplicate entries" not in notes and "test: 1 duplicate entries (line 21: test_0002.jpg)" in notes
     assert f"train: 1 images listed but absent ({basic / 'Image' / 'aligned' / 'train_00100_aligned.jpg'})" in notes
     assert "test: 1 images listed but absent" in notes
     assert all(line in dataset.describe() for line in dataset.notes)
     # A line that is not "<name> <code>" is not RAF-DB's format: an error naming the line.
     with open(label_file, "a") as f:
         f.write("train_00001.jpg\n")
-    with pytest.raises(DataError, match=r"list_patition_label\.txt:21: expected '<image name> <label 1-7>'"):
+    with pytest.raises(DataError, match=r"list_patition_label\.txt:22: expected '<image name> <label 1-7>'"):
         data.open_dataset("rafdb", tmp_path)
 
 

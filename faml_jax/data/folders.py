@@ -301,6 +301,7 @@ class Problems:
         none/uncertain/no-face, and contempt for AffectNet-7): expected, not errors.
       out_of_range: labels that are no class code of the data set.
       duplicates: entries naming an image already listed (the first entry is kept).
+      conflicts: entries naming an image already listed with another label (the first is kept).
       absent: images listed but not on disk.
       unlabelled: images on disk without a label (layouts with one label file per image).
       bad_images: images that could not be read or decoded (skipped under ``skip_bad_images``).
@@ -310,6 +311,7 @@ class Problems:
     excluded: dict[str, int] = dataclasses.field(default_factory=dict)
     out_of_range: list[str] = dataclasses.field(default_factory=list)
     duplicates: list[str] = dataclasses.field(default_factory=list)
+    conflicts: list[str] = dataclasses.field(default_factory=list)
     absent: list[str] = dataclasses.field(default_factory=list)
     unlabelled: list[str] = dataclasses.field(default_factory=list)
     bad_images: list[str] = dataclasses.field(default_factory=list)
@@ -317,6 +319,7 @@ class Problems:
     KINDS = {
         "out_of_range": "labels out of range",
         "duplicates": "duplicate entries",
+        "conflicts": "images listed again with a conflicting label, the first kept",
         "absent": "images listed but absent",
         "unlabelled": "images without a label",
         "bad_images": "unreadable or corrupt images skipped",
