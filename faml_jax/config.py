@@ -811,7 +811,7 @@ def config_differences(
     current: dict,
     prefix: str = "",
     may_differ=("epochs",),
-    labels: tuple[str, str] = ("in the checkpoint", "now"),
+    labels: tuple[str, str] = ("in config.json", "now"),
 ) -> list[str]:
     """Dotted names of the fields that differ between two configuration dicts (``may_differ``
     excepted), each with both values: ``name (saved labels[0], current labels[1])``."""
@@ -834,7 +834,7 @@ SAME_NETWORK = ("model_name", "model", "optim", "data.dataset", "data.synthetic"
 def structural_differences(
     saved: dict,
     current: dict,
-    labels: tuple[str, str] = ("in the checkpoint", "now"),
+    labels: tuple[str, str] = ("in config.json", "now"),
     fields: tuple[str, ...] = SAME_NETWORK,
 ) -> list[str]:
     """``config_differences`` restricted to ``fields`` and the fields nested under them."""
