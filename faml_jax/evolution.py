@@ -93,6 +93,12 @@ def check_given_member(workdir: Path, config: RunConfig) -> None:
     for name in ("config.json", "summary.json", "metrics.jsonl"):
         if not (workdir / name).exists():
             raise WorkdirError(f"--members {workdir}: no {name} (expected a finished experiments.train workdir)")
+    summary = read_json(workdir / "summary.json", "the summary of a given network")
+    if summary.get("finished") is False:  # stopped by a signal or stop_after
+        raise WorkdirError(
+            f"--members {workdir} stopped at epoch {summary['epochs']} of {summary['planned_epochs']}: "
+            "finish it first (python -m experiments.train --resume)"
+        )
     saved = config_to_json(read_run_config(workdir))
     current = config_to_json(config)
     diffs = structural_differences(saved, current)
