@@ -620,6 +620,11 @@ class EnsembleConfig:
     def __post_init__(self):
         if not (math.isfinite(self.alpha) and self.alpha > 0 and math.isfinite(self.beta) and self.beta >= 0):
             raise ConfigError(f"T2V needs finite alpha > 0 and beta >= 0, got alpha={self.alpha}, beta={self.beta}")
+        if self.alpha < self.beta:  # equal weights tie a first and a second choice (NOI decides): allowed
+            raise ConfigError(
+                f"T2V's alpha={self.alpha} is below beta={self.beta}: every member's second choice would count more "
+                "than its first; give alpha >= beta (the paper: 1.9 and 1.0)"
+            )
         if self.checkpoint not in ("final", "best"):
             raise ConfigError(f"checkpoint must be 'final' or 'best', got {self.checkpoint!r}")
         if self.order not in ("given", "accuracy"):
@@ -805,7 +810,7 @@ def config_differences(
     current: dict,
     prefix: str = "",
     may_differ=("epochs",),
-    labels: tuple[str, str] = ("in the checkpoint", "now"),
+    labels: tuple[str, str] = ("in config.json", "now"),
 ) -> list[str]:
     """Dotted names of the fields that differ between two configuration dicts (``may_differ``
     excepted), each with both values: ``name (saved labels[0], current labels[1])``."""
@@ -828,7 +833,7 @@ SAME_NETWORK = ("model_name", "model", "optim", "data.dataset", "data.synthetic"
 def structural_differences(
     saved: dict,
     current: dict,
-    labels: tuple[str, str] = ("in the checkpoint", "now"),
+    labels: tuple[str, str] = ("in config.json", "now"),
     fields: tuple[str, ...] = SAME_NETWORK,
 ) -> list[str]:
     """``config_differences`` restricted to ``fields`` and the fields nested under them."""

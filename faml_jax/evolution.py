@@ -103,6 +103,12 @@ def check_given_member(workdir: Path, config: RunConfig) -> None:
     for name in ("config.json", "summary.json", "metrics.jsonl"):
         if not (workdir / name).exists():
             raise WorkdirError(f"--members {workdir}: no {name} (expected a finished experiments.train workdir)")
+    summary = read_json(workdir / "summary.json", "the summary of a given network")
+    if summary.get("finished") is False:  # stopped by a signal or stop_after
+        raise WorkdirError(
+            f"--members {workdir} stopped at epoch {summary['epochs']} of {summary['planned_epochs']}: "
+            "finish it first (python -m experiments.train --resume)"
+        )
     saved = config_to_json(read_run_config(workdir))
     current = config_to_json(config)
     diffs = structural_differences(saved, current)
@@ -388,9 +394,15 @@ class Evolution:
         record.fused_recomputed_bn_test_accuracy = self.test_accuracy(recomputed)
         record.recompute_bn_batches = len(images)
         record.parent_test_accuracies = [self.record(p).test_accuracy for p in record.parents]
+        recomputed_accuracy = f"{record.fused_recomputed_bn_test_accuracy:.4f}"
         logger.info(
-            f"{name}: fused from {', '.join(record.parents)}: test acc {record.fused_test_accuracy:.4f} "
-            f"(BatchNorm recomputed on {len(images)} batches: {record.fused_recomputed_bn_test_accuracy:.4f})"
+            f"{name}: fused from {', '.join(record.parents)}: test acc {record.fused_test_accuracy:.4f}"
+            + (
+                f", {recomputed_accuracy} with BatchNorm recomputed on {len(images)} batches (its start)"
+                if self.fga.recompute_bn
+                else f" with its fittest parent's BatchNorm statistics (its start; a diagnostic: {recomputed_accuracy} "
+                f"with them recomputed on {len(images)} batches, not applied without --recompute-bn)"
+            )
         )
         self.save()
         return jax.device_get(recomputed if self.fga.recompute_bn else child)

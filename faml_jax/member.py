@@ -343,7 +343,8 @@ class Member:
         )
 
     def summary(self) -> dict:
-        """Write and return summary.json (final and best epoch)."""
+        """Write and return summary.json: the last and best epoch trained, and whether the run is
+        ``finished`` or stopped at ``epochs`` of ``planned_epochs`` (to be resumed)."""
         if not self.history:
             raise WorkdirError(f"{self.prefix}no epoch trained in {self.workdir}")
         best = max(self.history, key=lambda h: (h["test_accuracy"], -h["epoch"]))
@@ -353,6 +354,8 @@ class Member:
             "dataset": self.config.data.dataset,
             "model": self.config.model_name,
             "epochs": final["epoch"],
+            "planned_epochs": self.config.epochs,
+            "finished": self.done,
             "final_train_loss": final["train_loss"],
             "final_train_ce": reference_loss(final),
             "final_train_accuracy": final["train_accuracy"],

@@ -145,7 +145,7 @@ def train_networks(
             summary = trainer.fit(
                 dataclasses.replace(config, seed=seed),
                 run_dir,
-                resume=True,
+                resume=trainer.has_run(run_dir),  # a fresh start is not a resume that found nothing
                 progress=progress,
                 keep_recorded=keep_recorded,
             )

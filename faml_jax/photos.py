@@ -11,6 +11,7 @@ photos and attention maps (``write_predictions``, ``write_maps``).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,14 +24,34 @@ from faml_jax.versions import stamped
 from faml_jax.workdir import WorkdirLock, check_replaceable, recognise_listed
 from faml_jax.writer import folder_written_whole, write_atomic, write_json
 
+logger = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 FACE_SOURCES = ("detect", "aligned")
 
 
+def is_image(path: Path) -> bool:
+    """Whether a folder's file is taken as an image: a usual image suffix, or else content that
+    Pillow recognises (its header only: a .gif, a file without a suffix)."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    from PIL import Image
+
+    try:
+        with Image.open(path):
+            return True
+    except Image.DecompressionBombError:
+        return True  # an image, refused with its size when it is read
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
 def image_files(inputs: Sequence[str | os.PathLike], exclude: str | os.PathLike | None = None) -> list[Path]:
-    """The image files named by ``inputs``: files, folders (their images, recursively, sorted;
-    none under ``exclude``, e.g. the output folder of an earlier prediction) and glob patterns.
-    An input that names nothing is a ``DataError`` naming it."""
+    """The image files named by ``inputs``: files, folders (their images, ``is_image``,
+    recursively, sorted; none under ``exclude``, e.g. the output folder of an earlier prediction;
+    the other files counted in one logged line) and glob patterns. A file named, or matched, is
+    taken whatever it holds (``predict_photos`` reports one it cannot read). An input that names
+    nothing is a ``DataError`` naming it."""
     import glob
 
     skip = Path(exclude).resolve() if exclude is not None else None
@@ -38,15 +59,22 @@ def image_files(inputs: Sequence[str | os.PathLike], exclude: str | os.PathLike 
     for given in map(str, inputs):
         path = Path(given)
         if path.is_dir():
-            images = sorted(
+            files = sorted(
                 p
                 for p in path.rglob("*")
-                if p.suffix.lower() in IMAGE_SUFFIXES
-                and p.is_file()
-                and not (skip is not None and p.resolve().is_relative_to(skip))
+                if p.is_file() and not (skip is not None and p.resolve().is_relative_to(skip))
             )
+            images, others = [], []
+            for p in files:
+                if is_image(p):
+                    images.append(p)
+                else:
+                    others.append(p.relative_to(path).as_posix())
             if not images:
-                raise DataError(f"no image ({', '.join(IMAGE_SUFFIXES)}) in {given}")
+                raise DataError(f"no image in {given}: none of its {len(files)} file(s) is one Pillow can open")
+            if others:
+                shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+                logger.info(f"{given}: {len(others)} file(s) passed over, not images Pillow can open ({shown})")
             found += images
         elif path.is_file():
             found.append(path)

@@ -20,6 +20,7 @@ whose state dict loads into torchvision's ``resnet18``. This module:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -287,11 +288,25 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, ... for bad files
-        raise ConversionError(
-            f"cannot load {path} as weights only (no pickled code is run): {str(error).splitlines()[0]}"
-        ) from None
+        raise ConversionError(load_refusal(path, str(error))) from None
     state = unwrap_state_dict(checkpoint)
     return {k: v.detach().cpu().numpy() for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def load_refusal(path: Path, message: str) -> str:
+    """One line for a file ``torch.load(weights_only=True)`` refused (torch's ``message``). A file
+    that holds pickled objects besides tensors is named as such, with what it needs, and without
+    torch's advice to retry with ``weights_only=False``: that runs the file's pickled code, never
+    safe for a downloaded file."""
+    if "weights only load failed" not in message.lower():
+        return f"cannot load {path} as weights only (no pickled code is run): {message.splitlines()[0]}"
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    holds = f"a pickled {found.group(1)}" if found else "pickled Python objects besides tensors"
+    return (
+        f"cannot load {path} as weights only: it holds {holds}, which only running the file's pickled code "
+        "could read, and that is never safe for a downloaded file; save the network's state_dict() with "
+        "torch.save where it was made (a trusted environment) and convert that file"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from faml_jax import data, models, pretrained, runs, train
+from faml_jax import data, models, pretrained, runs, signals, train
 from faml_jax.compiled import compiled
 from faml_jax.config import RunConfig, config_to_json, evaluation_model, from_dict
 from faml_jax.errors import (
@@ -324,7 +324,9 @@ def fit(
     keep_recorded: tuple[str, ...] = (),
 ) -> dict:
     """Train, evaluate and checkpoint one network data-parallel over all devices (of all
-    processes); returns the summary (also in summary.json): final and best epoch.
+    processes); returns the summary (also in summary.json): final and best epoch. summary.json is
+    written however the call ends once an epoch is trained (finished, ``stop_after``, a signal),
+    saying which (``finished``, ``planned_epochs``).
 
     ``resume`` continues the run in ``workdir`` from its newest intact checkpoint (bit for bit,
     also within an epoch); ``overwrite`` deletes an earlier run's outputs first. A workdir whose
@@ -357,7 +359,12 @@ def fit(
                     init = setup.start_variables(config.seed) if config.init and not member.resumed else None
                     write_json(workdir / "config.json", stamped(config_to_json(config)))  # every check passed
                 member.begin(init)
-                train_member(setup, member, progress=progress, stop_after=stop_after)
+                try:
+                    train_member(setup, member, progress=progress, stop_after=stop_after)
+                except signals.Interrupted:
+                    if member.history:  # summary.json says where the run stopped (not an earlier plan's end)
+                        member.summary()
+                    raise
                 summary = member.summary()
         except Exception:  # e.g. out of memory at the first step: a new run leaves nothing half-made
             if not member.resumed and jax.process_count() == 1 and not has_run(workdir):

@@ -193,7 +193,7 @@ def prepare_directory(
                 f"{workdir / config_file} is not valid JSON ({error}): the earlier {what} cannot be "
                 "continued; --overwrite replaces it"
             ) from None
-        diffs = config_differences(saved, current, may_differ=may_differ)
+        diffs = config_differences(saved, current, may_differ=may_differ, labels=(f"in {config_file}", "now"))
         if diffs:
             raise ConfigError(f"the {what} in {workdir} was made with another configuration: {'; '.join(diffs)}")
     if overwrite or not earlier:  # an earlier run replaced, or the leftovers of a start that failed

@@ -44,6 +44,23 @@ def test_two_second_places_outweigh_one_first_place_c8():
     assert int(ensemble.t2v_predict(logits, alpha=3.5)[0]) != 3
 
 
+def test_weights_that_rank_a_second_choice_above_the_first_are_refused(tmp_path, capsys):
+    """alpha < beta is refused in one line (library and program); equal weights and beta 0 are
+    T2V's allowed extremes (docs/method.md 4)."""
+    from experiments import ensemble as ensemble_program
+    from faml_jax.config import EnsembleConfig
+    from faml_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"alpha=1.0 is below beta=2.0: every member's second choice would count"):
+        EnsembleConfig(alpha=1.0, beta=2.0)
+    assert EnsembleConfig(alpha=1.0, beta=1.0).beta == 1.0 and EnsembleConfig(alpha=1.0, beta=0.0).beta == 0.0
+    members = [str(tmp_path / "a"), str(tmp_path / "b")]
+    code = ensemble_program.main(["--members", *members, "--alpha", "1", "--beta", "2", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "alpha=1.0 is below beta=2.0" in err, err
+    assert not (tmp_path / "r").exists()
+
+
 def test_member_with_equal_logits_votes_for_the_two_lowest_classes():
     flat = np.zeros((1, 1, 7), np.float32)
     np.testing.assert_allclose(ensemble.vote_vectors(flat)[0, 0], [1.9, 1.0, 0, 0, 0, 0, 0])

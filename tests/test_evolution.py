@@ -108,6 +108,31 @@ def test_a_child_starts_from_its_parents_averaged_kernels(evolved):
     assert "fused_recomputed_bn_test_accuracy" in child
 
 
+def test_the_recomputed_batchnorm_accuracy_is_logged_as_what_it_is(evolved, tmp_path, logged):
+    """Without recompute_bn the child starts with its fittest parent's statistics: the accuracy
+    with recomputed ones is logged as a diagnostic not applied, not as 'BatchNorm recomputed'."""
+    import shutil
+
+    root, config, lineage, _ = evolved
+    shutil.copytree(root / "evo", tmp_path / "evo")  # child_variables records into population.json
+    child = lineage["members"]["g1-c0"]
+    for fga_config in (FGA, dataclasses.replace(FGA, recompute_bn=2)):
+        logged.clear()
+        Evolution(config, fga_config, tmp_path / "evo", given=[], member_parallel=False, **quiet).child_variables(
+            "g1-c0"
+        )
+        (line,) = [m for m in logged if m.startswith("g1-c0: fused from")]
+        fused = f"g1-c0: fused from {', '.join(child['parents'])}: test acc {child['fused_test_accuracy']:.4f}"
+        if fga_config.recompute_bn:
+            assert line.startswith(fused + ", ") and line.endswith("with BatchNorm recomputed on 2 batches (its start)")
+        else:
+            recomputed = f"{child['fused_recomputed_bn_test_accuracy']:.4f}"
+            assert line == (
+                f"{fused} with its fittest parent's BatchNorm statistics (its start; a diagnostic: {recomputed} "
+                "with them recomputed on 6 batches, not applied without --recompute-bn)"
+            )
+
+
 def test_fresh_networks_share_one_start_but_not_their_heads(evolved):
     root, config, lineage, _ = evolved
     evolution = Evolution(config, FGA, root / "evo", given=[], member_parallel=False, **quiet)

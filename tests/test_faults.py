@@ -26,7 +26,7 @@ from experiments import ensemble as ensemble_program
 from experiments import evolve as evolve_program
 from experiments import prepare as prepare_program
 from experiments import train as train_program
-from faml_jax import loop, runs, trainer
+from faml_jax import loop, runs, signals, trainer
 from faml_jax.checkpoint import CheckpointDamaged, CheckpointMismatch, Checkpoints
 from faml_jax.config import FGAConfig, config_to_json
 from faml_jax.data import fixtures
@@ -273,10 +273,46 @@ def test_signals_at_seeded_random_moments_leave_a_resumable_run(reference):
         if result.returncode != 0:
             assert_one_line_stop(result, 130 if signame == "SIGINT" else 143)
         outcomes.append((round(after, 1), result.returncode, len(runs.checkpoint_epochs(workdir))))
-        if not (workdir / "summary.json").exists():  # (a signal at the very end stops a finished run)
+        summary = workdir / "summary.json"  # (a signal at the very end stops a finished run)
+        if not summary.exists() or not json.loads(summary.read_text())["finished"]:
             trainer.fit(config, workdir, resume=True, **quiet)
         assert_same_run(workdir, root / "full", config)
     print("seconds, status, checkpoints when stopped:", outcomes)
+
+
+def test_a_lengthened_run_stopped_by_a_signal_has_a_summary_of_where_it_stopped(tmp_path, monkeypatch):
+    """A finished 1-epoch run resumed for 3 epochs and stopped by SIGINT within epoch 3: its
+    summary.json is epoch 2's, unfinished, of 3 planned (it was the 1-epoch run's), a given
+    member is refused until it is finished, and the finished run's summary says so."""
+    import signal
+
+    from faml_jax.evolution import check_given_member
+
+    config = tiny_config(tmp_path / "data", 1)
+    workdir = tmp_path / "run"
+    assert trainer.fit(config, workdir, **quiet)["finished"] is True
+    longer = dataclasses.replace(config, epochs=3)
+    calls, original = [0], loop.DataParallel.__call__
+
+    def signalled(self, *args):  # Ctrl-C during the 3rd step of epoch 3 (6 steps an epoch)
+        calls[0] += 1
+        if calls[0] == 6 + 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args)
+
+    monkeypatch.setattr(loop.DataParallel, "__call__", signalled)
+    with pytest.raises(signals.Interrupted, match="stopped by SIGINT at epoch 3, step 3/6"):
+        trainer.fit(longer, workdir, resume=True, **quiet)
+    monkeypatch.setattr(loop.DataParallel, "__call__", original)
+    summary = json.loads((workdir / "summary.json").read_text())
+    second = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[1])
+    assert (summary["epochs"], summary["planned_epochs"], summary["finished"]) == (2, 3, False)
+    assert summary["final_test_accuracy"] == second["test_accuracy"]
+    with pytest.raises(WorkdirError, match=r"--members .*run stopped at epoch 2 of 3: finish it first"):
+        check_given_member(workdir, longer)
+    finished = trainer.fit(longer, workdir, resume=True, **quiet)
+    assert json.loads((workdir / "summary.json").read_text()) == finished
+    assert (finished["epochs"], finished["planned_epochs"], finished["finished"]) == (3, 3, True)
 
 
 def test_a_second_signal_stops_at_once_keeping_the_last_checkpoint(reference):

@@ -71,6 +71,18 @@ def test_the_program_writes_table6_and_fig7(tmp_path, capsys):
     assert json.loads((tmp_path / "t6" / "table6.json").read_text()) == result
 
 
+def test_a_rows_network_started_afresh_is_not_called_a_resume(tmp_path, logged):
+    """The tables train each network as a resume if there is one to continue (and reuse it when
+    finished): a fresh start says nothing of a resume that found no earlier run."""
+    config = tiny_config(tmp_path / "data", 1)
+    ((run_dir, summary),) = paper.train_networks(config, [7], tmp_path / "row", "R18", progress=False)
+    assert run_dir == tmp_path / "row" / "seed7" and summary["finished"] and summary["epochs"] == 1
+    assert not [m for m in logged if "resume" in m], logged
+    logged.clear()
+    assert paper.train_networks(config, [7], tmp_path / "row", "R18", progress=False) == [(run_dir, summary)]
+    assert not [m for m in logged if "== R18" in m]  # finished: reused, not trained again
+
+
 def test_refusals_are_one_line(tmp_path, capsys):
     def run(*args):
         code = architectures.main(["--workdir", str(tmp_path / "w"), *args])

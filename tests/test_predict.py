@@ -267,6 +267,31 @@ def test_photo_files_names_and_orientation(tmp_path):
         read_photo(tmp_path / "bad.png")
 
 
+def test_a_folder_takes_images_by_content_and_counts_the_other_files(tmp_path, logged):
+    """A .gif (and an image without a suffix) in a folder is taken, as it is when named; the
+    files that are no image are counted and named in one line; none taken is an error."""
+    from PIL import Image
+
+    from faml_jax.errors import DataError
+    from faml_jax.photos import image_files, read_photo
+
+    face = np.full((12, 10, 3), 90, np.uint8)
+    Image.fromarray(face).save(tmp_path / "a.jpg")
+    Image.fromarray(face).save(tmp_path / "b.gif")
+    Image.fromarray(face).save(tmp_path / "c", format="PNG")
+    (tmp_path / "notes.txt").write_text("not a photo\n")
+    assert image_files([tmp_path]) == [tmp_path / "a.jpg", tmp_path / "b.gif", tmp_path / "c"]
+    assert image_files([tmp_path / "b.gif"]) == [tmp_path / "b.gif"]
+    assert read_photo(tmp_path / "b.gif").shape == (12, 10, 3)
+    assert [m for m in logged if "passed over" in m] == [
+        f"{tmp_path}: 1 file(s) passed over, not images Pillow can open (notes.txt)"
+    ]
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "notes.txt").write_text("not a photo\n")
+    with pytest.raises(DataError, match=r"no image in .*text: none of its 1 file\(s\) is one Pillow can open"):
+        image_files([tmp_path / "text"])
+
+
 def test_refusals_of_the_explainer_and_of_duplicate_runs(three_runs, tmp_path):
     from helpers import TINY_MODEL
 

@@ -144,8 +144,11 @@ def test_a_wrong_state_dict_fails_naming_the_keys(torch_net, tmp_path):
         pretrained.torch_to_flax(half_fc)
     # Loading never runs pickled code: a file holding an arbitrary object is refused.
     torch.save({"state_dict": torch_net.state_dict(), "extra": NotWeights()}, tmp_path / "code.pth")
-    with pytest.raises(pretrained.ConversionError, match="cannot load .*code.pth as weights only"):
+    with pytest.raises(pretrained.ConversionError, match="cannot load .*code.pth as weights only") as refused:
         pretrained.read_torch_state_dict(tmp_path / "code.pth")
+    message = str(refused.value)  # what the file holds, and no advice to run its code
+    assert "NotWeights" in message and "never safe" in message and "weights_only=False" not in message
+    assert "likely succeed" not in message and "\n" not in message
     with pytest.raises(pretrained.ConversionError, match="PyTorch checkpoint not found"):
         pretrained.read_torch_state_dict(tmp_path / "absent.pth")
 

@@ -340,25 +340,30 @@ def test_label_problems_are_counted_and_reported(tmp_path):
     basic = fixtures.write_rafdb(tmp_path, [1, 2, 3, 4, 5, 6, 7, 1], [1, 2, 3, 4, 5, 6, 7], size=24)
     label_file = basic / "EmoLabel" / "list_patition_label.txt"
     with open(label_file, "a") as f:  # after lines 1-15 (8 train, 7 test)
-        f.write("train_00001.jpg 3\n")  # a duplicate entry
+        f.write("train_00001.jpg 3\n")  # listed again with a conflicting label (line 1: 1, surprise)
         f.write("train_00008.jpg 0\n")  # duplicate name too, but first: its label is out of range
         f.write("train_00099.jpg 9\n")  # out of range (no image either: the label is checked first)
         f.write("train_00100.jpg 4\n")  # listed, absent
         f.write("test_0099.jpg 2\n")  # listed, absent
+        f.write("test_0002.jpg 2\n")  # a duplicate entry, the same label as line 10's
     dataset = data.open_dataset("rafdb", tmp_path)
     assert (len(dataset.train), len(dataset.test)) == (8, 7)
     notes = "\n".join(dataset.notes)
     assert (
         "train: 2 labels out of range (line 17: train_00008.jpg label '0'; line 18: train_00099.jpg label '9')" in notes
     )
-    assert "train: 1 duplicate entries (line 16: train_00001.jpg)" in notes
+    assert (
+        "train: 1 images listed again with a conflicting label, the first kept "
+        f"({label_file}:16: train_00001.jpg labelled 3 (disgust), but 1 (surprise) on line 1)"
+    ) in notes
+    assert "train: 1 duplicate entries" not in notes and "test: 1 duplicate entries (line 21: test_0002.jpg)" in notes
     assert f"train: 1 images listed but absent ({basic / 'Image' / 'aligned' / 'train_00100_aligned.jpg'})" in notes
     assert "test: 1 images listed but absent" in notes
     assert all(line in dataset.describe() for line in dataset.notes)
     # A line that is not "<name> <code>" is not RAF-DB's format: an error naming the line.
     with open(label_file, "a") as f:
         f.write("train_00001.jpg\n")
-    with pytest.raises(DataError, match=r"list_patition_label\.txt:21: expected '<image name> <label 1-7>'"):
+    with pytest.raises(DataError, match=r"list_patition_label\.txt:22: expected '<image name> <label 1-7>'"):
         data.open_dataset("rafdb", tmp_path)
 
 
@@ -608,6 +613,43 @@ def test_decode_errors_name_the_file_not_a_buffer():
         buffer = io.BytesIO()
         Image.new("RGB", (100, 100)).save(buffer, format="PNG")
         data.folders.decode_image(buffer.getvalue(), "x.png", (3, 3, 0, 10))
+
+
+def float_rgba_tiff(width: int, height: int) -> bytes:
+    """A little-endian TIFF of 32-bit float RGBA pixels (one strip), written by hand: a layout
+    Pillow has no mode for."""
+    import struct
+
+    pixels = np.full((height, width, 4), 0.5, "<f4").tobytes()
+    tags = [  # (tag, type 3 SHORT / 4 LONG, count, value; None: the 4 values written after the directory)
+        (256, 3, 1, width), (257, 3, 1, height), (258, 3, 4, None), (259, 3, 1, 1), (262, 3, 1, 2),
+        (273, 4, 1, None), (277, 3, 1, 4), (278, 3, 1, height), (279, 4, 1, len(pixels)),
+        (338, 3, 1, 2), (339, 3, 4, None),
+    ]  # fmt: skip
+    extra = 8 + 2 + 12 * len(tags) + 4  # the 8 bytes of BitsPerSample, then SampleFormat's, then pixels
+    offsets = {258: extra, 339: extra + 8, 273: extra + 16}
+
+    def entry(tag, kind, count, value):
+        if value is None:
+            return struct.pack("<HHII", tag, kind, count, offsets[tag])
+        return struct.pack("<HHIHH" if kind == 3 else "<HHII", tag, kind, count, value, *([0] if kind == 3 else []))
+
+    directory = b"".join(entry(*tag) for tag in tags)
+    head = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(tags)) + directory + struct.pack("<I", 0)
+    return head + struct.pack("<4H", *[32] * 4) + struct.pack("<4H", *[3] * 4) + pixels
+
+
+def test_a_float_rgba_tiff_is_refused_saying_what_it_holds(tmp_path):
+    """Pillow cannot identify it: the refusal says what the file holds, not 'not an image format'."""
+    from faml_jax.photos import read_photo
+
+    (tmp_path / "float.tif").write_bytes(float_rgba_tiff(5, 4))
+    with pytest.raises(CorruptImageError) as caught:
+        read_photo(tmp_path / "float.tif")
+    assert str(caught.value) == (
+        f"cannot decode image {tmp_path / 'float.tif'}: a TIFF of 32-bit floating-point RGBA pixels (4 samples "
+        "each), a layout Pillow cannot read; save it as 8-bit RGB or grey"
+    )
 
 
 def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path, monkeypatch):

@@ -140,7 +140,7 @@ def test_existing_run_needs_resume_and_a_matching_configuration(uninterrupted, c
     code, err = run_cli(common, capsys)
     assert code == 2 and "pass --resume" in err
     code, err = run_cli(common + ["--resume", "--loss", "ce"], capsys)
-    assert code == 2 and "another configuration" in err and "loss.kind ('ml' in the checkpoint, 'ce' now)" in err
+    assert code == 2 and "another configuration" in err and "loss.kind ('ml' in config.json, 'ce' now)" in err
 
 
 def test_a_configuration_of_another_format_version_is_refused(tmp_path):
@@ -309,7 +309,7 @@ def test_resume_keeps_the_recorded_setting_of_a_flag_not_given_again(tmp_path, c
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
     capsys.readouterr()
     assert train_program.main(common + ["--epochs", "3", "--resume", "--crop-faces"]) == 2
-    assert "data.crop_faces (False in the checkpoint, True now)" in capsys.readouterr().err
+    assert "data.crop_faces (False in config.json, True now)" in capsys.readouterr().err
 
 
 def test_a_run_resumed_with_more_epochs_goes_on_from_its_learning_rate(uninterrupted, tmp_path):

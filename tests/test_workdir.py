@@ -64,7 +64,7 @@ def test_prepare_directory_continues_refuses_replaces_or_starts_afresh(tmp_path)
     (folder / "out").write_text("a run")
     with pytest.raises(WorkdirError, match="holds an earlier run: pass --resume .* or --overwrite"):
         prepare(folder, {"epochs": 1, "lr": 1})
-    with pytest.raises(ConfigError, match="another configuration: lr"):
+    with pytest.raises(ConfigError, match=r"another configuration: lr \(1 in config.json, 2 now\)$"):
         prepare(folder, {"epochs": 1, "lr": 2}, resume=True)
     assert prepare(folder, {"epochs": 5, "lr": 1}, resume=True) is True  # epochs may grow
     assert prepare(folder, {"epochs": 1, "lr": 2}, overwrite=True) is False

@@ -20,6 +20,7 @@ import dataclasses
 import io
 import os
 import re
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -197,8 +198,36 @@ def _decode_other(data: bytes, where: str, limit: int) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         message = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(error)) or type(error).__name__
         if isinstance(error, Image.UnidentifiedImageError):
-            message = "not an image format Pillow can read"
+            message = _tiff_layout(data) or "not an image format Pillow can read"
         raise CorruptImageError(f"cannot decode image {where}: {message}") from None
+
+
+TIFF_SAMPLES = {1: "unsigned-integer", 2: "signed-integer", 3: "floating-point"}  # tag 339, SampleFormat
+TIFF_COLOURS = {0: "grey", 1: "grey", 2: "RGB", 3: "palette", 5: "CMYK", 6: "YCbCr"}  # tag 262, Photometric
+
+
+def _tiff_layout(data: bytes) -> str | None:
+    """What a TIFF that Pillow cannot identify holds, from its first directory (e.g. RGBA of
+    32-bit floats, a layout Pillow has no mode for); None for anything else."""
+    from PIL import TiffImagePlugin
+
+    if data[:4] not in (b"II*\x00", b"MM\x00*"):
+        return None
+    try:
+        tags = TiffImagePlugin.ImageFileDirectory_v2(data[:8])
+        stream = io.BytesIO(data)
+        stream.seek(tags.next)
+        tags.load(stream)
+        samples = int(tags.get(277, 1))
+        bits = "/".join(str(b) for b in sorted(set(tags.get(258, (1,)))))
+        kind = "/".join(sorted({TIFF_SAMPLES.get(k, f"format-{k}") for k in tags.get(339, (1,))}))
+        colours = TIFF_COLOURS.get(tags.get(262), "unknown colour") + ("A" if tags.get(338) else "")
+    except (OSError, ValueError, TypeError, KeyError, struct.error):  # a damaged header: Pillow's refusal says enough
+        return None
+    return (
+        f"a TIFF of {bits}-bit {kind} {colours} pixels ({samples} samples each), a layout Pillow cannot read; "
+        "save it as 8-bit RGB or grey"
+    )
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
@@ -272,6 +301,7 @@ class Problems:
         none/uncertain/no-face, and contempt for AffectNet-7): expected, not errors.
       out_of_range: labels that are no class code of the data set.
       duplicates: entries naming an image already listed (the first entry is kept).
+      conflicts: entries naming an image already listed with another label (the first is kept).
       absent: images listed but not on disk.
       unlabelled: images on disk without a label (layouts with one label file per image).
       bad_images: images that could not be read or decoded (skipped under ``skip_bad_images``).
@@ -281,6 +311,7 @@ class Problems:
     excluded: dict[str, int] = dataclasses.field(default_factory=dict)
     out_of_range: list[str] = dataclasses.field(default_factory=list)
     duplicates: list[str] = dataclasses.field(default_factory=list)
+    conflicts: list[str] = dataclasses.field(default_factory=list)
     absent: list[str] = dataclasses.field(default_factory=list)
     unlabelled: list[str] = dataclasses.field(default_factory=list)
     bad_images: list[str] = dataclasses.field(default_factory=list)
@@ -288,6 +319,7 @@ class Problems:
     KINDS = {
         "out_of_range": "labels out of range",
         "duplicates": "duplicate entries",
+        "conflicts": "images listed again with a conflicting label, the first kept",
         "absent": "images listed but absent",
         "unlabelled": "images without a label",
         "bad_images": "unreadable or corrupt images skipped",

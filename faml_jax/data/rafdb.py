@@ -51,14 +51,15 @@ def read_index(data_dir: str | Path) -> FolderIndex:
     """Read the label file; every line's image is looked up on disk.
 
     A line that is not ``<name> <code>`` or whose name has no train_/test_ prefix is an error
-    naming the line (the file is not RAF-DB's); codes outside 1..7, repeated names and images
-    listed but absent are left out and recorded in the split's ``Problems``.
+    naming the line (the file is not RAF-DB's); codes outside 1..7, repeated names (with the same
+    label, or a conflicting one: the first is kept) and images listed but absent are left out and
+    recorded in the split's ``Problems``.
     """
     root = find_root(data_dir)
     label_file = root / LABEL_FILE
     entries = {split: ([], [], []) for split in PREFIXES.values()}
     problems = {split: Problems() for split in PREFIXES.values()}
-    seen: set[str] = set()
+    seen: dict[str, tuple[int, int]] = {}  # name -> (line, code) of its first valid entry
     for number, line in enumerate(read_text(label_file).splitlines(), 1):
         fields = line.split()
         if not fields:
@@ -78,9 +79,16 @@ def read_index(data_dir: str | Path) -> FolderIndex:
             p.out_of_range.append(f"line {number}: {name} label {code!r}")
             continue
         if name in seen:
-            p.duplicates.append(f"line {number}: {name}")
+            first, first_code = seen[name]
+            if first_code == int(code):
+                p.duplicates.append(f"line {number}: {name}")
+            else:
+                p.conflicts.append(
+                    f"{where}: {name} labelled {int(code)} ({CODE_NAMES[int(code)]}), but "
+                    f"{first_code} ({CODE_NAMES[first_code]}) on line {first}"
+                )
             continue
-        seen.add(name)
+        seen[name] = (number, int(code))
         path = image_path(root, name)
         if not path.is_file():
             p.absent.append(str(path))
