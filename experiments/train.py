@@ -8,7 +8,8 @@ evaluates on the test split after every epoch, and writes to the workdir:
   test_logits/epoch_<e>.npz  test-split logits and labels after each epoch (for ensembles)
   metrics.jsonl            one line per epoch: training loss/accuracy, learning rate, test metrics
   tensorboard/             the same as TensorBoard event files
-  summary.json             final-epoch test accuracy and, separately, the best epoch
+  summary.json             final-epoch test accuracy and, separately, the best epoch; after a
+                           stop, the epoch reached of the planned ones (finished: false)
 
 ``--resume`` continues an interrupted run from its last complete checkpoint, bit for bit. Ctrl-C
 or SIGTERM while training saves where the run is (``preempted/``) and exits (130 / 143): resume
