@@ -116,11 +116,30 @@ def load_stablehlo(path: str | os.PathLike) -> Callable:
                 f"{needed} not found: load_stablehlo takes a folder written by tools.export "
                 "--format stablehlo (or its model.stablehlo)"
             )
-    exported = jax.export.deserialize(bytearray(path.read_bytes()))
-    with np.load(weights_path) as saved:
-        weights = traverse_util.unflatten_dict({k: saved[k] for k in saved.files}, sep="/")
+    weights = traverse_util.unflatten_dict(_read_weights(weights_path), sep="/")
+    try:
+        exported = jax.export.deserialize(bytearray(path.read_bytes()))
+    except Exception as error:  # flatbuffers' and jax's errors on bytes that are not an export
+        raise ConfigError(f"{path} is not a StableHLO export (damaged?): {str(error).splitlines()[0][:120]}") from None
     weights.setdefault("batch_stats", {})  # a network without BatchNorm (VGG16) stores none
     return lambda images: exported.call(weights, images)
+
+
+def _read_weights(path: Path) -> dict[str, np.ndarray]:
+    """The float arrays of an export's ``model.weights.npz`` (never unpickled); a damaged file
+    or one holding anything else is a one-line ``ConfigError`` naming it."""
+    import zipfile
+    import zlib
+
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            weights = {k: saved[k] for k in saved.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise ConfigError(f"{path} cannot be read (damaged?): {str(error).splitlines()[0][:120]}") from None
+    wrong = [k for k, v in weights.items() if v.dtype.kind != "f" or not all(k.split("/"))]
+    if not weights or wrong:
+        raise ConfigError(f"{path} is not the weights tools.export wrote ({', '.join(wrong[:3]) or 'no arrays'})")
+    return weights
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +21,8 @@ from faml_jax.checkpoint import CheckpointDamaged, CheckpointError, Checkpoints,
 from faml_jax.config import RunConfig
 from faml_jax.errors import NonFiniteError, WorkdirError
 from faml_jax.metrics import classification_metrics
-from faml_jax.runs import DAMAGED, PREEMPTED, checkpoint_epochs, checkpoints_of, primary_workdir
+from faml_jax.runs import DAMAGED, PREEMPTED, checkpoint_epochs, checkpoints_of, primary_workdir, read_arrays
+from faml_jax.workdir import remove_outputs
 from faml_jax.writer import RunWriter, write_atomic
 
 if TYPE_CHECKING:
@@ -323,7 +323,7 @@ class Member:
             self.preempted.close()
             self.preempted = None
             if jax.process_index() == 0:
-                shutil.rmtree(primary_workdir(self.workdir) / PREEMPTED, ignore_errors=True)
+                remove_outputs(primary_workdir(self.workdir), [PREEMPTED])
 
     def save_within_epoch(self, state: train.TrainState, step_in_epoch: int, sums: dict, signum: int) -> None:
         """Save where a run stopped on a signal (``step_in_epoch`` steps of the next epoch done,
@@ -349,7 +349,9 @@ class Member:
             raise WorkdirError(f"{self.prefix}no epoch trained in {self.workdir}")
         best = max(self.history, key=lambda h: (h["test_accuracy"], -h["epoch"]))
         final = self.history[-1]
-        labels = np.load(self.workdir / "test_logits" / f"epoch_{final['epoch']:04d}.npz")["labels"]
+        labels = read_arrays(
+            self.workdir / "test_logits" / f"epoch_{final['epoch']:04d}.npz", {"labels": ("iu", 1)}, "the test logits"
+        )["labels"]
         summary = {
             "dataset": self.config.data.dataset,
             "model": self.config.model_name,

@@ -431,8 +431,8 @@ def table6(
         report.ensemble_report(
             members, out, ensemble_config, overwrite=True, progress=progress, command=f"paper.table6 ({row})"
         )
-        with np.load(out / "logits.npz") as saved:
-            numbers = table6_row(saved["logits"], saved["labels"], ensemble_config.alpha, ensemble_config.beta)
+        saved = runs.read_arrays(out / "logits.npz", {"logits": ("f", 3), "labels": ("iu", 1)}, "the report's logits")
+        numbers = table6_row(saved["logits"], saved["labels"], ensemble_config.alpha, ensemble_config.beta)
         result_rows[row] = {**numbers, "what": what, "report": str(out), "paper": paper_table6(base.data.dataset, row)}
     result = {
         "dataset": base.data.dataset,

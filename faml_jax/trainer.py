@@ -146,7 +146,7 @@ def recorded_config(workdir: Path, config_file: str = "config.json") -> dict | N
     path = Path(workdir) / config_file
     try:
         return json.loads(path.read_text()) if path.exists() else None
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return None
 
 

@@ -230,3 +230,25 @@ def test_an_array_file_without_the_arrays_written_is_named(tmp_path):
     with pytest.raises(WorkdirError, match="labels is float32 .3,., not as written"):
         runs.read_arrays(path, {"logits": ("f", 2), "labels": ("iu", 1)}, "the test logits")
     assert FORMAT_VERSION == 2  # config.json and checkpoints keep their version
+
+
+def test_a_damaged_stablehlo_export_is_one_line_naming_the_file(tmp_path):
+    """load_stablehlo reads a folder that may come from elsewhere: damaged weights (an object
+    array, a truncated zip) or a damaged model file are one line naming the file."""
+    from faml_jax import export
+    from faml_jax.errors import ConfigError
+
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    (folder / "model.stablehlo").write_bytes(b"not a flatbuffer at all")
+    np.savez(folder / "model.weights.npz", **{"params/fc/kernel": np.array([object()], dtype=object)})
+    with pytest.raises(ConfigError, match=r"model\.weights\.npz cannot be read \(damaged\?\)"):
+        export.load_stablehlo(folder)
+    np.savez(folder / "model.weights.npz", **{"params/fc/kernel": np.ones((2, 2), np.float32)})
+    whole = (folder / "model.weights.npz").read_bytes()
+    (folder / "model.weights.npz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ConfigError, match=r"model\.weights\.npz cannot be read \(damaged\?\)"):
+        export.load_stablehlo(folder)
+    (folder / "model.weights.npz").write_bytes(whole)
+    with pytest.raises(ConfigError, match=r"model\.stablehlo is not a StableHLO export \(damaged\?\)"):
+        export.load_stablehlo(folder)

@@ -290,7 +290,7 @@ def prepare(
         )
     if not 1 <= quality <= 100:
         raise DataError(f"the JPEG quality must be in 1..100, got {quality}")
-    from faml_jax.workdir import WorkdirLock
+    from faml_jax.workdir import WorkdirLock, remove_outputs
 
     with WorkdirLock(Path(out_dir).expanduser(), "preparation folder"):  # one preparation at a time there
         if is_prepared(dataset, out_dir) and not overwrite:
@@ -299,7 +299,7 @@ def prepare(
                 "pass --overwrite to prepare it again"
             )
         for leftover in unfinished(dataset, out_dir):  # of a preparation that was killed (it held no lock now)
-            shutil.rmtree(leftover, ignore_errors=True)
+            remove_outputs(leftover.parent, [leftover.name], "preparation folder")
         builder = _builder(
             dataset,
             out_dir,
@@ -327,7 +327,7 @@ def prepare(
         finally:
             shutil.rmtree(downloads, ignore_errors=True)
             for leftover in unfinished(dataset, out_dir):  # an interrupted one's temporaries (Ctrl-C)
-                shutil.rmtree(leftover, ignore_errors=True)
+                remove_outputs(leftover.parent, [leftover.name], "preparation folder")
     return dataset_dir(dataset, out_dir)
 
 
