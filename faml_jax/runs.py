@@ -34,6 +34,7 @@ from faml_jax import data, models, train
 from faml_jax.checkpoint import CheckpointError, Checkpoints, content_digest
 from faml_jax.config import ModelConfig, OptimConfig, RunConfig, run_config_from_json
 from faml_jax.errors import ConfigError, WorkdirError
+from faml_jax.safenames import plain_name
 from faml_jax.versions import EVOLUTION_VERSION, checked
 
 logger = logging.getLogger(__name__)
@@ -337,8 +338,9 @@ def check_lineage(lineage: dict, where: str) -> None:
     if not isinstance(members, dict):
         raise WorkdirError(f"{where} has no networks (its members are not an object)")
     for name, entry in members.items():
-        if not NETWORK_NAME.fullmatch(name) or ".." in name:
-            raise WorkdirError(f"{where}: {name[:60]!r} is not a network's name")
+        plain_name(name, where, "member name")  # never a way out of members/
+        if not NETWORK_NAME.fullmatch(name):
+            raise WorkdirError(f"{where}: member name {name[:60]!r} is not a network's name")
         if not isinstance(entry, dict) or not isinstance(entry.get("workdir"), str):
             raise WorkdirError(f"{where}: network {name} has no workdir")
         given = entry.get("origin") == "given"

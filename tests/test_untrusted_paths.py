@@ -15,7 +15,7 @@ from faml_jax import export, photos, report
 from faml_jax.config import preset
 from faml_jax.errors import WorkdirError
 from faml_jax.safenames import plain_name, relative_path
-from faml_jax.versions import stamped
+from faml_jax.versions import EVOLUTION_VERSION, stamped
 from faml_jax.workdir import check_replaceable
 
 
@@ -65,7 +65,7 @@ def crafted_evolution(folder, names, run):
         "members": {n: {"workdir": str(run), "status": "trained"} for n in names},
         "generations": [{"generation": 0, "survivors": list(names)}],
     }
-    (folder / "population.json").write_text(json.dumps(stamped(lineage)))
+    (folder / "population.json").write_text(json.dumps(stamped(lineage, EVOLUTION_VERSION)))
     return folder
 
 
