@@ -15,17 +15,10 @@ from pathlib import Path
 import jax
 
 from faml_jax import data, logs, models, signals
-from faml_jax.config import (
-    AUGMENT_PRESETS,
-    MODEL_PRESETS,
-    RUN_PRESETS,
-    AugmentConfig,
-    FGAConfig,
-    RunConfig,
-    preset,
-)
+from faml_jax.config import AugmentConfig, FGAConfig, RunConfig
 from faml_jax.errors import FULL_DISK_TEXTS, FamlError, disk_full_phrase, is_disk_full, written_path
 from faml_jax.launch import start_processes
+from faml_jax.presets import AUGMENT_PRESETS, MODEL_PRESETS, RUN_PRESETS, PretrainedStartMissing, preset
 
 
 class UsageError(FamlError):
@@ -261,32 +254,35 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         raise UsageError(f"--fusion-init: {args.model} has no FA stem")
     if args.no_attention and chosen.get("architecture", "resnet") != "resnet":
         raise UsageError(f"--no-attention: {args.model} has no attention blocks")
-    return preset(
-        args.dataset,
-        args.model,
-        model_options=model_options,
-        from_scratch=args.from_scratch,
-        loss=loss,
-        optim=dict(
-            name=args.optimizer,
-            weight_decay=args.weight_decay,
-            **({"weight_decay_mode": args.weight_decay_mode} if args.weight_decay_mode else {}),
-        ),
-        schedule=schedule,
-        data=dict(
-            data_dir=args.data_dir,
-            synthetic=synthetic,
-            num_threads=args.threads,
-            crop_faces=True if args.crop_faces is None else args.crop_faces,
-            skip_bad_images=args.skip_bad_images,
-            balanced=args.balanced,
-        ),
-        augment=resolve_augment(args),
-        seed=args.seed,
-        keep_checkpoints=args.keep,
-        init=str(Path(args.init).expanduser().absolute()) if args.init else None,
-        **sizes,
-    )
+    try:
+        return preset(
+            args.dataset,
+            args.model,
+            model_options=model_options,
+            from_scratch=args.from_scratch,
+            loss=loss,
+            optim=dict(
+                name=args.optimizer,
+                weight_decay=args.weight_decay,
+                **({"weight_decay_mode": args.weight_decay_mode} if args.weight_decay_mode else {}),
+            ),
+            schedule=schedule,
+            data=dict(
+                data_dir=args.data_dir,
+                synthetic=synthetic,
+                num_threads=args.threads,
+                crop_faces=True if args.crop_faces is None else args.crop_faces,
+                skip_bad_images=args.skip_bad_images,
+                balanced=args.balanced,
+            ),
+            augment=resolve_augment(args),
+            seed=args.seed,
+            keep_checkpoints=args.keep,
+            init=str(Path(args.init).expanduser().absolute()) if args.init else None,
+            **sizes,
+        )
+    except PretrainedStartMissing as error:  # worded with preset()'s arguments: here, with the flags for them
+        raise UsageError(error.worded(init="--init BACKBONE", from_scratch="--from-scratch")) from None
 
 
 def kept_on_resume(args: argparse.Namespace) -> tuple[str, ...]:
