@@ -12,7 +12,7 @@ import pytest
 from helpers import TINY_FLAGS, assert_same_run, program_env, tiny_config
 
 from experiments import train as train_program
-from experiments.cli import resolve_config
+from experiments.flags import resolve_config
 from faml_jax import config as config_module
 from faml_jax import runs, trainer
 from faml_jax.errors import WorkdirError
