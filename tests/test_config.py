@@ -1,5 +1,5 @@
-"""Tests of faml_jax.presets and faml_jax.config: presets as functions (what the programs build), their refusals, and
-the configuration round trip through config.json."""
+"""Tests of faml_jax.presets and faml_jax.config: presets as functions (what the programs build),
+their refusals, and the configuration round trip through config.json."""
 
 import dataclasses
 import json
