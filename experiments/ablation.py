@@ -40,16 +40,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from experiments.cli import (
-    OneLineErrorParser,
-    UsageError,
-    add_fga_arguments,
-    add_run_arguments,
-    fga_config,
-    kept_on_resume,
-    resolve_config,
-    run_cli,
-)
+from experiments.cli import OneLineErrorParser, UsageError, run_cli
+from experiments.flags import add_fga_arguments, add_run_arguments, fga_config, kept_on_resume, resolve_config
 from faml_jax import paper
 from faml_jax.runs import process_workdir
 

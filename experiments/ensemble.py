@@ -31,7 +31,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from experiments.cli import OneLineErrorParser, UsageError, add_generation_argument, check_generation, run_cli
+from experiments.cli import OneLineErrorParser, UsageError, run_cli
+from experiments.flags import add_generation_argument, check_generation
 from faml_jax import ensemble
 from faml_jax.config import EnsembleConfig
 from faml_jax.evaluate import named_members

@@ -35,15 +35,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from experiments.cli import (
-    OneLineErrorParser,
-    add_fga_arguments,
-    add_run_arguments,
-    fga_config,
-    kept_on_resume,
-    resolve_config,
-    run_cli,
-)
+from experiments.cli import OneLineErrorParser, run_cli
+from experiments.flags import add_fga_arguments, add_run_arguments, fga_config, kept_on_resume, resolve_config
 from faml_jax.evolution import evolve
 from faml_jax.runs import process_workdir
 

@@ -32,7 +32,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from experiments.cli import OneLineErrorParser, UsageError, add_generation_argument, check_generation, run_cli
+from experiments.cli import OneLineErrorParser, UsageError, run_cli
+from experiments.flags import add_generation_argument, check_generation
 from faml_jax import faces, photos, predict
 from faml_jax.config import EnsembleConfig
 

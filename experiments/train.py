@@ -21,7 +21,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from experiments.cli import OneLineErrorParser, add_run_arguments, kept_on_resume, resolve_config, run_cli
+from experiments.cli import OneLineErrorParser, run_cli
+from experiments.flags import add_run_arguments, kept_on_resume, resolve_config
 from faml_jax.runs import process_workdir
 from faml_jax.trainer import fit
 

@@ -1,66 +1,21 @@
-"""Frozen configuration types, one per concern (model, loss, optimiser).
+"""Frozen configuration types, one per concern: model, loss, optimiser, schedule, data,
+augmentation, a training run, FGA and an ensemble's evaluation.
 
 Each config is a frozen dataclass so that it can be hashed, passed as a static argument to
-compiled functions and saved beside a run's outputs (``dataclasses.asdict``). Presets per data
-set live beside the type they configure.
+compiled functions and saved beside a run's outputs (``records.config_to_json``); each checks its
+own values when built (``ConfigError``). The paper's settings per data set and model are in
+``faml_jax.presets``; a saved config.json is read back by ``faml_jax.records``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from typing import Literal
 
 from faml_jax.data.synthetic import SyntheticConfig
 from faml_jax.errors import ConfigError
-from faml_jax.records import from_dict
-from faml_jax.versions import checked
-
-
-@dataclasses.dataclass(frozen=True)
-class Region:
-    """A facial region as fractions of the (aligned) face box, for the FA stem (docs/method.md 2.1).
-
-    ``top``/``left`` are the region's upper-left corner and ``height``/``width`` its size, all
-    in [0, 1] relative to the input image. The pixel rectangle is rounded to even coordinates so
-    that it maps exactly onto the stride-2 feature map of the first convolution.
-    """
-
-    name: str
-    top: float
-    left: float
-    height: float
-    width: float
-
-    def __post_init__(self):
-        for field in ("top", "left", "height", "width"):
-            value = getattr(self, field)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"Region {self.name!r}: {field}={value} is not in [0, 1]")
-        if self.height <= 0 or self.width <= 0:
-            raise ConfigError(f"Region {self.name!r} is empty (height={self.height}, width={self.width})")
-        if self.top + self.height > 1.0 + 1e-9 or self.left + self.width > 1.0 + 1e-9:
-            raise ConfigError(f"Region {self.name!r} extends past the face box")
-
-    def pixels(self, size: int) -> tuple[int, int, int, int]:
-        """(top, left, bottom, right) in pixels of a ``size`` x ``size`` image, all even."""
-
-        def even(fraction: float) -> int:
-            return min(size, 2 * round(fraction * size / 2))
-
-        top, left = even(self.top), even(self.left)
-        bottom, right = even(self.top + self.height), even(self.left + self.width)
-        if bottom <= top or right <= left:
-            raise ConfigError(f"Region {self.name!r} is empty at input size {size}")
-        return top, left, bottom, right
-
-
-# [choice] docs/method.md 2.1: default regions from the proportions of an aligned face (RAF-DB's aligned
-# crops: brows at about 30% of the height, eyes at about 40%, nose tip at 60%, mouth at 75-80%).
-UPPER_FACE = Region("upper_face", top=0.15, left=0.05, height=0.40, width=0.90)
-LOWER_FACE = Region("lower_face", top=0.50, left=0.20, height=0.45, width=0.60)
-DEFAULT_REGIONS = (UPPER_FACE, LOWER_FACE)
+from faml_jax.region import Region
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,44 +171,6 @@ def evaluation_model(model: ModelConfig) -> ModelConfig:
     )
 
 
-# Named architectures: each is a set of ModelConfig fields (``models.build`` applies a user's
-# overrides on top; ``models.PRESETS`` is this table).
-# torchvision's vgg16 (docs/method.md 7); vgg16_bn adds BatchNorm after every convolution.
-VGG16 = dict(
-    architecture="vgg", fa_regions=(), attention=False, widths=(64, 128, 256, 512, 512), stage_depths=(2, 2, 3, 3, 3)
-)
-MODEL_PRESETS: dict[str, dict] = {
-    # Plain ResNet18 (the paper's R18 / RI18 baselines).
-    "r18": dict(fa_regions=(), attention=False),
-    # R18+FA (the paper's ablation row, docs/method.md 2): FA = the fusion stem *and* the attention blocks.
-    "r18_fa": dict(fa_regions=DEFAULT_REGIONS, attention=True),
-    # R18+FAML: the same network as R18+FA; ML is its training loss (faml_jax.config.preset
-    # trains r18 and r18_fa with plain CE, r18_faml with the data set's ML loss).
-    "r18_faml": dict(fa_regions=DEFAULT_REGIONS, attention=True),
-    # Table 6's other basic networks (docs/method.md 7), as torchvision defines them.
-    "resnet34": dict(fa_regions=(), attention=False, stage_depths=(3, 4, 6, 3)),
-    "vgg16": VGG16,
-    "vgg16_bn": {**VGG16, "batch_norm": True},
-    "densenet121": dict(
-        architecture="densenet", fa_regions=(), attention=False, widths=(64,), stage_depths=(6, 12, 24, 16)
-    ),
-}
-
-
-def with_preset(config: ModelConfig, name: str, *, attention: bool | None = None) -> ModelConfig:
-    """``config`` made into the named architecture: the preset's fields set, every other field
-    kept; ``attention=False`` switches the attention blocks off (the paper's remark that FA
-    reaches the same accuracy without them; docs/method.md 2.2). Without attention, the attention sizes
-    go back to their defaults (they would be unused, and a saved configuration should not show
-    them)."""
-    if name not in MODEL_PRESETS:
-        raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(MODEL_PRESETS))}")
-    config = dataclasses.replace(config, **MODEL_PRESETS[name])
-    if attention is not None:
-        config = dataclasses.replace(config, attention=attention)
-    return without_unused_attention(config)
-
-
 def without_unused_attention(config: ModelConfig) -> ModelConfig:
     """``config`` with the attention sizes at their defaults when it has no attention blocks."""
     if config.attention:
@@ -297,14 +214,6 @@ class LossConfig:
     @property
     def needs_class_weights(self) -> bool:
         return self.kind == "wce" or (self.kind in ("ml", "mix") and self.weighted)
-
-
-# docs/method.md 2.3 presets: RAF-DB p = 0.8 with CE; AffectNet p = 0.2 with WCE.
-LOSS_PRESETS = {
-    "rafdb": LossConfig(kind="ml", p_lsr=0.8, weighted=False),
-    "affectnet7": LossConfig(kind="ml", p_lsr=0.2, weighted=True),
-    "affectnet8": LossConfig(kind="ml", p_lsr=0.2, weighted=True),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -433,7 +342,7 @@ class AugmentConfig:
 
     The paper's only augmentation is the horizontal flip (docs/method.md 1); the others are what the
     PyTorch code bases people compare with add ([choice] docs/method.md 1: options, off in the paper
-    presets; ``AUGMENT_PRESETS`` has DAN's and POSTER++'s settings).
+    presets; ``presets.AUGMENT_PRESETS`` has DAN's and POSTER++'s settings).
 
     Attributes:
       flip: probability of the random horizontal flip (paper: 0.5).
@@ -488,19 +397,6 @@ class AugmentConfig:
         return bool(self.brightness or self.contrast or self.saturation)
 
 
-# The augmentations of the code bases people compare with (docs/method.md 1), for ``--augment``:
-# DAN (RAF-DB): RandomApply([RandomRotation(20), RandomCrop(224, padding=32)], p=0.2), then
-# RandomErasing(scale=(0.02, 0.25)); POSTER++: RandomErasing(scale=(0.02, 0.1)). Both keep the flip.
-# RandomErasing's other arguments are torchvision's defaults (p 0.5, ratio 0.3-3.3).
-AUGMENT_PRESETS: dict[str, AugmentConfig] = {
-    "paper": AugmentConfig(),
-    "dan": AugmentConfig(
-        rotate_p=0.2, rotate_degrees=20.0, crop_padding=32 / 224, erasing_p=0.5, erasing_scale=(0.02, 0.25)
-    ),
-    "posterpp": AugmentConfig(erasing_p=0.5, erasing_scale=(0.02, 0.1)),
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """A training run: everything that determines its result. Saved as ``config.json`` in the
@@ -518,7 +414,7 @@ class RunConfig:
         from: its ResNet weights and BatchNorm statistics, the FA auxiliary convolutions as copies
         of conv1 (docs/method.md 2.1); attention blocks, fusion weights and the head fresh. None: random
         initialisation from ``seed`` (for the real data sets only when asked for: see
-        ``check_pretrained_start``).
+        ``presets.check_pretrained_start``).
       augment: training augmentations (flip only in the paper presets).
       eval_dtype: the dtype of every evaluation: always float32 (``evaluation_model``), recorded
         so that a run's config.json says so beside the training ``model.dtype``.
@@ -629,232 +525,3 @@ class EnsembleConfig:
             raise ConfigError(f"checkpoint must be 'final' or 'best', got {self.checkpoint!r}")
         if self.order not in ("given", "accuracy"):
             raise ConfigError(f"order must be 'given' or 'accuracy', got {self.order!r}")
-
-
-# Per data set: the paper's settings (docs/method.md 2.3-2.4) for the real data sets, and a CPU-sized
-# demo for the synthetic one. Values are RunConfig fields; "model" and "schedule" hold overrides
-# of ModelConfig and ScheduleConfig fields.
-RUN_PRESETS: dict[str, dict] = {
-    "synthetic": dict(
-        model_name="r18_faml",
-        # Per architecture: CPU-sized versions (the real data sets' networks are torchvision's).
-        model=dict(
-            resnet=dict(widths=(16, 32, 64, 128), input_size=64, attn_dim=32, attn_heads=2, attn_depth=1),
-            vgg=dict(widths=(16, 32, 64, 128, 128), classifier_width=256, input_size=64),
-            densenet=dict(widths=(16,), growth_rate=8, stage_depths=(2, 2, 2, 2), input_size=64),
-        ),
-        loss=LossConfig(kind="ml", p_lsr=0.8, weighted=False),
-        schedule=dict(lr1=1e-3),
-        batch_size=64,
-        epochs=8,
-    ),
-    "rafdb": dict(model_name="r18_faml", model={}, loss=LOSS_PRESETS["rafdb"], schedule={}, batch_size=128, epochs=40),
-    "affectnet7": dict(
-        model_name="r18_faml", model={}, loss=LOSS_PRESETS["affectnet7"], schedule={}, batch_size=256, epochs=20
-    ),
-    "affectnet8": dict(
-        model_name="r18_faml", model={}, loss=LOSS_PRESETS["affectnet8"], schedule={}, batch_size=256, epochs=20
-    ),
-}
-
-
-# The paper's setting on the real data sets starts every network from a pre-trained ResNet18
-# (docs/method.md 2); the synthetic demo trains from scratch.
-PRETRAINED_DATASETS = ("rafdb", "affectnet7", "affectnet8")
-# Models of the paper's ablation rows trained with plain CE (docs/method.md 2 [choice], every data set).
-CE_MODELS = ("r18", "r18_fa", "resnet34", "vgg16", "vgg16_bn", "densenet121")  # every model but R18+FAML
-
-
-def model_loss(dataset: str, model_name: str) -> LossConfig:
-    """The training loss of ``model_name`` on ``dataset`` (docs/method.md 2): R18 and R18+FA plain CE on
-    every data set; R18+FAML the data set's ML loss (``LOSS_PRESETS``)."""
-    if model_name in CE_MODELS:
-        return LossConfig(kind="ce")
-    return RUN_PRESETS[dataset]["loss"]
-
-
-def check_pretrained_start(config: RunConfig, from_scratch: bool = False) -> None:
-    """Refuse a run on a real data set that would start from random weights unless
-    ``from_scratch`` says that is meant (docs/method.md 2: every model of the paper starts from a
-    pre-trained ResNet18; from scratch a RAF-DB run lands tens of points below the paper).
-    Raises ``ConfigError`` with a one-line message naming the way to a backbone."""
-    dataset = config.data.dataset
-    if dataset in PRETRAINED_DATASETS and config.init is None and not from_scratch:
-        if config.model_name not in ("r18", "r18_fa", "r18_faml"):
-            raise ConfigError(
-                f"{dataset} runs start from pre-trained weights (the paper's setting): give --init BACKBONE, "
-                f"torchvision's ImageNet {config.model_name} weights converted by `python -m tools.convert_torch "
-                f"--arch {config.model_name}`, or pass --from-scratch to train from random weights knowingly"
-            )
-        raise ConfigError(
-            f"{dataset} runs start from a pre-trained ResNet18 (the paper's setting; from random weights they land "
-            "far below it): give --init BACKBONE, converted by `python -m tools.convert_torch_resnet18` from the "
-            "MS-Celeb-1M ResNet18 distributed with the DAN code base (resnet18_msceleb.pth) or from torchvision's "
-            "ImageNet resnet18 weights (the paper's RI18 baseline), or pass --from-scratch to train from random "
-            "weights knowingly"
-        )
-
-
-def preset(
-    dataset: str = "synthetic",
-    model: str | None = None,
-    *,
-    model_options: dict | None = None,
-    from_scratch: bool = False,
-    backend: str | None = None,
-    **overrides,
-) -> RunConfig:
-    """The full configuration of a run on ``dataset`` (``RUN_PRESETS``), as the programs build it.
-
-        >>> config = preset("synthetic", epochs=2)                            # the CPU demo
-        >>> config = preset("rafdb", init="backbones/msceleb", data={"data_dir": "~/RAF-DB"})
-        >>> config = preset("affectnet8", "r18", from_scratch=True)           # R18 row, plain CE
-        >>> config = preset("synthetic", model_options={"widths": (8, 16, 16, 32), "input_size": 32})
-
-    It owns everything a preset decides: the number of classes, the model (``model``: a
-    ``faml_jax.models.PRESETS`` name; default the data set's, R18+FAML), its loss (R18 and R18+FA
-    plain CE, R18+FAML the data set's ML loss; docs/method.md 2), batch size, epochs, schedule, the
-    optimiser's learning rate (Lr1; SGD: the paper's 0.005), the compute dtype of ``backend``
-    (default ``jax.default_backend()``: bfloat16 on accelerators, float32 on the CPU) and the
-    pre-trained start: on the real data sets a config without ``init`` raises ``ConfigError``
-    unless ``from_scratch`` (``check_pretrained_start``).
-
-    ``model_options``: ``ModelConfig`` fields to change (as ``models.build`` takes them;
-    ``attention=False`` keeps FA's stem without its blocks). ``overrides``: any other ``RunConfig``
-    field; for the nested configs (``loss``, ``optim``, ``schedule``, ``data``, ``augment``) either
-    a config object or a dict of the fields to change (``data`` may hold ``synthetic`` as a dict). ``optim={"name": "sgd"}`` takes SGD's
-    learning rate (``schedule.lr1`` 0.005) unless ``schedule`` sets ``lr1``.
-    """
-    if dataset not in RUN_PRESETS:
-        raise ConfigError(f"unknown data set {dataset!r}; available: {', '.join(RUN_PRESETS)}")
-    base = RUN_PRESETS[dataset]
-    model_name = model or base["model_name"]
-    if model_name not in MODEL_PRESETS:
-        raise ConfigError(f"unknown model {model_name!r}; available: {', '.join(sorted(MODEL_PRESETS))}")
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(RunConfig)} - {"model_name", "model"})
-    if unknown:
-        raise ConfigError(f"RunConfig has no field(s) {unknown}")
-    if "model" in overrides or "model_name" in overrides:
-        raise ConfigError("give the model's name as preset(dataset, model) and its fields as model_options")
-
-    def nested(name: str, default, **extra):
-        given = overrides.pop(name, None)
-        if given is not None and not isinstance(given, dict):
-            return given
-        return dataclasses.replace(default, **{**extra, **(given or {})})
-
-    if backend is None:
-        import jax
-
-        backend = jax.default_backend()
-    if model_name not in MODEL_PRESETS:
-        raise ConfigError(f"unknown model {model_name!r}; available: {', '.join(sorted(MODEL_PRESETS))}")
-    architecture = MODEL_PRESETS[model_name].get("architecture", "resnet")
-    given_model = dict(model_options or {})
-    attention = given_model.pop("attention", None)
-    fields = {
-        "dtype": default_compute_dtype(backend),
-        **MODEL_PRESETS[model_name],
-        **base["model"].get(architecture, {}),
-        **given_model,
-        **({} if attention is None else {"attention": attention}),
-    }
-    model_config = without_unused_attention(ModelConfig(num_classes=8 if dataset == "affectnet8" else 7, **fields))
-    loss = nested("loss", model_loss(dataset, model_name))
-    optim_given = overrides.get("optim")
-    optim_name = optim_given.get("name", "adam") if isinstance(optim_given, dict) else "adam"
-    sgd = {"lr1": 0.005} if optim_name == "sgd" else {}  # the paper's SGD learning rate
-    schedule = nested("schedule", ScheduleConfig(), **{**base["schedule"], **sgd})
-    # Weight decay as PyTorch's optimiser of that name applies it, unless given: SGD coupled only.
-    optim = nested("optim", OptimConfig(), weight_decay_mode="coupled" if optim_name == "sgd" else "decoupled")
-    if isinstance(overrides.get("data"), dict) and isinstance(overrides["data"].get("synthetic"), dict):
-        overrides["data"] = {**overrides["data"], "synthetic": SyntheticConfig(**overrides["data"]["synthetic"])}
-    data_config = nested("data", DataConfig(dataset=dataset))
-    augment = nested("augment", AugmentConfig())
-    config = RunConfig(
-        **{
-            "model_name": model_name,
-            "model": model_config,
-            "loss": loss,
-            "optim": optim,
-            "schedule": schedule,
-            "data": data_config,
-            "augment": augment,
-            "epochs": base["epochs"],
-            "batch_size": base["batch_size"],
-            **overrides,
-        }
-    )
-    check_pretrained_start(config, from_scratch)
-    return config
-
-
-def default_compute_dtype(backend: str) -> str:
-    """The runs' compute dtype on ``backend`` (``jax.default_backend()``): mixed precision on
-    accelerators (bfloat16 compute, float32 parameters and BatchNorm statistics; tensor cores run
-    bfloat16), float32 on the CPU."""
-    return "float32" if backend == "cpu" else "bfloat16"
-
-
-# ---------------------------------------------------------------------------------------------
-# Saved configurations: JSON form, comparison
-
-
-def config_to_json(config) -> dict:
-    """A config as JSON-ready nested dicts (tuples become lists), as saved in config.json."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
-
-
-def config_differences(
-    saved: dict,
-    current: dict,
-    prefix: str = "",
-    may_differ=("epochs",),
-    labels: tuple[str, str] = ("in config.json", "now"),
-) -> list[str]:
-    """Dotted names of the fields that differ between two configuration dicts (``may_differ``
-    excepted), each with both values: ``name (saved labels[0], current labels[1])``."""
-    diffs = []
-    for key in sorted(set(saved) | set(current)):
-        name = f"{prefix}{key}"
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += config_differences(a, b, name + ".", may_differ, labels)
-        elif a != b and name not in may_differ:
-            diffs.append(f"{name} ({a!r} {labels[0]}, {b!r} {labels[1]})")
-    return diffs
-
-
-# What networks must share to be fused or stacked together: their variables are restored into one
-# structure (model and optimiser) and evaluated on one data set.
-SAME_NETWORK = ("model_name", "model", "optim", "data.dataset", "data.synthetic", "data.crop_faces")
-
-
-def structural_differences(
-    saved: dict,
-    current: dict,
-    labels: tuple[str, str] = ("in config.json", "now"),
-    fields: tuple[str, ...] = SAME_NETWORK,
-) -> list[str]:
-    """``config_differences`` restricted to ``fields`` and the fields nested under them."""
-    return [
-        d
-        for d in config_differences(saved, current, may_differ=(), labels=labels)
-        if any(d.startswith(f + ".") or d.startswith(f + " ") for f in fields)
-    ]
-
-
-def run_config_from_json(saved: dict, where: str = "config.json") -> RunConfig:
-    """The ``RunConfig`` of a saved ``config.json`` (``where`` names it in errors): a file of
-    another format version is a ``WorkdirError`` (``versions.checked``); one that is not a run
-    configuration, or holds a value of the wrong type or out of bounds (``records.BOUNDS``), a
-    one-line ``ConfigError`` naming ``where`` (and the field), before anything is built from it."""
-    values = checked(saved, where)
-    try:
-        return from_dict(RunConfig, values, where)
-    except ConfigError as error:  # a configuration's own check (its message does not name the file)
-        if str(error).startswith(f"{where}: "):
-            raise
-        raise ConfigError(f"{where}: {error}") from None
-    except TypeError as error:  # a required field missing
-        raise ConfigError(f"{where} is not a run configuration: {error}") from None

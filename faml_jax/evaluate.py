@@ -12,8 +12,9 @@ import jax
 import numpy as np
 
 from faml_jax import data, ensemble, fga, models, runs, train
-from faml_jax.config import config_to_json, evaluation_model, structural_differences
+from faml_jax.config import evaluation_model
 from faml_jax.errors import ConfigError, DataError, WorkdirError
+from faml_jax.records import config_to_json, structural_differences
 
 
 def call_size(batch_size: int, count: int, multiple: int = 1) -> int:

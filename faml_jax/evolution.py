@@ -38,11 +38,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from faml_jax import fga, models, pretrained, signals, train
-from faml_jax.config import FGAConfig, RunConfig, config_to_json, structural_differences
+from faml_jax.config import FGAConfig, RunConfig
 from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.loop import MemberParallel, stop_signal, train_member, train_side_by_side
 from faml_jax.member import Member
 from faml_jax.metrics import classification_metrics
+from faml_jax.records import config_to_json, structural_differences
 from faml_jax.runs import (
     check_network,
     final_checkpoint,

@@ -23,16 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from faml_jax import evolution, report, runs, trainer
-from faml_jax.config import (
-    FGAConfig,
-    LossConfig,
-    RunConfig,
-    config_differences,
-    config_to_json,
-    preset,
-    with_preset,
-)
+from faml_jax.config import FGAConfig, LossConfig, RunConfig
 from faml_jax.errors import ConfigError
+from faml_jax.presets import preset, with_preset
+from faml_jax.records import config_differences, config_to_json
 from faml_jax.trainer import adopt_recorded, complete_run_config, recorded_config
 from faml_jax.writer import write_atomic, write_json
 

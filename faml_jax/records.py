@@ -1,21 +1,27 @@
-"""Configurations read back from records (a run's config.json, an evolution's evolve.json): a
-record may have been written elsewhere or edited, so every value's type is checked and every
-number is bounded before any configuration is built, hence before anything is allocated (a width
-of 1e9 or an input of a million pixels is refused in one line, not an abort or a machine out of
-memory). The bounds (``BOUNDS``) are far above every preset and real use; docs/faults.md lists
-them.
+"""Configurations as records: their JSON form (a run's config.json, an evolution's evolve.json),
+read back, and compared.
 
-    >>> config = from_dict(RunConfig, saved, "runs/a/config.json")
+A record may have been written elsewhere or edited, so reading one back checks every value's
+type and bounds every number before any configuration is built, hence before anything is
+allocated (a width of 1e9 or an input of a million pixels is refused in one line, not an abort or
+a machine out of memory). The bounds (``BOUNDS``) are far above every preset and real use;
+docs/faults.md lists them.
+
+    >>> saved = versions.stamped(config_to_json(config))                # as config.json holds it
+    >>> config = run_config_from_json(saved, "runs/a/config.json")      # read back, checked
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
 
+from faml_jax.config import RunConfig
 from faml_jax.errors import ConfigError
+from faml_jax.versions import checked
 
 # Per configuration type and field, the range of a number (for a tuple: of each of its numbers).
 # Types and fields not named are only type-checked (their own checks bound them: probabilities,
@@ -152,3 +158,67 @@ def _from_json(tp, value, where: str, name: str, limits: tuple[float, float] | N
             raise ConfigError(f"{where}: {name} is {_shown(value)}; this faml_jax reads {low} to {high}")
         return value
     return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Configurations saved and compared
+
+
+def config_to_json(config) -> dict:
+    """A config as JSON-ready nested dicts (tuples become lists), as saved in config.json."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def config_differences(
+    saved: dict,
+    current: dict,
+    prefix: str = "",
+    may_differ=("epochs",),
+    labels: tuple[str, str] = ("in config.json", "now"),
+) -> list[str]:
+    """Dotted names of the fields that differ between two configuration dicts (``may_differ``
+    excepted), each with both values: ``name (saved labels[0], current labels[1])``."""
+    diffs = []
+    for key in sorted(set(saved) | set(current)):
+        name = f"{prefix}{key}"
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += config_differences(a, b, name + ".", may_differ, labels)
+        elif a != b and name not in may_differ:
+            diffs.append(f"{name} ({a!r} {labels[0]}, {b!r} {labels[1]})")
+    return diffs
+
+
+# What networks must share to be fused or stacked together: their variables are restored into one
+# structure (model and optimiser) and evaluated on one data set.
+SAME_NETWORK = ("model_name", "model", "optim", "data.dataset", "data.synthetic", "data.crop_faces")
+
+
+def structural_differences(
+    saved: dict,
+    current: dict,
+    labels: tuple[str, str] = ("in config.json", "now"),
+    fields: tuple[str, ...] = SAME_NETWORK,
+) -> list[str]:
+    """``config_differences`` restricted to ``fields`` and the fields nested under them."""
+    return [
+        d
+        for d in config_differences(saved, current, may_differ=(), labels=labels)
+        if any(d.startswith(f + ".") or d.startswith(f + " ") for f in fields)
+    ]
+
+
+def run_config_from_json(saved: dict, where: str = "config.json") -> RunConfig:
+    """The ``RunConfig`` of a saved ``config.json`` (``where`` names it in errors): a file of
+    another format version is a ``WorkdirError`` (``versions.checked``); one that is not a run
+    configuration, or holds a value of the wrong type or out of bounds (``records.BOUNDS``), a
+    one-line ``ConfigError`` naming ``where`` (and the field), before anything is built from it."""
+    values = checked(saved, where)
+    try:
+        return from_dict(RunConfig, values, where)
+    except ConfigError as error:  # a configuration's own check (its message does not name the file)
+        if str(error).startswith(f"{where}: "):
+            raise
+        raise ConfigError(f"{where}: {error}") from None
+    except TypeError as error:  # a required field missing
+        raise ConfigError(f"{where} is not a run configuration: {error}") from None

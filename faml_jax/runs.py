@@ -32,8 +32,9 @@ import numpy as np
 
 from faml_jax import data, models, train
 from faml_jax.checkpoint import CheckpointError, Checkpoints, content_digest
-from faml_jax.config import ModelConfig, OptimConfig, RunConfig, run_config_from_json
+from faml_jax.config import ModelConfig, OptimConfig, RunConfig
 from faml_jax.errors import ConfigError, WorkdirError
+from faml_jax.records import run_config_from_json
 from faml_jax.safenames import plain_name
 from faml_jax.versions import EVOLUTION_VERSION, checked
 

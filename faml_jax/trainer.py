@@ -26,7 +26,7 @@ from flax import traverse_util
 
 from faml_jax import data, models, pretrained, runs, signals, train
 from faml_jax.compiled import compiled
-from faml_jax.config import RunConfig, config_to_json, evaluation_model, from_dict
+from faml_jax.config import RunConfig, evaluation_model
 from faml_jax.errors import (
     ConfigError,
     DiskFullError,
@@ -40,6 +40,7 @@ from faml_jax.errors import (
 from faml_jax.evaluate import Evaluator
 from faml_jax.loop import DataParallel, train_member
 from faml_jax.member import Member
+from faml_jax.records import config_to_json, from_dict
 from faml_jax.runs import DAMAGED, PREEMPTED, checkpoint_epochs, has_checkpoint, primary_workdir
 from faml_jax.versions import checked, stamped, unstamped
 from faml_jax.workdir import WorkdirLock, new_folders, prepare_directory, undo_new_run, undone_if_it_fails

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from faml_jax.checkpoint import sync_processes
-from faml_jax.config import config_differences
 from faml_jax.errors import ConfigError, WorkdirError
+from faml_jax.records import config_differences
 from faml_jax.runs import primary_workdir
 from faml_jax.safenames import name_problem
 from faml_jax.versions import checked, stamped

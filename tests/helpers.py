@@ -14,7 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from faml_jax.config import RunConfig, preset
+from faml_jax.config import RunConfig
+from faml_jax.presets import preset
 from faml_jax.versions import stamped
 from faml_jax.xla_flags import is_measured_jaxlib
 from tools.gpu_check import TINY
@@ -159,7 +160,7 @@ def write_run(workdir, config: RunConfig, variables: dict, epoch: int = 1, test_
 
     from faml_jax import train
     from faml_jax.checkpoint import Checkpoints
-    from faml_jax.config import config_to_json
+    from faml_jax.records import config_to_json
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -125,7 +125,7 @@ def test_each_network_trains_on_the_synthetic_data_and_resumes(name, tmp_path):
     """A small version of each trains an epoch through trainer.fit (checkpoint, evaluation,
     summary; VGG16's empty BatchNorm collection and dropout included) and resumes."""
     from faml_jax import runs, trainer
-    from faml_jax.config import preset
+    from faml_jax.presets import preset
 
     config = preset(
         "synthetic",
@@ -147,7 +147,7 @@ def test_each_network_trains_on_the_synthetic_data_and_resumes(name, tmp_path):
 
 def test_a_backbone_of_another_architecture_is_refused_by_the_run(tmp_path):
     """--init names a backbone converted from another architecture than --model's: one line."""
-    from faml_jax.config import preset
+    from faml_jax.presets import preset
     from faml_jax.trainer import Setup
     from tools import convert_torch
 
@@ -170,8 +170,8 @@ def test_grad_cam_maps_of_the_other_networks(name, tmp_path):
     size, not constant, and the relevancy map (attention blocks only) refused in one line."""
     from helpers import jittered_variables, write_run
 
-    from faml_jax.config import preset
     from faml_jax.predict import Predictor
+    from faml_jax.presets import preset
 
     config = preset("synthetic", name, model_options={**SMALL[name], "input_size": 64})  # last maps 2x2
     run = write_run(tmp_path / name, config, jittered_variables(config, 0))

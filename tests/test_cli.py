@@ -1,6 +1,6 @@
 """Tests of experiments/cli.py's error boundary: errors a user can cause (``faml_jax.errors.FamlError``,
 ``OSError``) are one line with exit status 2 or 1; any other exception, even a ``ValueError``, is a bug
-and keeps its traceback."""
+and keeps its traceback. And of experiments/flags.py: the library's words turned into the flags'."""
 
 import subprocess
 import sys
@@ -9,9 +9,11 @@ import textwrap
 import pytest
 from helpers import ROOT, program_env
 
+from experiments import train
 from experiments.cli import OneLineErrorParser, UsageError, run_cli
+from experiments.flags import resolve_config
 from faml_jax.checkpoint import CheckpointDamaged
-from faml_jax.errors import ConfigError, DataError, FamlError, WorkdirError
+from faml_jax.errors import ConfigError, DataError, WorkdirError
 from faml_jax.pretrained import ConversionError
 
 
@@ -33,7 +35,8 @@ def run(body, capsys):
     ],
 )
 def test_the_library_errors_are_one_line_with_status_2(error, capsys):
-    assert isinstance(error, FamlError)
+    """Each error class a user can cause, raised by a program's body, is one line and status 2
+    (an exception not caught as one would propagate out of run_cli instead)."""
 
     def body():
         raise error
@@ -82,3 +85,15 @@ def test_a_programs_bug_prints_its_traceback():
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr and "in body" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("ValueError: operands could not be broadcast")
+
+
+@pytest.mark.parametrize("model", [[], ["--model", "vgg16"]])
+def test_a_refusal_in_the_librarys_words_is_said_with_the_programs_flags(model):
+    """faml_jax.presets refuses a real data set without a backbone naming preset()'s arguments
+    (init, from_scratch); a program says the same with its flags."""
+    args = train.build_parser().parse_args(["--dataset", "rafdb", *model])
+    with pytest.raises(UsageError) as caught:
+        resolve_config(args)
+    message = str(caught.value)
+    assert "give --init BACKBONE" in message and "pass --from-scratch to train" in message
+    assert "init=BACKBONE" not in message and "from_scratch" not in message

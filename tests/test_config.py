@@ -1,13 +1,16 @@
-"""Tests of faml_jax.config: presets as functions (what the programs build), their refusals, and
-the configuration round trip through config.json."""
+"""Tests of faml_jax.presets and faml_jax.config: presets as functions (what the programs build),
+their refusals, and the configuration round trip through config.json."""
 
 import dataclasses
 import json
+import pickle
 
 import pytest
 
-from faml_jax.config import RunConfig, from_dict, preset
+from faml_jax.config import RunConfig
 from faml_jax.errors import ConfigError
+from faml_jax.presets import preset
+from faml_jax.records import from_dict
 
 
 def test_presets_hold_the_papers_settings():
@@ -33,19 +36,35 @@ def test_model_names_choose_the_rows_loss_and_options_change_the_network():
     assert small.model_name == "r18_fa"
 
 
-def test_refusals_are_config_errors_with_one_line():
-    with pytest.raises(ConfigError, match="--init BACKBONE.*--from-scratch"):
-        preset("rafdb")
-    assert preset("rafdb", from_scratch=True).init is None
-    for kwargs, message in [
-        (dict(dataset="imagenet"), "unknown data set"),
-        (dict(model="r50"), "unknown model"),
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(dataset="imagenet"), "unknown data set 'imagenet'"),
+        (dict(model="r50"), "unknown model 'r50'"),
         (dict(colour="red"), r"no field\(s\) \['colour'\]"),
         (dict(model_name="r18"), "model_options"),
-    ]:
-        with pytest.raises(ConfigError, match=message):
-            preset(**kwargs)
-    assert issubclass(ConfigError, ValueError)
+    ],
+)
+def test_what_preset_does_not_know_is_refused_in_one_line(kwargs, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        preset(**kwargs)
+    assert len(str(caught.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("model, start", [(None, "a pre-trained ResNet18"), ("vgg16", "pre-trained weights")])
+def test_a_real_data_set_without_a_backbone_is_refused_in_the_librarys_own_words(model, start):
+    """docs/method.md 2: every network of the paper starts pre-trained. The refusal names preset's
+    arguments (init, from_scratch), not the flags of a program the caller may not be using
+    (experiments.cli words it with the flags: tests/test_cli.py)."""
+    with pytest.raises(ConfigError) as caught:
+        preset("rafdb", model)
+    message = str(caught.value)
+    assert message.startswith(f"rafdb runs start from {start}") and len(message.splitlines()) == 1
+    assert "give init=BACKBONE" in message and "pass from_scratch=True" in message
+    assert "--init" not in message and "--from-scratch" not in message
+    assert pickle.loads(pickle.dumps(caught.value)).args == caught.value.args
+    assert preset("rafdb", model, from_scratch=True).init is None
+    assert preset("rafdb", model, init="/b").init == "/b"
 
 
 def test_a_preset_round_trips_through_its_json():
@@ -59,7 +78,7 @@ def test_the_readmes_preset_snippet_runs():
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
-    start = readme.index("  from faml_jax.config import preset\n")
+    start = readme.index("  from faml_jax.presets import preset\n")
     snippet = "\n".join(line[2:] for line in readme[start : readme.index("  ```", start)].splitlines())
     namespace = {}
     exec(snippet, namespace)

@@ -10,8 +10,8 @@ import pytest
 from helpers import TINY_MODEL, jittered_variables, write_run
 
 from faml_jax import ensemble, export, runs
-from faml_jax.config import preset
 from faml_jax.errors import ConfigError
+from faml_jax.presets import preset
 
 
 def images(n, seed=0):

@@ -28,10 +28,11 @@ from experiments import prepare as prepare_program
 from experiments import train as train_program
 from faml_jax import loop, runs, signals, trainer
 from faml_jax.checkpoint import CheckpointDamaged, CheckpointMismatch, Checkpoints
-from faml_jax.config import FGAConfig, config_to_json
+from faml_jax.config import FGAConfig
 from faml_jax.data import fixtures
 from faml_jax.errors import ConfigError, NonFiniteError, WorkdirError
 from faml_jax.evolution import evolve
+from faml_jax.records import config_to_json
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytest
 from helpers import TINY_MODEL, jittered_variables
 
 from faml_jax import ensemble, maps, models
-from faml_jax.config import preset
+from faml_jax.presets import preset
 
 
 class PatchReader(nn.Module):

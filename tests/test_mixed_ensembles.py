@@ -9,11 +9,12 @@ import pytest
 from helpers import jittered_variables, reference_predict, tiny_config, write_run
 
 from faml_jax import data, models, runs
-from faml_jax.config import evaluation_model, preset
+from faml_jax.config import evaluation_model
 from faml_jax.errors import ConfigError
 from faml_jax.evaluate import evaluate_members, model_groups
 from faml_jax.predict import Predictor
 from faml_jax.preprocess import normalize
+from faml_jax.presets import preset
 from faml_jax.report import ensemble_report
 
 SYNTHETIC = dict(train_size=96, test_size=40, image_size=32)

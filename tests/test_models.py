@@ -9,9 +9,10 @@ import pytest
 from helpers import TINY_MODEL, require_torch
 
 from faml_jax import models
-from faml_jax.config import DEFAULT_REGIONS, ModelConfig, Region
+from faml_jax.config import ModelConfig
 from faml_jax.errors import ConfigError
 from faml_jax.models import AttentionBlock, FAStem
+from faml_jax.region import DEFAULT_REGIONS, Region
 
 
 def param_shapes(model, size=None):

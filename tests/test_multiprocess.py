@@ -20,7 +20,7 @@ from helpers import TINY_FLAGS, program_env, suite_xla_flags
 
 from faml_jax import models, train
 from faml_jax.checkpoint import Checkpoints
-from faml_jax.config import run_config_from_json
+from faml_jax.records import run_config_from_json
 
 ROOT = Path(__file__).resolve().parents[1]
 # R18+FAML (its ML loss draws must agree across processes) without the attention blocks, which

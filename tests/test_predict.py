@@ -295,8 +295,8 @@ def test_a_folder_takes_images_by_content_and_counts_the_other_files(tmp_path, l
 def test_refusals_of_the_explainer_and_of_duplicate_runs(three_runs, tmp_path):
     from helpers import TINY_MODEL
 
-    from faml_jax.config import preset
     from faml_jax.figures import figure_of_maps
+    from faml_jax.presets import preset
 
     root, config, _, paths = three_runs
     with pytest.raises(ConfigError, match="a member is given twice"):

@@ -45,7 +45,8 @@ import pytest  # noqa: E402
 from helpers import require_torch  # noqa: E402
 
 from faml_jax import preprocess  # noqa: E402
-from faml_jax.config import AUGMENT_PRESETS, AugmentConfig  # noqa: E402
+from faml_jax.config import AugmentConfig  # noqa: E402
+from faml_jax.presets import AUGMENT_PRESETS  # noqa: E402
 
 
 def torchvision_functional():

@@ -13,10 +13,11 @@ from helpers import jittered_variables, tiny_config, write_run
 from experiments import ensemble as ensemble_program
 from experiments import predict as predict_program
 from faml_jax import export, runs
-from faml_jax.config import FGAConfig, config_to_json, run_config_from_json
+from faml_jax.config import FGAConfig
 from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.evolution import Evolution, evolve
 from faml_jax.predict import Predictor
+from faml_jax.records import config_to_json, run_config_from_json
 from faml_jax.versions import FORMAT_VERSION, stamped
 from tools import export as export_program
 
@@ -185,8 +186,8 @@ def test_each_field_is_typed_and_bounded(path, value, message):
 
 
 def test_the_presets_are_within_the_bounds():
-    from faml_jax.config import preset
     from faml_jax.models import PRESETS
+    from faml_jax.presets import preset
 
     for dataset in ("synthetic", "rafdb", "affectnet8"):
         for model in PRESETS:

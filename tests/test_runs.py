@@ -13,8 +13,8 @@ from helpers import TINY_MODEL, tiny_config
 
 from faml_jax import models, runs, train
 from faml_jax.checkpoint import DIGEST, CheckpointMismatch, Checkpoints, CheckpointUnreadable, stored_shapes
-from faml_jax.config import config_to_json
 from faml_jax.errors import ConfigError, WorkdirError
+from faml_jax.records import config_to_json
 from faml_jax.versions import FORMAT_VERSION, stamped
 
 

@@ -9,7 +9,7 @@ import pytest
 from helpers import TINY_MODEL, jittered_variables, require_torch
 
 from faml_jax import models
-from faml_jax.config import preset
+from faml_jax.presets import preset
 
 torch = require_torch()
 

@@ -10,10 +10,11 @@ from helpers import TINY_MODEL as SMALL
 from helpers import require_torch
 
 from faml_jax import fga, models, train
-from faml_jax.config import AUGMENT_PRESETS, LossConfig, OptimConfig
+from faml_jax.config import LossConfig, OptimConfig
 from faml_jax.losses import class_weights
 from faml_jax.models.network import head_inits
 from faml_jax.preprocess import normalize
+from faml_jax.presets import AUGMENT_PRESETS
 
 
 def small_model(num_classes=7, **kw):

@@ -12,11 +12,11 @@ import pytest
 from helpers import TINY_FLAGS, assert_same_run, program_env, tiny_config
 
 from experiments import train as train_program
-from experiments.cli import resolve_config
+from experiments.flags import resolve_config
 from faml_jax import config as config_module
 from faml_jax import runs, trainer
-from faml_jax.config import config_to_json
 from faml_jax.errors import WorkdirError
+from faml_jax.records import config_to_json
 from faml_jax.versions import FORMAT_VERSION, stamped
 
 ROOT = Path(__file__).resolve().parents[1]

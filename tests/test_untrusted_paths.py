@@ -12,8 +12,8 @@ import pytest
 from helpers import TINY_MODEL, jittered_variables, write_run
 
 from faml_jax import export, photos, report
-from faml_jax.config import preset
 from faml_jax.errors import WorkdirError
+from faml_jax.presets import preset
 from faml_jax.safenames import plain_name, relative_path
 from faml_jax.versions import EVOLUTION_VERSION, stamped
 from faml_jax.workdir import check_replaceable

@@ -21,7 +21,7 @@ import numpy as np
 
 from faml_jax import models, predict
 from faml_jax import photos as photos_module
-from faml_jax.config import preset
+from faml_jax.presets import preset
 from tools import benchmarking
 from tools.benchmarking import median_seconds
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from experiments.cli import OneLineErrorParser, UsageError, add_generation_argument, check_generation, run_cli
+from experiments.cli import OneLineErrorParser, UsageError, run_cli
+from experiments.flags import add_generation_argument, check_generation
 from faml_jax import export, runs
 from faml_jax.safenames import plain_name
 

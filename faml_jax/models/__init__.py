@@ -15,7 +15,6 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from faml_jax.config import MODEL_PRESETS as PRESETS
 from faml_jax.config import ModelConfig
 from faml_jax.errors import ConfigError
 from faml_jax.models.attention import AttentionBlock, EncoderLayer
@@ -23,6 +22,7 @@ from faml_jax.models.densenet import DenseNet
 from faml_jax.models.fa_stem import FAStem
 from faml_jax.models.resnet import BasicBlock, ResNet
 from faml_jax.models.vgg import VGG
+from faml_jax.presets import MODEL_PRESETS as PRESETS
 
 MODULES = {"resnet": ResNet, "vgg": VGG, "densenet": DenseNet}
 

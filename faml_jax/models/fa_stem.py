@@ -7,8 +7,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from faml_jax.config import Region
 from faml_jax.models.layers import conv_init
+from faml_jax.region import Region
 
 STEM_KERNEL = 7
 STEM_STRIDE = 2
