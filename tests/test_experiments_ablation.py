@@ -11,6 +11,7 @@ from experiments import ablation
 from faml_jax import paper
 from faml_jax.config import FGAConfig
 from faml_jax.errors import ConfigError
+from faml_jax.paper.ablation import variant_config
 
 pytestmark = pytest.mark.slow
 
@@ -103,7 +104,7 @@ def test_variant_rows_are_fa_with_its_blocks_or_keep_them_off_when_asked():
     for attention in (True, False):
         base = tiny_config("/tmp/unused", 1, attention=attention)
         for row, model in paper.VARIANTS.items():
-            config = paper.variant_config(base, row)
+            config = variant_config(base, row)
             assert config.model.attention == (attention and model != "r18")  # FA = fusion stem + attention blocks
             assert bool(config.model.fa_regions) == (model != "r18")
             assert config.loss.kind == ("ml" if model == "r18_faml" else "ce")

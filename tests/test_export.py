@@ -1,6 +1,7 @@
-"""Tests of faml_jax.export and ``python -m tools.export``: the ONNX graph (run by onnxruntime) and
-the StableHLO function (loaded with jax alone) equal JAX's probabilities within 1e-4 for R18 and
-R18+FAML, at batch sizes other than the traced one; an ensemble's StableHLO gives the T2V decision."""
+"""Tests of faml_jax.export, its ONNX compiler (faml_jax.jaxpr_onnx) and ``python -m tools.export``:
+the ONNX graph (run by onnxruntime) and the StableHLO function (loaded with jax alone) equal JAX's
+probabilities within 1e-4 for R18 and R18+FAML, at batch sizes other than the traced one; an
+ensemble's StableHLO gives the T2V decision."""
 
 import json
 
@@ -153,3 +154,14 @@ def test_an_export_killed_mid_write_leaves_nothing_after_the_next(tmp_path, caps
     assert program.main([str(run), str(out), "--format", "onnx"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net", "out"]
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "net.onnx"]
+
+
+def test_the_onnx_compiler_refuses_a_primitive_without_a_converter_in_one_line():
+    """faml_jax.jaxpr_onnx maps each primitive of the inference path; any other (here ``sin``) is a
+    one-line ConfigError naming it, not a graph that onnxruntime would reject later."""
+    import jax.numpy as jnp
+
+    from faml_jax.jaxpr_onnx import to_onnx
+
+    with pytest.raises(ConfigError, match=r"^ONNX export: no ONNX conversion for jax primitive 'sin'$"):
+        to_onnx(lambda x: jnp.sin(x.astype(jnp.float32)).reshape(x.shape[0], -1), 4)

@@ -10,6 +10,8 @@ from helpers import reference_predict, tiny_config
 from experiments import architectures
 from faml_jax import paper
 from faml_jax.errors import ConfigError
+from faml_jax.paper.architectures import table6_row
+from faml_jax.paper.networks import train_networks
 
 
 def test_a_table6_row_from_hand_made_logits():
@@ -24,7 +26,7 @@ def test_a_table6_row_from_hand_made_logits():
         np.float32,
     )
     labels = np.array([1, 1, 0, 2])
-    row = paper.table6_row(logits, labels, alpha=1.9, beta=1.0)
+    row = table6_row(logits, labels, alpha=1.9, beta=1.0)
     singles = [np.mean(np.argmax(m, -1) == labels) for m in logits]
     assert singles == [0.25, 0.75, 0.25] and row["members"] == singles and row["first"] == 0.25
     assert row["origin"] == pytest.approx(np.mean(singles)) and row["origin_sd"] == pytest.approx(
@@ -75,11 +77,11 @@ def test_a_rows_network_started_afresh_is_not_called_a_resume(tmp_path, logged):
     """The tables train each network as a resume if there is one to continue (and reuse it when
     finished): a fresh start says nothing of a resume that found no earlier run."""
     config = tiny_config(tmp_path / "data", 1)
-    ((run_dir, summary),) = paper.train_networks(config, [7], tmp_path / "row", "R18", progress=False)
+    ((run_dir, summary),) = train_networks(config, [7], tmp_path / "row", "R18", progress=False)
     assert run_dir == tmp_path / "row" / "seed7" and summary["finished"] and summary["epochs"] == 1
     assert not [m for m in logged if "resume" in m], logged
     logged.clear()
-    assert paper.train_networks(config, [7], tmp_path / "row", "R18", progress=False) == [(run_dir, summary)]
+    assert train_networks(config, [7], tmp_path / "row", "R18", progress=False) == [(run_dir, summary)]
     assert not [m for m in logged if "== R18" in m]  # finished: reused, not trained again
 
 

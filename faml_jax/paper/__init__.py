@@ -1,0 +1,36 @@
+"""The paper's experiments as library calls: Table 2 (the ablation, ``table2``), Table 6 with
+Fig. 7 (T2V on other basic networks, ``table6``) and the rows of Fig. 8 (``figure8_rows``), each
+with its rows, recipes, the paper's published numbers beside ours, and the table and figure
+writers. ``experiments.ablation``, ``experiments.architectures`` and ``experiments.explain`` only
+parse flags and call these; a notebook can run either table with one call:
+
+    >>> from faml_jax import config, paper
+    >>> result = paper.table6(presets.preset("synthetic"), networks=3, workdir="runs/table6")
+
+Every run has its own folder under the workdir, so an interrupted table continues with
+``resume=True`` (finished runs are kept, and refused when they were made with another
+configuration than their row's).
+
+One module each: ``ablation`` (Table 2), ``architectures`` (Table 6, Fig. 7), ``figure8``
+(Fig. 8) and ``networks`` (what the tables share: training a row's networks, their refusals).
+Here: the calls, and the rows and published numbers they are made of.
+"""
+
+from faml_jax.paper.ablation import PAPER, PAPER_ENSEMBLE_SIZES, ROWS, VARIANTS, paper_accuracy, table2
+from faml_jax.paper.architectures import FGA_ROW, PAPER_TABLE6, TABLE6_ROWS, paper_table6, table6
+from faml_jax.paper.figure8 import figure8_rows
+
+__all__ = [
+    "FGA_ROW",
+    "PAPER",
+    "PAPER_ENSEMBLE_SIZES",
+    "PAPER_TABLE6",
+    "ROWS",
+    "TABLE6_ROWS",
+    "VARIANTS",
+    "figure8_rows",
+    "paper_accuracy",
+    "paper_table6",
+    "table2",
+    "table6",
+]
