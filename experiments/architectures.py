@@ -32,7 +32,7 @@ from pathlib import Path
 
 from experiments.cli import OneLineErrorParser, UsageError, add_run_arguments, kept_on_resume, resolve_config, run_cli
 from faml_jax import paper
-from faml_jax.runs import process_workdir
+from faml_jax.workdir import process_workdir
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -45,7 +45,7 @@ from experiments.cli import (
     run_cli,
 )
 from faml_jax.evolution import evolve
-from faml_jax.runs import process_workdir
+from faml_jax.workdir import process_workdir
 
 
 def build_parser():

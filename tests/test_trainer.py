@@ -353,7 +353,7 @@ def test_a_pretrained_start_has_zero_fusion_weights_and_balanced_wce_is_warned(t
     import jax
 
     from faml_jax import models, pretrained
-    from faml_jax.trainer import Setup
+    from faml_jax.setup import Setup
 
     config = tiny_config(tmp_path / "data", 1)
     fresh = jax.device_get(models.init(models.network(config.model), jax.random.key(0)))
