@@ -249,8 +249,7 @@ def test_the_detector_reads_the_reference_loss_through_the_loop(tmp_path, monkey
     index 4 on. With K = 3 the detector fires at the end of epoch index 6 (epochs 4-6), so Lr2
     starts at epoch 7: exactly when the reference settles, never on the sampled loss."""
     import faml_jax.compiled as compiled_module
-    import faml_jax.trainer as runner
-    from faml_jax import schedules
+    from faml_jax import schedules, train
 
     steps = 6  # 96 training images, batch 16
     ce_by_epoch = [2.0, 1.5, 1.0, 0.8, 0.700, 0.705, 0.698, 0.702, 0.701, 0.699]
@@ -273,7 +272,7 @@ def test_the_detector_reads_the_reference_loss_through_the_loop(tmp_path, monkey
 
         return step
 
-    monkeypatch.setattr(runner.train, "parallel_train_step", scripted_step)
+    monkeypatch.setattr(train, "parallel_train_step", scripted_step)
     monkeypatch.setattr(compiled_module, "_COMPILED", {})  # the memo of compiled steps must not hand back the real one
     config = dataclasses.replace(
         tiny_config(tmp_path / "data", epochs=len(ce_by_epoch)),
