@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 
 from experiments.cli import OneLineErrorParser, add_run_arguments, kept_on_resume, resolve_config, run_cli
-from faml_jax.workdir import process_workdir
 from faml_jax.trainer import fit
+from faml_jax.workdir import process_workdir
 
 
 def build_parser():

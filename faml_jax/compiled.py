@@ -17,10 +17,16 @@ MAX_KEPT = 8  # the most recently used functions kept
 
 def compiled(key: tuple, build: Callable):
     """``build()`` once per ``key`` in this process (the ``MAX_KEPT`` most recently used kept)."""
-    if key in _COMPILED:
-        _COMPILED[key] = _COMPILED.pop(key)  # now the most recently used
-        return _COMPILED[key]
-    while len(_COMPILED) >= MAX_KEPT:
-        _COMPILED.pop(next(iter(_COMPILED)))  # the least recently used
-    _COMPILED[key] = built = build()
+    return remembered(_COMPILED, key, build, MAX_KEPT)
+
+
+def remembered(memo: dict, key, build: Callable, max_kept: int):
+    """``memo[key]``, made by ``build()`` when absent; ``memo`` keeps the ``max_kept`` most
+    recently used entries (in order of use: the least recently used is given up first)."""
+    if key in memo:
+        memo[key] = memo.pop(key)  # now the most recently used
+        return memo[key]
+    while len(memo) >= max(max_kept, 1):
+        memo.pop(next(iter(memo)))  # the least recently used
+    memo[key] = built = build()
     return built
