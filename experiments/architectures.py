@@ -33,7 +33,7 @@ from pathlib import Path
 from experiments.cli import OneLineErrorParser, UsageError, run_cli
 from experiments.flags import add_run_arguments, kept_on_resume, resolve_config
 from faml_jax import paper
-from faml_jax.runs import process_workdir
+from faml_jax.workdir import process_workdir
 
 
 def build_parser() -> argparse.ArgumentParser:

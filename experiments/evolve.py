@@ -38,7 +38,7 @@ from pathlib import Path
 from experiments.cli import OneLineErrorParser, run_cli
 from experiments.flags import add_fga_arguments, add_run_arguments, fga_config, kept_on_resume, resolve_config
 from faml_jax.evolution import evolve
-from faml_jax.runs import process_workdir
+from faml_jax.workdir import process_workdir
 
 
 def build_parser():

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from experiments.cli import OneLineErrorParser, run_cli
 from experiments.flags import add_run_arguments, kept_on_resume, resolve_config
-from faml_jax.runs import process_workdir
 from faml_jax.trainer import fit
+from faml_jax.workdir import process_workdir
 
 
 def build_parser():

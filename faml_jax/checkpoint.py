@@ -158,7 +158,7 @@ class Checkpoints:
 
     def restore(self, epoch: int, like: Any) -> tuple[Any, dict]:
         """Restore checkpoint ``epoch`` into the structure (and dtypes) of ``like``, an
-        unreplicated train state. Raises ``CheckpointDamaged`` when its files are not those
+        unreplicated train state or its shapes and dtypes (``jax.eval_shape``). Raises ``CheckpointDamaged`` when its files are not those
         written (``verify``; a checkpoint whose save stopped before its digest was written is
         judged by whether orbax can read it) and ``CheckpointMismatch`` when it is intact but
         holds arrays of other names or shapes than ``like``'s."""
@@ -361,25 +361,47 @@ def sync_processes(name: str) -> None:
 def _abstract_leaf(leaf, ref):
     """What orbax restores ``leaf`` of a template as: where the template's array (or, for stored
     key data, its key) lives, said explicitly, since without a sharding orbax reads the
-    checkpoint's metadata again to find one (most of a small checkpoint's restore time); host
-    values (NumPy arrays, Python numbers) as orbax would restore them."""
-    source = ref if isinstance(ref, jax.Array) else leaf
+    checkpoint's metadata again to find one (most of a small checkpoint's restore time); an
+    abstract template (``jax.eval_shape``) on this process's first device, where a train state
+    is made; host values (NumPy arrays, Python numbers) as orbax would restore them."""
+    source = ref if isinstance(ref, (jax.Array, jax.ShapeDtypeStruct)) else leaf
+    if isinstance(source, jax.ShapeDtypeStruct):
+        sharding = source.sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype, sharding=sharding)
     if isinstance(source, jax.Array):
         return jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype, sharding=source.sharding)
     return ocp.utils.to_shape_dtype_struct(leaf)
 
 
 def _is_key(x) -> bool:
-    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+    """Whether ``x`` is a typed PRNG key (an array, or its shape and dtype: ``jax.eval_shape``)."""
+    return isinstance(x, (jax.Array, jax.ShapeDtypeStruct)) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _key_data(x):
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return jax.eval_shape(jax.random.key_data, x)
+    return np.asarray(jax.random.key_data(x))
+
+
+def _key_impl(ref):
+    """The PRNG implementation of key ``ref``; an abstract key's is the default one (the only
+    one train states are made with), which it must be."""
+    if isinstance(ref, jax.Array):
+        return jax.random.key_impl(ref)
+    default = jax.random.key(0)
+    if default.dtype != ref.dtype:
+        raise ValueError(f"an abstract template's key is {ref.dtype}, not the default {default.dtype}")
+    return jax.random.key_impl(default)
 
 
 def _keys_to_data(tree):
     """``tree`` with every typed PRNG key replaced by its key data, on the host (numpy uint32)."""
-    return jax.tree_util.tree_map(lambda x: np.asarray(jax.random.key_data(x)) if _is_key(x) else x, tree)
+    return jax.tree_util.tree_map(lambda x: _key_data(x) if _is_key(x) else x, tree)
 
 
 def _data_to_keys(tree, like):
     """Undo ``_keys_to_data``: where ``like`` holds a typed key, wrap the key data of ``tree``."""
     return jax.tree_util.tree_map(
-        lambda x, ref: jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref)) if _is_key(ref) else x, tree, like
+        lambda x, ref: jax.random.wrap_key_data(x, impl=_key_impl(ref)) if _is_key(ref) else x, tree, like
     )

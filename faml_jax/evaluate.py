@@ -102,10 +102,7 @@ class EnsembleEvaluator(Evaluator):
 def named_members(paths: list[Path]) -> list[tuple[str, Path]]:
     """(name, workdir) of workdirs given on the command line: named by folder (by path when two
     folders share a name)."""
-    resolved = [p.resolve() for p in paths]
-    duplicates = sorted({str(p) for p in resolved if resolved.count(p) > 1})
-    if duplicates:
-        raise ConfigError(f"a member is given twice: {', '.join(duplicates)}")
+    runs.refuse_repeated(paths, "a member is given twice")
     names = [p.name for p in paths]
     return [(p.name if names.count(p.name) == 1 else str(p), p) for p in paths]
 

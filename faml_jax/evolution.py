@@ -3,7 +3,7 @@
 ``python -m experiments.evolve`` runs.
 
     >>> from faml_jax import config, evolution
-    >>> result = evolution.evolve(config.preset("synthetic"), config.FGAConfig(population=4), "runs/evo")
+    >>> result = evolution.evolve(presets.preset("synthetic"), config.FGAConfig(population=4), "runs/evo")
 
 In each generation:
 
@@ -28,43 +28,24 @@ import dataclasses
 import functools
 import logging
 import os
-import signal
-import types
-import typing
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from faml_jax import fga, models, pretrained, signals, train
+from faml_jax import fga, models, signals, train
 from faml_jax.config import FGAConfig, RunConfig
-from faml_jax.errors import ConfigError, WorkdirError
+from faml_jax.evolve_workdir import evolve_record, prepare_evolve_workdir
+from faml_jax.lineage import MemberRecord, check_given_members, given_summary, lineage_table
 from faml_jax.loop import MemberParallel, stop_signal, train_member, train_side_by_side
 from faml_jax.member import Member
 from faml_jax.metrics import classification_metrics
-from faml_jax.records import config_to_json, structural_differences
-from faml_jax.runs import (
-    check_network,
-    final_checkpoint,
-    member_workdir,
-    read_json,
-    read_lineage,
-    read_run_config,
-    restore_variables,
-)
-from faml_jax.trainer import (
-    Setup,
-    adopt_recorded,
-    disk_full_named,
-    has_run,
-    normalised_run_config,
-    out_of_memory_named,
-    prepare_workdir,
-    recorded_config,
-)
-from faml_jax.versions import EVOLUTION_VERSION, stamped, unstamped
-from faml_jax.workdir import WorkdirLock, new_folders, prepare_directory, undone_if_it_fails
+from faml_jax.runs import check_network, final_checkpoint, member_workdir, read_lineage, restore_variables
+from faml_jax.session import workdir_session
+from faml_jax.setup import Setup
+from faml_jax.trainer import adopt_recorded, prepare_workdir, recorded_config
+from faml_jax.versions import EVOLUTION_VERSION, stamped
 from faml_jax.writer import write_json
 
 logger = logging.getLogger(__name__)
@@ -77,172 +58,11 @@ logger = logging.getLogger(__name__)
 DIAGNOSTIC_BN_BATCHES = 10
 # Folded into the run's seed for the shared start of all networks (not a member seed).
 START_TAG = 999_999
-# Configuration fields that may change when an evolution is resumed.
-MAY_DIFFER = ("fga.generations", "run.data.num_threads", "run.keep_checkpoints")
 
 
 def member_seed(seed: int, serial: int) -> int:
     """The seed of the ``serial``-th network this evolution creates (initial ones first)."""
     return seed * 1000 + serial
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading networks
-
-
-def complete_evolve_config(saved: dict) -> dict:
-    """A saved ``evolve.json`` (its format version checked by ``prepare_directory``) ready to
-    compare: its run configuration with every field (``trainer.normalised_run_config``)."""
-    completed = unstamped(saved)
-    if isinstance(completed.get("run"), dict):
-        completed["run"] = normalised_run_config(completed["run"])
-    return completed
-
-
-def check_given_member(workdir: Path, config: RunConfig) -> None:
-    """A network passed with --members must be a finished run of the same model and data."""
-    for name in ("config.json", "summary.json", "metrics.jsonl"):
-        if not (workdir / name).exists():
-            raise WorkdirError(f"--members {workdir}: no {name} (expected a finished experiments.train workdir)")
-    summary = read_json(workdir / "summary.json", "the summary of a given network")
-    if summary.get("finished") is False:  # stopped by a signal or stop_after
-        raise WorkdirError(
-            f"--members {workdir} stopped at epoch {summary['epochs']} of {summary['planned_epochs']}: "
-            "finish it first (python -m experiments.train --resume)"
-        )
-    saved = config_to_json(read_run_config(workdir))
-    current = config_to_json(config)
-    diffs = structural_differences(saved, current)
-    if diffs:
-        raise ConfigError(f"--members {workdir} was trained with another configuration: {'; '.join(diffs)}")
-
-
-# ---------------------------------------------------------------------------------------------
-# A network's record in the lineage (population.json's "members")
-
-
-@dataclasses.dataclass
-class MemberRecord:
-    """One network of an evolution as population.json records it: where it comes from, where it
-    is, and (``status`` "trained") its final training loss and accuracies (``trained``); a child
-    also its parents, their selection probabilities and its accuracy as fused."""
-
-    generation: int
-    origin: str  # "initial", "given", "child" or "new"
-    workdir: str  # relative: inside the evolution's workdir
-    seed: int | None  # None: a given network
-    status: str = "planned"
-    parents: list[str] | None = None
-    parent_probs: list[float] | None = None
-    epochs: int | None = None
-    train_loss: float | None = None  # the sampled ML loss of the last epoch
-    train_ce: float | None = None  # the reference loss: the fitness (docs/method.md 2.4 [choice])
-    train_accuracy: float | None = None
-    test_accuracy: float | None = None
-    well_trained: bool | None = None
-    switch_epoch: int | None = None
-    initial_test_accuracy: float | None = None  # the starting weights' (a child's: as trained from)
-    fused_test_accuracy: float | None = None
-    fused_recomputed_bn_test_accuracy: float | None = None
-    recompute_bn_batches: int | None = None
-    parent_test_accuracies: list[float] | None = None
-    # A given network (--members) is identified by its final checkpoint, not by its path
-    # (``runs.check_network``): the epoch and content digest the evolution used.
-    checkpoint_epoch: int | None = None
-    checkpoint_digest: str | None = None
-
-    ALWAYS = ("generation", "origin", "workdir", "seed", "status")
-    WHEN_TRAINED = (
-        "epochs",
-        "train_loss",
-        "train_ce",
-        "train_accuracy",
-        "test_accuracy",
-        "well_trained",
-        "switch_epoch",
-    )
-
-    def trained(self, summary: dict) -> None:
-        """Record a finished network from its summary (``Member.summary``, summary.json)."""
-        self.status = "trained"
-        self.epochs = summary["epochs"]
-        self.train_loss = summary["final_train_loss"]
-        self.train_ce = summary["final_train_ce"]
-        self.train_accuracy = summary["final_train_accuracy"]
-        self.test_accuracy = summary["final_test_accuracy"]
-        self.well_trained = summary["well_trained"]
-        self.switch_epoch = summary["switch_epoch"]
-        self.initial_test_accuracy = summary.get("initial_test_accuracy")
-
-    def to_json(self) -> dict:
-        """Its population.json entry: unset fields left out (a trained network's results always
-        written)."""
-        keep = self.ALWAYS + (self.WHEN_TRAINED if self.status == "trained" else ())
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None or k in keep}
-
-    @classmethod
-    def from_json(cls, name: str, entry: dict, where: str) -> MemberRecord:
-        """The record of network ``name`` in ``where`` (population.json, its shape checked by
-        ``runs.read_lineage``): every field of the type written, else a ``WorkdirError``."""
-        unknown = sorted(set(entry) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise WorkdirError(f"{where}: network {name} has fields this version does not know: {', '.join(unknown)}")
-        hints = typing.get_type_hints(cls)
-        for field in cls.ALWAYS:
-            if field not in entry:
-                raise WorkdirError(f"{where}: network {name} has no {field}")
-        for field, value in entry.items():
-            if not _of_type(hints[field], value):
-                raise WorkdirError(f"{where}: network {name}'s {field} is {str(value)[:40]!r}, not {hints[field]}")
-        return cls(**entry)
-
-
-def _of_type(tp, value) -> bool:
-    """Whether a JSON value is of a record field's type (``int``, ``float``, ``str``, ``bool``,
-    ``list[...]``, ``... | None``)."""
-    if isinstance(tp, types.UnionType):
-        return any(_of_type(t, value) for t in typing.get_args(tp))
-    if tp is type(None):
-        return value is None
-    if typing.get_origin(tp) is list:
-        return isinstance(value, list) and all(_of_type(typing.get_args(tp)[0], v) for v in value)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, tp)
-
-
-# What a given network's summary.json must hold, as the MemberRecord fields they become.
-SUMMARY_FIELDS = {
-    "epochs": "epochs",
-    "final_train_loss": "train_loss",
-    "final_train_ce": "train_ce",
-    "final_train_accuracy": "train_accuracy",
-    "final_test_accuracy": "test_accuracy",
-    "well_trained": "well_trained",
-    "switch_epoch": "switch_epoch",
-}
-
-
-def given_summary(workdir: Path) -> dict:
-    """The summary.json of a network given with --members, each value the lineage records from
-    it of the type recorded (else a one-line ``WorkdirError`` naming the file and the field)."""
-    path = Path(workdir) / "summary.json"
-    summary = read_json(path, "the summary of a given network")
-    hints = typing.get_type_hints(MemberRecord)
-    for key, field in {**SUMMARY_FIELDS, "initial_test_accuracy": "initial_test_accuracy"}.items():
-        if key not in summary and key in SUMMARY_FIELDS:
-            raise WorkdirError(f"{path} has no {key} (expected a finished experiments.train workdir)")
-        if key in summary and not _of_type(hints[field], summary[key]):
-            raise WorkdirError(f"{path}: {key} is {str(summary[key])[:40]!r}, not {hints[field]}")
-    if not isinstance(summary["final_train_ce"], (int, float)):
-        raise WorkdirError(f"{path}: final_train_ce is missing, and it is the network's fitness")
-    return summary
-
-
-# ---------------------------------------------------------------------------------------------
-# The evolution
 
 
 class Evolution:
@@ -270,11 +90,10 @@ class Evolution:
         self.lineage["members"] = {
             name: MemberRecord.from_json(name, entry, str(path)) for name, entry in self.lineage["members"].items()
         }
-        self.start = models.init(self.setup.model, jax.random.fold_in(jax.random.key(config.seed), START_TAG))
-        if self.setup.backbone is not None:  # the paper's common pre-trained start
-            self.start = pretrained.init_from_backbone(
-                jax.device_get(self.start), self.setup.backbone, config.model.fa_init_pretrained
-            )
+        # The shared start (with config.init, the paper's common pre-trained start).
+        self.start = self.setup.with_backbone(
+            models.init(self.setup.model, jax.random.fold_in(jax.random.key(config.seed), START_TAG))
+        )
         # A resumed evolution's survivors are the next children's parents: a given network among
         # them must still be the one recorded, refused before anything is written.
         for name in self.lineage["generations"][-1]["survivors"] if self.lineage["generations"] else ():
@@ -450,11 +269,7 @@ class Evolution:
                         self.finish(member)
                         stop = stop_signal(True)  # every process alike
                         if stop:
-                            raise signals.Interrupted(
-                                stop,
-                                f"stopped by {signal.Signals(stop).name} after "
-                                f"{member.name} (trained and recorded); continue with --resume",
-                            )
+                            raise signals.stopped(stop, f"after {member.name} (trained and recorded)")
             for member in members:  # those already done when this call began
                 if self.record(member.name).status != "trained":
                     self.finish(member)
@@ -505,25 +320,8 @@ class Evolution:
 
     def report(self) -> dict:
         """Log a table of every network, and the best network before and after evolution."""
-        rows = [("name", "origin", "parents", "epochs", "well trained", "train CE", "fused acc", "test acc")]
-        for name, r in self.lineage["members"].items():
-            if r.status != "trained":
-                continue
-            rows.append(
-                (
-                    name,
-                    r.origin,
-                    "+".join(r.parents or []) or "-",
-                    str(r.epochs),
-                    {True: "yes", False: "no", None: "?"}[r.well_trained],
-                    f"{r.train_ce:.4f}",
-                    f"{r.fused_test_accuracy:.4f}" if r.fused_test_accuracy is not None else "-",
-                    f"{r.test_accuracy:.4f}",
-                )
-            )
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            logger.info("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+        for line in lineage_table(self.lineage["members"]):
+            logger.info(line)
         first, last = self.lineage["generations"][0], self.lineage["generations"][-1]
         result = {
             "best_before": first["best"],
@@ -540,53 +338,6 @@ class Evolution:
             f"(population mean {first['mean_test_accuracy']:.4f} -> {last['mean_test_accuracy']:.4f})"
         )
         return result
-
-
-EVOLVE_OUTPUTS = ("members", "evolve.json", "population.json")
-
-
-def evolve_record(config: RunConfig, fga_config: FGAConfig, given: list[Path]) -> dict:
-    """What an evolution's evolve.json holds: its run and FGA configurations and given members."""
-    return {
-        "run": config_to_json(config),
-        "fga": config_to_json(fga_config),
-        "members": [str(p.resolve()) for p in given],
-    }
-
-
-def prepare_evolve_workdir(
-    workdir: Path,
-    config: RunConfig,
-    fga_config: FGAConfig,
-    given: list[Path],
-    resume: bool,
-    overwrite: bool,
-    *,
-    write: bool = True,
-) -> bool:
-    """Make an evolution's workdir ready (``workdir.prepare_directory`` with its evolve.json,
-    written only with ``write``); returns whether it continues an earlier evolution."""
-    current = evolve_record(config, fga_config, given)
-    return prepare_directory(
-        workdir,
-        config_file="evolve.json",
-        current=current,
-        outputs=EVOLVE_OUTPUTS,
-        has_run=evolution_has_run,
-        resume=resume,
-        overwrite=overwrite,
-        may_differ=MAY_DIFFER,
-        what="evolution",
-        complete=complete_evolve_config,
-        write=write,
-    )
-
-
-def evolution_has_run(workdir: Path) -> bool:
-    """Whether an evolution's workdir holds something to continue from: a network with a
-    checkpoint (an evolution that stopped before any did starts afresh)."""
-    members = Path(workdir) / "members"
-    return members.is_dir() and any(has_run(p) for p in members.iterdir() if p.is_dir())
 
 
 def evolve(
@@ -609,32 +360,17 @@ def evolve(
     per device (default: one after another, data-parallel). ``keep_recorded``: dotted
     run-configuration fields a resumed evolution takes from its evolve.json
     (``trainer.adopt_recorded``)."""
-    given, member_parallel = members, side_by_side
-    workdir = Path(workdir)
+    workdir, given = Path(workdir), [Path(p) for p in members]
     if resume and keep_recorded:
         config = adopt_recorded(config, (recorded_config(workdir, "evolve.json") or {}).get("run"), keep_recorded)
-    given = [Path(p) for p in given]
-    resolved = [p.resolve() for p in given]
-    duplicates = sorted({str(p) for p in resolved if resolved.count(p) > 1})
-    if duplicates:
-        raise ConfigError(f"--members names a network twice: {', '.join(duplicates)}")
-    if given and len(given) != fga_config.population:
-        raise ConfigError(f"--members names {len(given)} networks but the population is {fga_config.population}")
-    for path in given:
-        check_given_member(path, config)
-    Setup.check_batch(config)
-    made = new_folders(workdir)
-    with (
-        disk_full_named(workdir, networks="evolution"),
-        out_of_memory_named(config, fga_config.population if side_by_side else 1),
-        WorkdirLock(workdir, "workdir"),
-    ):
-        with undone_if_it_fails(workdir, "evolve.json", made):
+    check_given_members(given, fga_config.population, config)
+    networks = fga_config.population if side_by_side else 1
+    with workdir_session(workdir, config, marker="evolve.json", networks=networks, evolution=True) as session:
+        with session.undone_if_it_fails():
             continues = prepare_evolve_workdir(workdir, config, fga_config, given, resume, overwrite, write=False)
-            if resume and not continues:
-                logger.info(f"no earlier evolution to resume in {workdir.absolute()}: starting a new one there")
+            session.starts(resume, continues, "evolution")
             evolution = Evolution(
-                config, fga_config, workdir, given=given, member_parallel=member_parallel, progress=progress
+                config, fga_config, workdir, given=given, member_parallel=side_by_side, progress=progress
             )
             # Only once the data set and everything else opened: a refused resume changes nothing.
             write_json(workdir / "evolve.json", stamped(evolve_record(config, fga_config, given)))

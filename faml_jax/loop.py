@@ -12,7 +12,6 @@ checkpoint, outputs).
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -26,7 +25,7 @@ from faml_jax.errors import ConfigError, NonFiniteError
 from faml_jax.member import Member
 
 if TYPE_CHECKING:
-    from faml_jax.trainer import Setup
+    from faml_jax.setup import Setup
 
 METRICS = ("loss", "train_ce", "accuracy", "lsr")  # the step's metrics summed over an epoch
 FETCH_EVERY = 10  # steps whose metrics are fetched from the devices together (fewer host syncs)
@@ -136,8 +135,7 @@ class MemberParallel:
 
     def host_states(self, count: int) -> list:
         """The first ``count`` members' states on the host (one transfer for all)."""
-        stacked = jax.device_get(self.state)
-        return [jax.tree_util.tree_map(lambda x: x[i], stacked) for i in range(count)]
+        return fga.unstack(jax.device_get(self.state))[:count]
 
     def eval_variables(self, i: int, host_state):
         return train.replicate({"params": host_state.params, "batch_stats": host_state.batch_stats}, self.devices)
@@ -289,7 +287,7 @@ def train_member(setup: Setup, member: Member, *, progress: bool = True, stop_af
     ``stop_after`` epochs, as if interrupted). SIGTERM or Ctrl-C (``signals.deferred``) stops it
     within the epoch (``train_epoch``) or, when the epoch had just ended, after it, raising
     ``signals.Interrupted``."""
-    placement = setup.data_parallel
+    placement = DataParallel(setup)  # its step compiled once per configuration (``compiled``)
     placement.load([member.state])
     epochs = 0
     with signals.deferred():
@@ -297,11 +295,7 @@ def train_member(setup: Setup, member: Member, *, progress: bool = True, stop_af
             epochs += 1
             stop = train_epoch(setup, placement, [member], progress=progress, stoppable=True)
             if stop and not member.done:
-                raise signals.Interrupted(
-                    stop,
-                    f"{member.prefix}stopped by {signal.Signals(stop).name} after epoch "
-                    f"{member.epoch} (its checkpoint is saved); continue with --resume",
-                )
+                raise signals.stopped(stop, f"after epoch {member.epoch} (its checkpoint is saved)", member.prefix)
 
 
 def train_side_by_side(

@@ -1,6 +1,6 @@
 """One network in its workdir: ``Member`` (its configuration, checkpoints and outputs) and
 ``RunState`` (what one checkpoint holds, so that a run continues bit for bit). Trained by
-``faml_jax.loop``; set up by ``faml_jax.trainer`` (one network) and ``faml_jax.evolution`` (a
+``faml_jax.loop``; set up (``faml_jax.setup``) by ``faml_jax.trainer`` (one network) and ``faml_jax.evolution`` (a
 population).
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,12 +20,12 @@ from faml_jax.checkpoint import CheckpointDamaged, CheckpointError, Checkpoints,
 from faml_jax.config import RunConfig
 from faml_jax.errors import NonFiniteError, WorkdirError
 from faml_jax.metrics import classification_metrics
-from faml_jax.runs import DAMAGED, PREEMPTED, checkpoint_epochs, checkpoints_of, primary_workdir, read_arrays
-from faml_jax.workdir import remove_outputs
+from faml_jax.runs import DAMAGED, PREEMPTED, checkpoint_epochs, checkpoints_of, read_arrays
+from faml_jax.workdir import primary_workdir, remove_outputs
 from faml_jax.writer import RunWriter, write_atomic
 
 if TYPE_CHECKING:
-    from faml_jax.trainer import Setup
+    from faml_jax.setup import Setup
 
 
 logger = logging.getLogger(__name__)
@@ -127,12 +126,11 @@ class Member:
         self.loader = setup.loader(config.seed)
         self.writer: RunWriter | None = None
         self.preempted: Checkpoints | None = None  # opened when a checkpoint within an epoch exists
-        fresh = RunState(
+        restored = self.restore(setup.state_template)
+        self.resumed = restored is not None
+        self.run = restored or RunState(
             setup.initial_state(config.seed), [], schedules.LrState(0 if start_lr == "lr2" else None), config.epochs
         )
-        restored = self.restore(fresh)
-        self.resumed = restored is not None
-        self.run = restored or fresh
         if self.run.planned_epochs != config.epochs:  # resumed with another --epochs
             lr_state = schedules.lengthened(
                 config.schedule,
@@ -149,8 +147,9 @@ class Member:
     def state(self) -> train.TrainState:
         return self.run.train_state
 
-    def restore(self, like: RunState) -> RunState | None:
-        """The newest intact checkpoint's run state (None: no checkpoint). Damaged checkpoints
+    def restore(self, like: train.TrainState) -> RunState | None:
+        """The newest intact checkpoint's run state (None: no checkpoint), restored into ``like``
+        (the train state's shapes and dtypes). Damaged checkpoints
         are set aside in ``damaged/`` (one line each) and the one before tried; none intact, or
         one of another model, is a ``WorkdirError``."""
         steps = self.setup.steps_per_epoch()
@@ -163,7 +162,7 @@ class Member:
         damaged = []
         for _, store, number in sorted(candidates, key=lambda c: (c[0], c[1] is self.checkpoints), reverse=True):
             try:
-                state, record = store.restore(number, like.train_state)
+                state, record = store.restore(number, like)
             except CheckpointDamaged as error:
                 moved = store.set_aside(number, primary_workdir(self.workdir) / DAMAGED / store.directory.name)
                 logger.warning(f"{self.prefix}{error}; moved to {moved}, trying the checkpoint before it")
@@ -335,11 +334,10 @@ class Member:
         steps = self.setup.steps_per_epoch()
         self.preempted.save(self.epoch * steps + step_in_epoch, state, run.record())
         self.preempted.prune({self.epoch * steps + step_in_epoch})
-        raise signals.Interrupted(
+        raise signals.stopped(
             signum,
-            f"{self.prefix}stopped by {signal.Signals(signum).name} at epoch "
-            f"{self.epoch + 1}, step {step_in_epoch}/{steps}: saved in "
-            f"{self.preempted.directory}; continue with --resume",
+            f"at epoch {self.epoch + 1}, step {step_in_epoch}/{steps}: saved in {self.preempted.directory}",
+            self.prefix,
         )
 
     def summary(self) -> dict:

@@ -1,7 +1,7 @@
 """A trained run's folder, read the same way by everything that uses finished networks (the
 trainer on resume, evolution, ensemble evaluation, prediction): its configuration (config.json,
 its format version checked), its checkpoints, the variables of a chosen checkpoint, its
-metrics, and where each process of a multi-process run reads and writes.
+metrics (where each process of a multi-process run reads and writes: ``workdir.process_workdir``).
 
     >>> config, variables, epoch = runs.load("runs/rafdb-r18_faml-seed0", checkpoint="best")
 
@@ -37,39 +37,11 @@ from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.records import run_config_from_json
 from faml_jax.safenames import plain_name
 from faml_jax.versions import EVOLUTION_VERSION, checked
+from faml_jax.workdir import primary_workdir
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_CHOICES = ("final", "best")
-
-
-# ---------------------------------------------------------------------------------------------
-# Several processes: process 0 owns the folder, process i > 0 writes a copy beside it
-
-
-def process_workdir(workdir: Path) -> Path:
-    """Where this process writes its outputs: process 0 into ``workdir``, process i > 0 into its
-    own copy ``<workdir>.process<i>``. All processes compute the same run (the same replicated
-    state, the same evaluation), so the copies are identical, except for checkpoints: process 0
-    alone writes them and every process reads them from process 0's workdir (``checkpoints_of``),
-    so the workdir must be on a file system all processes share (as orbax's own multi-host
-    checkpoints need)."""
-    index = jax.process_index()
-    return workdir if index == 0 else workdir.with_name(f"{workdir.name}.process{index}")
-
-
-def primary_workdir(workdir: Path) -> Path:
-    """Process 0's counterpart of a path in this process's copy (``process_workdir``): the folder
-    named ``<name>.process<i>`` is replaced by ``<name>``. Process 0, and paths outside the copy
-    (e.g. networks given with ``--members``), map to themselves."""
-    index = jax.process_index()
-    parts = list(Path(workdir).parts)
-    suffix = f".process{index}"
-    for k in range(len(parts) - 1, -1, -1) if index else ():
-        if parts[k].endswith(suffix):
-            parts[k] = parts[k][: -len(suffix)]
-            return Path(*parts)
-    return Path(workdir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,6 +66,15 @@ def open_dataset(config: RunConfig) -> data.Dataset:
     if dataset.num_classes != config.model.num_classes:
         raise ConfigError(f"{dataset.name} has {dataset.num_classes} classes, the model {config.model.num_classes}")
     return dataset
+
+
+def refuse_repeated(paths: list[Path], message: str) -> None:
+    """Refuse run folders given on the command line that name one folder twice (compared
+    resolved): one ``ConfigError``, ``message`` followed by the folders."""
+    resolved = [Path(p).resolve() for p in paths]
+    duplicates = sorted({str(p) for p in resolved if resolved.count(p) > 1})
+    if duplicates:
+        raise ConfigError(f"{message}: {', '.join(duplicates)}")
 
 
 def read_run_config(workdir: Path) -> RunConfig:
@@ -233,9 +214,10 @@ def choose_epoch(workdir: Path, which: str) -> int:
 
 @functools.lru_cache(maxsize=4)
 def state_template(model: ModelConfig, optim: OptimConfig) -> train.TrainState:
-    """A train state whose structure and dtypes the checkpoints of runs with this model and
-    optimiser restore into (built once per configuration)."""
-    return train.create_train_state(models.network(model), train.make_optimizer(optim, 1e-3), jax.random.key(0))
+    """The structure, shapes and dtypes of a train state that the checkpoints of runs with this
+    model and optimiser restore into (``jax.eval_shape``: nothing is initialised)."""
+    network, tx = models.network(model), train.make_optimizer(optim, 1e-3)
+    return jax.eval_shape(lambda: train.create_train_state(network, tx, jax.random.key(0)))
 
 
 def restore_variables(workdir: Path, config: RunConfig, epoch: int | None = None) -> dict:

@@ -31,6 +31,12 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
+def stopped(signum: int, where: str, prefix: str = "") -> Interrupted:
+    """The ``Interrupted`` a run raises once it has stopped on ``signum`` and kept its work:
+    ``where`` says where it stopped and what is kept, the message how to continue."""
+    return Interrupted(signum, f"{prefix}stopped by {signal.Signals(signum).name} {where}; continue with --resume")
+
+
 def _raise(signum, frame):
     # Recorded too: Python drops an exception raised where it cannot propagate (a garbage
     # collector's callback, a finaliser); ``deferred``, ``requested`` and ``raise_if_pending``

@@ -1,12 +1,12 @@
 """Training one network: ``fit(config, workdir)`` (what ``experiments.train`` runs) trains,
-evaluates and checkpoints one network data-parallel over all devices; ``Setup`` holds what the
-networks of one configuration share (data set, model, optimiser, evaluator, compiled steps),
-``faml_jax.evolution`` uses it for a population. Also here: preparing a run's folder and the
-configuration checks on resume. The network and its checkpoints: ``faml_jax.member``; the
-training loop: ``faml_jax.loop``; joining several processes: ``faml_jax.launch``.
+evaluates and checkpoints one network data-parallel over all devices. Also here: preparing a
+run's folder and the configuration checks on resume. What the networks of one configuration
+share: ``faml_jax.setup``; the workdir's session (lock, failures named, a failed start undone):
+``faml_jax.session``; the network and its checkpoints: ``faml_jax.member``; the training loop:
+``faml_jax.loop``; joining several processes: ``faml_jax.launch``.
 
     >>> from faml_jax import config, trainer
-    >>> summary = trainer.fit(config.preset("synthetic", epochs=2), "runs/quick")
+    >>> summary = trainer.fit(presets.preset("synthetic", epochs=2), "runs/quick")
 
 A member's workdir and how it is read: ``faml_jax.runs``.
 """
@@ -14,36 +14,25 @@ A member's workdir and how it is read: ``faml_jax.runs``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
 from pathlib import Path
 
 import jax
-import numpy as np
 from flax import traverse_util
 
-from faml_jax import data, models, pretrained, runs, signals, train
-from faml_jax.compiled import compiled
-from faml_jax.config import RunConfig, evaluation_model
-from faml_jax.errors import (
-    ConfigError,
-    DiskFullError,
-    OutOfMemoryError,
-    disk_full_phrase,
-    is_disk_full,
-    is_out_of_memory,
-    requested_bytes,
-    written_path,
-)
-from faml_jax.evaluate import Evaluator
-from faml_jax.loop import DataParallel, train_member
+from faml_jax import signals
+from faml_jax.config import RunConfig
+from faml_jax.errors import ConfigError
+from faml_jax.loop import train_member
 from faml_jax.member import Member
 from faml_jax.records import config_to_json, from_dict
-from faml_jax.runs import DAMAGED, PREEMPTED, checkpoint_epochs, has_checkpoint, primary_workdir
+from faml_jax.runs import DAMAGED, PREEMPTED, checkpoint_epochs, has_checkpoint
+from faml_jax.session import workdir_session
+from faml_jax.setup import Setup
 from faml_jax.versions import checked, stamped, unstamped
-from faml_jax.workdir import WorkdirLock, new_folders, prepare_directory, undo_new_run, undone_if_it_fails
+from faml_jax.workdir import prepare_directory, primary_workdir, undo_new_run
 from faml_jax.writer import write_json
 
 # Per-epoch fields of metrics.jsonl that are timings (they differ between identical runs).
@@ -152,166 +141,7 @@ def recorded_config(workdir: Path, config_file: str = "config.json") -> dict | N
 
 
 # ---------------------------------------------------------------------------------------------
-# What the members of one configuration share
-
-
-def double_correction_warning(config: RunConfig) -> str:
-    """What a run told to correct the class imbalance twice is warned (``--balanced`` with a
-    class-weighted loss): it trains, as asked, but says so in one line."""
-    loss = "wce" if config.loss.kind == "wce" else f"{config.loss.kind} with WCE (--weighted)"
-    return (
-        f"warning: --balanced with the class-weighted loss ({loss}) corrects the class imbalance twice: the "
-        "sampler draws every class equally often and the loss weights the rare classes up again; drop one of "
-        "them (--balanced, or --loss ce / --no-weighted) unless that is what you want"
-    )
-
-
-class Setup:
-    """The data set, model, optimiser and evaluator shared by every member of one configuration
-    (members differ only in seed and starting weights)."""
-
-    def __init__(self, config: RunConfig):
-        self.config = config
-        self.devices = jax.local_devices()
-        self.check_batch(config)
-        self.dataset = runs.open_dataset(config)
-        self.model = models.network(config.model)  # training: in config.model.dtype
-        eval_model = evaluation_model(config.model)  # evaluation: always float32 (docs/method.md 2.4)
-        self.tx = train.make_optimizer(config.optim, config.schedule.lr1)
-        self.class_weights = self.dataset.class_weights if config.loss.needs_class_weights else None
-        if config.data.balanced and config.loss.needs_class_weights:
-            logger.warning(double_correction_warning(config))
-        self.evaluator = compiled(
-            ("evaluator", eval_model, config.eval_batch_size, tuple(self.devices)),
-            lambda: Evaluator(models.network(eval_model), config.eval_batch_size, self.devices),
-        )
-
-    def step_key(self, kind: str, devices) -> tuple:
-        """What a compiled train step of this configuration depends on (``compiled``)."""
-        c = self.config
-        weights = None if self.class_weights is None else tuple(np.asarray(self.class_weights).tolist())
-        return (kind, c.model, c.optim, c.loss, c.augment, weights, None if devices is None else tuple(devices))
-
-    @functools.cached_property
-    def data_parallel(self) -> DataParallel:
-        """The (compiled once, reused) data-parallel train step of this configuration."""
-        return DataParallel(self)
-
-    @staticmethod
-    def check_batch(config: RunConfig) -> None:
-        n = jax.local_device_count() * jax.process_count()
-        if config.batch_size % n:
-            raise ConfigError(f"batch size {config.batch_size} is not divisible by {n} devices")
-
-    def loader(self, seed: int, *, whole_batches: bool = False) -> data.TrainLoader:
-        """The training batches of ``seed``: this process's slice of each global batch, or with
-        ``whole_batches`` the global batches themselves (the same in every process)."""
-        c = self.config
-        shard = (
-            dict(process_index=0, process_count=1)
-            if whole_batches
-            else dict(process_index=jax.process_index(), process_count=jax.process_count())
-        )
-        return data.TrainLoader(
-            self.dataset.train,
-            c.batch_size,
-            c.model.input_size,
-            seed=seed,
-            num_threads=c.data.num_threads,
-            balanced=c.data.balanced,
-            **shard,
-        )
-
-    def steps_per_epoch(self) -> int:
-        return self._steps_per_epoch
-
-    @functools.cached_property
-    def _steps_per_epoch(self) -> int:  # asked every epoch; building a loader for it each time is waste
-        return self.loader(0).steps_per_epoch
-
-    def initial_state(self, seed: int, variables: dict | None = None) -> train.TrainState:
-        """A fresh train state from ``seed``; with ``variables``, those weights and statistics
-        instead of the random initialisation (fresh optimiser state, step 0, the seed's rng)."""
-        state = train.create_train_state(self.model, self.tx, jax.random.key(seed))
-        if variables is None:
-            return state
-        return state.replace(
-            params=variables["params"],
-            batch_stats=variables["batch_stats"],
-            opt_state=self.tx.init(variables["params"]),
-        )
-
-    @functools.cached_property
-    def backbone(self) -> dict | None:
-        """The pre-trained backbone of ``config.init`` (read once), or None."""
-        if self.config.init is None:
-            return None
-        backbone, _, info = pretrained.load_backbone(self.config.init)
-        pretrained.check_backbone_fits(info, self.config.model_name, self.config.init)
-        return backbone
-
-    def start_variables(self, seed: int) -> dict | None:
-        """Where a new network of this configuration starts: None (its seed's random
-        initialisation) or, with ``config.init``, that initialisation with the backbone copied in
-        (``pretrained.init_from_backbone``)."""
-        if self.backbone is None:
-            return None
-        fresh = jax.device_get(self.initial_state(seed))
-        return pretrained.init_from_backbone(
-            {"params": fresh.params, "batch_stats": fresh.batch_stats},
-            self.backbone,
-            self.config.model.fa_init_pretrained,
-        )
-
-    def test_logits(self, variables) -> tuple[np.ndarray, np.ndarray]:
-        """Logits and labels of the test split; ``variables`` replicated (``train.replicate``)."""
-        c = self.config
-        return self.evaluator(
-            variables, data.eval_batches(self.dataset.test, c.eval_batch_size, c.model.input_size, c.data.num_threads)
-        )
-
-
-# ---------------------------------------------------------------------------------------------
 # One network, start to end
-
-
-@contextlib.contextmanager
-def disk_full_named(workdir: Path, networks: str = ""):
-    """Around writing a run (or, with ``networks``, an evolution's runs under ``workdir``): the file
-    system filling up becomes one ``DiskFullError`` naming the file being written and the last
-    complete checkpoint (what ``--resume`` continues from), whatever library noticed it."""
-    try:
-        yield
-    except Exception as error:
-        if isinstance(error, DiskFullError) or not is_disk_full(error):
-            raise
-        path = written_path(error) or workdir
-        if networks:
-            kept = "every network's complete checkpoints are kept"
-        else:
-            epochs = checkpoint_epochs(workdir)
-            kept = f"the last complete checkpoint is epoch {epochs[-1]}" if epochs else "no checkpoint is complete yet"
-        raise DiskFullError(f"{disk_full_phrase(error)} while writing {path}; {kept}") from None
-
-
-@contextlib.contextmanager
-def out_of_memory_named(config: RunConfig, networks: int = 1):
-    """Around training: an allocation that failed becomes one ``OutOfMemoryError`` naming the
-    batch sizes, the devices and the memory asked for."""
-    try:
-        yield
-    except Exception as error:
-        if isinstance(error, OutOfMemoryError) or not is_out_of_memory(error):
-            raise
-        devices = jax.devices()
-        asked = requested_bytes(error)
-        side = f", {networks} networks side by side" if networks > 1 else ""
-        raise OutOfMemoryError(
-            f"out of memory training with --batch-size {config.batch_size} (evaluation batch {config.eval_batch_size}"
-            f"{side}) on {len(devices)} {devices[0].platform.upper()} device(s)"
-            + (f": one allocation asked for {asked / 1e9:.2f} GB" if asked else "")
-            + "; lower --batch-size"
-        ) from None
 
 
 def fit(
@@ -341,13 +171,10 @@ def fit(
     workdir = Path(workdir)
     if resume and keep_recorded:
         config = adopt_recorded(config, recorded_config(workdir), keep_recorded)
-    Setup.check_batch(config)
-    made = new_folders(workdir)
-    with disk_full_named(workdir), out_of_memory_named(config), WorkdirLock(workdir, "workdir"):
-        with undone_if_it_fails(workdir, "config.json", made):
+    with workdir_session(workdir, config, marker="config.json") as session:
+        with session.undone_if_it_fails():
             continues = prepare_workdir(workdir, config, resume, overwrite, write=False)
-            if resume and not continues:
-                logger.info(f"no earlier run to resume in {workdir.absolute()}: starting a new run there")
+            session.starts(resume, continues, "run")
             setup = Setup(config)  # opens the data set
             member = Member(setup, config, workdir)
         try:
@@ -356,7 +183,7 @@ def fit(
                     raise ConfigError(
                         f"nothing to do: the run in {workdir} already has {member.epoch} epochs; raise --epochs"
                     )
-                with undone_if_it_fails(workdir, "config.json", made):
+                with session.undone_if_it_fails():
                     init = setup.start_variables(config.seed) if config.init and not member.resumed else None
                     write_json(workdir / "config.json", stamped(config_to_json(config)))  # every check passed
                 member.begin(init)
@@ -369,7 +196,7 @@ def fit(
                 summary = member.summary()
         except Exception:  # e.g. out of memory at the first step: a new run leaves nothing half-made
             if not member.resumed and jax.process_count() == 1 and not has_run(workdir):
-                undo_new_run(workdir, OUTPUTS, made)
+                undo_new_run(workdir, OUTPUTS, session.made)
             raise
     logger.info(
         f"final (epoch {summary['epochs']}): test accuracy {summary['final_test_accuracy']:.4f}, mean class accuracy "

@@ -1,7 +1,7 @@
 """An output folder's life, the same for every program that writes one (a run, an evolution, an
 ensemble report, a preparation): one exclusive lock for as long as it is written, the checks of
-``--resume``/``--overwrite`` against what it holds, and undoing a new run's start when that start
-fails.
+``--resume``/``--overwrite`` against what it holds, undoing a new run's start when that start
+fails, and where each process of a multi-process run writes (``process_workdir``).
 
     >>> with WorkdirLock(path):          # a second process is refused, naming this one
     ...     prepare_directory(path, ...)
@@ -22,10 +22,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import jax
+
 from faml_jax.checkpoint import sync_processes
 from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.records import config_differences
-from faml_jax.runs import primary_workdir
 from faml_jax.safenames import name_problem
 from faml_jax.versions import checked, stamped
 from faml_jax.writer import file_mode, remove_stale_temporaries, write_json
@@ -33,6 +34,35 @@ from faml_jax.writer import file_mode, remove_stale_temporaries, write_json
 LOCK_FILE = ".lock"
 
 logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several processes: process 0 owns the folder, process i > 0 writes a copy beside it
+
+
+def process_workdir(workdir: Path) -> Path:
+    """Where this process writes its outputs: process 0 into ``workdir``, process i > 0 into its
+    own copy ``<workdir>.process<i>``. All processes compute the same run (the same replicated
+    state, the same evaluation), so the copies are identical, except for checkpoints: process 0
+    alone writes them and every process reads them from process 0's workdir (``runs.checkpoints_of``),
+    so the workdir must be on a file system all processes share (as orbax's own multi-host
+    checkpoints need)."""
+    index = jax.process_index()
+    return workdir if index == 0 else workdir.with_name(f"{workdir.name}.process{index}")
+
+
+def primary_workdir(workdir: Path) -> Path:
+    """Process 0's counterpart of a path in this process's copy (``process_workdir``): the folder
+    named ``<name>.process<i>`` is replaced by ``<name>``. Process 0, and paths outside the copy
+    (e.g. networks given with ``--members``), map to themselves."""
+    index = jax.process_index()
+    parts = list(Path(workdir).parts)
+    suffix = f".process{index}"
+    for k in range(len(parts) - 1, -1, -1) if index else ():
+        if parts[k].endswith(suffix):
+            parts[k] = parts[k][: -len(suffix)]
+            return Path(*parts)
+    return Path(workdir)
 
 
 def ensure_writable(directory: Path, what: str = "workdir") -> None:

@@ -1,5 +1,5 @@
 """Helpers shared by the tests (no test module imports another): the tiny training run every
-program test trains, built with ``faml_jax.config.preset`` as a user would, and a plain NumPy
+program test trains, built with ``faml_jax.presets.preset`` as a user would, and a plain NumPy
 reference of the ensemble decisions."""
 
 from __future__ import annotations
@@ -187,25 +187,38 @@ def without_timings(lines):
     return [{k: v for k, v in json.loads(line).items() if k not in trainer.TIMING_FIELDS} for line in lines]
 
 
-def final_params(workdir, config):
-    """The train state and record of a run's latest checkpoint."""
+def restored_state(workdir, config: RunConfig | None = None, epoch: int | None = None):
+    """The train state (on the host) and record of checkpoint ``epoch`` (default: the latest) of
+    the run in ``workdir`` trained with ``config`` (default: its config.json): the tests' one way
+    of reading a run's weights back."""
     from faml_jax import models, train
     from faml_jax.checkpoint import Checkpoints
+    from faml_jax.records import run_config_from_json
 
+    workdir = Path(workdir)
+    if config is None:
+        config = run_config_from_json(json.loads((workdir / "config.json").read_text()))
     model = models.network(config.model)
-    tx = train.make_optimizer(config.optim, config.schedule.lr1)
-    like = train.create_train_state(model, tx, jax.random.key(0))
-    ckpt = Checkpoints(workdir)
-    state, record = ckpt.restore(ckpt.latest_epoch(), like)
-    ckpt.close()
+    like = train.create_train_state(model, train.make_optimizer(config.optim, config.schedule.lr1), jax.random.key(0))
+    checkpoints = Checkpoints(workdir)
+    try:
+        state, record = checkpoints.restore(checkpoints.latest_epoch() if epoch is None else epoch, like)
+    finally:
+        checkpoints.close()
     return jax.device_get(state), record
+
+
+def restored_variables(workdir, config: RunConfig | None = None, epoch: int | None = None) -> dict:
+    """``{"params", "batch_stats"}`` of a run's checkpoint (``restored_state``)."""
+    state, _ = restored_state(workdir, config, epoch)
+    return {"params": state.params, "batch_stats": state.batch_stats}
 
 
 _REFERENCES: dict = {}
 
 
 def _reference_params(reference_dir, config):
-    """``final_params`` of a reference run, read once (the many resumed runs compared with one
+    """``restored_state`` of a reference run, read once (the many resumed runs compared with one
     reference would read it each time; the key holds the newest checkpoint's digest's mtime, so a
     changed reference is read again)."""
     from faml_jax.checkpoint import DIGEST
@@ -218,7 +231,7 @@ def _reference_params(reference_dir, config):
         digests[-1].stat().st_mtime_ns if digests else None,
     )
     if key not in _REFERENCES:
-        _REFERENCES[key] = final_params(reference_dir, config)
+        _REFERENCES[key] = restored_state(reference_dir, config)
     return _REFERENCES[key]
 
 
@@ -230,7 +243,7 @@ def assert_same_run(workdir, reference_dir, config, epochs: int = 3):
     ref_lines = (reference_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len(ref_lines) == epochs
     assert without_timings(lines) == without_timings(ref_lines)
-    state, record = final_params(workdir, config)
+    state, record = restored_state(workdir, config)
     ref_state, ref_record = _reference_params(reference_dir, config)
     chex.assert_trees_all_equal(state.params, ref_state.params)
     chex.assert_trees_all_equal(state.batch_stats, ref_state.batch_stats)

@@ -148,7 +148,7 @@ def test_each_network_trains_on_the_synthetic_data_and_resumes(name, tmp_path):
 def test_a_backbone_of_another_architecture_is_refused_by_the_run(tmp_path):
     """--init names a backbone converted from another architecture than --model's: one line."""
     from faml_jax.presets import preset
-    from faml_jax.trainer import Setup
+    from faml_jax.setup import Setup
     from tools import convert_torch
 
     path = tmp_path / "densenet121.pth"

@@ -51,7 +51,7 @@ def test_evaluation_is_float32_whatever_the_training_dtype(tmp_path, devices):
     from faml_jax.config import evaluation_model
     from faml_jax.predict import Predictor
     from faml_jax.preprocess import normalize
-    from faml_jax.trainer import Setup
+    from faml_jax.setup import Setup
 
     config = tiny_config(tmp_path / "data", 1, attention=True)
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype="bfloat16"))

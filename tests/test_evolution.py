@@ -7,11 +7,10 @@ import json
 import jax
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import restored_variables, tiny_config
 
 from experiments import evolve
-from faml_jax import data, models, train
-from faml_jax.checkpoint import Checkpoints
+from faml_jax import data, models
 from faml_jax.config import FGAConfig
 from faml_jax.errors import ConfigError, WorkdirError
 from faml_jax.evolution import Evolution
@@ -35,16 +34,6 @@ def evolved(tmp_path_factory):
     result = run_evolution(config, FGA, root / "evo", **quiet)
     lineage = json.loads((root / "evo" / "population.json").read_text())
     return root, config, lineage, result
-
-
-def restore_variables(workdir, config, epoch=None):
-    model = models.network(config.model)
-    like = train.create_train_state(model, train.make_optimizer(config.optim, config.schedule.lr1), jax.random.key(0))
-    checkpoints = Checkpoints(workdir)
-    state, _ = checkpoints.restore(checkpoints.latest_epoch() if epoch is None else epoch, like)
-    checkpoints.close()
-    state = jax.device_get(state)
-    return {"params": state.params, "batch_stats": state.batch_stats}
 
 
 def test_lineage_follows_algorithm_1(evolved):
@@ -88,7 +77,7 @@ def test_a_child_starts_from_its_parents_averaged_kernels(evolved):
     program saved for the child's epoch 0."""
     root, config, lineage, _ = evolved
     child = lineage["members"]["g1-c0"]
-    parents = [restore_variables(root / "evo" / "members" / p, config) for p in child["parents"]]
+    parents = [restored_variables(root / "evo" / "members" / p, config) for p in child["parents"]]
 
     def fuse(path, *leaves):
         name = jax.tree_util.keystr(path)
@@ -180,8 +169,8 @@ def test_an_interrupted_evolution_resumes_to_the_same_result(evolved, monkeypatc
         record.pop("workdir")
     assert resumed == expected
     for name in NAMES:
-        a = restore_variables(workdir / "members" / name, config)
-        b = restore_variables(root / "evo" / "members" / name, config)
+        a = restored_variables(workdir / "members" / name, config)
+        b = restored_variables(root / "evo" / "members" / name, config)
         for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
             np.testing.assert_array_equal(x, y)
 

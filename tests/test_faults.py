@@ -30,7 +30,7 @@ from faml_jax import loop, runs, signals, trainer
 from faml_jax.checkpoint import CheckpointDamaged, CheckpointMismatch, Checkpoints
 from faml_jax.config import FGAConfig
 from faml_jax.data import fixtures
-from faml_jax.errors import ConfigError, NonFiniteError, WorkdirError
+from faml_jax.errors import ConfigError, NonFiniteError, OutOfMemoryError, WorkdirError
 from faml_jax.evolution import evolve
 from faml_jax.records import config_to_json
 
@@ -287,7 +287,7 @@ def test_a_lengthened_run_stopped_by_a_signal_has_a_summary_of_where_it_stopped(
     member is refused until it is finished, and the finished run's summary says so."""
     import signal
 
-    from faml_jax.evolution import check_given_member
+    from faml_jax.lineage import check_given_member
 
     config = tiny_config(tmp_path / "data", 1)
     workdir = tmp_path / "run"
@@ -678,7 +678,7 @@ def test_out_of_memory_is_one_line_and_leaves_nothing(reference, capsys, tmp_pat
             RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 12.50GiB.")
         ),
     )
-    with pytest.raises(trainer.OutOfMemoryError, match="one allocation asked for 13.42 GB; lower --batch-size"):
+    with pytest.raises(OutOfMemoryError, match="one allocation asked for 13.42 GB; lower --batch-size"):
         trainer.fit(reference[2], tmp_path / "resumed", **quiet)
     assert not (tmp_path / "resumed").exists()
 

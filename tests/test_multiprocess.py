@@ -16,11 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from helpers import TINY_FLAGS, program_env, suite_xla_flags
-
-from faml_jax import models, train
-from faml_jax.checkpoint import Checkpoints
-from faml_jax.records import run_config_from_json
+from helpers import TINY_FLAGS, program_env, restored_state, suite_xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 # R18+FAML (its ML loss draws must agree across processes) without the attention blocks, which
@@ -56,21 +52,6 @@ def finish(process) -> str:
     return output
 
 
-def final_state(workdir: Path):
-    config = run_config_from_json(json.loads((workdir / "config.json").read_text()))
-    template = jax.device_get(
-        train.create_train_state(
-            models.network(config.model), train.make_optimizer(config.optim, config.schedule.lr1), jax.random.key(0)
-        )
-    )
-    checkpoints = Checkpoints(workdir)
-    try:
-        state, _ = checkpoints.restore(checkpoints.latest_epoch(), template)
-    finally:
-        checkpoints.close()
-    return state
-
-
 def metrics(workdir: Path) -> list[dict]:
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
@@ -96,7 +77,7 @@ def test_two_processes_take_the_steps_of_one_process_with_all_devices(tmp_path):
     outputs = [finish(p) for p in processes]
     assert "final (epoch 1)" in outputs[0] and "final (epoch 1)" not in outputs[1]  # process 0 prints
 
-    one, two = final_state(tmp_path / "one"), final_state(tmp_path / "two")
+    (one, _), (two, _) = restored_state(tmp_path / "one"), restored_state(tmp_path / "two")
     assert int(one.step) == int(two.step) == 6  # 96 images, batch 16
     for a, b in zip(
         jax.tree_util.tree_leaves((one.params, one.batch_stats)),

@@ -249,8 +249,7 @@ def test_the_detector_reads_the_reference_loss_through_the_loop(tmp_path, monkey
     index 4 on. With K = 3 the detector fires at the end of epoch index 6 (epochs 4-6), so Lr2
     starts at epoch 7: exactly when the reference settles, never on the sampled loss."""
     import faml_jax.compiled as compiled_module
-    import faml_jax.trainer as runner
-    from faml_jax import schedules
+    from faml_jax import schedules, train
 
     steps = 6  # 96 training images, batch 16
     ce_by_epoch = [2.0, 1.5, 1.0, 0.8, 0.700, 0.705, 0.698, 0.702, 0.701, 0.699]
@@ -273,7 +272,7 @@ def test_the_detector_reads_the_reference_loss_through_the_loop(tmp_path, monkey
 
         return step
 
-    monkeypatch.setattr(runner.train, "parallel_train_step", scripted_step)
+    monkeypatch.setattr(train, "parallel_train_step", scripted_step)
     monkeypatch.setattr(compiled_module, "_COMPILED", {})  # the memo of compiled steps must not hand back the real one
     config = dataclasses.replace(
         tiny_config(tmp_path / "data", epochs=len(ce_by_epoch)),
@@ -316,7 +315,7 @@ def test_a_run_resumed_with_more_epochs_goes_on_from_its_learning_rate(uninterru
     """--resume with a larger --epochs (docs/training.md): the cosine goes on from the rate the run
     had reached and ends at the floor at the new end, instead of being re-planned over the new
     length (a jump up at the resume point). 2 epochs planned, resumed after 1 with 4."""
-    from helpers import final_params
+    from helpers import restored_state
 
     from faml_jax import schedules
 
@@ -331,7 +330,7 @@ def test_a_run_resumed_with_more_epochs_goes_on_from_its_learning_rate(uninterru
     steps = 96 // 16
     reached = schedules.learning_rate(config.schedule, schedules.LrState(), 1, 0, steps, 2)
     expected = schedules.LrState(cosine_start=1.0, cosine_lr=reached, cosine_end=4.0)
-    _, record = final_params(workdir, longer)
+    _, record = restored_state(workdir, longer)
     assert record["lr_state"] == dataclasses.asdict(expected) and record["planned_epochs"] == 4
     rates = [json.loads(line)["learning_rate"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert rates[1] == pytest.approx(schedules.learning_rate(config.schedule, expected, 1, steps - 1, steps, 4))
@@ -339,7 +338,7 @@ def test_a_run_resumed_with_more_epochs_goes_on_from_its_learning_rate(uninterru
     assert json.loads((workdir / "config.json").read_text())["epochs"] == 4
     # Resumed again with the same epochs: the segment stays as recorded.
     trainer.fit(longer, workdir, resume=True, progress=False)
-    _, record = final_params(workdir, longer)
+    _, record = restored_state(workdir, longer)
     assert record["lr_state"] == dataclasses.asdict(expected)
     rates = [json.loads(line)["learning_rate"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert rates == sorted(rates, reverse=True)
@@ -353,7 +352,7 @@ def test_a_pretrained_start_has_zero_fusion_weights_and_balanced_wce_is_warned(t
     import jax
 
     from faml_jax import models, pretrained
-    from faml_jax.trainer import Setup
+    from faml_jax.setup import Setup
 
     config = tiny_config(tmp_path / "data", 1)
     fresh = jax.device_get(models.init(models.network(config.model), jax.random.key(0)))
@@ -372,3 +371,39 @@ def test_a_pretrained_start_has_zero_fusion_weights_and_balanced_wce_is_warned(t
     Setup(dataclasses.replace(config, data=dataclasses.replace(config.data, balanced=True)))
     (warning,) = [m for m in logged if "twice" in m]
     assert warning.startswith("warning: --balanced with the class-weighted loss (ml with WCE (--weighted))")
+
+
+def test_the_pmap_train_step_compiles_once_over_several_epochs(tmp_path):
+    """Training's data-parallel (``jax.pmap``) step and the evaluator are traced and compiled in
+    the first epoch only; the epochs after it compile nothing. Counted with jax's own compilation
+    events (a pmapped function is lowered as ``jit(_fun)``), between the epochs' log lines; the
+    loss and evaluation batch are this test's own, so that neither is built already."""
+    import logging
+
+    import jax
+
+    config = tiny_config(tmp_path / "data", 3)
+    config = dataclasses.replace(config, loss=dataclasses.replace(config.loss, p_lsr=0.37), eval_batch_size=24)
+    per_epoch = [0]
+
+    def on_event(name, duration, **kwargs):
+        if name == "/jax/core/compile/jaxpr_to_mlir_module_duration" and kwargs.get("fun_name") == "jit(_fun)":
+            per_epoch[-1] += 1
+
+    class EpochEnds(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("epoch "):
+                per_epoch.append(0)
+
+    handler, log = EpochEnds(), logging.getLogger("faml_jax.member")
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        trainer.fit(config, tmp_path / "run", progress=False)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_event)
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert per_epoch == [2, 0, 0, 0]  # epoch 1: the train step and the evaluator; then nothing

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from faml_jax.data import affectnet, rafdb, synthetic
+from faml_jax.data.distributed import read_folder
 from faml_jax.data.folders import (
     CorruptImageError,
     DataError,
@@ -186,14 +187,6 @@ def _crop_note(has_boxes: bool, crop_faces: bool) -> tuple[str, ...]:
     return ("training and testing on whole photographs, not their face boxes (--no-crop-faces)",)
 
 
-def read_folder(name: str, data_dir, progress: Callable | None = progress_bar):
-    """The ``folders.FolderIndex`` of a real data set's folder as distributed (``progress``
-    wraps per-file label reading)."""
-    if name == "rafdb":
-        return rafdb.read_index(data_dir)
-    return affectnet.read_index(data_dir, 8 if name == "affectnet8" else 7, progress)
-
-
 def _open_prepared(name, data_dir, crop_faces, min_size) -> Dataset:
     from faml_jax.data import prepared
 
@@ -270,5 +263,4 @@ __all__ = [
     "TrainLoader",
     "eval_batches",
     "open_dataset",
-    "read_folder",
 ]

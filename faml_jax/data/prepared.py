@@ -41,7 +41,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from tensorflow_datasets.proto import tf_example_generated_pb2
 
-from faml_jax.data import affectnet, rafdb, read_folder
+from faml_jax.data import affectnet, rafdb
+from faml_jax.data.distributed import read_folder
 from faml_jax.data.folders import (
     SPLITS,
     DataError,
