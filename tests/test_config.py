@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from experiments import train as train_program
 from faml_jax.config import RunConfig, from_dict, preset
 from faml_jax.errors import ConfigError
 
@@ -33,19 +34,33 @@ def test_model_names_choose_the_rows_loss_and_options_change_the_network():
     assert small.model_name == "r18_fa"
 
 
-def test_refusals_are_config_errors_with_one_line():
-    with pytest.raises(ConfigError, match="--init BACKBONE.*--from-scratch"):
-        preset("rafdb")
-    assert preset("rafdb", from_scratch=True).init is None
-    for kwargs, message in [
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(dataset="rafdb"), "--init BACKBONE.*--from-scratch"),
         (dict(dataset="imagenet"), "unknown data set"),
         (dict(model="r50"), "unknown model"),
         (dict(colour="red"), r"no field\(s\) \['colour'\]"),
         (dict(model_name="r18"), "model_options"),
-    ]:
-        with pytest.raises(ConfigError, match=message):
-            preset(**kwargs)
-    assert issubclass(ConfigError, ValueError)
+    ],
+)
+def test_refusals_are_config_errors_with_one_line(kwargs, message):
+    with pytest.raises(ConfigError, match=message) as raised:
+        preset(**kwargs)
+    assert len(str(raised.value).splitlines()) == 1
+
+
+def test_a_refusal_is_a_value_error_in_python_and_one_line_from_the_program(tmp_path, capsys):
+    """docs/training.md: code that catches ``ValueError`` catches a refusal; the program prints it
+    as one line, exits with status 2 and creates nothing. --from-scratch is the way out."""
+    with pytest.raises(ValueError, match="--init BACKBONE"):
+        preset("rafdb")
+    assert preset("rafdb", from_scratch=True).init is None
+    code = train_program.main(["--dataset", "rafdb", "--workdir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.splitlines() == [err], err
+    assert err.startswith("python -m experiments.train: error: rafdb runs start from a pre-trained") and "--init" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_preset_round_trips_through_its_json():
