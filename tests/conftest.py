@@ -6,6 +6,8 @@ The flags must be set before jax creates its devices (its first backend).
 
 import gc
 import os
+import signal
+import threading
 
 # A persistent compilation cache for the suite and the programs it starts in subprocesses (they
 # inherit the environment): the suite compiles the same steps again and again (the tiny run in the
@@ -34,6 +36,14 @@ set_default_flags()  # the programs' XLA flags, so tests run what users run
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# A suite started in the background by a non-interactive shell (`pytest ... &` in a script, CI)
+# inherits SIGINT ignored, and Python then leaves it ignored: the tests that send SIGINT to the
+# process or to the programs they start would see nothing. Python's own handler is put back for
+# the session; the programs the tests start get SIGINT's default with it (exec keeps a signal
+# ignored, but resets a handled one to its default, and Python installs its handler again).
+if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Python's cyclic garbage collector: the suite traces thousands of programs, allocating millions of
 # short-lived objects, and every full collection walked all the long-lived ones (jax, flax, numpy,

@@ -7,6 +7,7 @@ import pickle
 
 import pytest
 
+from experiments import train as train_program
 from faml_jax.config import RunConfig
 from faml_jax.errors import ConfigError
 from faml_jax.presets import preset
@@ -65,6 +66,19 @@ def test_a_real_data_set_without_a_backbone_is_refused_in_the_librarys_own_words
     assert pickle.loads(pickle.dumps(caught.value)).args == caught.value.args
     assert preset("rafdb", model, from_scratch=True).init is None
     assert preset("rafdb", model, init="/b").init == "/b"
+
+
+def test_a_refusal_is_a_value_error_in_python_and_one_line_from_the_program(tmp_path, capsys):
+    """docs/training.md: code that catches ``ValueError`` catches a refusal; the program prints it
+    as one line, exits with status 2 and creates nothing. --from-scratch is the way out."""
+    with pytest.raises(ValueError, match="init=BACKBONE"):
+        preset("rafdb")
+    assert preset("rafdb", from_scratch=True).init is None
+    code = train_program.main(["--dataset", "rafdb", "--workdir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.splitlines() == [err], err
+    assert err.startswith("python -m experiments.train: error: rafdb runs start from a pre-trained") and "--init" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_preset_round_trips_through_its_json():

@@ -1,5 +1,5 @@
-"""Faults and bad input, end to end: signals at seeded random moments (while starting and
-compiling, within an epoch, inside a checkpoint save) for training and evolution, each followed
+"""Faults and bad input, end to end: signals sent at known moments through the project's own
+interfaces (while starting, at a seeded random step, inside a checkpoint save) for training and evolution, each followed
 by a resume and compared with an uninterrupted run; damaged checkpoints; two runs on one
 workdir; non-finite training; and the error paths that must end in one line.
 
@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import jax
@@ -41,14 +40,15 @@ quiet = dict(progress=False)
 FGA = FGAConfig(population=2, generations=1, children=1, new_members=0, parents=2, until_trained=False)
 
 # A program as the experiments are (flags, library, run_cli), on the tiny configuration, with a
-# fault injected: a signal to itself before its K-th train step (--at-step), while the
-# checkpoint of epoch E is being written (--in-save), or after S seconds (--after).
+# fault injected at a known moment, through the project's own interfaces: a signal to itself once
+# its modules are imported (--at imported), as its train step is built (--at setup), before its
+# K-th train step (--at-step), or as the checkpoint of epoch E is saved (--in-save).
 FAULTY = textwrap.dedent("""
     import sys
     sys.argv[0] = "-m"  # as python -m starts a program: its package handles Ctrl-C while importing
     import experiments
     sys.argv[0] = "faulty"
-    import os, signal, threading
+    import os, signal
     from helpers import tiny_config
     from experiments.cli import OneLineErrorParser, run_cli
     from faml_jax import loop, member, trainer
@@ -62,12 +62,21 @@ FAULTY = textwrap.dedent("""
     parser.add_argument("--signal", default="SIGTERM")
     parser.add_argument("--at-step", type=int)
     parser.add_argument("--in-save", type=int)
-    parser.add_argument("--after", type=float)
+    parser.add_argument("--at", choices=["imported", "setup"])
     args = parser.parse_args()
     signum = getattr(signal, args.signal)
 
     def send():
         os.kill(os.getpid(), signum)
+
+    if args.at == "imported":  # the program has not started: its package's handler ends it
+        send()
+    if args.at == "setup":
+        original_init = loop.DataParallel.__init__
+        def init(self, *a, **k):
+            send()
+            return original_init(self, *a, **k)
+        loop.DataParallel.__init__ = init
 
     if args.at_step:
         calls = [0]
@@ -79,17 +88,13 @@ FAULTY = textwrap.dedent("""
             return original(self, placed, learning_rates, active)
         loop.DataParallel.__call__ = counted
     if args.in_save:
-        from orbax.checkpoint._src.path import atomicity
-        for cls in (atomicity.AtomicRenameTemporaryPath, atomicity.CommitFileTemporaryPath):
-            original_finalize = cls.finalize
-            async def finalize(self, *a, _original=original_finalize, **k):
-                if str(self.get_final()).rstrip("/").endswith(f"checkpoints/{args.in_save}"):
-                    send()
-                return await _original(self, *a, **k)
-            cls.finalize = finalize
-    timer = threading.Timer(args.after or 0, send)
-    if args.after:
-        timer.start()
+        from faml_jax.checkpoint import Checkpoints
+        original_save = Checkpoints.save
+        def save(self, epoch, *a, **k):
+            if self.directory.name == "checkpoints" and epoch == args.in_save:
+                send()
+            return original_save(self, epoch, *a, **k)
+        Checkpoints.save = save
 
     def body(a):
         config = tiny_config(a.data_dir, 3)
@@ -100,9 +105,7 @@ FAULTY = textwrap.dedent("""
             fga = FGAConfig(population=2, generations=1, children=1, new_members=0, parents=2, until_trained=False)
             evolve(config, fga, a.workdir, resume=a.resume, progress=False)
 
-    code = run_cli(parser, None, body)
-    timer.cancel()  # the run ended before the signal: its program ended too
-    sys.exit(code)
+    sys.exit(run_cli(parser, None, body))
 """)
 
 
@@ -260,25 +263,29 @@ def test_a_really_full_disk_is_one_line_and_the_run_resumes(reference, tmp_path)
     assert_same_run(tmp_path / "run", root / "full", config)
 
 
-def test_signals_at_seeded_random_moments_leave_a_resumable_run(reference):
-    """While starting (imports, data, compiling: before any checkpoint) or training: every stop
-    is one line with 130/143 (or the run had finished), and --resume ends as the uninterrupted
-    run."""
+@pytest.mark.parametrize("signame, moment", [("SIGINT", "imported"), ("SIGTERM", "setup"), ("SIGINT", "step")])
+def test_a_signal_while_starting_or_at_a_seeded_step_leaves_a_resumable_run(reference, signame, moment):
+    """While starting (its modules imported: the program has not begun; its step being built:
+    before any checkpoint) or at a seeded random step of training: the stop is one line with
+    130/143 (or the run had finished), and --resume ends as the uninterrupted run."""
     root, data_dir, config = reference
-    rng = random.Random(2026)
-    outcomes = []
-    for k, signame in enumerate(["SIGINT", "SIGTERM"]):
-        after = rng.uniform(0.3, 9.0)
-        workdir = root / f"random-{k}"
-        result = run_faulty("train", data_dir, workdir, "--signal", signame, "--after", f"{after:.2f}")
-        if result.returncode != 0:
-            assert_one_line_stop(result, 130 if signame == "SIGINT" else 143)
-        outcomes.append((round(after, 1), result.returncode, len(runs.checkpoint_epochs(workdir))))
-        summary = workdir / "summary.json"  # (a signal at the very end stops a finished run)
-        if not summary.exists() or not json.loads(summary.read_text())["finished"]:
-            trainer.fit(config, workdir, resume=True, **quiet)
-        assert_same_run(workdir, root / "full", config)
-    print("seconds, status, checkpoints when stopped:", outcomes)
+    step = random.Random(f"2026 {signame}").randint(1, 18)  # any step of the 3 epochs, the last included
+    workdir = root / f"at-{moment}-{signame}"
+    result = run_faulty(
+        "train",
+        data_dir,
+        workdir,
+        "--signal",
+        signame,
+        *(["--at-step", step] if moment == "step" else ["--at", moment]),
+    )
+    if result.returncode != 0 or moment != "step" or step != 18:  # at the very end the run may have finished
+        line = assert_one_line_stop(result, 130 if signame == "SIGINT" else 143)
+        assert moment != "imported" or line == f"stopped by {signame} while starting", line
+    summary = workdir / "summary.json"
+    if not summary.exists() or not json.loads(summary.read_text())["finished"]:
+        trainer.fit(config, workdir, resume=True, **quiet)
+    assert_same_run(workdir, root / "full", config)
 
 
 def test_a_lengthened_run_stopped_by_a_signal_has_a_summary_of_where_it_stopped(tmp_path, monkeypatch):
@@ -465,23 +472,35 @@ def test_a_workdir_in_use_refuses_a_second_run_and_an_overwrite(reference, capsy
     root, data_dir, config = reference
     workdir = root / "locked"
     env = program_env()
-    slow = patched(
+    # The first run holds on after its first epoch (checkpoint 1 saved) until the test has tried
+    # the workdir: it says so on stdout and waits for a line on stdin.
+    held = patched(
         FAULTY,
-        "import time\nmember.Member.end_epoch = (lambda f: lambda *a, **k: "
-        "(time.sleep(1.0), f(*a, **k))[1])(member.Member.end_epoch)\n",
+        "original_end = member.Member.end_epoch\n"
+        "def end_epoch(*a, **k):\n"
+        "    entry = original_end(*a, **k)\n"
+        "    if entry['epoch'] == 1:\n"
+        "        print('epoch 1 saved', flush=True)\n"
+        "        sys.stdin.readline()\n"
+        "    return entry\n"
+        "member.Member.end_epoch = end_epoch\n",
     )
     first = subprocess.Popen(
-        [sys.executable, "-c", slow, "train", str(data_dir), str(workdir)],
+        [sys.executable, "-c", held, "train", str(data_dir), str(workdir)],
         env=env,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
     )
     try:
-        deadline = time.monotonic() + 120
-        while not (workdir / "checkpoints" / "1").is_dir() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        said = ""
+        for said in iter(first.stdout.readline, ""):  # its log lines, then the marker ("" if it ended instead)
+            if said == "epoch 1 saved\n":
+                break
+        assert said == "epoch 1 saved\n"
+        assert (workdir / "checkpoints" / "1").is_dir()
         for kwargs in (dict(resume=True), dict(overwrite=True)):
             with pytest.raises(WorkdirError, match=f"is in use by process {first.pid} "):
                 trainer.fit(config, workdir, **kwargs, **quiet)
@@ -489,7 +508,7 @@ def test_a_workdir_in_use_refuses_a_second_run_and_an_overwrite(reference, capsy
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and f"in use by process {first.pid}" in err, err
     finally:
-        out, err = first.communicate(timeout=300)
+        out, err = first.communicate("go on\n", timeout=300)
     assert first.returncode == 0, err[-3000:]
     epochs = [json.loads(line)["epoch"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3] and len(list((workdir / "tensorboard").iterdir())) == 1
@@ -683,65 +702,98 @@ def test_out_of_memory_is_one_line_and_leaves_nothing(reference, capsys, tmp_pat
     assert not (tmp_path / "resumed").exists()
 
 
-def test_unwritable_or_wrong_kinds_of_paths_are_one_line(reference, capsys, tmp_path, monkeypatch):
-    root, data_dir, config = reference
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
-    cases = [
-        (ensemble_program.main, ["--members", str(root / "full"), "--out", str(blocker / "report")]),
-        (ensemble_program.main, ["--members", str(root / "full"), "--out", str(blocker)]),
-        (prepare_program.main, ["--dataset", "rafdb", "--data-dir", str(tmp_path), "--out", str(blocker)]),
-        (train_program.main, ["--data-dir", str(blocker), "--workdir", str(tmp_path / "w1")]),
-        (
-            train_program.main,
-            ["--dataset", "rafdb", "--data-dir", str(blocker), "--workdir", str(tmp_path / "w2"), "--from-scratch"],
-        ),
-        (
-            ensemble_program.main,
-            ["--members", str(root / "full"), "--data-dir", str(blocker), "--out", str(tmp_path / "r")],
-        ),
-    ]
-    # A network given twice to evolve (item 11) and a label file in UTF-16 (item 12).
-    cases.append(
-        (
-            evolve_program.main,
-            [
-                "--members",
-                str(root / "full"),
-                str(root / "full" / ".." / "full"),
-                "--population",
-                "2",
-                "--workdir",
-                str(tmp_path / "evo"),
-            ],
-        )
-    )
+def utf16_labels(tmp_path: Path) -> Path:
+    """A RAF-DB folder whose label file is UTF-16 text (item 12)."""
     basic = fixtures.write_rafdb(tmp_path / "raf", [1, 2, 3, 4, 5, 6, 7], [1, 2], size=24)
     labels = basic / "EmoLabel" / "list_patition_label.txt"
     labels.write_text(labels.read_text(), encoding="utf-16")
-    cases.append(
-        (
-            train_program.main,
-            [
+    return tmp_path / "raf"
+
+
+# Each case: the program, its arguments (from the reference run, this test's folder and a file
+# in it, "blocker"), what its one line says, and a path it must not leave behind.
+PATH_CASES = {
+    "ensemble report under a file": (
+        ensemble_program.main,
+        lambda full, tmp, blocker: ["--members", str(full), "--out", str(blocker / "report")],
+        "a-file",
+        None,
+    ),
+    "ensemble report onto a file": (
+        ensemble_program.main,
+        lambda full, tmp, blocker: ["--members", str(full), "--out", str(blocker)],
+        "a-file",
+        None,
+    ),
+    "prepared data onto a file": (
+        prepare_program.main,
+        lambda full, tmp, blocker: ["--dataset", "rafdb", "--data-dir", str(tmp), "--out", str(blocker)],
+        "a-file",
+        None,
+    ),
+    "synthetic data dir a file": (
+        train_program.main,
+        lambda full, tmp, blocker: ["--data-dir", str(blocker), "--workdir", str(tmp / "w1")],
+        "a-file",
+        "w1",
+    ),
+    "rafdb data dir a file": (
+        train_program.main,
+        lambda full, tmp, blocker: [
+            *("--dataset", "rafdb", "--data-dir", str(blocker), "--workdir", str(tmp / "w2"), "--from-scratch")
+        ],
+        "a-file",
+        "w2",
+    ),
+    "ensemble data dir a file": (
+        ensemble_program.main,
+        lambda full, tmp, blocker: [*("--members", str(full), "--data-dir", str(blocker), "--out", str(tmp / "r"))],
+        "a-file",
+        "r",
+    ),
+    "a network given twice to evolve": (  # item 11
+        evolve_program.main,
+        lambda full, tmp, blocker: [
+            *("--members", str(full), str(full / ".." / "full"), "--population", "2", "--workdir", str(tmp / "evo"))
+        ],
+        "names a network twice",
+        "evo",
+    ),
+    "a label file in UTF-16": (  # item 12
+        train_program.main,
+        lambda full, tmp, blocker: [
+            *(
                 "--dataset",
                 "rafdb",
                 "--data-dir",
-                str(tmp_path / "raf"),
+                str(utf16_labels(tmp)),
                 "--from-scratch",
                 "--workdir",
-                str(tmp_path / "w4"),
-            ],
-        )
-    )
-    errors = []
-    for main, argv in cases:
-        code = main(argv)
-        err = capsys.readouterr().err.strip()
-        assert code in (1, 2) and len(err.splitlines()) == 1 and "error:" in err, (argv, err)
-        errors.append(err)
-    assert "names a network twice" in errors[-2] and "is not UTF-8 text (UTF-16" in errors[-1], errors[-2:]
-    assert not (tmp_path / "evo").exists() and not (tmp_path / "w4").exists()
-    monkeypatch.setenv("FAML_JAX_CACHE", str(blocker / "cache"))
-    code = train_program.main(["--workdir", str(tmp_path / "w3")])
+                str(tmp / "w4"),
+            )
+        ],
+        "is not UTF-8 text (UTF-16",
+        "w4",
+    ),
+    "a cache under a file": (  # FAML_JAX_CACHE below a file: the synthetic data cannot be written
+        train_program.main,
+        lambda full, tmp, blocker: ["--workdir", str(tmp / "w3")],
+        "cannot write the synthetic data set",
+        "w3",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(PATH_CASES))
+def test_unwritable_or_wrong_kinds_of_paths_are_one_line(reference, capsys, tmp_path, monkeypatch, case):
+    root, _, _ = reference
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    main, argv, told, not_left = PATH_CASES[case]
+    if case == "a cache under a file":
+        monkeypatch.setenv("FAML_JAX_CACHE", str(blocker / "cache"))
+    code = main(argv(root / "full", tmp_path, blocker))
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "cannot write the synthetic data set" in err, err
+    assert code in (1, 2) and len(err.splitlines()) == 1 and "error:" in err, err
+    assert told in err, err
+    assert not_left is None or not (tmp_path / not_left).exists()

@@ -77,3 +77,20 @@ def test_a_signal_the_loop_did_not_act_on_stops_the_program_next():
             signal.pthread_sigmask(signal.SIG_BLOCK, [])
         with pytest.raises(signals.Interrupted):
             signals.raise_if_pending()
+
+
+def test_the_suite_and_the_programs_it_starts_receive_sigint():
+    """Started in the background by a non-interactive shell, the suite inherits SIGINT ignored:
+    tests/conftest.py gives it Python's handler back, and the programs the tests start get it too
+    (else every test that sends SIGINT would wait for a stop that never comes)."""
+    import subprocess
+    import sys
+
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    child = subprocess.run(
+        [sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.stdout.strip() == "True", child.stderr

@@ -66,11 +66,13 @@ def test_resume_reproduces_the_uninterrupted_run(uninterrupted):
 
 CRASHING_RUN = "from helpers import tiny_config\n" + textwrap.dedent("""
     import os, sys
-    from orbax.checkpoint._src.path import atomicity
+    import orbax.checkpoint as ocp
     from faml_jax import trainer
 
-    # Die (no clean-up, like a kill) while the checkpoint of epoch CRASH_AT is being written.
+    # Die (no clean-up, like a kill) while the checkpoint of epoch CRASH_AT is being written: its
+    # files are in the temporary folder, not yet committed (orbax's public atomicity classes).
     crash_at = int(os.environ["CRASH_AT"])
+    atomicity = ocp.path.atomicity
     for cls in (atomicity.AtomicRenameTemporaryPath, atomicity.CommitFileTemporaryPath):
         original = cls.finalize
         async def finalize(self, *args, _original=original, **kwargs):
@@ -248,32 +250,27 @@ def test_the_detector_reads_the_reference_loss_through_the_loop(tmp_path, monkey
     epochs (LSR/CE draws) and never looks stable; the reference loss train_ce settles from epoch
     index 4 on. With K = 3 the detector fires at the end of epoch index 6 (epochs 4-6), so Lr2
     starts at epoch 7: exactly when the reference settles, never on the sampled loss."""
-    import faml_jax.compiled as compiled_module
-    from faml_jax import schedules, train
+    from faml_jax import loop, schedules
 
     steps = 6  # 96 training images, batch 16
     ce_by_epoch = [2.0, 1.5, 1.0, 0.8, 0.700, 0.705, 0.698, 0.702, 0.701, 0.699]
     calls = []
 
-    def scripted_step(*args, **kwargs):
-        def step(state, batch, learning_rate):
-            epoch, i = divmod(len(calls), steps)
-            calls.append(float(learning_rate))
-            lsr = float((epoch + i) % 2 == 0)  # alternating draws, shifted per epoch
-            # Three LSR batches per epoch: means 0.75 and 0.80 by turns (range 0.05 > 0.02).
-            metrics = {
-                "loss": 0.6 + 0.3 * lsr + 0.05 * (epoch % 2),
-                "train_ce": ce_by_epoch[epoch],
-                "accuracy": 0.5,
-                "lsr": lsr,
-                "learning_rate": learning_rate,
-            }
-            return state, {k: np.full((1,), v, np.float32) for k, v in metrics.items()}
+    def scripted_step(self, placed, learning_rates, active):  # the loop's step, its state left as it is
+        epoch, i = divmod(len(calls), steps)
+        calls.append(float(learning_rates[0]))
+        lsr = float((epoch + i) % 2 == 0)  # alternating draws, shifted per epoch
+        # Three LSR batches per epoch: means 0.75 and 0.80 by turns (range 0.05 > 0.02).
+        metrics = {
+            "loss": 0.6 + 0.3 * lsr + 0.05 * (epoch % 2),
+            "train_ce": ce_by_epoch[epoch],
+            "accuracy": 0.5,
+            "lsr": lsr,
+            "learning_rate": learning_rates[0],
+        }
+        return {k: np.full((1,), v, np.float32) for k, v in metrics.items()}
 
-        return step
-
-    monkeypatch.setattr(train, "parallel_train_step", scripted_step)
-    monkeypatch.setattr(compiled_module, "_COMPILED", {})  # the memo of compiled steps must not hand back the real one
+    monkeypatch.setattr(loop.DataParallel, "__call__", scripted_step)
     config = dataclasses.replace(
         tiny_config(tmp_path / "data", epochs=len(ce_by_epoch)),
         schedule=config_module.ScheduleConfig(lr1=1e-3, lr2=1e-5, window=3),
