@@ -215,9 +215,13 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     return dict(state)
 
 
-def torch_to_flax(state: Mapping[str, np.ndarray], architecture: str = "resnet18") -> tuple[dict, dict | None]:
+def torch_to_flax(
+    state: Mapping[str, np.ndarray], architecture: str = "resnet18", layout: Mapping[str, tuple] | None = None
+) -> tuple[dict, dict | None]:
     """Convert a torchvision state dict of ``architecture`` (a key of ``ARCHITECTURES``; values:
-    numpy arrays) to Flax.
+    numpy arrays) to Flax. ``layout``: the tensors of a variant of that family torchvision builds
+    with other sizes (e.g. ``densenet_layout(init=8, growth=4, blocks=(2, 2, 2, 2))``), instead of
+    the named architecture's own.
 
     Returns ``(backbone, head)``: backbone = ``{"params", "batch_stats"}`` of the faml_jax model
     (``ARCHITECTURES[architecture][3]``) without its head ``fc``; head = ``{"kernel", "bias"}`` of
@@ -228,7 +232,10 @@ def torch_to_flax(state: Mapping[str, np.ndarray], architecture: str = "resnet18
     if architecture not in ARCHITECTURES:
         raise ConversionError(f"unknown architecture {architecture!r}; available: {', '.join(ARCHITECTURES)}")
     layout_fn, head_prefix, head_width, _ = ARCHITECTURES[architecture]
-    layout = layout_fn()
+    if layout is None:
+        layout = layout_fn()
+    else:
+        head_width = _head_input(layout, architecture)
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     if architecture == "densenet121":
         state = _legacy_densenet_keys(state)
@@ -273,6 +280,14 @@ def torch_to_flax(state: Mapping[str, np.ndarray], architecture: str = "resnet18
     if wrong:
         raise ConversionError(f"shapes that are not {architecture}'s: {_list(wrong)}")
     return backbone, head
+
+
+def _head_input(layout: Mapping[str, tuple], architecture: str) -> int:
+    """The width the head of a variant ``layout`` reads: the last stage's BatchNorm (ResNet,
+    DenseNet) or the classifier's last hidden layer (VGG)."""
+    if architecture.startswith("vgg"):
+        return layout["classifier.3.weight"][2][0]
+    return [shape[0] for key, (_, _, shape, _) in layout.items() if key.endswith(".running_var")][-1]
 
 
 def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -43,13 +43,60 @@ def torch_network(name: str, dropout: float = 0.5):
     return randomise_batch_norm(net, min_var=1.0)  # variances >= 1: ResNet34's random logits stay of order 1
 
 
-def converted(name: str, net, **overrides):
-    state = {k: v.numpy() for k, v in net.state_dict().items()}
-    backbone, head = pretrained.torch_to_flax(state, name)
+# Small variants torchvision builds from the same classes (its VGG, DenseNet and ResNet code with
+# other sizes), converted with the same layout functions at those sizes: the numerics of every
+# conversion rule (kernel layouts, VGG's channel-first flattening, BatchNorm, DenseNet's
+# concatenations) are compared with torchvision's logits here, at a fraction of the full networks'
+# compile time. The full-size layouts are checked tensor by tensor against the full models below.
+VGG_WIDTHS, VGG_DEPTHS, VGG_HIDDEN = (8, 16, 16, 32, 32), (2, 2, 3, 3, 3), 32
+DENSENET = dict(init=8, growth=4, blocks=(2, 2, 2, 2))
+
+
+def small_torch_network(name: str):
+    """(torchvision network, its layout, faml_jax model options) of a small variant of ``name``."""
+    from torch import nn
+    from torchvision.models import densenet, resnet, vgg
+
+    torch.manual_seed(0)
+    if name == "resnet34":  # torchvision's ResNet fixes the widths: the full network, small enough
+        net, layout, options = TORCHVISION[name](num_classes=CLASSES), None, {}
+    elif name.startswith("vgg"):
+        cfg = [x for w, d in zip(VGG_WIDTHS, VGG_DEPTHS) for x in [w] * d + ["M"]]
+        net = vgg.VGG(vgg.make_layers(cfg, batch_norm=name == "vgg16_bn"), num_classes=CLASSES, dropout=0.0)
+        net.classifier = nn.Sequential(  # torchvision's classifier at a smaller width
+            nn.Linear(VGG_WIDTHS[-1] * 49, VGG_HIDDEN),
+            nn.ReLU(True),
+            nn.Dropout(0.0),
+            nn.Linear(VGG_HIDDEN, VGG_HIDDEN),
+            nn.ReLU(True),
+            nn.Dropout(0.0),
+            nn.Linear(VGG_HIDDEN, CLASSES),
+        )
+        layout = pretrained.vgg_layout(VGG_WIDTHS, VGG_DEPTHS, batch_norm=name == "vgg16_bn", hidden=VGG_HIDDEN)
+        options = dict(widths=VGG_WIDTHS, classifier_width=VGG_HIDDEN, dropout=0.0)
+    else:
+        net = densenet.DenseNet(
+            growth_rate=DENSENET["growth"],
+            block_config=DENSENET["blocks"],
+            num_init_features=DENSENET["init"],
+            num_classes=CLASSES,
+        )
+        layout = pretrained.densenet_layout(**DENSENET)
+        options = dict(widths=(DENSENET["init"],), growth_rate=DENSENET["growth"], stage_depths=DENSENET["blocks"])
+    assert isinstance(net, resnet.ResNet) == (name == "resnet34")
+    return randomise_batch_norm(net, min_var=1.0), layout, options
+
+
+def converted(name: str, net, layout=None, **overrides):
+    """``net`` (a torch network, or a state dict of NumPy arrays) converted, and the model it
+    starts; every tensor of the model is checked to be there with its shape."""
+    state = net if isinstance(net, dict) else {k: v.numpy() for k, v in net.state_dict().items()}
+    backbone, head = pretrained.torch_to_flax(state, name, layout)
     model = models.build(pretrained.ARCHITECTURES[name][3], CLASSES, input_size=SIZE, **overrides)
     variables = {"params": {**backbone["params"], "fc": head}, "batch_stats": backbone["batch_stats"]}
-    fresh = jax.device_get(models.init(model, jax.random.key(0)))
-    assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(fresh)
+    expected = jax.eval_shape(lambda k: models.init(model, k), jax.random.key(0))
+    shapes = lambda tree: jax.tree_util.tree_map(lambda a: tuple(a.shape), tree)  # noqa: E731
+    assert shapes(variables) == shapes(expected)  # every tensor of the model, each of its shape
     return model, variables
 
 
@@ -58,8 +105,8 @@ def converted(name: str, net, **overrides):
 def test_converted_weights_give_torchvisions_logits(name):
     images = np.random.default_rng(0).normal(size=(2, SIZE, SIZE, 3)).astype(np.float32)
     x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-    net = torch_network(name, dropout=0.0)  # training mode below: no random masks to compare
-    model, variables = converted(name, net, dropout=0.0) if name.startswith("vgg") else converted(name, net)
+    net, layout, options = small_torch_network(name)  # dropout 0: no random masks to compare below
+    model, variables = converted(name, net, layout, **options)
     with torch.no_grad():
         expected = net.eval()(x).numpy()
     logits = np.asarray(jax.jit(lambda v, x: model.apply(v, x))(variables, images))
@@ -73,6 +120,22 @@ def test_converted_weights_give_torchvisions_logits(name):
     assert np.max(np.abs(np.asarray(logits) - expected)) <= 1e-3
     eval_logits = np.asarray(model.apply(variables, images))
     assert np.max(np.abs(eval_logits - np.asarray(logits))) > 1e-2  # batch statistics were used
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION))
+def test_full_size_networks_convert_tensor_for_tensor_and_count_torchvisions_parameters(name):
+    """torchvision's full networks, built on torch's meta device (shapes without weights): their
+    state dicts pass the converter, every tensor lands where the full faml_jax model has it with its
+    shape (``converted``; the values follow the rules tested above), and the faml_jax model with
+    1,000 classes has torchvision's parameter count."""
+    with torch.device("meta"):
+        net = TORCHVISION[name](num_classes=CLASSES)
+        expected_count = sum(p.numel() for p in TORCHVISION[name](num_classes=1000).parameters())
+    zeros = {k: np.broadcast_to(np.float32(0), tuple(v.shape)) for k, v in net.state_dict().items()}
+    converted(name, zeros)
+    model = models.build(pretrained.ARCHITECTURES[name][3], 1000)
+    shapes = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 224, 224, 3))), jax.random.key(0))
+    assert models.count_params(shapes["params"]) == expected_count
 
 
 def test_a_state_dict_of_another_architecture_is_refused_naming_it():
@@ -96,14 +159,6 @@ def test_densenet_weights_published_with_the_old_key_names_convert():
     new_backbone, _ = pretrained.torch_to_flax(state, "densenet121")
     old_backbone, _ = pretrained.torch_to_flax(old, "densenet121")
     jax.tree_util.tree_map(np.testing.assert_array_equal, new_backbone, old_backbone)
-
-
-def test_full_size_networks_have_torchvisions_parameter_counts():
-    for name, build in TORCHVISION.items():
-        expected = sum(p.numel() for p in build(num_classes=1000).parameters())
-        model = models.build(pretrained.ARCHITECTURES[name][3], 1000)
-        shapes = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 224, 224, 3))), jax.random.key(0))
-        assert models.count_params(shapes["params"]) == expected, name
 
 
 def test_the_fa_parts_are_resnets_only():
