@@ -89,10 +89,12 @@ def title(what: str, model: str | None = None) -> str:
 
 
 def colorbar(fig, mappable, ax, label: str, **kwargs):
-    """A colour bar beside ``ax`` as high as it and narrow, with ``label`` saying what the colours
-    mean."""
-    options = {"fraction": 0.046, "pad": 0.03, "aspect": 25, **kwargs}
-    bar = fig.colorbar(mappable, ax=ax, label=label, **options)
+    """A narrow colour bar with ``label`` saying what the colours mean: beside ``ax`` and exactly
+    as high as it (an inset, so an image's bar is the image's height), or beside a list of axes."""
+    if isinstance(ax, (list, tuple)):
+        bar = fig.colorbar(mappable, ax=ax, label=label, **{"fraction": 0.046, "pad": 0.03, "aspect": 25, **kwargs})
+    else:
+        bar = fig.colorbar(mappable, cax=ax.inset_axes([1.04, 0.0, 0.05, 1.0]), label=label, **kwargs)
     bar.outline.set_linewidth(0.5)
     return bar
 
@@ -141,7 +143,8 @@ def text_boxes(fig) -> list[tuple[str, object]]:
             for tick in itertools.chain(axis.get_major_ticks(), axis.get_minor_ticks()):
                 labels = (tick.label1, tick.label2)
                 ticks.update(id(t) for t in labels)
-                if low - margin <= tick.get_loc() <= high + margin and tick.get_visible():
+                shown = ax.axison and axis.get_visible() and tick.get_visible()
+                if shown and low - margin <= tick.get_loc() <= high + margin:
                     drawn += [t for t in labels if t.get_visible()]
     drawn += [t for t in fig.findobj(Text) if id(t) not in ticks and t.get_visible()]
     boxes = []
@@ -185,14 +188,14 @@ def text_outside(fig, tolerance: float = 0.5) -> list[str]:
 def confusion_figure(counts: np.ndarray, classes: Sequence[str], what: str, model: str | None = None):
     """A confusion matrix for a paper's column: each cell the share (%) of its true class
     (row-normalised, whole percent; empty cells blank), each row's count of test images beside
-    its name, the accuracy in the title ("what, model: accuracy x %"), a narrow colour bar."""
+    its name, what and which model and the accuracy in the title, a colour bar as high as the matrix."""
     counts = np.asarray(counts, np.int64)
     c = len(classes)
     support = counts.sum(axis=1)
     rates = 100 * np.divide(counts, support[:, None], out=np.zeros(counts.shape), where=support[:, None] > 0)
     accuracy = np.trace(counts) / max(1, counts.sum())
     with style():
-        fig = new_figure(COLUMN, 0.9 + 0.3 * c)
+        fig = new_figure(COLUMN, 1.1 + 0.3 * c)
         ax = fig.add_subplot()
         image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=100)
         for i, j in itertools.product(range(c), range(c)):
@@ -200,14 +203,14 @@ def confusion_figure(counts: np.ndarray, classes: Sequence[str], what: str, mode
                 continue
             shown = f"{rates[i, j]:.0f}" if rates[i, j] >= 0.5 else "<1"
             ax.text(j, i, shown, ha="center", va="center", color="white" if rates[i, j] > 60 else "black")
-        ax.set_xticks(range(c), classes, rotation=45, ha="right", rotation_mode="anchor")
+        ax.set_xticks(range(c), classes, rotation=90)  # upright boxes: none over its neighbour
         ax.set_yticks(range(c), [f"{name} ({n})" for name, n in zip(classes, support)])
         ax.tick_params(length=0)
         for side in ("top", "right", "bottom", "left"):
             ax.spines[side].set_visible(False)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true (test images)")
-        ax.set_title(f"{title(what, model)}\naccuracy {100 * accuracy:.1f} % of {counts.sum()}", loc="left")
+        fig.suptitle(f"{what}\n{model}\naccuracy {100 * accuracy:.1f} % of {counts.sum()} test images")
         colorbar(fig, image, ax, "% of the true class")
     return fig
 
@@ -238,7 +241,7 @@ def map_panel(face: np.ndarray, heat: np.ndarray, heading: str, model: str, kind
             "attention (0 none, 1 most)",
             ticks=[0, 0.5, 1],
         )
-        fig.suptitle(title(heading, model))
+        fig.suptitle(f"{heading}\nmodel: {model}")
     return fig
 
 
@@ -299,7 +302,7 @@ def label_photo(
     for x0, y0, x1, y1 in boxes:
         draw.rectangle([round(x0), round(y0), round(x1), round(y1)], outline=BOX_COLOUR, width=line)
     placed: list[tuple[int, int, int, int]] = []
-    for (x0, y0, x1, y1), text in zip(boxes, labels):
+    for (x0, y0, _, y1), text in zip(boxes, labels):
         left, top, right, bottom = draw.textbbox((0, 0), text, font=face_font)
         w, h = min(width, right - left + 2 * pad), min(height, bottom - top + 2 * pad)
         candidates = [(x0, y0 - h), (x0, y0 + line), (x0, y1 + 1), (x0, y1 - h)]

@@ -6,7 +6,6 @@ architecture (one per seed, from its converted backbone or a random start), thei
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import os
 from pathlib import Path
@@ -98,9 +97,10 @@ def table6(
     resume: bool = False,
     progress: bool = True,
     keep_recorded: tuple[str, ...] = (),
+    figure_format: str = "png",
 ) -> dict:
     """Train ``networks`` networks per row (seeds ``base.seed`` ..) and write Table 6
-    (``table6.md``, ``table6.json``) and Fig. 7 (``fig7.png``) in ``workdir``, with a report
+    (``table6.md``, ``table6.json``) and Fig. 7 (``fig7.<figure_format>``: png, pdf or svg) in ``workdir``, with a report
     folder per row (``reports/<row>``: its ensemble and Table 1 ranks). ``rows``: default the
     paper's five basic networks and R18+FAML, and R18+FAML-FGA (the final population of
     ``fga_workdir``, an ``experiments.evolve`` workdir) when given. ``backbones``: a folder holding
@@ -127,7 +127,7 @@ def table6(
                 row, config, seeds, workdir / folders[_key(config)], trained_by_config, progress, keep_recorded
             )
         out = workdir / "reports" / _folder_name(row)
-        numbers = _evaluate_row(row, members, out, ensemble_config, progress)
+        numbers = _evaluate_row(row, members, out, ensemble_config, progress, figure_format)
         result_rows[row] = {**numbers, "what": what, "report": str(out), "paper": paper_table6(base.data.dataset, row)}
     result = {
         "dataset": base.data.dataset,
@@ -138,7 +138,7 @@ def table6(
     }
     write_json(workdir / "table6.json", result)
     write_atomic(workdir / "table6.md", table6_markdown(result))
-    write_atomic(workdir / "fig7.png", payload=figure7(result))
+    write_atomic(workdir / f"fig7.{figure_format}", payload=figure7(result, figure_format))
     logger.info(table6_markdown(result))
     return result
 
@@ -214,12 +214,23 @@ def _row_networks(
 
 
 def _evaluate_row(
-    row: str, members: list[tuple[str, Path]], out: Path, ensemble_config: EnsembleConfig, progress: bool
+    row: str,
+    members: list[tuple[str, Path]],
+    out: Path,
+    ensemble_config: EnsembleConfig,
+    progress: bool,
+    figure_format: str,
 ) -> dict:
     """The ensemble report of a row's networks in ``out``, and the row's numbers from its logits."""
     logger.info(f"== {row}: evaluating {len(members)} networks")
     report.ensemble_report(
-        members, out, ensemble_config, overwrite=True, progress=progress, command=f"paper.table6 ({row})"
+        members,
+        out,
+        ensemble_config,
+        overwrite=True,
+        progress=progress,
+        command=f"paper.table6 ({row})",
+        figure_format=figure_format,
     )
     saved = runs.read_arrays(out / "logits.npz", {"logits": ("f", 3), "labels": ("iu", 1)}, "the report's logits")
     return table6_row(saved["logits"], saved["labels"], ensemble_config.alpha, ensemble_config.beta)
@@ -259,7 +270,9 @@ def figure7_points(result: dict) -> list[dict]:
     points: dict[tuple, dict] = {}
     for row, r in result["rows"].items():
         numbers = (100 * r["origin"], *(100 * r[f"{s}_gain"] for s in DECISIONS))
-        point = points.setdefault(numbers, {"label": row, "origin": numbers[0], "gains": dict(zip(DECISIONS, numbers[1:]))})
+        point = points.setdefault(
+            numbers, {"label": row, "origin": numbers[0], "gains": dict(zip(DECISIONS, numbers[1:]))}
+        )
         if point["label"] != row:
             point["label"] += f" = {row}"
     return list(points.values())
@@ -290,7 +303,9 @@ def draw_figure7(points: list[dict], title: str):
         ax.set_xlabel("origin: the networks' mean test accuracy (%)")
         ax.set_ylabel("gain of the ensemble (points)")
         ax.set_title(title)
-        networks = [Line2D([], [], color=c, marker="o", linestyle="-", label=p["label"]) for p, c in zip(points, colours)]
+        networks = [
+            Line2D([], [], color=c, marker="o", linestyle="-", label=p["label"]) for p, c in zip(points, colours)
+        ]
         decisions = [Line2D([], [], color="black", marker=m, linestyle="none", label=n) for _, m, n in FIG7_DECISIONS]
         first = fig.legend(handles=networks, loc="outside lower left", ncols=1, title="basic network")
         fig.legend(handles=decisions, loc="outside lower right", ncols=1, title="decision")
