@@ -190,7 +190,7 @@ def test_the_programs_files_equal_the_librarys_output(three_runs, tmp_path, caps
     assert Image.open(out / "maps" / "face0_face0.png").size[1] >= 256  # a panel readable on a screen
 
 
-def test_the_figure_of_maps_takes_images_every_row_gets_right(three_runs, tmp_path, capsys):
+def test_the_figure_of_maps_takes_the_images_the_most_rows_get_right(three_runs, tmp_path, capsys):
     from experiments import explain as program
 
     root, config, _, paths = three_runs
