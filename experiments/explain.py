@@ -73,7 +73,10 @@ def main(argv=None) -> int:
     def body(args):
         out, format = output(args.out, args.format)
         rows = paper.figure8_rows(args.ablation, args.checkpoint) if args.ablation else []
-        rows += [(Path(d).name, predict.Predictor.from_run(d, args.checkpoint)) for d in args.run]
+        names = [Path(d).name for d in args.run]
+        if len(set(names)) < len(names):  # runs named alike (seed0 of two rows): their parent folders too
+            names = [f"{Path(d).parent.name}/{Path(d).name}" for d in args.run]
+        rows += [(name, predict.Predictor.from_run(d, args.checkpoint)) for name, d in zip(names, args.run)]
         for group in args.ensemble:
             dirs = [d for d in group.split(",") if d]
             rows.append((f"T2V of {len(dirs)}", predict.Predictor.from_runs(dirs, args.checkpoint)))

@@ -164,10 +164,12 @@ def draw_figure8(figure: dict):
         figures.colorbar(
             fig,
             ScalarMappable(Normalize(0, 1), figures.jet_colormap()),
-            list(axes[:, -1]),
+            axes.ravel().tolist(),
             f"{name} (0 none, 1 most)",
             ticks=[0, 0.5, 1],
             fraction=0.02,
+            shrink=0.8,
+            aspect=40,
         )
         fig.suptitle(
             f"Fig. 8 on {figure['dataset']}: {name} map of each model's decision, one test image per expression\n"
