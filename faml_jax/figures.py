@@ -270,10 +270,10 @@ BOX_COLOUR = (230, 40, 40)
 
 def photo_sizes(shape: Sequence[int]) -> tuple[int, int]:
     """The box line width and the label text height (pixels) for a photo of ``shape`` (H, W, ...):
-    both grow with the photo (text 3 % of the geometric mean of its sides, at least 12 px, so that
+    both grow with the photo (text 4 % of the geometric mean of its sides, at least 12 px, so that
     it is readable when the photo is shown whole on a screen)."""
     side = float(np.sqrt(shape[0] * shape[1]))
-    return max(2, round(side / 250)), max(12, round(0.03 * side))
+    return max(2, round(side / 250)), max(12, round(0.04 * side))
 
 
 def font(size: int):

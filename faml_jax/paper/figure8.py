@@ -132,7 +132,7 @@ def _checked_indices(indices: Sequence[int], labels: np.ndarray, classes: Sequen
 def draw_figure8(figure: dict):
     """Fig. 8 across the paper's page: a column per expression (its name and test index above),
     a row per model (its label on the left), each cell the image with the row's map as a JET
-    overlay, a cross-marked cell where the row decides another class, one colour bar."""
+    overlay, a cross-marked cell where the row decides another class, one colour bar below."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
@@ -142,7 +142,7 @@ def draw_figure8(figure: dict):
     n_rows, n_cols = grid_maps.shape[:2]
     cell = min(0.78, (figures.PAGE - 1.6) / n_cols)
     with figures.style():
-        fig = figures.new_figure(figures.PAGE, 0.75 + cell * n_rows)
+        fig = figures.new_figure(figures.PAGE, 1.3 + cell * n_rows)
         axes = np.asarray(fig.subplots(n_rows, n_cols, squeeze=False, gridspec_kw={"wspace": 0.02, "hspace": 0.02}))
         for r, c in np.ndindex(n_rows, n_cols):
             ax = axes[r, c]
@@ -167,9 +167,10 @@ def draw_figure8(figure: dict):
             axes.ravel().tolist(),
             f"{name} (0 none, 1 most)",
             ticks=[0, 0.5, 1],
-            fraction=0.02,
-            shrink=0.8,
-            aspect=40,
+            location="bottom",
+            fraction=0.05,
+            shrink=0.35,
+            aspect=30,
         )
         fig.suptitle(
             f"Fig. 8 on {figure['dataset']}: {name} map of each model's decision, one test image per expression\n"
