@@ -1,9 +1,9 @@
 """The guides, followed in order, chain: every folder under ``runs/`` that a command reads
 (``--run``, ``--population``, ``--members``, ``--fga-workdir``, ``--ablation``, a resumed
 ``--workdir``, tools.export's runs) is one that a command before it writes (``--workdir`` or the
-program's default workdir, ``--out``, tools.export's output), in the README's quick start and the
-guides in the order a new user reads them, ``make`` targets read from the Makefile's recipes.
-Commands are parsed by the programs' own parsers, not run."""
+program's default workdir, ``--out``, tools.export's output), in the README and every guide in
+the order a new user reads them, ``make`` targets read from the Makefile's recipes. Commands are
+parsed by the programs' own parsers, not run."""
 
 import argparse
 import importlib
@@ -14,9 +14,10 @@ from pathlib import Path
 from test_docs import ROOT, line_commands, shell_lines
 
 # The order a new user follows: quick start, one network, real data, a population, its ensemble,
-# the paper's tables, then using a model.
-GUIDES = ["README.md", "docs/training.md", "docs/data.md", "docs/fga.md", "docs/t2v.md", "docs/tables.md"]
-GUIDES += ["docs/using-a-model.md"]
+# the paper's tables, using a model, then the reference guides (any other guide last).
+ORDER = ["README.md", "docs/training.md", "docs/data.md", "docs/fga.md", "docs/t2v.md", "docs/tables.md"]
+ORDER += ["docs/using-a-model.md", "docs/gpu.md", "docs/faults.md", "docs/pytorch.md", "docs/development.md"]
+GUIDES = ORDER + sorted({str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")} - set(ORDER))
 
 # The programs' default workdirs (experiments/<program>.py), from their parsed arguments.
 DEFAULT_WORKDIR = {
