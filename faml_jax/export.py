@@ -288,9 +288,9 @@ def _write_onnx(out: Path, config: RunConfig, names, variables, ensemble_config:
     model = to_onnx(function, size, name="ensemble", outputs=ENSEMBLE_OUTPUTS)
     write_atomic(out / ENSEMBLE_ONNX, payload=model.SerializeToString())
     return {
-        ENSEMBLE_ONNX: "images -> logits (batch, networks, classes) in the order of networks, "
-        "scores (batch, classes) T2V's votes (Eq. 12), decision (batch,) int32 the decided class (ties: t2v.rule), "
-        "confidence (batch,) the networks' mean probability of the decided class"
+        ENSEMBLE_ONNX: "images -> logits (batch, networks, classes) in export.json's order of networks, "
+        "scores (batch, classes) T2V's votes (Eq. 12), decision (batch,) int32 the decided class (ties: "
+        "export.json's t2v.rule), confidence (batch,) the networks' mean probability of the decided class"
     }
 
 

@@ -116,8 +116,8 @@ def test_an_ensembles_onnx_is_one_model_that_equals_the_predictor(tmp_path, caps
     crops = [face.crop for face in faces.Finder("box").find(photo)]
     assert len(crops) == 1
     expected = predictor.predict(crops)
-    np.testing.assert_array_equal(namespace["outputs"][2], expected.decision)
-    np.testing.assert_allclose(namespace["outputs"][0], expected.logits.transpose(1, 0, 2), atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(namespace["decision"], expected.decision)
+    np.testing.assert_allclose(namespace["logits"], expected.logits.transpose(1, 0, 2), atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow
