@@ -288,8 +288,9 @@ def label_photo(
     photo: np.ndarray, boxes: Sequence[Sequence[float]], labels: Sequence[str]
 ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
     """``photo`` with each box (x0, y0, x1, y1) outlined and its label on a filled background:
-    above the box where there is room, else inside its top, else below; always inside the photo,
-    and clear of the labels placed before it when any place is. Returns the picture and each
+    above the box where there is room, else inside its top, else below, else the nearest free
+    height in its column; always inside the photo, and clear of the labels placed before it when
+    any such place is. Returns the picture and each
     label's rectangle (x0, y0, x1, y1)."""
     from PIL import Image, ImageDraw
 
@@ -306,6 +307,8 @@ def label_photo(
         left, top, right, bottom = draw.textbbox((0, 0), text, font=face_font)
         w, h = min(width, right - left + 2 * pad), min(height, bottom - top + 2 * pad)
         candidates = [(x0, y0 - h), (x0, y0 + line), (x0, y1 + 1), (x0, y1 - h)]
+        # then any height in the box's column, nearest first (faces crowded side by side)
+        candidates += [(x0, y) for y in sorted(range(0, height - h + 1, max(1, h // 2)), key=lambda y: abs(y - y0))]
         rects = []
         for cx, cy in candidates:
             cx = int(min(max(round(cx), 0), width - w))
