@@ -22,11 +22,11 @@ def test_the_cpu_smoke_run_fills_every_section(tmp_path, capsys):
     assert all(s["status"] == "ok" for s in sections.values()), {k: s.get("error") for k, s in sections.items()}
 
     assert sections["environment"]["result"]["versions"]["jax"]
-    # Every test marked gpu lives in the modules the check collects: 13 collected, the rest of
+    # Every test marked gpu lives in the modules the check collects: 14 collected, the rest of
     # those modules deselected, no error.
     summary = sections["tests"]["result"]["summary"]
-    counts = re.fullmatch(r"13/(\d+) tests collected \((\d+) deselected\) in [\d.]+s", summary)
-    assert counts and int(counts[1]) - int(counts[2]) == 13, summary
+    counts = re.fullmatch(r"14/(\d+) tests collected \((\d+) deselected\) in [\d.]+s", summary)
+    assert counts and int(counts[1]) - int(counts[2]) == 14, summary
     rows = sections["train_step"]["result"]["results"]
     labels = [r["label"] for r in rows]
     assert labels[:2] == ["faml_jax r18", "faml_jax r18_faml"]
