@@ -123,6 +123,9 @@ def confusion_png(path: Path, matrix: np.ndarray, classes: list[str], title: str
     fig.savefig(path)
 
 
+TIE_RULES = {"noi": "NOI, then the lowest class", "lowest": "the lowest class"}  # EnsembleConfig.ties, in words
+
+
 def markdown(report: dict, info: dict) -> str:
     classes = report["classes"]
     c = len(classes)
@@ -132,7 +135,8 @@ def markdown(report: dict, info: dict) -> str:
         f"Data set `{info['dataset']}`, test split: {report['num_test_images']} images, {c} classes. "
         f"{len(report['members'])} member(s) of model `{info['model']}`, each at its {info['checkpoint']} "
         f"checkpoint{' (selected on the test split: optimistic)' if info['checkpoint'] == 'best' else ''}. "
-        f"T2V: alpha = {report['alpha']}, beta = {report['beta']}; ties broken by NOI, then the lowest class.\n",
+        f"T2V: alpha = {report['alpha']}, beta = {report['beta']}; T2V and T1V ties broken by "
+        f"{TIE_RULES[report.get('ties', 'noi')]}.\n",
         f"Command: `{info['command']}`\n",
         "## Members and ensemble decisions (paper Table 6)\n",
         "Accuracy and mean class accuracy on the test split, %.\n",
@@ -241,7 +245,7 @@ def ensemble_report(
             progress=progress,
         )
         names = [name for name, _ in members]
-        report = analyse(logits, labels, names, classes, order=order, alpha=alpha, beta=beta)
+        report = analyse(logits, labels, names, classes, order=order, alpha=alpha, beta=beta, ties=config.ties)
         info["command"] = command
         write_report(out, report, info, logits, labels)
     logger.info(table(["", "accuracy %", "mean class accuracy %"], member_rows(report)).rstrip())
