@@ -5,7 +5,7 @@ is exported (``inference_function``, ``ensemble_function``), the files and the f
 
 * StableHLO (``jax.export``): the serialised function of (weights, images), its batch dimension
   symbolic, lowered for the CPU and CUDA, with its weights beside it (``model.weights.npz``);
-  loadable with jax and NumPy alone (``load_stablehlo``). For an ensemble, one function
+  loaded by ``load_stablehlo`` (the files alone need only jax and NumPy). For an ensemble, one function
   holds every member and the T2V decision (``ensemble.t2v_predict``): it returns the members'
   probabilities (M, N, C) and the decided class (N,).
 * ONNX: one graph per network, compiled from the inference function's jaxpr by
@@ -100,7 +100,7 @@ def to_stablehlo(function: Callable, input_size: int) -> tuple[bytes, dict]:
 
 def load_stablehlo(path: str | os.PathLike) -> Callable:
     """A function exported by ``export_runs``: its ``model.stablehlo`` (``model.weights.npz``
-    beside it) or the export folder holding both; callable on uint8 images with jax alone."""
+    beside it) or the export folder holding both; callable on uint8 images."""
     from flax import traverse_util
 
     path = Path(path)
