@@ -14,7 +14,7 @@ epochs, flip only; docs/method.md 7):
   R18+FAML-FGA the final population of --fga-workdir (an experiments.evolve workdir), if given
 
 then evaluates each row's networks together and writes ``table6.md``, ``table6.json`` (fractions)
-and ``fig7.png`` in the workdir, with the paper's RAF-DB numbers beside ours; a report folder per
+and ``fig7.png`` (``--format pdf|svg``: fig7.pdf, fig7.svg) in the workdir, with the paper's RAF-DB numbers beside ours; a report folder per
 row under ``reports/`` (its ensemble and Table 1 ranks). Per row: its number of networks; the
 origin both ways, one network (``--origin-network``: the best, default, the median or the first
 seed's; the paper's origin is one network's accuracy) and the mean ± sd of all; T2V, T1V and NOI
@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 
 from experiments.cli import OneLineErrorParser, UsageError, run_cli
-from experiments.flags import add_run_arguments, kept_on_resume, resolve_config
+from experiments.flags import add_format_argument, add_run_arguments, kept_on_resume, resolve_config
 from faml_jax import ensemble, paper
 from faml_jax.paper.architectures import ORIGIN_RULES
 from faml_jax.paper.networks import PretrainedStartsMissing
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="noi",
         help="how T2V and T1V break a tie: by NOI, then the lowest class (default), or the lowest class alone",
     )
+    add_format_argument(parser, "Fig. 7 and the reports' confusion matrices")
     return parser
 
 
@@ -111,6 +112,7 @@ def main(argv=None) -> int:
                 resume=args.resume,
                 progress=not args.no_progress,
                 keep_recorded=kept_on_resume(args),
+                figure_format=args.format,
             )
         except PretrainedStartsMissing as error:  # worded with table6's arguments: here, with the flags
             raise UsageError(error.worded("--backbones DIR", "--from-scratch")) from None

@@ -119,10 +119,11 @@ def table2(
     progress: bool = True,
     keep_recorded: tuple[str, ...] = (),
     from_scratch: bool = False,
+    figure_format: str = "png",
 ) -> dict:
     """Train and combine everything Table 2 needs in ``workdir``; returns the table (also in
     table2.json). On a real data set every network starts from ``base.init`` (the paper's
-    pre-trained ResNet18); a ``base`` without one is refused unless ``from_scratch``."""
+    pre-trained ResNet18); a ``base`` without one is refused unless ``from_scratch``. ``figure_format``: the reports' confusion matrices (png, pdf or svg)."""
     workdir = Path(workdir)
     check_networks(networks)
     check_pretrained_starts(
@@ -139,7 +140,7 @@ def table2(
         ("R18+FAML-T2V", [(f"seed{s}", d) for s, d in zip(seeds, faml_dirs)], "faml-t2v"),
         ("R18+FAML-FGA-T2V", runs.population_members(fga_dir), "faml-fga-t2v"),
     ]:
-        table[row] = _ensemble_row(row, members, workdir / "reports" / folder, progress)
+        table[row] = _ensemble_row(row, members, workdir / "reports" / folder, progress, figure_format)
     for row in ROWS:
         table[row]["paper"] = paper_accuracy(base.data.dataset, row, networks)
     result = {
@@ -206,11 +207,16 @@ def _fga_row(
     )
 
 
-def _ensemble_row(row: str, members: list[tuple[str, Path]], out: Path, progress: bool) -> dict:
+def _ensemble_row(row: str, members: list[tuple[str, Path]], out: Path, progress: bool, figure_format: str) -> dict:
     """A T2V row: the ensemble report of ``members`` in ``out`` and its T2V, T1V and NOI accuracies."""
     logger.info(f"== {row}")
     result = report.ensemble_report(
-        members, out, overwrite=True, progress=progress, command=f"experiments.ablation ({row})"
+        members,
+        out,
+        overwrite=True,
+        progress=progress,
+        command=f"experiments.ablation ({row})",
+        figure_format=figure_format,
     )
     return {
         "accuracy": result["ensemble"]["t2v"]["accuracy"],
