@@ -212,3 +212,56 @@ def test_an_fga_population_of_another_size_is_refused_unless_accepted(tmp_path, 
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "--fga-any-size" in err and "holds 4 networks" in err, err
     assert not (tmp_path / "w").exists()
+
+
+def test_fig7_joins_each_rule_in_order_of_origin_beside_the_papers_hollow_points(monkeypatch):
+    """Fig. 7 of a hand-made table: each decision's points joined in order of origin (ours
+    filled, the paper's hollow, its gains the differences of its Table 6), the paper's origin
+    (one network) drawn by default and said in the title; the mean on request, said too; labels
+    of rows whose origins lie close together clear of each other."""
+    from matplotlib.colors import to_rgba
+
+    from faml_jax import figures
+    from faml_jax.paper.figure7 import draw_figure7, figure7_points, paper_figure7_points
+
+    logits, labels = origin_logits()
+    rows = {}
+    for k, row in enumerate(["VGG16", "R18", "ResNet34", "RI18"]):  # not in order of origin
+        r = table6_row(logits[k:], labels, 1.9, 1.0, names=["a", "b", "c", "d"][k:])
+        rows[row] = r
+    result = {"dataset": "synthetic", "networks": 4, "origin_rule": "best", "rows": rows}
+    ours = figure7_points(result)
+    assert [p["origin"] for p in ours] == [100 * r["origin_single"] for r in rows.values()]
+    assert ours[0]["gains"]["t2v"] == pytest.approx(100 * (rows["VGG16"]["t2v"] - rows["VGG16"]["origin_single"]))
+    assert figure7_points(result, "mean")[0]["origin"] == 100 * rows["VGG16"]["origin"]
+    paper = paper_figure7_points(rows)
+    assert {p["label"]: p["origin"] for p in paper} == {"VGG16": 83.83, "R18": 88.62, "ResNet34": 85.53, "RI18": 85.40}
+    assert paper[2]["gains"] == pytest.approx({"t2v": 3.71, "t1v": 3.32, "noi": 3.68})  # 89.24 - 85.53, ...
+    fig = draw_figure7(ours, paper, "ours", "origin (%)", "Fig. 7")
+    for ax, hollow in zip(fig.axes, (False, True)):
+        lines = [line for line in ax.get_lines() if line.get_marker() in ("o", "s", "^")]
+        assert len(lines) == 3  # one per decision
+        for line in lines:
+            xs = list(line.get_xdata())
+            assert xs == sorted(xs) and len(xs) == 4
+            face = to_rgba(line.get_markerfacecolor())
+            assert (face == to_rgba("white")) == hollow and (line.get_linestyle() == "--") == hollow
+    assert figures.overlapping_text(fig) == [] and figures.text_outside(fig) == []
+    titles = {"single": "over one network (the paper's origin)", "mean": "over the networks' mean (not the paper's"}
+    import faml_jax.paper.figure7 as figure7_module
+
+    seen = []
+    drawn = figure7_module.draw_figure7
+    monkeypatch.setattr(figure7_module, "draw_figure7", lambda *args: seen.append(args) or drawn(*args))
+    assert figure7_module.figure7(result).startswith(b"\x89PNG")
+    assert figure7_module.figure7(result, "svg", origin="mean").startswith(b"<?xml")
+    (_, _, _, xlabel, title), (_, _, _, mean_xlabel, mean_title) = seen
+    assert titles["single"] in title and "one network's test accuracy (the best of each row's 4)" in xlabel
+    assert titles["mean"] in mean_title and "the mean test accuracy of each row's 4 networks" in mean_xlabel
+    # Seven rows whose origins lie within 0.3 points: their labels stack in lanes, none over another.
+    crowded = [
+        {"label": f"row number {i}", "origin": 85.0 + 0.05 * i, "gains": dict.fromkeys(("t2v", "t1v", "noi"), 1.0 + i)}
+        for i in range(7)
+    ]
+    fig = draw_figure7(crowded, paper, "ours", "origin (%)", "Fig. 7")
+    assert figures.overlapping_text(fig) == [] and figures.text_outside(fig) == []

@@ -214,10 +214,13 @@ def table6(
         "origin_rule": origin,
         "paper_origin": PAPER_ORIGIN,
         "ties": ties,
+        "figure": f"fig7.{figure_format}",
         "rows": result_rows,
     }
     write_json(workdir / "table6.json", result)
     write_atomic(workdir / "table6.md", table6_markdown(result))
+    from faml_jax.paper.figure7 import figure7  # (it reads this module's numbers)
+
     write_atomic(workdir / f"fig7.{figure_format}", payload=figure7(result, figure_format))
     logger.info(table6_markdown(result))
     return result
@@ -364,10 +367,10 @@ def table6_markdown(result: dict) -> str:
         "accuracy (R18's 88.62 and R18+FAML's 90.32 are its single-model numbers), so this is the column to "
         "compare with the paper's; and the **mean ± sd** of the row's networks. T2V, T1V (Bagging) and NOI: the "
         "ensemble of all the row's networks, with its gain over the one network / over the mean "
-        f"(docs/method.md 7). T2V and T1V ties {TIE_WORDS[result.get('ties', 'noi')]}. Fig. 7: fig7.png (gains "
-        "over the one network).\n",
+        f"(docs/method.md 7). T2V and T1V ties {TIE_WORDS[result.get('ties', 'noi')]}. Fig. 7: "
+        f"{result.get('figure', 'fig7.png')} (gains over the one network).\n",
         "| basic network | nets | origin: one network | origin: mean ± sd | T2V (gain: one / mean) | "
-        "T1V, Bagging (gain) | NOI (gain) | paper (RAF-DB): origin / T2V / T1V / NOI | what |",
+        "T1V, Bagging (gain: one / mean) | NOI (gain: one / mean) | paper (RAF-DB): origin / T2V / T1V / NOI | what |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
 
@@ -384,61 +387,3 @@ def table6_markdown(result: dict) -> str:
             f"{pct(r['origin'])} ± {pct(r['origin_sd'])} | {decisions} | {paper} | {r['what']} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def figure7_points(result: dict) -> list[dict]:
-    """Fig. 7's points from a Table 6 result: per basic network its origin accuracy and the gain
-    of each decision (%), rows sharing their networks (RI18 and R18 without backbones) as one
-    point labelled "RI18 = R18"."""
-    points: dict[tuple, dict] = {}
-    for row, r in result["rows"].items():
-        numbers = (100 * r["origin"], *(100 * r[f"{s}_gain"] for s in DECISIONS))
-        point = points.setdefault(
-            numbers, {"label": row, "origin": numbers[0], "gains": dict(zip(DECISIONS, numbers[1:]))}
-        )
-        if point["label"] != row:
-            point["label"] += f" = {row}"
-    return list(points.values())
-
-
-FIG7_DECISIONS = (("t2v", "o", "T2V"), ("noi", "s", "NOI"), ("t1v", "^", "T1V"))
-
-
-def draw_figure7(points: list[dict], title: str):
-    """Fig. 7 at the paper's column width: per basic network (``points``: label, origin %, gains
-    in points per decision) its three gains above its origin accuracy, joined by a line, one
-    colour per network and one marker per decision; the networks and the decisions in two
-    legends below the plot, so no label is drawn over a point or another label."""
-    from matplotlib.lines import Line2D
-
-    from faml_jax import figures
-
-    with figures.style():
-        fig = figures.new_figure(figures.COLUMN, 3.2 + 0.16 * len(points))
-        ax = fig.add_subplot()
-        colours = [f"C{i % 10}" for i in range(len(points))]
-        for point, colour in zip(points, colours):
-            gains = [point["gains"][s] for s, _, _ in FIG7_DECISIONS]
-            ax.plot([point["origin"]] * 2, [min(gains), max(gains)], color=colour, linewidth=0.8)
-            for (_, marker, _), gain in zip(FIG7_DECISIONS, gains):
-                ax.plot(point["origin"], gain, marker=marker, color=colour, linestyle="none")
-        ax.axhline(0.0, color="grey", linewidth=0.5)
-        ax.set_xlabel("origin: the networks' mean test accuracy (%)")
-        ax.set_ylabel("gain of the ensemble (points)")
-        ax.set_title(title)
-        networks = [
-            Line2D([], [], color=c, marker="o", linestyle="-", label=p["label"]) for p, c in zip(points, colours)
-        ]
-        decisions = [Line2D([], [], color="black", marker=m, linestyle="none", label=n) for _, m, n in FIG7_DECISIONS]
-        first = fig.legend(handles=networks, loc="outside lower left", ncols=1, title="basic network")
-        fig.legend(handles=decisions, loc="outside lower right", ncols=1, title="decision")
-        first.set_in_layout(True)
-    return fig
-
-
-def figure7(result: dict, format: str = "png") -> bytes:
-    """Fig. 7 as a file in ``format`` (png, pdf or svg): ``draw_figure7`` of ``figure7_points``."""
-    from faml_jax import figures
-
-    title = f"Fig. 7 on {result['dataset']}: T2V, NOI and T1V\nof {result['networks']} networks per basic network"
-    return figures.save(draw_figure7(figure7_points(result), title), format)
