@@ -117,28 +117,30 @@ def _draw_rules(ax, points: list[dict], hollow: bool) -> None:
 def draw_figure7(ours: list[dict], paper: list[dict], ours_title: str, xlabel: str, title: str):
     """Fig. 7 across the page: our points (left: filled markers, solid lines) and the paper's
     (right, RAF-DB: hollow markers, dashed lines), each decision's points joined in order of
-    origin, the gains on one scale; the rows named in lanes at the top of each panel (no label
+    origin, each panel on its own scale (so that the paper's trend shows beside gains of another
+    size); the rows named in lanes at the top of each panel (no label
     over another or over another's line), the decisions and ours/paper in one legend below."""
     from matplotlib.lines import Line2D
 
     with figures.style():
         fig = figures.new_figure(figures.PAGE, 3.6)
-        axes = fig.subplots(1, 2, sharey=True)
+        axes = fig.subplots(1, 2)
         panels = [(axes[0], ours, False, ours_title, xlabel)]
         panels.append((axes[1], paper, True, "the paper (RAF-DB, Table 6)", "origin: one network's test accuracy (%)"))
-        gains = [g for _, points, _, _, _ in panels for p in points for g in p["gains"].values()] or [0.0]
-        low, high = min(min(gains), 0.0), max(max(gains), 0.0)
-        span = max(high - low, 1e-6)
+        spans = []
         for ax, points, hollow, heading, label in panels:
             _draw_rules(ax, points, hollow)
             ax.axhline(0.0, color="grey", linewidth=0.5)
             ax.set_title(heading)
             ax.set_xlabel(label)
+            ax.set_ylabel("gain over the origin (points)")
             origins = [p["origin"] for p in points] or [0.0]
             spread = max(max(origins) - min(origins), 1.0)
             ax.set_xlim(min(origins) - 0.1 * spread, max(origins) + 0.1 * spread)
-        axes[0].set_ylabel("gain of the ensemble over the origin (points)")
-        axes[0].set_ylim(low - 0.05 * span, high + 0.05 * span)
+            gains = [g for p in points for g in p["gains"].values()] or [0.0]
+            low, high = min(min(gains), 0.0), max(max(gains), 0.0)
+            spans.append((low, max(high - low, 1e-6)))
+            ax.set_ylim(low - 0.05 * spans[-1][1], high + 0.05 * spans[-1][1])
         handles = [Line2D([], [], color=c, marker=m, label=n) for _, m, n, c in FIG7_DECISIONS]
         handles += [
             Line2D([], [], color="black", marker="o", label="ours: filled, solid"),
@@ -154,10 +156,11 @@ def draw_figure7(ours: list[dict], paper: list[dict], ours_title: str, xlabel: s
         ]
         fig.legend(handles=handles, loc="outside lower center", ncols=5)
         fig.suptitle(title)
-        lanes = max(_label_lanes(fig, ax, points) for ax, points, _, _, _ in panels)
-        # The labels' lanes above the data: the data in the axes' lower part.
-        share = max(1 - lanes - 0.04, 0.3)
-        axes[0].set_ylim(low - 0.05 * span, low - 0.05 * span + 1.1 * span / share)
+        for (ax, points, _, _, _), (low, span) in zip(panels, spans):
+            lanes = _label_lanes(fig, ax, points)
+            # The labels' lanes above the data: the data in the axes' lower part.
+            share = max(1 - lanes - 0.04, 0.3)
+            ax.set_ylim(low - 0.05 * span, low - 0.05 * span + 1.1 * span / share)
     return fig
 
 
