@@ -93,6 +93,7 @@ def main(argv=None) -> int:
             member_parallel=args.member_parallel,
             progress=not args.no_progress,
             keep_recorded=kept_on_resume(args),
+            from_scratch=args.from_scratch,
             figure_format=args.format,
         )
 

@@ -13,15 +13,20 @@ epochs, flip only; docs/method.md 7):
   R18+FAML     the paper's network, its ML loss      (backbone msceleb)
   R18+FAML-FGA the final population of --fga-workdir (an experiments.evolve workdir), if given
 
-then evaluates each row's networks together (origin: their mean accuracy, spread and the first
-one's; T2V, T1V and NOI over all of them) and writes ``table6.md``, ``table6.json`` (fractions)
-and ``fig7.png`` (``--format pdf|svg``: fig7.pdf, fig7.svg; the gain of T2V, NOI and T1V against
-the origin accuracy, one point per row) in the workdir, with the paper's RAF-DB numbers beside ours; a report folder per row
-under ``reports/`` (its ensemble and Table 1 ranks). ``--backbones DIR`` holds one converted
-backbone per row, named as above (``python -m tools.convert_torch --arch ARCH FILE DIR/NAME``);
-without it every network starts from random weights (allowed on the real data sets with
---from-scratch only), and RI18 and R18 are then the same networks. An interrupted table continues
-with ``--resume`` (finished runs are kept; one made with another configuration is refused).
+then evaluates each row's networks together and writes ``table6.md``, ``table6.json`` (fractions)
+and ``fig7.png`` (``--format pdf|svg``: fig7.pdf, fig7.svg) in the workdir, with the paper's RAF-DB numbers beside ours; a report folder per
+row under ``reports/`` (its ensemble and Table 1 ranks). Per row: its number of networks; the
+origin both ways, one network (``--origin-network``: the best, default, the median or the first
+seed's; the paper's origin is one network's accuracy) and the mean ± sd of all; T2V, T1V and NOI
+over all of them, with their gains over both (``--ties``: how T2V and T1V break a tie). Fig. 7:
+the gain of T2V, NOI and T1V against the one-network origin, one point per row and rule.
+
+``--backbones DIR`` holds one converted backbone per row, named as above (``python -m
+tools.convert_torch --arch ARCH FILE DIR/NAME``); without it every network starts from random
+weights (allowed on the real data sets with --from-scratch only), and RI18 and R18 are then the
+same networks. The --fga-workdir population must hold --networks networks (--fga-any-size accepts
+another size). An interrupted table continues with ``--resume`` (finished runs are kept; one made
+with another configuration is refused).
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ from pathlib import Path
 
 from experiments.cli import OneLineErrorParser, UsageError, run_cli
 from experiments.flags import add_format_argument, add_run_arguments, kept_on_resume, resolve_config
-from faml_jax import paper
+from faml_jax import ensemble, paper
+from faml_jax.paper.architectures import ORIGIN_RULES
+from faml_jax.paper.networks import PretrainedStartsMissing
 from faml_jax.workdir import process_workdir
 
 
@@ -50,6 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--backbones", metavar="DIR", help="one converted backbone per row: ri18, resnet34, vgg16, ...")
     parser.add_argument("--fga-workdir", metavar="DIR", help=f"an experiments.evolve workdir: the {paper.FGA_ROW} row")
+    parser.add_argument(
+        "--fga-any-size",
+        action="store_true",
+        help=f"accept a {paper.FGA_ROW} population of another size than --networks (refused otherwise)",
+    )
+    parser.add_argument(
+        "--origin-network",
+        choices=ORIGIN_RULES,
+        default="best",
+        help="the one network of each row's single-network origin: its best (default), median or first seed's",
+    )
+    parser.add_argument(
+        "--ties",
+        choices=ensemble.TIES,
+        default="noi",
+        help="how T2V and T1V break a tie: by NOI, then the lowest class (default), or the lowest class alone",
+    )
     add_format_argument(parser, "Fig. 7 and the reports' confusion matrices")
     return parser
 
@@ -69,22 +93,29 @@ def main(argv=None) -> int:
             raise UsageError("--overwrite is not supported here: delete the workdir to start again")
         if args.backbones is not None and not Path(args.backbones).is_dir():
             raise UsageError(f"--backbones {args.backbones} is not a folder")
-        if args.backbones is not None:  # the rows' backbones stand for --init in the data set's check
-            args.from_scratch = True
+        from_scratch = args.from_scratch
+        args.from_scratch = True  # the table checks the rows' starts (--backbones or --from-scratch), not --init
         base = resolve_config(args)
         workdir = process_workdir(Path(args.workdir or f"runs/table6-{args.dataset}-seed{args.seed}"))
-        paper.table6(
-            base,
-            workdir,
-            rows=tuple(r.strip() for r in args.rows.split(",")) if args.rows else None,
-            networks=args.networks,
-            backbones=args.backbones,
-            fga_workdir=args.fga_workdir,
-            resume=args.resume,
-            progress=not args.no_progress,
-            keep_recorded=kept_on_resume(args),
-            figure_format=args.format,
-        )
+        try:
+            paper.table6(
+                base,
+                workdir,
+                rows=tuple(r.strip() for r in args.rows.split(",")) if args.rows else None,
+                networks=args.networks,
+                backbones=args.backbones,
+                fga_workdir=args.fga_workdir,
+                from_scratch=from_scratch,
+                any_fga_size=args.fga_any_size,
+                origin=args.origin_network,
+                ties=args.ties,
+                resume=args.resume,
+                progress=not args.no_progress,
+                keep_recorded=kept_on_resume(args),
+                figure_format=args.format,
+            )
+        except PretrainedStartsMissing as error:  # worded with table6's arguments: here, with the flags
+            raise UsageError(error.worded("--backbones DIR", "--from-scratch")) from None
 
     return run_cli(build_parser(), argv, body)
 

@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--alpha", type=float, default=ensemble.ALPHA, help="T2V weight of a top-1 vote (1.9)")
     parser.add_argument("--beta", type=float, default=ensemble.BETA, help="T2V weight of a top-2 vote (1.0)")
+    parser.add_argument(
+        "--ties",
+        choices=ensemble.TIES,
+        default="noi",
+        help="how T2V and T1V break a tie: by NOI, then the lowest class (default), or the lowest class alone",
+    )
     parser.add_argument("--out", help="report folder (default: <population>/ensemble, else runs/ensemble)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in --out")
     parser.add_argument("--data-dir", help="the data set's folder, if it moved since training")
@@ -95,7 +101,9 @@ def main(argv=None) -> int:
             raise UsageError("two members have the same name: " + ", ".join(name for name, _ in members))
         out = args.out or (str(Path(args.population) / "ensemble") if args.population else "runs/ensemble")
         command = "python -m experiments.ensemble " + " ".join(sys.argv[1:] if argv is None else argv)
-        config = EnsembleConfig(alpha=args.alpha, beta=args.beta, checkpoint=args.checkpoint, order=args.order)
+        config = EnsembleConfig(
+            alpha=args.alpha, beta=args.beta, checkpoint=args.checkpoint, order=args.order, ties=args.ties
+        )
         ensemble_report(
             members,
             out,

@@ -68,6 +68,12 @@ def build_parser():
         help="how an ensemble decides: T2V top-two voting (default), T1V majority, NOI summed softmax",
     )
     parser.add_argument(
+        "--ties",
+        choices=["noi", "lowest"],
+        default="noi",
+        help="how T2V and T1V break a tie: by NOI, then the lowest class (default), or the lowest class alone",
+    )
+    parser.add_argument(
         "--faces",
         choices=list(photos.FACE_SOURCES),
         default="detect",
@@ -109,7 +115,9 @@ def main(argv=None) -> int:
         if bool(args.run) == bool(args.population):
             raise UsageError("give --run DIR (one or more) or --population DIR")
         check_generation(args)
-        kwargs = dict(strategy=args.strategy, ensemble_config=EnsembleConfig(), batch_size=args.batch_size)
+        kwargs = dict(
+            strategy=args.strategy, ensemble_config=EnsembleConfig(ties=args.ties), batch_size=args.batch_size
+        )
         if args.population:
             predictor = predict.Predictor.from_population(
                 args.population, args.checkpoint, generation=args.generation, **kwargs

@@ -506,12 +506,15 @@ class EnsembleConfig:
         (selected on the test split: optimistic).
       order: the order in which members join in the ensemble-size table: as "given", or by
         "accuracy" (best first).
+      ties: how a tie in T2V's or T1V's score is broken (docs/method.md 4 [choice]): "noi" by
+        NOI, then the lowest class index (default); "lowest" by the lowest class index alone.
     """
 
     alpha: float = 1.9
     beta: float = 1.0
     checkpoint: Literal["final", "best"] = "final"
     order: Literal["given", "accuracy"] = "given"
+    ties: Literal["noi", "lowest"] = "noi"
 
     def __post_init__(self):
         if not (math.isfinite(self.alpha) and self.alpha > 0 and math.isfinite(self.beta) and self.beta >= 0):
@@ -523,5 +526,7 @@ class EnsembleConfig:
             )
         if self.checkpoint not in ("final", "best"):
             raise ConfigError(f"checkpoint must be 'final' or 'best', got {self.checkpoint!r}")
+        if self.ties not in ("noi", "lowest"):
+            raise ConfigError(f"ties must be 'noi' or 'lowest', got {self.ties!r}")
         if self.order not in ("given", "accuracy"):
             raise ConfigError(f"order must be 'given' or 'accuracy', got {self.order!r}")

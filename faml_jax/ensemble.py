@@ -14,8 +14,10 @@ classes' scores (e.g. alpha 0.7, beta 0.3: 6 and 0 votes against 3 and 7) into a
 
 Ties. A member's top-1 and top-2 classes are its largest and second-largest logits, equal logits
 going to the lower class index (as ``argmax`` does). Votes are counted as integers before they
-are weighted, so members voting alike give bit-equal scores; a tie in the ensemble score is broken
-by NOI, then by the lowest class index (docs/method.md 4 [choice]).
+are weighted, so members voting alike give bit-equal scores. A tie in T2V's or T1V's score is
+broken by ``ties`` (docs/method.md 4 [choice]): "noi" (default) by NOI, then by the lowest class
+index; "lowest" by the lowest class index alone. With an even number of voters T1V ties often
+(3-3 of 6), so the rule moves T1V's (Bagging's) accuracy toward NOI's under "noi".
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from faml_jax.preprocess import normalize
 # outweigh one first place); defined once, in EnsembleConfig.
 ALPHA, BETA = EnsembleConfig.alpha, EnsembleConfig.beta
 STRATEGIES = ("t1v", "noi", "t2v")
+TIES = ("noi", "lowest")  # how a tie in T2V's or T1V's score is broken (docs/method.md 4)
 
 Mapping = Literal["map", "vmap"]
 # How members are mapped in ``ensemble_logits``, per backend, by measurement (``make bench``,
@@ -111,15 +114,29 @@ def argmax_with_tiebreak(scores: jax.Array, tiebreak: jax.Array) -> jax.Array:
     return jnp.argmax(jnp.where(best, tiebreak, -jnp.inf), axis=-1).astype(jnp.int32)
 
 
-def t2v_predict(logits: jax.Array, alpha: float = ALPHA, beta: float = BETA) -> jax.Array:
-    """T2V's decision: argmax of Eq. 12, ties broken by NOI then the lowest class: (B,) int32."""
-    return argmax_with_tiebreak(t2v_scores(logits, alpha, beta), noi_scores(logits))
+def _check_ties(ties: str) -> None:
+    if ties not in TIES:
+        raise ConfigError(f"unknown tie rule {ties!r}; expected one of {', '.join(TIES)}")
 
 
-@jax.jit
-def t1v_predict(logits: jax.Array) -> jax.Array:
-    """Majority vote of the members' top-1 classes, ties broken by NOI then the lowest class."""
-    return argmax_with_tiebreak(t1v_scores(logits), noi_scores(logits))
+def _decide(scores: jax.Array, logits: jax.Array, ties: str) -> jax.Array:
+    """argmax of ``scores``; equal maxima broken by NOI then the lowest class ("noi"), or by the
+    lowest class alone ("lowest")."""
+    _check_ties(ties)
+    if ties == "lowest":
+        return jnp.argmax(scores, axis=-1).astype(jnp.int32)
+    return argmax_with_tiebreak(scores, noi_scores(logits))
+
+
+def t2v_predict(logits: jax.Array, alpha: float = ALPHA, beta: float = BETA, ties: str = "noi") -> jax.Array:
+    """T2V's decision: argmax of Eq. 12, ties broken by ``ties`` ("noi": NOI then the lowest
+    class; "lowest": the lowest class): (B,) int32."""
+    return _decide(t2v_scores(logits, alpha, beta), logits, ties)
+
+
+def t1v_predict(logits: jax.Array, ties: str = "noi") -> jax.Array:
+    """Majority vote of the members' top-1 classes, ties broken by ``ties`` (as ``t2v_predict``)."""
+    return _decide(t1v_scores(logits), logits, ties)
 
 
 @jax.jit
@@ -128,12 +145,16 @@ def noi_predict(logits: jax.Array) -> jax.Array:
     return jnp.argmax(noi_scores(logits), axis=-1).astype(jnp.int32)
 
 
-def predict(logits: jax.Array, strategy: str = "t2v", alpha: float = ALPHA, beta: float = BETA) -> jax.Array:
-    """The ensemble's decision by ``strategy`` ("t1v", "noi" or "t2v"): (B,) int32."""
+def predict(
+    logits: jax.Array, strategy: str = "t2v", alpha: float = ALPHA, beta: float = BETA, ties: str = "noi"
+) -> jax.Array:
+    """The ensemble's decision by ``strategy`` ("t1v", "noi" or "t2v"; ``ties``: how T2V and T1V
+    break a tie, ``TIES``): (B,) int32."""
+    _check_ties(ties)
     if strategy == "t2v":
-        return t2v_predict(logits, alpha, beta)
+        return t2v_predict(logits, alpha, beta, ties)
     if strategy == "t1v":
-        return t1v_predict(logits)
+        return t1v_predict(logits, ties)
     if strategy == "noi":
         return noi_predict(logits)
     raise ConfigError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
@@ -208,6 +229,7 @@ def analyse(
     order: str = "given",
     alpha: float = ALPHA,
     beta: float = BETA,
+    ties: str = "noi",
 ) -> dict:
     """Everything the report shows, from the members' test logits (M, N, C) and the labels (N,).
 
@@ -221,7 +243,7 @@ def analyse(
     best = int(np.argmax([s["accuracy"] for s in singles]))  # first of equals
 
     def decide(subset: np.ndarray) -> dict:
-        return {s: decision_metrics(np.asarray(predict(subset, s, alpha, beta)), labels, c) for s in STRATEGIES}
+        return {s: decision_metrics(np.asarray(predict(subset, s, alpha, beta, ties)), labels, c) for s in STRATEGIES}
 
     if order == "given":
         sequence = list(range(m))
@@ -242,6 +264,7 @@ def analyse(
         "classes": list(classes),
         "alpha": alpha,
         "beta": beta,
+        "ties": ties,
         "members": [
             {"name": n, "accuracy": s["accuracy"], "mean_class_accuracy": s["mean_class_accuracy"]}
             for n, s in zip(names, singles)

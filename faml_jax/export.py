@@ -204,6 +204,10 @@ def export_runs(
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
         raise ConfigError(f"unknown export format(s) {unknown}; expected some of {', '.join(FORMATS)}")
+    if ensemble_config.ties != "noi":  # the exported decision breaks ties by NOI (docs/method.md 4)
+        raise ConfigError(
+            f"an export breaks T2V's ties by NOI, then the lowest class: ties={ensemble_config.ties!r} is not exported"
+        )
     paths = [Path(p) for p in workdirs]
     names, loaded = _load_networks(paths, names, checkpoint)
     out = Path(out).absolute()

@@ -47,8 +47,8 @@ class Prediction:
       probabilities: (M, N, C) each network's softmax.
       scores: (N, C) the ensemble's scores under ``strategy``: T2V's weighted votes (Eq. 12),
         T1V's vote counts, or NOI's summed softmax (Eq. 13); for one network, its softmax.
-      decision: (N,) the decided class (ties broken as in ``faml_jax.ensemble``: NOI, then the
-        lowest class index).
+      decision: (N,) the decided class (a T2V or T1V tie broken by the predictor's ``ties``: NOI
+        then the lowest class index, or the lowest class index).
       confidence: (N,) the members' mean probability of the decided class.
       member_top1: (M, N) each network's own top-1 class.
       strategy: "t2v", "t1v" or "noi".
@@ -94,7 +94,8 @@ class Predictor:
       variables: the members' ``{"params", "batch_stats"}``.
       names: a name per member (its run folder's name).
       strategy: how an ensemble decides (docs/method.md 4): "t2v" (default), "t1v" or "noi".
-      ensemble_config: T2V's weights (``EnsembleConfig``: alpha 1.9, beta 1.0).
+      ensemble_config: T2V's weights (``EnsembleConfig``: alpha 1.9, beta 1.0) and how T2V and
+        T1V break a tie (``ties``: NOI then the lowest class, or the lowest class).
       batch_size: at most this many faces per compiled call (``evaluate.call_size``: the last
         batch is padded to it; fewer faces in all are one call of their own number).
     """
@@ -120,7 +121,7 @@ class Predictor:
         self.config, self.names, self.strategy = config, list(names), strategy
         self.paths, self.checkpoint = [], None  # set by the from_* constructors
         self.epochs = list(epochs) if epochs is not None else None
-        self.alpha, self.beta = ensemble_config.alpha, ensemble_config.beta
+        self.alpha, self.beta, self.ties = ensemble_config.alpha, ensemble_config.beta, ensemble_config.ties
         self.batch_size = batch_size
         configs = list(configs) if configs is not None else [config] * len(variables)
         self.configs = configs
@@ -273,7 +274,7 @@ class Predictor:
             "t1v": lambda: ensemble.t1v_scores(logits),
             "noi": lambda: ensemble.noi_scores(logits),
         }[strategy]()
-        decision = np.asarray(ensemble.predict(logits, strategy, self.alpha, self.beta), np.int32)
+        decision = np.asarray(ensemble.predict(logits, strategy, self.alpha, self.beta, self.ties), np.int32)
         if len(logits) == 1:
             scores = probabilities[0]
         confidence = probabilities.mean(0)[np.arange(len(decision)), decision]

@@ -102,6 +102,9 @@ def write_confusion(path: Path, counts: np.ndarray, classes: list[str], what: st
     path.write_bytes(figures.save(figures.confusion_figure(counts, classes, what, model), format))
 
 
+TIE_RULES = {"noi": "NOI, then the lowest class", "lowest": "the lowest class"}  # EnsembleConfig.ties, in words
+
+
 def markdown(report: dict, info: dict, figure_format: str = "png") -> str:
     classes = report["classes"]
     c = len(classes)
@@ -111,7 +114,8 @@ def markdown(report: dict, info: dict, figure_format: str = "png") -> str:
         f"Data set `{info['dataset']}`, test split: {report['num_test_images']} images, {c} classes. "
         f"{len(report['members'])} member(s) of model `{info['model']}`, each at its {info['checkpoint']} "
         f"checkpoint{' (selected on the test split: optimistic)' if info['checkpoint'] == 'best' else ''}. "
-        f"T2V: alpha = {report['alpha']}, beta = {report['beta']}; ties broken by NOI, then the lowest class.\n",
+        f"T2V: alpha = {report['alpha']}, beta = {report['beta']}; T2V and T1V ties broken by "
+        f"{TIE_RULES[report.get('ties', 'noi')]}.\n",
         f"Command: `{info['command']}`\n",
         "## Members and ensemble decisions (paper Table 6)\n",
         "Accuracy and mean class accuracy on the test split, %.\n",
@@ -231,7 +235,7 @@ def ensemble_report(
             progress=progress,
         )
         names = [name for name, _ in members]
-        report = analyse(logits, labels, names, classes, order=order, alpha=alpha, beta=beta)
+        report = analyse(logits, labels, names, classes, order=order, alpha=alpha, beta=beta, ties=config.ties)
         info["command"] = command
         write_report(out, report, info, logits, labels, figure_format)
     logger.info(table(["", "accuracy %", "mean class accuracy %"], member_rows(report)).rstrip())

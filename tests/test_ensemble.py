@@ -88,6 +88,64 @@ def test_ties_broken_by_noi_then_lowest_class():
     assert int(ensemble.t1v_predict(symmetric)[0]) == 2
 
 
+RAF_CLASSES = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
+
+
+def table3_example():
+    """The vote pattern of the paper's Table 3 example (docs/method.md 7), one RAF-DB face of
+    label anger and six networks: three rank anger first (weakly, 0.40) and another class second;
+    three rank fear first (confidently, 0.85) and anger second. As probabilities, so that NOI's
+    sums are read off by hand."""
+    rows = []
+    for second in ("disgust", "sadness", "surprise"):  # anger first, weakly
+        p = np.full(7, 0.05)
+        p[0], p[RAF_CLASSES.index(second)] = 0.40, 0.35
+        rows.append(p)
+    for _ in range(3):  # fear first, confidently; anger second
+        p = np.full(7, 0.01)
+        p[2], p[0] = 0.85, 0.10
+        rows.append(p)
+    probabilities = np.stack(rows)
+    assert np.allclose(probabilities.sum(-1), 1.0)
+    return np.log(probabilities).astype(np.float32)[:, None, :], np.array([0])
+
+
+@pytest.mark.parametrize("ties, t1v_class", [("noi", "fear"), ("lowest", "anger")])
+def test_the_papers_table3_example_under_both_tie_rules(ties, t1v_class):
+    """T1V ties 3-3 between anger and fear: NOI (anger 3 * 0.40 + 3 * 0.10 = 1.5 against fear
+    3 * 0.05 + 3 * 0.85 = 2.7) breaks it to fear, the lowest class index to anger (the label).
+    T2V is no tie (anger 3 * 1.9 + 3 * 1.0 = 8.7, fear 3 * 1.9 = 5.7): anger under both rules."""
+    logits, labels = table3_example()
+    np.testing.assert_allclose(ensemble.t1v_scores(logits)[0], [3, 0, 3, 0, 0, 0, 0])
+    np.testing.assert_allclose(ensemble.noi_scores(logits)[0, [0, 2]], [1.5, 2.7], rtol=1e-5)
+    np.testing.assert_allclose(ensemble.t2v_scores(logits)[0, [0, 2]], [8.7, 5.7], rtol=1e-6)
+    assert RAF_CLASSES[int(ensemble.t1v_predict(logits, ties)[0])] == t1v_class
+    assert RAF_CLASSES[int(ensemble.predict(logits, "t1v", ties=ties)[0])] == t1v_class
+    assert RAF_CLASSES[int(ensemble.t2v_predict(logits, ties=ties)[0])] == "anger"
+    assert RAF_CLASSES[int(ensemble.noi_predict(logits)[0])] == "fear"
+    # The report's analysis takes the rule: Bagging's (T1V's) accuracy on this face follows it.
+    report = ensemble.analyse(logits, labels, [f"net{i}" for i in range(6)], RAF_CLASSES, ties=ties)
+    assert report["ties"] == ties and report["ensemble"]["t1v"]["accuracy"] == float(t1v_class == "anger")
+    assert report["ensemble"]["t2v"]["accuracy"] == 1.0 and report["ensemble"]["noi"]["accuracy"] == 0.0
+
+
+def test_an_unknown_tie_rule_is_refused(capsys):
+    from experiments import ensemble as ensemble_program
+    from faml_jax.config import EnsembleConfig
+    from faml_jax.errors import ConfigError
+
+    logits, _ = table3_example()
+    with pytest.raises(ConfigError, match="unknown tie rule 'coin'"):
+        ensemble.predict(logits, "t2v", ties="coin")
+    with pytest.raises(ConfigError, match="ties must be 'noi' or 'lowest', got 'coin'"):
+        EnsembleConfig(ties="coin")
+    with pytest.raises(SystemExit) as exit_:
+        ensemble_program.main(["--members", "a", "b", "--ties", "coin"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--ties: invalid choice: 'coin'" in err, err
+
+
 def test_noi_by_hand():
     logits = np.log(np.array([[[0.5, 0.3, 0.2]], [[0.1, 0.2, 0.7]], [[0.2, 0.5, 0.3]]], np.float32))
     np.testing.assert_allclose(ensemble.noi_scores(logits)[0], [0.8, 1.0, 1.2], rtol=1e-6)

@@ -217,3 +217,15 @@ def test_the_onnx_compiler_refuses_a_primitive_without_a_converter_in_one_line()
 
     with pytest.raises(ConfigError, match=r"^ONNX export: no ONNX conversion for jax primitive 'sin'$"):
         to_onnx(lambda x: jnp.sin(x.astype(jnp.float32)).reshape(x.shape[0], -1), 4)
+
+
+def test_an_export_refuses_a_tie_rule_it_does_not_implement(tmp_path):
+    """The exported T2V decision breaks its ties by NOI: asked for ties="lowest" it refuses in one
+    line before anything is read or written."""
+    from faml_jax.config import EnsembleConfig
+
+    with pytest.raises(ConfigError, match=r"^an export breaks T2V's ties by NOI, then the lowest class: ties='lowest'"):
+        export.export_runs(
+            [tmp_path / "a", tmp_path / "b"], tmp_path / "out", ensemble_config=EnsembleConfig(ties="lowest")
+        )
+    assert not (tmp_path / "out").exists()

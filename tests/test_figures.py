@@ -8,28 +8,37 @@ import numpy as np
 import pytest
 
 from faml_jax import figures
-from faml_jax.paper.architectures import draw_figure7, figure7, figure7_points
+from faml_jax.paper.figure7 import draw_figure7, figure7, figure7_points, paper_figure7_points
 from faml_jax.paper.figure8 import choose_columns, draw_figure8
 
 CLASSES = ["anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"]
 
 
-def _row(origin, t2v, noi, t1v):
-    return {"origin": origin, "t2v_gain": t2v, "noi_gain": noi, "t1v_gain": t1v}
+def _row(origin, t2v, noi, t1v, single):
+    """A Table 6 row: the mean origin and the gains over it, and the one network's origin
+    (``single``) and the gains over it (the same ensembles)."""
+    gains = {"t2v": t2v, "noi": noi, "t1v": t1v}
+    return {
+        "origin": origin,
+        "origin_single": single,
+        **{f"{s}_gain": g for s, g in gains.items()},
+        **{f"{s}_gain_single": origin + g - single for s, g in gains.items()},
+    }
 
 
 # A small run's Table 6 (the issue's): RI18 and R18 share their networks, ResNet34 lies 0.3 points
-# to their right; the old Fig. 7 wrote "ResNet34" over "RI18 = R18".
+# to their right (by either origin); the old Fig. 7 wrote "ResNet34" over "RI18 = R18".
 TABLE6 = {
     "dataset": "synthetic",
     "networks": 2,
+    "origin_rule": "best",
     "rows": {
-        "RI18": _row(0.52, 0.021, 0.015, 0.01),
-        "ResNet34": _row(0.523, 0.0215, 0.012, 0.004),
-        "VGG16": _row(0.40, 0.03, 0.02, 0.01),
-        "DenseNet121": _row(0.55, 0.0, -0.01, -0.02),
-        "R18": _row(0.52, 0.021, 0.015, 0.01),
-        "R18+FAML": _row(0.58, 0.01, 0.012, -0.004),
+        "RI18": _row(0.52, 0.021, 0.015, 0.01, 0.53),
+        "ResNet34": _row(0.523, 0.0215, 0.012, 0.004, 0.533),
+        "VGG16": _row(0.40, 0.03, 0.02, 0.01, 0.42),
+        "DenseNet121": _row(0.55, 0.0, -0.01, -0.02, 0.555),
+        "R18": _row(0.52, 0.021, 0.015, 0.01, 0.53),
+        "R18+FAML": _row(0.58, 0.01, 0.012, -0.004, 0.59),
     },
 }
 
@@ -50,15 +59,23 @@ def test_the_overlap_finder_sees_a_label_drawn_over_another():
 
 
 def test_fig7_names_every_network_and_no_label_overlaps():
+    """Our points (by the paper's origin, one network) beside the paper's (RAF-DB, whose RI18 and
+    ResNet34 lie 0.13 points apart): every row named in both panels, no text over another, none
+    cut off."""
     points = figure7_points(TABLE6)
     assert [p["label"] for p in points] == ["RI18 = R18", "ResNet34", "VGG16", "DenseNet121", "R18+FAML"]
-    assert points[1]["gains"] == pytest.approx({"t2v": 2.15, "noi": 1.2, "t1v": 0.4})
-    fig = draw_figure7(points, "Fig. 7")
+    assert points[1]["origin"] == pytest.approx(53.3)
+    assert points[1]["gains"] == pytest.approx({"t2v": 1.15, "noi": 0.2, "t1v": -0.6})  # 52.3 + gain - 53.3
+    paper = paper_figure7_points(TABLE6["rows"])
+    fig = draw_figure7(points, paper, "ours (synthetic)", "origin (%)", "Fig. 7")
     assert figures.overlapping_text(fig) == [] and figures.text_outside(fig) == []
-    shown = {text for text, _ in figures.text_boxes(fig)}
-    assert {p["label"] for p in points} | {"T2V", "NOI", "T1V"} <= shown
-    # The paper's column: 3.3 in wide, 8-9 pt text.
-    assert fig.get_figwidth() == figures.COLUMN
+    shown = [text for text, _ in figures.text_boxes(fig)]
+    for label in ("ResNet34", "VGG16", "DenseNet121", "R18+FAML"):  # once in each panel
+        assert shown.count(label) == 2, label
+    for label in ("RI18 = R18", "RI18", "R18", "T2V", "NOI", "T1V", "ours: filled, solid", "paper: hollow, dashed"):
+        assert shown.count(label) == 1, label
+    # Across the paper's page: 6.9 in wide, 8-9 pt text.
+    assert fig.get_figwidth() == figures.PAGE
     assert all(8 <= t.get_fontsize() <= 9 for t in fig.findobj(lambda a: hasattr(a, "get_fontsize")))
 
 

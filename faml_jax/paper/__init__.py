@@ -5,8 +5,13 @@ with its rows, recipes, the paper's published numbers beside ours, and the table
 writers. ``experiments.ablation``, ``experiments.architectures`` and ``experiments.explain`` only
 parse flags and call these; a notebook can run either table with one call:
 
-    >>> from faml_jax import config, paper
+    >>> from faml_jax import paper, presets
     >>> result = paper.table6(presets.preset("synthetic"), networks=3, workdir="runs/table6")
+    >>> base = presets.preset("rafdb", from_scratch=True, data={"data_dir": "~/RAF-DB"})  # the rows' starts:
+    >>> result = paper.table6(base, "runs/table6-rafdb", backbones="backbones")           # one backbone per row
+
+On RAF-DB and AffectNet a table whose networks would start from random weights is refused (no
+``backbones`` for Table 6, no ``base.init`` for Table 2) unless ``from_scratch=True`` is passed.
 
 Every run has its own folder under the workdir, so an interrupted table continues with
 ``resume=True`` (finished runs are kept, and refused when they were made with another

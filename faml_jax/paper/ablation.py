@@ -14,7 +14,14 @@ import numpy as np
 from faml_jax import evolution, report, runs
 from faml_jax.config import FGAConfig, LossConfig, RunConfig
 from faml_jax.errors import ConfigError
-from faml_jax.paper.networks import check_fresh_workdir, check_networks, mean_sd, row_seeds, train_networks
+from faml_jax.paper.networks import (
+    check_fresh_workdir,
+    check_networks,
+    check_pretrained_starts,
+    mean_sd,
+    row_seeds,
+    train_networks,
+)
 from faml_jax.presets import with_preset
 from faml_jax.writer import write_atomic, write_json
 
@@ -111,12 +118,17 @@ def table2(
     member_parallel: bool = False,
     progress: bool = True,
     keep_recorded: tuple[str, ...] = (),
+    from_scratch: bool = False,
     figure_format: str = "png",
 ) -> dict:
     """Train and combine everything Table 2 needs in ``workdir``; returns the table (also in
-    table2.json). ``figure_format``: the reports' confusion matrices (png, pdf or svg)."""
+    table2.json). On a real data set every network starts from ``base.init`` (the paper's
+    pre-trained ResNet18); a ``base`` without one is refused unless ``from_scratch``. ``figure_format``: the reports' confusion matrices (png, pdf or svg)."""
     workdir = Path(workdir)
     check_networks(networks)
+    check_pretrained_starts(
+        "Table 2", base.data.dataset, base.init is not None, from_scratch, "base.init", " (preset(..., init=BACKBONE))"
+    )
     if fga.population != networks:
         raise ConfigError(f"FGA's population ({fga.population}) must be the number of networks ({networks})")
     check_fresh_workdir(workdir, resume, "an earlier ablation")

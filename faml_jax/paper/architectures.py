@@ -1,7 +1,8 @@
 """Table 6 and Fig. 7, T2V on other basic networks (docs/method.md 7): per row, networks of one
-architecture (one per seed, from its converted backbone or a random start), their mean accuracy
-(origin) and the T2V, T1V and NOI ensembles of all of them, with the paper's numbers beside;
-``table6`` trains, evaluates and writes it all in one workdir."""
+architecture (one per seed, from its converted backbone or a random start), the origin both ways
+(their mean ± sd, and one network chosen by ``ORIGIN_RULES``: the paper's column is one
+network's accuracy), the T2V, T1V and NOI ensembles of all of them and their gains over both,
+with the paper's numbers beside; ``table6`` trains, evaluates and writes it all in one workdir."""
 
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ import numpy as np
 from faml_jax import ensemble, report, runs
 from faml_jax.config import EnsembleConfig, LossConfig, RunConfig
 from faml_jax.errors import ConfigError
-from faml_jax.paper.networks import check_fresh_workdir, check_networks, mean_sd, row_seeds, train_networks
+from faml_jax.paper.networks import (
+    check_fresh_workdir,
+    check_networks,
+    check_pretrained_starts,
+    mean_sd,
+    row_seeds,
+    train_networks,
+)
 from faml_jax.presets import preset
 from faml_jax.records import config_to_json
 from faml_jax.writer import write_atomic, write_json
@@ -44,6 +52,14 @@ PAPER_TABLE6 = {
     "R18+FAML-FGA": (90.51, 91.59, 91.19, 91.26),
 }
 DECISIONS = ("t2v", "t1v", "noi")
+# The one network that gives a row's single-network origin (docs/method.md 7 [choice]): the paper's
+# origin is one network's accuracy (R18's 88.62 and R18+FAML's 90.32 are Tables 2 and 5's
+# single-model numbers, the network a paper reports). "best": the most accurate member (the first
+# of equals; selected on the test split, so its gains are the smallest: default); "median": the
+# lower of the middle members by accuracy; "first": the member of the first seed (an unselected draw).
+ORIGIN_RULES = ("best", "median", "first")
+# What the paper's origin column is: one network's accuracy, not a mean over networks.
+PAPER_ORIGIN = "single"
 
 
 def paper_table6(dataset: str, row: str) -> dict | None:
@@ -54,18 +70,53 @@ def paper_table6(dataset: str, row: str) -> dict | None:
     return dict(zip(("origin", *DECISIONS), (n / 100 for n in numbers)))
 
 
-def table6_row(logits: np.ndarray, labels: np.ndarray, alpha: float, beta: float) -> dict:
-    """One row of Table 6 from its members' test logits (M, N, C): origin (the members' mean
-    accuracy, their standard deviation and the first member's), the accuracy of T2V, T1V and
-    NOI over all M (Eq. 10-13), and each decision's gain over the mean origin."""
+def origin_network(singles: list[float], rule: str = "best") -> int:
+    """The index of the member that gives the single-network origin by ``rule`` (``ORIGIN_RULES``)."""
+    if rule not in ORIGIN_RULES:
+        raise ConfigError(f"unknown origin rule {rule!r}; expected one of {', '.join(ORIGIN_RULES)}")
+    if rule == "first":
+        return 0
+    if rule == "best":
+        return int(np.argmax(singles))  # the first of equals
+    by_accuracy = sorted(range(len(singles)), key=lambda i: (singles[i], i))
+    return by_accuracy[(len(singles) - 1) // 2]
+
+
+def table6_row(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    alpha: float,
+    beta: float,
+    *,
+    names: list[str] | None = None,
+    origin: str = "best",
+    ties: str = "noi",
+) -> dict:
+    """One row of Table 6 from its members' test logits (M, N, C): the origin both ways (the
+    members' mean accuracy and standard deviation; the accuracy of the member that ``origin``
+    chooses, ``ORIGIN_RULES``), the accuracy of T2V, T1V and NOI over all M (Eq. 10-13; T2V and
+    T1V ties broken by ``ties``), and each decision's gain over the mean (``<d>_gain``) and over
+    the one network (``<d>_gain_single``)."""
     logits, labels = np.asarray(logits, np.float32), np.asarray(labels)
+    names = list(names) if names is not None else [f"member{i}" for i in range(len(logits))]
     singles = [float(np.mean(np.argmax(member, -1) == labels)) for member in logits]
     mean, sd = mean_sd(singles)
-    row = {"origin": mean, "origin_sd": sd, "first": singles[0], "members": singles}
+    chosen = origin_network(singles, origin)
+    row = {
+        "networks": len(singles),
+        "origin": mean,
+        "origin_sd": sd,
+        "origin_single": singles[chosen],
+        "origin_network": names[chosen],
+        "origin_rule": origin,
+        "members": singles,
+        "member_names": names,
+    }
     for strategy in DECISIONS:
-        decided = np.asarray(ensemble.predict(logits, strategy, alpha, beta))
+        decided = np.asarray(ensemble.predict(logits, strategy, alpha, beta, ties))
         row[strategy] = float(np.mean(decided == labels))
         row[f"{strategy}_gain"] = row[strategy] - mean
+        row[f"{strategy}_gain_single"] = row[strategy] - singles[chosen]
     return row
 
 
@@ -94,6 +145,10 @@ def table6(
     networks: int = 6,
     backbones: str | os.PathLike | None = None,
     fga_workdir: str | os.PathLike | None = None,
+    from_scratch: bool = False,
+    any_fga_size: bool = False,
+    origin: str = "best",
+    ties: str = "noi",
     resume: bool = False,
     progress: bool = True,
     keep_recorded: tuple[str, ...] = (),
@@ -101,46 +156,88 @@ def table6(
 ) -> dict:
     """Train ``networks`` networks per row (seeds ``base.seed`` ..) and write Table 6
     (``table6.md``, ``table6.json``) and Fig. 7 (``fig7.<figure_format>``: png, pdf or svg) in ``workdir``, with a report
-    folder per row (``reports/<row>``: its ensemble and Table 1 ranks). ``rows``: default the
-    paper's five basic networks and R18+FAML, and R18+FAML-FGA (the final population of
-    ``fga_workdir``, an ``experiments.evolve`` workdir) when given. ``backbones``: a folder holding
-    one converted backbone per row (``TABLE6_ROWS``' names: ri18, resnet34, vgg16, densenet121,
-    msceleb); without it every network starts from random weights. Rows whose configuration is
-    another row's (RI18 and R18 without backbones) share that row's networks. Returns the table."""
+    folder per row (``reports/<row>``: its ensemble and Table 1 ranks). Returns the table.
+
+    Args:
+      rows: default the paper's five basic networks and R18+FAML, and R18+FAML-FGA (the final
+        population of ``fga_workdir``, an ``experiments.evolve`` workdir) when given.
+      backbones: a folder holding one converted backbone per row (``TABLE6_ROWS``' names: ri18,
+        resnet34, vgg16, densenet121, msceleb). On a real data set a table without it is refused
+        unless ``from_scratch``: then every network starts from random weights, and rows whose
+        configuration is another row's (RI18 and R18) share that row's networks.
+      any_fga_size: accept an R18+FAML-FGA population of another size than ``networks`` (refused
+        otherwise: by the paper's Table 4, 4 networks instead of 6 cost about 0.3 points).
+      origin: the rule that chooses the one network of the single-network origin (``ORIGIN_RULES``;
+        the paper's column is one network's accuracy); the mean ± sd is given beside it.
+      ties: how T2V and T1V break a tie (``ensemble.TIES``: "noi" or "lowest").
+    """
     workdir = Path(workdir)
     rows = _requested_rows(rows, fga_workdir)
     check_networks(networks)
+    origin_network([0.0], origin)  # an unknown rule is refused before anything trains
+    ensemble_config = EnsembleConfig(ties=ties)
+    trained_rows = [r for r in rows if r != FGA_ROW]
+    if backbones is not None and from_scratch:
+        raise ConfigError("Table 6 takes backbones or from_scratch=True (--backbones or --from-scratch), not both")
+    check_pretrained_starts(
+        "Table 6",
+        base.data.dataset,
+        backbones is not None or not trained_rows,
+        from_scratch,
+        "backbones=DIR",
+        " (one converted backbone per row: " + ", ".join(sorted({TABLE6_ROWS[r][1] for r in trained_rows})) + ")",
+    )
     _check_backbones(backbones, rows)
+    fga_members = _fga_members(fga_workdir, networks, any_fga_size) if FGA_ROW in rows else []
     check_fresh_workdir(workdir, resume, "an earlier Table 6")
     seeds = row_seeds(base, networks)
-    ensemble_config = EnsembleConfig()
     folders = _configuration_folders(base, backbones)
     trained_by_config: dict[str, tuple[str, list]] = {}
     result_rows: dict[str, dict] = {}
     for row in rows:
         if row == FGA_ROW:
-            members = runs.population_members(fga_workdir)
-            what = f"the final population of {fga_workdir}"
+            members = fga_members
+            what = f"the final population of {fga_workdir} ({len(members)} networks)"
         else:
             config = table6_config(base, row, backbones)
             members, what = _row_networks(
                 row, config, seeds, workdir / folders[_key(config)], trained_by_config, progress, keep_recorded
             )
         out = workdir / "reports" / _folder_name(row)
-        numbers = _evaluate_row(row, members, out, ensemble_config, progress, figure_format)
+        numbers = _evaluate_row(row, members, out, ensemble_config, origin, progress, figure_format)
         result_rows[row] = {**numbers, "what": what, "report": str(out), "paper": paper_table6(base.data.dataset, row)}
     result = {
         "dataset": base.data.dataset,
         "networks": networks,
         "seeds": seeds,
         "epochs": base.epochs,
+        "origin_rule": origin,
+        "paper_origin": PAPER_ORIGIN,
+        "ties": ties,
+        "figure": f"fig7.{figure_format}",
         "rows": result_rows,
     }
     write_json(workdir / "table6.json", result)
     write_atomic(workdir / "table6.md", table6_markdown(result))
+    from faml_jax.paper.figure7 import figure7  # (it reads this module's numbers)
+
     write_atomic(workdir / f"fig7.{figure_format}", payload=figure7(result, figure_format))
     logger.info(table6_markdown(result))
     return result
+
+
+def _fga_members(fga_workdir, networks: int, any_fga_size: bool) -> list[tuple[str, Path]]:
+    """The R18+FAML-FGA row's networks: the final population of ``fga_workdir``, refused when its
+    size is not ``networks`` unless ``any_fga_size``."""
+    members = runs.population_members(fga_workdir)
+    if len(members) != networks and not any_fga_size:
+        raise ConfigError(
+            f"the {FGA_ROW} row's population ({fga_workdir}/population.json) holds {len(members)} networks, the other "
+            f"rows {networks}: evolve a population of {networks} (experiments.evolve --population {networks}), or "
+            "accept its size (any_fga_size=True, --fga-any-size; the paper's Table 4: 4 networks instead of 6 cost "
+            "about 0.3 points)"
+        )
+    return members
 
 
 def _requested_rows(rows: tuple[str, ...] | None, fga_workdir) -> tuple[str, ...]:
@@ -218,6 +315,7 @@ def _evaluate_row(
     members: list[tuple[str, Path]],
     out: Path,
     ensemble_config: EnsembleConfig,
+    origin: str,
     progress: bool,
     figure_format: str,
 ) -> dict:
@@ -233,21 +331,47 @@ def _evaluate_row(
         figure_format=figure_format,
     )
     saved = runs.read_arrays(out / "logits.npz", {"logits": ("f", 3), "labels": ("iu", 1)}, "the report's logits")
-    return table6_row(saved["logits"], saved["labels"], ensemble_config.alpha, ensemble_config.beta)
+    return table6_row(
+        saved["logits"],
+        saved["labels"],
+        ensemble_config.alpha,
+        ensemble_config.beta,
+        names=[name for name, _ in members],
+        origin=origin,
+        ties=ensemble_config.ties,
+    )
+
+
+ORIGIN_RULE_WORDS = {  # ORIGIN_RULES, as table6.md says them
+    "best": "the most accurate of the row's networks (selected on the test split: its gains are the smallest)",
+    "median": "the row's network of median accuracy (the lower of the middle two for an even number)",
+    "first": "the row's network of the first seed (unselected)",
+}
+TIE_WORDS = {  # ensemble.TIES, as table6.md says them
+    "noi": "broken by NOI, then the lowest class: with an even number of networks T1V ties often (3-3 of 6), "
+    "and NOI deciding those ties pulls the T1V (Bagging) column toward NOI's",
+    "lowest": "broken by the lowest class index (no pull of the T1V (Bagging) column toward NOI's)",
+}
 
 
 def table6_markdown(result: dict) -> str:
-    """Table 6 as Markdown: origin (mean ± sd, first member), T2V, T1V, NOI and their gains, the
-    paper's numbers beside (percentages)."""
+    """Table 6 as Markdown (percentages): per row its size, the origin both ways (one network;
+    mean ± sd), T2V, T1V and NOI with their gains over both, and the paper's numbers beside."""
     dataset = result["dataset"]
+    rule = result.get("origin_rule", "best")
     lines = [
         f"# Table 6 on `{dataset}`: T2V on other basic networks\n",
-        f"{result['networks']} networks per row (seeds {result['seeds'][0]}..{result['seeds'][-1]}), at most "
-        f"{result['epochs']} epoch(s) each; test accuracy % (table6.json: fractions). Origin: the networks' mean ± sd "
-        "(the first network's); T2V, T1V and NOI: the ensemble of all of them, with the gain over the mean origin. "
-        "Fig. 7: fig7.png.\n",
-        "| basic network | origin | T2V | T1V | NOI | paper (RAF-DB): origin / T2V / T1V / NOI | what |",
-        "|---|---|---|---|---|---|---|",
+        f"{result['networks']} networks per row (seeds {result['seeds'][0]}..{result['seeds'][-1]}; the nets column "
+        f"gives each row's), at most {result['epochs']} epoch(s) each; test accuracy % (table6.json: fractions).\n",
+        f"Origin both ways: **one network**, {ORIGIN_RULE_WORDS[rule]}: the paper's origin column is one network's "
+        "accuracy (R18's 88.62 and R18+FAML's 90.32 are its single-model numbers), so this is the column to "
+        "compare with the paper's; and the **mean ± sd** of the row's networks. T2V, T1V (Bagging) and NOI: the "
+        "ensemble of all the row's networks, with its gain over the one network / over the mean "
+        f"(docs/method.md 7). T2V and T1V ties {TIE_WORDS[result.get('ties', 'noi')]}. Fig. 7: "
+        f"{result.get('figure', 'fig7.png')} (gains over the one network).\n",
+        "| basic network | nets | origin: one network | origin: mean ± sd | T2V (gain: one / mean) | "
+        "T1V, Bagging (gain: one / mean) | NOI (gain: one / mean) | paper (RAF-DB): origin / T2V / T1V / NOI | what |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def pct(x):
@@ -255,67 +379,11 @@ def table6_markdown(result: dict) -> str:
 
     for row, r in result["rows"].items():
         paper = "-" if r["paper"] is None else " / ".join(pct(r["paper"][k]) for k in ("origin", *DECISIONS))
-        decisions = " | ".join(f"{pct(r[k])} ({100 * r[k + '_gain']:+.2f})" for k in DECISIONS)
+        decisions = " | ".join(
+            f"{pct(r[k])} ({100 * r[k + '_gain_single']:+.2f} / {100 * r[k + '_gain']:+.2f})" for k in DECISIONS
+        )
         lines.append(
-            f"| {row} | {pct(r['origin'])} ± {pct(r['origin_sd'])} ({pct(r['first'])}) | {decisions} | {paper} | "
-            f"{r['what']} |"
+            f"| {row} | {r['networks']} | {pct(r['origin_single'])} ({r['origin_network']}) | "
+            f"{pct(r['origin'])} ± {pct(r['origin_sd'])} | {decisions} | {paper} | {r['what']} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def figure7_points(result: dict) -> list[dict]:
-    """Fig. 7's points from a Table 6 result: per basic network its origin accuracy and the gain
-    of each decision (%), rows sharing their networks (RI18 and R18 without backbones) as one
-    point labelled "RI18 = R18"."""
-    points: dict[tuple, dict] = {}
-    for row, r in result["rows"].items():
-        numbers = (100 * r["origin"], *(100 * r[f"{s}_gain"] for s in DECISIONS))
-        point = points.setdefault(
-            numbers, {"label": row, "origin": numbers[0], "gains": dict(zip(DECISIONS, numbers[1:]))}
-        )
-        if point["label"] != row:
-            point["label"] += f" = {row}"
-    return list(points.values())
-
-
-FIG7_DECISIONS = (("t2v", "o", "T2V"), ("noi", "s", "NOI"), ("t1v", "^", "T1V"))
-
-
-def draw_figure7(points: list[dict], title: str):
-    """Fig. 7 at the paper's column width: per basic network (``points``: label, origin %, gains
-    in points per decision) its three gains above its origin accuracy, joined by a line, one
-    colour per network and one marker per decision; the networks and the decisions in two
-    legends below the plot, so no label is drawn over a point or another label."""
-    from matplotlib.lines import Line2D
-
-    from faml_jax import figures
-
-    with figures.style():
-        fig = figures.new_figure(figures.COLUMN, 3.2 + 0.16 * len(points))
-        ax = fig.add_subplot()
-        colours = [f"C{i % 10}" for i in range(len(points))]
-        for point, colour in zip(points, colours):
-            gains = [point["gains"][s] for s, _, _ in FIG7_DECISIONS]
-            ax.plot([point["origin"]] * 2, [min(gains), max(gains)], color=colour, linewidth=0.8)
-            for (_, marker, _), gain in zip(FIG7_DECISIONS, gains):
-                ax.plot(point["origin"], gain, marker=marker, color=colour, linestyle="none")
-        ax.axhline(0.0, color="grey", linewidth=0.5)
-        ax.set_xlabel("origin: the networks' mean test accuracy (%)")
-        ax.set_ylabel("gain of the ensemble (points)")
-        ax.set_title(title)
-        networks = [
-            Line2D([], [], color=c, marker="o", linestyle="-", label=p["label"]) for p, c in zip(points, colours)
-        ]
-        decisions = [Line2D([], [], color="black", marker=m, linestyle="none", label=n) for _, m, n in FIG7_DECISIONS]
-        first = fig.legend(handles=networks, loc="outside lower left", ncols=1, title="basic network")
-        fig.legend(handles=decisions, loc="outside lower right", ncols=1, title="decision")
-        first.set_in_layout(True)
-    return fig
-
-
-def figure7(result: dict, format: str = "png") -> bytes:
-    """Fig. 7 as a file in ``format`` (png, pdf or svg): ``draw_figure7`` of ``figure7_points``."""
-    from faml_jax import figures
-
-    title = f"Fig. 7 on {result['dataset']}: T2V, NOI and T1V\nof {result['networks']} networks per basic network"
-    return figures.save(draw_figure7(figure7_points(result), title), format)

@@ -1,5 +1,6 @@
 """What the paper's tables share: the seeds of a table, its refusals of a request (too few
-networks, an earlier table's workdir without ``resume``), training the networks of one row (one
+networks, an earlier table's workdir without ``resume``, a real data set without a pre-trained
+start), training the networks of one row (one
 per seed, a finished run reused only when it is the row's) and the mean ± sd of their accuracies."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 from faml_jax import runs, trainer
 from faml_jax.config import RunConfig
 from faml_jax.errors import ConfigError
+from faml_jax.presets import PRETRAINED_DATASETS
 from faml_jax.records import config_differences, config_to_json
 from faml_jax.trainer import adopt_recorded, complete_run_config, recorded_config
 
@@ -28,6 +30,38 @@ def check_networks(networks: int) -> None:
     """A table's ensembles need at least two networks."""
     if networks < 2:
         raise ConfigError(f"the ensembles need at least 2 networks, got --networks {networks}")
+
+
+class PretrainedStartsMissing(ConfigError):
+    """A table on a real data set whose networks would start from random weights without an
+    explicit from-scratch argument (docs/method.md 2, 7: every row of the paper's tables starts
+    from a pre-trained network; from random weights a RAF-DB row lands tens of points below it).
+    Its message names the library's arguments; a program names its flags with ``worded``."""
+
+    def __init__(self, table: str, dataset: str, start: str, detail: str = ""):
+        self.table, self.dataset, self.start, self.detail = table, dataset, start, detail
+        super().__init__(self.worded(start, "from_scratch=True"))
+
+    def __reduce__(self):
+        return type(self), (self.table, self.dataset, self.start, self.detail)
+
+    def worded(self, start: str, from_scratch: str) -> str:
+        """The refusal in one line, ``start`` and ``from_scratch`` as the caller names them."""
+        return (
+            f"{self.table} on {self.dataset} starts its networks from pre-trained weights, as the paper does (from "
+            f"random weights its rows land tens of points below the paper's): give {start}{self.detail}, or pass "
+            f"{from_scratch} to train them from random weights knowingly"
+        )
+
+
+def check_pretrained_starts(
+    table: str, dataset: str, has_start: bool, from_scratch: bool, start: str, detail: str = ""
+) -> None:
+    """Refuse ``table`` on a real data set without a pre-trained start (``has_start``) unless
+    ``from_scratch`` says that is meant; ``start``: what gives one, in the library's words
+    (``detail``: what it holds, in any words)."""
+    if dataset in PRETRAINED_DATASETS and not has_start and not from_scratch:
+        raise PretrainedStartsMissing(table, dataset, start, detail)
 
 
 def check_fresh_workdir(workdir: Path, resume: bool, what: str) -> None:
