@@ -109,3 +109,54 @@ def _grid(
             tile = Image.fromarray(overlay(images[c], grid_maps[r, c])).resize((cell, cell), Image.BILINEAR)
             canvas.paste(tile, (label_width + c * cell, header + r * cell))
     return np.asarray(canvas)
+
+
+# ---------------------------------------------------------------------------------------------
+# Expressions over time (issue 40: a video's faces, ``faml_jax.video_outputs``)
+
+
+def timeline_figure(series: dict, classes, *, title: str = "", gap: float = 1.0):
+    """A face's class scores over time, one panel per face (``series``: id -> (times (T,),
+    scores (T, C))), seconds on the x axis, one coloured line per class (the paper's names,
+    capitalised), breaks where the face was missing for more than ``gap`` seconds. Sized for a
+    slide: 12 in wide, text at least 12 pt. A matplotlib ``Figure`` (no pyplot state)."""
+    from matplotlib.figure import Figure
+
+    names = [c.capitalize() for c in classes]
+    colours = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#808080"]
+    rows = max(len(series), 1)
+    figure = Figure(figsize=(12, 1.2 + 2.4 * rows), layout="constrained")
+    axes = figure.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
+    end = max((float(t[-1]) for t, _ in series.values() if len(t)), default=1.0)
+    for ax, (face_id, (times, scores)) in zip(axes, series.items()):
+        times, scores = np.asarray(times, np.float64), np.asarray(scores, np.float64)
+        breaks = np.flatnonzero(np.diff(times) > gap) + 1  # NaN between pieces: no line across an absence
+        times = np.insert(times, breaks, np.nan)
+        scores = np.insert(scores, breaks, np.nan, axis=0)
+        for c, name in enumerate(names):
+            ax.plot(times, scores[:, c], color=colours[c % len(colours)], linewidth=2, label=name)
+        ax.set_ylabel(f"face {face_id}\nscore", fontsize=13)
+        ax.set_ylim(0, max(1.0, float(np.nanmax(scores)) * 1.05) if len(scores) else 1.0)
+        ax.set_xlim(0, end)
+        ax.tick_params(labelsize=12)
+        ax.grid(alpha=0.3)
+    if not series:
+        axes[0].text(0.5, 0.5, "no face found", ha="center", va="center", fontsize=16, transform=axes[0].transAxes)
+    axes[-1].set_xlabel("time (s)", fontsize=13)
+    axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=12, frameon=False)
+    if title:
+        figure.suptitle(title, fontsize=15)
+    return figure
+
+
+def save_figure(figure, path) -> None:
+    """``figure`` as a PNG (100 dpi) or, by suffix, PDF/SVG, written atomically."""
+    import io
+    from pathlib import Path
+
+    from faml_jax.writer import write_atomic
+
+    buffer = io.BytesIO()
+    suffix = Path(path).suffix.lstrip(".").lower() or "png"
+    figure.savefig(buffer, format=suffix, dpi=100)
+    write_atomic(Path(path), payload=buffer.getvalue())

@@ -289,13 +289,15 @@ def write_predictions(
     command: str = "",
     explain: str | None = None,
     overwrite: bool = False,
+    also=None,
 ) -> list[str]:
     """The folder ``out``: predictions.csv, predictions.json, (``annotated``) annotated/<file>.png
     and (``explain``: "gradcam" or "relevancy") maps/ (``write_maps``). Written whole under a
     temporary name, then renamed: an earlier prediction there is replaced (only with
     ``overwrite``: its annotated/ and maps/ files go with it), a folder that is not one never is
     (``check_output``). predictions.json lists every file, so the next prediction recognises the
-    folder as its own. Returns those files ("/"-joined paths inside ``out``)."""
+    folder as its own. ``also(folder)``: writes more into the temporary folder first (videos'
+    outputs, ``video_outputs.write_video``). Returns those files ("/"-joined paths inside ``out``)."""
     out = Path(out).absolute()
     with WorkdirLock(out.parent, f"prediction folder {out.name} in", name=f".{out.name}.lock"):
         check_output(out, overwrite)
@@ -303,6 +305,8 @@ def write_predictions(
             _write_tables(tmp, results, predictor, annotated)
             if explain is not None:
                 write_maps(tmp, results, predictor, explain)
+            if also is not None:
+                also(tmp)
             files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*"))
             write_json(tmp / "predictions.json", stamped(_summary(results, predictor, command, files)))
     return files
