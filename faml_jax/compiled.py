@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 _COMPILED: dict = {}  # in order of use, the least recently used first
-MAX_KEPT = 8  # the most recently used functions kept
+MAX_KEPT = 16  # the most recently used functions kept (train steps, evaluators, ensemble steps)
 
 
 def compiled(key: tuple, build: Callable):

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from faml_jax import data, ensemble, fga, models, runs, train
+from faml_jax.compiled import compiled
 from faml_jax.config import evaluation_model
 from faml_jax.errors import ConfigError, DataError, WorkdirError
 from faml_jax.records import config_to_json, structural_differences
@@ -182,8 +183,10 @@ def evaluate_members(
     test = dataset.test
     logits, labels, mappings = None, None, set()
     for positions, model_config in model_groups(configs):
-        evaluator = EnsembleEvaluator(
-            models.network(model_config), batch_size or config.eval_batch_size, devices, mapping
+        size = batch_size or config.eval_batch_size
+        evaluator = compiled(  # one per configuration in a process (a population's reports, a test session)
+            ("ensemble-evaluator", model_config, size, tuple(devices), mapping or ensemble.default_mapping()),
+            lambda: EnsembleEvaluator(models.network(model_config), size, devices, mapping),
         )
         mappings.add(evaluator.mapping)
         batches = data.eval_batches(test, evaluator.batch_size, model_config.input_size, config.data.num_threads)

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from faml_jax import fga, models, signals, train
+from faml_jax.compiled import compiled
 from faml_jax.config import FGAConfig, RunConfig
 from faml_jax.evolve_workdir import evolve_record, prepare_evolve_workdir
 from faml_jax.lineage import MemberRecord, check_given_members, given_summary, lineage_table
@@ -49,6 +50,7 @@ from faml_jax.versions import EVOLUTION_VERSION, stamped
 from faml_jax.writer import write_json
 
 logger = logging.getLogger(__name__)
+_fuse = jax.jit(fga.fuse)  # one compiled fusion per parameter structure, for every evolution
 
 # ---------------------------------------------------------------------------------------------
 # The evolution
@@ -98,8 +100,12 @@ class Evolution:
         # them must still be the one recorded, refused before anything is written.
         for name in self.lineage["generations"][-1]["survivors"] if self.lineage["generations"] else ():
             self.network(name)
-        self._fuse = jax.jit(fga.fuse)
-        self._recompute = jax.jit(lambda v, x: fga.recompute_batch_stats(self.setup.model, v, x))
+        self._fuse = _fuse
+        model = self.setup.model
+        self._recompute = compiled(
+            ("recompute-batch-stats", config.model),
+            lambda: jax.jit(lambda v, x: fga.recompute_batch_stats(model, v, x)),
+        )
 
     @functools.cached_property
     def side_by_side(self) -> MemberParallel:

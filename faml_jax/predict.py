@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from faml_jax import data, ensemble, fga, models, runs
+from faml_jax.compiled import compiled
 from faml_jax.config import EnsembleConfig, RunConfig, evaluation_model
 from faml_jax.data.pipeline import resize
 from faml_jax.errors import ConfigError, DataError
@@ -129,7 +130,10 @@ class Predictor:
             model = models.network(model_config)  # float32 whatever it trained in
             stacked = jax.device_put(fga.stack(jax.device_get([variables[i] for i in members])))
             group_config = configs[members[0]]
-            self.groups.append(Group(members, group_config, model, stacked, ensemble.make_ensemble_step(model)))
+            step = compiled(
+                ("ensemble-step", model_config, ensemble.default_mapping()), lambda: ensemble.make_ensemble_step(model)
+            )
+            self.groups.append(Group(members, group_config, model, stacked, step))
         self._explainers: dict = {}
 
     # -- loading -----------------------------------------------------------------------------------
