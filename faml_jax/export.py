@@ -5,14 +5,15 @@ is exported (``inference_function``, ``ensemble_function``), the files and the f
 
 * StableHLO (``jax.export``): the serialised function of (weights, images), its batch dimension
   symbolic, lowered for the CPU and CUDA, with its weights beside it (``model.weights.npz``);
-  loadable with jax and NumPy alone (``load_stablehlo``). For an ensemble, one function
+  loaded by ``load_stablehlo`` (the files alone need only jax and NumPy). For an ensemble, one function
   holds every member and the T2V decision (``ensemble.t2v_predict``): it returns the members'
   probabilities (M, N, C) and the decided class (N,).
-* ONNX: one graph per network, compiled from the inference function's jaxpr by
+* ONNX: one graph, compiled from the inference function's jaxpr by
   ``faml_jax.jaxpr_onnx.to_onnx`` (opset 17, batch dimension symbolic; why not jax2onnx: its
-  docstring). An ensemble is exported as one graph per member, with ``export.json`` naming the
-  member order, T2V's alpha and beta and the tie rule: each graph is checked against its own
-  run, and the vote (Eq. 10-12) is a few lines in any runtime.
+  docstring): ``<name>.onnx`` for one network (probabilities out), ``ensemble.onnx`` for an
+  ensemble: every member's logits, the T2V scores, the decision and its confidence
+  (``onnx_ensemble_function``), what ``Predictor.predict`` returns.
+* README.md: the face cutting a deployment must do (``faml_jax.export_readme``).
 
     >>> export.export_runs(["runs/rafdb-r18_faml-seed0"], "exported", formats=("onnx", "stablehlo"))
 """
@@ -31,6 +32,7 @@ from faml_jax import data, ensemble, fga, models, runs
 from faml_jax.config import EnsembleConfig, RunConfig, evaluation_model
 from faml_jax.errors import ConfigError
 from faml_jax.evaluate import check_compatible, model_groups, named_members
+from faml_jax.export_readme import readme
 from faml_jax.jaxpr_onnx import to_onnx
 from faml_jax.preprocess import normalize
 from faml_jax.safenames import plain_name
@@ -76,6 +78,35 @@ def ensemble_function(config: RunConfig, variables: Sequence[dict], ensemble_con
     return infer
 
 
+ENSEMBLE_ONNX = "ensemble.onnx"
+ENSEMBLE_OUTPUTS = ("logits", "scores", "decision", "confidence")
+
+
+def onnx_ensemble_function(
+    config: RunConfig, variables: Sequence[dict], ensemble_config: EnsembleConfig = EnsembleConfig()
+):
+    """``images -> (logits (N, M, C), T2V scores (N, C), decision (N,) int32, confidence (N,))``
+    of several networks, the batch first (as ONNX runtimes batch), each member's weights closed
+    over and its network unrolled (ONNX has no loop over stacked weights to compile to). The
+    scores and the decision are ``ensemble.t2v_scores`` and ``ensemble.t2v_predict`` themselves
+    (Eq. 10-12, ties by NOI then the lowest class), the confidence is the members' mean
+    probability of the decided class: what ``Predictor.predict`` returns, in one graph."""
+    model = models.network(evaluation_model(config.model))
+    members = [{"params": v["params"], "batch_stats": v["batch_stats"]} for v in variables]
+    alpha, beta = ensemble_config.alpha, ensemble_config.beta
+
+    def infer(images):
+        x = normalize(images)
+        logits = jnp.stack([model.apply(v, x, train=False) for v in members])  # (M, N, C)
+        decision = ensemble.t2v_predict(logits, alpha, beta)
+        mean = jax.nn.softmax(logits, axis=-1).mean(axis=0)
+        chosen = decision[:, None] == jnp.arange(logits.shape[-1], dtype=decision.dtype)[None, :]
+        confidence = jnp.sum(jnp.where(chosen, mean, 0.0), axis=-1)
+        return jnp.swapaxes(logits, 0, 1), ensemble.t2v_scores(logits, alpha, beta), decision, confidence
+
+    return infer
+
+
 # ---------------------------------------------------------------------------------------------
 # StableHLO
 
@@ -100,7 +131,7 @@ def to_stablehlo(function: Callable, input_size: int) -> tuple[bytes, dict]:
 
 def load_stablehlo(path: str | os.PathLike) -> Callable:
     """A function exported by ``export_runs``: its ``model.stablehlo`` (``model.weights.npz``
-    beside it) or the export folder holding both; callable on uint8 images with jax alone."""
+    beside it) or the export folder holding both; callable on uint8 images."""
     from flax import traverse_util
 
     path = Path(path)
@@ -162,8 +193,9 @@ def export_runs(
     overwrite: bool = False,
 ) -> dict:
     """Export the networks of ``workdirs`` (one run, or the members of an ensemble) into ``out``:
-    ``<name>.onnx`` per network, ``model.stablehlo`` (one network, or the ensemble with its T2V
-    decision) and ``export.json`` (what each file takes and returns, classes, input size, T2V's
+    ``<name>.onnx`` (one network) or ``ensemble.onnx`` (every member and the T2V decision),
+    ``model.stablehlo`` (one network, or the ensemble with its T2V decision), README.md (how to
+    cut faces) and ``export.json`` (what each file takes and returns, classes, input size, T2V's
     weights). Returns that description.
 
     The folder is written under a temporary name and renamed when complete. An earlier export in
@@ -204,7 +236,7 @@ def _write_export(out: Path, names, paths, loaded, formats, checkpoint: str, ens
     config = loaded[0][0]
     description = _description(config, names, paths, loaded, checkpoint)
     if "onnx" in formats:
-        description["files"].update(_write_onnx(out, config, names, [v for _, v, _ in loaded]))
+        description["files"].update(_write_onnx(out, config, names, [v for _, v, _ in loaded], ensemble_config))
     if "stablehlo" in formats:
         description["files"].update(_write_stablehlo(out, config, [v for _, v, _ in loaded], ensemble_config))
     if len(loaded) > 1:
@@ -215,6 +247,8 @@ def _write_export(out: Path, names, paths, loaded, formats, checkpoint: str, ens
             "top-2]; decision argmax V, ties broken by the summed probabilities, then "
             "by the lowest class index (Eq. 10-12)",
         }
+    description["files"]["README.md"] = "how to cut faces from photos and run the model"
+    write_atomic(out / "README.md", text=readme(description))
     write_json(out / "export.json", stamped(description))
     return description
 
@@ -241,14 +275,23 @@ def _description(config: RunConfig, names, paths, loaded, checkpoint: str) -> di
     }
 
 
-def _write_onnx(out: Path, config: RunConfig, names, variables) -> dict[str, str]:
-    """``<name>.onnx`` per network; returns what each file is."""
-    files = {}
-    for name, network in zip(names, variables):
-        model = to_onnx(inference_function(config, network), config.model.input_size, name=name)
-        write_atomic(out / f"{name}.onnx", payload=model.SerializeToString())
-        files[f"{name}.onnx"] = "images -> probabilities (batch, classes) of one network"
-    return files
+def _write_onnx(out: Path, config: RunConfig, names, variables, ensemble_config: EnsembleConfig) -> dict[str, str]:
+    """``<name>.onnx`` for one network, or ``ensemble.onnx``: every member, the T2V scores and
+    the decision in one graph (no per-member files: its ``logits`` output holds each member's);
+    returns what each file is."""
+    size = config.model.input_size
+    if len(variables) == 1:
+        model = to_onnx(inference_function(config, variables[0]), size, name=names[0])
+        write_atomic(out / f"{names[0]}.onnx", payload=model.SerializeToString())
+        return {f"{names[0]}.onnx": "images -> probabilities (batch, classes) of one network"}
+    function = onnx_ensemble_function(config, variables, ensemble_config)
+    model = to_onnx(function, size, name="ensemble", outputs=ENSEMBLE_OUTPUTS)
+    write_atomic(out / ENSEMBLE_ONNX, payload=model.SerializeToString())
+    return {
+        ENSEMBLE_ONNX: "images -> logits (batch, networks, classes) in export.json's order of networks, "
+        "scores (batch, classes) T2V's votes (Eq. 12), decision (batch,) int32 the decided class (ties: "
+        "export.json's t2v.rule), confidence (batch,) the networks' mean probability of the decided class"
+    }
 
 
 def _write_stablehlo(out: Path, config: RunConfig, variables, ensemble_config: EnsembleConfig) -> dict[str, str]:

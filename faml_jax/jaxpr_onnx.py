@@ -1,6 +1,6 @@
 """A compiler of a jaxpr into an ONNX graph (opset 17), for the inference functions that
-``faml_jax.export`` writes: uint8 images (N, S, S, 3) in, one float array out, the batch
-dimension symbolic. One small function per jax primitive (``_CONVERTERS``; the elementwise ones
+``faml_jax.export`` writes: uint8 images (N, S, S, 3) in, one or several arrays out (an
+ensemble's logits, T2V scores and decision), the batch dimension symbolic. One small function per jax primitive (``_CONVERTERS``; the elementwise ones
 in ``_ELEMENTWISE``); a primitive without one is refused in one line (``ConfigError``).
 
 **[choice]** Not jax2onnx: no maintained JAX-to-ONNX route works with our pins (checked
@@ -57,13 +57,22 @@ class _Graph:
         return self.node(op, inputs, **attrs)[0]
 
     def shape(self, dims: Sequence[int]) -> str:
-        """An int64 shape tensor; a leading ``batch`` is the input's batch size."""
+        """An int64 shape tensor; a dimension of the traced batch size is the input's batch size
+        (the first dimension of a shape, or another where members or votes come first)."""
         dims = [int(d) for d in dims]
-        if self.batch in dims[1:]:
-            raise ConfigError(f"ONNX export: the traced batch size {self.batch} appears inside the shape {dims}")
-        if dims and dims[0] == self.batch:
-            return self.one("Concat", [self.batch_dim, self.const(dims[1:], np.int64)], axis=0)
-        return self.const(dims, np.int64)
+        if self.batch not in dims:
+            return self.const(dims, np.int64)
+        pieces, run = [], []
+        for d in dims:
+            if d == self.batch:
+                if run:
+                    pieces.append(self.const(run, np.int64))
+                pieces, run = pieces + [self.batch_dim], []
+            else:
+                run.append(d)
+        if run:
+            pieces.append(self.const(run, np.int64))
+        return pieces[0] if len(pieces) == 1 else self.one("Concat", pieces, axis=0)
 
 
 _ONNX_DTYPES = {
@@ -90,6 +99,14 @@ _ELEMENTWISE = {
     "abs": "Abs",
     "log": "Log",
     "erf": "Erf",
+    "eq": "Equal",
+    "gt": "Greater",
+    "lt": "Less",
+    "ge": "GreaterOrEqual",
+    "le": "LessOrEqual",
+    "and": "And",
+    "or": "Or",
+    "not": "Not",
 }
 
 
@@ -193,7 +210,8 @@ def _broadcast_in_dim(g, args, avals, out_aval, p):
     operand_shape = [1] * len(shape)
     for i, d in enumerate(dims):
         operand_shape[d] = avals[0].shape[i]
-    target = [1 if (s == g.batch and i == 0 and operand_shape[0] == s) else s for i, s in enumerate(shape)]
+    # Expand broadcasts both ways: where the operand already has the batch, 1 keeps it.
+    target = [1 if (s == g.batch and operand_shape[i] == s) else s for i, s in enumerate(shape)]
     return [g.one("Expand", [x, g.shape(target)])]
 
 
@@ -266,6 +284,16 @@ def _argmax(g, args, avals, out_aval, p):
     return [g.one("Cast", [index], to=_ONNX_DTYPES[np.dtype(p["index_dtype"])])]
 
 
+def _iota(g, args, avals, out_aval, p):
+    shape, dimension = tuple(int(d) for d in p["shape"]), int(p["dimension"])
+    if g.batch in shape:
+        raise ConfigError(f"ONNX export: iota over the batch dimension {shape}")
+    index = [1] * len(shape)
+    index[dimension] = shape[dimension]
+    values = np.broadcast_to(np.arange(shape[dimension]).reshape(index), shape)
+    return [g.const(values.astype(np.dtype(p["dtype"])))]
+
+
 def _conv(g: _Graph, args, avals, p) -> str:
     """``lax.conv_general_dilated`` in NHWC/HWIO (flax's layout) as ONNX's NCHW Conv."""
     lhs_spec, rhs_spec, out_spec = p["dimension_numbers"]
@@ -314,30 +342,43 @@ _CONVERTERS = {
     "conv_general_dilated": _conv_general_dilated,
     "select_n": _select_n,
     "argmax": _argmax,
+    "iota": _iota,
 }
 
 
-def to_onnx(function: Callable, input_size: int, *, trace_batch: int = 97, name: str = "faml_jax"):
-    """An ``onnx.ModelProto`` of ``function`` (uint8 images (N, S, S, 3) -> one float array), its
-    batch dimension symbolic ("batch"). Traced at ``trace_batch`` images (a size no other
-    dimension of the model has)."""
+def to_onnx(
+    function: Callable,
+    input_size: int,
+    *,
+    trace_batch: int = 97,
+    name: str = "faml_jax",
+    outputs: Sequence[str] = ("probabilities",),
+):
+    """An ``onnx.ModelProto`` of ``function`` (uint8 images (N, S, S, 3) -> one array, or a tuple
+    of arrays named by ``outputs``, each with the batch first), its batch dimension symbolic
+    ("batch"). Traced at ``trace_batch`` images (a size no other dimension of the model has)."""
     from onnx import TensorProto, checker, helper
 
     closed = jax.make_jaxpr(function)(jax.ShapeDtypeStruct((trace_batch, input_size, input_size, 3), jnp.uint8))
+    if len(closed.jaxpr.outvars) != len(outputs):
+        raise ConfigError(f"ONNX export: {len(closed.jaxpr.outvars)} outputs, named {list(outputs)}")
     g = _Graph(trace_batch)
     g.batch_dim = g.one("Slice", [g.one("Shape", ["images"]), g.const([0], np.int64), g.const([1], np.int64)])
-    (output,) = _convert(g, closed.jaxpr, closed.consts, ["images"])
-    out_aval = closed.jaxpr.outvars[0].aval
-    g.nodes.append(helper.make_node("Identity", [output], ["probabilities"]))
+    results = _convert(g, closed.jaxpr, closed.consts, ["images"])
+    infos = []
+    for result, output, var in zip(results, outputs, closed.jaxpr.outvars):
+        aval = var.aval
+        if aval.shape[:1] != (trace_batch,) or trace_batch in aval.shape[1:]:
+            raise ConfigError(f"ONNX export: output {output!r} of shape {aval.shape} does not put the batch first")
+        g.nodes.append(helper.make_node("Identity", [result], [output]))
+        infos.append(
+            helper.make_tensor_value_info(output, _ONNX_DTYPES[np.dtype(aval.dtype)], ["batch", *aval.shape[1:]])
+        )
     graph = helper.make_graph(
         g.nodes,
         name,
         [helper.make_tensor_value_info("images", TensorProto.UINT8, ["batch", input_size, input_size, 3])],
-        [
-            helper.make_tensor_value_info(
-                "probabilities", _ONNX_DTYPES[np.dtype(out_aval.dtype)], ["batch", *out_aval.shape[1:]]
-            )
-        ],
+        infos,
         g.initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="faml_jax")

@@ -4,12 +4,14 @@ attention blocks, and an ensemble's map weighted by its members' T2V votes (Eq. 
 
 Every function is pure and jit-able: images (N, S, S, 3) uint8 in, maps (N, S, S) in [0, 1] out
 (each map divided by its maximum; an all-zero map stays zero). The gradients are taken with
-respect to zero "perturbations" that the model adds to its last stage and to its attention
+respect to zero "perturbations" that the model adds to its stages and to its attention
 probabilities (``flax.linen.Module.perturb``), so the model itself is unchanged.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable
 
 import jax
@@ -21,6 +23,12 @@ from faml_jax.errors import ConfigError
 from faml_jax.preprocess import normalize
 
 KINDS = ("gradcam", "relevancy")
+# **[choice]** Grad-CAM reads the deepest stage whose map is at least 7 x 7: Grad-CAM's usual
+# resolution (ResNet's last stage at 224 px). At 64 px ResNet's last stage is 2 x 2 and at 32 px
+# 1 x 1, a map of one value (docs/method.md 6).
+MIN_SIDE = 7
+_STAGE = re.compile(r"stage(\d+)")
+logger = logging.getLogger(__name__)
 
 
 def _first(tree):
@@ -36,7 +44,7 @@ def _probe(model, variables: dict, images: jax.Array, targets: jax.Array | None)
     base = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
     logits, state = model.apply(base, x, train=False, mutable=["intermediates"])
     activations = _first(state["intermediates"])
-    probed = {k: v for k, v in activations.items() if k == "last_stage" or k.startswith("attn")}
+    probed = {k: v for k, v in activations.items() if _STAGE.fullmatch(k) or k.startswith("attn")}
     zeros = jax.tree.map(jnp.zeros_like, probed)
     targets = jnp.argmax(logits, axis=-1) if targets is None else targets
 
@@ -77,13 +85,45 @@ def attention_relevancy(probs: list[jax.Array], gradients: list[jax.Array], size
     return _upsample(tokens.reshape(-1, side, side), size)
 
 
+def stage_for(shapes: dict, size: int) -> str:
+    """The stage Grad-CAM reads: of ``shapes`` (a stage's name ``stage<i>`` -> its map's shape
+    (N, h, w, C)), the deepest with h and w at least ``MIN_SIDE``; refused in one line
+    (``ConfigError``) naming the input size needed when even the shallowest is smaller."""
+    stages = sorted((int(m.group(1)), k) for k in shapes if (m := _STAGE.fullmatch(k)))
+    if not stages:
+        raise ConfigError("Grad-CAM needs a network that sows its stages' maps (stage1, stage2, ...)")
+    large = [name for _, name in stages if min(shapes[name][1:3]) >= MIN_SIDE]
+    if large:
+        return large[-1]
+    first = shapes[stages[0][1]][1:3]
+    needed = -(-size * MIN_SIDE // min(first))
+    raise ConfigError(
+        f"Grad-CAM needs a stage map of at least {MIN_SIDE}x{MIN_SIDE}, and at {size} px this network's "
+        f"shallowest stage is {first[0]}x{first[1]}: use an input size of at least {needed} px"
+    )
+
+
+def gradcam_stage(model, size: int) -> str:
+    """The stage ``stage_for`` chooses for ``model`` at ``size`` px (shapes only: nothing is
+    computed), so that a program can refuse before it writes anything."""
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape, x.dtype)))
+    _, state = jax.eval_shape(
+        lambda v, x: model.clone(axis_name=None).apply(v, x, train=False, mutable=["intermediates"]), variables, x
+    )
+    activations = _first(state["intermediates"])
+    return stage_for({k: v.shape for k, v in activations.items() if _STAGE.fullmatch(k)}, size)
+
+
 def network_maps(model, variables: dict, images: jax.Array, targets: jax.Array | None = None) -> dict:
     """One network's maps for ``images`` (N, S, S, 3) uint8 and ``targets`` (N,) classes (default:
-    its prediction): ``{"logits", "gradcam"}`` and, with attention blocks, ``"relevancy"`` (the
+    its prediction): ``{"logits", "gradcam"}`` (on the stage ``stage_for`` chooses) and, with attention blocks, ``"relevancy"`` (the
     mean of the blocks' relevancy maps)."""
     size = images.shape[1]
     logits, activations, gradients, _ = _probe(model, variables, images, targets)
-    out = {"logits": logits, "gradcam": grad_cam(activations["last_stage"], gradients["last_stage"], size)}
+    stage = stage_for({k: v.shape for k, v in activations.items() if _STAGE.fullmatch(k)}, size)
+    logger.debug("Grad-CAM at %d px on %s (%dx%d)", size, stage, *activations[stage].shape[1:3])
+    out = {"logits": logits, "gradcam": grad_cam(activations[stage], gradients[stage], size)}
     blocks = sorted(k for k in activations if k.startswith("attn"))
     if blocks:
         maps = []

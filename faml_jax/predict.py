@@ -290,8 +290,8 @@ class Predictor:
 
     def check_explainable(self, kind: str = "gradcam") -> None:
         """Raise ``ConfigError`` (one line) when ``explain`` cannot draw ``kind`` maps for these
-        networks: a mixed ensemble, or relevancy without attention blocks. Programs ask before
-        writing anything."""
+        networks: a mixed ensemble, relevancy without attention blocks, or an input too small for
+        a Grad-CAM map (``maps.gradcam_stage``). Programs ask before writing anything."""
         if self.mixed:
             raise ConfigError(
                 "maps of a mixed ensemble (members of several architectures or input sizes) are not combined: "
@@ -301,6 +301,10 @@ class Predictor:
             raise ConfigError(
                 f"relevancy maps need a model with attention blocks; {self.config.model_name} has none (use gradcam)"
             )
+        if kind == "gradcam":
+            from faml_jax import maps
+
+            maps.gradcam_stage(self.model, self.input_size)  # a stage of at least 7x7, or one line
 
     def explain(
         self, faces, kind: str = "gradcam", strategy: str | None = None

@@ -34,9 +34,9 @@ def shell_blocks(text: str):
             block.append(line)
 
 
-def commands(path: Path):
-    """(where, module, arguments) of every ``python -m`` command in ``path``'s shell blocks
-    (continuation lines joined, comments and leading variable assignments dropped)."""
+def shell_lines(path: Path):
+    """(where, line) of every command line in ``path``'s shell blocks, in order (continuation
+    lines joined)."""
     for start, lines in shell_blocks(path.read_text()):
         joined, first = "", start
         for offset, line in enumerate(lines):
@@ -46,23 +46,33 @@ def commands(path: Path):
                 joined += line.rstrip()[:-1] + " "
                 continue
             joined += line
-            text, joined = joined, ""
-            for part in re.split(r"&&|\|\||;|\||&", text):
-                try:
-                    words = shlex.split(part, comments=True)
-                except ValueError:
-                    continue
-                # python -m after a launcher (srun, mpirun, time, env X=1, ...) or variable assignments
-                starts = [
-                    i
-                    for i in range(len(words) - 2)
-                    if re.search(r"(^|/)python[0-9.]*$", words[i]) and words[i + 1] == "-m"
-                ]
-                if not starts:
-                    continue
-                module, arguments = words[starts[0] + 2], clean(words[starts[0] + 3 :])
-                if module.split(".")[0] not in NOT_OURS:
-                    yield f"{path.name}:{first}", module, arguments
+            yield f"{path.name}:{first}", joined
+            joined = ""
+
+
+def line_commands(text: str):
+    """(module, arguments) of every ``python -m`` command of one shell line (comments and leading
+    variable assignments dropped)."""
+    for part in re.split(r"&&|\|\||;|\||&", text):
+        try:
+            words = shlex.split(part, comments=True)
+        except ValueError:
+            continue
+        # python -m after a launcher (srun, mpirun, time, env X=1, ...) or variable assignments
+        starts = [
+            i for i in range(len(words) - 2) if re.search(r"(^|/)python[0-9.]*$", words[i]) and words[i + 1] == "-m"
+        ]
+        if starts:
+            module, arguments = words[starts[0] + 2], clean(words[starts[0] + 3 :])
+            if module.split(".")[0] not in NOT_OURS:
+                yield module, arguments
+
+
+def commands(path: Path):
+    """(where, module, arguments) of every ``python -m`` command in ``path``'s shell blocks."""
+    for where, text in shell_lines(path):
+        for module, arguments in line_commands(text):
+            yield where, module, arguments
 
 
 def clean(words: list[str]) -> list[str]:

@@ -68,6 +68,58 @@ def test_an_ensembles_stablehlo_holds_the_t2v_decision(tmp_path):
         export.export_runs(paths, tmp_path / "x", formats=("tflite",))
 
 
+@pytest.mark.gpu
+def test_an_ensembles_onnx_is_one_model_that_equals_the_predictor(tmp_path, capsys, monkeypatch):
+    """tools.export of several runs writes ONE ONNX graph whose outputs are every member's logits,
+    the T2V scores, the decision and its confidence: onnxruntime gives Predictor.predict's within
+    1e-5 at batch sizes other than the traced one. The folder's README.md snippet, run as written
+    on a real photo, cuts the faces as the predictor's photos do and gives the predictor's answer."""
+    from faml_jax.predict import Predictor
+    from tools import export as program
+
+    config = preset("synthetic", "r18", model_options=TINY_MODEL)
+    paths = [write_run(tmp_path / f"net{i}", config, jittered_variables(config, i)) for i in range(3)]
+    out = tmp_path / "out"
+    assert program.main([*map(str, paths), str(out), "--format", "onnx"]) == 0
+    assert "ensemble.onnx" in capsys.readouterr().out
+    files = ["README.md", "ensemble.onnx", "export.json"]
+    assert sorted(p.name for p in out.iterdir()) == files  # no file per member
+    description = json.loads((out / "export.json").read_text())
+    assert sorted(description["files"]) == sorted(set(files) - {"export.json"})
+    assert export.recognise_export(out) is None  # its own: --overwrite may replace it
+    session = onnxruntime.InferenceSession(str(out / "ensemble.onnx"))
+    assert [o.name for o in session.get_outputs()] == ["logits", "scores", "decision", "confidence"]
+    predictor = Predictor.from_runs(paths)
+    for batch in (1, 6):
+        x = images(batch, seed=10 + batch)
+        logits, scores, decision, confidence = session.run(None, {"images": x})
+        expected = predictor.predict(x)
+        np.testing.assert_allclose(logits, expected.logits.transpose(1, 0, 2), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(scores, expected.scores, atol=1e-5, rtol=0)
+        np.testing.assert_array_equal(decision, expected.decision)
+        np.testing.assert_allclose(confidence, expected.confidence, atol=1e-5, rtol=0)
+    # The README's snippet, as a user would copy it, on the astronaut photo.
+    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image is in the test extra")
+    from PIL import Image
+
+    from faml_jax import faces
+
+    photo = skimage_data.astronaut()
+    Image.fromarray(photo).save(tmp_path / "photo.jpg", quality=95)
+    readme = (out / "README.md").read_text()
+    assert 'faces.Finder("box")' in readme and "Image.BILINEAR" in readme  # the synthetic set's cut
+    snippet = readme.split("```python\n")[1].split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(snippet.replace('"ensemble.onnx"', repr(str(out / "ensemble.onnx"))), namespace)
+    photo = np.asarray(Image.open(tmp_path / "photo.jpg").convert("RGB"))
+    crops = [face.crop for face in faces.Finder("box").find(photo)]
+    assert len(crops) == 1
+    expected = predictor.predict(crops)
+    np.testing.assert_array_equal(namespace["decision"], expected.decision)
+    np.testing.assert_allclose(namespace["logits"], expected.logits.transpose(1, 0, 2), atol=1e-5, rtol=0)
+
+
 @pytest.mark.slow
 def test_a_full_width_r18_faml_at_initialisation_exports_exactly(tmp_path):
     """The case that XLA's CPU compiler got wrong with the weights as constants of the module
@@ -111,12 +163,12 @@ def test_the_export_folder_replaces_only_an_earlier_export(tmp_path, capsys):
     before = sorted(p.relative_to(run) for p in run.rglob("*"))
     out = tmp_path / "out"
     assert program.main([str(run), str(out), "--format", "onnx"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["export.json", "net.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "export.json", "net.onnx"]
     capsys.readouterr()
     assert program.main([str(run), str(out), "--format", "onnx"]) == 2
     assert "holds an earlier export: pass --overwrite" in capsys.readouterr().err
     assert program.main([str(run), str(out), "--format", "stablehlo", "--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.stablehlo", "model.weights.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "export.json", "model.stablehlo", "model.weights.npz"]
     capsys.readouterr()
     (out / "notes.txt").write_text("mine")
     for target, named in ((out, "notes.txt"), (run, "checkpoints, config.json")):
@@ -153,7 +205,7 @@ def test_an_export_killed_mid_write_leaves_nothing_after_the_next(tmp_path, caps
     assert len(left) == 2 and ".out.lock" in left and any(name.endswith(".tmp") for name in left)
     assert program.main([str(run), str(out), "--format", "onnx"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net", "out"]
-    assert sorted(p.name for p in out.iterdir()) == ["export.json", "net.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "export.json", "net.onnx"]
 
 
 def test_the_onnx_compiler_refuses_a_primitive_without_a_converter_in_one_line():

@@ -10,6 +10,7 @@ import pytest
 from helpers import TINY_MODEL, jittered_variables
 
 from faml_jax import ensemble, maps, models
+from faml_jax.errors import ConfigError
 from faml_jax.presets import preset
 
 
@@ -23,8 +24,8 @@ class PatchReader(nn.Module):
     def __call__(self, x, train: bool = False):
         mask = jnp.zeros(x.shape[1:3]).at[8:16, 16:24].set(1.0)[None, :, :, None]
         h = nn.relu(nn.Conv(6, (3, 3), use_bias=False)(x * mask))
-        self.sow("intermediates", "last_stage", h)
-        h = self.perturb("last_stage", h)
+        self.sow("intermediates", "stage1", h)
+        h = self.perturb("stage1", h)
         return nn.Dense(3)(h.mean(axis=(1, 2)))
 
 
@@ -115,3 +116,37 @@ def test_maps_of_the_papers_models(name):
         member_maps[0], network_maps(variables, images, decision)["gradcam"], rtol=1e-4, atol=1e-5
     )
     assert logits.shape == (2, 2, 7)
+
+
+@pytest.mark.parametrize(
+    "name, size, stage", [("r18", 32, "stage1"), ("r18", 64, "stage2"), ("r18_faml", 32, "stage1")]
+)
+def test_a_small_input_has_a_map_that_varies_over_the_face(name, size, stage):
+    """At 32 px ResNet's last stage is 1x1 (the map was all 1.0), at 64 px 2x2 (a bilinear
+    upsampling of a 2x2 grid is a matrix of rank 2): Grad-CAM reads the deepest stage of at least
+    7x7 instead, so the map has the rank of a finer grid and runs from low to high."""
+    config = preset("synthetic", name, model_options={**TINY_MODEL, "input_size": size})
+    model = models.network(config.model)
+    assert maps.gradcam_stage(model, size) == stage
+    images = np.random.default_rng(4).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    cam = np.asarray(
+        jax.jit(lambda v, x: maps.network_maps(model, v, x))(jittered_variables(config, 0), images)["gradcam"]
+    )
+    for one in cam:
+        assert one.max() == 1.0 and one.min() < 0.5
+        assert np.linalg.matrix_rank(one, tol=1e-3) >= 4
+
+
+def test_the_stage_is_the_deepest_of_at_least_7x7_or_a_one_line_refusal():
+    shapes = {"stage1": (1, 16, 16, 8), "stage2": (1, 8, 8, 8), "stage3": (1, 4, 4, 8), "features": (1, 8)}
+    assert maps.stage_for(shapes, 64) == "stage2"
+    assert maps.stage_for({**shapes, "stage4": (1, 7, 7, 8)}, 224) == "stage4"
+    with pytest.raises(ConfigError, match=r"^Grad-CAM needs a stage map of at least 7x7, .* at least 28 px$"):
+        maps.stage_for({"stage1": (1, 4, 4, 8), "stage2": (1, 2, 2, 8)}, 16)
+    # The same refusal from the network itself, before anything is computed: 16 px leaves 4x4.
+    config = preset("synthetic", "r18", model_options={**TINY_MODEL, "input_size": 16})
+    with pytest.raises(
+        ConfigError, match="at 16 px this network's shallowest stage is 4x4: use an input size of at least 28 px"
+    ):
+        maps.gradcam_stage(models.network(config.model), 16)
+    assert maps.gradcam_stage(models.network(config.model), 28) == "stage1"

@@ -1,15 +1,15 @@
 """Export trained networks for deployment, with the preprocessing inside (uint8 NHWC faces at the
-run's input size in, class probabilities out):
+run's input size in; class probabilities, or an ensemble's logits, T2V scores and decision, out):
 ``python -m tools.export RUN_DIR [RUN_DIR ...] OUT --format onnx|stablehlo|both``
 or ``python -m tools.export --population EVOLVE_DIR OUT``.
 
-OUT receives ``<run>.onnx`` per network (opset 17, batch dimension symbolic; run it with
-onnxruntime), ``model.stablehlo`` (``jax.export``: one network, or the whole ensemble with its T2V
-decision) with ``model.weights.npz`` (load both with ``faml_jax.export.load_stablehlo``) and
-``export.json`` (inputs, outputs, classes,
-input size, T2V's weights). Faces are cut from photos as the run's data set shows faces
-(``faml_jax.faces``); the resize to the input size is the deployment's (antialiased bilinear, as
-in training).
+OUT receives ``<run>.onnx`` for one network or ``ensemble.onnx`` for several (opset 17, batch
+dimension symbolic; run it with onnxruntime, ``pip install onnxruntime``): one graph whose outputs
+are every network's logits, the T2V scores, the decision and its confidence; ``model.stablehlo``
+(``jax.export``: one network, or the whole ensemble with its T2V decision) with
+``model.weights.npz`` (load both with ``faml_jax.export.load_stablehlo``); ``README.md`` (how to
+cut faces from photos as the run's data set shows faces, with ``faml_jax.faces`` or without it)
+and ``export.json`` (inputs, outputs, classes, input size, T2V's weights).
 """
 
 from __future__ import annotations

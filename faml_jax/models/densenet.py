@@ -34,8 +34,8 @@ class DenseNet(Network):
     pooling and the C-class head (initialised like R18's). torchvision's ``densenet121``: 64
     initial channels, growth 32, blocks 6-12-24-16, bottleneck 4.
 
-    The final map (after the last BatchNorm and ReLU) is sown and perturbable as ``last_stage``,
-    for Grad-CAM (docs/method.md 6)."""
+    Each dense block's map (before its transition; the last one after the final BatchNorm and
+    ReLU) is sown and perturbable as ``stage<i>``, for Grad-CAM (docs/method.md 6)."""
 
     def forward(self, x, train: bool):
         cfg = self.config
@@ -66,8 +66,9 @@ class DenseNet(Network):
                 y = conv(cfg.growth_rate, 3, f"{name}_conv2", padding=1)(y)
                 x = jnp.concatenate([x, y], axis=-1)
             if block < len(cfg.stage_depths):
+                x = self.stage(block, x)  # the dense block's map, before its transition
                 x = nn.relu(norm(name=f"transition{block}_norm")(x))
                 x = conv(x.shape[-1] // 2, 1, f"transition{block}_conv")(x)
                 x = avg_pool_2x2(x)
-        x = self.last_stage(nn.relu(norm(name="norm5")(x)))
+        x = self.stage(len(cfg.stage_depths), nn.relu(norm(name="norm5")(x)))
         return self.head(jnp.mean(x.astype(jnp.float32), axis=(1, 2)))

@@ -1,5 +1,5 @@
 """What every network of the project shares (ResNet, VGG, DenseNet): its fields, the precision
-its float32 products take, the map Grad-CAM reads and the float32 head (docs/method.md 2.4, 6)."""
+its float32 products take, the stage maps Grad-CAM reads and the float32 head (docs/method.md 2.4, 6)."""
 
 from __future__ import annotations
 
@@ -59,11 +59,13 @@ class Network(nn.Module):
     def forward(self, x, train: bool):
         raise NotImplementedError
 
-    def last_stage(self, x):
-        """The map Grad-CAM reads (docs/method.md 6): sown into ``intermediates`` as
-        ``last_stage``, and perturbable (a no-op unless a "perturbations" collection is given)."""
-        self.sow("intermediates", "last_stage", x)
-        return self.perturb("last_stage", x)
+    def stage(self, index: int, x):
+        """The output of stage ``index`` (1 = the shallowest), a map Grad-CAM may read
+        (docs/method.md 6: the deepest stage of at least ``maps.MIN_SIDE`` pixels a side): sown
+        into ``intermediates`` as ``stage<index>``, and perturbable (a no-op unless a
+        "perturbations" collection is given)."""
+        self.sow("intermediates", f"stage{index}", x)
+        return self.perturb(f"stage{index}", x)
 
     def head(self, features):
         """The penultimate ``features`` (sown as ``features``, float32) -> the C-class logits of

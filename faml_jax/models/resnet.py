@@ -75,5 +75,5 @@ class ResNet(Network):
                     dtype=dtype,
                     name=f"attn{stage + 1}",
                 )(x)
-        x = self.last_stage(x)
+            x = self.stage(stage + 1, x)
         return self.head(jnp.mean(x.astype(jnp.float32), axis=(1, 2)))

@@ -39,8 +39,8 @@ class VGG(Network):
     (initialised like R18's, ``config.head_init``). torchvision's ``vgg16``: widths 64-128-256-512-512,
     depths 2-2-3-3-3, classifier 4096.
 
-    The last stage's map (before the last pooling) is sown and perturbable as ``last_stage``, for
-    Grad-CAM (docs/method.md 6)."""
+    Each stage's map (before its pooling) is sown and perturbable as ``stage<i>``, for Grad-CAM
+    (docs/method.md 6)."""
 
     def forward(self, x, train: bool):
         cfg = self.config
@@ -61,8 +61,7 @@ class VGG(Network):
                 if cfg.batch_norm:
                     x = norm(name=f"bn{stage}_{i}")(x)
                 x = nn.relu(x)
-            if stage == len(cfg.widths):
-                x = self.last_stage(x)
+            x = self.stage(stage, x)
             x = max_pool(x, window=2, stride=2, padding=0)
         x = adaptive_avg_pool(x, POOLED)
         x = x.reshape(x.shape[0], -1)  # NHWC order (the converter permutes torchvision's NCHW weights)
