@@ -68,10 +68,12 @@ ensemble-demo: $(STAMP)
 
 # The demo model (runs/demo; trained by `make demo` first if missing) on a real photograph that
 # ships with scikit-image: the face found, its expression, the annotated photo and its attention
-# map in runs/predict-demo (a model trained on synthetic faces says little about a real face).
+# map in runs/predict-demo (a model trained on synthetic faces says little about a real face), and
+# the README's picture docs/images/predict-demo.png made from them (tools/readme_picture.py).
 predict-demo: $(DEMO_STAMP) runs/demo/summary.json
 	$(PY) -c "from PIL import Image; from skimage import data; Image.fromarray(data.astronaut()).save('runs/astronaut.png')"
 	$(PY) -m experiments.predict --run runs/demo runs/astronaut.png --out runs/predict-demo --explain --overwrite
+	$(PY) -m tools.readme_picture runs/predict-demo docs/images/predict-demo.png
 
 runs/demo/summary.json:
 	$(MAKE) demo

@@ -41,7 +41,14 @@ import sys
 from pathlib import Path
 
 from experiments.cli import OneLineErrorParser, UsageError, run_cli
-from experiments.flags import add_fga_arguments, add_run_arguments, fga_config, kept_on_resume, resolve_config
+from experiments.flags import (
+    add_fga_arguments,
+    add_format_argument,
+    add_run_arguments,
+    fga_config,
+    kept_on_resume,
+    resolve_config,
+)
 from faml_jax import paper
 from faml_jax.workdir import process_workdir
 
@@ -61,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_fga_arguments(parser, population=False)
     parser.add_argument("--member-parallel", action="store_true", help="FGA: one network per device side by side")
+    add_format_argument(parser, "the reports' confusion matrices")
     return parser
 
 
@@ -85,6 +93,7 @@ def main(argv=None) -> int:
             member_parallel=args.member_parallel,
             progress=not args.no_progress,
             keep_recorded=kept_on_resume(args),
+            figure_format=args.format,
         )
 
     return run_cli(build_parser(), argv, body)

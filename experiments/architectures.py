@@ -15,8 +15,8 @@ epochs, flip only; docs/method.md 7):
 
 then evaluates each row's networks together (origin: their mean accuracy, spread and the first
 one's; T2V, T1V and NOI over all of them) and writes ``table6.md``, ``table6.json`` (fractions)
-and ``fig7.png`` (the gain of T2V, NOI and T1V against the origin accuracy, one point per
-network) in the workdir, with the paper's RAF-DB numbers beside ours; a report folder per row
+and ``fig7.png`` (``--format pdf|svg``: fig7.pdf, fig7.svg; the gain of T2V, NOI and T1V against
+the origin accuracy, one point per row) in the workdir, with the paper's RAF-DB numbers beside ours; a report folder per row
 under ``reports/`` (its ensemble and Table 1 ranks). ``--backbones DIR`` holds one converted
 backbone per row, named as above (``python -m tools.convert_torch --arch ARCH FILE DIR/NAME``);
 without it every network starts from random weights (allowed on the real data sets with
@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 from experiments.cli import OneLineErrorParser, UsageError, run_cli
-from experiments.flags import add_run_arguments, kept_on_resume, resolve_config
+from experiments.flags import add_format_argument, add_run_arguments, kept_on_resume, resolve_config
 from faml_jax import paper
 from faml_jax.workdir import process_workdir
 
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--backbones", metavar="DIR", help="one converted backbone per row: ri18, resnet34, vgg16, ...")
     parser.add_argument("--fga-workdir", metavar="DIR", help=f"an experiments.evolve workdir: the {paper.FGA_ROW} row")
+    add_format_argument(parser, "Fig. 7 and the reports' confusion matrices")
     return parser
 
 
@@ -82,6 +83,7 @@ def main(argv=None) -> int:
             resume=args.resume,
             progress=not args.no_progress,
             keep_recorded=kept_on_resume(args),
+            figure_format=args.format,
         )
 
     return run_cli(build_parser(), argv, body)

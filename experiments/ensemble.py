@@ -19,7 +19,8 @@ The report folder (``--out``) holds:
                                 1st..Cth (paper Table 1)
   confusion_best_member.{csv,png}, confusion_t2v.{csv,png}
                                 row-normalised confusion matrices (%) of the best single member
-                                and of the T2V ensemble
+                                and of the T2V ensemble (--format pdf or svg: .pdf or .svg
+                                pictures instead of .png)
   logits.npz                    the members' test logits (M, N, C) and the labels
 
 The folder is written under a temporary name and renamed when complete.
@@ -32,7 +33,7 @@ import sys
 from pathlib import Path
 
 from experiments.cli import OneLineErrorParser, UsageError, run_cli
-from experiments.flags import add_generation_argument, check_generation
+from experiments.flags import add_format_argument, add_generation_argument, check_generation
 from faml_jax import ensemble
 from faml_jax.config import EnsembleConfig
 from faml_jax.evaluate import named_members
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=int, help="host threads reading images")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_format_argument(parser, "the confusion matrices")
     return parser
 
 
@@ -105,6 +107,7 @@ def main(argv=None) -> int:
             num_threads=args.threads,
             progress=not args.no_progress,
             command=command,
+            figure_format=args.format,
         )
 
     return run_cli(build_parser(), argv, body)

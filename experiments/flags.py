@@ -323,6 +323,15 @@ def kept_on_resume(args: argparse.Namespace) -> tuple[str, ...]:
     return ("data.crop_faces",) if args.crop_faces is None else ()
 
 
+def add_format_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """--format: the file format of the figures a program writes (png for guides, pdf or svg for a paper)."""
+    from faml_jax.figures import FORMATS
+
+    parser.add_argument(
+        "--format", choices=FORMATS, default="png", help=f"file format of {what}: png (default), pdf or svg"
+    )
+
+
 def add_generation_argument(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
     """``--generation N``: with ``--population``, that generation's survivors instead of the
     final population (``runs.population_members``); ``check_generation`` refuses it alone."""

@@ -264,22 +264,23 @@ def csv_rows(results: PhotoResults, classes: Sequence[str], names: Sequence[str]
 
 def annotate(photo: np.ndarray, records: list[dict], scale: float = 1.0) -> np.ndarray:
     """``photo`` (decoded at ``scale`` of its file's pixels) with each face's box and "class
-    confidence" drawn on it."""
-    from PIL import Image, ImageDraw
+    confidence" on a label (``figures.label_photo``: line and text sized for the photo, labels
+    inside it and clear of each other)."""
+    from faml_jax import figures
 
-    picture = Image.fromarray(photo)
-    draw = ImageDraw.Draw(picture)
-    width = max(2, round(max(photo.shape[:2]) / 250))
-    for r in records:
-        x0, y0, x1, y1 = (
-            [round(v * scale) for v in r["box"]] if r["box"] else (0, 0, photo.shape[1] - 1, photo.shape[0] - 1)
-        )
-        draw.rectangle((x0, y0, x1, y1), outline=(255, 64, 64), width=width)
-        text = f"{r['class']} {r['confidence']:.2f}"
-        tx, ty = x0, max(y0 - 14, 0)
-        draw.rectangle(draw.textbbox((tx, ty), text), fill=(255, 64, 64))
-        draw.text((tx, ty), text, fill=(255, 255, 255))
-    return np.asarray(picture)
+    boxes = [
+        [v * scale for v in r["box"]] if r["box"] else (0, 0, photo.shape[1] - 1, photo.shape[0] - 1) for r in records
+    ]
+    return figures.label_photo(photo, boxes, [f"{r['class']} {r['confidence']:.2f}" for r in records])[0]
+
+
+def describe(predictor: Predictor) -> str:
+    """Which model, in a title: "demo (r18_faml)" for one network, "T2V of 6 networks (r18_faml)"
+    for an ensemble."""
+    architectures = ", ".join(dict.fromkeys(c.model_name for c in predictor.configs))
+    if len(predictor.names) == 1:
+        return f"{predictor.names[0]} ({architectures})"
+    return f"{predictor.strategy.upper()} of {len(predictor.names)} networks ({architectures})"
 
 
 PREDICTIONS_KIND = "faml_jax.predictions"  # predictions.json's "kind": how a prediction folder is recognised
@@ -388,17 +389,15 @@ def unique_stems(files: Sequence[str]) -> list[str]:
     return names
 
 
-MAP_PANEL = 256  # the least height of a face and its map in maps/*.png
-
-
 def write_maps(
     out: str | os.PathLike, results: PhotoResults, predictor: Predictor, kind: str = "gradcam"
 ) -> list[Path]:
     """maps/<file>_face<i>.png in the folder ``out`` (``write_predictions(explain=kind)`` writes
-    them into its prediction folder): each face as the networks saw it beside its map as a
-    JET overlay (``Predictor.explain``), each at least ``MAP_PANEL`` pixels high (small inputs
-    are enlarged, pixel for pixel), and maps.npz with the raw maps (N, S, S) in record order."""
-    from faml_jax.maps import overlay
+    them into its prediction folder): each face as the networks saw it beside its map as a JET
+    overlay (``Predictor.explain``), titled with the decided class, its confidence and the model,
+    with the map's colour bar (``figures.map_panel``); and maps.npz with the raw maps (N, S, S) in
+    record order."""
+    from faml_jax import figures
 
     folder = Path(out) / "maps"
     folder.mkdir(parents=True, exist_ok=True)
@@ -413,11 +412,12 @@ def write_maps(
         )
     )
     written = []
+    model = describe(predictor)
     for record, face, heat in zip(results.records, seen, combined):
         path = folder / f"{stems[record['file']]}_face{record['face']}.png"
-        panel = np.concatenate([face, overlay(face, heat)], axis=1)
-        zoom = -(-MAP_PANEL // panel.shape[0])  # whole-pixel enlargement: the network's pixels stay visible
-        save_png(path, np.repeat(np.repeat(panel, zoom, axis=0), zoom, axis=1))
+        heading = f"{Path(record['file']).name} face {record['face']}: {record['class']} {record['confidence']:.2f}"
+        figure = figures.map_panel(face, heat, heading, model, kind)
+        write_atomic(path, payload=figures.save(figure, "png"))
         written.append(path)
     write_atomic(folder / "maps.npz", arrays={"maps": combined, "member_maps": members, "kind": np.asarray(kind)})
     return written

@@ -6,7 +6,7 @@
     >>> result = report.ensemble_report(runs.population_members("runs/evo"), "runs/evo/ensemble")
 
 The report folder holds report.md, report.json, members.csv, sizes.csv, ranks.csv, the
-row-normalised confusion matrices (csv and png) of the best member and of T2V, and logits.npz;
+row-normalised confusion matrices (csv, and png, pdf or svg) of the best member and of T2V, and logits.npz;
 it is written under a temporary name and renamed when complete.
 """
 
@@ -94,36 +94,15 @@ def rank_rows(report: dict, percent: bool = True) -> list[list]:
     return rows
 
 
-def confusion_png(path: Path, matrix: np.ndarray, classes: list[str], title: str) -> None:
-    """A row-normalised confusion matrix (fractions) as a PNG image in %, with its values printed."""
-    from matplotlib.figure import Figure
+def write_confusion(path: Path, counts: np.ndarray, classes: list[str], what: str, model: str, format: str) -> None:
+    """A confusion matrix (``figures.confusion_figure``: % of each true class, its count, the
+    accuracy in the title) as a ``format`` file (png, pdf or svg)."""
+    from faml_jax import figures
 
-    c = len(classes)
-    fig = Figure(figsize=(1.0 + 0.8 * c, 0.6 + 0.8 * c), dpi=100, layout="constrained")
-    ax = fig.add_subplot()
-    matrix = 100 * np.asarray(matrix)  # fractions of the true class, shown as percentages
-    image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=100)
-    for i in range(c):
-        for j in range(c):
-            ax.text(
-                j,
-                i,
-                f"{matrix[i, j]:.1f}",
-                ha="center",
-                va="center",
-                fontsize=8,
-                color="white" if matrix[i, j] > 60 else "black",
-            )
-    ax.set_xticks(range(c), classes, rotation=45, ha="right")
-    ax.set_yticks(range(c), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.colorbar(image, ax=ax, label="% of the true class")
-    fig.savefig(path)
+    path.write_bytes(figures.save(figures.confusion_figure(counts, classes, what, model), format))
 
 
-def markdown(report: dict, info: dict) -> str:
+def markdown(report: dict, info: dict, figure_format: str = "png") -> str:
     classes = report["classes"]
     c = len(classes)
     best = report["best_member"]
@@ -148,8 +127,9 @@ def markdown(report: dict, info: dict) -> str:
         "the share ranked 2nd among the images the member gets wrong.\n",
         table(["member", *(ordinal(k) for k in range(1, c + 1)), "2nd among wrong"], rank_rows(report)),
         "## Confusion matrices (row-normalised, %)\n",
-        f"Best single member ({best}): `confusion_best_member.csv`\n\n![best member](confusion_best_member.png)\n",
-        "T2V ensemble: `confusion_t2v.csv`\n\n![T2V](confusion_t2v.png)\n",
+        f"Best single member ({best}): `confusion_best_member.csv`\n\n"
+        f"![best member](confusion_best_member.{figure_format})\n",
+        f"T2V ensemble: `confusion_t2v.csv`\n\n![T2V](confusion_t2v.{figure_format})\n",
     ]
     return "\n".join(lines)
 
@@ -163,7 +143,7 @@ REPORT_FILES = frozenset(
         "sizes.csv",
         "ranks.csv",
         "logits.npz",
-        *(f"confusion_{w}.{e}" for w in ("best_member", "t2v") for e in ("csv", "png")),
+        *(f"confusion_{w}.{e}" for w in ("best_member", "t2v") for e in ("csv", "png", "pdf", "svg")),
     }
 )
 
@@ -173,13 +153,16 @@ def recognise_report(folder: Path) -> str | None:
     return recognise_listed(folder, "report.json", REPORT_KIND, lambda index: REPORT_FILES)
 
 
-def write_report(out: Path, report: dict, info: dict, logits: np.ndarray, labels: np.ndarray) -> None:
+def write_report(
+    out: Path, report: dict, info: dict, logits: np.ndarray, labels: np.ndarray, figure_format: str = "png"
+) -> None:
     """Write the report folder under a temporary name, then rename it to ``out`` (replacing an
-    earlier report only once the new one is complete)."""
+    earlier report only once the new one is complete); the confusion matrices as
+    ``figure_format`` files (png, pdf or svg)."""
     with folder_written_whole(out) as tmp:
         classes = report["classes"]
         (tmp / "report.json").write_text(to_json(stamped({"kind": REPORT_KIND, **info, **report})) + "\n")
-        (tmp / "report.md").write_text(markdown(report, info))
+        (tmp / "report.md").write_text(markdown(report, info, figure_format))
         (tmp / "members.csv").write_text(
             csv_text(["", "accuracy", "mean_class_accuracy"], member_rows(report, percent=False))
         )
@@ -192,7 +175,11 @@ def write_report(out: Path, report: dict, info: dict, logits: np.ndarray, labels
                 rank_rows(report, percent=False),
             )
         )
-        titles = {"best_member": f"best member ({report['best_member']})", "t2v": "T2V ensemble"}
+        titles = {
+            "best_member": f"best member {report['best_member']}",
+            "t2v": f"T2V of {len(report['members'])} networks",
+        }
+        model = f"{info['model']} on {info['dataset']}"
         for which, title in titles.items():
             matrix = np.asarray(report["confusion_rates"][which])
             (tmp / f"confusion_{which}.csv").write_text(
@@ -201,7 +188,8 @@ def write_report(out: Path, report: dict, info: dict, logits: np.ndarray, labels
                     [[name, *(f"{v:.4f}" for v in row)] for name, row in zip(classes, matrix)],
                 )
             )
-            confusion_png(tmp / f"confusion_{which}.png", matrix, classes, f"{title}, % of true class")
+            counts = np.asarray(report["confusion_counts"][which])
+            write_confusion(tmp / f"confusion_{which}.{figure_format}", counts, classes, title, model, figure_format)
         np.savez(tmp / "logits.npz", logits=logits, labels=labels)
 
 
@@ -221,11 +209,13 @@ def ensemble_report(
     num_threads: int | None = None,
     progress: bool = True,
     command: str = "",
+    figure_format: str = "png",
 ) -> dict:
     """Evaluate ``members`` ((name, workdir) pairs) as an ensemble (``config``: T2V's weights,
     which checkpoint, the order of the size table) and write the report folder ``out``; returns
     the report (also in ``out/report.json``). ``data_dir``, ``num_threads``: where the data set is
-    now and how it is read, if not as in training; ``batch_size``, ``mapping``: the evaluation."""
+    now and how it is read, if not as in training; ``batch_size``, ``mapping``: the evaluation;
+    ``figure_format``: the confusion matrices' files (png, pdf or svg)."""
     out = Path(out).absolute()
     # The report folder is replaced whole (``write_report``): its lock lies beside it.
     with WorkdirLock(out.parent, f"report folder {out.name} in", name=f".{out.name}.lock"):
@@ -243,7 +233,7 @@ def ensemble_report(
         names = [name for name, _ in members]
         report = analyse(logits, labels, names, classes, order=order, alpha=alpha, beta=beta)
         info["command"] = command
-        write_report(out, report, info, logits, labels)
+        write_report(out, report, info, logits, labels, figure_format)
     logger.info(table(["", "accuracy %", "mean class accuracy %"], member_rows(report)).rstrip())
     if report["sizes"]:  # (one member: no ensemble sizes)
         logger.info(

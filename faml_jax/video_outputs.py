@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from faml_jax.video import Analysed, DamagedVideoError, VideoInfo, columns
-from faml_jax.writer import write_json
+from faml_jax.writer import write_atomic, write_json
 
 SUMMARY_KIND = "faml_jax.video_summary"
 # One colour per face id (cycled): boxes and labels in the annotated video, lines' ids in the CSV.
@@ -76,7 +76,7 @@ class VideoOutput:
 
     def close(self, stopped: DamagedVideoError | None = None, command: str = "") -> dict:
         """Finish the files; returns the summary (also written as summary.json)."""
-        from faml_jax.figures import save_figure, timeline_figure
+        from faml_jax.figures import save, timeline_figure
         from faml_jax.versions import stamped
 
         if self._previous is not None:  # the last frame counts for the usual interval
@@ -113,7 +113,7 @@ class VideoOutput:
         series = {i: (np.asarray(t), np.stack(s)) for i, (t, s) in sorted(self._series.items())}
         which = "smoothed scores" if self.smoothed else "scores"
         figure = timeline_figure(series, self.classes, title=f"{Path(self.info.path).name}: {which} per face")
-        save_figure(figure, self.folder / "timeline.png")
+        write_atomic(self.folder / "timeline.png", payload=save(figure, "png"))
         return summary
 
 

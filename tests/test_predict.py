@@ -187,10 +187,10 @@ def test_the_programs_files_equal_the_librarys_output(three_runs, tmp_path, caps
     with np.load(out / "maps" / "maps.npz") as saved_maps:
         np.testing.assert_allclose(saved_maps["maps"], combined, rtol=1e-5, atol=1e-6)
         assert saved_maps["member_maps"].shape == (3, 5, 32, 32)
-    assert Image.open(out / "maps" / "face0_face0.png").size == (512, 256)  # 32 px faces enlarged 8x
+    assert Image.open(out / "maps" / "face0_face0.png").size[1] >= 256  # a panel readable on a screen
 
 
-def test_the_figure_of_maps_takes_images_every_row_gets_right(three_runs, tmp_path, capsys):
+def test_the_figure_of_maps_takes_the_images_the_most_rows_get_right(three_runs, tmp_path, capsys):
     from experiments import explain as program
 
     root, config, _, paths = three_runs
@@ -198,17 +198,20 @@ def test_the_figure_of_maps_takes_images_every_row_gets_right(three_runs, tmp_pa
     ensemble_arg = ",".join(str(p) for p in paths)
     assert program.main(["--run", str(paths[0]), "--ensemble", ensemble_arg, "--out", str(out)]) == 0
     with np.load(out.with_suffix(".npz")) as figure:
-        indices, grid_maps = figure["indices"], figure["maps"]
+        indices, grid_maps, right = figure["indices"], figure["maps"], figure["right"]
     assert grid_maps.shape == (2, 7, 32, 32) and float(grid_maps.max()) <= 1.0
 
+    # Every column shows a face of its class: the one the most rows get right (docs/method.md 6).
     test = runs.open_dataset(config).test
+    labels = np.asarray(test.labels)
     rows = [Predictor.from_run(paths[0]), Predictor.from_runs(paths)]
+    everything = [p.predict([test[i]["image"] for i in range(len(labels))]).decision == labels for p in rows]
+    most = np.sum(everything, axis=0)
     for c, index in enumerate(indices):
-        if index < 0:  # no test image of this class that both rows get right
-            continue
-        assert test.labels[index] == c
-        for predictor in rows:
-            assert predictor.predict(test[int(index)]["image"]).decision[0] == c
+        assert index >= 0 and labels[index] == c
+        assert most[index] == most[labels == c].max()
+        for r, predictor in enumerate(rows):
+            assert right[r, c] == (predictor.predict(test[int(index)]["image"]).decision[0] == c)
     printed = capsys.readouterr().out
     assert "test-split index of the image shown per expression: anger " in printed
     # The same map choice as experiments.predict: --map, not another flag name.
@@ -298,7 +301,7 @@ def test_a_folder_takes_images_by_content_and_counts_the_other_files(tmp_path, l
 def test_refusals_of_the_explainer_and_of_duplicate_runs(three_runs, tmp_path):
     from helpers import TINY_MODEL
 
-    from faml_jax.figures import figure_of_maps
+    from faml_jax.paper import figure_of_maps
     from faml_jax.presets import preset
 
     root, config, _, paths = three_runs

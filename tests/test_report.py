@@ -260,7 +260,7 @@ def test_failed_write_keeps_the_earlier_report(trained, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(report_module, "confusion_png", broken)
+    monkeypatch.setattr(report_module, "write_confusion", broken)
     with pytest.raises(OSError, match="disk full"):
         report_module.ensemble_report(members, out, overwrite=True, **quiet)
     assert (out / "report.json").read_text() == before

@@ -271,6 +271,18 @@ def test_a_folders_videos_are_recognised_by_content(tmp_path, clips, logged):
     assert image_files([tmp_path / "only"]) == [tmp_path / "only" / "clip"]  # a folder of videos alone
 
 
+def test_the_timeline_is_drawn_without_overlapping_or_cut_text():
+    from faml_jax import figures
+
+    classes = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
+    times = np.arange(0, 20, 0.1)
+    scores = np.random.default_rng(0).dirichlet(np.ones(7), len(times))
+    fig = figures.timeline_figure({0: (times, scores), 2: (times[50:], scores[50:])}, classes, title="clip.mp4: scores")
+    assert figures.overlapping_text(fig) == [] and figures.text_outside(fig) == []
+    texts = [t for t, _ in figures.text_boxes(fig)]
+    assert {"Surprise", "Neutral", "time (s)", "face 0\nscore", "face 2\nscore"} <= set(texts)
+
+
 def test_tracker_and_iou():
     from faml_jax.tracking import Tracker, iou_matrix
 

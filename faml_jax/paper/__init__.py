@@ -1,5 +1,6 @@
 """The paper's experiments as library calls: Table 2 (the ablation, ``table2``), Table 6 with
-Fig. 7 (T2V on other basic networks, ``table6``) and the rows of Fig. 8 (``figure8_rows``), each
+Fig. 7 (T2V on other basic networks, ``table6``) and Fig. 8 (``figure8_rows``,
+``figure_of_maps``, ``draw_figure8``), each
 with its rows, recipes, the paper's published numbers beside ours, and the table and figure
 writers. ``experiments.ablation``, ``experiments.architectures`` and ``experiments.explain`` only
 parse flags and call these; a notebook can run either table with one call:
@@ -18,7 +19,7 @@ Here: the calls, and the rows and published numbers they are made of.
 
 from faml_jax.paper.ablation import PAPER, PAPER_ENSEMBLE_SIZES, ROWS, VARIANTS, paper_accuracy, table2
 from faml_jax.paper.architectures import FGA_ROW, PAPER_TABLE6, TABLE6_ROWS, paper_table6, table6
-from faml_jax.paper.figure8 import figure8_rows
+from faml_jax.paper.figure8 import draw_figure8, figure8_rows, figure_of_maps
 
 __all__ = [
     "FGA_ROW",
@@ -28,7 +29,9 @@ __all__ = [
     "ROWS",
     "TABLE6_ROWS",
     "VARIANTS",
+    "draw_figure8",
     "figure8_rows",
+    "figure_of_maps",
     "paper_accuracy",
     "paper_table6",
     "table2",

@@ -111,9 +111,10 @@ def table2(
     member_parallel: bool = False,
     progress: bool = True,
     keep_recorded: tuple[str, ...] = (),
+    figure_format: str = "png",
 ) -> dict:
     """Train and combine everything Table 2 needs in ``workdir``; returns the table (also in
-    table2.json)."""
+    table2.json). ``figure_format``: the reports' confusion matrices (png, pdf or svg)."""
     workdir = Path(workdir)
     check_networks(networks)
     if fga.population != networks:
@@ -127,7 +128,7 @@ def table2(
         ("R18+FAML-T2V", [(f"seed{s}", d) for s, d in zip(seeds, faml_dirs)], "faml-t2v"),
         ("R18+FAML-FGA-T2V", runs.population_members(fga_dir), "faml-fga-t2v"),
     ]:
-        table[row] = _ensemble_row(row, members, workdir / "reports" / folder, progress)
+        table[row] = _ensemble_row(row, members, workdir / "reports" / folder, progress, figure_format)
     for row in ROWS:
         table[row]["paper"] = paper_accuracy(base.data.dataset, row, networks)
     result = {
@@ -194,11 +195,16 @@ def _fga_row(
     )
 
 
-def _ensemble_row(row: str, members: list[tuple[str, Path]], out: Path, progress: bool) -> dict:
+def _ensemble_row(row: str, members: list[tuple[str, Path]], out: Path, progress: bool, figure_format: str) -> dict:
     """A T2V row: the ensemble report of ``members`` in ``out`` and its T2V, T1V and NOI accuracies."""
     logger.info(f"== {row}")
     result = report.ensemble_report(
-        members, out, overwrite=True, progress=progress, command=f"experiments.ablation ({row})"
+        members,
+        out,
+        overwrite=True,
+        progress=progress,
+        command=f"experiments.ablation ({row})",
+        figure_format=figure_format,
     )
     return {
         "accuracy": result["ensemble"]["t2v"]["accuracy"],

@@ -6,7 +6,6 @@ architecture (one per seed, from its converted backbone or a random start), thei
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import os
 from pathlib import Path
@@ -98,9 +97,10 @@ def table6(
     resume: bool = False,
     progress: bool = True,
     keep_recorded: tuple[str, ...] = (),
+    figure_format: str = "png",
 ) -> dict:
     """Train ``networks`` networks per row (seeds ``base.seed`` ..) and write Table 6
-    (``table6.md``, ``table6.json``) and Fig. 7 (``fig7.png``) in ``workdir``, with a report
+    (``table6.md``, ``table6.json``) and Fig. 7 (``fig7.<figure_format>``: png, pdf or svg) in ``workdir``, with a report
     folder per row (``reports/<row>``: its ensemble and Table 1 ranks). ``rows``: default the
     paper's five basic networks and R18+FAML, and R18+FAML-FGA (the final population of
     ``fga_workdir``, an ``experiments.evolve`` workdir) when given. ``backbones``: a folder holding
@@ -127,7 +127,7 @@ def table6(
                 row, config, seeds, workdir / folders[_key(config)], trained_by_config, progress, keep_recorded
             )
         out = workdir / "reports" / _folder_name(row)
-        numbers = _evaluate_row(row, members, out, ensemble_config, progress)
+        numbers = _evaluate_row(row, members, out, ensemble_config, progress, figure_format)
         result_rows[row] = {**numbers, "what": what, "report": str(out), "paper": paper_table6(base.data.dataset, row)}
     result = {
         "dataset": base.data.dataset,
@@ -138,7 +138,7 @@ def table6(
     }
     write_json(workdir / "table6.json", result)
     write_atomic(workdir / "table6.md", table6_markdown(result))
-    write_atomic(workdir / "fig7.png", payload=figure7(result))
+    write_atomic(workdir / f"fig7.{figure_format}", payload=figure7(result, figure_format))
     logger.info(table6_markdown(result))
     return result
 
@@ -214,12 +214,23 @@ def _row_networks(
 
 
 def _evaluate_row(
-    row: str, members: list[tuple[str, Path]], out: Path, ensemble_config: EnsembleConfig, progress: bool
+    row: str,
+    members: list[tuple[str, Path]],
+    out: Path,
+    ensemble_config: EnsembleConfig,
+    progress: bool,
+    figure_format: str,
 ) -> dict:
     """The ensemble report of a row's networks in ``out``, and the row's numbers from its logits."""
     logger.info(f"== {row}: evaluating {len(members)} networks")
     report.ensemble_report(
-        members, out, ensemble_config, overwrite=True, progress=progress, command=f"paper.table6 ({row})"
+        members,
+        out,
+        ensemble_config,
+        overwrite=True,
+        progress=progress,
+        command=f"paper.table6 ({row})",
+        figure_format=figure_format,
     )
     saved = runs.read_arrays(out / "logits.npz", {"logits": ("f", 3), "labels": ("iu", 1)}, "the report's logits")
     return table6_row(saved["logits"], saved["labels"], ensemble_config.alpha, ensemble_config.beta)
@@ -252,27 +263,59 @@ def table6_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure7(result: dict) -> bytes:
-    """Fig. 7 as PNG bytes: per basic network, the gain of T2V, NOI and T1V (points, y) against
-    its origin accuracy (%, x), each point labelled with the row."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.0, 4.5), dpi=120, layout="constrained")
-    ax = fig.add_subplot()
-    for strategy, marker, label in (("t2v", "o", "T2V"), ("noi", "s", "NOI"), ("t1v", "^", "T1V")):
-        xs = [100 * r["origin"] for r in result["rows"].values()]
-        ys = [100 * r[f"{strategy}_gain"] for r in result["rows"].values()]
-        ax.scatter(xs, ys, marker=marker, label=label)
-    points: dict[tuple, list[str]] = {}  # rows sharing their networks share a point
+def figure7_points(result: dict) -> list[dict]:
+    """Fig. 7's points from a Table 6 result: per basic network its origin accuracy and the gain
+    of each decision (%), rows sharing their networks (RI18 and R18 without backbones) as one
+    point labelled "RI18 = R18"."""
+    points: dict[tuple, dict] = {}
     for row, r in result["rows"].items():
-        points.setdefault((100 * r["origin"], 100 * r["t2v_gain"]), []).append(row)
-    for xy, names in points.items():
-        ax.annotate(" = ".join(names), xy, textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.axhline(0.0, color="grey", linewidth=0.5)
-    ax.set_xlabel("origin: mean test accuracy of the basic networks (%)")
-    ax.set_ylabel("gain of the ensemble (points)")
-    ax.set_title(f"Fig. 7 on {result['dataset']}: {result['networks']} networks per ensemble")
-    ax.legend()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+        numbers = (100 * r["origin"], *(100 * r[f"{s}_gain"] for s in DECISIONS))
+        point = points.setdefault(
+            numbers, {"label": row, "origin": numbers[0], "gains": dict(zip(DECISIONS, numbers[1:]))}
+        )
+        if point["label"] != row:
+            point["label"] += f" = {row}"
+    return list(points.values())
+
+
+FIG7_DECISIONS = (("t2v", "o", "T2V"), ("noi", "s", "NOI"), ("t1v", "^", "T1V"))
+
+
+def draw_figure7(points: list[dict], title: str):
+    """Fig. 7 at the paper's column width: per basic network (``points``: label, origin %, gains
+    in points per decision) its three gains above its origin accuracy, joined by a line, one
+    colour per network and one marker per decision; the networks and the decisions in two
+    legends below the plot, so no label is drawn over a point or another label."""
+    from matplotlib.lines import Line2D
+
+    from faml_jax import figures
+
+    with figures.style():
+        fig = figures.new_figure(figures.COLUMN, 3.2 + 0.16 * len(points))
+        ax = fig.add_subplot()
+        colours = [f"C{i % 10}" for i in range(len(points))]
+        for point, colour in zip(points, colours):
+            gains = [point["gains"][s] for s, _, _ in FIG7_DECISIONS]
+            ax.plot([point["origin"]] * 2, [min(gains), max(gains)], color=colour, linewidth=0.8)
+            for (_, marker, _), gain in zip(FIG7_DECISIONS, gains):
+                ax.plot(point["origin"], gain, marker=marker, color=colour, linestyle="none")
+        ax.axhline(0.0, color="grey", linewidth=0.5)
+        ax.set_xlabel("origin: the networks' mean test accuracy (%)")
+        ax.set_ylabel("gain of the ensemble (points)")
+        ax.set_title(title)
+        networks = [
+            Line2D([], [], color=c, marker="o", linestyle="-", label=p["label"]) for p, c in zip(points, colours)
+        ]
+        decisions = [Line2D([], [], color="black", marker=m, linestyle="none", label=n) for _, m, n in FIG7_DECISIONS]
+        first = fig.legend(handles=networks, loc="outside lower left", ncols=1, title="basic network")
+        fig.legend(handles=decisions, loc="outside lower right", ncols=1, title="decision")
+        first.set_in_layout(True)
+    return fig
+
+
+def figure7(result: dict, format: str = "png") -> bytes:
+    """Fig. 7 as a file in ``format`` (png, pdf or svg): ``draw_figure7`` of ``figure7_points``."""
+    from faml_jax import figures
+
+    title = f"Fig. 7 on {result['dataset']}: T2V, NOI and T1V\nof {result['networks']} networks per basic network"
+    return figures.save(draw_figure7(figure7_points(result), title), format)
