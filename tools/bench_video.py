@@ -123,6 +123,7 @@ def main(argv=None) -> None:
             [args.fer_python, "-c", FER_SCRIPT, str(clip), str(folder / "fer"), str(every)],
             capture_output=True,
             text=True,
+            cwd=folder,  # fer writes data.csv into its working folder whatever it is told
         )
         found = [line for line in result.stdout.splitlines() if line.startswith("FER ")]
         if found:
