@@ -26,6 +26,7 @@ Either crop is then resized by the predictor exactly as the training pipeline re
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import importlib.util
 from pathlib import Path
@@ -171,6 +172,14 @@ def landmark_model_path() -> Path:
     return path
 
 
+@functools.cache
+def _dlib_models():
+    """dlib's detector and landmark model, loaded once per process (about a second each time:
+    a program makes a Finder for its photos and one per video; both models are read-only)."""
+    dlib = _dlib()
+    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(landmark_model_path())), dlib.rectangle
+
+
 class Finder:
     """Find faces in a photo and cut each out as ``mode`` says ("align" or "box").
 
@@ -193,11 +202,9 @@ class Finder:
     ):
         if mode not in MODES:
             raise ConfigError(f"unknown face mode {mode!r}; expected one of {', '.join(MODES)}")
-        dlib = _dlib()
+        _dlib()  # named when missing, even after the models were loaded
         self.mode, self.size, self.margin, self.upsample, self.min_score = mode, size, margin, upsample, min_score
-        self._detector = dlib.get_frontal_face_detector()
-        self._landmarks = dlib.shape_predictor(str(landmark_model_path()))
-        self._rectangle = dlib.rectangle
+        self._detector, self._landmarks, self._rectangle = _dlib_models()
 
     def landmarks(self, image: np.ndarray, box) -> np.ndarray:
         """(5, 2) landmarks of the face in ``box`` (x0, y0, x1, y1)."""

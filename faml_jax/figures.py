@@ -325,3 +325,38 @@ def label_photo(
 def _intersect(a: Sequence[int], b: Sequence[int]) -> bool:
     """Whether two rectangles (x0, y0, x1, y1; x1, y1 exclusive) share a pixel."""
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+# -- expressions over time (issue 40: a video's faces, ``faml_jax.video_outputs``) ----------------
+
+
+def timeline_figure(series: dict, classes: Sequence[str], *, title: str = "", gap: float = 1.0):
+    """Each face's class scores over time, one panel per face (``series``: id -> (times (T,),
+    scores (T, C))), seconds on the x axis, one coloured line per class (the paper's names,
+    capitalised; the legend beside the first panel), breaks where the face was missing for more
+    than ``gap`` seconds. ``SLIDE``-wide, in ``STYLE``; save with ``save``."""
+    names = [c.capitalize() for c in classes]
+    colours = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#808080"]
+    rows = max(len(series), 1)
+    with style():
+        fig = new_figure(SLIDE[0], 0.7 + 1.3 * rows)
+        axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
+        end = max((float(t[-1]) for t, _ in series.values() if len(t)), default=1.0)
+        for ax, (face_id, (times, scores)) in zip(axes, series.items()):
+            times, scores = np.asarray(times, np.float64), np.asarray(scores, np.float64)
+            breaks = np.flatnonzero(np.diff(times) > gap) + 1  # NaN between pieces: no line across an absence
+            times = np.insert(times, breaks, np.nan)
+            scores = np.insert(scores, breaks, np.nan, axis=0)
+            for c, name in enumerate(names):
+                ax.plot(times, scores[:, c], color=colours[c % len(colours)], linewidth=1.2, label=name)
+            ax.set_ylabel(f"face {face_id}\nscore")
+            ax.set_ylim(0, max(1.0, float(np.nanmax(scores)) * 1.05) if len(scores) else 1.0)
+            ax.set_xlim(0, end)
+            ax.grid(alpha=0.3, linewidth=0.5)
+        if not series:
+            axes[0].text(0.5, 0.5, "no face found", ha="center", va="center", transform=axes[0].transAxes)
+        axes[-1].set_xlabel("time (s)")
+        axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        if title:
+            fig.suptitle(title)
+    return fig

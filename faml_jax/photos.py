@@ -46,9 +46,22 @@ def is_image(path: Path) -> bool:
         return False
 
 
+def _has_av() -> bool:
+    from faml_jax import video
+
+    return video._has_av()
+
+
+def _is_video(path: Path) -> bool:
+    """Whether a folder's file is a video (by content: FFmpeg finds a video stream; needs PyAV)."""
+    from faml_jax import video
+
+    return video._has_av() and video.is_video(path)
+
+
 def image_files(inputs: Sequence[str | os.PathLike], exclude: str | os.PathLike | None = None) -> list[Path]:
-    """The image files named by ``inputs``: files, folders (their images, ``is_image``,
-    recursively, sorted; none under ``exclude``, e.g. the output folder of an earlier prediction;
+    """The image files named by ``inputs``: files, folders (their images, ``is_image``, and
+    videos, recognised by content too, ``video.is_video``; recursively, sorted; none under ``exclude``, e.g. the output folder of an earlier prediction;
     the other files counted in one logged line) and glob patterns. A file named, or matched, is
     taken whatever it holds (``predict_photos`` reports one it cannot read). An input that names
     nothing is a ``DataError`` naming it."""
@@ -66,15 +79,20 @@ def image_files(inputs: Sequence[str | os.PathLike], exclude: str | os.PathLike 
             )
             images, others = [], []
             for p in files:
-                if is_image(p):
+                if is_image(p) or _is_video(p):
                     images.append(p)
                 else:
                     others.append(p.relative_to(path).as_posix())
+            videos = _has_av()
             if not images:
-                raise DataError(f"no image in {given}: none of its {len(files)} file(s) is one Pillow can open")
+                what = "an image Pillow opens or a video FFmpeg decodes" if videos else "one Pillow can open"
+                raise DataError(
+                    f"no image{' or video' if videos else ''} in {given}: none of its {len(files)} file(s) is {what}"
+                )
             if others:
                 shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
-                logger.info(f"{given}: {len(others)} file(s) passed over, not images Pillow can open ({shown})")
+                what = "images Pillow can open nor videos FFmpeg decodes" if videos else "images Pillow can open"
+                logger.info(f"{given}: {len(others)} file(s) passed over, not {what} ({shown})")
             found += images
         elif path.is_file():
             found.append(path)
@@ -290,13 +308,15 @@ def write_predictions(
     command: str = "",
     explain: str | None = None,
     overwrite: bool = False,
+    also=None,
 ) -> list[str]:
     """The folder ``out``: predictions.csv, predictions.json, (``annotated``) annotated/<file>.png
     and (``explain``: "gradcam" or "relevancy") maps/ (``write_maps``). Written whole under a
     temporary name, then renamed: an earlier prediction there is replaced (only with
     ``overwrite``: its annotated/ and maps/ files go with it), a folder that is not one never is
     (``check_output``). predictions.json lists every file, so the next prediction recognises the
-    folder as its own. Returns those files ("/"-joined paths inside ``out``)."""
+    folder as its own. ``also(folder)``: writes more into the temporary folder first (videos'
+    outputs, ``video_outputs.write_video``). Returns those files ("/"-joined paths inside ``out``)."""
     out = Path(out).absolute()
     with WorkdirLock(out.parent, f"prediction folder {out.name} in", name=f".{out.name}.lock"):
         check_output(out, overwrite)
@@ -304,6 +324,8 @@ def write_predictions(
             _write_tables(tmp, results, predictor, annotated)
             if explain is not None:
                 write_maps(tmp, results, predictor, explain)
+            if also is not None:
+                also(tmp)
             files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*"))
             write_json(tmp / "predictions.json", stamped(_summary(results, predictor, command, files)))
     return files

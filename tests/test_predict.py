@@ -287,11 +287,14 @@ def test_a_folder_takes_images_by_content_and_counts_the_other_files(tmp_path, l
     assert image_files([tmp_path / "b.gif"]) == [tmp_path / "b.gif"]
     assert read_photo(tmp_path / "b.gif").shape == (12, 10, 3)
     assert [m for m in logged if "passed over" in m] == [
-        f"{tmp_path}: 1 file(s) passed over, not images Pillow can open (notes.txt)"
+        f"{tmp_path}: 1 file(s) passed over, not images Pillow can open nor videos FFmpeg decodes (notes.txt)"
     ]
     (tmp_path / "text").mkdir()
     (tmp_path / "text" / "notes.txt").write_text("not a photo\n")
-    with pytest.raises(DataError, match=r"no image in .*text: none of its 1 file\(s\) is one Pillow can open"):
+    with pytest.raises(
+        DataError,
+        match=r"no image or video in .*text: none of its 1 file\(s\) is an image Pillow opens or a video FFmpeg",
+    ):
         image_files([tmp_path / "text"])
 
 
