@@ -40,7 +40,7 @@ import sys
 
 from experiments.cli import OneLineErrorParser, UsageError, run_cli
 from experiments.flags import add_generation_argument, check_generation
-from faml_jax import faces, photos, predict, video, video_outputs
+from faml_jax import faces, inputs, photos, predict, video, video_outputs
 from faml_jax.config import EnsembleConfig
 
 logger = logging.getLogger("experiments.predict")
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
         if args.explain:
             predictor.check_explainable(args.map)  # before anything is written
         photos.check_output(args.out, args.overwrite)  # before predicting (asked again when writing)
-        files, videos, neither = video.split_videos(photos.image_files(args.inputs, exclude=args.out))
+        files, videos, neither = video.split_videos(inputs.input_files(args.inputs, exclude=args.out))
         if videos:
             video.check_sampling(args.every, args.fps)
             if args.faces == "aligned":

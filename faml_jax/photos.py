@@ -1,10 +1,10 @@
 """Photos and folders in, predictions out: what ``python -m experiments.predict`` runs on top of a
-``predict.Predictor``. Image files, folders and globs are found (``image_files``), read upright
+``predict.Predictor``. Image files (found by ``inputs.input_files``) are read upright
 (``read_photo``: EXIF orientation undone), their faces found and cut as the run's data set shows
 faces (``predict_photos``, ``faml_jax.faces``), and the records written as CSV, JSON, annotated
 photos and attention maps (``write_predictions``, ``write_maps``).
 
-    >>> results = photos.predict_photos(predictor, photos.image_files(["photos/"]))
+    >>> results = photos.predict_photos(predictor, inputs.input_files(["photos/"]))
     >>> photos.write_predictions("predictions", results, predictor, overwrite=True)
 """
 
@@ -28,82 +28,6 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 FACE_SOURCES = ("detect", "aligned")
-
-
-def is_image(path: Path) -> bool:
-    """Whether a folder's file is taken as an image: a usual image suffix, or else content that
-    Pillow recognises (its header only: a .gif, a file without a suffix)."""
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return True
-    from PIL import Image
-
-    try:
-        with Image.open(path):
-            return True
-    except Image.DecompressionBombError:
-        return True  # an image, refused with its size when it is read
-    except (OSError, SyntaxError, ValueError):
-        return False
-
-
-def _has_av() -> bool:
-    from faml_jax import video
-
-    return video._has_av()
-
-
-def _is_video(path: Path) -> bool:
-    """Whether a folder's file is a video (by content: FFmpeg finds a video stream; needs PyAV)."""
-    from faml_jax import video
-
-    return video._has_av() and video.is_video(path)
-
-
-def image_files(inputs: Sequence[str | os.PathLike], exclude: str | os.PathLike | None = None) -> list[Path]:
-    """The image files named by ``inputs``: files, folders (their images, ``is_image``, and
-    videos, recognised by content too, ``video.is_video``; recursively, sorted; none under ``exclude``, e.g. the output folder of an earlier prediction;
-    the other files counted in one logged line) and glob patterns. A file named, or matched, is
-    taken whatever it holds (``predict_photos`` reports one it cannot read). An input that names
-    nothing is a ``DataError`` naming it."""
-    import glob
-
-    skip = Path(exclude).resolve() if exclude is not None else None
-    found: list[Path] = []
-    for given in map(str, inputs):
-        path = Path(given)
-        if path.is_dir():
-            files = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file() and not (skip is not None and p.resolve().is_relative_to(skip))
-            )
-            images, others = [], []
-            for p in files:
-                if is_image(p) or _is_video(p):
-                    images.append(p)
-                else:
-                    others.append(p.relative_to(path).as_posix())
-            videos = _has_av()
-            if not images:
-                what = "an image Pillow opens or a video FFmpeg decodes" if videos else "one Pillow can open"
-                raise DataError(
-                    f"no image{' or video' if videos else ''} in {given}: none of its {len(files)} file(s) is {what}"
-                )
-            if others:
-                shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
-                what = "images Pillow can open nor videos FFmpeg decodes" if videos else "images Pillow can open"
-                logger.info(f"{given}: {len(others)} file(s) passed over, not {what} ({shown})")
-            found += images
-        elif path.is_file():
-            found.append(path)
-        elif any(ch in given for ch in "*?["):
-            matches = sorted(Path(p) for p in glob.glob(given, recursive=True) if Path(p).is_file())
-            if not matches:
-                raise DataError(f"no file matches {given}")
-            found += matches
-        else:
-            raise DataError(f"{given} not found")
-    return list(dict.fromkeys(found))  # each file once, in the order given
 
 
 # Photos whose shorter side is at least twice this are searched for faces in a copy reduced by a

@@ -92,7 +92,7 @@ def _is_photo(path: Path) -> bool:
 
 
 def split_videos(files: Sequence[str | os.PathLike]) -> tuple[list[Path], list[Path], list[str]]:
-    """(photos, videos, neither) of ``files`` (``photos.image_files``' list), each recognised by its
+    """(photos, videos, neither) of ``files`` (``inputs.input_files``' list), each recognised by its
     content: Pillow opens it (a photo), else FFmpeg finds a video stream in it (a video). One with
     an image suffix that neither opens stays a photo (the photo path reports it as unreadable); any
     other is one line in ``neither``."""

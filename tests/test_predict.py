@@ -248,7 +248,8 @@ def test_photo_files_names_and_orientation(tmp_path):
 
     from faml_jax.data.folders import CorruptImageError
     from faml_jax.errors import DataError
-    from faml_jax.photos import image_files, read_photo, unique_stems
+    from faml_jax.inputs import input_files
+    from faml_jax.photos import read_photo, unique_stems
 
     assert unique_stems(["x/a.jpg", "y/a.jpg", "z/a_2.jpg"]) == ["a", "a_2", "a_2_2"]
     upright = np.zeros((20, 10, 3), np.uint8)
@@ -261,10 +262,10 @@ def test_photo_files_names_and_orientation(tmp_path):
     assert pixels.shape == (20, 10, 3) and pixels[:5].mean() > 200 and pixels[5:].mean() < 50
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no image"):
-        image_files([tmp_path / "empty"])
+        input_files([tmp_path / "empty"])
     (tmp_path / "out" / "annotated").mkdir(parents=True)
     Image.fromarray(upright).save(tmp_path / "out" / "annotated" / "old.png")
-    assert image_files([tmp_path], exclude=tmp_path / "out") == [tmp_path / "phone.jpg"]
+    assert input_files([tmp_path], exclude=tmp_path / "out") == [tmp_path / "phone.jpg"]
     (tmp_path / "bad.png").write_bytes(b"")
     with pytest.raises(CorruptImageError, match="bad.png"):
         read_photo(tmp_path / "bad.png")
@@ -276,15 +277,16 @@ def test_a_folder_takes_images_by_content_and_counts_the_other_files(tmp_path, l
     from PIL import Image
 
     from faml_jax.errors import DataError
-    from faml_jax.photos import image_files, read_photo
+    from faml_jax.inputs import input_files
+    from faml_jax.photos import read_photo
 
     face = np.full((12, 10, 3), 90, np.uint8)
     Image.fromarray(face).save(tmp_path / "a.jpg")
     Image.fromarray(face).save(tmp_path / "b.gif")
     Image.fromarray(face).save(tmp_path / "c", format="PNG")
     (tmp_path / "notes.txt").write_text("not a photo\n")
-    assert image_files([tmp_path]) == [tmp_path / "a.jpg", tmp_path / "b.gif", tmp_path / "c"]
-    assert image_files([tmp_path / "b.gif"]) == [tmp_path / "b.gif"]
+    assert input_files([tmp_path]) == [tmp_path / "a.jpg", tmp_path / "b.gif", tmp_path / "c"]
+    assert input_files([tmp_path / "b.gif"]) == [tmp_path / "b.gif"]
     assert read_photo(tmp_path / "b.gif").shape == (12, 10, 3)
     assert [m for m in logged if "passed over" in m] == [
         f"{tmp_path}: 1 file(s) passed over, not images Pillow can open nor videos FFmpeg decodes (notes.txt)"
@@ -295,7 +297,7 @@ def test_a_folder_takes_images_by_content_and_counts_the_other_files(tmp_path, l
         DataError,
         match=r"no image or video in .*text: none of its 1 file\(s\) is an image Pillow opens or a video FFmpeg",
     ):
-        image_files([tmp_path / "text"])
+        input_files([tmp_path / "text"])
 
 
 def test_refusals_of_the_explainer_and_of_duplicate_runs(three_runs, tmp_path):

@@ -254,13 +254,13 @@ def test_peak_memory_does_not_grow_with_the_clips_length(tmp_path, predictor):
 def test_a_folders_videos_are_recognised_by_content(tmp_path, clips, logged):
     from PIL import Image
 
-    from faml_jax.photos import image_files
+    from faml_jax.inputs import input_files
 
     (tmp_path / "holiday").write_bytes((clips / "cross.mp4").read_bytes())  # no suffix
     (tmp_path / "b.dat").write_bytes((clips / "cross.mp4").read_bytes())  # a misleading one
     Image.fromarray(np.full((12, 10, 3), 90, np.uint8)).save(tmp_path / "a.png")
     (tmp_path / "notes.txt").write_text("neither\n")
-    found = image_files([tmp_path])
+    found = input_files([tmp_path])
     assert found == [tmp_path / "a.png", tmp_path / "b.dat", tmp_path / "holiday"]
     assert video.split_videos(found) == ([tmp_path / "a.png"], [tmp_path / "b.dat", tmp_path / "holiday"], [])
     assert [m for m in logged if "passed over" in m] == [
@@ -268,7 +268,7 @@ def test_a_folders_videos_are_recognised_by_content(tmp_path, clips, logged):
     ]
     (tmp_path / "only").mkdir()
     (tmp_path / "only" / "clip").write_bytes((clips / "cross.mp4").read_bytes())
-    assert image_files([tmp_path / "only"]) == [tmp_path / "only" / "clip"]  # a folder of videos alone
+    assert input_files([tmp_path / "only"]) == [tmp_path / "only" / "clip"]  # a folder of videos alone
 
 
 def test_the_timeline_is_drawn_without_overlapping_or_cut_text():

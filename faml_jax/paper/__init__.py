@@ -23,8 +23,9 @@ Here: the calls, and the rows and published numbers they are made of.
 """
 
 from faml_jax.paper.ablation import PAPER, PAPER_ENSEMBLE_SIZES, ROWS, VARIANTS, paper_accuracy, table2
-from faml_jax.paper.architectures import FGA_ROW, PAPER_TABLE6, TABLE6_ROWS, paper_table6, table6
+from faml_jax.paper.architectures import FGA_ROW, TABLE6_ROWS, table6
 from faml_jax.paper.figure8 import draw_figure8, figure8_rows, figure_of_maps
+from faml_jax.paper.published import PAPER_TABLE6, paper_table6
 
 __all__ = [
     "FGA_ROW",

@@ -24,6 +24,7 @@ from faml_jax.paper.networks import (
     row_seeds,
     train_networks,
 )
+from faml_jax.paper.published import DECISIONS, paper_table6
 from faml_jax.presets import preset
 from faml_jax.records import config_to_json
 from faml_jax.writer import write_atomic, write_json
@@ -41,17 +42,6 @@ TABLE6_ROWS = {
     "R18+FAML": ("r18_faml", "msceleb"),
 }
 FGA_ROW = "R18+FAML-FGA"  # the final population of an evolution (``fga_workdir``)
-# docs/method.md 7 / paper Table 6 (RAF-DB, accuracy %): origin, T2V, T1V, NOI.
-PAPER_TABLE6 = {
-    "RI18": (85.40, 88.69, 87.94, 88.53),
-    "ResNet34": (85.53, 89.24, 88.85, 89.21),
-    "VGG16": (83.83, 87.52, 86.67, 87.39),
-    "DenseNet121": (86.57, 89.60, 89.11, 89.41),
-    "R18": (88.62, 90.42, 89.73, 90.38),
-    "R18+FAML": (90.32, 91.46, 90.97, 91.17),
-    "R18+FAML-FGA": (90.51, 91.59, 91.19, 91.26),
-}
-DECISIONS = ("t2v", "t1v", "noi")
 # The one network that gives a row's single-network origin (docs/method.md 7 [choice]): the paper's
 # origin is one network's accuracy (R18's 88.62 and R18+FAML's 90.32 are Tables 2 and 5's
 # single-model numbers, the network a paper reports). "best": the most accurate member (the first
@@ -60,14 +50,6 @@ DECISIONS = ("t2v", "t1v", "noi")
 ORIGIN_RULES = ("best", "median", "first")
 # What the paper's origin column is: one network's accuracy, not a mean over networks.
 PAPER_ORIGIN = "single"
-
-
-def paper_table6(dataset: str, row: str) -> dict | None:
-    """The paper's Table 6 numbers of ``row`` as fractions (RAF-DB only; None elsewhere)."""
-    numbers = PAPER_TABLE6.get(row) if dataset == "rafdb" else None
-    if numbers is None:
-        return None
-    return dict(zip(("origin", *DECISIONS), (n / 100 for n in numbers)))
 
 
 def origin_network(singles: list[float], rule: str = "best") -> int:
@@ -219,7 +201,7 @@ def table6(
     }
     write_json(workdir / "table6.json", result)
     write_atomic(workdir / "table6.md", table6_markdown(result))
-    from faml_jax.paper.figure7 import figure7  # (it reads this module's numbers)
+    from faml_jax.paper.figure7 import figure7  # matplotlib only when a figure is drawn
 
     write_atomic(workdir / f"fig7.{figure_format}", payload=figure7(result, figure_format))
     logger.info(table6_markdown(result))

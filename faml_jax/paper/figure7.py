@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from faml_jax import figures
 from faml_jax.errors import ConfigError
-from faml_jax.paper.architectures import DECISIONS, PAPER_TABLE6
+from faml_jax.paper.published import DECISIONS, PAPER_TABLE6
 
 FIG7_DECISIONS = (("t2v", "o", "T2V", "C0"), ("noi", "s", "NOI", "C1"), ("t1v", "^", "T1V", "C2"))
 ORIGINS = ("single", "mean")  # figure7's ``origin``: one network's accuracy (the paper's), or the mean
