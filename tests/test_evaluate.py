@@ -61,8 +61,8 @@ def test_evaluation_is_float32_whatever_the_training_dtype(tmp_path, devices):
     float32 = models.network(evaluation_model(config.model))
     bfloat16 = models.network(config.model)
 
-    def forward(model, images):
-        return np.asarray(model.apply(variables, normalize(images), train=False))
+    def forward(model, images):  # one compiled forward (the weights an argument), not op by op
+        return np.asarray(jax.jit(lambda v, x: model.apply(v, normalize(x), train=False))(variables, images))
 
     setup = Setup(config)
     logits, _ = setup.test_logits(train.replicate(variables, setup.devices))

@@ -56,7 +56,9 @@ def state_dict(net) -> dict:
 
 
 def flax_outputs(model, variables, images):
-    logits, state = model.apply(variables, images, train=False, mutable=["intermediates"])
+    """Logits and penultimate features, one compiled forward (the weights an argument)."""
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"]))
+    logits, state = apply(variables, images)
     return np.asarray(logits), np.asarray(state["intermediates"]["features"][0])
 
 
