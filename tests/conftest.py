@@ -91,7 +91,7 @@ def devices():
     return found[:NUM_TEST_DEVICES]
 
 
-# The heaviest test files first (measured with --durations on our 2-core CPU, 2026-11-29 and 2026-12-07), so that
+# The heaviest test files first (measured with --durations on our 2-core CPU, 2026-11-29), so that
 # pytest-xdist, which hands whole files to its workers in this order (--dist loadfile; its default
 # reordering by the number of tests per file is switched off below), ends with short files on both
 # workers rather than one worker running a long file alone.
@@ -100,12 +100,9 @@ HEAVIEST_FIRST = (
     "test_export.py",
     "test_train.py",
     "test_multiprocess.py",
-    "test_paper.py",
     "test_pretrained.py",
     "test_predict.py",
-    "test_video.py",
     "test_evolution.py",
-    "test_architectures.py",
     "test_trainer.py",
     "test_from_python.py",
     "test_experiments_ablation.py",
@@ -118,8 +115,6 @@ HEAVIEST_FIRST = (
     "test_maps.py",
     "test_preprocess.py",
     "test_report.py",
-    "test_records.py",
-    "test_figures.py",
 )
 
 
