@@ -57,14 +57,21 @@ def read_photo_scaled(path: str | os.PathLike, min_size: int | None = None) -> t
     """``read_photo`` and the scale it was decoded at: a JPEG whose shorter side is at least
     twice ``min_size`` is decoded at reduced scale, its shorter side still at least ``min_size``
     (``data.folders.decode_photo``); scale = decoded / the file's pixels."""
+    from faml_jax.data.folders import read_bytes
+
+    return photo_from_bytes(read_bytes(path), str(path), min_size)
+
+
+def photo_from_bytes(payload: bytes, where: str, min_size: int | None = None) -> tuple[np.ndarray, float]:
+    """``read_photo_scaled`` of an image file's bytes (the served model's uploads): ``where``
+    names it in errors."""
     import io
 
     from PIL import Image, ImageOps
 
-    from faml_jax.data.folders import decode_photo, read_bytes
+    from faml_jax.data.folders import decode_photo
 
-    payload = read_bytes(path)
-    pixels, scale = decode_photo(payload, str(path), min_size)
+    pixels, scale = decode_photo(payload, where, min_size)
     with Image.open(io.BytesIO(payload)) as image:
         exif = image.getexif()
     if exif.get(0x0112, 1) in (None, 1):
@@ -119,37 +126,52 @@ def predict_photos(
         except DataError as error:
             failures.append((str(path), str(error)))
             continue
-        if faces == "aligned":
-            found = [face_module.Face((0, 0, photo.shape[1], photo.shape[0]), 1.0, np.zeros((0, 2)), photo)]
-        else:
-            found = finder.find(search_copy(photo), full=photo)
-            if not found:
-                no_face.append(str(path))
+        found = photo_faces(photo, faces, finder)
+        if not found and faces == "detect":
+            no_face.append(str(path))
         for i, face in enumerate(found):
-            records.append(
-                {
-                    "file": str(path),
-                    "face": i,  # in the (upright) photo's pixels
-                    "box": [int(v) for v in face.box] if faces == "detect" else None,
-                    "landmarks": np.round(face.landmarks, 1).tolist() if faces == "detect" else None,
-                }
-            )
+            records.append({"file": str(path), **face_record(face, i, faces)})
             crops.append(face.crop)
     prediction = predictor.predict(crops) if crops else None
     if prediction is not None:
-        for i, record in enumerate(records):
-            k = int(prediction.decision[i])
-            record.update(
-                {
-                    "class": prediction.classes[k],
-                    "confidence": round(float(prediction.confidence[i]), 6),
-                    "scores": {c: round(float(s), 6) for c, s in zip(prediction.classes, prediction.scores[i])},
-                    "networks": {
-                        n: prediction.classes[int(t)] for n, t in zip(predictor.names, prediction.member_top1[:, i])
-                    },
-                }
-            )
+        describe_faces(records, prediction, predictor.names)
     return PhotoResults(records, crops, no_face, failures, prediction)
+
+
+def photo_faces(photo: np.ndarray, faces: str, finder=None) -> list:
+    """The faces (``faces.Face``) of an upright photo: found by ``finder`` (``faces="detect"``;
+    a large photo searched in a reduced copy, ``search_copy``, its faces cut at full
+    resolution), or the whole photo as one face already cut out (``"aligned"``)."""
+    from faml_jax import faces as face_module
+
+    if faces == "aligned":
+        return [face_module.Face((0, 0, photo.shape[1], photo.shape[0]), 1.0, np.zeros((0, 2)), photo)]
+    return finder.find(search_copy(photo), full=photo)
+
+
+def face_record(face, index: int, faces: str) -> dict:
+    """A face's record before prediction: its index, box and landmarks in the (upright) photo's
+    pixels (None for a face already cut out)."""
+    return {
+        "face": index,
+        "box": [int(v) for v in face.box] if faces == "detect" else None,
+        "landmarks": np.round(face.landmarks, 1).tolist() if faces == "detect" else None,
+    }
+
+
+def describe_faces(records: list[dict], prediction: Prediction, names: Sequence[str]) -> None:
+    """Add to each face's record (in the prediction's order) the decided class, its confidence,
+    every class's score and every network's top-1."""
+    for i, record in enumerate(records):
+        k = int(prediction.decision[i])
+        record.update(
+            {
+                "class": prediction.classes[k],
+                "confidence": round(float(prediction.confidence[i]), 6),
+                "scores": {c: round(float(s), 6) for c, s in zip(prediction.classes, prediction.scores[i])},
+                "networks": {n: prediction.classes[int(t)] for n, t in zip(names, prediction.member_top1[:, i])},
+            }
+        )
 
 
 def csv_rows(results: PhotoResults, classes: Sequence[str], names: Sequence[str]) -> tuple[list[str], list[list]]:

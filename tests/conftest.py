@@ -102,6 +102,7 @@ HEAVIEST_FIRST = (
     "test_multiprocess.py",
     "test_pretrained.py",
     "test_predict.py",
+    "test_serve.py",
     "test_evolution.py",
     "test_trainer.py",
     "test_from_python.py",

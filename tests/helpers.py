@@ -252,3 +252,20 @@ def assert_same_run(workdir, reference_dir, config, epochs: int = 3):
         np.load(workdir / "test_logits" / f"epoch_{epochs:04d}.npz")["logits"],
         np.load(reference_dir / "test_logits" / f"epoch_{epochs:04d}.npz")["logits"],
     )
+
+
+def png16(levels: np.ndarray) -> bytes:
+    """A 16-bit PNG (greyscale for (H, W), RGB for (H, W, 3)) of uint16 ``levels``, written byte by
+    byte from the PNG specification (Pillow cannot write 16-bit colour)."""
+    import struct
+    import zlib
+
+    height, width = levels.shape[:2]
+    colour_type = 2 if levels.ndim == 3 else 0
+    rows = b"".join(b"\x00" + levels[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")

@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+from helpers import png16
 from PIL import Image
 
 from experiments import prepare as prepare_program
@@ -557,23 +558,6 @@ def test_a_face_box_outside_its_image_is_found_when_preparing(tmp_path):
     quiet_prepare("affectnet8", folder, tmp_path / "out", skip_bad_images=True)
     dataset = data.open_dataset("affectnet8", tmp_path / "out")
     assert len(dataset.train) == 15 and any(cells[0] in note for note in dataset.notes)
-
-
-def png16(levels: np.ndarray) -> bytes:
-    """A 16-bit PNG (greyscale for (H, W), RGB for (H, W, 3)) of uint16 ``levels``, written byte by
-    byte from the PNG specification (Pillow cannot write 16-bit colour)."""
-    import struct
-    import zlib
-
-    height, width = levels.shape[:2]
-    colour_type = 2 if levels.ndim == 3 else 0
-    rows = b"".join(b"\x00" + levels[y].astype(">u2").tobytes() for y in range(height))
-
-    def chunk(kind, payload):
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 def test_16_bit_images_are_their_8_bit_levels():
