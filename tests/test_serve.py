@@ -270,3 +270,29 @@ def test_the_programs_refusals_are_one_line(runs, capsys):
     )
     assert program.main(["--max-batch", "4"]) == 2
     assert "give --run DIR (one or more) or --population DIR" in capsys.readouterr().err
+
+
+def test_the_load_generators_client_gets_the_servers_answers(served):
+    """tools.bench_serve's hand-written keep-alive client: its answers are httpx's, byte for byte,
+    over one connection, refusals included; its load counts every status."""
+    import asyncio
+
+    from tools import bench_serve
+
+    _, url = served
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    good, bad = _png(FACE), b"hello, world"
+
+    async def three():
+        connection = bench_serve.Connection(host, int(port))
+        try:
+            return [await connection.post("/v1/predict?faces=aligned", body, "image/png") for body in (good, bad, good)]
+        finally:
+            connection.close()
+
+    answers = asyncio.run(three())
+    assert [status for status, _, _ in answers] == [200, 422, 200]
+    assert answers[0][2] == answers[2][2] == post(url, good, faces="aligned").content
+    assert answers[1][2] == post(url, bad, faces="aligned").content
+    measured = asyncio.run(bench_serve.load(url, 3, 9, 600, good))
+    assert measured["answered"] == 9 and measured["statuses"] == {200: 9}

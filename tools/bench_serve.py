@@ -4,6 +4,7 @@ same run, and the server's memory after 10,000 requests against after 100.
 
     python -m tools.bench_serve                        # the table to stdout
     python -m tools.bench_serve --clients 1 16 --requests 200 --seconds 10 --memory-requests 0
+    python -m tools.bench_serve --compiled-calls --model paper   # the network's call alone, per size
 
 Each configuration is a server process (``faml_jax.serve`` over a ``Predictor`` of random
 weights: speed does not depend on them) on 127.0.0.1 only; each client posts a face crop
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-queue", type=int, default=64, help="the server's queue (default 64)")
     parser.add_argument("--model", choices=list(MODELS), default="small", help="the network served (default small)")
     parser.add_argument("--memory-requests", type=int, default=10_000, help="requests of the memory run (0: none)")
+    parser.add_argument(
+        "--compiled-calls", action="store_true", help="time the compiled call alone at each call size, no server"
+    )
     parser.add_argument("--server", type=int, help=argparse.SUPPRESS)  # internal: serve on this port
     return parser
 
@@ -53,17 +57,48 @@ def build_parser() -> argparse.ArgumentParser:
 # The server (a process of its own, so that the clients do not share its interpreter)
 
 
-def run_server(args) -> None:
+def build_predictor(args):
+    """A ``Predictor`` of ``--model`` with random weights (speed does not depend on them)."""
     import jax
 
-    from faml_jax import models, predict, serve
+    from faml_jax import models, predict
     from faml_jax.presets import preset
 
     config = preset("rafdb", from_scratch=True, model_options=MODELS[args.model][0])
     variables = models.init(models.network(config.model), jax.random.key(0))
-    predictor = predict.Predictor(config, [variables], ["net0"], batch_size=args.max_batch)
+    return predict.Predictor(config, [variables], ["net0"], batch_size=args.max_batch)
+
+
+def run_server(args) -> None:
+    from faml_jax import serve
+
     limits = serve.Limits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
-    serve.serve(serve.create_app(predictor, limits), "127.0.0.1", args.server)
+    serve.serve(serve.create_app(build_predictor(args), limits), "127.0.0.1", args.server)
+
+
+def compiled_calls(args) -> list[str]:
+    """The compiled call alone (``Group.step``, what the batcher calls) at each call size: the
+    most any batching can gain is the per-face time at 1 over that at ``--max-batch``."""
+    from faml_jax.serve.batching import call_sizes
+
+    group = build_predictor(args).groups[0]
+    lines = [
+        f"Compiled call of {MODELS[args.model][1]}, {benchmarking.device()}: median of at least 5 calls",
+        "",
+        "| faces per call | ms per call | ms per face |",
+        "|---|---|---|",
+    ]
+    for size in call_sizes(args.max_batch):
+        images = np.zeros((size, group.input_size, group.input_size, 3), np.uint8)
+        np.asarray(group.step(group.variables, images))  # compiled and warm
+        times = []
+        for _ in range(max(5, 64 // size)):
+            started = time.perf_counter()
+            np.asarray(group.step(group.variables, images))
+            times.append(time.perf_counter() - started)
+        median = float(np.median(times)) * 1000
+        lines.append(f"| {size} | {median:.2f} | {median / size:.2f} |")
+    return lines
 
 
 def start_server(args, max_batch: int) -> tuple[subprocess.Popen, str]:
@@ -107,39 +142,73 @@ def face_png(size: int = 64) -> bytes:
     return buffer.getvalue()
 
 
-async def load(url: str, clients: int, requests: int, seconds: float, payload: bytes) -> dict:
-    """``clients`` concurrent loops posting ``payload`` until ``requests`` were sent or
-    ``seconds`` passed: latencies of the answered, counts by status."""
-    import httpx
+class Connection:
+    """One keep-alive HTTP/1.1 connection on loopback, written by hand: the load generator shares
+    the 2 cores with the server, and httpx's client used about half a core at 400 requests/s
+    (this one a fifth), which the server then did not have."""
 
+    def __init__(self, host: str, port: int):
+        self.host, self.port, self.streams = host, port, None
+
+    async def post(self, path: str, body: bytes, content_type: str) -> tuple[int, dict, bytes]:
+        if self.streams is None:
+            self.streams = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self.streams
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        try:
+            status_line = await reader.readline()
+            if not status_line:
+                raise ConnectionError("the server closed the connection")
+            headers = {}
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
+            answer = await reader.readexactly(int(headers.get("content-length", 0)))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.close()
+            raise
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return int(status_line.split()[1]), headers, answer
+
+    def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
+
+
+async def load(url: str, clients: int, requests: int, seconds: float, payload: bytes) -> dict:
+    """``clients`` concurrent connections posting ``payload`` until ``requests`` were sent or
+    ``seconds`` passed: latencies of the answered, counts by status."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
     latencies, statuses, sent = [], {}, [0]
     end = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
 
-        async def one_client():
+    async def one_client():
+        connection = Connection(host, int(port))
+        try:
             while sent[0] < requests and time.monotonic() < end:
                 sent[0] += 1
                 started = time.perf_counter()
                 try:
-                    answer = await client.post(
-                        "/v1/predict",
-                        content=payload,
-                        headers={"Content-Type": "image/png"},
-                        params={"faces": "aligned"},
-                    )
-                    status = answer.status_code
-                except httpx.HTTPError as error:
-                    status = type(error).__name__
+                    status, headers, _ = await connection.post("/v1/predict?faces=aligned", payload, "image/png")
+                except (OSError, asyncio.IncompleteReadError) as error:
+                    status, headers = type(error).__name__, {}
                 statuses[status] = statuses.get(status, 0) + 1
                 if status == 200:
                     latencies.append(time.perf_counter() - started)
                 elif status == 429:
-                    await asyncio.sleep(float(answer.headers.get("Retry-After", 1)))
+                    await asyncio.sleep(float(headers.get("retry-after", 1)))
+        finally:
+            connection.close()
 
-        started = time.perf_counter()
-        await asyncio.gather(*(one_client() for _ in range(clients)))
-        elapsed = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(one_client() for _ in range(clients)))
+    elapsed = time.perf_counter() - started
     ms = np.asarray(latencies) * 1000 if latencies else np.zeros(1)
     return {
         "answered": len(latencies),
@@ -210,6 +279,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.server is not None:
         run_server(args)
+        return
+    if args.compiled_calls:
+        print("\n".join(compiled_calls(args)))
         return
     print("\n".join(measure(args)))
 

@@ -345,7 +345,7 @@ def create_app(predictor, limits: Limits = Limits(), *, cors: tuple[str, ...] = 
             async with asyncio.timeout(limits.timeout_s):
                 body = await read_body(request, int(limits.max_body_mb * MiB))
                 payload, where = image_payload(body, request.headers.get("content-type"))
-                return await service.predict(payload, where, faces, crop, map)
+                return JSONResponse(await service.predict(payload, where, faces, crop, map))
         except TimeoutError:
             raise Refusal(
                 503, f"no answer within {limits.timeout_s:g} s (the server's --timeout)", service.batcher.retry_after()
