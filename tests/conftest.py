@@ -23,6 +23,10 @@ if _cache != "0":
     # forwards compile faster than they are hashed, written and read back (measured: a cold run of
     # test_models, test_maps and test_ensemble 42.8 s with every program cached, 40.3 s with these).
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+    # The programs the tests start (helpers.program_env) cache what takes 0.05 s or more: each of
+    # them compiles the tiny run's small programs afresh otherwise (measured: a second
+    # `experiments.train` of the tiny run, 2 epochs, 5.7 s with the threshold of 1 s, 4.7 s with this).
+    os.environ.setdefault("FAML_JAX_TEST_PROGRAM_MIN_COMPILE_SECS", "0.05")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 # After the cache's settings: jax reads its JAX_* settings when it is imported (helpers imports

@@ -48,7 +48,10 @@ def program_env(**extra) -> dict:
     ``PYTHONPATH``, then the suite's own (packages installed with ``pip --target``, as on the GPU
     image, stay importable), plus ``extra`` variables."""
     path = [str(ROOT), str(ROOT / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(path), **extra}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    if "FAML_JAX_TEST_PROGRAM_MIN_COMPILE_SECS" in os.environ:  # conftest: the programs' cache threshold
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = os.environ["FAML_JAX_TEST_PROGRAM_MIN_COMPILE_SECS"]
+    return {**env, **extra}
 
 
 def require_torch(module: str = "torch"):
