@@ -22,7 +22,7 @@ def _require(ok: bool, reason: str):
     if not ok:
         if REQUIRED:
             pytest.fail(f"{reason} (FAML_JAX_REQUIRE_BROWSER=1)")
-        pytest.skip(reason)
+        pytest.skip(reason, allow_module_level=True)
 
 
 _require(

@@ -53,7 +53,20 @@ def served(runs):
 
 
 def post(url, payload: bytes, content_type="image/png", **params):
-    return httpx.post(f"{url}/v1/predict", content=payload, headers={"Content-Type": content_type}, params=params)
+    # No client timeout: some requests wait on purpose (the servers' own timeout answers 503).
+    return httpx.post(
+        f"{url}/v1/predict", content=payload, headers={"Content-Type": content_type}, params=params, timeout=None
+    )
+
+
+def wait_until(condition, what: str, seconds: float = 300.0):
+    """Poll ``condition()`` (every 10 ms) until true; fail saying ``what`` after ``seconds``."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {seconds:g} s"
+        time.sleep(0.01)
 
 
 def predicted_by_the_program(paths, inputs, out, faces):
@@ -211,8 +224,7 @@ def test_a_full_queue_is_429_and_stopping_answers_the_request_in_flight(served):
     with serve.running(app) as url:
         waiting = threading.Thread(target=lambda: first.update(answer=post(url, _png(FACE), faces="aligned")))
         waiting.start()
-        while httpx.get(f"{url}/readyz").json()["queued_faces"] < 1:  # waits for a second face
-            pass
+        wait_until(lambda: httpx.get(f"{url}/readyz").json()["queued_faces"] >= 1, "the first face queued")
         refused = post(url, _png(FACE), faces="aligned")
         assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
         assert "the queue is full (1 requests)" in refused.json()["message"]
@@ -232,18 +244,19 @@ def test_the_program_serves_and_sigterm_answers_the_request_in_flight(runs, tmp_
     server = subprocess.Popen(command, env=program_env(), stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        while True:  # until it answers ready (or has died)
-            assert server.poll() is None, server.communicate()[1]
+
+        def ready():
+            assert server.poll() is None, server.communicate()[1]  # it has not died
             try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
+                return httpx.get(f"{url}/readyz").status_code == 200
             except httpx.TransportError:
-                pass
+                return False
+
+        wait_until(ready, "the program ready")
         answer = {}
         waiting = threading.Thread(target=lambda: answer.update(r=post(url, _png(FACE), faces="aligned")))
         waiting.start()
-        while httpx.get(f"{url}/readyz").json()["queued_faces"] < 1:
-            pass
+        wait_until(lambda: httpx.get(f"{url}/readyz").json()["queued_faces"] >= 1, "the face queued")
         server.send_signal(signal.SIGTERM)
         waiting.join()
         _, err = server.communicate(timeout=120)
@@ -296,3 +309,35 @@ def test_the_load_generators_client_gets_the_servers_answers(served):
     assert answers[1][2] == post(url, bad, faces="aligned").content
     measured = asyncio.run(bench_serve.load(url, 3, 9, 600, good))
     assert measured["answered"] == 9 and measured["statuses"] == {200: 9}
+
+
+def test_a_failed_compilation_is_said_by_readyz_and_every_answer(served, monkeypatch, caplog):
+    """The calls could not be compiled (here: warm raises): /readyz stays 503 saying why, a
+    request is 503 with that one line, the server logs it, and it still stops when asked."""
+    predictor, _ = served
+
+    def fail(self):
+        raise MemoryError("out of memory compiling the call of 4 faces")
+
+    monkeypatch.setattr(serve.Batcher, "warm", fail)
+    app = serve.create_app(predictor, serve.Limits(max_batch=4))
+    with serve.running(app, ready=False) as url:
+        wait_until(lambda: "error" in httpx.get(f"{url}/readyz").json(), "the failure said")
+        ready = httpx.get(f"{url}/readyz")
+        answer = post(url, _png(FACE), faces="aligned")
+    why = "compiling the calls failed: MemoryError: out of memory compiling the call of 4 faces"
+    assert ready.status_code == 503 and ready.json()["error"] == why
+    assert answer.status_code == 503 and answer.json()["message"] == why
+    assert why in caplog.text
+
+
+def test_serving_on_a_port_in_use_is_one_line(served):
+    import socket
+
+    predictor, _ = served
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"cannot serve on 127.0.0.1:{port} "):
+            serve.serve(serve.create_app(predictor, serve.Limits(max_batch=1)), "127.0.0.1", port)

@@ -42,6 +42,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from faml_jax import faces as face_module
 from faml_jax import photos
@@ -116,6 +117,7 @@ class Service:
         self.workers = concurrent.futures.ThreadPoolExecutor(limits.workers, thread_name_prefix="faml-photo")
         self.admitted = 0
         self.draining = False
+        self.failed: str | None = None  # why the calls could not be compiled (the server cannot answer)
         self._finders = threading.local()  # dlib's detector per thread: no object shared between threads
 
     # -- in the photo threads ------------------------------------------------------------------
@@ -191,7 +193,7 @@ class Service:
             "faces": photos.FACE_SOURCES,
             "crops": face_module.MODES,
             "crop": face_module.mode_for(p.dataset),
-            "maps": ["gradcam", "relevancy"] if p.config.model.attention else ["gradcam"],
+            "maps": [] if p.mixed else ["gradcam", "relevancy"] if p.config.model.attention else ["gradcam"],
             "batching": {"max_batch": self.limits.max_batch, "max_wait_ms": self.limits.max_wait_ms},
             "call_sizes": list(self.batcher.sizes),
             "limits": {
@@ -266,19 +268,25 @@ def create_app(predictor, limits: Limits = Limits(), *, cors: tuple[str, ...] = 
     service = Service(predictor, limits)
     page = importlib.resources.files("faml_jax.serve").joinpath("static/index.html").read_bytes()
 
+    def warmed(task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:  # /readyz stays 503, saying why
+            service.failed = f"compiling the calls failed: {type(task.exception()).__name__}: {task.exception()}"
+            logger.error(service.failed, exc_info=task.exception())
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         warming = asyncio.create_task(service.batcher.start())
+        warming.add_done_callback(warmed)
         try:
             yield
         finally:
             service.draining = True
             if not warming.done():
                 warming.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # a failure was logged above
                 await warming
             await service.batcher.stop()
-            service.workers.shutdown(wait=True)
+            service.workers.shutdown(wait=False, cancel_futures=True)  # the requests were answered
             logger.info(f"stopped after {service.batcher.stats.requests} request(s)")
 
     app = FastAPI(
@@ -329,6 +337,8 @@ def create_app(predictor, limits: Limits = Limits(), *, cors: tuple[str, ...] = 
         ),
         map: Literal["gradcam", "relevancy"] | None = Query(None, description="add each face's attention map as a PNG"),
     ) -> dict:
+        if service.failed:
+            raise Refusal(503, service.failed)
         if service.draining or not service.batcher.ready:
             raise Refusal(
                 503,
@@ -341,15 +351,20 @@ def create_app(predictor, limits: Limits = Limits(), *, cors: tuple[str, ...] = 
                 429, f"the queue is full ({limits.max_queue} requests): try again later", service.batcher.retry_after()
             )
         service.admitted += 1
+        deadline = asyncio.timeout(limits.timeout_s)
         try:
-            async with asyncio.timeout(limits.timeout_s):
+            async with deadline:
                 body = await read_body(request, int(limits.max_body_mb * MiB))
                 payload, where = image_payload(body, request.headers.get("content-type"))
                 return JSONResponse(await service.predict(payload, where, faces, crop, map))
         except TimeoutError:
+            if not deadline.expired():
+                raise  # not the request's time: a bug (500, logged)
             raise Refusal(
                 503, f"no answer within {limits.timeout_s:g} s (the server's --timeout)", service.batcher.retry_after()
             ) from None
+        except ClientDisconnect:
+            raise Refusal(400, "the client disconnected while sending the request") from None
         except UploadError as error:
             raise Refusal(error.status, str(error)) from None
         except ImageTooLargeError as error:
@@ -371,6 +386,8 @@ def create_app(predictor, limits: Limits = Limits(), *, cors: tuple[str, ...] = 
     async def readyz():
         ready = service.batcher.ready and not service.draining
         body = {"ready": ready, "queued_faces": service.batcher.queued, "admitted": service.admitted}
+        if service.failed:
+            body["error"] = service.failed
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/", include_in_schema=False)

@@ -114,6 +114,7 @@ class Batcher:
         self.warmed = threading.Event()  # set once every call size is compiled (for other threads)
         self._draining = False
         self._waiting: list[_Waiting] = []
+        self._in_call: list[_Waiting] = []  # the requests of the call the device is making
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._device = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="faml-device")
@@ -178,25 +179,29 @@ class Batcher:
             self._wake.set()
 
     async def stop(self) -> None:
-        """Answer the faces still waiting, then stop (the server has stopped taking requests)."""
+        """Answer the faces still waiting or in a call, then stop (the server has stopped taking
+        requests). Stopped while compiling, it does not wait for the compilation to end."""
         self.ready = False
         self.drain()
-        waiting = [w.future for w in self._waiting]
-        if waiting and self._task is not None:
+        pending = [w.future for w in (*self._waiting, *self._in_call) if not w.future.done()]
+        if pending and self._task is not None:
             self._wake.set()
-            await asyncio.wait(waiting)
+            await asyncio.wait(pending)
         if self._task is not None:
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        self._device.shutdown(wait=True)
+        for w in (*self._waiting, *self._in_call):  # never the case through the server: said, not left hanging
+            if not w.future.done():
+                w.future.set_exception(RuntimeError("the batcher stopped before this request's call"))
+        self._device.shutdown(wait=self.warmed.is_set(), cancel_futures=True)
 
     @property
     def queued(self) -> int:
-        """Faces waiting for a call."""
-        return sum(w.count for w in self._waiting)
+        """Faces waiting for a call (a request that timed out no longer counts)."""
+        return sum(w.count for w in self._waiting if not w.future.done())
 
     async def submit(self, images: tuple[np.ndarray, ...]) -> Prediction:
         """The ``Prediction`` of N prepared faces (``prepare``), computed with other requests'."""
@@ -222,15 +227,16 @@ class Batcher:
                     await asyncio.wait_for(self._wake.wait(), remaining)
                 except TimeoutError:
                     break
+            self._waiting = [w for w in self._waiting if not w.future.done()]  # timed out: not computed
             taken, count = [], 0
             while self._waiting and (not taken or count + self._waiting[0].count <= self.max_batch):
                 count += self._waiting[0].count
                 taken.append(self._waiting.pop(0))
-            taken = [w for w in taken if not w.future.done()]  # a request that timed out is not computed
             if not taken:
                 continue
             images = tuple(np.concatenate(parts) for parts in zip(*(w.images for w in taken)))
             started = time.monotonic()
+            self._in_call = taken
             try:
                 prediction = await self.in_device_thread(self.predict, images)
             except Exception as error:  # a bug: every request of the call answers 500, the server goes on
@@ -239,6 +245,8 @@ class Batcher:
                     if not w.future.done():
                         w.future.set_exception(error)
                 continue
+            finally:
+                self._in_call = []
             self.stats.calls += math.ceil(count / self.max_batch)
             self.stats.faces += count
             self.stats.requests += len(taken)

@@ -27,9 +27,12 @@ def serve(app, host: str = "127.0.0.1", port: int = 8000, *, drain: float = DRAI
     flight are answered at once (faces waiting for company go into a call; for at most ``drain``
     seconds), and the app's lifespan ends."""
     server = _Server(_config(app, host, port, drain))
-    server.run()
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits when it cannot listen (it has logged why)
+        server.started = False
     if not server.started:
-        raise OSError(f"cannot serve on {host}:{port} (the server log says why)")
+        raise OSError(f"cannot serve on {host}:{port} (the address is in use or not this machine's)")
 
 
 class _Server(uvicorn.Server):
