@@ -402,3 +402,54 @@ def fga_config(args: argparse.Namespace, population: int | None = None) -> FGACo
         recompute_bn=args.recompute_bn,
         shared_start=not args.independent_init,
     )
+
+
+def add_predictor_arguments(parser: argparse.ArgumentParser, checkpoint_help: str = "by test accuracy") -> None:
+    """The networks a ``predict.Predictor`` is made of and how they decide: ``--run`` (repeat) or
+    ``--population`` [``--generation``], ``--checkpoint``, ``--strategy``, ``--ties``
+    (experiments.predict and experiments.serve; ``predictor_from_args`` reads them)."""
+    from faml_jax.ensemble import STRATEGIES
+
+    source = parser.add_argument_group("networks")
+    source.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="an experiments.train run folder (repeat for an ensemble)",
+    )
+    source.add_argument("--population", metavar="DIR", help="an experiments.evolve workdir: its final population")
+    add_generation_argument(source)
+    parser.add_argument(
+        "--checkpoint",
+        choices=["final", "best"],
+        default="final",
+        help=f"each run's latest checkpoint (default) or its best {checkpoint_help}".strip(),
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=list(STRATEGIES),
+        default="t2v",
+        help="how an ensemble decides: T2V top-two voting (default), T1V majority, NOI summed softmax",
+    )
+    parser.add_argument(
+        "--ties",
+        choices=["noi", "lowest"],
+        default="noi",
+        help="how T2V and T1V break a tie: by NOI, then the lowest class (default), or the lowest class alone",
+    )
+
+
+def predictor_from_args(args: argparse.Namespace, batch_size: int):
+    """The ``predict.Predictor`` that ``add_predictor_arguments``' flags name (a usage error for
+    neither or both of ``--run`` and ``--population``)."""
+    from faml_jax import predict
+    from faml_jax.config import EnsembleConfig
+
+    if bool(args.run) == bool(args.population):
+        raise UsageError("give --run DIR (one or more) or --population DIR")
+    check_generation(args)
+    kwargs = dict(strategy=args.strategy, ensemble_config=EnsembleConfig(ties=args.ties), batch_size=batch_size)
+    if args.population:
+        return predict.Predictor.from_population(args.population, args.checkpoint, generation=args.generation, **kwargs)
+    return predict.Predictor.from_runs(args.run, args.checkpoint, **kwargs)

@@ -39,9 +39,8 @@ import logging
 import sys
 
 from experiments.cli import OneLineErrorParser, UsageError, run_cli
-from experiments.flags import add_generation_argument, check_generation
-from faml_jax import faces, inputs, photos, predict, video, video_outputs
-from faml_jax.config import EnsembleConfig
+from experiments.flags import add_predictor_arguments, predictor_from_args
+from faml_jax import faces, inputs, photos, video, video_outputs
 
 logger = logging.getLogger("experiments.predict")
 
@@ -51,34 +50,7 @@ def build_parser():
     parser.add_argument(
         "inputs", nargs="+", metavar="IMAGE", help="image files, folders (searched recursively) or globs"
     )
-    source = parser.add_argument_group("networks")
-    source.add_argument(
-        "--run",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="an experiments.train run folder (repeat for an ensemble)",
-    )
-    source.add_argument("--population", metavar="DIR", help="an experiments.evolve workdir: its final population")
-    add_generation_argument(source)
-    parser.add_argument(
-        "--checkpoint",
-        choices=["final", "best"],
-        default="final",
-        help="each run's latest checkpoint (default) or its best by test accuracy",
-    )
-    parser.add_argument(
-        "--strategy",
-        choices=list(predict.STRATEGIES),
-        default="t2v",
-        help="how an ensemble decides: T2V top-two voting (default), T1V majority, NOI summed softmax",
-    )
-    parser.add_argument(
-        "--ties",
-        choices=["noi", "lowest"],
-        default="noi",
-        help="how T2V and T1V break a tie: by NOI, then the lowest class (default), or the lowest class alone",
-    )
+    add_predictor_arguments(parser)
     parser.add_argument(
         "--faces",
         choices=list(photos.FACE_SOURCES),
@@ -141,18 +113,7 @@ def main(argv=None) -> int:
     failed = []
 
     def body(args):
-        if bool(args.run) == bool(args.population):
-            raise UsageError("give --run DIR (one or more) or --population DIR")
-        check_generation(args)
-        kwargs = dict(
-            strategy=args.strategy, ensemble_config=EnsembleConfig(ties=args.ties), batch_size=args.batch_size
-        )
-        if args.population:
-            predictor = predict.Predictor.from_population(
-                args.population, args.checkpoint, generation=args.generation, **kwargs
-            )
-        else:
-            predictor = predict.Predictor.from_runs(args.run, args.checkpoint, **kwargs)
+        predictor = predictor_from_args(args, args.batch_size)
         if args.explain:
             predictor.check_explainable(args.map)  # before anything is written
         photos.check_output(args.out, args.overwrite)  # before predicting (asked again when writing)

@@ -16,35 +16,15 @@ from __future__ import annotations
 import logging
 import sys
 
-from experiments.cli import OneLineErrorParser, UsageError, run_cli
-from experiments.flags import add_generation_argument, check_generation
-from faml_jax import predict
-from faml_jax.config import EnsembleConfig
+from experiments.cli import OneLineErrorParser, run_cli
+from experiments.flags import add_predictor_arguments, predictor_from_args
 
 logger = logging.getLogger("experiments.serve")
 
 
 def build_parser():
     parser = OneLineErrorParser.for_program("experiments.serve", __doc__)
-    source = parser.add_argument_group("networks")
-    source.add_argument(
-        "--run",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="an experiments.train run folder (repeat for an ensemble)",
-    )
-    source.add_argument("--population", metavar="DIR", help="an experiments.evolve workdir: its final population")
-    add_generation_argument(source)
-    parser.add_argument(
-        "--checkpoint",
-        choices=["final", "best"],
-        default="final",
-        help="each run's latest checkpoint (default) or its best",
-    )
-    parser.add_argument(
-        "--strategy", choices=list(predict.STRATEGIES), default="t2v", help="how an ensemble decides (default t2v)"
-    )
+    add_predictor_arguments(parser, checkpoint_help="")
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
     )
@@ -77,20 +57,11 @@ def main(argv=None) -> int:
     def body(args):
         from faml_jax import serve
 
-        if bool(args.run) == bool(args.population):
-            raise UsageError("give --run DIR (one or more) or --population DIR")
-        check_generation(args)
         limits = serve.Limits(
             args.max_batch, args.max_wait_ms, args.max_queue, args.max_body_mb, args.timeout, args.workers
         )
         limits.check()
-        kwargs = dict(strategy=args.strategy, ensemble_config=EnsembleConfig(), batch_size=args.max_batch)
-        if args.population:
-            predictor = predict.Predictor.from_population(
-                args.population, args.checkpoint, generation=args.generation, **kwargs
-            )
-        else:
-            predictor = predict.Predictor.from_runs(args.run, args.checkpoint, **kwargs)
+        predictor = predictor_from_args(args, args.max_batch)
         app = serve.create_app(predictor, limits, cors=tuple(args.cors))
         logger.info(
             f"{len(predictor.names)} network(s) ({', '.join(predictor.names)}), {predictor.dataset}, "
