@@ -40,8 +40,12 @@ def _decided(logits, strategy: str, alpha: float, beta: float, ties: str):
     """The probabilities, the strategy's scores and its decision of members' logits (M, N, C), in
     one compiled call per shape (eagerly they are a dozen small calls: served one face at a time,
     that was a tenth of the server's time)."""
-    scores = {"t2v": lambda: ensemble.t2v_scores(logits, alpha, beta), "t1v": lambda: ensemble.t1v_scores(logits)}
-    scores = scores.get(strategy, lambda: ensemble.noi_scores(logits))()
+    if strategy == "t2v":
+        scores = ensemble.t2v_scores(logits, alpha, beta)
+    elif strategy == "t1v":
+        scores = ensemble.t1v_scores(logits)
+    else:
+        scores = ensemble.noi_scores(logits)
     return jax.nn.softmax(logits, axis=-1), scores, ensemble.predict(logits, strategy, alpha, beta, ties)
 
 
